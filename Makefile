@@ -1,0 +1,61 @@
+# shop — everything a fresh machine needs goes through this file.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+PROTO_FILES := $(shell find proto -name '*.proto')
+GEN_STAMP := gen/.stamp
+BREAKING_IMAGE := proto/released.binpb
+PYTEST_ARGS ?=
+
+.PHONY: run test lint proto proto-deps release-contracts bench chaos clean venv
+
+run: $(STAMP) $(GEN_STAMP)
+	$(PY) -m ops.run
+
+test: $(STAMP) $(GEN_STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+chaos: $(STAMP) $(GEN_STAMP)
+	SHOP_CHAOS=1 $(PY) -m pytest -m chaos tests/faults $(PYTEST_ARGS)
+
+bench: $(STAMP) $(GEN_STAMP)
+	$(PY) -m bench
+
+lint: $(STAMP) proto-deps
+	$(BIN)/buf lint
+	$(BIN)/ruff check services gateway ops tests bench
+	$(BIN)/mypy
+
+venv: $(STAMP)
+
+# The venv is rebuilt only when the pinned set or the project metadata change.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+# buf reads google/api protos from the installed googleapis-common-protos.
+proto-deps: $(STAMP)
+	@mkdir -p proto_deps/google
+	@ln -sfn "$$($(PY) -c 'import google.api.annotations_pb2 as a, os; print(os.path.dirname(a.__file__))')" proto_deps/google/api
+
+# Generated code is committed; it is rebuilt only when a contract changed.
+$(GEN_STAMP): $(PROTO_FILES) | $(STAMP)
+	$(PY) -m ops.protogen
+	touch $@
+
+proto: $(STAMP)
+	$(PY) -m ops.protogen
+	touch $(GEN_STAMP)
+
+# Deliberately record the current contracts as the released ones that
+# `buf breaking` (run by the contract tests) compares against.
+release-contracts: proto-deps
+	$(BIN)/buf build proto -o $(BREAKING_IMAGE)
+
+clean:
+	rm -rf $(VENV) var proto_deps

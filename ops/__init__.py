@@ -1,0 +1,1 @@
+"""Operating shop: the local supervisor (`make run`), code generation and `shopctl`."""
