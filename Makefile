@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 run: $(STAMP) $(GEN_STAMP)
 	$(PY) -m ops.run
 
-test: $(STAMP) $(GEN_STAMP)
+test: $(STAMP) $(GEN_STAMP) proto-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 chaos: $(STAMP) $(GEN_STAMP)
