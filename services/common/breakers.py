@@ -1,0 +1,81 @@
+"""One pybreaker circuit breaker per downstream service, shared by every client in the
+process, and the registry `shopctl status` and metrics read."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import pybreaker
+from grpc import aio
+
+from services.common.settings import env_float, env_int
+
+log = logging.getLogger("shop.breaker")
+
+# Codes that say the downstream is unwell. Business answers (NOT_FOUND, ...) mean it works.
+FAILURE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+    }
+)
+
+_registry: dict[str, pybreaker.CircuitBreaker] = {}
+
+
+def is_failure(exc: BaseException) -> bool:
+    return isinstance(exc, aio.AioRpcError) and exc.code() in FAILURE_CODES
+
+
+def _not_a_failure(exc: BaseException) -> bool:
+    return not is_failure(exc)
+
+
+class _StateLogger(pybreaker.CircuitBreakerListener):
+    def state_change(
+        self,
+        cb: pybreaker.CircuitBreaker,
+        old_state: pybreaker.CircuitBreakerState | None,
+        new_state: pybreaker.CircuitBreakerState,
+    ) -> None:
+        old = old_state.name if old_state is not None else None
+        level = logging.WARNING if new_state.name == "open" else logging.INFO
+        log.log(
+            level,
+            "circuit breaker state change",
+            extra={"downstream": cb.name, "from": old, "to": new_state.name},
+        )
+
+
+def breaker_for(service: str) -> pybreaker.CircuitBreaker:
+    """The process-wide breaker for `service`, made on first use.
+
+    Thresholds: SHOP_BREAKER_FAIL_MAX (5 consecutive failures), SHOP_BREAKER_RESET_S (30 s).
+    """
+    breaker = _registry.get(service)
+    if breaker is None:
+        breaker = pybreaker.CircuitBreaker(
+            fail_max=env_int("SHOP_BREAKER_FAIL_MAX", 5),
+            reset_timeout=env_float("SHOP_BREAKER_RESET_S", 30.0),
+            exclude=[_not_a_failure],
+            listeners=[_StateLogger()],
+            name=service,
+            # Callers see the real error of the call that tripped it, not a generic one.
+            throw_new_error_on_trip=False,
+        )
+        _registry[service] = breaker
+    return breaker
+
+
+def breaker_states() -> dict[str, str]:
+    """Downstream service -> "closed" | "open" | "half-open"."""
+    return {name: str(b.current_state) for name, b in sorted(_registry.items())}
+
+
+def reset_breakers() -> None:
+    """Forget every breaker (tests; a new one is made on next use)."""
+    _registry.clear()

@@ -1,0 +1,186 @@
+"""Runs one shop service process: grpc.aio server, health, reflection, graceful stop.
+
+`run_service(name, build)` is what every `services/<svc>/__main__.py` calls.
+`ServiceRunner` and `serve_app` run the same thing inside an existing loop (tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from services.common.interceptors import ServerInterceptor
+from services.common.logging import configure_logging
+from services.common.settings import Settings, env_float, load_settings
+
+log = logging.getLogger("shop.server")
+
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    # Two instances must never silently share one port.
+    ("grpc.so_reuseport", 0),
+    # Accept the client keepalive pings clients.py sends (every 30 s, also when idle).
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+]
+
+
+@dataclass
+class App:
+    """What a service's `build(settings)` hands to the runtime."""
+
+    grpc_services: list[str]
+    register: Callable[[aio.Server], None]
+    tasks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+def _advertised(host: str, port: int) -> str:
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+def write_ready_file(path: Path, service: str, instance: str, addr: str) -> None:
+    """Atomically write the ready file, so a reader never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(
+        json.dumps({"service": service, "instance": instance, "addr": addr, "pid": os.getpid()})
+    )
+    os.replace(tmp, path)
+
+
+class ServiceRunner:
+    """One started service: server, health, background tasks. start() then stop()."""
+
+    def __init__(self, settings: Settings, app: App) -> None:
+        self.settings = settings
+        self.app = app
+        self.health = HealthServicer()
+        self.server: aio.Server | None = None
+        self.addr = ""
+        self.port = 0
+        self.failed = asyncio.Event()  # set when a background task dies
+        self._tasks: list[asyncio.Future[None]] = []
+
+    async def start(self) -> str:
+        """Bind, serve, start background tasks; returns the advertised address."""
+        s = self.settings
+        server = aio.server(interceptors=[ServerInterceptor()], options=SERVER_OPTIONS)
+        self.app.register(server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [*self.app.grpc_services, HEALTH_SERVICE, reflection.SERVICE_NAME], server
+        )
+        try:
+            port = server.add_insecure_port(f"{s.host}:{s.port}")
+        except RuntimeError as err:
+            raise RuntimeError(f"cannot listen on {s.host}:{s.port}: {err}") from err
+        if port == 0:
+            raise RuntimeError(f"cannot listen on {s.host}:{s.port}")
+        await server.start()
+        self.server = server
+        self.port = port
+        self.addr = _advertised(s.host, port)
+        serving = health_pb2.HealthCheckResponse.SERVING
+        for name in ("", *self.app.grpc_services):
+            await self.health.set(name, serving)
+        for factory in self.app.tasks:
+            task: asyncio.Future[None] = asyncio.ensure_future(factory())
+            task.add_done_callback(self._task_done)
+            self._tasks.append(task)
+        log.info("serving", extra={"addr": self.addr, "services": self.app.grpc_services})
+        return self.addr
+
+    def _task_done(self, task: asyncio.Future[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("background task died", exc_info=exc)
+        else:
+            log.error("background task ended unexpectedly")
+        self.failed.set()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """NOT_SERVING at once, drain in-flight calls, stop tasks, run on_stop."""
+        grace = self.settings.grace_s if grace_s is None else grace_s
+        await self.health.enter_graceful_shutdown()
+        # Lets health checkers and discovery notice NOT_SERVING before the port closes.
+        drain_delay = min(env_float("SHOP_DRAIN_DELAY_S", 0.0), grace)
+        if drain_delay > 0:
+            await asyncio.sleep(drain_delay)
+        if self.server is not None:
+            await self.server.stop(grace)
+        for task in self._tasks:
+            task.remove_done_callback(self._task_done)
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for hook in self.app.on_stop:
+            try:
+                await hook()
+            except Exception:
+                log.exception("on_stop hook failed")
+        log.info("stopped")
+
+
+async def serve_app(settings: Settings, app: App, stop: asyncio.Event) -> int:
+    """Serve `app` until `stop` is set (or a background task dies); returns an exit code."""
+    runner = ServiceRunner(settings, app)
+    addr = await runner.start()
+    if settings.ready_file is not None:
+        write_ready_file(settings.ready_file, settings.service, settings.instance_id, addr)
+    stop_wait = asyncio.create_task(stop.wait())
+    failed_wait = asyncio.create_task(runner.failed.wait())
+    await asyncio.wait({stop_wait, failed_wait}, return_when=asyncio.FIRST_COMPLETED)
+    stop_wait.cancel()
+    failed_wait.cancel()
+    code = 1 if runner.failed.is_set() else 0
+    await runner.stop()
+    return code
+
+
+async def _main(service: str, build: Callable[[Settings], Awaitable[App]]) -> int:
+    settings = load_settings(service)
+    configure_logging(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    app = await build(settings)
+    return await serve_app(settings, app, stop)
+
+
+def run_service(service: str, build: Callable[[Settings], Awaitable[App]]) -> None:
+    """The whole life of a service process; exits 0 after a graceful stop."""
+    import uvloop
+
+    try:
+        code = uvloop.run(_main(service, build))
+    except Exception:
+        logging.getLogger("shop.server").exception("service failed")
+        code = 1
+    sys.exit(code)
+
+
+__all__ = ["App", "ServiceRunner", "run_service", "serve_app", "write_ready_file"]

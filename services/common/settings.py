@@ -1,0 +1,102 @@
+"""Process settings, all from the environment, read once at start-up."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+SERVICES: tuple[str, ...] = (
+    "user",
+    "product",
+    "cart",
+    "order",
+    "payment",
+    "inventory",
+    "notification",
+    "shipping",
+)
+
+DEFAULT_PORTS: Mapping[str, int] = {
+    **{name: 50051 + i for i, name in enumerate(SERVICES)},
+    "gateway": 8080,
+}
+
+
+def env_str(name: str, default: str) -> str:
+    """The variable's value, or `default` when unset or empty."""
+    value = os.environ.get(name, "")
+    return value if value else default
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    service: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    data_dir: Path = Path("var")
+    nats_url: str = "nats://127.0.0.1:4222"
+    log_level: str = "INFO"
+    instance_id: str = ""
+    ready_file: Path | None = None
+    grace_s: float = 10.0
+
+    @property
+    def db_path(self) -> Path:
+        """One file per service, shared by all of its instances."""
+        return self.data_dir / f"{self.service}.db"
+
+
+def _env_prefix(service: str) -> str:
+    return service.upper().replace("-", "_")
+
+
+def load_settings(service: str) -> Settings:
+    """Settings for `service` from the environment; creates the data dir."""
+    data_dir = Path(env_str("SHOP_DATA_DIR", "var"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    ready = os.environ.get("SHOP_READY_FILE", "")
+    return Settings(
+        service=service,
+        host=env_str("SHOP_HOST", "127.0.0.1"),
+        port=env_int(f"{_env_prefix(service)}_PORT", DEFAULT_PORTS.get(service, 0)),
+        data_dir=data_dir,
+        nats_url=env_str("NATS_URL", "nats://127.0.0.1:4222"),
+        log_level=env_str("SHOP_LOG_LEVEL", "INFO").upper(),
+        instance_id=env_str("SHOP_INSTANCE_ID", f"{service}-{uuid.uuid4().hex[:8]}"),
+        ready_file=Path(ready) if ready else None,
+        grace_s=env_float("SHOP_GRACE_S", 10.0),
+    )
+
+
+def downstream_addr(service: str) -> str | None:
+    """A fixed address for `service` (`<SERVICE>_ADDR`), overriding discovery."""
+    value = os.environ.get(f"{_env_prefix(service)}_ADDR", "").strip()
+    return value or None
+
+
+def default_addr(service: str) -> str:
+    """Where `service` listens when everything runs on one machine with default ports."""
+    return f"127.0.0.1:{DEFAULT_PORTS[service]}"

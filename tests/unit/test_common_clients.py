@@ -1,0 +1,153 @@
+"""Downstream: deadline and metadata passed on, retries, and the circuit breaker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc import aio
+from shop.product.v1 import product_pb2, product_pb2_grpc
+
+from services.common import breakers, context
+from services.common.clients import Downstream, resolve_addr, set_resolver
+from services.common.errors import DeadlineExceeded, Unavailable
+from tests.support.inprocess import RunningEcho, running_echo
+
+Stub = product_pb2_grpc.ProductServiceStub
+
+
+@pytest.fixture(autouse=True)
+def fresh_breakers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("SHOP_BREAKER_FAIL_MAX", "5")
+    monkeypatch.setenv("SHOP_BREAKER_RESET_S", "0.3")
+    breakers.reset_breakers()
+    yield
+    breakers.reset_breakers()
+
+
+@pytest.fixture
+async def echo(tmp_path: Path) -> AsyncIterator[RunningEcho]:
+    async with running_echo(tmp_path, slow_s=1.0) as running:
+        yield running
+
+
+@pytest.fixture
+async def ds(echo: RunningEcho) -> AsyncIterator[Downstream[Stub]]:
+    client = Downstream("product", Stub, cap_s=2.0, address=echo.addr)
+    yield client
+    await client.close()
+
+
+def req(pid: str) -> product_pb2.GetProductRequest:
+    return product_pb2.GetProductRequest(id=pid)
+
+
+async def test_metadata_and_capped_deadline_are_passed_on(ds: Downstream[Stub]) -> None:
+    with context.bind(request_id="rid-7", user_id="u-7", timeout=1.0):
+        reply = await ds.call("GetProduct", req("whoami"), idempotent=True)
+    assert reply.product.name == "u-7"
+    assert reply.product.description == "rid-7"
+    # the caller's 1 s, not the 2 s cap (grpc-timeout may round up by a few ms)
+    assert 0.5 < float(reply.product.category) <= 1.05
+    reply = await ds.call("GetProduct", req("whoami"), idempotent=True, timeout=0.3)
+    assert float(reply.product.category) <= 0.35
+
+
+async def test_no_time_left_fails_without_calling(ds: Downstream[Stub], echo: RunningEcho) -> None:
+    with context.bind(timeout=-0.1), pytest.raises(DeadlineExceeded):
+        await ds.call("GetProduct", req("x"), idempotent=True)
+    assert echo.servicer.calls == 0
+
+
+async def test_business_errors_do_not_count(ds: Downstream[Stub]) -> None:
+    for _ in range(8):
+        with pytest.raises(aio.AioRpcError) as info:
+            await ds.call("GetProduct", req("missing"), idempotent=False)
+        assert info.value.code() is grpc.StatusCode.NOT_FOUND
+    assert ds.breaker_state == "closed"
+    assert ds.breaker.fail_counter == 0
+
+
+async def test_five_failures_open_then_half_open_success_closes(
+    ds: Downstream[Stub], echo: RunningEcho
+) -> None:
+    for _ in range(5):
+        with pytest.raises(aio.AioRpcError) as info:
+            await ds.call("GetProduct", req("unavailable"), idempotent=False)
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert ds.breaker_state == "open"
+    assert breakers.breaker_states() == {"product": "open"}
+    for _ in range(3):
+        with pytest.raises(Unavailable, match="product unavailable: circuit open"):
+            await ds.call("GetProduct", req("ok"), idempotent=True)
+    assert echo.servicer.calls == 5  # nothing reached the server while open
+
+    await asyncio.sleep(0.35)
+    reply = await ds.call("GetProduct", req("ok"), idempotent=True)
+    assert reply.product.id == "ok"
+    assert ds.breaker_state == "closed"
+
+
+async def test_failed_probe_reopens(ds: Downstream[Stub], echo: RunningEcho) -> None:
+    for _ in range(5):
+        with pytest.raises(aio.AioRpcError):
+            await ds.call("GetProduct", req("boom"), idempotent=False)  # INTERNAL counts
+    assert ds.breaker_state == "open"
+    await asyncio.sleep(0.35)
+    with pytest.raises(aio.AioRpcError):
+        await ds.call("GetProduct", req("unavailable"), idempotent=False)
+    assert ds.breaker_state == "open"
+    assert echo.servicer.calls == 6
+
+
+async def test_deadline_exceeded_counts_as_failure(ds: Downstream[Stub]) -> None:
+    with pytest.raises(aio.AioRpcError) as info:
+        await ds.call("GetProduct", req("slow"), idempotent=True, timeout=0.05)
+    assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert ds.breaker.fail_counter == 1
+
+
+async def test_retries_only_idempotent_calls_on_unavailable(
+    ds: Downstream[Stub], echo: RunningEcho, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHOP_BREAKER_FAIL_MAX", "100")
+    breakers.reset_breakers()
+    ds.breaker = breakers.breaker_for("product")
+
+    with pytest.raises(aio.AioRpcError):
+        await ds.call("GetProduct", req("unavailable"), idempotent=False)
+    assert echo.servicer.calls == 1
+
+    with pytest.raises(aio.AioRpcError):
+        await ds.call("GetProduct", req("unavailable"), idempotent=True)
+    assert echo.servicer.calls == 1 + 3
+
+    with pytest.raises(aio.AioRpcError):
+        await ds.call("GetProduct", req("missing"), idempotent=True)
+    assert echo.servicer.calls == 1 + 3 + 1  # business codes are never retried
+
+
+async def test_unreachable_downstream_is_unavailable() -> None:
+    client = Downstream("shipping", Stub, cap_s=1.0, address="127.0.0.1:1")
+    try:
+        with pytest.raises(aio.AioRpcError) as info:
+            await client.call("GetProduct", req("x"), idempotent=True)
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert client.breaker.fail_counter == 3  # each attempt counts
+    finally:
+        await client.close()
+
+
+def test_address_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CART_ADDR", raising=False)
+    assert resolve_addr("cart") == "127.0.0.1:50053"
+    set_resolver(lambda service: f"{service}.found:1")
+    try:
+        assert resolve_addr("cart") == "cart.found:1"
+        monkeypatch.setenv("CART_ADDR", "fixed:2")
+        assert resolve_addr("cart") == "fixed:2"
+    finally:
+        set_resolver(None)

@@ -1,0 +1,89 @@
+"""Settings come from the environment with the documented defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.common import settings as s
+
+_VARS = (
+    "SHOP_HOST",
+    "ORDER_PORT",
+    "SHOP_DATA_DIR",
+    "NATS_URL",
+    "SHOP_LOG_LEVEL",
+    "SHOP_INSTANCE_ID",
+    "SHOP_READY_FILE",
+    "SHOP_GRACE_S",
+    "ORDER_ADDR",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in _VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_default_ports_follow_service_order() -> None:
+    assert s.SERVICES[0] == "user" and s.SERVICES[-1] == "shipping"
+    assert [s.DEFAULT_PORTS[name] for name in s.SERVICES] == list(range(50051, 50059))
+    assert s.DEFAULT_PORTS["gateway"] == 8080
+
+
+def test_defaults(tmp_path: Path) -> None:
+    cfg = s.load_settings("order")
+    assert cfg.host == "127.0.0.1"
+    assert cfg.port == 50054
+    assert cfg.data_dir == Path("var") and (tmp_path / "var").is_dir()
+    assert cfg.db_path == Path("var") / "order.db"
+    assert cfg.nats_url == "nats://127.0.0.1:4222"
+    assert cfg.log_level == "INFO"
+    assert cfg.instance_id.startswith("order-") and len(cfg.instance_id) > len("order-")
+    assert cfg.ready_file is None
+    assert cfg.grace_s == 10.0
+
+
+def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SHOP_HOST", "0.0.0.0")
+    monkeypatch.setenv("ORDER_PORT", "0")
+    monkeypatch.setenv("SHOP_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("NATS_URL", "nats://10.0.0.1:4999")
+    monkeypatch.setenv("SHOP_LOG_LEVEL", "debug")
+    monkeypatch.setenv("SHOP_INSTANCE_ID", "order-a")
+    monkeypatch.setenv("SHOP_READY_FILE", str(tmp_path / "ready.json"))
+    monkeypatch.setenv("SHOP_GRACE_S", "2.5")
+    cfg = s.load_settings("order")
+    assert (cfg.host, cfg.port) == ("0.0.0.0", 0)
+    assert cfg.db_path == tmp_path / "data" / "order.db"
+    assert cfg.nats_url == "nats://10.0.0.1:4999"
+    assert cfg.log_level == "DEBUG"
+    assert cfg.instance_id == "order-a"
+    assert cfg.ready_file == tmp_path / "ready.json"
+    assert cfg.grace_s == 2.5
+
+
+def test_bad_number_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORDER_PORT", "eighty")
+    with pytest.raises(ValueError, match="ORDER_PORT"):
+        s.load_settings("order")
+
+
+def test_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert s.downstream_addr("order") is None
+    assert s.default_addr("order") == "127.0.0.1:50054"
+    monkeypatch.setenv("ORDER_ADDR", "order.svc:7000")
+    assert s.downstream_addr("order") == "order.svc:7000"
+
+
+def test_env_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOP_T_INT", "7")
+    monkeypatch.setenv("SHOP_T_FLOAT", "0.25")
+    monkeypatch.setenv("SHOP_T_EMPTY", "")
+    assert s.env_int("SHOP_T_INT", 1) == 7
+    assert s.env_float("SHOP_T_FLOAT", 1.0) == 0.25
+    assert s.env_str("SHOP_T_EMPTY", "dflt") == "dflt"
+    assert s.env_int("SHOP_T_UNSET", 3) == 3
