@@ -1,0 +1,33 @@
+"""Domain notification -> proto."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from shop.notification.v1 import notification_pb2 as pb
+
+from services.notification.domain import Kind, Notification
+
+_KIND: dict[Kind, pb.NotificationKind.ValueType] = {
+    Kind.WELCOME: pb.NOTIFICATION_KIND_WELCOME,
+    Kind.RECEIPT: pb.NOTIFICATION_KIND_RECEIPT,
+    Kind.PAYMENT_FAILED: pb.NOTIFICATION_KIND_PAYMENT_FAILED,
+    Kind.ORDER_CONFIRMED: pb.NOTIFICATION_KIND_ORDER_CONFIRMED,
+    Kind.ORDER_CANCELLED: pb.NOTIFICATION_KIND_ORDER_CANCELLED,
+    Kind.SHIPPED: pb.NOTIFICATION_KIND_SHIPPED,
+    Kind.REFUND: pb.NOTIFICATION_KIND_REFUND,
+}
+
+
+def to_proto(n: Notification) -> pb.Notification:
+    created = Timestamp()
+    created.FromNanoseconds(int(n.created_at * 1_000_000_000))
+    return pb.Notification(
+        id=n.id,
+        user_id=n.user_id,
+        kind=_KIND[n.kind],
+        subject=n.subject,
+        body=n.body,
+        read=n.read,
+        create_time=created,
+        event_id=n.event_id,
+    )

@@ -1,0 +1,153 @@
+"""ShippingService as a real process: order.confirmed on real JetStream becomes one shipment
+and one order.shipped event, however often it is delivered; GetShipment over gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+
+import grpc
+import pytest
+from grpc import aio
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from shop.events.v1 import envelope_pb2
+from shop.order.v1 import order_pb2
+from shop.shipping.v1 import shipping_pb2 as pb
+from shop.shipping.v1 import shipping_pb2_grpc
+
+from ops.natsd import NatsServer
+from services.common import events
+from services.common.bus import Bus
+from services.common.outbox import new_envelope
+from tests.fixtures_services import ServiceFactory
+
+pytestmark = pytest.mark.timeout(120)
+
+Stub = shipping_pb2_grpc.ShippingServiceStub
+
+
+@pytest.fixture
+async def stub(services: ServiceFactory) -> AsyncIterator[Stub]:
+    proc = services.start("shipping")
+    async with aio.insecure_channel(proc.addr) as channel:
+        yield Stub(channel)
+
+
+@pytest.fixture
+async def bus(fresh_nats: NatsServer) -> AsyncIterator[Bus]:
+    b = await Bus.connect(fresh_nats.url, name="shipping-test")
+    try:
+        await b.ensure_streams()
+        yield b
+    finally:
+        await b.close()
+
+
+def confirmed(order_id: str, user_id: str) -> envelope_pb2.Envelope:
+    order = order_pb2.Order(id=order_id, user_id=user_id, total_cents=999, currency="USD",
+                            status=order_pb2.ORDER_STATUS_CONFIRMED)
+    return new_envelope(events.ORDER_CONFIRMED, order_pb2.OrderConfirmed(order=order),
+                        source="order", aggregate_id=order_id)
+
+
+async def redeliver(bus: Bus, env: envelope_pb2.Envelope) -> None:
+    """The same envelope under another Nats-Msg-Id, past JetStream's duplicate check."""
+    await bus.js.publish(env.subject, env.SerializeToString(),
+                         headers={"Nats-Msg-Id": uuid.uuid4().hex})
+
+
+async def shipped_events(bus: Bus, *, at_least: int, settle_s: float = 1.0,
+                         timeout_s: float = 20.0) -> list[pb.OrderShipped]:
+    """Every order.shipped in the stream once `at_least` arrived and it stayed quiet."""
+    deadline = time.monotonic() + timeout_s
+    got: list[pb.OrderShipped] = []
+    sub = await bus.js.pull_subscribe(
+        events.ORDER_SHIPPED, stream=events.STREAM,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+    try:
+        quiet_since = time.monotonic()
+        while True:
+            try:
+                msgs = await sub.fetch(100, timeout=0.2)
+            except TimeoutError:
+                msgs = []
+            for m in msgs:
+                env = envelope_pb2.Envelope.FromString(m.data)
+                assert env.source == "shipping"
+                msg = pb.OrderShipped()
+                assert env.payload.Unpack(msg)
+                assert env.aggregate_id == msg.shipment.order_id
+                got.append(msg)
+                await m.ack()
+            if msgs:
+                quiet_since = time.monotonic()
+            if len(got) >= at_least and time.monotonic() - quiet_since >= settle_s:
+                return got
+            assert time.monotonic() < deadline, f"{len(got)} order.shipped, want {at_least}"
+    finally:
+        await sub.unsubscribe()
+
+
+async def get_shipment(stub: Stub, order_id: str, timeout_s: float = 20.0) -> pb.Shipment:
+    """Waits for the consumer to have made it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            resp: pb.GetShipmentResponse = await stub.GetShipment(
+                pb.GetShipmentRequest(order_id=order_id))
+            return resp.shipment
+        except aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.NOT_FOUND, err
+            assert time.monotonic() < deadline, f"no shipment for {order_id}"
+            await asyncio.sleep(0.05)
+
+
+async def expect_error(call: Awaitable[object], code: grpc.StatusCode, message: str) -> None:
+    with pytest.raises(aio.AioRpcError) as err:
+        await call
+    assert err.value.code() == code, err.value
+    assert message in (err.value.details() or ""), err.value.details()
+
+
+async def test_confirmed_order_ships_once_however_often_delivered(stub: Stub, bus: Bus) -> None:
+    env = confirmed("o1", "u1")
+    await bus.publish(env)
+    await redeliver(bus, env)
+    # A second, distinct event for the same order (the producer retried): still one shipment.
+    await bus.publish(confirmed("o1", "u1"))
+    await bus.publish(confirmed("o2", "u2"))
+
+    one = await get_shipment(stub, "o1")
+    assert re.fullmatch(r"SHP[A-Z0-9]{12}", one.tracking_number), one.tracking_number
+    assert (one.user_id, one.carrier, one.status) == ("u1", "shop-post",
+                                                      pb.SHIPMENT_STATUS_SHIPPED)
+    two = await get_shipment(stub, "o2")
+    assert two.tracking_number != one.tracking_number
+
+    shipped = await shipped_events(bus, at_least=2, settle_s=1.5)
+    by_order = {m.shipment.order_id: m.shipment for m in shipped}
+    assert sorted(m.shipment.order_id for m in shipped) == ["o1", "o2"]
+    assert by_order["o1"] == one
+    # The shipment never changes on a later delivery.
+    await redeliver(bus, env)
+    await asyncio.sleep(1.0)
+    assert await get_shipment(stub, "o1") == one
+    assert len(await shipped_events(bus, at_least=2, settle_s=1.0)) == 2
+
+
+async def test_get_shipment_errors_and_ownership(stub: Stub, bus: Bus) -> None:
+    await bus.publish(confirmed("o-own", "alice"))
+    await get_shipment(stub, "o-own")
+    got = await stub.GetShipment(pb.GetShipmentRequest(order_id="o-own"),
+                                 metadata=(("x-user-id", "alice"),))
+    assert got.shipment.user_id == "alice"
+    await expect_error(stub.GetShipment(pb.GetShipmentRequest(order_id="o-own"),
+                                        metadata=(("x-user-id", "bob"),)),
+                       grpc.StatusCode.NOT_FOUND, "shipment for order o-own not found")
+    await expect_error(stub.GetShipment(pb.GetShipmentRequest(order_id="missing")),
+                       grpc.StatusCode.NOT_FOUND, "shipment for order missing not found")
+    await expect_error(stub.GetShipment(pb.GetShipmentRequest(order_id="")),
+                       grpc.StatusCode.INVALID_ARGUMENT, "order_id is required")
