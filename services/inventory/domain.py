@@ -1,0 +1,164 @@
+"""Inventory rules: validation, all-or-nothing reservations and their state transitions.
+
+Pure (stdlib only). The store reads what it needs inside its transaction, asks the
+`decide_*` functions what to do, and writes what they return. Per product the stock
+moves only between available -> reserved -> sold (or reserved -> available), so
+available + reserved + sold stays equal to the stock ever set.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+
+MAX_ID_LEN = 128
+MAX_ITEMS = 100
+MAX_QUANTITY = 10_000
+# Far below int32 (the proto's stock fields), so available + reserved + sold always fits.
+MAX_STOCK = 1_000_000_000
+
+ALREADY_RELEASED = "reservation already released"
+
+
+class Status(enum.StrEnum):
+    RESERVED = "RESERVED"
+    # Refused for lack of stock; kept so a repeat is refused the same way.
+    REJECTED = "REJECTED"
+    # Released, or a tombstone for an order released before (or without) any reservation.
+    RELEASED = "RELEASED"
+    COMMITTED = "COMMITTED"
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    product_id: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stock:
+    product_id: str
+    available: int
+    reserved: int
+    sold: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    order_id: str
+    status: Status
+    items: tuple[Line, ...]
+    reason: str = ""
+
+
+class Effect(enum.Enum):
+    """What a transition does to the stock and the stored reservation."""
+
+    NONE = "none"  # a repeat: nothing to write
+    RETURN = "return"  # reserved -> available, status RELEASED
+    SELL = "sell"  # reserved -> sold, status COMMITTED
+    TOMBSTONE = "tombstone"  # insert a RELEASED row without items
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    reservation: Reservation
+    effect: Effect
+
+
+def _check_id(value: str, field: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{field} is required")
+    if len(value) > MAX_ID_LEN:
+        raise InvalidArgument(f"{field} is longer than {MAX_ID_LEN} characters")
+    return value
+
+
+def validate_product_id(product_id: str) -> str:
+    return _check_id(product_id, "product_id")
+
+
+def validate_order_id(order_id: str) -> str:
+    return _check_id(order_id, "order_id")
+
+
+def validate_set_stock(product_id: str, available: int) -> tuple[str, int]:
+    validate_product_id(product_id)
+    if not 0 <= available <= MAX_STOCK:
+        raise InvalidArgument(f"available must be between 0 and {MAX_STOCK}, got {available}")
+    return product_id, available
+
+
+def validate_reserve(order_id: str, items: Iterable[tuple[str, int]]) -> tuple[Line, ...]:
+    """The request's lines, checked, with duplicate products merged, sorted by product id
+    (a stable order for the stored reservation and the event)."""
+    validate_order_id(order_id)
+    merged: dict[str, int] = {}
+    for count, (product_id, quantity) in enumerate(items, start=1):
+        if count > MAX_ITEMS:
+            raise InvalidArgument(f"a reservation holds at most {MAX_ITEMS} items")
+        validate_product_id(product_id)
+        if not 1 <= quantity <= MAX_QUANTITY:
+            raise InvalidArgument(
+                f"quantity for {product_id} must be between 1 and {MAX_QUANTITY}, got {quantity}")
+        merged[product_id] = merged.get(product_id, 0) + quantity
+    if not merged:
+        raise InvalidArgument("items must not be empty")
+    return tuple(Line(pid, qty) for pid, qty in sorted(merged.items()))
+
+
+def outcome(reservation: Reservation) -> Reservation:
+    """What ReserveStock answers for a stored reservation: it, or its refusal again."""
+    if reservation.status is Status.REJECTED:
+        raise FailedPrecondition(reservation.reason)
+    if reservation.status is Status.RELEASED:
+        raise FailedPrecondition(ALREADY_RELEASED)
+    return reservation
+
+
+def decide_reserve(order_id: str, lines: tuple[Line, ...],
+                   available: Mapping[str, int]) -> Reservation:
+    """A first reservation: RESERVED when every line fits, else REJECTED naming the first
+    short line (nothing is reserved then). `available` holds the products that exist."""
+    for line in lines:
+        if line.product_id not in available:
+            raise NotFound(f"product {line.product_id} not found")
+    for line in lines:
+        have = available[line.product_id]
+        if line.quantity > have:
+            reason = (f"insufficient stock for {line.product_id}: "
+                      f"requested {line.quantity}, available {have}")
+            return Reservation(order_id, Status.REJECTED, lines, reason)
+    return Reservation(order_id, Status.RESERVED, lines)
+
+
+def decide_release(order_id: str, existing: Reservation | None) -> Transition:
+    if existing is None:
+        # Compensation may overtake a Reserve still in flight: the tombstone makes that
+        # late Reserve refuse instead of holding stock for a cancelled order.
+        return Transition(Reservation(order_id, Status.RELEASED, ()), Effect.TOMBSTONE)
+    if existing.status is Status.RESERVED:
+        released = Reservation(order_id, Status.RELEASED, existing.items, existing.reason)
+        return Transition(released, Effect.RETURN)
+    if existing.status is Status.COMMITTED:
+        raise FailedPrecondition(f"reservation for order {order_id} is committed: "
+                                 "sold stock cannot be released")
+    # RELEASED again, or REJECTED (nothing held; it already refuses any later Reserve).
+    return Transition(existing, Effect.NONE)
+
+
+def decide_commit(order_id: str, existing: Reservation | None) -> Transition:
+    if existing is None:
+        raise FailedPrecondition(f"no reservation for order {order_id}")
+    if existing.status is Status.RESERVED:
+        committed = Reservation(order_id, Status.COMMITTED, existing.items, existing.reason)
+        return Transition(committed, Effect.SELL)
+    if existing.status is Status.COMMITTED:
+        return Transition(existing, Effect.NONE)
+    if existing.status is Status.REJECTED:
+        raise FailedPrecondition(
+            f"reservation for order {order_id} was rejected: {existing.reason}")
+    raise FailedPrecondition(f"reservation for order {order_id} was released")

@@ -1,0 +1,285 @@
+"""The inventory service as a real process over real gRPC: stock, reservations, events."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+from grpc import aio
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from shop.events.v1 import envelope_pb2
+from shop.inventory.v1 import inventory_pb2 as pb
+from shop.inventory.v1 import inventory_pb2_grpc
+
+from ops.natsd import NatsServer
+from ops.process import free_port
+from services.common.bus import Bus
+from services.common.demo import BY_ID
+from services.common.events import INVENTORY_RELEASED, INVENTORY_RESERVED, STREAM
+from tests.fixtures_services import ServiceFactory
+
+Stub = inventory_pb2_grpc.InventoryServiceStub
+FP = grpc.StatusCode.FAILED_PRECONDITION
+
+
+@pytest.fixture(scope="module")
+def inventory(nats_server: NatsServer,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceFactory]:
+    """One inventory process for the module; tests use their own product and order ids."""
+    factory = ServiceFactory(tmp_path_factory.mktemp("inventory"), nats_server.url)
+    try:
+        factory.start("inventory")
+        yield factory
+    finally:
+        factory.stop_all()
+
+
+@pytest_asyncio.fixture
+async def stub(inventory: ServiceFactory) -> AsyncIterator[Stub]:
+    async with aio.insecure_channel(inventory["inventory"].addr) as channel:
+        yield inventory_pb2_grpc.InventoryServiceStub(channel)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+async def product(stub: Stub, available: int) -> str:
+    pid = new_id("p")
+    await stub.SetStock(pb.SetStockRequest(product_id=pid, available=available))
+    return pid
+
+
+async def stock(stub: Stub, pid: str) -> tuple[int, int, int]:
+    s = (await stub.GetStock(pb.GetStockRequest(product_id=pid))).stock
+    return s.available, s.reserved, s.sold
+
+
+def reserve_req(order_id: str, *items: tuple[str, int]) -> pb.ReserveStockRequest:
+    return pb.ReserveStockRequest(
+        order_id=order_id, items=[pb.StockItem(product_id=p, quantity=q) for p, q in items])
+
+
+async def expect_error(call: object, code: grpc.StatusCode) -> str:
+    with pytest.raises(aio.AioRpcError) as info:
+        await call
+    assert info.value.code() == code, info.value.details()
+    return info.value.details() or ""
+
+
+async def test_demo_catalogue_is_seeded(stub: Stub) -> None:
+    assert await stock(stub, "headphones") == (BY_ID["headphones"].stock, 0, 0)
+
+
+async def test_unknown_product_is_not_found(stub: Stub) -> None:
+    msg = await expect_error(stub.GetStock(pb.GetStockRequest(product_id="nope")),
+                             grpc.StatusCode.NOT_FOUND)
+    assert msg == "product nope not found"
+
+
+async def test_set_stock_creates_then_sets_available(stub: Stub) -> None:
+    pid = await product(stub, 5)
+    assert await stock(stub, pid) == (5, 0, 0)
+    await stub.ReserveStock(reserve_req(new_id("o"), (pid, 2)))
+    reply = await stub.SetStock(pb.SetStockRequest(product_id=pid, available=7))
+    assert (reply.stock.available, reply.stock.reserved) == (7, 2)
+
+
+async def test_reserve_twice_moves_stock_once(stub: Stub) -> None:
+    pid = await product(stub, 10)
+    order = new_id("o")
+    first = await stub.ReserveStock(reserve_req(order, (pid, 3)))
+    again = await stub.ReserveStock(reserve_req(order, (pid, 3)))
+    assert first.reservation.status == pb.RESERVATION_STATUS_RESERVED
+    assert again.reservation == first.reservation
+    assert await stock(stub, pid) == (7, 3, 0)
+
+
+async def test_release_twice_returns_stock_once_and_blocks_late_reserve(stub: Stub) -> None:
+    pid = await product(stub, 10)
+    order = new_id("o")
+    await stub.ReserveStock(reserve_req(order, (pid, 4)))
+    for _ in range(2):
+        reply = await stub.ReleaseStock(pb.ReleaseStockRequest(order_id=order))
+        assert reply.reservation.status == pb.RESERVATION_STATUS_RELEASED
+    assert await stock(stub, pid) == (10, 0, 0)
+    msg = await expect_error(stub.ReserveStock(reserve_req(order, (pid, 4))), FP)
+    assert msg == "reservation already released"
+    assert await stock(stub, pid) == (10, 0, 0)
+
+
+async def test_release_before_reserve_leaves_tombstone(stub: Stub) -> None:
+    pid = await product(stub, 10)
+    order = new_id("o")
+    reply = await stub.ReleaseStock(pb.ReleaseStockRequest(order_id=order))
+    assert reply.reservation.status == pb.RESERVATION_STATUS_RELEASED
+    msg = await expect_error(stub.ReserveStock(reserve_req(order, (pid, 1))), FP)
+    assert msg == "reservation already released"
+    assert await stock(stub, pid) == (10, 0, 0)
+
+
+async def test_commit_twice_sells_once_and_cannot_be_released(stub: Stub) -> None:
+    pid = await product(stub, 10)
+    order = new_id("o")
+    await stub.ReserveStock(reserve_req(order, (pid, 3)))
+    for _ in range(2):
+        reply = await stub.CommitStock(pb.CommitStockRequest(order_id=order))
+        assert reply.reservation.status == pb.RESERVATION_STATUS_COMMITTED
+    assert await stock(stub, pid) == (7, 0, 3)
+    msg = await expect_error(stub.ReleaseStock(pb.ReleaseStockRequest(order_id=order)), FP)
+    assert "sold stock cannot be released" in msg
+    assert await stock(stub, pid) == (7, 0, 3)
+
+
+@pytest.mark.parametrize("setup", ["unknown", "rejected", "released"])
+async def test_commit_refused_without_a_live_reservation(stub: Stub, setup: str) -> None:
+    pid = await product(stub, 1)
+    order = new_id("o")
+    if setup == "rejected":
+        await expect_error(stub.ReserveStock(reserve_req(order, (pid, 2))), FP)
+    elif setup == "released":
+        await stub.ReleaseStock(pb.ReleaseStockRequest(order_id=order))
+    await expect_error(stub.CommitStock(pb.CommitStockRequest(order_id=order)), FP)
+    assert await stock(stub, pid) == (1, 0, 0)
+
+
+async def test_one_short_line_reserves_nothing_and_refusal_is_replayed(stub: Stub) -> None:
+    a, b = await product(stub, 50), await product(stub, 1)
+    order = new_id("o")
+    msg = await expect_error(stub.ReserveStock(reserve_req(order, (a, 5), (b, 2))), FP)
+    assert msg == f"insufficient stock for {b}: requested 2, available 1"
+    assert await stock(stub, a) == (50, 0, 0)
+    assert await stock(stub, b) == (1, 0, 0)
+    # Stock arrives; the same order is still refused with the first reason.
+    await stub.SetStock(pb.SetStockRequest(product_id=b, available=100))
+    assert await expect_error(stub.ReserveStock(reserve_req(order, (a, 5), (b, 2))), FP) == msg
+    assert await stock(stub, b) == (100, 0, 0)
+    # A release of a rejected order is a harmless no-op.
+    await stub.ReleaseStock(pb.ReleaseStockRequest(order_id=order))
+    assert await stock(stub, a) == (50, 0, 0)
+
+
+async def test_duplicate_lines_are_merged(stub: Stub) -> None:
+    pid = await product(stub, 10)
+    reply = await stub.ReserveStock(reserve_req(new_id("o"), (pid, 2), (pid, 3)))
+    assert [(i.product_id, i.quantity) for i in reply.reservation.items] == [(pid, 5)]
+    assert await stock(stub, pid) == (5, 5, 0)
+
+
+async def test_bad_input_is_refused_and_nothing_written(stub: Stub) -> None:
+    pid = await product(stub, 10)
+    order = new_id("o")
+    cases: list[tuple[pb.ReserveStockRequest, grpc.StatusCode, str]] = [
+        (reserve_req("", (pid, 1)), grpc.StatusCode.INVALID_ARGUMENT, "order_id is required"),
+        (reserve_req(order), grpc.StatusCode.INVALID_ARGUMENT, "items must not be empty"),
+        (reserve_req(order, (pid, 0)), grpc.StatusCode.INVALID_ARGUMENT, "between 1 and 10000"),
+        (reserve_req(order, (pid, 10_001)), grpc.StatusCode.INVALID_ARGUMENT, "between 1"),
+        (reserve_req(order, ("", 1)), grpc.StatusCode.INVALID_ARGUMENT, "product_id is required"),
+        (reserve_req(order, *[(f"x{i}", 1) for i in range(101)]),
+         grpc.StatusCode.INVALID_ARGUMENT, "at most 100 items"),
+        (reserve_req(order, (pid, 1), ("ghost", 1)), grpc.StatusCode.NOT_FOUND,
+         "product ghost not found"),
+    ]
+    for req, code, text in cases:
+        assert text in await expect_error(stub.ReserveStock(req), code)
+    await expect_error(stub.SetStock(pb.SetStockRequest(product_id=pid, available=-1)),
+                       grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_error(stub.SetStock(pb.SetStockRequest(product_id="", available=1)),
+                       grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_error(stub.ReleaseStock(pb.ReleaseStockRequest(order_id="")),
+                       grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_error(stub.GetStock(pb.GetStockRequest(product_id="ghost")),
+                       grpc.StatusCode.NOT_FOUND)
+    assert await stock(stub, pid) == (10, 0, 0)
+    # No reservation was recorded for the order: it can still reserve.
+    reply = await stub.ReserveStock(reserve_req(order, (pid, 1)))
+    assert reply.reservation.status == pb.RESERVATION_STATUS_RESERVED
+
+
+async def test_concurrent_orders_never_oversell_across_two_instances(
+        inventory: ServiceFactory, stub: Stub) -> None:
+    pid = await product(stub, 10)
+    # A second process on the same SQLite file: BEGIN IMMEDIATE must serialize them too.
+    if sum(p.name == "inventory" for p in inventory.processes) < 2:
+        inventory.start("inventory")
+    addrs = [p.addr for p in inventory.processes if p.name == "inventory"]
+    channels = [aio.insecure_channel(a) for a in addrs]
+    try:
+        stubs = [inventory_pb2_grpc.InventoryServiceStub(ch) for ch in channels]
+
+        async def one(i: int) -> grpc.StatusCode:
+            try:
+                await stubs[i % len(stubs)].ReserveStock(reserve_req(f"race-{pid}-{i}", (pid, 1)))
+            except aio.AioRpcError as err:
+                return err.code()
+            return grpc.StatusCode.OK
+
+        codes = await asyncio.gather(*(one(i) for i in range(50)))
+    finally:
+        for ch in channels:
+            await ch.close()
+    assert codes.count(grpc.StatusCode.OK) == 10
+    assert codes.count(FP) == 40
+    available, reserved, sold = await stock(stub, pid)
+    assert (available, reserved, sold) == (0, 10, 0)
+    assert available + reserved + sold == 10
+
+
+async def test_events_are_published_once_per_effect(inventory: ServiceFactory,
+                                                    stub: Stub) -> None:
+    pid = await product(stub, 10)
+    order = new_id("o")
+    for _ in range(2):
+        await stub.ReserveStock(reserve_req(order, (pid, 2)))
+    for _ in range(2):
+        await stub.ReleaseStock(pb.ReleaseStockRequest(order_id=order))
+    bus = await Bus.connect(inventory.nats_url, name="test-inventory-events")
+    try:
+        sub = await bus.js.pull_subscribe(
+            "inventory.>", stream=STREAM,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+        seen: list[tuple[str, int]] = []
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(seen) < 2 and asyncio.get_running_loop().time() < deadline:
+            try:
+                msgs = await sub.fetch(100, timeout=1)
+            except TimeoutError:
+                continue
+            for msg in msgs:
+                env = envelope_pb2.Envelope.FromString(msg.data)
+                if env.aggregate_id != order:
+                    continue
+                payload = pb.StockReserved() if msg.subject == INVENTORY_RESERVED \
+                    else pb.StockReleased()
+                assert env.payload.Unpack(payload)
+                seen.append((msg.subject, payload.reservation.items[0].quantity))
+        # Give a stray duplicate a moment to show up.
+        try:
+            for msg in await sub.fetch(100, timeout=0.5):
+                if envelope_pb2.Envelope.FromString(msg.data).aggregate_id == order:
+                    seen.append((msg.subject, -1))
+        except TimeoutError:
+            pass
+        await sub.unsubscribe()
+    finally:
+        await bus.close()
+    assert seen == [(INVENTORY_RESERVED, 2), (INVENTORY_RELEASED, 2)]
+
+
+async def test_serves_while_nats_is_down(tmp_path: Path) -> None:
+    # Reservations must not wait for NATS: their events stay in the outbox meanwhile.
+    factory = ServiceFactory(tmp_path, f"nats://127.0.0.1:{free_port()}")
+    try:
+        proc = factory.start("inventory")
+        async with aio.insecure_channel(proc.addr) as channel:
+            stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+            reply = await stub.ReserveStock(reserve_req(new_id("o"), ("yoga-mat", 2)))
+            assert reply.reservation.status == pb.RESERVATION_STATUS_RESERVED
+            assert await stock(stub, "yoga-mat") == (BY_ID["yoga-mat"].stock - 2, 2, 0)
+    finally:
+        factory.stop_all()
