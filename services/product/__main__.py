@@ -1,0 +1,54 @@
+"""Composition root of the product service: `python -m services.product`. Needs no NATS:
+the catalogue publishes no events."""
+
+from __future__ import annotations
+
+import logging
+
+from grpc import aio
+from shop.product.v1 import product_pb2, product_pb2_grpc
+
+from services.common.db import Database
+from services.common.demo import CATALOGUE as DEMO
+from services.common.server import App, run_service
+from services.common.settings import Settings, env_float
+from services.product.domain import Catalogue, Product
+from services.product.servicer import ProductServicer
+from services.product.store import SCHEMA, ProductStore
+
+SERVICE_NAME = product_pb2.DESCRIPTOR.services_by_name["ProductService"].full_name
+
+log = logging.getLogger("shop.product")
+
+DEMO_PRODUCTS = tuple(
+    Product(p.id, p.name, p.description, p.category, p.price_cents, p.currency) for p in DEMO
+)
+
+
+async def build(settings: Settings) -> App:
+    # Writes are rare (CreateProduct), so a full fsync per commit costs nothing that matters.
+    db = await Database.open(settings.db_path, schema=SCHEMA, durable=True)
+    store = ProductStore(db)
+    seeded = await store.seed(DEMO_PRODUCTS)
+    servicer = ProductServicer(store, Catalogue())
+    await servicer.catch_up()
+    log.info("catalogue loaded",
+             extra={"products": len(servicer.catalogue), "seeded": seeded})
+    refresh_s = env_float("PRODUCT_REFRESH_S", 1.0)
+
+    def register(server: aio.Server) -> None:
+        product_pb2_grpc.add_ProductServiceServicer_to_server(servicer, server)
+
+    async def follow() -> None:
+        await servicer.follow(refresh_s)
+
+    return App(grpc_services=[SERVICE_NAME], register=register, tasks=[follow],
+               on_stop=[db.close])
+
+
+def main() -> None:
+    run_service("product", build)
+
+
+if __name__ == "__main__":
+    main()

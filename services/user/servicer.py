@@ -1,0 +1,75 @@
+"""UserService over gRPC: proto <-> domain. No SQL here; errors are DomainErrors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import TypeVar
+
+from grpc import aio
+from shop.user.v1 import user_pb2, user_pb2_grpc
+
+from services.common.errors import NotFound, Unauthenticated
+from services.common.identity import resolve_user
+from services.user import domain
+from services.user.convert import to_proto
+from services.user.store import UserStore
+from services.user.tokens import TOKEN_TYPE, KeyRing
+
+T = TypeVar("T")
+
+
+class UserServicer(user_pb2_grpc.UserServiceServicer):
+    def __init__(self, store: UserStore, keys: KeyRing, hasher: Executor) -> None:
+        self.store = store
+        self.keys = keys
+        # scrypt is CPU- and memory-bound: a pool sized to the CPUs bounds both, and the
+        # event loop keeps serving while a hash runs.
+        self._hasher = hasher
+
+    async def _hash_work(self, fn: Callable[..., T], *args: str) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._hasher, fn, *args)
+
+    async def CreateUser(
+        self, request: user_pb2.CreateUserRequest, context_: aio.ServicerContext
+    ) -> user_pb2.CreateUserResponse:
+        reg = domain.validate_registration(request.email, request.name, request.password)
+        password_hash = await self._hash_work(domain.hash_password, reg.password)
+        user = domain.User(id=uuid.uuid4().hex, email=reg.email, name=reg.name,
+                           create_time=time.time())
+        await self.store.create(user, password_hash)
+        return user_pb2.CreateUserResponse(user=to_proto(user))
+
+    async def GetUser(
+        self, request: user_pb2.GetUserRequest, context_: aio.ServicerContext
+    ) -> user_pb2.GetUserResponse:
+        user_id = domain.validate_user_id(resolve_user(request.id))
+        user = await self.store.get(user_id)
+        if user is None:
+            raise NotFound(f"user {user_id} not found")
+        return user_pb2.GetUserResponse(user=to_proto(user))
+
+    async def Login(
+        self, request: user_pb2.LoginRequest, context_: aio.ServicerContext
+    ) -> user_pb2.LoginResponse:
+        email, password = domain.validate_login(request.email, request.password)
+        found = await self.store.credentials(email)
+        # Unknown email: check against a dummy hash anyway, so both failures take as long.
+        stored = found[1] if found is not None else domain.dummy_hash()
+        ok = await self._hash_work(domain.verify_password, password, stored)
+        if found is None or not ok:
+            raise Unauthenticated(domain.LOGIN_FAILED)
+        user = found[0]
+        return user_pb2.LoginResponse(access_token=self.keys.mint(user.id, user.email),
+                                      token_type=TOKEN_TYPE,
+                                      expires_in=self.keys.settings.ttl_s)
+
+    async def GetJwks(
+        self, request: user_pb2.GetJwksRequest, context_: aio.ServicerContext
+    ) -> user_pb2.GetJwksResponse:
+        # Rare (verifiers cache the keys), so a look at the keys dir costs nothing.
+        await asyncio.to_thread(self.keys.reload)
+        return user_pb2.GetJwksResponse(keys=[user_pb2.Jwk(**jwk) for jwk in self.keys.jwks()])
