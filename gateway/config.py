@@ -1,0 +1,44 @@
+"""Gateway settings, all from the environment with working defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.ratelimit import DEFAULT_LIMIT
+from services.common.settings import env_float, env_int, env_str
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    rate_limit: str = DEFAULT_LIMIT
+    jwt_issuer: str = "shop-user"
+    jwt_audience: str = "shop-api"
+    max_body_bytes: int = 64 * 1024
+    # Budget of one proxied call; CreateOrder runs the whole saga inside it.
+    call_timeout_s: float = 10.0
+    # Each dashboard part gets this much before its fallback is used.
+    dashboard_part_timeout_s: float = 0.3
+    jwks_refetch_s: float = 5.0
+    token_cache_ttl_s: float = 30.0
+    ready_file: Path | None = None
+
+
+def load_gateway_settings() -> GatewaySettings:
+    ready = os.environ.get("SHOP_READY_FILE", "")
+    return GatewaySettings(
+        host=env_str("SHOP_HOST", "127.0.0.1"),
+        port=env_int("GATEWAY_PORT", 8080),
+        rate_limit=os.environ.get("GATEWAY_RATE_LIMIT", DEFAULT_LIMIT),
+        jwt_issuer=env_str("SHOP_JWT_ISSUER", "shop-user"),
+        jwt_audience=env_str("SHOP_JWT_AUDIENCE", "shop-api"),
+        max_body_bytes=env_int("GATEWAY_MAX_BODY_BYTES", 64 * 1024),
+        call_timeout_s=env_float("GATEWAY_CALL_TIMEOUT_S", 10.0),
+        dashboard_part_timeout_s=env_float("GATEWAY_DASHBOARD_TIMEOUT_S", 0.3),
+        jwks_refetch_s=env_float("GATEWAY_JWKS_REFETCH_S", 5.0),
+        token_cache_ttl_s=env_float("GATEWAY_TOKEN_CACHE_TTL_S", 30.0),
+        ready_file=Path(ready) if ready else None,
+    )

@@ -1,0 +1,107 @@
+"""GET /api/dashboard: user, recent orders and unread count, fetched in parallel.
+
+Each part has its own short deadline and goes through its service's breaker; a part that
+fails answers with the last good value for that user (or an empty one) and is named in
+`degraded`, so one slow or dead service never turns the dashboard into a 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from shop.notification.v1 import notification_pb2
+from shop.order.v1 import order_pb2
+from shop.user.v1 import user_pb2
+
+from gateway.jsonmap import to_dict
+from gateway.upstreams import Caller
+
+log = logging.getLogger("shop.gateway.dashboard")
+
+RECENT_ORDERS = 5
+# Extra time past the part's gRPC deadline before the part is abandoned outright.
+_GUARD_S = 0.2
+_MAX_REMEMBERED = 10_000
+
+ErrorHook = Callable[[str, BaseException], None]
+
+
+class Dashboard:
+    def __init__(
+        self,
+        users: Caller,
+        orders: Caller,
+        notifications: Caller,
+        *,
+        part_timeout_s: float = 0.3,
+        on_error: ErrorHook | None = None,
+    ) -> None:
+        self._users = users
+        self._orders = orders
+        self._notifications = notifications
+        self._timeout = part_timeout_s
+        self._on_error = on_error
+        # (part, user id) -> last good value; insertion-ordered for bounded eviction.
+        self._last: dict[tuple[str, str], Any] = {}
+
+    async def build(self, user_id: str) -> dict[str, Any]:
+        user, orders, unread = await asyncio.gather(
+            self._part("user", user_id, self._fetch_user, {"id": user_id, "email": "", "name": ""}),
+            self._part("order", user_id, self._fetch_orders, []),
+            self._part("notification", user_id, self._fetch_unread, 0),
+        )
+        degraded = [
+            name
+            for name, (_, failed) in (("user", user), ("order", orders), ("notification", unread))
+            if failed
+        ]
+        return {
+            "user": user[0],
+            "recentOrders": orders[0],
+            "unreadNotifications": unread[0],
+            "degraded": degraded,
+        }
+
+    async def _fetch_user(self) -> Any:
+        reply = await self._users.call(
+            "GetUser", user_pb2.GetUserRequest(id="me"), idempotent=True, timeout=self._timeout
+        )
+        return to_dict(reply.user)
+
+    async def _fetch_orders(self) -> Any:
+        reply = await self._orders.call(
+            "ListOrders",
+            order_pb2.ListOrdersRequest(page_size=RECENT_ORDERS),
+            idempotent=True,
+            timeout=self._timeout,
+        )
+        return [to_dict(o) for o in reply.orders[:RECENT_ORDERS]]
+
+    async def _fetch_unread(self) -> Any:
+        reply = await self._notifications.call(
+            "CountUnread",
+            notification_pb2.CountUnreadRequest(),
+            idempotent=True,
+            timeout=self._timeout,
+        )
+        return int(reply.count)
+
+    async def _part(
+        self, name: str, user_id: str, fetch: Callable[[], Awaitable[Any]], empty: Any
+    ) -> tuple[Any, bool]:
+        try:
+            value = await asyncio.wait_for(fetch(), self._timeout + _GUARD_S)
+        except Exception as err:  # any failure of a part degrades only that part
+            if self._on_error is not None:
+                self._on_error(name, err)
+            log.info("dashboard part %s degraded: %s", name, err)
+            return self._last.get((name, user_id), empty), True
+        key = (name, user_id)
+        last = self._last
+        if key not in last and len(last) >= _MAX_REMEMBERED:
+            last.pop(next(iter(last)))
+        last[key] = value
+        return value, False
