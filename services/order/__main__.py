@@ -1,0 +1,96 @@
+"""The order service: composition root. `python -m services.order`.
+
+Settings beyond the shared ones (all optional):
+  SHOP_ORDER_SAGA_BUDGET_S          how long CreateOrder waits for the saga (5 s)
+  SHOP_SAGA_COMPENSATION_ATTEMPTS   release/refund attempts before REQUIRES_ATTENTION (8)
+  SHOP_SAGA_RESERVE_ATTEMPTS        reserve attempts without an answer before cancelling (8)
+  SHOP_SAGA_CHARGE_ATTEMPTS         charge attempts without an answer before refund+cancel (8)
+  SHOP_SAGA_STEP_TIMEOUT_S          deadline of each saga step call (3 s)
+  SHOP_SAGA_LEASE_S                 saga lease; another instance takes over after it (10 s)
+"""
+
+from __future__ import annotations
+
+from grpc import aio
+from shop.cart.v1 import cart_pb2_grpc
+from shop.inventory.v1 import inventory_pb2_grpc
+from shop.order.v1 import order_pb2, order_pb2_grpc
+from shop.payment.v1 import payment_pb2_grpc
+from shop.product.v1 import product_pb2_grpc
+from shop.user.v1 import user_pb2_grpc
+
+from services.common.bus import Bus
+from services.common.clients import Downstream
+from services.common.consumer import EventConsumer
+from services.common.db import Database
+from services.common.outbox import OutboxRelay
+from services.common.server import App, run_service
+from services.common.settings import Settings, env_float, env_int
+from services.order import handlers
+from services.order.domain import Limits
+from services.order.ports import GrpcPorts
+from services.order.saga import SagaConfig, SagaRunner
+from services.order.servicer import OrderServicer, Peers
+from services.order.store import SCHEMA, OrderStore
+
+SERVICE_NAME = order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
+
+
+async def build(settings: Settings) -> App:
+    db = await Database.open(settings.db_path, schema=SCHEMA, durable=True)
+    bus = await Bus.connect(settings.nats_url, name=settings.instance_id)
+    await bus.ensure_streams()
+    store = OrderStore(db)
+    step_timeout = env_float("SHOP_SAGA_STEP_TIMEOUT_S", 3.0)
+    inventory = Downstream("inventory", inventory_pb2_grpc.InventoryServiceStub,
+                           cap_s=step_timeout)
+    payment = Downstream("payment", payment_pb2_grpc.PaymentServiceStub, cap_s=step_timeout)
+    peers = Peers(
+        users=Downstream("user", user_pb2_grpc.UserServiceStub, cap_s=2.0),
+        products=Downstream("product", product_pb2_grpc.ProductServiceStub, cap_s=2.0),
+        carts=Downstream("cart", cart_pb2_grpc.CartServiceStub, cap_s=2.0),
+    )
+    limits = Limits(
+        reserve=env_int("SHOP_SAGA_RESERVE_ATTEMPTS", 8),
+        charge=env_int("SHOP_SAGA_CHARGE_ATTEMPTS", 8),
+        compensation=env_int("SHOP_SAGA_COMPENSATION_ATTEMPTS", 8),
+    )
+    # The instance id is the lease owner: a restarted instance resumes its own sagas at once.
+    config = SagaConfig(owner=settings.instance_id, limits=limits,
+                        lease_s=env_float("SHOP_SAGA_LEASE_S", 10.0))
+    runner = SagaRunner(store, GrpcPorts(inventory, payment, step_timeout_s=step_timeout),
+                        config)
+    servicer = OrderServicer(store, runner, peers,
+                             budget_s=env_float("SHOP_ORDER_SAGA_BUDGET_S", 5.0))
+    payment_routes, shipment_routes = handlers.routes(runner.poke)
+    consumers = [
+        EventConsumer(bus, db, durable=handlers.PAYMENTS_DURABLE, routes=payment_routes),
+        EventConsumer(bus, db, durable=handlers.SHIPMENTS_DURABLE, routes=shipment_routes),
+    ]
+    relay = OutboxRelay(db, bus)
+
+    def register(server: aio.Server) -> None:
+        order_pb2_grpc.add_OrderServiceServicer_to_server(servicer, server)
+
+    async def stop() -> None:
+        await runner.close()
+        for ds in (inventory, payment, peers.users, peers.products, peers.carts):
+            await ds.close()
+        await bus.close()
+        await db.close()
+
+    return App(
+        grpc_services=[SERVICE_NAME],
+        register=register,
+        tasks=[relay.run, *(c.run for c in consumers), runner.resume_loop,
+               runner.heartbeat_loop],
+        on_stop=[stop],
+    )
+
+
+def main() -> None:
+    run_service("order", build)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Events the order service consumes.
+
+- `payment.completed` / `payment.failed` (durable "order-payments"): settle a saga whose
+  Charge call had no answer (timeout, payment down) without waiting for a retry.
+- `order.shipped` (durable "order-shipments"): CONFIRMED -> SHIPPED with the tracking number.
+
+Handlers run inside the consumer's transaction (inbox row + effect) and use only `conn`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiosqlite
+from shop.payment.v1 import payment_pb2
+from shop.shipping.v1 import shipping_pb2
+
+from services.common import events
+from services.common.consumer import Route
+from services.order import store
+from services.order.domain import Outcome, SagaStatus, Step, advance
+
+PAYMENTS_DURABLE = "order-payments"
+SHIPMENTS_DURABLE = "order-shipments"
+
+
+async def reconcile_charge(conn: aiosqlite.Connection, order_id: str, *, charged: bool,
+                           error: str) -> bool:
+    """Move a saga still at its charge step to the charge's real outcome; True if moved.
+    A saga already past the charge (the usual case: the call answered first) is left alone."""
+    state = await store.saga_of(conn, order_id)
+    if state is None or state.step is not Step.CHARGE or state.status is not SagaStatus.RUNNING:
+        return False
+    outcome = Outcome.SUCCEEDED if charged else Outcome.REFUSED
+    new = advance(state, outcome, error).state
+    if not await store.write_saga(conn, state, new):
+        return False
+    source = events.PAYMENT_COMPLETED if charged else events.PAYMENT_FAILED
+    await store.add_history(conn, order_id, store.HistoryEntry(
+        Step.CHARGE.value, "reconciled", state.attempt + 1, time.time(),
+        f"{outcome.value} by {source}" + (f": {error}" if error else "")))
+    return True
+
+
+def routes(poke: Callable[[str], None]) -> tuple[list[Route], list[Route]]:
+    """(payment routes, shipment routes); `poke(order_id)` wakes the saga's driver."""
+
+    async def on_completed(conn: aiosqlite.Connection, envelope: Any,
+                           payload: payment_pb2.PaymentCompleted) -> None:
+        if await reconcile_charge(conn, payload.payment.order_id, charged=True, error=""):
+            poke(payload.payment.order_id)
+
+    async def on_failed(conn: aiosqlite.Connection, envelope: Any,
+                        payload: payment_pb2.PaymentFailed) -> None:
+        if await reconcile_charge(conn, payload.payment.order_id, charged=False,
+                                  error=payload.reason or payload.payment.decline_reason):
+            poke(payload.payment.order_id)
+
+    async def on_shipped(conn: aiosqlite.Connection, envelope: Any,
+                         payload: shipping_pb2.OrderShipped) -> None:
+        await store.mark_shipped(conn, payload.shipment.order_id,
+                                 payload.shipment.tracking_number)
+
+    payments = [
+        Route(events.PAYMENT_COMPLETED, payment_pb2.PaymentCompleted, on_completed),
+        Route(events.PAYMENT_FAILED, payment_pb2.PaymentFailed, on_failed),
+    ]
+    shipments = [Route(events.ORDER_SHIPPED, shipping_pb2.OrderShipped, on_shipped)]
+    return payments, shipments

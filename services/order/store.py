@@ -1,0 +1,346 @@
+"""OrderStore: every SQL statement of the order service (orders, sagas, saga history).
+
+A saga row carries a `version` (bumped by every change: optimistic concurrency between the
+driving coroutine, event handlers and cancels) and a lease (`owner`, `lease_until`) so two
+order instances sharing the file never drive the same saga at once. Taking a lease bumps
+the version too, which fences off a previous owner's late writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiosqlite
+from google.protobuf.message import Message
+from shop.order.v1 import order_pb2
+
+from services.common import events
+from services.common.db import Database
+from services.common.outbox import enqueue
+from services.order.convert import order_pb
+from services.order.domain import (
+    Line,
+    Order,
+    OrderStatus,
+    SagaState,
+    SagaStatus,
+    Step,
+)
+
+SOURCE = "order"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS orders (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    items TEXT NOT NULL,                -- JSON [[product_id, quantity, unit_price_cents], ...]
+    total_cents INTEGER NOT NULL,
+    currency TEXT NOT NULL,
+    status TEXT NOT NULL,
+    cancel_reason TEXT NOT NULL DEFAULT '',
+    tracking_number TEXT NOT NULL DEFAULT '',
+    from_cart INTEGER NOT NULL DEFAULT 0,
+    idempotency_key TEXT,               -- NULL when the client sent none
+    create_time REAL NOT NULL,
+    update_time REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS orders_idempotency
+    ON orders (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS orders_by_user ON orders (user_id, create_time DESC, id DESC);
+CREATE TABLE IF NOT EXISTS sagas (
+    order_id TEXT PRIMARY KEY,
+    step TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    charged INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    reason TEXT NOT NULL DEFAULT '',
+    card_token TEXT NOT NULL DEFAULT '',
+    version INTEGER NOT NULL DEFAULT 0,
+    owner TEXT NOT NULL DEFAULT '',
+    lease_until REAL NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sagas_active ON sagas (status)
+    WHERE status IN ('running', 'compensating');
+CREATE TABLE IF NOT EXISTS saga_history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    order_id TEXT NOT NULL,
+    step TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    time REAL NOT NULL,
+    error TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS saga_history_by_order ON saga_history (order_id, id);
+"""
+
+_ORDER_COLS = ("id, user_id, items, total_cents, currency, status, cancel_reason, "
+               "tracking_number, from_cart, idempotency_key, create_time, update_time")
+_SAGA_COLS = "order_id, step, status, attempt, charged, cancel_requested, reason, card_token, " \
+             "version, owner, lease_until"
+_ACTIVE = f"('{SagaStatus.RUNNING.value}', '{SagaStatus.COMPENSATING.value}')"
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    step: str
+    outcome: str
+    attempt: int
+    time: float
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Lease:
+    owner: str
+    until: float
+
+
+def _order(row: aiosqlite.Row) -> Order:
+    return Order(
+        id=row["id"], user_id=row["user_id"],
+        items=tuple(Line(p, int(q), int(c)) for p, q, c in json.loads(row["items"])),
+        total_cents=int(row["total_cents"]), currency=row["currency"],
+        status=OrderStatus(row["status"]), cancel_reason=row["cancel_reason"],
+        create_time=float(row["create_time"]), update_time=float(row["update_time"]),
+        tracking_number=row["tracking_number"], from_cart=bool(row["from_cart"]),
+        idempotency_key=row["idempotency_key"] or "",
+    )
+
+
+def _saga(row: aiosqlite.Row) -> SagaState:
+    return SagaState(
+        order_id=row["order_id"], step=Step(row["step"]), status=SagaStatus(row["status"]),
+        attempt=int(row["attempt"]), charged=bool(row["charged"]),
+        cancel_requested=bool(row["cancel_requested"]), reason=row["reason"],
+        card_token=row["card_token"], version=int(row["version"]),
+    )
+
+
+def _final_event(order: Order, saga: SagaState) -> tuple[str, Message]:
+    pb = order_pb(order)
+    if order.status is OrderStatus.CONFIRMED:
+        return events.ORDER_CONFIRMED, order_pb2.OrderConfirmed(order=pb)
+    if order.status is OrderStatus.CANCELLED:
+        return events.ORDER_CANCELLED, order_pb2.OrderCancelled(order=pb, reason=saga.reason)
+    return events.ORDER_REQUIRES_ATTENTION, order_pb2.OrderRequiresAttention(
+        order=pb, step=saga.step.value, error=saga.reason)
+
+
+# --- statements on a caller's connection (also used by event handlers) ----------------------
+
+
+async def saga_of(conn: aiosqlite.Connection, order_id: str) -> SagaState | None:
+    cur = await conn.execute(f"SELECT {_SAGA_COLS} FROM sagas WHERE order_id = ?", (order_id,))
+    row = await cur.fetchone()
+    return _saga(row) if row else None
+
+
+async def write_saga(conn: aiosqlite.Connection, old: SagaState, new: SagaState, *,
+                     owner: str | None = None, lease_until: float = 0.0) -> bool:
+    """Replace the saga if nobody changed it since `old` (and, with `owner`, if we still
+    hold its lease); False on a conflict."""
+    sql = ("UPDATE sagas SET step = ?, status = ?, attempt = ?, charged = ?, "
+           "cancel_requested = ?, reason = ?, card_token = ?, version = version + 1, "
+           "updated_at = ?")
+    args: list[object] = [new.step.value, new.status.value, new.attempt, int(new.charged),
+                          int(new.cancel_requested), new.reason, new.card_token, time.time()]
+    if owner is not None:
+        sql += ", owner = ?, lease_until = ?"
+        args += [owner, lease_until]
+    sql += " WHERE order_id = ? AND version = ?"
+    args += [old.order_id, old.version]
+    cur = await conn.execute(sql, args)
+    return cur.rowcount == 1
+
+
+async def add_history(conn: aiosqlite.Connection, order_id: str, entry: HistoryEntry) -> None:
+    await conn.execute(
+        "INSERT INTO saga_history (order_id, step, outcome, attempt, time, error)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (order_id, entry.step, entry.outcome, entry.attempt, entry.time, entry.error[:500]))
+
+
+async def order_of(conn: aiosqlite.Connection, order_id: str) -> Order | None:
+    cur = await conn.execute(f"SELECT {_ORDER_COLS} FROM orders WHERE id = ?", (order_id,))
+    row = await cur.fetchone()
+    return _order(row) if row else None
+
+
+async def mark_shipped(conn: aiosqlite.Connection, order_id: str, tracking: str) -> bool:
+    """CONFIRMED -> SHIPPED; False when the order is not (or no longer) CONFIRMED."""
+    cur = await conn.execute(
+        "UPDATE orders SET status = ?, tracking_number = ?, update_time = ?"
+        " WHERE id = ? AND status = ?",
+        (OrderStatus.SHIPPED.value, tracking, time.time(), order_id,
+         OrderStatus.CONFIRMED.value))
+    return cur.rowcount == 1
+
+
+# --- the repository ------------------------------------------------------------------------
+
+
+class OrderStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create(self, order: Order, saga: SagaState, *, owner: str,
+                     lease_s: float) -> tuple[Order, bool]:
+        """Order PENDING + its saga (leased to `owner`) + order.created, one transaction.
+
+        Returns (order, True), or (the existing order, False) when the user already has an
+        order with this idempotency key."""
+        items = json.dumps([[ln.product_id, ln.quantity, ln.unit_price_cents]
+                            for ln in order.items])
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                f"INSERT OR IGNORE INTO orders ({_ORDER_COLS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (order.id, order.user_id, items, order.total_cents, order.currency,
+                 order.status.value, order.cancel_reason, order.tracking_number,
+                 int(order.from_cart), order.idempotency_key or None, order.create_time,
+                 order.update_time))
+            if cur.rowcount != 1:
+                existing = await self._by_key(conn, order.user_id, order.idempotency_key)
+                if existing is None:
+                    raise RuntimeError(f"order {order.id} was neither inserted nor found")
+                return existing, False
+            await conn.execute(
+                f"INSERT INTO sagas ({_SAGA_COLS}, updated_at)"
+                " VALUES (?, ?, ?, 0, 0, 0, '', ?, 0, ?, ?, ?)",
+                (order.id, saga.step.value, saga.status.value, saga.card_token, owner,
+                 time.time() + lease_s, time.time()))
+            await enqueue(conn, events.ORDER_CREATED, order_pb2.OrderCreated(
+                order=order_pb(order)), source=SOURCE, aggregate_id=order.id)
+        return order, True
+
+    async def _by_key(self, conn: aiosqlite.Connection, user_id: str, key: str) -> Order | None:
+        cur = await conn.execute(
+            f"SELECT {_ORDER_COLS} FROM orders WHERE user_id = ? AND idempotency_key = ?",
+            (user_id, key))
+        row = await cur.fetchone()
+        return _order(row) if row else None
+
+    async def by_key(self, user_id: str, key: str) -> Order | None:
+        async with self.db.reader() as conn:
+            return await self._by_key(conn, user_id, key)
+
+    async def get(self, order_id: str) -> Order | None:
+        async with self.db.reader() as conn:
+            return await order_of(conn, order_id)
+
+    async def get_with_saga(self, order_id: str) -> tuple[Order, SagaState] | None:
+        async with self.db.reader() as conn:
+            order = await order_of(conn, order_id)
+            saga = await saga_of(conn, order_id)
+        return (order, saga) if order is not None and saga is not None else None
+
+    async def list_for_user(self, user_id: str, after: tuple[float, str] | None,
+                            limit: int) -> list[Order]:
+        """Newest first; `after` is the (create_time, id) of the last order already seen."""
+        sql = f"SELECT {_ORDER_COLS} FROM orders WHERE user_id = ?"
+        args: list[object] = [user_id]
+        if after is not None:
+            sql += " AND (create_time < ? OR (create_time = ? AND id < ?))"
+            args += [after[0], after[0], after[1]]
+        sql += " ORDER BY create_time DESC, id DESC LIMIT ?"
+        args.append(limit)
+        async with self.db.reader() as conn:
+            cur = await conn.execute(sql, args)
+            rows = await cur.fetchall()
+        return [_order(r) for r in rows]
+
+    async def saga(self, order_id: str) -> tuple[SagaState, Lease] | None:
+        async with self.db.reader() as conn:
+            cur = await conn.execute(
+                f"SELECT {_SAGA_COLS} FROM sagas WHERE order_id = ?", (order_id,))
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return _saga(row), Lease(row["owner"], float(row["lease_until"]))
+
+    async def history(self, order_id: str) -> list[HistoryEntry]:
+        async with self.db.reader() as conn:
+            cur = await conn.execute(
+                "SELECT step, outcome, attempt, time, error FROM saga_history"
+                " WHERE order_id = ? ORDER BY id", (order_id,))
+            rows = await cur.fetchall()
+        return [HistoryEntry(r["step"], r["outcome"], int(r["attempt"]), float(r["time"]),
+                             r["error"]) for r in rows]
+
+    async def acquire(self, order_id: str, owner: str, lease_s: float) -> SagaState | None:
+        """Take the lease of an unfinished saga that is ours or whose lease ran out."""
+        now = time.time()
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE sagas SET owner = ?, lease_until = ?, version = version + 1"
+                f" WHERE order_id = ? AND status IN {_ACTIVE}"
+                " AND (owner = ? OR owner = '' OR lease_until < ?)",
+                (owner, now + lease_s, order_id, owner, now))
+            if cur.rowcount != 1:
+                return None
+            return await saga_of(conn, order_id)
+
+    async def renew(self, owner: str, order_ids: Sequence[str], lease_s: float) -> None:
+        """Heartbeat: extend the leases we still hold."""
+        if not order_ids:
+            return
+        marks = ",".join("?" * len(order_ids))
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                f"UPDATE sagas SET lease_until = ? WHERE owner = ? AND order_id IN ({marks})",
+                (time.time() + lease_s, owner, *order_ids))
+
+    async def resumable(self, owner: str, limit: int = 500) -> list[str]:
+        """Unfinished sagas that are ours (a previous life of this instance) or unowned."""
+        async with self.db.reader() as conn:
+            cur = await conn.execute(
+                f"SELECT order_id FROM sagas WHERE status IN {_ACTIVE}"
+                " AND (owner = ? OR owner = '' OR lease_until < ?) LIMIT ?",
+                (owner, time.time(), limit))
+            rows = await cur.fetchall()
+        return [r[0] for r in rows]
+
+    async def record(self, order: Order, old: SagaState, new: SagaState,
+                     entry: HistoryEntry, *, owner: str, lease_s: float,
+                     final_status: OrderStatus | None) -> Order | None:
+        """One saga transition in one transaction: history row, saga row and, when the saga
+        ended, the order's status and its event. None when the saga changed under us (the
+        history row is kept: the attempt did happen)."""
+        now = time.time()
+        async with self.db.transaction() as conn:
+            await add_history(conn, order.id, entry)
+            cur = await conn.execute(
+                "UPDATE sagas SET step = ?, status = ?, attempt = ?, charged = ?, reason = ?,"
+                " card_token = ?, version = version + 1, lease_until = ?, updated_at = ?"
+                " WHERE order_id = ? AND version = ? AND owner = ?",
+                (new.step.value, new.status.value, new.attempt, int(new.charged), new.reason,
+                 new.card_token, now + lease_s, now, order.id, old.version, owner))
+            if cur.rowcount != 1:
+                return None
+            if final_status is None:
+                return order
+            cancel_reason = new.reason if final_status is not OrderStatus.CONFIRMED else ""
+            await conn.execute(
+                "UPDATE orders SET status = ?, cancel_reason = ?, update_time = ? WHERE id = ?",
+                (final_status.value, cancel_reason, now, order.id))
+            ended = dataclasses.replace(order, status=final_status,
+                                        cancel_reason=cancel_reason, update_time=now)
+            subject, payload = _final_event(ended, new)
+            await enqueue(conn, subject, payload, source=SOURCE, aggregate_id=order.id)
+            return ended
+
+    async def replace_saga(self, old: SagaState, new: SagaState, entry: HistoryEntry, *,
+                           owner: str | None = None, lease_s: float = 0.0) -> bool:
+        """A change made outside the driving coroutine (a cancel), with its history row."""
+        async with self.db.transaction() as conn:
+            ok = await write_saga(conn, old, new, owner=owner,
+                                  lease_until=time.time() + lease_s)
+            if ok:
+                await add_history(conn, old.order_id, entry)
+            return ok

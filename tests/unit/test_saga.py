@@ -1,0 +1,210 @@
+"""The saga orchestrator with fake downstream ports and a real SQLite store in a temp dir."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from services.common.db import Database
+from services.order import domain as d
+from services.order import handlers
+from services.order.ports import StepRefused, StepUnknown
+from services.order.saga import SagaConfig, SagaRunner
+from services.order.store import SCHEMA, OrderStore
+
+FAST = d.Limits(reserve=3, charge=3, compensation=4, backoff_base_s=0.005, backoff_max_s=0.02)
+
+
+class FakePorts:
+    """Scripted downstreams: each method pops its next result (None = success)."""
+
+    def __init__(self, **script: list[Exception | None]) -> None:
+        self.script = script
+        self.calls: list[str] = []
+        self.charge_gate: asyncio.Event | None = None
+        self.charging = asyncio.Event()
+
+    async def _step(self, name: str) -> None:
+        self.calls.append(name)
+        queue = self.script.get(name, [])
+        result = queue.pop(0) if queue else None
+        if result is not None:
+            raise result
+
+    async def reserve(self, order: d.Order) -> None:
+        await self._step("reserve")
+
+    async def charge(self, order: d.Order, card_token: str) -> None:
+        assert card_token == "tok_visa"
+        self.charging.set()
+        if self.charge_gate is not None:
+            await self.charge_gate.wait()
+        await self._step("charge")
+
+    async def commit(self, order_id: str) -> None:
+        await self._step("commit")
+
+    async def refund(self, order_id: str, reason: str) -> None:
+        await self._step("refund")
+
+    async def release(self, order_id: str) -> None:
+        await self._step("release")
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[OrderStore]:
+    db = await Database.open(tmp_path / "order.db", schema=SCHEMA, durable=False)
+    try:
+        yield OrderStore(db)
+    finally:
+        await db.close()
+
+
+async def new_order(store: OrderStore, runner: SagaRunner) -> tuple[d.Order, d.SagaState]:
+    now = time.time()
+    order = d.Order(id=f"o{now!r}", user_id="u1", items=(d.Line("mat", 2, 500),),
+                    total_cents=1000, currency="USD", create_time=now, update_time=now)
+    state = d.SagaState(order.id, card_token="tok_visa")
+    order, created = await store.create(order, state, owner=runner.config.owner, lease_s=5)
+    assert created
+    return order, state
+
+
+async def run_saga(store: OrderStore, ports: FakePorts) -> tuple[d.Order, list[str]]:
+    runner = SagaRunner(store, ports, SagaConfig(owner="order-1", limits=FAST))
+    order, state = await new_order(store, runner)
+    result = await asyncio.wait_for(runner.start(order, state), 5)
+    assert result is not None
+    stored = await store.get(order.id)
+    assert stored is not None and stored.status is result.status
+    history = [f"{h.step}:{h.outcome}" for h in await store.history(order.id)]
+    return stored, history
+
+
+async def outbox_subjects(store: OrderStore) -> list[str]:
+    async with store.db.reader() as conn:
+        cur = await conn.execute("SELECT subject FROM outbox ORDER BY id")
+        return [r[0] for r in await cur.fetchall()]
+
+
+async def test_happy_path_confirms_and_publishes(store: OrderStore) -> None:
+    ports = FakePorts()
+    order, history = await run_saga(store, ports)
+    assert order.status is d.OrderStatus.CONFIRMED
+    assert ports.calls == ["reserve", "charge", "commit"]
+    assert history == ["reserve_stock:succeeded", "charge:succeeded", "confirm:succeeded"]
+    assert await outbox_subjects(store) == ["order.created", "order.confirmed"]
+
+
+async def test_out_of_stock_cancels_without_charge(store: OrderStore) -> None:
+    ports = FakePorts(reserve=[StepRefused("mat: 1 available")])
+    order, _ = await run_saga(store, ports)
+    assert order.status is d.OrderStatus.CANCELLED
+    assert order.cancel_reason == "out of stock: mat: 1 available"
+    assert ports.calls == ["reserve"]
+    assert await outbox_subjects(store) == ["order.created", "order.cancelled"]
+
+
+async def test_declined_releases_stock(store: OrderStore) -> None:
+    ports = FakePorts(charge=[StepRefused("card declined")])
+    order, history = await run_saga(store, ports)
+    assert (order.status, order.cancel_reason) == (d.OrderStatus.CANCELLED, "payment declined")
+    assert ports.calls == ["reserve", "charge", "release"]
+    assert history[-1] == "release_stock:succeeded"
+
+
+async def test_unknown_charge_is_retried_until_it_answers(store: OrderStore) -> None:
+    ports = FakePorts(charge=[StepUnknown("DEADLINE_EXCEEDED"), StepUnknown("UNAVAILABLE")])
+    order, history = await run_saga(store, ports)
+    assert order.status is d.OrderStatus.CONFIRMED
+    assert history == ["reserve_stock:succeeded", "charge:unknown", "charge:unknown",
+                       "charge:succeeded", "confirm:succeeded"]
+    attempts = [h.attempt for h in await store.history(order.id) if h.step == "charge"]
+    assert attempts == [1, 2, 3]
+
+
+async def test_unknown_charge_past_limit_refunds_then_releases(store: OrderStore) -> None:
+    ports = FakePorts(charge=[StepUnknown("UNAVAILABLE")] * FAST.charge)
+    order, _ = await run_saga(store, ports)
+    assert (order.status, order.cancel_reason) == (d.OrderStatus.CANCELLED, "payment unavailable")
+    assert ports.calls[-2:] == ["refund", "release"]
+
+
+async def test_compensation_retries_to_limit_then_requires_attention(store: OrderStore) -> None:
+    ports = FakePorts(charge=[StepRefused("declined")],
+                      release=[StepUnknown("UNAVAILABLE")] * FAST.compensation)
+    order, history = await run_saga(store, ports)
+    assert order.status is d.OrderStatus.REQUIRES_ATTENTION
+    assert ports.calls.count("release") == FAST.compensation
+    assert history.count("release_stock:unknown") == FAST.compensation
+    assert (await outbox_subjects(store))[-1] == "order.requires_attention"
+
+
+async def test_confirm_retried_past_any_limit(store: OrderStore) -> None:
+    ports = FakePorts(commit=[StepUnknown("UNAVAILABLE")] * 10)
+    order, _ = await run_saga(store, ports)
+    assert order.status is d.OrderStatus.CONFIRMED
+    assert ports.calls.count("commit") == 11
+
+
+async def test_payment_event_reconciles_a_hung_charge(store: OrderStore) -> None:
+    """The charge call hangs; payment.completed moves the saga on; the late answer is
+    then a no-op and the order confirms exactly once."""
+    ports = FakePorts()
+    ports.charge_gate = asyncio.Event()
+    runner = SagaRunner(store, ports, SagaConfig(owner="order-1", limits=FAST))
+    order, state = await new_order(store, runner)
+    task = runner.start(order, state)
+    await asyncio.wait_for(ports.charging.wait(), 5)
+    async with store.db.transaction() as conn:
+        moved = await handlers.reconcile_charge(conn, order.id, charged=True, error="")
+    assert moved
+    runner.poke(order.id)
+    ports.charge_gate.set()
+    result = await asyncio.wait_for(task, 5)
+    assert result is not None and result.status is d.OrderStatus.CONFIRMED
+    assert (await outbox_subjects(store)).count("order.confirmed") == 1
+    steps = [(h.step, h.outcome) for h in await store.history(order.id)]
+    assert ("charge", "reconciled") in steps
+
+
+async def test_second_instance_cannot_take_a_live_lease(store: OrderStore) -> None:
+    ports = FakePorts()
+    ports.charge_gate = asyncio.Event()
+    one = SagaRunner(store, ports, SagaConfig(owner="order-1", limits=FAST))
+    two = SagaRunner(store, FakePorts(), SagaConfig(owner="order-2", limits=FAST))
+    order, state = await new_order(store, one)
+    task = one.start(order, state)
+    assert await two.store.acquire(order.id, "order-2", 5) is None
+    assert await two.ensure(order.id) is None  # the driver gives up at once
+    ports.charge_gate.set()
+    result = await asyncio.wait_for(task, 5)
+    assert result is not None and result.status is d.OrderStatus.CONFIRMED
+
+
+async def test_resume_picks_up_an_abandoned_saga(store: OrderStore) -> None:
+    """A saga leased by a dead owner (lease run out) is resumed by the scan."""
+    dead = SagaRunner(store, FakePorts(), SagaConfig(owner="order-dead", limits=FAST))
+    order, _ = await new_order(store, dead)
+    async with store.db.transaction() as conn:
+        await conn.execute("UPDATE sagas SET lease_until = 0 WHERE order_id = ?", (order.id,))
+    ports = FakePorts()
+    live = SagaRunner(store, ports, SagaConfig(owner="order-2", limits=FAST,
+                                                resume_every_s=0.05))
+    scan = asyncio.create_task(live.resume_loop())
+    try:
+        for _ in range(200):
+            got = await store.get(order.id)
+            if got is not None and got.status is d.OrderStatus.CONFIRMED:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        scan.cancel()
+        await live.close()
+    got = await store.get(order.id)
+    assert got is not None and got.status is d.OrderStatus.CONFIRMED
+    assert ports.calls == ["reserve", "charge", "commit"]
