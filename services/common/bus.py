@@ -1,0 +1,165 @@
+"""The NATS connection every process shares: JetStream streams and event publishing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import nats
+from nats.aio.client import Client
+from nats.errors import NoServersError
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, PubAck, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+from shop.events.v1 import envelope_pb2
+
+from services.common.events import AGGREGATES, DLQ_STREAM, STREAM
+
+__all__ = ["DUPLICATE_WINDOW_S", "Bus", "OutMsg", "envelope_headers"]
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_WINDOW_S = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class OutMsg:
+    """A publish ready to go: already serialized, headers already built."""
+
+    subject: str
+    data: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def envelope_headers(event_id: str, correlation_id: str, traceparent: str) -> dict[str, str]:
+    hdrs = {"Nats-Msg-Id": event_id}
+    if correlation_id:
+        hdrs["x-request-id"] = correlation_id
+    if traceparent:
+        hdrs["traceparent"] = traceparent
+    return hdrs
+
+
+def events_stream_config() -> StreamConfig:
+    return StreamConfig(
+        name=STREAM,
+        subjects=[f"{a}.>" for a in AGGREGATES],
+        storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS,
+        duplicate_window=DUPLICATE_WINDOW_S,
+    )
+
+
+def dlq_stream_config() -> StreamConfig:
+    return StreamConfig(
+        name=DLQ_STREAM,
+        subjects=["dlq.>"],
+        storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=DUPLICATE_WINDOW_S,
+    )
+
+
+class Bus:
+    def __init__(self, nc: Client, name: str) -> None:
+        self.nc = nc
+        self.name = name
+        self.js: JetStreamContext = nc.jetstream()
+
+    @classmethod
+    async def connect(cls, url: str, *, name: str, connect_for_s: float = 10.0) -> Bus:
+        """Connect (retrying for `connect_for_s`), then reconnect forever with a short wait."""
+
+        async def on_error(e: Exception) -> None:
+            log.debug("nats error: %r", e)
+
+        async def on_disconnect() -> None:
+            log.warning("nats disconnected")
+
+        async def on_reconnect() -> None:
+            log.info("nats reconnected")
+
+        deadline = time.monotonic() + connect_for_s
+        while True:
+            try:
+                nc = await nats.connect(
+                    url, name=name, allow_reconnect=True, max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.25, connect_timeout=2, error_cb=on_error,
+                    disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
+                    # Publishes made while reconnecting are buffered up to this size.
+                    pending_size=16 * 1024 * 1024,
+                )
+                return cls(nc, name)
+            except (TimeoutError, NoServersError, OSError):
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+    async def ensure_streams(self) -> None:
+        """Create or update SHOP_EVENTS and SHOP_DLQ; safe when instances race."""
+        for config in (events_stream_config(), dlq_stream_config()):
+            await self._ensure_stream(config)
+
+    async def _ensure_stream(self, config: StreamConfig) -> None:
+        assert config.name is not None
+        for attempt in range(5):
+            try:
+                try:
+                    await self.js.stream_info(config.name)
+                except NotFoundError:
+                    await self.js.add_stream(config)
+                else:
+                    await self.js.update_stream(config)
+                return
+            except Exception:
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.1 * (attempt + 1))  # another instance raced us
+
+    async def publish(self, envelope: envelope_pb2.Envelope, *, timeout_s: float = 5.0) -> PubAck:
+        hdrs = envelope_headers(envelope.id, envelope.correlation_id, envelope.traceparent)
+        return await self.js.publish(envelope.subject, envelope.SerializeToString(),
+                                     timeout=timeout_s, headers=hdrs)
+
+    async def publish_batch(self, msgs: Sequence[OutMsg], *,
+                            timeout_s: float = 5.0) -> list[PubAck | BaseException]:
+        """Publish in order on the one connection with every ack in flight at once.
+
+        Returns one PubAck or exception per message, in order; acks not back within
+        `timeout_s` are TimeoutErrors (the message may still be stored: callers retry and
+        the Nats-Msg-Id duplicate window drops the repeat).
+        """
+        futures: list[asyncio.Future[PubAck]] = []
+        results: list[PubAck | BaseException] = []
+        for m in msgs:
+            try:
+                fut = await self.js.publish_async(m.subject, m.data, headers=dict(m.headers),
+                                                  wait_stall=timeout_s)
+            except Exception as e:  # disconnected, buffer full: the rest fail too
+                results.append(e)
+                break
+            futures.append(fut)
+        if futures:
+            _, pending = await asyncio.wait(futures, timeout=timeout_s)
+            for fut in pending:
+                fut.cancel()
+        ordered: list[PubAck | BaseException] = []
+        for fut in futures:
+            if fut.cancelled():
+                ordered.append(TimeoutError("publish ack timed out"))
+            elif (exc := fut.exception()) is not None:
+                ordered.append(exc)
+            else:
+                ordered.append(fut.result())
+        return ordered + results
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except Exception:
+                await self.nc.close()

@@ -1,0 +1,326 @@
+"""One aiosqlite connection per store: WAL, explicit transactions, outbox and inbox tables.
+
+aiosqlite runs every call on its own thread, so each statement is a thread hop; keep
+transactions short and statements few (executemany, one query for many ids).
+
+Hot paths use `await db.write(fn)` / `await db.read(fn)` instead: `fn(tx)` is a plain
+function run on the connection's thread, so a whole transaction costs ONE hop. Writes that
+arrive while another batch holds the connection are group-committed: one BEGIN IMMEDIATE ..
+COMMIT (one fsync, still synchronous=FULL) with a SAVEPOINT around each `fn`, so a failing
+one is rolled back alone and raises to its own caller only. A caller's future resolves only
+after the COMMIT returned, so durability is exactly that of a transaction of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import sqlite3
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import aiosqlite
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
+
+__all__ = ["SHARED_SCHEMA", "CommitListener", "Database", "Tx", "mark_outbox_dirty"]
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+CommitListener = Callable[[], None]
+
+# Shared by every service. `outbox.data` is the serialized Envelope; the other columns
+# are what the relay needs without parsing it. Sent rows are kept a while (for audits
+# and tests) and pruned by the relay.
+SHARED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    subject TEXT NOT NULL,
+    aggregate_id TEXT NOT NULL,
+    correlation_id TEXT NOT NULL DEFAULT '',
+    traceparent TEXT NOT NULL DEFAULT '',
+    data BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    sent_at REAL
+);
+CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (id) WHERE sent_at IS NULL;
+CREATE TABLE IF NOT EXISTS inbox (
+    consumer TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    handled_at REAL NOT NULL,
+    PRIMARY KEY (consumer, event_id)
+) WITHOUT ROWID;
+"""
+
+_OUTBOX_INSERT = """INSERT INTO outbox (event_id, subject, aggregate_id, correlation_id,
+    traceparent, data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"""
+# At most this many operations share one hop (bounds how long the connection is held).
+_MAX_BATCH = 256
+
+
+class Tx:
+    """The connection as seen by a `write`/`read` function, on the connection's thread.
+
+    Plain sqlite3: no awaits. `enqueue` adds an outbox row in this same transaction (the
+    caller's contextvars are visible here, so the envelope gets its request id and trace)."""
+
+    __slots__ = ("conn", "dirty")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.dirty = False
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
+        return self.conn.executemany(sql, rows)
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self.conn.execute(sql, params).fetchone()
+        return row
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def enqueue(self, subject: str, payload: Message, *, source: str, aggregate_id: str,
+                correlation_id: str | None = None, traceparent: str | None = None) -> str:
+        """outbox.enqueue for a write function; returns the event id."""
+        from services.common.outbox import new_envelope  # outbox imports this module
+
+        env = new_envelope(subject, payload, source=source, aggregate_id=aggregate_id,
+                           correlation_id=correlation_id, traceparent=traceparent)
+        self.conn.execute(_OUTBOX_INSERT, (
+            env.id, env.subject, env.aggregate_id, env.correlation_id, env.traceparent,
+            env.SerializeToString(), time.time()))
+        self.dirty = True
+        return env.id
+
+
+# (kind, context, fn, future): kind "w" runs in the group transaction, "r" after its commit.
+_Op = tuple[str, contextvars.Context, Callable[[Tx], Any], "asyncio.Future[Any]"]
+# Per op: (ok, result or exception, dirty).
+_Outcome = tuple[bool, Any, bool]
+
+# Connection -> Database, so `outbox.enqueue(conn, ...)` can flag the open transaction.
+_by_conn: weakref.WeakValueDictionary[int, Database] = weakref.WeakValueDictionary()
+
+
+def mark_outbox_dirty(conn: aiosqlite.Connection) -> None:
+    """Called by enqueue: listeners are woken after this transaction commits."""
+    db = _by_conn.get(id(conn))
+    if db is not None:
+        db._dirty = True
+
+
+class Database:
+    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+        self._lock = asyncio.Lock()
+        self._listeners: list[CommitListener] = []
+        self._dirty = False
+        self._ops: list[_Op] = []
+        self._flusher: asyncio.Task[None] | None = None
+        _by_conn[id(conn)] = self
+
+    @classmethod
+    async def open(cls, path: str | Path, *, schema: str, durable: bool) -> Database:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: the sqlite3 module never opens transactions behind our back.
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        conn.row_factory = aiosqlite.Row
+        try:
+            await conn.execute("PRAGMA busy_timeout=5000")
+            await conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: fsync the WAL at every commit (money, stock). NORMAL may lose the
+            # last commits on power loss but never corrupts.
+            await conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            await conn.execute("PRAGMA foreign_keys=ON")
+            # Several instances may open the same file at once: serialize schema setup.
+            # (executescript commits any open transaction first, so BEGIN goes inside it.)
+            try:
+                await conn.executescript(
+                    f"BEGIN IMMEDIATE;\n{SHARED_SCHEMA}\n{schema}\n;COMMIT;")
+            except BaseException:
+                if conn.in_transaction:
+                    await _rollback(conn)
+                raise
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn, path)
+
+    def add_commit_listener(self, cb: CommitListener) -> None:
+        """`cb()` runs after each commit that enqueued outbox rows."""
+        self._listeners.append(cb)
+
+    def remove_commit_listener(self, cb: CommitListener) -> None:
+        if cb in self._listeners:
+            self._listeners.remove(cb)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction (BEGIN IMMEDIATE: takes the write lock up front, so no
+        deadlock-prone lock upgrade; other processes wait up to busy_timeout)."""
+        async with self._lock:
+            self._dirty = False
+            try:
+                await self.conn.execute("BEGIN IMMEDIATE")
+                yield self.conn
+                await self.conn.execute("COMMIT")
+            except BaseException:
+                # Also on cancellation: aiosqlite still runs an already queued BEGIN or
+                # COMMIT on its thread, so a ROLLBACK queued behind it always ends the
+                # transaction (an error from it just means there was none).
+                self._dirty = False
+                await asyncio.shield(_rollback(self.conn))
+                raise
+            dirty, self._dirty = self._dirty, False
+        if dirty:
+            self._notify()
+
+    @asynccontextmanager
+    async def reader(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Reads outside a transaction (each statement sees the latest commit)."""
+        async with self._lock:
+            yield self.conn
+
+    async def write(self, fn: Callable[[Tx], T]) -> T:
+        """`fn(tx)` in a write transaction, in one thread hop; concurrent writes share one
+        BEGIN IMMEDIATE .. COMMIT (group commit), each in its own savepoint. Returns fn's
+        result once committed; fn's exception rolls back fn's writes only. `fn` runs on the
+        connection's thread: plain sqlite3 calls, no awaits, nothing that blocks."""
+        result: T = await self._submit("w", fn)
+        return result
+
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        """`fn(tx)` outside a transaction (sees the latest commit), in one thread hop."""
+        result: T = await self._submit("r", fn)
+        return result
+
+    def _submit(self, kind: str, fn: Callable[[Tx], Any]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._ops.append((kind, contextvars.copy_context(), fn, fut))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush(), name="db-group-commit")
+        return fut
+
+    async def _flush(self) -> None:
+        """Runs while operations are queued: takes the connection (the same lock as
+        transaction()/reader()), then everything queued by then goes in one hop."""
+        try:
+            while self._ops:
+                async with self._lock:
+                    batch = [op for op in self._ops[:_MAX_BATCH] if not op[3].cancelled()]
+                    del self._ops[:_MAX_BATCH]
+                    if not batch:
+                        continue
+                    try:
+                        outcomes: list[_Outcome] = await self.conn._execute(  # type: ignore[no-untyped-call]
+                            self._run_batch, batch)
+                    except BaseException as e:
+                        for op in batch:
+                            if not op[3].done():
+                                op[3].set_exception(e)
+                        if isinstance(e, asyncio.CancelledError):
+                            raise
+                        continue
+                dirty = False
+                for (_, _, _, fut), (ok, value, op_dirty) in zip(batch, outcomes, strict=True):
+                    dirty = dirty or (ok and op_dirty)
+                    if fut.done():
+                        continue
+                    if ok:
+                        fut.set_result(value)
+                    else:
+                        fut.set_exception(value)
+                if dirty:
+                    self._notify()
+        finally:
+            self._flusher = None
+            if self._ops:  # cancelled with work queued: fail it rather than hang
+                ops, self._ops = self._ops, []
+                for op in ops:
+                    if not op[3].done():
+                        op[3].set_exception(RuntimeError("database closed"))
+
+    def _run_batch(self, batch: list[_Op]) -> list[_Outcome]:
+        """On the connection's thread: the writes in one transaction, then the reads.
+        Raises (so every op of the batch fails) only when the transaction as a whole did."""
+        conn: sqlite3.Connection = self.conn._conn
+        outcomes: dict[int, _Outcome] = {}
+        writes = [(i, op) for i, op in enumerate(batch) if op[0] == "w"]
+        if writes:
+            alone = len(writes) == 1
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for i, (_, ctx, fn, _) in writes:
+                    tx = Tx(conn)
+                    if not alone:
+                        conn.execute("SAVEPOINT g")
+                    try:
+                        value = ctx.run(fn, tx)
+                    except Exception as e:
+                        if not conn.in_transaction:
+                            raise  # SQLite rolled the whole transaction back
+                        if alone:
+                            conn.execute("ROLLBACK")
+                            return [(False, e, False)] + [
+                                self._read_one(conn, op) for op in batch[1:]]
+                        conn.execute("ROLLBACK TO g")
+                        conn.execute("RELEASE g")
+                        outcomes[i] = (False, e, False)
+                    else:
+                        if not alone:
+                            conn.execute("RELEASE g")
+                        outcomes[i] = (True, value, tx.dirty)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        log.debug("rollback failed", exc_info=True)
+                raise
+        return [outcomes[i] if op[0] == "w" else self._read_one(conn, op)
+                for i, op in enumerate(batch)]
+
+    @staticmethod
+    def _read_one(conn: sqlite3.Connection, op: _Op) -> _Outcome:
+        _, ctx, fn, _ = op
+        try:
+            return True, ctx.run(fn, Tx(conn)), False
+        except Exception as e:
+            return False, e, False
+
+    def _notify(self) -> None:
+        for cb in list(self._listeners):
+            try:
+                cb()
+            except Exception:
+                log.exception("commit listener failed")
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.wait([self._flusher], timeout=5.0)
+        _by_conn.pop(id(self.conn), None)
+        await self.conn.close()
+
+
+async def _rollback(conn: aiosqlite.Connection) -> None:
+    try:
+        await conn.execute("ROLLBACK")
+    except Exception:  # already rolled back by SQLite (e.g. after SQLITE_FULL)
+        log.debug("rollback failed", exc_info=True)

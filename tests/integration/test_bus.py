@@ -1,0 +1,74 @@
+"""Bus: streams, publish with headers, JetStream dedupe, pull round trip."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from nats.js.api import StorageType
+from shop.events.v1 import envelope_pb2
+from shop.user.v1 import user_pb2
+
+from ops.natsd import NatsServer
+from services.common.bus import Bus
+from services.common.events import DLQ_STREAM, STREAM, USER_CREATED
+from services.common.outbox import new_envelope
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def test_streams_are_idempotent(events_bus: Bus) -> None:
+    await events_bus.ensure_streams()  # second time: no error
+    info = await events_bus.js.stream_info(STREAM)
+    assert set(info.config.subjects or []) == {"user.>", "order.>", "payment.>", "inventory.>"}
+    assert info.config.storage == StorageType.FILE
+    assert info.config.duplicate_window == 120.0
+    dlq = await events_bus.js.stream_info(DLQ_STREAM)
+    assert dlq.config.subjects == ["dlq.>"]
+
+
+async def test_publish_round_trip_with_headers_and_dedupe(events_bus: Bus) -> None:
+    env = new_envelope(USER_CREATED, user_pb2.UserCreated(user=user_pb2.User(id="u1")),
+                       source="user", aggregate_id="u1", correlation_id="req-1",
+                       traceparent="00-abc-def-01")
+    ack = await events_bus.publish(env)
+    again = await events_bus.publish(env)
+    assert ack.stream == STREAM and not ack.duplicate
+    assert again.duplicate and again.seq == ack.seq
+
+    sub = await events_bus.js.pull_subscribe(USER_CREATED, durable="bus-test", stream=STREAM)
+    msgs = await sub.fetch(10, timeout=2)
+    assert len(msgs) == 1
+    msg = msgs[0]
+    assert msg.headers is not None
+    assert msg.headers["Nats-Msg-Id"] == env.id
+    assert msg.headers["x-request-id"] == "req-1"
+    assert msg.headers["traceparent"] == "00-abc-def-01"
+    got = envelope_pb2.Envelope.FromString(msg.data)
+    payload = user_pb2.UserCreated()
+    assert got.payload.Unpack(payload) and payload.user.id == "u1"
+    assert got.type == "shop.user.v1.UserCreated" and got.subject == USER_CREATED
+    await msg.ack()
+
+
+async def test_connect_waits_for_a_late_server(tmp_path: Path) -> None:
+    """connect() retries at start: a server that comes up a moment later is found."""
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    port = server.port
+    server.stop()
+
+    def start_late() -> None:
+        time.sleep(0.5)
+        server.start()
+
+    starter = asyncio.get_running_loop().run_in_executor(None, start_late)
+    try:
+        bus = await Bus.connect(f"nats://127.0.0.1:{port}", name="late", connect_for_s=10)
+        assert bus.nc.is_connected
+        await bus.close()
+    finally:
+        await starter
+        server.stop()

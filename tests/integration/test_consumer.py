@@ -1,0 +1,168 @@
+"""EventConsumer: inbox idempotency, queue semantics, back-off and dead-lettering."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import pytest
+from shop.events.v1 import envelope_pb2
+from shop.user.v1 import user_pb2
+
+from services.common.bus import Bus
+from services.common.consumer import EventConsumer, Route
+from services.common.db import Database
+from services.common.dlq import list_dead_letters
+from services.common.events import DLQ_STREAM, USER_CREATED
+from services.common.outbox import new_envelope
+
+pytestmark = pytest.mark.timeout(60)
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS welcome (user_id TEXT NOT NULL, event_id TEXT NOT NULL);"
+
+
+async def record_welcome(conn: aiosqlite.Connection, env: envelope_pb2.Envelope,
+                         payload: Any) -> None:
+    await conn.execute("INSERT INTO welcome VALUES (?, ?)", (payload.user.id, env.id))
+
+
+def user_event(user_id: str) -> envelope_pb2.Envelope:
+    return new_envelope(USER_CREATED, user_pb2.UserCreated(user=user_pb2.User(id=user_id)),
+                        source="user", aggregate_id=user_id)
+
+
+async def publish_again(bus: Bus, env: envelope_pb2.Envelope) -> None:
+    """A redelivery as JetStream would make it after its duplicate window."""
+    await bus.js.publish(env.subject, env.SerializeToString(),
+                         headers={"Nats-Msg-Id": uuid.uuid4().hex})
+
+
+async def wait_for(cond: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def rows(db: Database) -> list[tuple[str, str]]:
+    async with db.reader() as conn:
+        cur = await conn.execute("SELECT user_id, event_id FROM welcome ORDER BY rowid")
+        return [(r[0], r[1]) for r in await cur.fetchall()]
+
+
+@pytest.fixture
+async def two_dbs(tmp_path: Path) -> AsyncIterator[tuple[Database, Database]]:
+    a = await Database.open(tmp_path / "a.db", schema=SCHEMA, durable=True)
+    b = await Database.open(tmp_path / "b.db", schema=SCHEMA, durable=True)
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_same_event_twice_has_one_effect(events_bus: Bus,
+                                               two_dbs: tuple[Database, Database]) -> None:
+    twice_db, once_db = two_dbs
+    events = [user_event(f"u{i}") for i in range(20)]
+    for env in events:
+        await events_bus.publish(env)
+    for env in events[::2]:
+        await publish_again(events_bus, env)
+    route = [Route(USER_CREATED, user_pb2.UserCreated, record_welcome)]
+    twice = EventConsumer(events_bus, twice_db, durable="twice", routes=route, ack_wait_s=2)
+    once = EventConsumer(events_bus, once_db, durable="once", routes=route, ack_wait_s=2)
+    # "once" stops at the first 20 stream messages: exactly one delivery of each.
+    tasks = [asyncio.create_task(twice.run())]
+    try:
+        await wait_for(lambda: _seen(twice, 30))
+        await once.start()
+        assert once._sub is not None
+        msgs = await once._sub.fetch(20, timeout=5)
+        await once.process(msgs)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await once.stop()
+    assert twice.stats.handled == 20 and twice.stats.duplicates == 10
+    assert await rows(twice_db) == await rows(once_db)
+    assert len(await rows(twice_db)) == 20
+
+
+async def _seen(c: EventConsumer, n: int) -> bool:
+    return c.stats.handled + c.stats.duplicates >= n
+
+
+async def test_instances_share_the_work(events_bus: Bus,
+                                        two_dbs: tuple[Database, Database]) -> None:
+    db, _ = two_dbs
+    route = [Route(USER_CREATED, user_pb2.UserCreated, record_welcome)]
+    a = EventConsumer(events_bus, db, durable="shared", routes=route, batch=8)
+    b = EventConsumer(events_bus, db, durable="shared", routes=route, batch=8)
+    tasks = [asyncio.create_task(a.run()), asyncio.create_task(b.run())]
+    try:
+        for i in range(200):
+            await events_bus.publish(user_event(f"s{i}"))
+        await wait_for(lambda: _total(a, b, 200))
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    got = await rows(db)
+    assert len(got) == 200 and len(set(got)) == 200
+    assert a.stats.handled > 0 and b.stats.handled > 0
+
+
+async def _total(a: EventConsumer, b: EventConsumer, n: int) -> bool:
+    return a.stats.handled + b.stats.handled >= n
+
+
+async def test_poison_message_goes_to_dlq_after_max_deliver(
+        events_bus: Bus, two_dbs: tuple[Database, Database]) -> None:
+    db, _ = two_dbs
+    poison = user_event("poison")
+    calls: dict[str, int] = {}
+
+    async def handler(conn: aiosqlite.Connection, env: envelope_pb2.Envelope,
+                      payload: Any) -> None:
+        calls[env.id] = calls.get(env.id, 0) + 1
+        await record_welcome(conn, env, payload)  # its effect must be rolled back
+        if env.id == poison.id:
+            raise ValueError("cannot welcome this user")
+
+    behind = [user_event(f"b{i}") for i in range(5)]
+    await events_bus.publish(poison)
+    for env in behind:
+        await events_bus.publish(env)
+    consumer = EventConsumer(events_bus, db, durable="poison", max_deliver=3, ack_wait_s=2,
+                             routes=[Route(USER_CREATED, user_pb2.UserCreated, handler)],
+                             backoff_s=(0.05, 0.1))
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_for(lambda: _dlq_count(events_bus, 1))
+        await asyncio.sleep(0.5)  # a fourth delivery would show up here
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    # One failure verdict per delivery: exactly max_deliver deliveries. (A handler may
+    # run again within one delivery when its batch is redone with savepoints.)
+    assert consumer.stats.failed == 3
+    assert calls[poison.id] >= 3
+    assert all(calls[e.id] >= 1 for e in behind)
+    assert [r[0] for r in await rows(db)] == [f"b{i}" for i in range(5)]
+    [dead] = await list_dead_letters(events_bus.js)
+    assert dead.event_id == poison.id and dead.subject == USER_CREATED
+    assert dead.consumer == "poison" and "cannot welcome this user" in dead.reason
+    assert envelope_pb2.Envelope.FromString(dead.data) == poison
+    assert consumer.stats.dead_lettered == 1
+
+
+async def _dlq_count(bus: Bus, n: int) -> bool:
+    info = await bus.js.stream_info(DLQ_STREAM)
+    return info.state.messages >= n

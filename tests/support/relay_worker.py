@@ -1,0 +1,40 @@
+"""A relay process for fault tests: drains an outbox file to NATS, then exits 0.
+
+usage: python -m tests.support.relay_worker DB_PATH NATS_URL [BATCH]
+Prints "ready" once connected, "drained" when no unsent row is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+
+from services.common.bus import Bus
+from services.common.db import Database
+from services.common.outbox import OutboxRelay
+
+
+async def main(db_path: str, url: str, batch: int) -> None:
+    db = await Database.open(db_path, schema="", durable=True)
+    bus = await Bus.connect(url, name="relay-worker")
+    await bus.ensure_streams()
+    relay = OutboxRelay(db, bus, batch=batch, poll_s=0.05)
+    print("ready", flush=True)
+    task = asyncio.create_task(relay.run())
+    try:
+        while True:
+            if not await relay.pending():
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    print("drained", relay.stats.published, flush=True)
+    await bus.close()
+    await db.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 256))

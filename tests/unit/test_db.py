@@ -1,0 +1,131 @@
+"""Database: WAL + explicit transactions, rollback, serialization, commit listeners."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from shop.user.v1 import user_pb2
+
+from services.common.db import Database
+from services.common.outbox import enqueue
+
+pytestmark = pytest.mark.timeout(30)
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS counter (k TEXT PRIMARY KEY, n INTEGER NOT NULL);"
+
+
+async def _open(path: Path, durable: bool = True) -> Database:
+    return await Database.open(path, schema=SCHEMA, durable=durable)
+
+
+async def _value(db: Database) -> int:
+    async with db.reader() as conn:
+        cur = await conn.execute("SELECT n FROM counter WHERE k = 'a'")
+        row = await cur.fetchone()
+    return int(row[0]) if row else -1
+
+
+async def test_pragmas_and_tables(tmp_path: Path) -> None:
+    db = await _open(tmp_path / "s.db", durable=True)
+    try:
+        async with db.reader() as conn:
+            mode = await (await conn.execute("PRAGMA journal_mode")).fetchone()
+            sync = await (await conn.execute("PRAGMA synchronous")).fetchone()
+            fk = await (await conn.execute("PRAGMA foreign_keys")).fetchone()
+            cur = await conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            tables = {r["name"] for r in await cur.fetchall()}
+        assert mode is not None and mode[0] == "wal"
+        assert sync is not None and sync[0] == 2  # FULL
+        assert fk is not None and fk[0] == 1
+        assert {"counter", "outbox", "inbox"} <= tables
+    finally:
+        await db.close()
+    relaxed = await _open(tmp_path / "s.db", durable=False)  # reopen: schema is idempotent
+    try:
+        async with relaxed.reader() as conn:
+            sync = await (await conn.execute("PRAGMA synchronous")).fetchone()
+        assert sync is not None and sync[0] == 1  # NORMAL
+    finally:
+        await relaxed.close()
+
+
+async def test_commit_and_rollback(tmp_path: Path) -> None:
+    db = await _open(tmp_path / "s.db")
+    try:
+        async with db.transaction() as conn:
+            await conn.execute("INSERT INTO counter VALUES ('a', 1)")
+        with pytest.raises(RuntimeError):
+            async with db.transaction() as conn:
+                await conn.execute("UPDATE counter SET n = 99 WHERE k = 'a'")
+                raise RuntimeError("boom")
+        assert await _value(db) == 1
+        assert not db.conn.in_transaction
+    finally:
+        await db.close()
+
+
+async def test_transactions_are_serialized(tmp_path: Path) -> None:
+    """Read-modify-write with a yield in between: no lost update."""
+    db = await _open(tmp_path / "s.db")
+    try:
+        async with db.transaction() as conn:
+            await conn.execute("INSERT INTO counter VALUES ('a', 0)")
+
+        async def bump() -> None:
+            async with db.transaction() as conn:
+                cur = await conn.execute("SELECT n FROM counter WHERE k = 'a'")
+                row = await cur.fetchone()
+                assert row is not None
+                await asyncio.sleep(0)
+                await conn.execute("UPDATE counter SET n = ? WHERE k = 'a'", (row[0] + 1,))
+
+        await asyncio.gather(*(bump() for _ in range(50)))
+        assert await _value(db) == 50
+    finally:
+        await db.close()
+
+
+async def test_two_connections_share_a_file(tmp_path: Path) -> None:
+    """Two instances of a service on one file: BEGIN IMMEDIATE + busy_timeout."""
+    a, b = await _open(tmp_path / "s.db"), await _open(tmp_path / "s.db")
+    try:
+        async with a.transaction() as conn:
+            await conn.execute("INSERT INTO counter VALUES ('a', 0)")
+
+        async def bump(db: Database) -> None:
+            for _ in range(25):
+                async with db.transaction() as conn:
+                    await conn.execute("UPDATE counter SET n = n + 1 WHERE k = 'a'")
+
+        await asyncio.gather(bump(a), bump(b))
+        assert await _value(a) == 50
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_commit_listener_only_after_outbox_commit(tmp_path: Path) -> None:
+    db = await _open(tmp_path / "s.db")
+    calls: list[int] = []
+    db.add_commit_listener(lambda: calls.append(1))
+    try:
+        async with db.transaction() as conn:
+            await conn.execute("INSERT INTO counter VALUES ('a', 0)")
+        assert calls == []
+        with pytest.raises(RuntimeError):
+            async with db.transaction() as conn:
+                await enqueue(conn, "user.created", user_pb2.UserCreated(), source="user",
+                              aggregate_id="u1")
+                raise RuntimeError("rolled back")
+        assert calls == []
+        async with db.transaction() as conn:
+            await enqueue(conn, "user.created", user_pb2.UserCreated(), source="user",
+                          aggregate_id="u1")
+        assert calls == [1]
+        async with db.reader() as conn:
+            row = await (await conn.execute("SELECT count(*) FROM outbox")).fetchone()
+        assert row is not None and row[0] == 1
+    finally:
+        await db.close()
