@@ -1,0 +1,266 @@
+"""`make run`: embedded NATS, the eight services and the gateway, supervised.
+
+Everything starts in parallel and is waited for together; a child that dies is
+restarted with exponential back-off (as Kubernetes would); Ctrl-C or SIGTERM
+stops the gateway, then the services, then NATS, and exits 0.
+Supervisor lines go to stdout; each process logs to <data dir>/logs/<instance>.log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from ops.natsd import NatsServer
+from ops.process import (
+    GATEWAY,
+    ServiceProcess,
+    StartError,
+    System,
+    env_prefix,
+    free_port,
+    port_in_use,
+    start_system,
+)
+from services.common.settings import DEFAULT_PORTS, SERVICES
+
+__all__ = [
+    "BACKOFF_CAP_S",
+    "BACKOFF_START_S",
+    "STABLE_AFTER_S",
+    "Supervisor",
+    "instances_file",
+    "main",
+    "parse_scale",
+    "resolve_ports",
+    "write_instances",
+]
+
+BACKOFF_START_S = 0.5
+BACKOFF_CAP_S = 10.0
+STABLE_AFTER_S = 30.0  # up this long: the next crash starts the back-off afresh
+DEFAULT_NATS_PORT = 4222
+
+
+def log(msg: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} supervisor: {msg}", flush=True)
+
+
+def parse_scale(text: str) -> dict[str, int]:
+    """`"payment=2 order=2"` -> {"payment": 2, "order": 2}; commas also separate."""
+    scale: dict[str, int] = {}
+    for item in text.replace(",", " ").split():
+        name, sep, count = item.partition("=")
+        if not sep or name not in SERVICES or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"SCALE: bad entry {item!r} (want <service>=<n>, n >= 1, "
+                             f"service one of {', '.join(SERVICES)})")
+        scale[name] = int(count)
+    return scale
+
+
+def resolve_ports(environ: Mapping[str, str]) -> dict[str, int]:
+    """Port of each service's first instance and of the gateway: `<NAME>_PORT`,
+    else the fixed default; 0 means any free port (picked now, so addresses are
+    known before anything starts)."""
+    ports: dict[str, int] = {}
+    for name in (*SERVICES, GATEWAY):
+        raw = environ.get(f"{env_prefix(name)}_PORT", "").strip()
+        if raw and not raw.isdigit():
+            raise ValueError(f"{env_prefix(name)}_PORT must be a port number, got {raw!r}")
+        port = int(raw) if raw else DEFAULT_PORTS[name]
+        ports[name] = port or free_port()
+    return ports
+
+
+def instances_file(data_dir: Path) -> Path:
+    return data_dir / "run" / "instances.json"
+
+
+def write_instances(system: System, nats_pid: int | None = None) -> None:
+    """What shopctl reads to find the running instances (until the NATS KV
+    registry replaces it). Written atomically, so a reader never sees half."""
+    path = instances_file(system.data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "supervisor_pid": os.getpid(),
+        "nats_url": system.nats_url,
+        "nats_pid": nats_pid,  # None: an external NATS, not ours
+        "instances": [
+            {"service": p.name, "instance": p.instance, "addr": p.addr, "pid": p.pid,
+             "log": str(p.log_path)}
+            for p in system.all()
+        ],
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(path)
+
+
+@dataclass
+class _Watch:
+    """Restart bookkeeping for one process."""
+
+    proc: ServiceProcess
+    delay: float = BACKOFF_START_S
+    started_at: float = 0.0
+    restart_at: float | None = None  # set while waiting out the back-off
+    healthy: bool = True
+
+
+class Supervisor:
+    """Restarts a crashed child with back-off: 0.5 s doubling to a 10 s cap,
+    reset once it has stayed up 30 s."""
+
+    def __init__(self, system: System) -> None:
+        self.system = system
+        now = time.monotonic()
+        self.watches = [_Watch(p, started_at=now) for p in system.all()]
+
+    def tick(self, now: float) -> bool:
+        """One pass over every child; True when a pid changed."""
+        changed = False
+        for w in self.watches:
+            proc = w.proc
+            if w.restart_at is not None:
+                if now >= w.restart_at:
+                    w.restart_at = None
+                    proc.restarts += 1
+                    proc.start()
+                    w.started_at, w.healthy = now, False
+                    log(f"restarted {proc.instance} on {proc.addr} "
+                        f"(pid {proc.pid}, restart #{proc.restarts})")
+                    changed = True
+                continue
+            code = proc.returncode
+            if code is not None:
+                why = f"killed by {_signame(-code)}" if code < 0 else f"exit code {code}"
+                log(f"{proc.instance} (pid {proc.pid}) died unexpectedly ({why}); "
+                    f"restarting in {w.delay:g} s; log: {proc.log_path}")
+                w.restart_at = now + w.delay
+                w.delay = min(w.delay * 2, BACKOFF_CAP_S)
+                continue
+            if not w.healthy:
+                try:
+                    w.healthy = proc.poll_ready(check_timeout=0.2)
+                except StartError:
+                    continue  # died meanwhile: the next tick schedules the restart
+                if w.healthy:
+                    log(f"{proc.instance} is healthy again on {proc.addr} (pid {proc.pid})")
+            if now - w.started_at >= STABLE_AFTER_S:
+                w.delay = BACKOFF_START_S
+        return changed
+
+
+def _signame(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+def print_table(system: System, nats_url: str, elapsed: float) -> None:
+    rows = [("NAME", "INSTANCE", "ADDRESS", "PID", "HEALTH")]
+    rows.append(("nats", "nats", nats_url, "", "OK"))
+    for p in system.all():
+        rows.append((p.name, p.instance, p.addr, str(p.pid), p.health(0.5)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print()
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    bindir = Path(sys.executable).parent
+    order = system["order"].addr.replace("127.0.0.1", "localhost")
+    gw = system.base_url.replace("127.0.0.1", "localhost")
+    print(f"\n  all {len(system.all())} processes healthy in {elapsed:.2f} s")
+    print(f"  logs: {system.data_dir / 'logs'}/<instance>.log; NATS: {system.data_dir / 'nats'}")
+    print("\n  try:")
+    print(f"    {bindir / 'grpcurl'} -plaintext {order} list")
+    print(f"    curl -s {gw}/api/products")
+    print(f"    curl -s {gw}/readyz")
+    print(f"    {bindir / 'shopctl'} status")
+    print("\n  Ctrl-C stops everything.\n", flush=True)
+
+
+class _Stop(Exception):
+    """Raised by the signal handler while starting, to abort the start-up."""
+
+
+def main() -> int:
+    data_dir = Path(os.environ.get("SHOP_DATA_DIR") or "var").resolve()
+    try:
+        scale = parse_scale(os.environ.get("SCALE", ""))
+        ports = resolve_ports(os.environ)
+        nats_port = int(os.environ.get("NATS_PORT") or DEFAULT_NATS_PORT)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    external_nats = os.environ.get("NATS_URL", "").strip()
+    wanted = dict(ports) if external_nats else {**ports, "nats": nats_port}
+    taken = [f"{port} ({name})" for name, port in wanted.items() if port_in_use(port)]
+    if taken:
+        print(f"error: port already in use: {', '.join(taken)}; is shop already running? "
+              "Stop it, or choose other ports with <SERVICE>_PORT / GATEWAY_PORT / NATS_PORT.",
+              file=sys.stderr)
+        return 1
+
+    stopping = False
+    starting = True
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        if starting:
+            raise _Stop
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    nats: NatsServer | None = None
+    system: System | None = None
+    t0 = time.monotonic()
+    try:
+        if external_nats:
+            nats_url = external_nats
+            log(f"using external NATS at {nats_url}")
+        else:
+            nats = NatsServer(data_dir / "nats", port=nats_port).start()
+            nats_url = nats.url
+            log(f"NATS (JetStream) up on {nats_url} (pid {nats.pid})")
+        timeout = float(os.environ.get("SHOP_START_TIMEOUT_S") or 60)
+        system = start_system(data_dir, nats_url, ports=ports, scale=scale,
+                              with_gateway=True, ready_timeout=timeout)
+        starting = False
+        nats_pid = nats.pid if nats is not None else None
+        write_instances(system, nats_pid)
+        print_table(system, nats_url, time.monotonic() - t0)
+        supervisor = Supervisor(system)
+        while not stopping:
+            if supervisor.tick(time.monotonic()):
+                write_instances(system, nats_pid)
+            time.sleep(0.1)
+        log("stopping: gateway, services, then NATS")
+        return 0
+    except _Stop:
+        log("interrupted while starting; stopping what was started")
+        return 0
+    except (StartError, OSError, TimeoutError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        starting = False  # a second Ctrl-C now must not abort the clean-up
+        if system is not None:
+            system.stop()
+            instances_file(data_dir).unlink(missing_ok=True)
+        if nats is not None:
+            nats.stop()
+        log("stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
