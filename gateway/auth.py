@@ -117,7 +117,9 @@ class TokenVerifier:
     async def _key_for(self, kid: str) -> Any:
         key = self._keys.get(kid)
         if key is None:
-            await self.refresh()
+            # With no keys at all (the user service was still starting), fetch at
+            # once rather than waiting out the refetch interval.
+            await self.refresh(force=not self._keys)
             key = self._keys.get(kid)
         if key is None:
             if not self._keys:
