@@ -3,12 +3,14 @@ process, and the registry `shopctl status` and metrics read."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
 import pybreaker
 from grpc import aio
 
+from services.common import context
 from services.common.settings import env_float, env_int
 
 log = logging.getLogger("shop.breaker")
@@ -27,8 +29,20 @@ FAILURE_CODES = frozenset(
 _registry: dict[str, pybreaker.CircuitBreaker] = {}
 
 
+# A cancellation this close to the caller's deadline means the downstream did not
+# answer in the time it was given: the same verdict as DEADLINE_EXCEEDED.
+_DEADLINE_SLACK_S = 0.05
+
+
 def is_failure(exc: BaseException) -> bool:
-    return isinstance(exc, aio.AioRpcError) and exc.code() in FAILURE_CODES
+    if isinstance(exc, aio.AioRpcError):
+        return exc.code() in FAILURE_CODES
+    if isinstance(exc, asyncio.CancelledError):
+        # grpc.aio cancels a handler when its caller's deadline passes, while the
+        # outgoing call (given all the remaining time) still waits on a hung downstream.
+        left = context.remaining()
+        return left is not None and left <= _DEADLINE_SLACK_S
+    return False
 
 
 def _not_a_failure(exc: BaseException) -> bool:

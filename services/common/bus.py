@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import nats
 from nats.aio.client import Client
@@ -18,7 +20,7 @@ from shop.events.v1 import envelope_pb2
 
 from services.common.events import AGGREGATES, DLQ_STREAM, STREAM
 
-__all__ = ["DUPLICATE_WINDOW_S", "Bus", "OutMsg", "envelope_headers"]
+__all__ = ["DUPLICATE_WINDOW_S", "Bus", "OutMsg", "envelope_headers", "probe"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,28 @@ def dlq_stream_config() -> StreamConfig:
     )
 
 
+async def probe(url: str, *, timeout_s: float = 2.0) -> None:
+    """Returns once a TCP connection to one of `url`'s servers (comma-separated) opened;
+    raises OSError when none accepts one."""
+    errors: list[str] = []
+    for part in url.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        u = urlsplit(part if "://" in part else f"nats://{part}")
+        host, port = u.hostname or "127.0.0.1", u.port or 4222
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+        except (OSError, TimeoutError) as e:
+            errors.append(f"{host}:{port}: {e!r}")
+            continue
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+        return
+    raise OSError(f"no NATS server reachable ({'; '.join(errors) or url})")
+
+
 class Bus:
     def __init__(self, nc: Client, name: str) -> None:
         self.nc = nc
@@ -72,7 +96,8 @@ class Bus:
 
     @classmethod
     async def connect(cls, url: str, *, name: str, connect_for_s: float = 10.0) -> Bus:
-        """Connect (retrying for `connect_for_s`), then reconnect forever with a short wait."""
+        """Connect (retrying for `connect_for_s`, then raising), then reconnect forever
+        with a short wait. `connect_for_s=0`: one attempt."""
 
         async def on_error(e: Exception) -> None:
             log.debug("nats error: %r", e)
@@ -86,6 +111,9 @@ class Bus:
         deadline = time.monotonic() + connect_for_s
         while True:
             try:
+                # nats.connect with endless reconnects never gives up on a first connect:
+                # see that a server listens first, so an unreachable NATS fails here.
+                await probe(url)
                 nc = await nats.connect(
                     url, name=name, allow_reconnect=True, max_reconnect_attempts=-1,
                     reconnect_time_wait=0.25, connect_timeout=2, error_cb=on_error,

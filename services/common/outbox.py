@@ -5,6 +5,13 @@ in id order (= commit order, as SQLite has one writer at a time) with many acks 
 flight, and marks a row sent only after JetStream acknowledged it. A crash between the
 ack and the mark publishes the row again; the Nats-Msg-Id (= event id) makes JetStream
 drop that repeat inside its duplicate window.
+
+One relay per file: every instance of a service shares one SQLite file, and only the
+holder of the `outbox_lease` row publishes (owner + host + pid + expiry, created on first
+use). The holder renews it every `lease_s / 3`; a standby polls and takes it over once
+it expired, or at once when its holder was a process of this machine that is gone
+(kill -9). A relay that cannot renew stops publishing when its own expiry passes, before
+anyone may take over; a stopped relay hands the lease back.
 """
 
 from __future__ import annotations
@@ -12,10 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiosqlite
 from google.protobuf.message import Message
@@ -24,7 +34,7 @@ from shop.events.v1 import envelope_pb2
 from services.common.bus import Bus, OutMsg, envelope_headers
 from services.common.db import Database, mark_outbox_dirty
 
-__all__ = ["OutboxRelay", "RelayStats", "enqueue", "new_envelope"]
+__all__ = ["LEASE_TABLE", "OutboxRelay", "RelayStats", "enqueue", "new_envelope"]
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +91,47 @@ class RelayStats:
     published: int = 0
     batches: int = 0
     failures: int = 0
+    leases: int = 0  # times this relay became the active one
+
+
+LEASE_TABLE = """CREATE TABLE IF NOT EXISTS outbox_lease (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    acquired_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+)"""
+_LEASE_NAME = "relay"
+
+
+def _host_key() -> str:
+    """This machine and pid namespace: a pid of the same key can be checked locally."""
+    parts = [socket.gethostname()]
+    with contextlib.suppress(OSError), open("/proc/sys/kernel/random/boot_id") as f:
+        parts.append(f.read().strip())
+    with contextlib.suppress(OSError):
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    return "/".join(parts)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # unknown: never assume it is gone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, someone else's
+        return True
+    return True
 
 
 class OutboxRelay:
     def __init__(self, db: Database, bus: Bus, *, batch: int = 256, poll_s: float = 1.0,
-                 ack_timeout_s: float = 5.0, retain_s: float = 3600.0) -> None:
+                 ack_timeout_s: float = 5.0, retain_s: float = 3600.0,
+                 owner: str | None = None, lease_s: float = 5.0,
+                 standby_poll_s: float | None = None) -> None:
         self.db = db
         self.bus = bus
         self.batch = batch
@@ -94,36 +140,184 @@ class OutboxRelay:
         self.ack_timeout_s = ack_timeout_s
         # Sent rows are kept this long (well past the duplicate window), then pruned.
         self.retain_s = retain_s
+        # The lease: owner is the instance id; (owner, host, pid) is who holds it.
+        if lease_s <= 0:
+            raise ValueError("lease_s must be > 0")
+        self.owner = owner or f"relay-{uuid.uuid4().hex[:8]}"
+        self.lease_s = lease_s
+        self.standby_poll_s = (standby_poll_s if standby_poll_s is not None
+                               else min(1.0, lease_s / 4))
+        self._host = _host_key()
+        self._pid = os.getpid()
+        self._lease_until = 0.0  # wall clock (time.time(), as in the row); 0 = not held
+        self._table_ready = False
         self.stats = RelayStats()
         self._wake = asyncio.Event()
         self._last_prune = 0.0
 
+    @property
+    def active(self) -> bool:
+        """True while this relay holds an unexpired lease (it is the one publishing)."""
+        return self._lease_until > time.time()
+
     async def run(self) -> None:
-        """Publish forever; cancel the task to stop."""
+        """Publish forever while holding the lease, stand by otherwise; cancel to stop."""
         wake: Callable[[], None] = self._wake.set
         self.db.add_commit_listener(wake)
-        backoff = 0.1
         try:
             while True:
-                self._wake.clear()
+                await self._acquire_lease()
+                heartbeat = asyncio.create_task(self._heartbeat())
                 try:
-                    more = await self.relay_once()
-                    backoff = 0.1
-                except asyncio.CancelledError:
-                    raise
-                except Exception as e:
-                    self.stats.failures += 1
-                    log.warning("outbox relay: %r; retrying in %.1fs", e, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
-                    continue
-                if more:
-                    continue
-                await self._maybe_prune()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                    await self._publish_while_active()
+                finally:
+                    heartbeat.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await heartbeat
+                self._lease_until = 0.0
+                log.warning("outbox relay %s: lease lost; standing by", self.owner)
         finally:
             self.db.remove_commit_listener(wake)
+            if self._lease_until:
+                # Hand over at once rather than after the expiry (also when cancelled).
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(self._release_lease())
+
+    async def _publish_while_active(self) -> None:
+        backoff = 0.1
+        while self.active:
+            self._wake.clear()
+            try:
+                more = await self.relay_once()
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.stats.failures += 1
+                log.warning("outbox relay: %r; retrying in %.1fs", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if more:
+                continue
+            await self._maybe_prune()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_s)
+
+    # -- the lease ------------------------------------------------------------------
+
+    async def _acquire_lease(self) -> None:
+        """Returns once this relay holds the lease; polls while another one does."""
+        backoff = 0.1
+        waiting_for = ""
+        while True:
+            try:
+                holder = await self._try_acquire()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.stats.failures += 1
+                log.warning("outbox relay %s: lease check failed: %r", self.owner, e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.1
+            if holder is None:
+                self.stats.leases += 1
+                log.info("outbox relay %s: active (lease %.1fs)", self.owner, self.lease_s)
+                return
+            if holder != waiting_for:
+                waiting_for = holder
+                log.info("outbox relay %s: standby, %s holds the lease", self.owner, holder)
+            await asyncio.sleep(self.standby_poll_s)
+
+    async def _try_acquire(self) -> str | None:
+        """Take or renew the lease if free, expired, ours, or held by a process of this
+        machine that is gone. None when it is ours now, else the holder."""
+        now = time.time()
+        if self._table_ready:
+            # Cheap read first: a standby should not take the write lock every poll.
+            async with self.db.reader() as conn:
+                cur = await conn.execute(
+                    "SELECT owner, host, pid, expires_at FROM outbox_lease WHERE name = ?",
+                    (_LEASE_NAME,))
+                row = await cur.fetchone()
+            if row is not None and not self._takeable(row, now):
+                return str(row[0])
+        async with self.db.transaction() as conn:
+            if not self._table_ready:
+                await conn.execute(LEASE_TABLE)
+            cur = await conn.execute(
+                "SELECT owner, host, pid, expires_at FROM outbox_lease WHERE name = ?",
+                (_LEASE_NAME,))
+            row = await cur.fetchone()
+            now = time.time()
+            if row is not None and not self._takeable(row, now):
+                holder: str | None = str(row[0])
+            else:
+                holder = None
+                until = now + self.lease_s
+                await conn.execute(
+                    "INSERT INTO outbox_lease (name, owner, host, pid, acquired_at, expires_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+                    " owner = excluded.owner, host = excluded.host, pid = excluded.pid,"
+                    " acquired_at = excluded.acquired_at, expires_at = excluded.expires_at",
+                    (_LEASE_NAME, self.owner, self._host, self._pid, now, until))
+        self._table_ready = True
+        if holder is None:
+            self._lease_until = until
+        return holder
+
+    def _takeable(self, row: Any, now: float) -> bool:
+        owner, host, pid, expires_at = str(row[0]), str(row[1]), int(row[2]), float(row[3])
+        if expires_at <= now:
+            return True
+        if host != self._host:
+            return False
+        if owner == self.owner and pid == self._pid:
+            return True  # ours
+        return pid != self._pid and not _pid_alive(pid)
+
+    async def _heartbeat(self) -> None:
+        """Renew every lease_s/3; on loss, mark the lease gone and wake the loop."""
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                renewed = await self._renew()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # e.g. busy: retried; the local expiry still holds
+                log.warning("outbox relay %s: lease renewal failed: %r", self.owner, e)
+                if not self.active:
+                    self._wake.set()
+                    return
+                continue
+            if not renewed:
+                self._lease_until = 0.0
+                self._wake.set()
+                return
+
+    async def _renew(self) -> bool:
+        now = time.time()
+        until = now + self.lease_s
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE outbox_lease SET expires_at = ? WHERE name = ? AND owner = ?"
+                " AND host = ? AND pid = ? AND expires_at > ?",
+                (until, _LEASE_NAME, self.owner, self._host, self._pid, now))
+            ok = cur.rowcount == 1
+        if ok:
+            self._lease_until = until
+        return ok
+
+    async def _release_lease(self) -> None:
+        self._lease_until = 0.0
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "DELETE FROM outbox_lease WHERE name = ? AND owner = ? AND host = ? AND pid = ?",
+                (_LEASE_NAME, self.owner, self._host, self._pid))
+
+    # -- publishing -----------------------------------------------------------------
 
     async def relay_once(self) -> bool:
         """Publish one batch. True when a full batch went out (more may be waiting).

@@ -15,10 +15,9 @@ from collections.abc import Iterable, Sequence
 import aiosqlite
 from shop.inventory.v1 import inventory_pb2
 
-from services.common.db import Database
+from services.common.db import Database, Tx
 from services.common.errors import NotFound
 from services.common.events import INVENTORY_RELEASED, INVENTORY_RESERVED
-from services.common.outbox import enqueue
 from services.inventory.convert import reservation_pb
 from services.inventory.domain import (
     Effect,
@@ -122,59 +121,65 @@ class InventoryStore:
         """The reservation for `order_id`: the stored one if any, else a new RESERVED
         (stock taken, event queued) or REJECTED one. Unknown products: NotFound,
         nothing written."""
-        async with self.db.transaction() as conn:
-            existing = await self._get(conn, order_id)
+        lines = tuple(lines)
+
+        def run(tx: Tx) -> Reservation:
+            existing = _get_sync(tx, order_id)
             if existing is not None:
                 return existing
             marks = ",".join("?" * len(lines))
-            cur = await conn.execute(
+            available = {r[0]: int(r[1]) for r in tx.all(
                 f"SELECT product_id, available FROM stock WHERE product_id IN ({marks})",
-                [li.product_id for li in lines])
-            available = {r[0]: int(r[1]) for r in await cur.fetchall()}
-            decided = decide_reserve(order_id, tuple(lines), available)
+                [li.product_id for li in lines])}
+            decided = decide_reserve(order_id, lines, available)
             now = time.time()
             if decided.status is Status.RESERVED:
-                await self._move(conn, _TAKE, decided.items, now)
-            await conn.execute(
+                _move_sync(tx, _TAKE, decided.items, now)
+            tx.execute(
                 "INSERT INTO reservations (order_id, status, items, reason, created_at,"
                 " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (order_id, decided.status.value, _items_json(decided.items), decided.reason,
                  now, now))
             if decided.status is Status.RESERVED:
-                await enqueue(conn, INVENTORY_RESERVED,
-                              inventory_pb2.StockReserved(reservation=reservation_pb(decided)),
-                              source=SERVICE, aggregate_id=order_id)
+                tx.enqueue(INVENTORY_RESERVED,
+                           inventory_pb2.StockReserved(reservation=reservation_pb(decided)),
+                           source=SERVICE, aggregate_id=order_id)
             return decided
 
+        return await self.db.write(run)
+
     async def release(self, order_id: str) -> Reservation:
-        async with self.db.transaction() as conn:
-            t = decide_release(order_id, await self._get(conn, order_id))
+        def run(tx: Tx) -> Reservation:
+            t = decide_release(order_id, _get_sync(tx, order_id))
             now = time.time()
             if t.effect is Effect.RETURN:
-                await self._move(conn, _RETURN, t.reservation.items, now)
-                await self._set_status(conn, t.reservation, now)
-                await enqueue(conn, INVENTORY_RELEASED,
-                              inventory_pb2.StockReleased(reservation=reservation_pb(t.reservation)),
-                              source=SERVICE, aggregate_id=order_id)
+                _move_sync(tx, _RETURN, t.reservation.items, now)
+                _set_status_sync(tx, t.reservation, now)
+                tx.enqueue(INVENTORY_RELEASED,
+                           inventory_pb2.StockReleased(reservation=reservation_pb(t.reservation)),
+                           source=SERVICE, aggregate_id=order_id)
             elif t.effect is Effect.TOMBSTONE:
-                await conn.execute(
+                tx.execute(
                     "INSERT INTO reservations (order_id, status, items, reason, created_at,"
                     " updated_at) VALUES (?, ?, '[]', '', ?, ?)",
                     (order_id, t.reservation.status.value, now, now))
             return t.reservation
 
+        return await self.db.write(run)
+
     async def commit(self, order_id: str) -> Reservation:
-        async with self.db.transaction() as conn:
-            t = decide_commit(order_id, await self._get(conn, order_id))
+        def run(tx: Tx) -> Reservation:
+            t = decide_commit(order_id, _get_sync(tx, order_id))
             if t.effect is Effect.SELL:
                 now = time.time()
-                await self._move(conn, _SELL, t.reservation.items, now)
-                await self._set_status(conn, t.reservation, now)
+                _move_sync(tx, _SELL, t.reservation.items, now)
+                _set_status_sync(tx, t.reservation, now)
             return t.reservation
 
+        return await self.db.write(run)
+
     async def get_reservation(self, order_id: str) -> Reservation | None:
-        async with self.db.reader() as conn:
-            return await self._get(conn, order_id)
+        return await self.db.read(lambda tx: _get_sync(tx, order_id))
 
     async def all_stock(self) -> list[Stock]:
         async with self.db.reader() as conn:
@@ -182,24 +187,23 @@ class InventoryStore:
                 "SELECT product_id, available, reserved, sold FROM stock ORDER BY product_id")
             return [_stock(r) for r in await cur.fetchall()]
 
-    @staticmethod
-    async def _get(conn: aiosqlite.Connection, order_id: str) -> Reservation | None:
-        cur = await conn.execute(
-            "SELECT order_id, status, items, reason FROM reservations WHERE order_id = ?",
-            (order_id,))
-        row = await cur.fetchone()
-        return None if row is None else _reservation(row)
 
-    @staticmethod
-    async def _move(conn: aiosqlite.Connection, sql: str, items: Sequence[Line],
-                    now: float) -> None:
-        cur = await conn.executemany(
-            sql, [(li.quantity, li.quantity, now, li.product_id, li.quantity) for li in items])
-        if cur.rowcount != len(items):
-            raise StockMoveError(f"stock moved for {cur.rowcount} of {len(items)} products")
+# --- statements, run on the connection's thread by Database.write/read (one hop each) ----
 
-    @staticmethod
-    async def _set_status(conn: aiosqlite.Connection, r: Reservation, now: float) -> None:
-        await conn.execute(
-            "UPDATE reservations SET status = ?, updated_at = ? WHERE order_id = ?",
-            (r.status.value, now, r.order_id))
+
+def _get_sync(tx: Tx, order_id: str) -> Reservation | None:
+    row = tx.one("SELECT order_id, status, items, reason FROM reservations WHERE order_id = ?",
+                 (order_id,))
+    return None if row is None else _reservation(row)
+
+
+def _move_sync(tx: Tx, sql: str, items: Sequence[Line], now: float) -> None:
+    cur = tx.executemany(
+        sql, [(li.quantity, li.quantity, now, li.product_id, li.quantity) for li in items])
+    if cur.rowcount != len(items):
+        raise StockMoveError(f"stock moved for {cur.rowcount} of {len(items)} products")
+
+
+def _set_status_sync(tx: Tx, r: Reservation, now: float) -> None:
+    tx.execute("UPDATE reservations SET status = ?, updated_at = ? WHERE order_id = ?",
+               (r.status.value, now, r.order_id))

@@ -5,9 +5,8 @@ from __future__ import annotations
 from grpc import aio
 from shop.notification.v1 import notification_pb2, notification_pb2_grpc
 
-from services.common.bus import Bus
-from services.common.consumer import EventConsumer
 from services.common.db import Database
+from services.common.eventing import ConsumerSpec, EventWorkers
 from services.common.server import App, run_service
 from services.common.settings import Settings
 from services.notification import handlers
@@ -20,9 +19,9 @@ SERVICE_NAME = notification_pb2.DESCRIPTOR.services_by_name["NotificationService
 async def build(settings: Settings) -> App:
     # Messages are re-creatable from the stream, so NORMAL sync is enough here.
     db = await Database.open(settings.db_path, schema=SCHEMA, durable=False)
-    bus = await Bus.connect(settings.nats_url, name=settings.instance_id)
-    await bus.ensure_streams()
-    consumer = EventConsumer(bus, db, durable=handlers.DURABLE, routes=handlers.routes())
+    # Consumes once NATS answers; the durable consumer catches up on what it missed.
+    events = EventWorkers(settings, db, relay=False, consumers=[
+        ConsumerSpec(handlers.DURABLE, handlers.routes())])
     servicer = NotificationServicer(NotificationStore(db))
 
     def register(server: aio.Server) -> None:
@@ -31,8 +30,8 @@ async def build(settings: Settings) -> App:
     return App(
         grpc_services=[SERVICE_NAME],
         register=register,
-        tasks=[consumer.run],
-        on_stop=[bus.close, db.close],
+        tasks=events.tasks,
+        on_stop=[*events.on_stop, db.close],
     )
 
 

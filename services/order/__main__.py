@@ -19,11 +19,9 @@ from shop.payment.v1 import payment_pb2_grpc
 from shop.product.v1 import product_pb2_grpc
 from shop.user.v1 import user_pb2_grpc
 
-from services.common.bus import Bus
 from services.common.clients import Downstream
-from services.common.consumer import EventConsumer
 from services.common.db import Database
-from services.common.outbox import OutboxRelay
+from services.common.eventing import ConsumerSpec, EventWorkers
 from services.common.server import App, run_service
 from services.common.settings import Settings, env_float, env_int
 from services.order import handlers
@@ -38,8 +36,6 @@ SERVICE_NAME = order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
 
 async def build(settings: Settings) -> App:
     db = await Database.open(settings.db_path, schema=SCHEMA, durable=True)
-    bus = await Bus.connect(settings.nats_url, name=settings.instance_id)
-    await bus.ensure_streams()
     store = OrderStore(db)
     step_timeout = env_float("SHOP_SAGA_STEP_TIMEOUT_S", 3.0)
     inventory = Downstream("inventory", inventory_pb2_grpc.InventoryServiceStub,
@@ -63,11 +59,10 @@ async def build(settings: Settings) -> App:
     servicer = OrderServicer(store, runner, peers,
                              budget_s=env_float("SHOP_ORDER_SAGA_BUDGET_S", 5.0))
     payment_routes, shipment_routes = handlers.routes(runner.poke)
-    consumers = [
-        EventConsumer(bus, db, durable=handlers.PAYMENTS_DURABLE, routes=payment_routes),
-        EventConsumer(bus, db, durable=handlers.SHIPMENTS_DURABLE, routes=shipment_routes),
-    ]
-    relay = OutboxRelay(db, bus)
+    events = EventWorkers(settings, db, relay=True, consumers=[
+        ConsumerSpec(handlers.PAYMENTS_DURABLE, payment_routes),
+        ConsumerSpec(handlers.SHIPMENTS_DURABLE, shipment_routes),
+    ])
 
     def register(server: aio.Server) -> None:
         order_pb2_grpc.add_OrderServiceServicer_to_server(servicer, server)
@@ -76,14 +71,13 @@ async def build(settings: Settings) -> App:
         await runner.close()
         for ds in (inventory, payment, peers.users, peers.products, peers.carts):
             await ds.close()
-        await bus.close()
+        await events.close()
         await db.close()
 
     return App(
         grpc_services=[SERVICE_NAME],
         register=register,
-        tasks=[relay.run, *(c.run for c in consumers), runner.resume_loop,
-               runner.heartbeat_loop],
+        tasks=[*events.tasks, runner.resume_loop, runner.heartbeat_loop],
         on_stop=[stop],
     )
 

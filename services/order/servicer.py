@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -30,6 +31,7 @@ from services.order.store import HistoryEntry, OrderStore
 _DEADLINE_MARGIN_S = 0.3
 _MAX_KEY = 200
 _MAX_REASON = 500
+_KNOWN_USERS_MAX = 100_000
 
 A = TypeVar("A")
 B = TypeVar("B")
@@ -49,6 +51,8 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         self.runner = runner
         self.peers = peers
         self.budget_s = budget_s
+        # Users already confirmed by the user service (bounded, least recently used out).
+        self._known_users: OrderedDict[str, None] = OrderedDict()
 
     def _budget(self) -> float:
         left = context.remaining()
@@ -75,8 +79,17 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         return await self.store.get(order.id) or order
 
     async def _check_user(self, user_id: str) -> None:
+        """The user must exist (an unknown one is NOT_FOUND, with or without `x-user-id`).
+        Users are never deleted (the user service has no such call), so a user seen once
+        stays valid: known ids skip the GetUser hop. Only positive answers are cached."""
+        if user_id in self._known_users:
+            self._known_users.move_to_end(user_id)
+            return
         await self.peers.users.call("GetUser", user_pb2.GetUserRequest(id=user_id),
                                     idempotent=True)
+        self._known_users[user_id] = None
+        if len(self._known_users) > _KNOWN_USERS_MAX:
+            self._known_users.popitem(last=False)
 
     async def _cart_lines(self, user_id: str) -> tuple[domain.Line, ...]:
         reply = await self.peers.carts.call(

@@ -19,8 +19,7 @@ from google.protobuf.message import Message
 from shop.order.v1 import order_pb2
 
 from services.common import events
-from services.common.db import Database
-from services.common.outbox import enqueue
+from services.common.db import Database, Tx
 from services.order.convert import order_pb
 from services.order.domain import (
     Line,
@@ -197,8 +196,10 @@ class OrderStore:
         order with this idempotency key."""
         items = json.dumps([[ln.product_id, ln.quantity, ln.unit_price_cents]
                             for ln in order.items])
-        async with self.db.transaction() as conn:
-            cur = await conn.execute(
+        created = order_pb2.OrderCreated(order=order_pb(order))
+
+        def run(tx: Tx) -> tuple[Order, bool]:
+            cur = tx.execute(
                 f"INSERT OR IGNORE INTO orders ({_ORDER_COLS})"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (order.id, order.user_id, items, order.total_cents, order.currency,
@@ -206,18 +207,22 @@ class OrderStore:
                  int(order.from_cart), order.idempotency_key or None, order.create_time,
                  order.update_time))
             if cur.rowcount != 1:
-                existing = await self._by_key(conn, order.user_id, order.idempotency_key)
-                if existing is None:
+                row = tx.one(f"SELECT {_ORDER_COLS} FROM orders"
+                             " WHERE user_id = ? AND idempotency_key = ?",
+                             (order.user_id, order.idempotency_key))
+                if row is None:
                     raise RuntimeError(f"order {order.id} was neither inserted nor found")
-                return existing, False
-            await conn.execute(
+                return _order(row), False
+            now = time.time()
+            tx.execute(
                 f"INSERT INTO sagas ({_SAGA_COLS}, updated_at)"
                 " VALUES (?, ?, ?, 0, 0, 0, '', ?, 0, ?, ?, ?)",
                 (order.id, saga.step.value, saga.status.value, saga.card_token, owner,
-                 time.time() + lease_s, time.time()))
-            await enqueue(conn, events.ORDER_CREATED, order_pb2.OrderCreated(
-                order=order_pb(order)), source=SOURCE, aggregate_id=order.id)
-        return order, True
+                 now + lease_s, now))
+            tx.enqueue(events.ORDER_CREATED, created, source=SOURCE, aggregate_id=order.id)
+            return order, True
+
+        return await self.db.write(run)
 
     async def _by_key(self, conn: aiosqlite.Connection, user_id: str, key: str) -> Order | None:
         cur = await conn.execute(
@@ -227,12 +232,19 @@ class OrderStore:
         return _order(row) if row else None
 
     async def by_key(self, user_id: str, key: str) -> Order | None:
-        async with self.db.reader() as conn:
-            return await self._by_key(conn, user_id, key)
+        def run(tx: Tx) -> Order | None:
+            row = tx.one(f"SELECT {_ORDER_COLS} FROM orders"
+                         " WHERE user_id = ? AND idempotency_key = ?", (user_id, key))
+            return _order(row) if row else None
+
+        return await self.db.read(run)
 
     async def get(self, order_id: str) -> Order | None:
-        async with self.db.reader() as conn:
-            return await order_of(conn, order_id)
+        def run(tx: Tx) -> Order | None:
+            row = tx.one(f"SELECT {_ORDER_COLS} FROM orders WHERE id = ?", (order_id,))
+            return _order(row) if row else None
+
+        return await self.db.read(run)
 
     async def get_with_saga(self, order_id: str) -> tuple[Order, SagaState] | None:
         async with self.db.reader() as conn:
@@ -256,10 +268,8 @@ class OrderStore:
         return [_order(r) for r in rows]
 
     async def saga(self, order_id: str) -> tuple[SagaState, Lease] | None:
-        async with self.db.reader() as conn:
-            cur = await conn.execute(
-                f"SELECT {_SAGA_COLS} FROM sagas WHERE order_id = ?", (order_id,))
-            row = await cur.fetchone()
+        row = await self.db.read(lambda tx: tx.one(
+            f"SELECT {_SAGA_COLS} FROM sagas WHERE order_id = ?", (order_id,)))
         if row is None:
             return None
         return _saga(row), Lease(row["owner"], float(row["lease_until"]))
@@ -276,15 +286,19 @@ class OrderStore:
     async def acquire(self, order_id: str, owner: str, lease_s: float) -> SagaState | None:
         """Take the lease of an unfinished saga that is ours or whose lease ran out."""
         now = time.time()
-        async with self.db.transaction() as conn:
-            cur = await conn.execute(
+
+        def run(tx: Tx) -> SagaState | None:
+            cur = tx.execute(
                 "UPDATE sagas SET owner = ?, lease_until = ?, version = version + 1"
                 f" WHERE order_id = ? AND status IN {_ACTIVE}"
                 " AND (owner = ? OR owner = '' OR lease_until < ?)",
                 (owner, now + lease_s, order_id, owner, now))
             if cur.rowcount != 1:
                 return None
-            return await saga_of(conn, order_id)
+            row = tx.one(f"SELECT {_SAGA_COLS} FROM sagas WHERE order_id = ?", (order_id,))
+            return _saga(row) if row else None
+
+        return await self.db.write(run)
 
     async def renew(self, owner: str, order_ids: Sequence[str], lease_s: float) -> None:
         """Heartbeat: extend the leases we still hold."""
@@ -313,9 +327,21 @@ class OrderStore:
         ended, the order's status and its event. None when the saga changed under us (the
         history row is kept: the attempt did happen)."""
         now = time.time()
-        async with self.db.transaction() as conn:
-            await add_history(conn, order.id, entry)
-            cur = await conn.execute(
+        ended: Order | None = None
+        payload: tuple[str, Message] | None = None
+        if final_status is not None:
+            cancel_reason = new.reason if final_status is not OrderStatus.CONFIRMED else ""
+            ended = dataclasses.replace(order, status=final_status,
+                                        cancel_reason=cancel_reason, update_time=now)
+            payload = _final_event(ended, new)
+
+        def run(tx: Tx) -> Order | None:
+            tx.execute(
+                "INSERT INTO saga_history (order_id, step, outcome, attempt, time, error)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (order.id, entry.step, entry.outcome, entry.attempt, entry.time,
+                 entry.error[:500]))
+            cur = tx.execute(
                 "UPDATE sagas SET step = ?, status = ?, attempt = ?, charged = ?, reason = ?,"
                 " card_token = ?, version = version + 1, lease_until = ?, updated_at = ?"
                 " WHERE order_id = ? AND version = ? AND owner = ?",
@@ -323,17 +349,15 @@ class OrderStore:
                  new.card_token, now + lease_s, now, order.id, old.version, owner))
             if cur.rowcount != 1:
                 return None
-            if final_status is None:
+            if ended is None or payload is None:
                 return order
-            cancel_reason = new.reason if final_status is not OrderStatus.CONFIRMED else ""
-            await conn.execute(
+            tx.execute(
                 "UPDATE orders SET status = ?, cancel_reason = ?, update_time = ? WHERE id = ?",
-                (final_status.value, cancel_reason, now, order.id))
-            ended = dataclasses.replace(order, status=final_status,
-                                        cancel_reason=cancel_reason, update_time=now)
-            subject, payload = _final_event(ended, new)
-            await enqueue(conn, subject, payload, source=SOURCE, aggregate_id=order.id)
+                (ended.status.value, ended.cancel_reason, now, order.id))
+            tx.enqueue(payload[0], payload[1], source=SOURCE, aggregate_id=order.id)
             return ended
+
+        return await self.db.write(run)
 
     async def replace_saga(self, old: SagaState, new: SagaState, entry: HistoryEntry, *,
                            owner: str | None = None, lease_s: float = 0.0) -> bool:

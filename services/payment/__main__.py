@@ -5,9 +5,8 @@ from __future__ import annotations
 from grpc import aio
 from shop.payment.v1 import payment_pb2, payment_pb2_grpc
 
-from services.common.bus import Bus
 from services.common.db import Database
-from services.common.outbox import OutboxRelay
+from services.common.eventing import EventWorkers
 from services.common.server import App, run_service
 from services.common.settings import Settings
 from services.payment.servicer import PaymentServicer
@@ -19,10 +18,9 @@ SERVICE_NAME = payment_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_na
 async def build(settings: Settings) -> App:
     # Money: synchronous=FULL, every commit is on disk before Charge answers.
     db = await Database.open(settings.db_path, schema=SCHEMA, durable=True)
-    bus = await Bus.connect(settings.nats_url, name=settings.instance_id)
-    await bus.ensure_streams()
     servicer = PaymentServicer(PaymentStore(db))
-    relay = OutboxRelay(db, bus)
+    # NATS in the background: Charge is served while it is down (events wait in the outbox).
+    events = EventWorkers(settings, db, relay=True)
 
     def register(server: aio.Server) -> None:
         payment_pb2_grpc.add_PaymentServiceServicer_to_server(servicer, server)
@@ -30,9 +28,9 @@ async def build(settings: Settings) -> App:
     return App(
         grpc_services=[SERVICE_NAME],
         register=register,
-        tasks=[relay.run],
-        # Bus first: the relay task is already cancelled when on_stop runs.
-        on_stop=[bus.close, db.close],
+        tasks=events.tasks,
+        # The event task (relay, lease handed back) is already cancelled when on_stop runs.
+        on_stop=[*events.on_stop, db.close],
     )
 
 

@@ -7,8 +7,8 @@ import time
 import aiosqlite
 from shop.payment.v1 import payment_pb2
 
-from services.common import events, outbox
-from services.common.db import Database
+from services.common import events
+from services.common.db import Database, Tx
 from services.payment import domain
 from services.payment.convert import to_proto
 from services.payment.domain import ChargeRequest, Payment, Status
@@ -51,53 +51,47 @@ def _row_to_payment(row: aiosqlite.Row) -> Payment:
     )
 
 
-async def _select(conn: aiosqlite.Connection, order_id: str) -> Payment | None:
-    cur = await conn.execute(f"SELECT {_COLUMNS} FROM payments WHERE order_id = ?", (order_id,))
-    row = await cur.fetchone()
-    return None if row is None else _row_to_payment(row)
-
-
 class PaymentStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
     async def get(self, order_id: str) -> Payment | None:
-        async with self.db.reader() as conn:
-            return await _select(conn, order_id)
+        return await self.db.read(lambda tx: _select_sync(tx, order_id))
 
     async def charge(self, req: ChargeRequest) -> Payment:
         """The payment for the order: a new one (with its event) or the one already there."""
-        async with self.db.transaction() as conn:
-            existing = await _select(conn, req.order_id)
+        def run(tx: Tx) -> Payment:
+            existing = _select_sync(tx, req.order_id)
             decision = domain.decide_charge(req, existing, time.time())
             p = decision.payment
             if decision.is_new:
                 # BEGIN IMMEDIATE serializes writers across processes, so the read above
                 # is current; the primary key would still refuse a second row.
-                await conn.execute(
+                tx.execute(
                     f"INSERT INTO payments ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (p.order_id, p.user_id, p.status.value, p.amount_cents, p.refunded_cents,
                      p.currency, p.decline_reason, p.created_at, p.updated_at))
                 if p.status is Status.CHARGED:
-                    await outbox.enqueue(
-                        conn, events.PAYMENT_COMPLETED,
-                        payment_pb2.PaymentCompleted(payment=to_proto(p)),
-                        source=SOURCE, aggregate_id=p.order_id)
+                    tx.enqueue(events.PAYMENT_COMPLETED,
+                               payment_pb2.PaymentCompleted(payment=to_proto(p)),
+                               source=SOURCE, aggregate_id=p.order_id)
                 else:
-                    await outbox.enqueue(
-                        conn, events.PAYMENT_FAILED,
-                        payment_pb2.PaymentFailed(payment=to_proto(p), reason=p.decline_reason),
-                        source=SOURCE, aggregate_id=p.order_id)
+                    tx.enqueue(events.PAYMENT_FAILED,
+                               payment_pb2.PaymentFailed(payment=to_proto(p),
+                                                         reason=p.decline_reason),
+                               source=SOURCE, aggregate_id=p.order_id)
             return p
 
+        return await self.db.write(run)
+
     async def refund(self, order_id: str, reason: str, caller: str = "") -> Payment:
-        async with self.db.transaction() as conn:
-            existing = await _select(conn, order_id)
+        def run(tx: Tx) -> Payment:
+            existing = _select_sync(tx, order_id)
             decision = domain.decide_refund(order_id, existing, time.time(), caller)
             p = decision.payment
             if decision.changed:
                 # Upsert covers both the CHARGED -> REFUNDED update and a new tombstone.
-                await conn.execute(
+                tx.execute(
                     f"INSERT INTO payments ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (order_id) DO UPDATE SET status = excluded.status,"
                     " refunded_cents = excluded.refunded_cents,"
@@ -105,8 +99,14 @@ class PaymentStore:
                     (p.order_id, p.user_id, p.status.value, p.amount_cents, p.refunded_cents,
                      p.currency, p.decline_reason, p.created_at, p.updated_at))
             if decision.emit:
-                await outbox.enqueue(
-                    conn, events.PAYMENT_REFUNDED,
-                    payment_pb2.PaymentRefunded(payment=to_proto(p), reason=reason),
-                    source=SOURCE, aggregate_id=p.order_id)
+                tx.enqueue(events.PAYMENT_REFUNDED,
+                           payment_pb2.PaymentRefunded(payment=to_proto(p), reason=reason),
+                           source=SOURCE, aggregate_id=p.order_id)
             return p
+
+        return await self.db.write(run)
+
+
+def _select_sync(tx: Tx, order_id: str) -> Payment | None:
+    row = tx.one(f"SELECT {_COLUMNS} FROM payments WHERE order_id = ?", (order_id,))
+    return None if row is None else _row_to_payment(row)

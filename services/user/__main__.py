@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -11,9 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from grpc import aio
 from shop.user.v1 import user_pb2, user_pb2_grpc
 
-from services.common.bus import Bus
 from services.common.db import Database
-from services.common.outbox import OutboxRelay
+from services.common.eventing import EventWorkers
 from services.common.server import App, run_service
 from services.common.settings import Settings
 from services.user import domain
@@ -24,32 +22,6 @@ from services.user.tokens import KeyRing, TokenSettings
 SERVICE_NAME = user_pb2.DESCRIPTOR.services_by_name["UserService"].full_name
 
 log = logging.getLogger("shop.user")
-
-
-async def relay_forever(db: Database, settings: Settings) -> None:
-    """Connect to NATS (however long it takes), then publish the outbox. Registration
-    and login never wait for NATS: events queue up in the outbox meanwhile."""
-    backoff = 0.5
-    while True:
-        try:
-            bus = await Bus.connect(settings.nats_url, name=settings.instance_id,
-                                    connect_for_s=5.0)
-        except Exception as err:
-            log.warning("NATS unavailable (%r); outbox waits, retrying in %.1fs", err, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
-            continue
-        try:
-            await bus.ensure_streams()
-            await OutboxRelay(db, bus).run()  # runs until cancelled
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:
-            log.warning("outbox relay stopped (%r); reconnecting", err)
-            await asyncio.sleep(backoff)
-        finally:
-            with contextlib.suppress(Exception):
-                await bus.close()
 
 
 async def build(settings: Settings) -> App:
@@ -65,6 +37,9 @@ async def build(settings: Settings) -> App:
     # Made now, so the first login for an unknown email is not slower than the rest.
     await asyncio.get_running_loop().run_in_executor(hasher, domain.dummy_hash)
     servicer = UserServicer(UserStore(db), keys, hasher)
+    # The relay starts once NATS answers: registration and login never wait for NATS,
+    # events queue up in the outbox meanwhile.
+    events = EventWorkers(settings, db, relay=True)
 
     def register(server: aio.Server) -> None:
         user_pb2_grpc.add_UserServiceServicer_to_server(servicer, server)
@@ -72,16 +47,13 @@ async def build(settings: Settings) -> App:
     async def stop_hasher() -> None:
         hasher.shutdown(wait=False, cancel_futures=True)
 
-    async def relay() -> None:
-        await relay_forever(db, settings)
-
     log.info("signing keys loaded", extra={"kids": [k.kid for k in keys.keys]})
     return App(
         grpc_services=[SERVICE_NAME],
         register=register,
-        tasks=[relay],
-        # The relay task (and its bus) is already cancelled when on_stop runs.
-        on_stop=[stop_hasher, db.close],
+        tasks=events.tasks,
+        # The event task (relay, lease handed back) is already cancelled when on_stop runs.
+        on_stop=[stop_hasher, *events.on_stop, db.close],
     )
 
 

@@ -1,0 +1,197 @@
+"""Goals, the terminal table, latest.json and the history with deltas."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.stats import Measured
+
+__all__ = ["GOALS", "SCENARIOS", "Goal", "append_history", "build_doc", "machine_info",
+           "previous_run", "print_report"]
+
+SCENARIOS = ("product_get", "dashboard", "order", "outbox", "consumer")
+
+
+@dataclass(frozen=True)
+class Goal:
+    raw_name: str  # the raw baseline this scenario is compared with
+    min_ratio: float
+    max_p99_factor: float | None = None  # p99 at most this many times the raw p99
+
+    def text(self) -> str:
+        out = f">= {self.min_ratio:.2f} x {self.raw_name}"
+        if self.max_p99_factor is not None:
+            out += f", p99 <= {self.max_p99_factor:g}x raw"
+        return out
+
+
+GOALS: dict[str, Goal] = {
+    "product_get": Goal("raw hop", 0.70, 1.5),
+    "dashboard": Goal("raw fan-out", 0.60),
+    "order": Goal("raw saga", 0.50, 2.0),
+    "outbox": Goal("raw publish", 0.50),
+    "consumer": Goal("raw pull+ack", 0.25),
+}
+COLD_START_GOAL_S = 3.0
+IDLE_RSS_GOAL_MB = 700.0
+
+
+def _scenario(shop: Measured, raw: Measured, goal: Goal) -> dict[str, Any]:
+    ratio = shop.rps / raw.rps if raw.rps > 0 else 0.0
+    met = ratio >= goal.min_ratio
+    p99_factor = shop.p99_ms / raw.p99_ms if raw.p99_ms > 0 else 0.0
+    if goal.max_p99_factor is not None:
+        met = met and 0 < p99_factor <= goal.max_p99_factor
+    return {
+        "rps": round(shop.rps, 1), "p50_ms": round(shop.p50_ms, 3),
+        "p99_ms": round(shop.p99_ms, 3), "raw_rps": round(raw.rps, 1),
+        "ratio": round(ratio, 3), "raw_p50_ms": round(raw.p50_ms, 3),
+        "raw_p99_ms": round(raw.p99_ms, 3), "p99_vs_raw": round(p99_factor, 2),
+        "goal": goal.text(), "met": met and shop.ok > 0,
+        "ok": shop.ok, "errors": shop.errors, "raw_errors": raw.errors,
+        "tool": shop.tool, "latency_of": shop.latency_of, "raw_latency_of": raw.latency_of,
+        "cpu_ms_per_op": shop.extra.get("cpu_ms_per_op_total"),
+        "raw_cpu_ms_per_op": raw.extra.get("cpu_ms_per_op_total"),
+        "detail": {"shop": shop.extra, "raw": raw.extra},
+    }
+
+
+def machine_info(loader: str) -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_mb = 0
+    try:
+        first = Path("/proc/meminfo").read_text().splitlines()[0]
+        mem_mb = int(first.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    import grpc
+    return {
+        "cpus": os.cpu_count() or 0, "cpu_model": cpu, "mem_mb": mem_mb,
+        "python": platform.python_version(), "platform": platform.platform(),
+        "grpcio": grpc.__version__, "http_load_tool": loader,
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+def build_doc(pairs: dict[str, tuple[Measured, Measured]], cold: dict[str, float],
+              rss: dict[str, Any], machine: dict[str, Any], *, smoke: bool, seconds: float,
+              failures: dict[str, str], notes: list[str], wall_s: float) -> dict[str, Any]:
+    machine = {**machine, "loadavg_end": list(os.getloadavg())}
+    return {
+        "scenarios": {name: _scenario(*pairs[name], GOALS[name]) for name in SCENARIOS},
+        "cold_start_s": round(cold.get("seconds", 0.0), 3),
+        "cold_start": {**cold, "goal_s": COLD_START_GOAL_S,
+                       "met": 0 < cold.get("seconds", 0.0) < COLD_START_GOAL_S},
+        "rss_mb": rss,
+        "machine": machine,
+        "run": {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "smoke": smoke,
+                "seconds": seconds, "wall_s": round(wall_s, 1), "failures": failures,
+                "notes": notes},
+    }
+
+
+def _fmt(x: float, digits: int = 1) -> str:
+    return f"{x:,.{digits}f}"
+
+
+def print_report(doc: dict[str, Any], previous: dict[str, Any] | None) -> None:
+    rows = [("scenario", "rps", "p50 ms", "p99 ms", "raw rps", "raw p99", "ratio", "cpu/op",
+             "raw cpu/op", "goal", "")]
+    for name, s in doc["scenarios"].items():
+        rows.append((name, _fmt(s["rps"]), _fmt(s["p50_ms"], 2), _fmt(s["p99_ms"], 2),
+                     _fmt(s["raw_rps"]), _fmt(s["raw_p99_ms"], 2), f"{s['ratio']:.2f}",
+                     _ms(s.get("cpu_ms_per_op")), _ms(s.get("raw_cpu_ms_per_op")),
+                     s["goal"], "met" if s["met"] else "MISSED"))
+    cold = doc["cold_start"]
+    blank = ("",) * 8
+    rows.append(("cold_start", *blank, f"< {cold['goal_s']:g} s",
+                 f"{cold['seconds']:.2f} s " + ("met" if cold["met"] else "MISSED")))
+    rss = doc["rss_mb"]
+    if rss.get("idle_total") is not None:
+        rows.append(("rss idle", *blank, f"< {rss['goal_mb']:g} MB",
+                     f"{rss['idle_total']:.0f} MB " + ("met" if rss["met"] else "MISSED")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print()
+    for i, row in enumerate(rows):
+        cells = [c.rjust(w) if 0 < j < 9 else c.ljust(w)
+                 for j, (c, w) in enumerate(zip(row, widths, strict=True))]
+        print("  " + "  ".join(cells).rstrip())
+        if i == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+    m = doc["machine"]
+    print(f"\n  {m['cpus']} cpus ({m['cpu_model']}), python {m['python']}, grpcio {m['grpcio']}; "
+          f"HTTP load: {m['http_load_tool']}; load average {m['loadavg_start'][0]:.1f} at start, "
+          f"{m['loadavg_end'][0]:.1f} at end (others' work on this box skews every figure)")
+    print("  cpu/op: CPU time of every server process (not the load tool) over the timed "
+          "window per successful request; rps on a shared box swings, this holds up better")
+    if rss.get("idle"):
+        print(f"  rss idle (MB): {_rss_line(rss['idle'])}")
+    if rss.get("load"):
+        print(f"  rss peak under load (MB): {_rss_line(rss['load'])} = {rss['load_total']:.0f}")
+    for note in doc["run"].get("notes", []):
+        print(f"  note: {note}")
+    for name, why in doc["run"]["failures"].items():
+        print(f"  FAILED {name}: {why}")
+    if previous is not None:
+        print(f"\n  delta against the previous run ({previous.get('run', {}).get('time', '?')}):")
+        for name, s in doc["scenarios"].items():
+            before = previous.get("scenarios", {}).get(name)
+            if before and before.get("rps"):
+                print(f"    {name:<12} rps {_delta(s['rps'], before['rps'])}, "
+                      f"p99 {_delta(s['p99_ms'], before['p99_ms'])}, "
+                      f"ratio {s['ratio']:.2f} (was {before.get('ratio', 0):.2f})")
+        if previous.get("cold_start_s"):
+            print(f"    {'cold_start':<12} {_delta(doc['cold_start_s'], previous['cold_start_s'])}")
+        prev_rss = previous.get("rss_mb", {}).get("idle_total")
+        if prev_rss and rss.get("idle_total"):
+            print(f"    {'rss idle':<12} {_delta(rss['idle_total'], prev_rss)}")
+    print()
+
+
+def _ms(value: object) -> str:
+    return f"{value:.2f} ms" if isinstance(value, int | float) else "-"
+
+
+def _rss_line(values: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.0f}" for k, v in sorted(values.items()))
+
+
+def _delta(now: float, before: float) -> str:
+    if not before:
+        return f"{now:,.1f}"
+    return f"{now:,.1f} ({(now - before) / before * 100:+.1f} %)"
+
+
+def previous_run(history: Path, *, smoke: bool) -> dict[str, Any] | None:
+    """The last recorded run of the same kind (smoke runs compare with smoke runs)."""
+    try:
+        lines = history.read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and bool(doc.get("run", {}).get("smoke")) == smoke:
+            return doc
+    return None
+
+
+def append_history(history: Path, doc: dict[str, Any]) -> None:
+    history.parent.mkdir(parents=True, exist_ok=True)
+    with history.open("a") as f:
+        f.write(json.dumps(doc, separators=(",", ":")) + "\n")

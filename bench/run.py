@@ -1,0 +1,262 @@
+"""The bench run: every scenario beside its raw baseline, then the report.
+
+Order: cold start (nothing else running); shop started (or attached) with each HTTP
+scenario right after its raw baseline, so both see the same box; shop stopped; then
+the event path (raw JetStream, then shop's outbox relay and consumer) on fresh NATS
+servers. Every process started here is stopped here, by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench import shop as shop_mod
+from bench.coldstart import cold_start
+from bench.load import http_load_cpu, loader_name
+from bench.raw.http import ORDER_BODY, raw_fanout, raw_hop, raw_saga
+from bench.report import (
+    IDLE_RSS_GOAL_MB,
+    SCENARIOS,
+    append_history,
+    build_doc,
+    machine_info,
+    previous_run,
+    print_report,
+)
+from bench.stats import Measured
+from ops.natsd import NatsServer
+from ops.process import REPO_ROOT
+
+__all__ = ["main"]
+
+DEFAULT_OUT = REPO_ROOT / "var" / "bench" / "latest.json"
+
+
+def _say(msg: str) -> None:
+    print(f"  {time.strftime('%H:%M:%S')} {msg}", flush=True)
+
+
+class _Run:
+    def __init__(self, seconds: float, warmup_s: float, tmp: Path) -> None:
+        self.seconds = seconds
+        self.warmup_s = warmup_s
+        self.tmp = tmp
+        self.logs = tmp / "logs"
+        self.failures: dict[str, str] = {}
+        self.notes: list[str] = []
+        self.results: dict[str, Measured] = {}
+
+    def measure(self, name: str, fn: Callable[[], Measured]) -> Measured:
+        t0 = time.perf_counter()
+        try:
+            result = fn()
+        except Exception as e:  # a harness or system failure, reported, not raised
+            self.failures[name] = f"{type(e).__name__}: {e}"[:2000]
+            result = Measured.failed(self.failures[name])
+            _say(f"{name:<14} FAILED after {time.perf_counter() - t0:.1f} s: "
+                 f"{self.failures[name][:300]}")
+        else:
+            _say(f"{name:<14} {result.rps:>10,.1f}/s  p50 {result.p50_ms:8.2f} ms  "
+                 f"p99 {result.p99_ms:8.2f} ms  ({result.tool}, {time.perf_counter() - t0:.1f} s)")
+        self.results[name] = result
+        return result
+
+    def subprocess_json(self, argv: list[str], timeout_s: float) -> dict[str, Any]:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s,
+                             cwd=REPO_ROOT)
+        if out.returncode != 0:
+            raise RuntimeError(f"{argv[2]} exited {out.returncode}: {out.stderr[-1500:]}")
+        doc = json.loads(out.stdout.strip().splitlines()[-1])
+        assert isinstance(doc, dict)
+        return doc
+
+
+def _shop_http(run: _Run, rss: dict[str, Any]) -> None:
+    url = os.environ.get("SHOP_BENCH_URL", "").strip()
+    target: shop_mod.ShopTarget | None = None
+    try:
+        try:
+            if url:
+                _say(f"attaching to the running system at {url}")
+                target = shop_mod.attach_shop(url)
+            else:
+                t0 = time.perf_counter()
+                target = shop_mod.start_shop(run.tmp / "shop")
+                _say(f"shop started for the load scenarios in {time.perf_counter() - t0:.2f} s")
+            shop_mod.prepare(target)
+        except Exception as e:
+            why = f"shop not usable: {type(e).__name__}: {e}"[:2000]
+            _say(f"FAILED: {why}")
+            for name in ("product_get", "dashboard", "order"):
+                run.failures[name] = why
+                run.results[name] = Measured.failed(why)
+            run.measure("raw_hop", lambda: raw_hop(run.logs, seconds=run.seconds,
+                                                   warmup_s=run.warmup_s))
+            run.measure("raw_fanout", lambda: raw_fanout(run.logs, seconds=run.seconds,
+                                                         warmup_s=run.warmup_s))
+            run.measure("raw_saga", lambda: raw_saga(run.logs, run.tmp / "raw",
+                                                     seconds=run.seconds, warmup_s=run.warmup_s))
+            return
+        time.sleep(min(1.0, 3 * run.seconds))  # let the set-up's events settle
+        idle = shop_mod.rss_snapshot(target.pids)
+        pss = [shop_mod.pss_kb(pid) for pid in target.pids.values()]
+        rss.update(idle=idle, idle_total=round(sum(idle.values()), 1),
+                   idle_pss_total=round(sum(p for p in pss if p) / 1024, 1),
+                   goal_mb=IDLE_RSS_GOAL_MB,
+                   met=bool(idle) and sum(idle.values()) < IDLE_RSS_GOAL_MB)
+        secs, warm = run.seconds, run.warmup_s
+        base = target.base_url
+        auth = target.auth
+        healthy_dashboard = target.dashboard_ok
+        shop_target = target
+
+        def shop_load(url: str, **kw: Any) -> Measured:
+            return http_load_cpu(shop_target.pids, url, **kw)
+
+        def settled(name: str) -> None:
+            # A scenario that overloads one service can leave the gateway's breaker for
+            # it open (30 s): the next scenario must not be measured against that.
+            try:
+                shop_mod.wait_ready(shop_target, before=name)
+            except RuntimeError as e:
+                shop_target.notes.append(f"before {name}: {e}")
+
+        # The dashboard goes last: under overload its parts time out, which counts
+        # against the breakers of the services it reads (order among them).
+        with shop_mod.RssSampler(target.pids) as sampler:
+            run.measure("raw_hop", lambda: raw_hop(run.logs, seconds=secs, warmup_s=warm))
+            settled("product_get")
+            run.measure("product_get", lambda: shop_load(
+                f"{base}/api/products/{shop_mod.PRODUCT_ID}", headers=auth, connections=64,
+                seconds=secs, warmup_s=warm))
+            run.measure("raw_saga", lambda: raw_saga(run.logs, run.tmp / "raw", seconds=secs,
+                                                     warmup_s=warm))
+            settled("order")
+            run.measure("order", lambda: shop_load(
+                f"{base}/api/orders", method="POST", body=ORDER_BODY, headers=auth,
+                connections=16, ok_status=201, seconds=secs, warmup_s=warm))
+            run.measure("raw_fanout", lambda: raw_fanout(run.logs, seconds=secs, warmup_s=warm))
+            settled("dashboard")
+            run.measure("dashboard", lambda: shop_load(
+                f"{base}/api/dashboard", headers=auth, connections=64,
+                ok_body=healthy_dashboard, seconds=secs, warmup_s=warm))
+        rss.update(load=sampler.peak, load_total=round(sum(sampler.peak.values()), 1))
+    finally:
+        if target is not None:
+            run.notes.extend(target.notes)
+            target.stop()
+
+
+def _events(run: _Run) -> None:
+    secs, warm = str(run.seconds), str(run.warmup_s)
+    raw: dict[str, Any] = {}
+    try:
+        with NatsServer(run.tmp / "nats-raw") as nats:
+            raw = run.subprocess_json([sys.executable, "-m", "bench.raw.jetstream",
+                                       "--nats", nats.url, "--seconds", secs, "--warmup", warm],
+                                      timeout_s=6 * run.seconds + 60)
+    except Exception as e:
+        why = f"{type(e).__name__}: {e}"[:2000]
+        raw = {"publish": Measured.failed(why).to_json(),
+               "pull_ack": Measured.failed(why).to_json()}
+        run.failures["raw_jetstream"] = why
+    run.measure("raw_publish", lambda: Measured.from_json(raw["publish"]))
+    run.measure("raw_pull_ack", lambda: Measured.from_json(raw["pull_ack"]))
+    shop: dict[str, Any] = {}
+    try:
+        with NatsServer(run.tmp / "nats-events") as nats:
+            shop = run.subprocess_json([sys.executable, "-m", "bench.events", "--nats", nats.url,
+                                        "--data", str(run.tmp / "events"), "--seconds", secs,
+                                        "--warmup", warm], timeout_s=10 * run.seconds + 120)
+    except Exception as e:
+        why = f"{type(e).__name__}: {e}"[:2000]
+        shop = {"outbox": Measured.failed(why).to_json(),
+                "consumer": Measured.failed(why).to_json()}
+        run.failures["events"] = why
+    run.measure("outbox", lambda: Measured.from_json(shop["outbox"]))
+    run.measure("consumer", lambda: Measured.from_json(shop["consumer"]))
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    return float(raw) if raw else default
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny durations: proves the harness works, figures mean little")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="latest.json path (env SHOP_BENCH_OUT; default var/bench/latest.json);"
+                             " history.jsonl goes beside it")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="measured window per scenario (env SHOP_BENCH_SECONDS, default 5)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        seconds, warmup_s = args.seconds or 0.3, 0.2
+    else:
+        seconds = args.seconds or _env_float("SHOP_BENCH_SECONDS", 5.0)
+        warmup_s = min(1.0, seconds)
+    out = args.out or Path(os.environ.get("SHOP_BENCH_OUT") or DEFAULT_OUT)
+    history = out.parent / "history.jsonl"
+
+    def on_term(signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt  # unwinds through every finally: all children stopped
+
+    signal.signal(signal.SIGTERM, on_term)
+    tmp = Path(tempfile.mkdtemp(prefix="shop-bench-"))
+    loader = loader_name(seconds)
+    machine = machine_info(loader)
+    print(f"shop bench{' (smoke)' if args.smoke else ''}: {seconds:g} s per scenario after "
+          f"{warmup_s:g} s warm-up; HTTP load by {loader}; work dir {tmp}", flush=True)
+    t_wall = time.perf_counter()
+    run = _Run(seconds, warmup_s, tmp)
+    cold: dict[str, float] = {}
+    rss: dict[str, Any] = {"goal_mb": IDLE_RSS_GOAL_MB, "met": False}
+    try:
+        try:
+            cold = cold_start(tmp / "coldstart")
+            _say(f"{'cold_start':<14} {cold['seconds']:.2f} s to all healthy "
+                 f"(supervisor says {cold['reported_s']:.2f} s)")
+        except Exception as e:
+            run.failures["cold_start"] = f"{type(e).__name__}: {e}"[:2000]
+            _say(f"cold_start     FAILED: {run.failures['cold_start'][:300]}")
+            cold = {"seconds": 0.0, "reported_s": 0.0}
+        _shop_http(run, rss)
+        _events(run)
+    except KeyboardInterrupt:
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        return 130
+    finally:
+        if args.keep:
+            print(f"  kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    raw_of = {"product_get": "raw_hop", "dashboard": "raw_fanout", "order": "raw_saga",
+              "outbox": "raw_publish", "consumer": "raw_pull_ack"}
+    missing = Measured.failed("not run")
+    pairs = {name: (run.results.get(name, missing), run.results.get(raw_of[name], missing))
+             for name in SCENARIOS}
+    doc = build_doc(pairs, cold, rss, machine, smoke=args.smoke, seconds=seconds,
+                    failures=run.failures, notes=run.notes,
+                    wall_s=time.perf_counter() - t_wall)
+    previous = previous_run(history, smoke=args.smoke)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    append_history(history, doc)
+    print_report(doc, previous)
+    print(f"  wrote {out} and appended to {history} ({doc['run']['wall_s']:.0f} s in all)")
+    return 1 if run.failures else 0

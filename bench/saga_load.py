@@ -1,0 +1,144 @@
+"""Order-saga load over gRPC: `python -m bench.saga_load [--seconds 5] [--conc 1,8,32]`.
+
+Starts NATS (ops.natsd) and user, product, inventory, payment, cart, order on free ports
+in a temp dir, creates a user, tops up stock, then drives CreateOrder at each concurrency
+for a few seconds (after a short warm-up) and prints orders/s and latency percentiles.
+
+`--profile DIR` runs the order process under cProfile (written to DIR/order.prof at exit).
+Every process is started by this script and stopped by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from grpc import aio
+from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from shop.order.v1 import order_pb2, order_pb2_grpc
+from shop.user.v1 import user_pb2, user_pb2_grpc
+
+from bench.stats import percentile
+from ops.natsd import NatsServer
+from ops.process import System, start_system
+
+SERVICES = ("user", "product", "inventory", "payment", "cart", "order")
+PRODUCT = "water-bottle"
+
+
+class _Run:
+    def __init__(self, stop_at: float) -> None:
+        self.stop_at = stop_at
+        self.recording = False
+        self.lat: list[float] = []
+        self.confirmed = 0
+        self.failed = 0
+
+
+async def _worker(orders: order_pb2_grpc.OrderServiceStub, req: order_pb2.CreateOrderRequest,
+                  md: list[tuple[str, str]], run: _Run) -> None:
+    while time.monotonic() < run.stop_at:
+        t0 = time.perf_counter()
+        try:
+            r = await orders.CreateOrder(req, metadata=md, timeout=10)
+            ok = r.order.status == order_pb2.ORDER_STATUS_CONFIRMED
+        except aio.AioRpcError:
+            ok = False
+        if run.recording:
+            run.lat.append(time.perf_counter() - t0)
+            if ok:
+                run.confirmed += 1
+            else:
+                run.failed += 1
+
+
+async def _level(orders: order_pb2_grpc.OrderServiceStub, req: order_pb2.CreateOrderRequest,
+                 md: list[tuple[str, str]], conc: int, seconds: float,
+                 warmup_s: float) -> dict[str, float]:
+    run = _Run(time.monotonic() + warmup_s + seconds)
+    tasks = [asyncio.create_task(_worker(orders, req, md, run)) for _ in range(conc)]
+    await asyncio.sleep(warmup_s)
+    run.recording = True
+    t_start = time.perf_counter()
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - t_start
+    lat = run.lat
+    return {"concurrency": conc, "orders_per_s": round(run.confirmed / elapsed, 1),
+            "confirmed": run.confirmed, "not_confirmed": run.failed,
+            "p50_ms": round(percentile(lat, 50) * 1000, 1) if lat else 0.0,
+            "p99_ms": round(percentile(lat, 99) * 1000, 1) if lat else 0.0}
+
+
+async def _drive(system: System, levels: list[int], seconds: float, warmup_s: float,
+                 ) -> list[dict[str, float]]:
+    chans = {n: aio.insecure_channel(system.addr(n)) for n in ("order", "inventory", "user")}
+    orders = order_pb2_grpc.OrderServiceStub(chans["order"])
+    users = user_pb2_grpc.UserServiceStub(chans["user"])
+    stock = inventory_pb2_grpc.InventoryServiceStub(chans["inventory"])
+    reply = await users.CreateUser(user_pb2.CreateUserRequest(
+        email=f"{uuid.uuid4().hex[:10]}@example.com", name="Bench", password="correct horse"),
+        timeout=10)
+    user = reply.user.id
+    await stock.SetStock(inventory_pb2.SetStockRequest(product_id=PRODUCT,
+                                                       available=10_000_000), timeout=10)
+    md = [("x-user-id", user)]
+    req = order_pb2.CreateOrderRequest(
+        items=[order_pb2.CreateOrderItem(product_id=PRODUCT, quantity=1)],
+        card_token="tok_visa")
+    results = []
+    for conc in levels:
+        res = await _level(orders, req, md, conc, seconds, warmup_s)
+        print(json.dumps(res), flush=True)
+        results.append(res)
+    for ch in chans.values():
+        await ch.close()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--conc", default="1,8,32")
+    ap.add_argument("--profile", default="", help="dir for order.prof (cProfile)")
+    ap.add_argument("--wrap", default="", help="run services as `python WRAP <name>`")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    args = ap.parse_args(argv)
+    levels = [int(x) for x in args.conc.split(",") if x]
+    tmp = Path(tempfile.mkdtemp(prefix="saga-load-"))
+    nats = NatsServer(tmp / "nats").start()
+    system: System | None = None
+
+    def argv_for(name: str) -> list[str]:
+        if name == "order" and args.profile:
+            out = Path(args.profile) / "order.prof"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            return [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "services.order"]
+        if args.wrap:  # a wrapper script taking the service name (e.g. span tracing)
+            return [sys.executable, args.wrap, name]
+        return [sys.executable, "-m", f"services.{name}"]
+
+    try:
+        system = start_system(tmp / "data", nats.url, services=SERVICES,
+                              env={"SHOP_LOG_LEVEL": "WARNING", "SHOP_GRACE_S": "2"},
+                              ready_timeout=60.0, argv_for=argv_for)
+        print(f"data: {tmp}", flush=True)
+        asyncio.run(_drive(system, levels, args.seconds, args.warmup))
+    finally:
+        if system is not None:
+            system.stop(timeout=20.0)
+        nats.stop()
+        if not args.keep:
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,44 @@
+"""`python -m bench --smoke` runs every scenario and writes the JSON report.
+
+Only the shape is checked: benchmark figures are reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ops.process import REPO_ROOT
+
+SCENARIOS = ("product_get", "dashboard", "order", "outbox", "consumer")
+FIELDS = ("rps", "p50_ms", "p99_ms", "raw_rps", "ratio")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_bench_smoke_writes_every_scenario(tmp_path: Path) -> None:
+    out = tmp_path / "bench" / "latest.json"
+    env = {k: v for k, v in os.environ.items() if k != "SHOP_BENCH_URL"}
+    env["SHOP_BENCH_OUT"] = str(out)
+    proc = subprocess.run([sys.executable, "-m", "bench", "--smoke"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=140)
+    assert out.exists(), f"no report written:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    doc = json.loads(out.read_text())
+    for name in SCENARIOS:
+        scenario = doc["scenarios"][name]
+        for field in FIELDS:
+            assert _number(scenario[field]), (name, field, scenario.get(field))
+    assert _number(doc["cold_start_s"])
+    assert isinstance(doc["rss_mb"], dict)
+    assert isinstance(doc["machine"], dict)
+    history = (out.parent / "history.jsonl").read_text().splitlines()
+    assert len(history) == 1
