@@ -55,7 +55,8 @@ def test_breaking_check_detects_a_removed_field(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "proto", work / "proto")
     shutil.copy(ROOT / "buf.yaml", work / "buf.yaml")
     (work / "proto_deps" / "google").mkdir(parents=True)
-    (work / "proto_deps" / "google" / "api").symlink_to((ROOT / "proto_deps" / "google" / "api").resolve())
+    api_protos = (ROOT / "proto_deps" / "google" / "api").resolve()
+    (work / "proto_deps" / "google" / "api").symlink_to(api_protos)
     target = work / "proto" / "shop" / "order" / "v1" / "order.proto"
     text = target.read_text()
     target.write_text(text.replace("  string cancel_reason = 7;\n", ""))
