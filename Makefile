@@ -16,10 +16,10 @@ run: $(STAMP) $(GEN_STAMP)
 	$(PY) -m ops.run
 
 test: $(STAMP) $(GEN_STAMP) proto-deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m 'not chaos' $(PYTEST_ARGS)
 
-chaos: $(STAMP) $(GEN_STAMP)
-	SHOP_CHAOS=1 $(PY) -m pytest -m chaos tests/faults $(PYTEST_ARGS)
+chaos: $(STAMP) $(GEN_STAMP) proto-deps
+	$(PY) -m pytest -m chaos tests/faults $(PYTEST_ARGS)
 
 bench: $(STAMP) $(GEN_STAMP)
 	$(PY) -m bench

@@ -14,7 +14,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 import pybreaker
@@ -42,20 +42,93 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.enable_retries", 0),
 ]
 
+
+class Endpoint:
+    """One address of a service: its channel (made on first use, inside the running loop)
+    and the bound stub methods made on it, cached per (stub class, method)."""
+
+    __slots__ = ("_methods", "addr", "channel", "healthy", "instance", "service")
+
+    def __init__(self, service: str, addr: str, instance: str = "") -> None:
+        self.service = service
+        self.addr = addr
+        self.instance = instance
+        self.healthy = True
+        self.channel: aio.Channel | None = None
+        self._methods: dict[tuple[Callable[[aio.Channel], Any], str], Any] = {}
+
+    def open_channel(self) -> aio.Channel:
+        if self.channel is None:
+            self.channel = aio.insecure_channel(self.addr, options=CHANNEL_OPTIONS)
+        return self.channel
+
+    def method(self, stub_factory: Callable[[aio.Channel], Any], name: str) -> Any:
+        key = (stub_factory, name)
+        fn = self._methods.get(key)
+        if fn is None:
+            fn = getattr(stub_factory(self.open_channel()), name)
+            self._methods[key] = fn
+        return fn
+
+    async def close(self, grace: float | None = None) -> None:
+        """Close the channel; with `grace`, calls in flight get that long to finish."""
+        channel, self.channel = self.channel, None
+        self._methods.clear()
+        if channel is not None:
+            await channel.close(grace)
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self.service}, {self.addr}, {self.instance or '-'})"
+
+
+class Picker(Protocol):
+    """What Downstream needs from discovery (services.common.discovery.Discovery)."""
+
+    def pick(self, service: str) -> Endpoint | None:
+        """The next instance of `service` (round-robin), None when none is known."""
+        ...
+
+    def mark_down(self, endpoint: Endpoint) -> None:
+        """`endpoint` answered UNAVAILABLE: skip it until a health check says SERVING."""
+        ...
+
+
 _resolver: Resolver | None = None
+_picker: Picker | None = None
 
 
 def set_resolver(resolver: Resolver | None) -> None:
-    """Plug in discovery: `resolver(service)` returns "host:port" or None (fall back)."""
+    """Plug in a static resolver: `resolver(service)` returns "host:port" or None (fall back).
+
+    Consulted once per Downstream, when no picker knows the service."""
     global _resolver
     _resolver = resolver
 
 
+def set_picker(picker: Picker | None) -> None:
+    """Plug in discovery for the whole process (run_service does it when NATS is there)."""
+    global _picker
+    _picker = picker
+
+
+def current_picker() -> Picker | None:
+    return _picker
+
+
 def resolve_addr(service: str) -> str:
-    """`<SERVICE>_ADDR`, else the resolver, else the default local port."""
+    """`<SERVICE>_ADDR`, else the picker's next instance, else the resolver, else the
+    default local port."""
     fixed = downstream_addr(service)
     if fixed:
         return fixed
+    if _picker is not None:
+        ep = _picker.pick(service)
+        if ep is not None:
+            return ep.addr
+    return _fallback_addr(service)
+
+
+def _fallback_addr(service: str) -> str:
     if _resolver is not None:
         found = _resolver(service)
         if found:
@@ -69,8 +142,13 @@ def _backoff(attempt: int) -> float:
 
 
 class Downstream(Generic[StubT]):
-    """One downstream service: a lazily made channel (in the running loop), its stub and
-    the process-wide breaker for that service."""
+    """One downstream service and the process-wide breaker for that service.
+
+    Where calls go: an explicit `address` or `<SERVICE>_ADDR` pins one address (its own
+    channel); otherwise every call asks the process's picker (discovery) for the next
+    live instance (channels shared per instance), and without one falls back to the
+    resolver or `127.0.0.1:<default port>` on a channel of its own.
+    """
 
     def __init__(
         self,
@@ -84,14 +162,39 @@ class Downstream(Generic[StubT]):
         self.cap_s = cap_s
         self._stub_factory = stub_factory
         self._address = address
-        self._channel: aio.Channel | None = None
-        self._stub: StubT | None = None
-        self._methods: dict[str, Any] = {}
+        self._fixed: Endpoint | None = None  # pinned address (explicit or env)
+        self._fallback: Endpoint | None = None  # no instance known: resolver/default
+        self._pinned: bool | None = None  # decided on first use
         self.breaker: pybreaker.CircuitBreaker = breaker_for(service)
+
+    def _own(self, addr: str) -> Endpoint:
+        return Endpoint(self.service, addr)
+
+    def _endpoint(self) -> Endpoint:
+        """Where the next call goes; O(1), no awaits."""
+        if self._pinned is None:
+            fixed = self._address or downstream_addr(self.service)
+            self._pinned = fixed is not None
+            if fixed is not None:
+                self._fixed = self._own(fixed)
+        if self._fixed is not None:
+            return self._fixed
+        if _picker is not None:
+            ep = _picker.pick(self.service)
+            if ep is not None:
+                return ep
+        if self._fallback is None:
+            self._fallback = self._own(_fallback_addr(self.service))
+        return self._fallback
 
     @property
     def address(self) -> str:
-        return self._address or resolve_addr(self.service)
+        """The address the next call would go to."""
+        if self._address:
+            return self._address
+        if self._fixed is not None:
+            return self._fixed.addr
+        return resolve_addr(self.service)
 
     @property
     def breaker_state(self) -> str:
@@ -100,18 +203,9 @@ class Downstream(Generic[StubT]):
 
     @property
     def stub(self) -> StubT:
-        """The stub on the shared channel (made on first use, inside the running loop)."""
-        if self._stub is None:
-            self._channel = aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
-            self._stub = self._stub_factory(self._channel)
-        return self._stub
-
-    def _method(self, name: str) -> Any:
-        fn = self._methods.get(name)
-        if fn is None:
-            fn = getattr(self.stub, name)
-            self._methods[name] = fn
-        return fn
+        """A stub on the channel of the next call's instance."""
+        stub: StubT = self._stub_factory(self._endpoint().open_channel())
+        return stub
 
     def _metadata(self, extra: Sequence[tuple[str, str]] | None) -> list[tuple[str, str]]:
         md: list[tuple[str, str]] = []
@@ -146,23 +240,26 @@ class Downstream(Generic[StubT]):
         if budget <= 0:
             raise DeadlineExceeded(f"no time left to call {self.service}.{method}")
         deadline = time.monotonic() + budget
-        fn = self._method(method)
         md = self._metadata(metadata)
+        ep = self._endpoint()
         attempt = 0
         while True:
             attempt += 1
+            fn = ep.method(self._stub_factory, method)
             try:
                 with self.breaker.calling():
                     return await fn(request, timeout=deadline - time.monotonic(), metadata=md)
             except pybreaker.CircuitBreakerError:
                 raise Unavailable(f"{self.service} unavailable: circuit open") from None
             except aio.AioRpcError as err:
-                if (
-                    not idempotent
-                    or attempt >= MAX_ATTEMPTS
-                    or err.code() != grpc.StatusCode.UNAVAILABLE
-                ):
+                unavailable = err.code() == grpc.StatusCode.UNAVAILABLE
+                if unavailable and ep.instance and _picker is not None:
+                    _picker.mark_down(ep)
+                if not idempotent or attempt >= MAX_ATTEMPTS or not unavailable:
                     raise
+                failed, ep = ep, self._endpoint()
+                if ep is not failed:
+                    continue  # another instance: no reason to wait
                 pause = _backoff(attempt)
                 # Leave the next attempt a useful slice of the deadline, else give up now.
                 if time.monotonic() + pause + 0.01 >= deadline:
@@ -170,8 +267,10 @@ class Downstream(Generic[StubT]):
                 await asyncio.sleep(pause)
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-        self._channel = None
-        self._stub = None
-        self._methods.clear()
+        """Close this client's own channels (discovery's shared ones stay open)."""
+        for ep in (self._fixed, self._fallback):
+            if ep is not None:
+                await ep.close()
+        self._fallback = None
+        self._pinned = None
+        self._fixed = None

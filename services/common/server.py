@@ -2,17 +2,22 @@
 
 `run_service(name, build)` is what every `services/<svc>/__main__.py` calls.
 `ServiceRunner` and `serve_app` run the same thing inside an existing loop (tests).
+
+With `registry=True` (run_service's default; SHOP_REGISTRY=off turns it off) the runner
+also starts the process's discovery before serving (Downstream calls then spread over the
+registered instances) and registers this instance in the `shop_registry` KV bucket once
+serving; on a graceful stop the key is deleted first, then the server drains.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +27,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from services.common import discovery
 from services.common.interceptors import ServerInterceptor
 from services.common.logging import configure_logging
+from services.common.registry import (
+    Instance,
+    Registration,
+    RegistryLink,
+    registry_enabled,
+    shop_version,
+)
 from services.common.settings import Settings, env_float, load_settings
 
 log = logging.getLogger("shop.server")
@@ -53,6 +66,8 @@ class App:
 
 
 def _advertised(host: str, port: int) -> str:
+    # SHOP_ADVERTISE_HOST: the name other machines reach this one by (a pod IP, ...).
+    host = os.environ.get("SHOP_ADVERTISE_HOST", "").strip() or host
     if host in ("", "0.0.0.0", "::", "[::]"):
         host = "127.0.0.1"
     return f"{host}:{port}"
@@ -71,9 +86,13 @@ def write_ready_file(path: Path, service: str, instance: str, addr: str) -> None
 class ServiceRunner:
     """One started service: server, health, background tasks. start() then stop()."""
 
-    def __init__(self, settings: Settings, app: App) -> None:
+    def __init__(self, settings: Settings, app: App, *, registry: bool = False) -> None:
         self.settings = settings
         self.app = app
+        self.use_registry = registry
+        self.link: RegistryLink | None = None
+        self.registration: Registration | None = None
+        self.discovery: discovery.Discovery | None = None
         self.health = HealthServicer()
         self.server: aio.Server | None = None
         self.addr = ""
@@ -84,6 +103,8 @@ class ServiceRunner:
     async def start(self) -> str:
         """Bind, serve, start background tasks; returns the advertised address."""
         s = self.settings
+        if self.use_registry:
+            await self._start_discovery()
         server = aio.server(interceptors=[ServerInterceptor()], options=SERVER_OPTIONS)
         self.app.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -107,8 +128,32 @@ class ServiceRunner:
             task: asyncio.Future[None] = asyncio.ensure_future(factory())
             task.add_done_callback(self._task_done)
             self._tasks.append(task)
+        if self.link is not None:
+            self.registration = Registration(
+                self.link,
+                Instance(
+                    service=s.service,
+                    instance_id=s.instance_id,
+                    addr=self.addr,
+                    version=shop_version(),
+                    started_at=time.time(),
+                    pid=os.getpid(),
+                ),
+            )
+            self.registration.start()  # in the background: NATS down never stops serving
         log.info("serving", extra={"addr": self.addr, "services": self.app.grpc_services})
         return self.addr
+
+    async def _start_discovery(self) -> None:
+        s = self.settings
+        self.link = RegistryLink(s.nats_url, name=s.instance_id)
+        self.link.start()
+        try:
+            self.discovery = await discovery.start_discovery(
+                link=self.link, wait_s=env_float("SHOP_DISCOVERY_WAIT_S", 2.0)
+            )
+        except Exception:
+            log.exception("discovery failed to start; using fixed/default addresses")
 
     def _task_done(self, task: asyncio.Future[None]) -> None:
         if task.cancelled():
@@ -123,30 +168,52 @@ class ServiceRunner:
     async def stop(self, grace_s: float | None = None) -> None:
         """NOT_SERVING at once, drain in-flight calls, stop tasks, run on_stop."""
         grace = self.settings.grace_s if grace_s is None else grace_s
+        deregistered = False
+        if self.registration is not None:
+            # Out of the registry first, so callers stop choosing this instance at once.
+            deregistered = await self.registration.stop(timeout=min(2.0, max(grace, 0.1)))
         await self.health.enter_graceful_shutdown()
-        # Lets health checkers and discovery notice NOT_SERVING before the port closes.
-        drain_delay = min(env_float("SHOP_DRAIN_DELAY_S", 0.0), grace)
+        # Lets health checkers and discovery notice NOT_SERVING (and the deleted key)
+        # before the port closes.
+        drain_delay = env_float("SHOP_DRAIN_DELAY_S", 0.0)
+        if deregistered:
+            drain_delay = max(drain_delay, env_float("SHOP_DEREGISTER_WAIT_S", 0.25))
+        drain_delay = min(drain_delay, grace)
         if drain_delay > 0:
             await asyncio.sleep(drain_delay)
         if self.server is not None:
             await self.server.stop(grace)
+        log.debug("grpc server stopped; stopping background tasks")
         for task in self._tasks:
             task.remove_done_callback(self._task_done)
             task.cancel()
+        pending = [task for task in self._tasks if not task.done()]
+        if pending:
+            # A task that swallows its cancellation must not keep the process alive.
+            _, stuck = await asyncio.wait(pending, timeout=max(1.0, min(grace, 5.0)))
+            for task in stuck:
+                log.error("background task ignored cancellation", extra={"task": repr(task)})
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: no "never retrieved" warning
+        log.debug("background tasks stopped; running on_stop hooks")
         for hook in self.app.on_stop:
             try:
                 await hook()
             except Exception:
                 log.exception("on_stop hook failed")
+        if self.discovery is not None and discovery.shared_discovery() is self.discovery:
+            await discovery.stop_discovery(close_link=False)
+        if self.link is not None:
+            await self.link.close()
         log.info("stopped")
 
 
-async def serve_app(settings: Settings, app: App, stop: asyncio.Event) -> int:
+async def serve_app(
+    settings: Settings, app: App, stop: asyncio.Event, *, registry: bool = False
+) -> int:
     """Serve `app` until `stop` is set (or a background task dies); returns an exit code."""
-    runner = ServiceRunner(settings, app)
+    runner = ServiceRunner(settings, app, registry=registry)
     addr = await runner.start()
     if settings.ready_file is not None:
         write_ready_file(settings.ready_file, settings.service, settings.instance_id, addr)
@@ -168,7 +235,7 @@ async def _main(service: str, build: Callable[[Settings], Awaitable[App]]) -> in
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     app = await build(settings)
-    return await serve_app(settings, app, stop)
+    return await serve_app(settings, app, stop, registry=registry_enabled())
 
 
 def run_service(service: str, build: Callable[[Settings], Awaitable[App]]) -> None:

@@ -5,8 +5,8 @@ A flow runs on the eight real services: users created, an order from the cart co
 and shipped, a declined order cancelled, a charge and its refund. Once every consumer is
 idle, each service's SQLite tables are snapshotted; then every message of SHOP_EVENTS is
 published again (same Envelope bytes, a fresh Nats-Msg-Id so JetStream stores it), the
-consumers go idle again, and the tables must be identical (inbox/outbox excluded: they
-are the bookkeeping that makes this work).
+consumers go idle again, and the tables must be identical (inbox, outbox and relay lease
+excluded: they are the bookkeeping that makes this work).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from ops.process import System
 from services.common.events import CATALOGUE, DLQ_STREAM, STREAM
 from services.common.settings import SERVICES
 
-BOOKKEEPING = {"inbox", "outbox"}
+BOOKKEEPING = {"inbox", "outbox", "outbox_lease"}
 SETTLE_WITHIN_S = 30.0
 STATUS = order_pb2.OrderStatus
 
