@@ -52,6 +52,7 @@ from gateway.upstreams import (
     api_downstreams,
     breaker_state,
     close_all,
+    dashboard_callers,
     health_downstreams,
 )
 from services.common import context
@@ -94,9 +95,13 @@ class GatewayState:
     upstreams: dict[str, Caller] = field(default_factory=dict)
     health: dict[str, Caller] = field(default_factory=dict)
     dashboard: Dashboard | None = None
+    # "dashboard.<service>" -> that part's caller, with a breaker of its own.
+    dashboard_parts: dict[str, Caller] = field(default_factory=dict)
 
     def breaker_states(self) -> dict[str, str]:
-        return {name: breaker_state(c) for name, c in self.upstreams.items()}
+        states = {name: breaker_state(c) for name, c in self.upstreams.items()}
+        states.update((name, breaker_state(c)) for name, c in self.dashboard_parts.items())
+        return states
 
     async def fetch_jwks(self) -> list[dict[str, str]]:
         reply = await self.upstreams["user"].call(
@@ -384,10 +389,18 @@ def create_app(
         state.health = dict(health) if health is not None else health_downstreams()
         if health is None:
             made.append(state.health)
+        # The dashboard's parts reuse the same channels under breakers of their own, so
+        # its short part deadlines never open the breakers the other routes share.
+        parts = dashboard_callers(
+            state.upstreams,
+            fail_max=settings.dashboard_breaker_fail_max,
+            reset_s=settings.dashboard_breaker_reset_s,
+        )
+        state.dashboard_parts = parts
         state.dashboard = Dashboard(
-            state.upstreams["user"],
-            state.upstreams["order"],
-            state.upstreams["notification"],
+            parts["dashboard.user"],
+            parts["dashboard.order"],
+            parts["dashboard.notification"],
             part_timeout_s=settings.dashboard_part_timeout_s,
             on_error=lambda part, err: state.metrics.upstream_error(part, type(err).__name__),
         )

@@ -20,8 +20,13 @@ class GatewaySettings:
     max_body_bytes: int = 64 * 1024
     # Budget of one proxied call; CreateOrder runs the whole saga inside it.
     call_timeout_s: float = 10.0
-    # Each dashboard part gets this much before its fallback is used.
-    dashboard_part_timeout_s: float = 0.3
+    # Each dashboard part gets this much before its fallback is used: long enough for a
+    # healthy system on a loaded box, short enough that a hung part still answers < 1 s.
+    dashboard_part_timeout_s: float = 0.6
+    # The parts' own breakers (never the services' shared ones): trip after this many
+    # consecutive failures, try again after this long.
+    dashboard_breaker_fail_max: int = 5
+    dashboard_breaker_reset_s: float = 5.0
     jwks_refetch_s: float = 5.0
     token_cache_ttl_s: float = 30.0
     ready_file: Path | None = None
@@ -37,7 +42,9 @@ def load_gateway_settings() -> GatewaySettings:
         jwt_audience=env_str("SHOP_JWT_AUDIENCE", "shop-api"),
         max_body_bytes=env_int("GATEWAY_MAX_BODY_BYTES", 64 * 1024),
         call_timeout_s=env_float("GATEWAY_CALL_TIMEOUT_S", 10.0),
-        dashboard_part_timeout_s=env_float("GATEWAY_DASHBOARD_TIMEOUT_S", 0.3),
+        dashboard_part_timeout_s=env_float("GATEWAY_DASHBOARD_TIMEOUT_S", 0.6),
+        dashboard_breaker_fail_max=env_int("GATEWAY_DASHBOARD_BREAKER_FAIL_MAX", 5),
+        dashboard_breaker_reset_s=env_float("GATEWAY_DASHBOARD_BREAKER_RESET_S", 5.0),
         jwks_refetch_s=env_float("GATEWAY_JWKS_REFETCH_S", 5.0),
         token_cache_ttl_s=env_float("GATEWAY_TOKEN_CACHE_TTL_S", 30.0),
         ready_file=Path(ready) if ready else None,

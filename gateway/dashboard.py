@@ -1,8 +1,11 @@
 """GET /api/dashboard: user, recent orders and unread count, fetched in parallel.
 
-Each part has its own short deadline and goes through its service's breaker; a part that
-fails answers with the last good value for that user (or an empty one) and is named in
-`degraded`, so one slow or dead service never turns the dashboard into a 5xx.
+Each part has its own short deadline and goes through a breaker of its own
+("dashboard.<service>", see gateway.upstreams.dashboard_callers) — never the service
+breaker the other routes share, so a dashboard part timing out under load cannot make
+POST /api/orders or login fail. A part that fails answers with the last good value for
+that user (or an empty one) and is named in `degraded`, so one slow or dead service never
+turns the dashboard into a 5xx.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ log = logging.getLogger("shop.gateway.dashboard")
 
 RECENT_ORDERS = 5
 # Extra time past the part's gRPC deadline before the part is abandoned outright.
-_GUARD_S = 0.2
+_GUARD_S = 0.15
 _MAX_REMEMBERED = 10_000
 
 ErrorHook = Callable[[str, BaseException], None]
@@ -36,7 +39,7 @@ class Dashboard:
         orders: Caller,
         notifications: Caller,
         *,
-        part_timeout_s: float = 0.3,
+        part_timeout_s: float = 0.6,
         on_error: ErrorHook | None = None,
     ) -> None:
         self._users = users

@@ -17,6 +17,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from gateway.errors import bad_request
+from gateway.protojson import to_dict as _to_dict
 from gateway.rules import enum_of
 
 _INT_TYPES = frozenset(
@@ -42,15 +43,19 @@ _INT_RANGES: dict[int, tuple[int, int]] = {
 
 
 def to_dict(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(
-        message,
-        always_print_fields_with_no_presence=True,
-        preserving_proto_field_name=False,
-    )
+    """MessageToDict(message, always_print_fields_with_no_presence=True), byte for byte,
+    from a serializer precompiled per message type (gateway.protojson)."""
+    value: dict[str, Any] = _to_dict(message)
+    return value
+
+
+# One encoder for the process: json.dumps with non-default arguments builds a new
+# JSONEncoder on every call. Same output, byte for byte.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return _encode(value).encode()
 
 
 def loads_body(raw: bytes) -> Any:

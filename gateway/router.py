@@ -14,6 +14,9 @@ from gateway.rules import PathTemplate
 
 T = TypeVar("T")
 
+# Matches of variable templates remembered per (method, path); cleared when full.
+_CACHE_SIZE = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class Match(Generic[T]):
@@ -33,6 +36,7 @@ class Router(Generic[T]):
         self._by_count: dict[tuple[str, int], list[tuple[PathTemplate, T]]] = {}
         self._variable: dict[str, list[tuple[PathTemplate, T]]] = {}
         self._paths: list[PathTemplate] = []
+        self._cache: dict[tuple[str, str], Match[T]] = {}
         for method, template, target in routes:
             self._paths.append(template)
             if template.literal:
@@ -48,9 +52,24 @@ class Router(Generic[T]):
                 entries.sort(key=lambda e: _specificity(e[0]), reverse=True)
 
     def match(self, method: str, path: str) -> Match[T] | None:
-        target = self._exact.get((method, path))
+        """The route of (method, path). The returned Match (and its params) may be shared
+        between requests of the same path: read it, never change it."""
+        key = (method, path)
+        target = self._exact.get(key)
         if target is not None:
             return Match(target, {})
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        found = self._match_templates(method, path)
+        if found is not None:
+            cache = self._cache
+            if len(cache) >= _CACHE_SIZE:
+                cache.clear()
+            cache[key] = found
+        return found
+
+    def _match_templates(self, method: str, path: str) -> Match[T] | None:
         count = path.count("/")
         for table_entries in (self._by_count.get((method, count)), self._variable.get(method)):
             if not table_entries:

@@ -2,19 +2,29 @@
 
 `Caller` is the slice of services.common.clients.Downstream the gateway uses, so tests
 can hand in small in-process fakes.
+
+The dashboard's parts call the same services over the same channels, but each through a
+breaker of its own ("dashboard.user", ...): the parts run on a short deadline of their
+own, and their timeouts must not open the breakers every other route shares.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
+import pybreaker
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2_grpc
 
 from gateway.rules import HttpRule
-from services.common.clients import Downstream
+from services.common.breakers import is_failure
+from services.common.clients import Downstream, Endpoint
+from services.common.errors import Unavailable
 from services.common.settings import SERVICES
+
+log = logging.getLogger("shop.breaker")
 
 
 class Caller(Protocol):
@@ -56,3 +66,106 @@ async def close_all(*groups: Mapping[str, Caller]) -> None:
     for group in groups:
         for caller in group.values():
             await caller.close()
+
+
+# --- dashboard parts: the same channels, breakers of their own ---------------------------
+
+DASHBOARD_PARTS = ("user", "order", "notification")
+
+
+class _BreakerLog(pybreaker.CircuitBreakerListener):
+    def state_change(
+        self,
+        cb: pybreaker.CircuitBreaker,
+        old_state: pybreaker.CircuitBreakerState | None,
+        new_state: pybreaker.CircuitBreakerState,
+    ) -> None:
+        old = old_state.name if old_state is not None else None
+        level = logging.WARNING if new_state.name == "open" else logging.INFO
+        log.log(
+            level,
+            "circuit breaker state change",
+            extra={"downstream": cb.name, "from": old, "to": new_state.name},
+        )
+
+
+def _not_a_failure(exc: BaseException) -> bool:
+    return not is_failure(exc)
+
+
+def part_breaker(name: str, *, fail_max: int, reset_s: float) -> pybreaker.CircuitBreaker:
+    """A breaker of its own for one dashboard part ("dashboard.<service>"): the part's
+    short deadline trips only this one, never the service breaker every route shares."""
+    return pybreaker.CircuitBreaker(
+        fail_max=fail_max,
+        reset_timeout=reset_s,
+        exclude=[_not_a_failure],
+        listeners=[_BreakerLog()],
+        name=name,
+        throw_new_error_on_trip=False,
+    )
+
+
+class _PartDownstream(Downstream[Any]):
+    """A Downstream that calls through `base`'s endpoints (same channels, same discovery
+    pick) but counts its failures in a breaker of its own."""
+
+    def __init__(self, base: Downstream[Any], breaker: pybreaker.CircuitBreaker) -> None:
+        super().__init__(base.service, base._stub_factory, cap_s=base.cap_s)
+        self._base = base
+        self.breaker = breaker
+
+    def _endpoint(self) -> Endpoint:
+        return self._base._endpoint()
+
+    async def close(self) -> None:
+        return None  # the channels are the base's
+
+
+class _BreakerCaller:
+    """Any other Caller (tests' fakes) under a breaker of its own."""
+
+    def __init__(self, base: Caller, breaker: pybreaker.CircuitBreaker) -> None:
+        self.service = base.service
+        self._base = base
+        self.breaker = breaker
+
+    @property
+    def breaker_state(self) -> str:
+        return str(self.breaker.current_state)
+
+    async def call(
+        self,
+        method: str,
+        request: Message,
+        *,
+        idempotent: bool,
+        timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline, as Downstream
+    ) -> Any:
+        try:
+            with self.breaker.calling():
+                return await self._base.call(
+                    method, request, idempotent=idempotent, timeout=timeout
+                )
+        except pybreaker.CircuitBreakerError:
+            raise Unavailable(f"{self.service} unavailable: circuit open") from None
+
+    async def close(self) -> None:
+        return None
+
+
+def dashboard_callers(
+    upstreams: Mapping[str, Caller], *, fail_max: int, reset_s: float
+) -> dict[str, Caller]:
+    """ "dashboard.<service>" -> a caller of that service with its own breaker."""
+    out: dict[str, Caller] = {}
+    for service in DASHBOARD_PARTS:
+        base = upstreams[service]
+        name = f"dashboard.{service}"
+        breaker = part_breaker(name, fail_max=fail_max, reset_s=reset_s)
+        out[name] = (
+            _PartDownstream(base, breaker)
+            if isinstance(base, Downstream)
+            else _BreakerCaller(base, breaker)
+        )
+    return out

@@ -214,3 +214,30 @@ def test_dashboard_with_notification_stopped_degrades_fast_then_recovers(
         return bool(api.get("/api/dashboard", headers=h).json()["degraded"] == [])
 
     assert _wait_for(healthy, timeout=10.0)
+
+
+def test_degraded_dashboard_does_not_fail_the_order_routes(
+    api: httpx.Client, system: System
+) -> None:
+    """The dashboard's part timeouts trip its own breakers, never the shared ones."""
+    user = _register(api, "Eve")
+    h = user["headers"]
+    notification = system["notification"]
+    notification.sigstop()
+    try:
+        for _ in range(7):  # past the breakers' fail_max
+            r = api.get("/api/dashboard", headers=h)
+            assert r.status_code == 200
+            assert r.json()["degraded"] == ["notification"]
+        created = _order(api, h)
+        assert created.status_code == 201, created.text
+        listed = api.get("/api/orders", headers=h)
+        assert listed.status_code == 200, listed.text
+        assert created.json()["id"] in [o["id"] for o in listed.json()["orders"]]
+    finally:
+        notification.sigcont()
+
+    def healthy() -> bool:
+        return bool(api.get("/api/dashboard", headers=h).json()["degraded"] == [])
+
+    assert _wait_for(healthy, timeout=15.0)
