@@ -90,6 +90,15 @@ jetstream {{
         self.conf_path.write_text(conf)
 
     def start(self) -> NatsServer:
+        """Spawn and wait until JetStream answers."""
+        if self.running:
+            return self
+        self.spawn()
+        return self.wait_ready()
+
+    def spawn(self) -> NatsServer:
+        """Spawn without waiting (the caller overlaps other start-up work, then calls
+        wait_ready()); a no-op while running. With a fixed port the URL is known now."""
         if self.running:
             return self
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -103,8 +112,12 @@ jetstream {{
             [find_binary(), "-c", str(self.conf_path), "--ports_file_dir", str(ports_dir)],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
+        return self
+
+    def wait_ready(self) -> NatsServer:
+        """Wait until JetStream answers; kills the server and raises if it does not."""
         try:
-            self._wait_ready(ports_dir)
+            self._wait_ready(self.data_dir / "ports")
         except BaseException:
             self.kill()
             raise
@@ -112,7 +125,8 @@ jetstream {{
 
     def _wait_ready(self, ports_dir: Path) -> None:
         deadline = time.monotonic() + self._ready_timeout_s
-        assert self._proc is not None
+        if self._proc is None:
+            raise RuntimeError("nats-server not started")
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"nats-server exited with {self._proc.returncode}; "
@@ -121,7 +135,7 @@ jetstream {{
                 self._port = _read_port(ports_dir, self._proc.pid)
             if self._port and _jetstream_ready(self.host, self._port):
                 return
-            time.sleep(0.02)
+            time.sleep(0.01)
         raise TimeoutError(f"nats-server not ready within {self._ready_timeout_s}s")
 
     def stop(self, timeout_s: float = 10.0) -> None:

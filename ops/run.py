@@ -1,6 +1,7 @@
 """`make run`: embedded NATS, the eight services and the gateway, supervised.
 
-Everything starts in parallel and is waited for together; a child that dies is
+Everything starts in parallel (NATS too: the services connect to it in the
+background) and is waited for together; a child that dies is
 restarted with exponential back-off (as Kubernetes would); Ctrl-C or SIGTERM
 stops the gateway, then the services, then NATS, and exits 0.
 Supervisor lines go to stdout; each process logs to <data dir>/logs/<instance>.log.
@@ -27,7 +28,9 @@ from ops.process import (
     env_prefix,
     free_port,
     port_in_use,
+    precompile,
     start_system,
+    wait_all_ready,
 )
 from services.common.settings import DEFAULT_PORTS, SERVICES
 
@@ -169,7 +172,9 @@ def print_table(system: System, nats_url: str, elapsed: float) -> None:
     rows = [("NAME", "INSTANCE", "ADDRESS", "PID", "HEALTH")]
     rows.append(("nats", "nats", nats_url, "", "OK"))
     for p in system.all():
-        rows.append((p.name, p.instance, p.addr, str(p.pid), p.health(0.5)))
+        # The status each one's readiness probe saw a moment ago: checking all of them
+        # again here would only delay the table.
+        rows.append((p.name, p.instance, p.addr, str(p.pid), p.status))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print()
     for row in rows:
@@ -196,7 +201,7 @@ def main() -> int:
     try:
         scale = parse_scale(os.environ.get("SCALE", ""))
         ports = resolve_ports(os.environ)
-        nats_port = int(os.environ.get("NATS_PORT") or DEFAULT_NATS_PORT)
+        nats_port = int(os.environ.get("NATS_PORT") or DEFAULT_NATS_PORT) or free_port()
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -225,16 +230,24 @@ def main() -> int:
     system: System | None = None
     t0 = time.monotonic()
     try:
+        # NATS first (a Go binary, ready in a fraction of the services' start), but
+        # not waited for before spawning them: their NATS links connect in the
+        # background and retry, so NATS becomes ready while they import.
         if external_nats:
             nats_url = external_nats
             log(f"using external NATS at {nats_url}")
         else:
-            nats = NatsServer(data_dir / "nats", port=nats_port).start()
+            nats = NatsServer(data_dir / "nats", port=nats_port).spawn()
             nats_url = nats.url
-            log(f"NATS (JetStream) up on {nats_url} (pid {nats.pid})")
+        precompile()
         timeout = float(os.environ.get("SHOP_START_TIMEOUT_S") or 60)
         system = start_system(data_dir, nats_url, ports=ports, scale=scale,
-                              with_gateway=True, ready_timeout=timeout)
+                              with_gateway=True, ready_timeout=timeout, wait=False)
+        if nats is not None:
+            nats.wait_ready()
+            log(f"NATS (JetStream) up on {nats_url} (pid {nats.pid}) "
+                f"in {time.monotonic() - t0:.2f} s")
+        wait_all_ready(system.all(), max(1.0, timeout - (time.monotonic() - t0)))
         starting = False
         nats_pid = nats.pid if nats is not None else None
         write_instances(system, nats_pid)
