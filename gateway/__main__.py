@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import signal
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 
 import uvicorn
 import uvloop
@@ -22,6 +19,7 @@ import uvloop
 from gateway.app import create_app
 from gateway.config import GatewaySettings, load_gateway_settings
 from services.common.logging import configure_logging
+from services.common.readyfile import write_ready_file
 from services.common.settings import env_str, load_settings
 
 log = logging.getLogger("shop.gateway")
@@ -50,19 +48,6 @@ def _bind(settings: GatewaySettings) -> socket.socket:
     sock.bind((settings.host, settings.port))
     sock.set_inheritable(True)
     return sock
-
-
-def write_ready_file(path: Path, service: str, instance: str, addr: str) -> None:
-    """The ready file, as services.common.server.write_ready_file writes it (atomically).
-
-    Not imported from there: that module brings the NATS client, discovery and
-    reflection, none of which the gateway uses, and ~50 ms of start-up with them."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(
-        json.dumps({"service": service, "instance": instance, "addr": addr, "pid": os.getpid()})
-    )
-    os.replace(tmp, path)
 
 
 async def _announce_when_started(

@@ -12,7 +12,6 @@ serving; on a graceful stop the key is deleted first, then the server drains.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -20,7 +19,6 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -30,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from services.common import discovery
 from services.common.interceptors import ServerInterceptor
 from services.common.logging import configure_logging
+from services.common.readyfile import write_ready_file
 from services.common.registry import (
     Instance,
     Registration,
@@ -71,16 +70,6 @@ def _advertised(host: str, port: int) -> str:
     if host in ("", "0.0.0.0", "::", "[::]"):
         host = "127.0.0.1"
     return f"{host}:{port}"
-
-
-def write_ready_file(path: Path, service: str, instance: str, addr: str) -> None:
-    """Atomically write the ready file, so a reader never sees half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(
-        json.dumps({"service": service, "instance": instance, "addr": addr, "pid": os.getpid()})
-    )
-    os.replace(tmp, path)
 
 
 class ServiceRunner:
