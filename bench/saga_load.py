@@ -5,6 +5,10 @@ in a temp dir, creates a user, tops up stock, then drives CreateOrder at each co
 for a few seconds (after a short warm-up) and prints orders/s and latency percentiles.
 
 `--profile DIR` runs the order process under cProfile (written to DIR/order.prof at exit).
+`--all` also starts notification and shipping, so the events after confirm (order.confirmed
+-> shipping, cart, notification; order.shipped -> order, notification) run too. Each level
+also prints the CPU time per confirmed order of every process (nats included), taken over
+the timed window plus a short settle time for the event side to catch up.
 Every process is started by this script and stopped by PID.
 """
 
@@ -24,17 +28,23 @@ from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.order.v1 import order_pb2, order_pb2_grpc
 from shop.user.v1 import user_pb2, user_pb2_grpc
 
+from bench.procs import cpu_seconds
 from bench.stats import percentile
 from ops.natsd import NatsServer
 from ops.process import System, start_system
 
 SERVICES = ("user", "product", "inventory", "payment", "cart", "order")
+EVENT_SERVICES = ("notification", "shipping")
 PRODUCT = "water-bottle"
 
 
 class _Run:
-    def __init__(self, stop_at: float) -> None:
+    def __init__(self, stop_at: float, rate: float = 0.0) -> None:
         self.stop_at = stop_at
+        # Open loop when rate > 0: orders start at this many per second in all (at most
+        # `concurrency` in flight), so CPU per order compares at the same load.
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.next_at = time.monotonic()
         self.recording = False
         self.lat: list[float] = []
         self.confirmed = 0
@@ -44,6 +54,11 @@ class _Run:
 async def _worker(orders: order_pb2_grpc.OrderServiceStub, req: order_pb2.CreateOrderRequest,
                   md: list[tuple[str, str]], run: _Run) -> None:
     while time.monotonic() < run.stop_at:
+        if run.interval:
+            slot = run.next_at = max(run.next_at + run.interval, time.monotonic() - 0.05)
+            delay = slot - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
         t0 = time.perf_counter()
         try:
             r = await orders.CreateOrder(req, metadata=md, timeout=10)
@@ -60,23 +75,36 @@ async def _worker(orders: order_pb2_grpc.OrderServiceStub, req: order_pb2.Create
 
 async def _level(orders: order_pb2_grpc.OrderServiceStub, req: order_pb2.CreateOrderRequest,
                  md: list[tuple[str, str]], conc: int, seconds: float,
-                 warmup_s: float) -> dict[str, float]:
-    run = _Run(time.monotonic() + warmup_s + seconds)
+                 warmup_s: float, pids: dict[str, int], settle_s: float,
+                 rate: float) -> dict[str, object]:
+    run = _Run(time.monotonic() + warmup_s + seconds, rate)
     tasks = [asyncio.create_task(_worker(orders, req, md, run)) for _ in range(conc)]
     await asyncio.sleep(warmup_s)
     run.recording = True
+    cpu0 = cpu_seconds(pids)
     t_start = time.perf_counter()
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - t_start
+    # The event side (relays, consumers) lags the last answers a little: let it finish
+    # so its CPU is charged to the orders that caused it.
+    await asyncio.sleep(settle_s)
+    cpu1 = cpu_seconds(pids)
     lat = run.lat
-    return {"concurrency": conc, "orders_per_s": round(run.confirmed / elapsed, 1),
-            "confirmed": run.confirmed, "not_confirmed": run.failed,
-            "p50_ms": round(percentile(lat, 50) * 1000, 1) if lat else 0.0,
-            "p99_ms": round(percentile(lat, 99) * 1000, 1) if lat else 0.0}
+    res: dict[str, object] = {
+        "concurrency": conc, "orders_per_s": round(run.confirmed / elapsed, 1),
+        "confirmed": run.confirmed, "not_confirmed": run.failed,
+        "p50_ms": round(percentile(lat, 50) * 1000, 1) if lat else 0.0,
+        "p99_ms": round(percentile(lat, 99) * 1000, 1) if lat else 0.0}
+    if run.confirmed:
+        per = {n: round((cpu1[n] - cpu0[n]) * 1000 / run.confirmed, 2)
+               for n in cpu1 if n in cpu0}
+        res["cpu_ms_per_order"] = per
+        res["cpu_ms_per_order_total"] = round(sum(per.values()), 2)
+    return res
 
 
 async def _drive(system: System, levels: list[int], seconds: float, warmup_s: float,
-                 ) -> list[dict[str, float]]:
+                 pids: dict[str, int], settle_s: float, rate: float) -> list[dict[str, object]]:
     chans = {n: aio.insecure_channel(system.addr(n)) for n in ("order", "inventory", "user")}
     orders = order_pb2_grpc.OrderServiceStub(chans["order"])
     users = user_pb2_grpc.UserServiceStub(chans["user"])
@@ -93,7 +121,7 @@ async def _drive(system: System, levels: list[int], seconds: float, warmup_s: fl
         card_token="tok_visa")
     results = []
     for conc in levels:
-        res = await _level(orders, req, md, conc, seconds, warmup_s)
+        res = await _level(orders, req, md, conc, seconds, warmup_s, pids, settle_s, rate)
         print(json.dumps(res), flush=True)
         results.append(res)
     for ch in chans.values():
@@ -109,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="", help="dir for order.prof (cProfile)")
     ap.add_argument("--wrap", default="", help="run services as `python WRAP <name>`")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    ap.add_argument("--all", action="store_true",
+                    help="also run notification and shipping (the events after confirm)")
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="open loop: start this many orders/s in all (0: closed loop)")
+    ap.add_argument("--settle", type=float, default=1.0,
+                    help="seconds after each level before reading CPU (events catch up)")
     args = ap.parse_args(argv)
     levels = [int(x) for x in args.conc.split(",") if x]
     tmp = Path(tempfile.mkdtemp(prefix="saga-load-"))
@@ -125,11 +159,17 @@ def main(argv: list[str] | None = None) -> int:
         return [sys.executable, "-m", f"services.{name}"]
 
     try:
-        system = start_system(tmp / "data", nats.url, services=SERVICES,
+        services = SERVICES + (EVENT_SERVICES if args.all else ())
+        system = start_system(tmp / "data", nats.url, services=services,
                               env={"SHOP_LOG_LEVEL": "WARNING", "SHOP_GRACE_S": "2"},
                               ready_timeout=60.0, argv_for=argv_for)
         print(f"data: {tmp}", flush=True)
-        asyncio.run(_drive(system, levels, args.seconds, args.warmup))
+        pids = {"nats": nats.pid}
+        for proc in system.all():
+            if proc.pid is not None:
+                pids[proc.name] = proc.pid
+        asyncio.run(_drive(system, levels, args.seconds, args.warmup, pids, args.settle,
+                           args.rate))
     finally:
         if system is not None:
             system.stop(timeout=20.0)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import aiosqlite
 
 from services.cart.domain import Cart, CartLine, ProductInfo, add_line, with_line
-from services.common.db import Database
+from services.common.db import Database, Tx
 from services.common.errors import NotFound
 
 SCHEMA = """
@@ -44,6 +44,16 @@ async def remove_products(conn: aiosqlite.Connection, user_id: str,
     cur = await conn.execute(
         f"DELETE FROM cart_items WHERE user_id = ? AND product_id IN ({marks})",
         (user_id, *product_ids))
+    return int(cur.rowcount)
+
+
+def remove_products_sync(tx: Tx, user_id: str, product_ids: Sequence[str]) -> int:
+    """`remove_products` on a write function's Tx (the consumer's single-hop path)."""
+    if not product_ids:
+        return 0
+    marks = ",".join("?" * len(product_ids))
+    cur = tx.execute(f"DELETE FROM cart_items WHERE user_id = ? AND product_id IN ({marks})",
+                     (user_id, *product_ids))
     return int(cur.rowcount)
 
 

@@ -5,11 +5,25 @@ other runs its handler inside a SAVEPOINT and gets an inbox row. A handler that 
 rolls back only its savepoint; that message is nak'ed with back-off, or dead-lettered and
 terminated on its last delivery. Acks go out after the commit, so a crash in between
 means a redelivery that the inbox turns into a no-op.
+
+Two kinds of handler. A *tx handler* (`Route.tx(subject, Payload, fn)`, `fn(tx, env,
+payload)`) is a plain function run on the connection's thread: when every event of a batch
+has one, the whole batch (inbox check, handlers, inbox rows) is ONE `db.write` hop, group-
+committed with the service's other writes. It may return a callable, run on the event loop
+once the batch committed (e.g. waking a saga). An async handler (`Route(subject, Payload,
+handler)`, `await handler(conn, env, payload)`) runs in a `db.transaction()` as before.
+Every Route has an async `handler` (a tx handler gets an adapter), so a caller that runs
+one route by hand in its own transaction works with either kind.
+
+A partial batch is followed by a short linger (`linger_s`) before the next fetch, so a
+busy stream is handled in batches of several events rather than one fetch round trip and
+one transaction (one fsync) per event.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import time
@@ -26,11 +40,11 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from shop.events.v1 import envelope_pb2
 
 from services.common.bus import Bus
-from services.common.db import Database
+from services.common.db import Database, Tx, mark_outbox_dirty
 from services.common.dlq import dead_letter
 from services.common.events import STREAM
 
-__all__ = ["ConsumerStats", "EventConsumer", "Handler", "Route"]
+__all__ = ["AfterCommit", "ConsumerStats", "EventConsumer", "Handler", "Route", "TxHandler"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +52,13 @@ Envelope = envelope_pb2.Envelope
 # A handler acts only through `conn` (the consumer's transaction): it may be run again
 # after a rollback when another event of its batch failed.
 Handler = Callable[[aiosqlite.Connection, Envelope, Any], Awaitable[None]]
+# Run on the event loop after the handler's transaction committed.
+AfterCommit = Callable[[], None]
+# A handler as a plain function on the connection's thread (no awaits, nothing blocking):
+# acts only through `tx`, may be run again after a rollback, like a Handler.
+TxHandler = Callable[[Tx, Envelope, Any], AfterCommit | None]
+
+_INBOX_INSERT = "INSERT INTO inbox (consumer, event_id, handled_at) VALUES (?, ?, ?)"
 
 
 @dataclass
@@ -45,6 +66,32 @@ class Route:
     subject: str
     payload_type: type[Message]
     handler: Handler
+    # Set by Route.tx: the single-hop form of `handler`.
+    tx_handler: TxHandler | None = None
+
+    @classmethod
+    def tx(cls, subject: str, payload_type: type[Message], fn: TxHandler) -> Route:
+        """A route whose handler runs on the connection's thread (see the module doc)."""
+        return cls(subject, payload_type, _as_async(fn), fn)
+
+
+def _as_async(fn: TxHandler) -> Handler:
+    """`fn` as an async Handler on the caller's open transaction (one thread hop)."""
+
+    async def handler(conn: aiosqlite.Connection, env: Envelope, payload: Any) -> None:
+        def run() -> tuple[bool, AfterCommit | None]:
+            tx = Tx(conn._conn)
+            after = fn(tx, env, payload)
+            return tx.dirty, after
+
+        ctx = contextvars.copy_context()  # the enqueued envelopes see the caller's ids
+        dirty, after = await conn._execute(ctx.run, run)  # type: ignore[no-untyped-call]
+        if dirty:
+            mark_outbox_dirty(conn)
+        if after is not None:
+            after()
+
+    return handler
 
 
 @dataclass
@@ -71,7 +118,7 @@ class EventConsumer:
     def __init__(self, bus: Bus, db: Database, *, durable: str, routes: Sequence[Route],
                  max_deliver: int = 5, ack_wait_s: float = 30.0, batch: int = 64,
                  backoff_s: Sequence[float] = (0.2, 1.0, 3.0, 5.0),
-                 fetch_timeout_s: float = 1.0) -> None:
+                 fetch_timeout_s: float = 1.0, linger_s: float = 0.05) -> None:
         if not routes:
             raise ValueError("a consumer needs at least one route")
         self.bus = bus
@@ -85,6 +132,8 @@ class EventConsumer:
         self.batch = batch
         self.backoff_s = tuple(backoff_s) or (1.0,)
         self.fetch_timeout_s = fetch_timeout_s
+        # After a partial batch, wait this long before fetching again (batches, not trickles).
+        self.linger_s = linger_s
         self.stats = ConsumerStats()
         self._sub: JetStreamContext.PullSubscription | None = None
         self._advisory: Subscription | None = None
@@ -130,6 +179,8 @@ class EventConsumer:
                     await asyncio.sleep(0.5)
                     continue
                 await self.process(msgs)
+                if len(msgs) < self.batch and self.linger_s > 0:
+                    await asyncio.sleep(self.linger_s)
         finally:
             await self.stop()
 
@@ -181,6 +232,8 @@ class EventConsumer:
 
     async def _apply(self, batch: Sequence[_Decoded]) -> tuple[list[Msg], list[tuple[_Decoded,
                                                                                   Exception]]]:
+        if all(d.route.tx_handler is not None for d in batch):
+            return await self._apply_tx(batch)
         # Fast path without savepoints (two thread hops fewer per event); if a handler
         # fails, the whole transaction is redone with a savepoint around each event.
         try:
@@ -219,12 +272,72 @@ class EventConsumer:
                 done.append(d.msg)
                 handled += 1
             if rows:
-                await conn.executemany(
-                    "INSERT INTO inbox (consumer, event_id, handled_at) VALUES (?, ?, ?)", rows)
+                await conn.executemany(_INBOX_INSERT, rows)
         self.stats.handled += handled
         self.stats.duplicates += len(done) - handled
         self.stats.failed += len(failed)
         return done, failed
+
+    async def _apply_tx(self, batch: Sequence[_Decoded]
+                        ) -> tuple[list[Msg], list[tuple[_Decoded, Exception]]]:
+        """The batch as one `db.write`: inbox check, every handler in its own savepoint
+        (savepoints cost nothing on the connection's thread), the inbox rows."""
+        durable = self.durable
+
+        def run(tx: Tx) -> tuple[list[Msg], list[tuple[_Decoded, Exception]],
+                                 list[AfterCommit], int]:
+            conn = tx.conn
+            ids = [d.env.id for d in batch]
+            marks = ",".join("?" * len(ids))
+            seen = {r[0] for r in conn.execute(
+                f"SELECT event_id FROM inbox WHERE consumer = ? AND event_id IN ({marks})",
+                (durable, *ids))}
+            done: list[Msg] = []
+            failed: list[tuple[_Decoded, Exception]] = []
+            afters: list[AfterCommit] = []
+            rows: list[tuple[str, str, float]] = []
+            now = time.time()
+            for d in batch:
+                if d.env.id in seen:
+                    done.append(d.msg)
+                    continue
+                fn = d.route.tx_handler
+                assert fn is not None
+                conn.execute("SAVEPOINT event")
+                try:
+                    after = fn(tx, d.env, d.payload)
+                except Exception as e:
+                    if not conn.in_transaction:
+                        raise  # SQLite rolled back the whole transaction: all retried
+                    conn.execute("ROLLBACK TO event")
+                    conn.execute("RELEASE event")
+                    failed.append((d, e))
+                    continue
+                conn.execute("RELEASE event")
+                if after is not None:
+                    afters.append(after)
+                seen.add(d.env.id)
+                rows.append((durable, d.env.id, now))
+                done.append(d.msg)
+            if rows:
+                conn.executemany(_INBOX_INSERT, rows)
+            return done, failed, afters, len(rows)
+
+        done, failed, afters, handled = await self.db.write(run)
+        for after in afters:
+            try:
+                after()
+            except Exception:
+                log.exception("consumer %s: after-commit hook failed", self.durable)
+        self.stats.handled += handled
+        self.stats.duplicates += len(done) - handled
+        self.stats.failed += len(failed)
+        return done, failed
+
+    async def _handled(self, event_id: str) -> bool:
+        row = await self.db.read(lambda tx: tx.one(
+            "SELECT 1 FROM inbox WHERE consumer = ? AND event_id = ?", (self.durable, event_id)))
+        return row is not None
 
     async def _in_inbox(self, conn: aiosqlite.Connection, ids: Sequence[str]) -> set[str]:
         marks = ",".join("?" * len(ids))
@@ -272,10 +385,8 @@ class EventConsumer:
                 event_id, correlation_id = env.id, env.correlation_id
             except Exception:
                 log.debug("advisory message %d undecodable", seq)
-            if event_id:
-                async with self.db.reader() as conn:
-                    if await self._in_inbox(conn, [event_id]):
-                        return  # handled; only the ack was lost
+            if event_id and await self._handled(event_id):
+                return  # handled; only the ack was lost
             await dead_letter(
                 self.bus.js, consumer=self.durable, subject=raw.subject or "", data=data,
                 reason=f"max deliveries ({self.max_deliver}) exceeded without a verdict",

@@ -12,6 +12,13 @@ use). The holder renews it every `lease_s / 3`; a standby polls and takes it ove
 it expired, or at once when its holder was a process of this machine that is gone
 (kill -9). A relay that cannot renew stops publishing when its own expiry passes, before
 anyone may take over; a stopped relay hands the lease back.
+
+A relay woken by a commit lingers `linger_s` (20 ms) first, so a busy service publishes
+in batches rather than one select/publish/mark round per commit. Every database step is a
+single hop (`db.read` / `db.write`, group-committed with the
+service's own writes): the select of a batch, its mark-sent. While batches flow, the
+mark-sent write also renews the lease (one more statement, no extra hop) once the lease is
+a sixth of `lease_s` old, so the heartbeat only writes on its own when the relay is idle.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from google.protobuf.message import Message
 from shop.events.v1 import envelope_pb2
 
 from services.common.bus import Bus, OutMsg, envelope_headers
-from services.common.db import Database, mark_outbox_dirty
+from services.common.db import Database, Tx, mark_outbox_dirty
 
 __all__ = ["LEASE_TABLE", "OutboxRelay", "RelayStats", "enqueue", "new_envelope"]
 
@@ -103,6 +110,12 @@ LEASE_TABLE = """CREATE TABLE IF NOT EXISTS outbox_lease (
     expires_at REAL NOT NULL
 )"""
 _LEASE_NAME = "relay"
+_LEASE_SELECT = "SELECT owner, host, pid, expires_at FROM outbox_lease WHERE name = ?"
+_LEASE_RENEW = ("UPDATE outbox_lease SET expires_at = ? WHERE name = ? AND owner = ?"
+                " AND host = ? AND pid = ? AND expires_at > ?")
+_SELECT_UNSENT = ("SELECT id, event_id, subject, correlation_id, traceparent, data FROM outbox"
+                  " WHERE sent_at IS NULL ORDER BY id LIMIT ?")
+_MARK_SENT = "UPDATE outbox SET sent_at = ? WHERE id BETWEEN ? AND ? AND sent_at IS NULL"
 
 
 def _host_key() -> str:
@@ -131,12 +144,15 @@ class OutboxRelay:
     def __init__(self, db: Database, bus: Bus, *, batch: int = 256, poll_s: float = 1.0,
                  ack_timeout_s: float = 5.0, retain_s: float = 3600.0,
                  owner: str | None = None, lease_s: float = 5.0,
-                 standby_poll_s: float | None = None) -> None:
+                 standby_poll_s: float | None = None, linger_s: float = 0.02) -> None:
         self.db = db
         self.bus = bus
         self.batch = batch
         # The poll catches rows committed by other processes sharing the file.
         self.poll_s = poll_s
+        # After a commit wakes an idle relay, it waits this long so one select, one
+        # publish round and one mark-sent carry the commits of that moment, not one each.
+        self.linger_s = linger_s
         self.ack_timeout_s = ack_timeout_s
         # Sent rows are kept this long (well past the duplicate window), then pruned.
         self.retain_s = retain_s
@@ -150,6 +166,7 @@ class OutboxRelay:
         self._host = _host_key()
         self._pid = os.getpid()
         self._lease_until = 0.0  # wall clock (time.time(), as in the row); 0 = not held
+        self._renewed_at = 0.0  # wall clock of the last successful take or renewal
         self._table_ready = False
         self.stats = RelayStats()
         self._wake = asyncio.Event()
@@ -203,6 +220,9 @@ class OutboxRelay:
             await self._maybe_prune()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_s)
+            if self._wake.is_set() and self.linger_s > 0:
+                # Woken by a commit: let the commits right behind it join this batch.
+                await asyncio.sleep(self.linger_s)
 
     # -- the lease ------------------------------------------------------------------
 
@@ -234,38 +254,34 @@ class OutboxRelay:
     async def _try_acquire(self) -> str | None:
         """Take or renew the lease if free, expired, ours, or held by a process of this
         machine that is gone. None when it is ours now, else the holder."""
-        now = time.time()
         if self._table_ready:
             # Cheap read first: a standby should not take the write lock every poll.
-            async with self.db.reader() as conn:
-                cur = await conn.execute(
-                    "SELECT owner, host, pid, expires_at FROM outbox_lease WHERE name = ?",
-                    (_LEASE_NAME,))
-                row = await cur.fetchone()
-            if row is not None and not self._takeable(row, now):
+            row = await self.db.read(lambda tx: tx.one(_LEASE_SELECT, (_LEASE_NAME,)))
+            if row is not None and not self._takeable(row, time.time()):
                 return str(row[0])
-        async with self.db.transaction() as conn:
-            if not self._table_ready:
-                await conn.execute(LEASE_TABLE)
-            cur = await conn.execute(
-                "SELECT owner, host, pid, expires_at FROM outbox_lease WHERE name = ?",
-                (_LEASE_NAME,))
-            row = await cur.fetchone()
+        create = not self._table_ready
+
+        def take(tx: Tx) -> tuple[str | None, float]:
+            if create:
+                tx.execute(LEASE_TABLE)
+            row = tx.one(_LEASE_SELECT, (_LEASE_NAME,))
             now = time.time()
             if row is not None and not self._takeable(row, now):
-                holder: str | None = str(row[0])
-            else:
-                holder = None
-                until = now + self.lease_s
-                await conn.execute(
-                    "INSERT INTO outbox_lease (name, owner, host, pid, acquired_at, expires_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
-                    " owner = excluded.owner, host = excluded.host, pid = excluded.pid,"
-                    " acquired_at = excluded.acquired_at, expires_at = excluded.expires_at",
-                    (_LEASE_NAME, self.owner, self._host, self._pid, now, until))
+                return str(row[0]), 0.0
+            until = now + self.lease_s
+            tx.execute(
+                "INSERT INTO outbox_lease (name, owner, host, pid, acquired_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+                " owner = excluded.owner, host = excluded.host, pid = excluded.pid,"
+                " acquired_at = excluded.acquired_at, expires_at = excluded.expires_at",
+                (_LEASE_NAME, self.owner, self._host, self._pid, now, until))
+            return None, until
+
+        holder, until = await self.db.write(take)
         self._table_ready = True
         if holder is None:
             self._lease_until = until
+            self._renewed_at = until - self.lease_s
         return holder
 
     def _takeable(self, row: Any, now: float) -> bool:
@@ -279,9 +295,13 @@ class OutboxRelay:
         return pid != self._pid and not _pid_alive(pid)
 
     async def _heartbeat(self) -> None:
-        """Renew every lease_s/3; on loss, mark the lease gone and wake the loop."""
+        """Keep the lease renewed every lease_s/3 (a write of its own only when no batch's
+        mark-sent renewed it meanwhile); on loss, mark the lease gone and wake the loop."""
         while True:
-            await asyncio.sleep(self.lease_s / 3)
+            delay = self._renewed_at + self.lease_s / 3 - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue
             try:
                 renewed = await self._renew()
             except asyncio.CancelledError:
@@ -291,47 +311,52 @@ class OutboxRelay:
                 if not self.active:
                     self._wake.set()
                     return
+                await asyncio.sleep(min(0.5, self.lease_s / 10))
                 continue
             if not renewed:
-                self._lease_until = 0.0
-                self._wake.set()
+                self._lose_lease()
                 return
 
-    async def _renew(self) -> bool:
+    def _renew_sync(self, tx: Tx) -> float:
+        """On the connection's thread: extend our lease; the new expiry, 0 when lost."""
         now = time.time()
         until = now + self.lease_s
-        async with self.db.transaction() as conn:
-            cur = await conn.execute(
-                "UPDATE outbox_lease SET expires_at = ? WHERE name = ? AND owner = ?"
-                " AND host = ? AND pid = ? AND expires_at > ?",
-                (until, _LEASE_NAME, self.owner, self._host, self._pid, now))
-            ok = cur.rowcount == 1
-        if ok:
-            self._lease_until = until
-        return ok
+        cur = tx.execute(_LEASE_RENEW, (until, _LEASE_NAME, self.owner, self._host, self._pid,
+                                        now))
+        return until if cur.rowcount == 1 else 0.0
+
+    def _renewed(self, until: float) -> bool:
+        if not until:
+            return False
+        self._lease_until = until
+        self._renewed_at = until - self.lease_s
+        return True
+
+    def _lose_lease(self) -> None:
+        self._lease_until = 0.0
+        self._wake.set()
+
+    async def _renew(self) -> bool:
+        return self._renewed(await self.db.write(self._renew_sync))
 
     async def _release_lease(self) -> None:
         self._lease_until = 0.0
-        async with self.db.transaction() as conn:
-            await conn.execute(
-                "DELETE FROM outbox_lease WHERE name = ? AND owner = ? AND host = ? AND pid = ?",
-                (_LEASE_NAME, self.owner, self._host, self._pid))
+        await self.db.write(lambda tx: tx.execute(
+            "DELETE FROM outbox_lease WHERE name = ? AND owner = ? AND host = ? AND pid = ?",
+            (_LEASE_NAME, self.owner, self._host, self._pid)))
 
     # -- publishing -----------------------------------------------------------------
 
     async def relay_once(self) -> bool:
         """Publish one batch. True when a full batch went out (more may be waiting).
         Raises when a publish failed, after marking the acknowledged prefix sent."""
-        async with self.db.reader() as conn:
-            cur = await conn.execute(
-                "SELECT id, event_id, subject, correlation_id, traceparent, data FROM outbox"
-                " WHERE sent_at IS NULL ORDER BY id LIMIT ?", (self.batch,))
-            rows = list(await cur.fetchall())
+        batch = self.batch
+        rows: list[tuple[int, str, str, str, str, bytes]] = await self.db.read(
+            lambda tx: [tuple(r) for r in tx.all(_SELECT_UNSENT, (batch,))])
         if not rows:
             return False
-        msgs = [OutMsg(r["subject"], r["data"],
-                       envelope_headers(r["event_id"], r["correlation_id"], r["traceparent"]))
-                for r in rows]
+        msgs = [OutMsg(subject, data, envelope_headers(event_id, correlation_id, traceparent))
+                for _, event_id, subject, correlation_id, traceparent, data in rows]
         results = await self.bus.publish_batch(msgs, timeout_s=self.ack_timeout_s)
         # Only the acknowledged prefix counts: stopping at the first failure keeps the
         # per-aggregate order when the rest is retried.
@@ -341,10 +366,17 @@ class OutboxRelay:
                 break
             ok += 1
         if ok:
-            async with self.db.transaction() as conn:
-                await conn.execute(
-                    "UPDATE outbox SET sent_at = ? WHERE id BETWEEN ? AND ? AND sent_at IS NULL",
-                    (time.time(), rows[0]["id"], rows[ok - 1]["id"]))
+            first, last = rows[0][0], rows[ok - 1][0]
+            # The lease rides along once it is a sixth of its life old: no hop of its own.
+            renew = time.time() - self._renewed_at >= self.lease_s / 6 and self.active
+
+            def mark(tx: Tx) -> float | None:
+                tx.execute(_MARK_SENT, (time.time(), first, last))
+                return self._renew_sync(tx) if renew else None
+
+            until = await self.db.write(mark)
+            if until is not None and not self._renewed(until):
+                self._lose_lease()
             self.stats.published += ok
             self.stats.batches += 1
         if ok < len(rows):
@@ -355,9 +387,8 @@ class OutboxRelay:
 
     async def pending(self) -> int:
         """Rows not yet acknowledged by JetStream."""
-        async with self.db.reader() as conn:
-            cur = await conn.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
-            row = await cur.fetchone()
+        row = await self.db.read(
+            lambda tx: tx.one("SELECT count(*) FROM outbox WHERE sent_at IS NULL"))
         return int(row[0]) if row else 0
 
     async def _maybe_prune(self) -> None:
@@ -365,6 +396,6 @@ class OutboxRelay:
         if now - self._last_prune < 60.0:
             return
         self._last_prune = now
-        async with self.db.transaction() as conn:
-            await conn.execute("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?",
-                               (now - self.retain_s,))
+        await self.db.write(lambda tx: tx.execute(
+            "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?",
+            (now - self.retain_s,)))

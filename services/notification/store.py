@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 import aiosqlite
 
-from services.common.db import Database
+from services.common.db import Database, Tx
 from services.notification import domain
 from services.notification.domain import Draft, Kind, Notification
 
@@ -47,10 +47,10 @@ def _row(row: aiosqlite.Row) -> Notification:
     )
 
 
-async def insert(conn: aiosqlite.Connection, draft: Draft, event_id: str) -> bool:
-    """Store the notification an event caused, inside the consumer's transaction.
-    False when that event already made one."""
-    cur = await conn.execute(
+def insert_sync(tx: Tx, draft: Draft, event_id: str) -> bool:
+    """Store the notification an event caused, inside the consumer's transaction (on the
+    connection's thread). False when that event already made one."""
+    cur = tx.execute(
         "INSERT INTO notifications (id, user_id, kind, subject, body, created_at, event_id)"
         " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
         (uuid.uuid4().hex, draft.user_id, draft.kind.value, draft.subject, draft.body,

@@ -4,7 +4,9 @@
   Charge call had no answer (timeout, payment down) without waiting for a retry.
 - `order.shipped` (durable "order-shipments"): CONFIRMED -> SHIPPED with the tracking number.
 
-Handlers run inside the consumer's transaction (inbox row + effect) and use only `conn`.
+Handlers run inside the consumer's transaction (inbox row + effect) and use only `tx`:
+they are tx handlers (`Route.tx`), so a batch is one hop on the connection's thread; a
+saga moved by an event is poked once the batch committed.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from shop.payment.v1 import payment_pb2
 from shop.shipping.v1 import shipping_pb2
 
 from services.common import events
-from services.common.consumer import Route
+from services.common.consumer import AfterCommit, Route
+from services.common.db import Tx
 from services.order import store
 from services.order.domain import Outcome, SagaStatus, Step, advance
 
@@ -44,28 +47,47 @@ async def reconcile_charge(conn: aiosqlite.Connection, order_id: str, *, charged
     return True
 
 
+def reconcile_charge_sync(tx: Tx, order_id: str, *, charged: bool, error: str) -> bool:
+    """reconcile_charge on a write function's Tx (the consumer's single-hop path)."""
+    state = store.saga_of_sync(tx, order_id)
+    if state is None or state.step is not Step.CHARGE or state.status is not SagaStatus.RUNNING:
+        return False
+    outcome = Outcome.SUCCEEDED if charged else Outcome.REFUSED
+    new = advance(state, outcome, error).state
+    if not store.write_saga_sync(tx, state, new):
+        return False
+    source = events.PAYMENT_COMPLETED if charged else events.PAYMENT_FAILED
+    store.add_history_sync(tx, order_id, store.HistoryEntry(
+        Step.CHARGE.value, "reconciled", state.attempt + 1, time.time(),
+        f"{outcome.value} by {source}" + (f": {error}" if error else "")))
+    return True
+
+
 def routes(poke: Callable[[str], None]) -> tuple[list[Route], list[Route]]:
-    """(payment routes, shipment routes); `poke(order_id)` wakes the saga's driver."""
+    """(payment routes, shipment routes); `poke(order_id)` wakes the saga's driver (after
+    the commit, so the driver reads the reconciled saga)."""
 
-    async def on_completed(conn: aiosqlite.Connection, envelope: Any,
-                           payload: payment_pb2.PaymentCompleted) -> None:
-        if await reconcile_charge(conn, payload.payment.order_id, charged=True, error=""):
-            poke(payload.payment.order_id)
+    def on_completed(tx: Tx, envelope: Any,
+                     payload: payment_pb2.PaymentCompleted) -> AfterCommit | None:
+        order_id = payload.payment.order_id
+        if reconcile_charge_sync(tx, order_id, charged=True, error=""):
+            return lambda: poke(order_id)
+        return None
 
-    async def on_failed(conn: aiosqlite.Connection, envelope: Any,
-                        payload: payment_pb2.PaymentFailed) -> None:
-        if await reconcile_charge(conn, payload.payment.order_id, charged=False,
-                                  error=payload.reason or payload.payment.decline_reason):
-            poke(payload.payment.order_id)
+    def on_failed(tx: Tx, envelope: Any,
+                  payload: payment_pb2.PaymentFailed) -> AfterCommit | None:
+        order_id = payload.payment.order_id
+        if reconcile_charge_sync(tx, order_id, charged=False,
+                                 error=payload.reason or payload.payment.decline_reason):
+            return lambda: poke(order_id)
+        return None
 
-    async def on_shipped(conn: aiosqlite.Connection, envelope: Any,
-                         payload: shipping_pb2.OrderShipped) -> None:
-        await store.mark_shipped(conn, payload.shipment.order_id,
-                                 payload.shipment.tracking_number)
+    def on_shipped(tx: Tx, envelope: Any, payload: shipping_pb2.OrderShipped) -> None:
+        store.mark_shipped_sync(tx, payload.shipment.order_id, payload.shipment.tracking_number)
 
     payments = [
-        Route(events.PAYMENT_COMPLETED, payment_pb2.PaymentCompleted, on_completed),
-        Route(events.PAYMENT_FAILED, payment_pb2.PaymentFailed, on_failed),
+        Route.tx(events.PAYMENT_COMPLETED, payment_pb2.PaymentCompleted, on_completed),
+        Route.tx(events.PAYMENT_FAILED, payment_pb2.PaymentFailed, on_failed),
     ]
-    shipments = [Route(events.ORDER_SHIPPED, shipping_pb2.OrderShipped, on_shipped)]
+    shipments = [Route.tx(events.ORDER_SHIPPED, shipping_pb2.OrderShipped, on_shipped)]
     return payments, shipments

@@ -95,10 +95,10 @@ class SagaRunner:
 
     async def wait(self, task: asyncio.Task[Order | None] | None, budget_s: float) -> None:
         """Wait for the saga within the budget; past it the saga goes on in the background."""
-        if task is None or budget_s <= 0:
+        if task is None or budget_s <= 0 or task.done():
             return
-        with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
-            await asyncio.wait_for(asyncio.shield(task), budget_s)
+        # asyncio.wait never cancels the task (no shield needed) and costs one future.
+        await asyncio.wait((task,), timeout=budget_s)
 
     async def _drive(self, order_id: str, order: Order | None,
                      state: SagaState | None) -> Order | None:

@@ -128,7 +128,11 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
             # Validated before any call (bad input costs nothing downstream); the user check
             # and the pricing then go out at once.
             lines = domain.validate_lines([(i.product_id, i.quantity) for i in request.items])
-            _, catalogue = await _gather(self._check_user(user_id), self._catalogue(lines))
+            if user_id in self._known_users:  # the usual case: no GetUser, no tasks
+                self._known_users.move_to_end(user_id)
+                catalogue = await self._catalogue(lines)
+            else:
+                _, catalogue = await _gather(self._check_user(user_id), self._catalogue(lines))
         priced, total, currency = domain.price_lines(lines, catalogue)
         now = time.time()
         order = Order(id=uuid.uuid4().hex, user_id=user_id, items=priced, total_cents=total,

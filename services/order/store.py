@@ -181,6 +181,43 @@ async def mark_shipped(conn: aiosqlite.Connection, order_id: str, tracking: str)
     return cur.rowcount == 1
 
 
+# --- the same on a write function's Tx (the connection's thread: event handlers) -----------
+
+
+def saga_of_sync(tx: Tx, order_id: str) -> SagaState | None:
+    row = tx.one(f"SELECT {_SAGA_COLS} FROM sagas WHERE order_id = ?", (order_id,))
+    return _saga(row) if row else None
+
+
+def write_saga_sync(tx: Tx, old: SagaState, new: SagaState) -> bool:
+    """write_saga without a lease change: False when the saga changed since `old`."""
+    cur = tx.execute(
+        "UPDATE sagas SET step = ?, status = ?, attempt = ?, charged = ?, cancel_requested = ?,"
+        " reason = ?, card_token = ?, version = version + 1, updated_at = ?"
+        " WHERE order_id = ? AND version = ?",
+        (new.step.value, new.status.value, new.attempt, int(new.charged),
+         int(new.cancel_requested), new.reason, new.card_token, time.time(), old.order_id,
+         old.version))
+    return cur.rowcount == 1
+
+
+def add_history_sync(tx: Tx, order_id: str, entry: HistoryEntry) -> None:
+    tx.execute(
+        "INSERT INTO saga_history (order_id, step, outcome, attempt, time, error)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (order_id, entry.step, entry.outcome, entry.attempt, entry.time, entry.error[:500]))
+
+
+def mark_shipped_sync(tx: Tx, order_id: str, tracking: str) -> bool:
+    """CONFIRMED -> SHIPPED; False when the order is not (or no longer) CONFIRMED."""
+    cur = tx.execute(
+        "UPDATE orders SET status = ?, tracking_number = ?, update_time = ?"
+        " WHERE id = ? AND status = ?",
+        (OrderStatus.SHIPPED.value, tracking, time.time(), order_id,
+         OrderStatus.CONFIRMED.value))
+    return cur.rowcount == 1
+
+
 # --- the repository ------------------------------------------------------------------------
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import aiosqlite
 from shop.shipping.v1 import shipping_pb2
 
-from services.common import events, outbox
-from services.common.db import Database
+from services.common import events
+from services.common.db import Database, Tx
 from services.shipping.convert import to_proto
 from services.shipping.domain import Shipment, Status
 
@@ -38,19 +38,18 @@ def _row(row: aiosqlite.Row) -> Shipment:
     )
 
 
-async def create_shipment(conn: aiosqlite.Connection, shipment: Shipment) -> bool:
-    """Insert the shipment and its order.shipped event in the caller's transaction.
-    False (and no event) when the order already has a shipment."""
+def create_shipment_sync(tx: Tx, shipment: Shipment) -> bool:
+    """Insert the shipment and its order.shipped event in the caller's transaction (on the
+    connection's thread). False (and no event) when the order already has a shipment."""
     s = shipment
-    cur = await conn.execute(
+    cur = tx.execute(
         f"INSERT INTO shipments ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (order_id) DO NOTHING",
         (s.order_id, s.user_id, s.tracking_number, s.status.value, s.carrier, s.created_at))
     if cur.rowcount != 1:
         return False
-    await outbox.enqueue(conn, events.ORDER_SHIPPED,
-                         shipping_pb2.OrderShipped(shipment=to_proto(s)),
-                         source=SOURCE, aggregate_id=s.order_id)
+    tx.enqueue(events.ORDER_SHIPPED, shipping_pb2.OrderShipped(shipment=to_proto(s)),
+               source=SOURCE, aggregate_id=s.order_id)
     return True
 
 
