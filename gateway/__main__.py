@@ -2,6 +2,11 @@
 
 GATEWAY_PORT=0 takes any free port; with SHOP_READY_FILE set, the JSON
 {"service": "gateway", "instance", "addr", "pid"} is written there once serving.
+
+Unless SHOP_REGISTRY=off, the gateway also starts the process's discovery before it
+serves (its Downstreams then follow the registry; a `<SERVICE>_ADDR` still pins), puts
+itself in the registry as service "gateway" (protocol "http", its breakers' states) once
+serving, and deletes its key first thing on a graceful stop.
 """
 
 from __future__ import annotations
@@ -9,25 +14,45 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 
 import uvicorn
 import uvloop
 
-from gateway.app import create_app
+from gateway.app import GatewayState, create_app
 from gateway.config import GatewaySettings, load_gateway_settings
+from services.common import discovery
 from services.common.logging import configure_logging
 from services.common.readyfile import write_ready_file
-from services.common.settings import env_str, load_settings
+from services.common.registry import (
+    Instance,
+    Registration,
+    RegistryLink,
+    registry_enabled,
+    shop_version,
+)
+from services.common.settings import SERVICES, downstream_addr, env_float, env_str, load_settings
 
 log = logging.getLogger("shop.gateway")
 
 
 class _Server(uvicorn.Server):
     """uvicorn re-raises SIGTERM after a graceful stop (exit status -15); shop processes
-    exit 0 after a graceful stop, so the signals only ask the server to exit."""
+    exit 0 after a graceful stop, so the signals only ask the server to exit.
+
+    On shutdown the registry key goes first, then uvicorn drains."""
+
+    registration: Registration | None = None
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        registration, self.registration = self.registration, None
+        if registration is not None:
+            await registration.stop(timeout=2.0)
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -51,23 +76,74 @@ def _bind(settings: GatewaySettings) -> socket.socket:
 
 
 async def _announce_when_started(
-    server: uvicorn.Server, settings: GatewaySettings, addr: str, instance: str
+    server: _Server,
+    settings: GatewaySettings,
+    addr: str,
+    instance: str,
+    registration: Registration | None,
 ) -> None:
     while not server.started:
         if server.should_exit:
             return
         await asyncio.sleep(0.005)
     log.info("gateway serving on http://%s", addr, extra={"addr": addr})
+    if registration is not None and not server.should_exit:
+        server.registration = registration
+        registration.start()  # in the background: NATS down never stops serving
     if settings.ready_file is not None:
         write_ready_file(settings.ready_file, "gateway", instance, addr)
 
 
-async def serve(settings: GatewaySettings, instance: str) -> None:
+def _advertised(host: str, port: int) -> str:
+    # SHOP_ADVERTISE_HOST: the name other machines reach this one by (as the services).
+    host = os.environ.get("SHOP_ADVERTISE_HOST", "").strip() or host
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+async def _start_discovery(link: RegistryLink) -> None:
+    """The process's discovery. Waits for the registry's first read only when some
+    service is not pinned by `<SERVICE>_ADDR` (the lifespan's first call needs it)."""
+    pinned = all(downstream_addr(name) for name in SERVICES)
+    wait_s = 0.0 if pinned else env_float("SHOP_DISCOVERY_WAIT_S", 2.0)
+    try:
+        await discovery.start_discovery(link=link, wait_s=wait_s)
+    except Exception:
+        log.exception("discovery failed to start; using fixed/default addresses")
+
+
+def _breakers_of(app: object) -> Mapping[str, str]:
+    state = getattr(getattr(app, "state", None), "gateway", None)
+    return state.breaker_states() if isinstance(state, GatewayState) else {}
+
+
+async def serve(settings: GatewaySettings, instance: str, nats_url: str | None = None) -> None:
     sock = _bind(settings)
     port = sock.getsockname()[1]
     addr = f"{'127.0.0.1' if settings.host in ('', '0.0.0.0', '::') else settings.host}:{port}"
+    link: RegistryLink | None = None
+    registration: Registration | None = None
+    app = create_app(settings)
+    if nats_url and registry_enabled():
+        link = RegistryLink(nats_url, name=instance)
+        link.start()
+        await _start_discovery(link)
+        registration = Registration(
+            link,
+            Instance(
+                service="gateway",
+                instance_id=instance,
+                addr=_advertised(settings.host, port),
+                version=shop_version(),
+                started_at=time.time(),
+                pid=os.getpid(),
+                protocol="http",
+            ),
+            breakers=lambda: _breakers_of(app),
+        )
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         http="httptools",
         loop="uvloop",
         lifespan="on",
@@ -76,18 +152,26 @@ async def serve(settings: GatewaySettings, instance: str) -> None:
         timeout_graceful_shutdown=10,
     )
     server = _Server(config)
-    announcer = asyncio.create_task(_announce_when_started(server, settings, addr, instance))
+    announcer = asyncio.create_task(
+        _announce_when_started(server, settings, addr, instance, registration)
+    )
     try:
         await server.serve(sockets=[sock])
     finally:
         announcer.cancel()
         sock.close()
+        if server.registration is not None:  # serve() ended without a shutdown()
+            await server.registration.stop(timeout=2.0)
+        if discovery.shared_discovery() is not None:
+            await discovery.stop_discovery(close_link=False)
+        if link is not None:
+            await link.close()
 
 
 def main() -> None:
     process = load_settings("gateway")
     configure_logging(process)
-    uvloop.run(serve(load_gateway_settings(), process.instance_id))
+    uvloop.run(serve(load_gateway_settings(), process.instance_id, process.nats_url))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from gateway.rules import HttpRule
 from services.common.breakers import is_failure
-from services.common.clients import Downstream, Endpoint
+from services.common.clients import Downstream
 from services.common.errors import Unavailable
 from services.common.settings import SERVICES
 
@@ -106,22 +106,6 @@ def part_breaker(name: str, *, fail_max: int, reset_s: float) -> pybreaker.Circu
     )
 
 
-class _PartDownstream(Downstream[Any]):
-    """A Downstream that calls through `base`'s endpoints (same channels, same discovery
-    pick) but counts its failures in a breaker of its own."""
-
-    def __init__(self, base: Downstream[Any], breaker: pybreaker.CircuitBreaker) -> None:
-        super().__init__(base.service, base._stub_factory, cap_s=base.cap_s)
-        self._base = base
-        self.breaker = breaker
-
-    def _endpoint(self) -> Endpoint:
-        return self._base._endpoint()
-
-    async def close(self) -> None:
-        return None  # the channels are the base's
-
-
 class _BreakerCaller:
     """Any other Caller (tests' fakes) under a breaker of its own."""
 
@@ -164,7 +148,7 @@ def dashboard_callers(
         name = f"dashboard.{service}"
         breaker = part_breaker(name, fail_max=fail_max, reset_s=reset_s)
         out[name] = (
-            _PartDownstream(base, breaker)
+            Downstream.sharing(base, breaker=breaker)
             if isinstance(base, Downstream)
             else _BreakerCaller(base, breaker)
         )

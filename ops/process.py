@@ -484,6 +484,7 @@ def start_system(
     host: str = "127.0.0.1",
     argv_for: Callable[[str], Sequence[str]] | None = None,
     wait: bool = True,
+    discovery: bool = False,
 ) -> System:
     """Start `services` (and the gateway) in parallel and wait until all are healthy.
 
@@ -494,6 +495,8 @@ def start_system(
     `argv_for(name) -> argv` replaces the command (tests use a stand-in service).
     `wait=False` returns right after spawning: the caller then waits with
     `wait_all_ready(system.all())` and stops the system itself on failure.
+    `discovery=True` (NATS is there and the processes register): a scaled service
+    (scale > 1) gets no `<SERVICE>_ADDR`, so callers spread over its instances.
     """
     root = Path(data_dir)
     ports = dict(ports or {})
@@ -512,7 +515,7 @@ def start_system(
             instance=f"{GATEWAY}-1", host=host,
             argv=argv_for(GATEWAY) if argv_for else None)
     system = System(root, nats_url, procs, gateway)
-    shared = _addr_env(procs, scale)
+    shared = _addr_env(procs, scale, discovery=discovery)
     shared.update(env or {})
     for proc in system.all():
         proc.extra_env = {**shared, **proc.extra_env}
@@ -527,15 +530,17 @@ def start_system(
     return system
 
 
-def _addr_env(procs: Sequence[ServiceProcess], scale: Mapping[str, int]) -> dict[str, str]:
-    """`<SERVICE>_ADDR` pins a service to its first instance. A scaled service on
-    its default port is left to discovery (or the default-port fallback), so
-    calls can spread over its instances."""
+def _addr_env(procs: Sequence[ServiceProcess], scale: Mapping[str, int], *,
+              discovery: bool = False) -> dict[str, str]:
+    """`<SERVICE>_ADDR` pins a service to its first instance. A scaled service is
+    left to discovery when there is one (else only on its default port, where the
+    default-port fallback finds it), so calls can spread over its instances."""
     env: dict[str, str] = {}
     for proc in procs:
         if proc.instance != f"{proc.name}-1":
             continue
-        if scale.get(proc.name, 1) > 1 and proc.port == DEFAULT_PORTS.get(proc.name):
+        scaled = scale.get(proc.name, 1) > 1
+        if scaled and (discovery or proc.port == DEFAULT_PORTS.get(proc.name)):
             continue
         env[f"{env_prefix(proc.name)}_ADDR"] = f"{proc.host}:{proc.port}"
     return env

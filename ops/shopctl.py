@@ -1,6 +1,7 @@
 """shopctl: the operator command. Talks to the running system over gRPC and NATS.
 
-    shopctl status                 every instance: service, address, health, breakers
+    shopctl status                 every instance (from the NATS registry): service, address,
+                                   health, uptime, breakers
     shopctl saga ORDER_ID          the saga timeline of one order
     shopctl dlq list               dead letters
     shopctl dlq replay ID|--all    re-publish dead letters to their original subjects
@@ -14,7 +15,8 @@ import datetime as dt
 import json
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +24,10 @@ from pathlib import Path
 import grpc
 
 from ops.process import GATEWAY, env_prefix, grpc_health, http_ok
+from services.common import registry
 from services.common.settings import DEFAULT_PORTS, SERVICES
 
-__all__ = ["Instance", "Topology", "discover", "main"]
+__all__ = ["Instance", "StatusRow", "Topology", "discover", "main", "status_rows"]
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
@@ -46,22 +49,25 @@ class Topology:
     nats_url: str
 
 
-def discover(environ: dict[str, str] | None = None) -> Topology:
-    """Where the running instances are. The one place that knows: `<SERVICE>_ADDR`
-    or the default ports, plus what `make run` recorded in
-    <SHOP_DATA_DIR>/run/instances.json (scaled instances, non-default ports).
-    The NATS KV registry will replace the file here, and only here."""
-    env = dict(os.environ if environ is None else environ)
-    data_dir = Path(env.get("SHOP_DATA_DIR") or "var")
-    recorded: list[Instance] = []
-    nats_url = env.get("NATS_URL", "")
+def _recorded(data_dir: Path) -> tuple[list[Instance], str]:
+    """What `make run` recorded in <data dir>/run/instances.json: instances, NATS URL."""
     try:
         doc = json.loads((data_dir / "run" / "instances.json").read_text())
         recorded = [Instance(str(i["service"]), str(i["instance"]), str(i["addr"]))
                     for i in doc.get("instances", [])]
-        nats_url = nats_url or str(doc.get("nats_url") or "")
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # not started by `make run` here: fall back to env and defaults
+        return recorded, str(doc.get("nats_url") or "")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return [], ""  # not started by `make run` here: fall back to env and defaults
+
+
+def discover(environ: dict[str, str] | None = None) -> Topology:
+    """Where the running instances are *configured* to be: `<SERVICE>_ADDR` or the
+    default ports, plus what `make run` recorded in <SHOP_DATA_DIR>/run/instances.json
+    (scaled instances, non-default ports). `status` asks the NATS registry first and
+    uses this only when the registry cannot answer; `saga` and `dlq` use it as is."""
+    env = dict(os.environ if environ is None else environ)
+    recorded, recorded_url = _recorded(Path(env.get("SHOP_DATA_DIR") or "var"))
+    nats_url = env.get("NATS_URL", "") or recorded_url
     found: list[Instance] = []
     for name in (*SERVICES, GATEWAY):
         mine = [i for i in recorded if i.service == name]
@@ -75,29 +81,122 @@ def discover(environ: dict[str, str] | None = None) -> Topology:
     return Topology(found, nats_url or DEFAULT_NATS_URL)
 
 
-def _health(inst: Instance, timeout: float) -> str:
-    if inst.service == GATEWAY:
-        return "SERVING" if http_ok(f"http://{inst.addr}/healthz", timeout) else "UNREACHABLE"
-    return grpc_health(inst.addr, timeout)
+@dataclass(frozen=True)
+class StatusRow:
+    """One line of `shopctl status`."""
+
+    service: str
+    instance: str
+    addr: str
+    http: bool = False  # the gateway: /healthz, not grpc.health.v1
+    uptime: str = "-"
+    breakers: str = "-"
+    health: str = ""  # known without a probe ("NOT REGISTERED")
+
+
+def _health(row: StatusRow, timeout: float) -> str:
+    if row.health:
+        return row.health
+    if row.http:
+        return "SERVING" if http_ok(f"http://{row.addr}/healthz", timeout) else "UNREACHABLE"
+    return grpc_health(row.addr, timeout)
+
+
+def format_uptime(seconds: float) -> str:
+    """`42s`, `5m07s`, `3h04m`, `2d05h`; "-" when unknown."""
+    if seconds < 0 or seconds != seconds:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def format_breakers(states: Mapping[str, str]) -> str:
+    """Breakers grouped by state, the worrying ones first:
+    `open:payment;closed:cart,inventory`; "-" for none."""
+    if not states:
+        return "-"
+    rank = {"open": 0, "half-open": 1, "closed": 3}
+    groups: dict[str, list[str]] = {}
+    for name, state in sorted(states.items()):
+        groups.setdefault(state, []).append(name)
+    ordered = sorted(groups, key=lambda st: (rank.get(st, 2), st))
+    return ";".join(f"{st}:{','.join(groups[st])}" for st in ordered)
 
 
 def breaker_states(inst: Instance) -> str:
-    """Circuit-breaker states of one instance. Services keep them in-process
-    (services.common.breakers) and no RPC exposes them yet, so "-"."""
+    """Breaker states of an instance known only by its address: "-" (they travel in
+    the registry entry, which such an instance has not got)."""
     return "-"
+
+
+def _registry_instances(url: str, timeout: float) -> list[registry.Instance]:
+    async def read() -> list[registry.Instance]:
+        # nats-py may retry the first connect on its own: bound the whole read.
+        return await asyncio.wait_for(registry.list_instances(url, timeout=timeout),
+                                      timeout + 1.0)
+
+    return asyncio.run(read())
+
+
+def status_rows(topo: Topology, found: Sequence[registry.Instance],
+                recorded: Sequence[Instance], now: float | None = None) -> list[StatusRow]:
+    """The registry's instances, then recorded ones not (yet) registered, then a
+    "NOT REGISTERED" line for a service or the gateway that has no instance at all."""
+    now = time.time() if now is None else now
+    rows = [StatusRow(i.service, i.instance_id, i.addr, http=i.protocol == "http",
+                      uptime=format_uptime(now - i.started_at) if i.started_at else "-",
+                      breakers=format_breakers(i.breakers))
+            for i in found]
+    keys = {(r.service, r.instance) for r in rows}
+    addrs = {r.addr for r in rows}
+    for rec in recorded:
+        if (rec.service, rec.instance) not in keys and rec.addr not in addrs:
+            rows.append(StatusRow(rec.service, rec.instance, rec.addr, http=rec.service == GATEWAY,
+                                  uptime="unregistered"))
+    have = {r.service for r in rows}
+    for name in (*SERVICES, GATEWAY):
+        if name not in have:
+            rows.append(StatusRow(name, "-", "-", health="NOT REGISTERED"))
+    order = {name: n for n, name in enumerate((*SERVICES, GATEWAY))}
+    return sorted(rows, key=lambda r: (order.get(r.service, len(order)), r.service, r.instance))
 
 
 def cmd_status(_args: argparse.Namespace) -> int:
     topo = discover()
+    recorded, _ = _recorded(Path(os.environ.get("SHOP_DATA_DIR") or "var"))
+    note = ""
+    try:
+        found = _registry_instances(topo.nats_url, 1.0)
+    except Exception as exc:  # nats-py raises several unrelated types here
+        found = []
+        note = (f"registry not reachable at {topo.nats_url} "
+                f"({str(exc) or type(exc).__name__})")
+    if not found and not note:
+        note = f"registry at {topo.nats_url} is empty"
+    if note:
+        rows = [StatusRow(i.service, i.instance, i.addr, http=i.service == GATEWAY)
+                for i in topo.instances]
+    else:
+        rows = status_rows(topo, found, recorded)
     with ThreadPoolExecutor(max_workers=16) as pool:  # one slow address must not add up
-        healths = list(pool.map(lambda i: _health(i, 1.0), topo.instances))
-    if all(h == "UNREACHABLE" for h in healths):
-        raise CliError("shop is not running: no instance answered (start it with `make run`; "
-                       "set SHOP_DATA_DIR or <SERVICE>_ADDR if it runs elsewhere)")
-    rows = [("SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "BREAKERS")]
-    rows += [(i.service, i.instance, i.addr, h, breaker_states(i))
-             for i, h in zip(topo.instances, healths, strict=True)]
-    _print_table(rows)
+        healths = list(pool.map(lambda r: _health(r, 1.0), rows))
+    if all(h in ("UNREACHABLE", "NOT REGISTERED") for h in healths):
+        why = f"{note}; " if note else ""
+        raise CliError(f"shop is not running: {why}no instance answered (start it with "
+                       "`make run`; set NATS_URL, SHOP_DATA_DIR or <SERVICE>_ADDR if it runs "
+                       "elsewhere)")
+    if note:
+        print(f"shopctl: {note}; showing the configured addresses instead", file=sys.stderr)
+    table = [("SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "UPTIME", "BREAKERS")]
+    table += [(r.service, r.instance, r.addr, h, r.uptime, r.breakers)
+              for r, h in zip(rows, healths, strict=True)]
+    _print_table(table)
     return 0 if all(h == "SERVING" for h in healths) else 1
 
 

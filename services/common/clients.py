@@ -148,6 +148,9 @@ class Downstream(Generic[StubT]):
     channel); otherwise every call asks the process's picker (discovery) for the next
     live instance (channels shared per instance), and without one falls back to the
     resolver or `127.0.0.1:<default port>` on a channel of its own.
+
+    `breaker=` gives it a breaker of its own instead of the service's shared one;
+    `Downstream.sharing(base, breaker=...)` calls over `base`'s endpoints and channels.
     """
 
     def __init__(
@@ -157,6 +160,7 @@ class Downstream(Generic[StubT]):
         *,
         cap_s: float = 5.0,
         address: str | None = None,
+        breaker: pybreaker.CircuitBreaker | None = None,
     ) -> None:
         self.service = service
         self.cap_s = cap_s
@@ -165,13 +169,44 @@ class Downstream(Generic[StubT]):
         self._fixed: Endpoint | None = None  # pinned address (explicit or env)
         self._fallback: Endpoint | None = None  # no instance known: resolver/default
         self._pinned: bool | None = None  # decided on first use
-        self.breaker: pybreaker.CircuitBreaker = breaker_for(service)
+        self._source: Downstream[Any] | None = None  # set by sharing(): its endpoints
+        # The process-wide breaker of the service unless one of its own is given.
+        self.breaker: pybreaker.CircuitBreaker = breaker or breaker_for(service)
+
+    @classmethod
+    def sharing(
+        cls,
+        base: Downstream[StubT],
+        *,
+        breaker: pybreaker.CircuitBreaker | None = None,
+        cap_s: float | None = None,
+    ) -> Downstream[StubT]:
+        """A Downstream that calls wherever `base` calls (same pinned address, same
+        discovery pick, same channels) but with its own breaker (default: base's) and cap.
+
+        Closing it closes nothing: the channels stay `base`'s.
+        """
+        twin: Downstream[StubT] = cls(
+            base.service,
+            base._stub_factory,
+            cap_s=base.cap_s if cap_s is None else cap_s,
+            breaker=breaker or base.breaker,
+        )
+        twin._source = base
+        return twin
+
+    @property
+    def shares(self) -> Downstream[Any] | None:
+        """The Downstream whose endpoints this one uses (see `sharing`), else None."""
+        return self._source
 
     def _own(self, addr: str) -> Endpoint:
         return Endpoint(self.service, addr)
 
     def _endpoint(self) -> Endpoint:
         """Where the next call goes; O(1), no awaits."""
+        if self._source is not None:
+            return self._source._endpoint()
         if self._pinned is None:
             fixed = self._address or downstream_addr(self.service)
             self._pinned = fixed is not None
@@ -190,6 +225,8 @@ class Downstream(Generic[StubT]):
     @property
     def address(self) -> str:
         """The address the next call would go to."""
+        if self._source is not None:
+            return self._source.address
         if self._address:
             return self._address
         if self._fixed is not None:
@@ -267,7 +304,10 @@ class Downstream(Generic[StubT]):
                 await asyncio.sleep(pause)
 
     async def close(self) -> None:
-        """Close this client's own channels (discovery's shared ones stay open)."""
+        """Close this client's own channels (discovery's shared ones stay open; one made
+        by `sharing` has none of its own)."""
+        if self._source is not None:
+            return
         for ep in (self._fixed, self._fallback):
             if ep is not None:
                 await ep.close()

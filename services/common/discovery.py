@@ -290,8 +290,8 @@ class Discovery:
                 self._remove(key)
                 continue
             info = Instance.from_entry(key, entry.value)
-            if info is None:
-                continue
+            if info is None or info.protocol != "grpc":
+                continue  # malformed, or not a gRPC service (the gateway): no call target
             self._upsert(key, info)
             if initial is not None:
                 initial.add(key)

@@ -1,7 +1,7 @@
 """Service registry: every instance's address in the NATS KV bucket `shop_registry`.
 
 Key `<service>.<instance-id>`, value JSON {service, instance, addr, version, started_at,
-pid, breakers}. An instance puts its key once serving, refreshes it every TTL/3 (and at
+pid, breakers, protocol}. An instance puts its key once serving, refreshes it every TTL/3 (and at
 once when one of its circuit breakers changes state), and deletes it on a graceful stop;
 a killed instance's key expires after the bucket's TTL (max age), and the server then
 leaves a MaxAge marker that watchers see as a purge.
@@ -28,7 +28,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from typing import Any
 
@@ -96,6 +96,9 @@ class Instance:
     started_at: float = 0.0
     pid: int = 0
     breakers: Mapping[str, str] = field(default_factory=dict)
+    # "grpc" (a service; discovery routes calls to it) or "http" (the gateway: listed by
+    # `shopctl status`, never a call target).
+    protocol: str = "grpc"
 
     @property
     def key(self) -> str:
@@ -111,6 +114,7 @@ class Instance:
                 "started_at": self.started_at,
                 "pid": self.pid,
                 "breakers": dict(self.breakers),
+                "protocol": self.protocol,
             },
             separators=(",", ":"),
         ).encode()
@@ -139,6 +143,7 @@ class Instance:
                 breakers={str(k): str(v) for k, v in breakers.items()}
                 if isinstance(breakers, dict)
                 else {},
+                protocol=str(data.get("protocol") or "grpc"),
             )
         except (TypeError, ValueError):
             return None
@@ -319,15 +324,7 @@ class Registration:
         states = self._breakers()
         inst = self.instance
         if dict(states) != dict(inst.breakers):
-            inst = self.instance = Instance(
-                inst.service,
-                inst.instance_id,
-                inst.addr,
-                inst.version,
-                inst.started_at,
-                inst.pid,
-                dict(states),
-            )
+            inst = self.instance = replace(inst, breakers=dict(states))
         return inst.to_json()
 
     def start(self) -> None:
@@ -415,12 +412,17 @@ async def list_instances(nats_url: str, *, timeout: float = 3.0) -> list[Instanc
     Each carries its process's breaker states (`breakers`, downstream -> state) as of its
     last refresh. Raises on an unreachable NATS.
     """
+
+    async def quiet(_err: Exception) -> None:
+        pass  # nats-py's default logs a traceback per failed attempt; the raise says it
+
     nc = await nats.connect(
         nats_url,
         connect_timeout=timeout,
         max_reconnect_attempts=0,
         allow_reconnect=False,
         name="shop-registry-reader",
+        error_cb=quiet,
     )
     try:
         try:

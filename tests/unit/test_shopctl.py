@@ -4,6 +4,7 @@ the real eight."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import nats
 import pytest
 
 from ops import shopctl
@@ -27,6 +29,7 @@ from ops.process import (
     start_system,
 )
 from ops.run import BACKOFF_START_S, Supervisor, parse_scale, resolve_ports, write_instances
+from services.common import registry
 from services.common.settings import DEFAULT_PORTS, SERVICES
 
 
@@ -144,11 +147,15 @@ def test_status_lists_recorded_instances(
         capsys: pytest.CaptureFixture[str]) -> None:
     write_instances(fake_system)
     monkeypatch.setenv("SHOP_DATA_DIR", str(fake_system.data_dir))
+    monkeypatch.delenv("NATS_URL", raising=False)  # the recorded one: nothing listens there
     fake_system["shipping"].wait_ready(30)  # the supervisor test may have just restarted it
     assert shopctl.main(["status"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "payment-2" in out and fake_system.instances("payment")[1].addr in out
     assert out.count("SERVING") == len(fake_system.all())
+    # No registry to ask: said in one line, and the configured addresses are used.
+    assert captured.err.count("\n") == 1 and "registry not reachable" in captured.err
     topo = shopctl.discover()
     assert {i.service for i in topo.instances} == {*SERVICES, GATEWAY}
 
@@ -194,3 +201,68 @@ def test_instances_file_is_what_status_reads(fake_system: System) -> None:
     assert doc["nats_url"] == fake_system.nats_url
     assert {i["instance"] for i in doc["instances"]} >= {"payment-2", "gateway-1"}
     assert all(i["pid"] for i in doc["instances"])
+
+
+async def _register(url: str, instances: list[registry.Instance]) -> list[str]:
+    nc = await nats.connect(url)
+    try:
+        kv = await registry.open_bucket(nc, ttl_s=30)
+        for inst in instances:
+            await kv.put(inst.key, inst.to_json())
+        return [inst.key for inst in instances]
+    finally:
+        await nc.close()
+
+
+async def _unregister(url: str, keys: list[str]) -> None:
+    nc = await nats.connect(url)
+    try:
+        kv = await registry.open_bucket(nc, ttl_s=30)
+        for key in keys:
+            await kv.delete(key)
+    finally:
+        await nc.close()
+
+
+async def test_status_reads_the_registry(
+        fake_system: System, fresh_nats: NatsServer, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SHOP_DATA_DIR", str(tmp_path))  # no instances.json: registry only
+    monkeypatch.setenv("NATS_URL", fresh_nats.url)
+    for proc in fake_system.all():
+        proc.wait_ready(30)
+    now = time.time()
+    entries = [
+        registry.Instance(
+            p.name, p.instance, p.addr, "1.0", now - 125, p.pid or 0,
+            {"inventory": "open", "payment": "closed", "cart": "closed"}
+            if p.instance == "order-1" else {},
+            protocol="http" if p.name == GATEWAY else "grpc")
+        for p in fake_system.all()]
+    keys = await _register(fresh_nats.url, entries)
+    assert await asyncio.to_thread(shopctl.main, ["status"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    lines = captured.out.splitlines()
+    assert lines[0].split() == ["SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "UPTIME", "BREAKERS"]
+    by_instance = {line.split()[1]: line.split() for line in lines[1:]}
+    assert set(by_instance) == {p.instance for p in fake_system.all()}
+    assert by_instance["order-1"][3:] == ["SERVING", "2m05s", "open:inventory;closed:cart,payment"]
+    assert by_instance["payment-2"][2:4] == [fake_system.instances("payment")[1].addr, "SERVING"]
+    assert by_instance["gateway-1"][3] == "SERVING"  # probed over HTTP, not gRPC
+
+    # A service nobody registered is named, and status says something is wrong.
+    await _unregister(fresh_nats.url, [k for k in keys if k.startswith("shipping.")])
+    assert await asyncio.to_thread(shopctl.main, ["status"]) == 1
+    shipping = [line for line in capsys.readouterr().out.splitlines()
+                if line.startswith("shipping")]
+    assert shipping and "NOT REGISTERED" in shipping[0]
+
+
+def test_status_formats() -> None:
+    assert shopctl.format_uptime(42.9) == "42s"
+    assert shopctl.format_uptime(3600 + 4 * 60 + 5) == "1h04m"
+    assert shopctl.format_uptime(2 * 86400 + 5 * 3600) == "2d05h"
+    assert shopctl.format_breakers({}) == "-"
+    assert shopctl.format_breakers({"b": "closed", "a": "half-open", "c": "open"}) == (
+        "open:c;half-open:a;closed:b")
