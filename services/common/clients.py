@@ -267,8 +267,8 @@ class Downstream(Generic[StubT]):
     ) -> Any:
         """Call `method` with the caller's remaining deadline capped at `timeout` (or cap_s).
 
-        Retries on UNAVAILABLE only when `idempotent`, at most MAX_ATTEMPTS in all and
-        never past the deadline.
+        Retries on UNAVAILABLE (and on CANCELLED from a server that was stopping) only
+        when `idempotent`, at most MAX_ATTEMPTS in all and never past the deadline.
         """
         budget = timeout if timeout is not None else self.cap_s
         left = context.remaining()
@@ -292,7 +292,10 @@ class Downstream(Generic[StubT]):
                 unavailable = err.code() == grpc.StatusCode.UNAVAILABLE
                 if unavailable and ep.instance and _picker is not None:
                     _picker.mark_down(ep)
-                if not idempotent or attempt >= MAX_ATTEMPTS or not unavailable:
+                # A call that reaches a server in its graceful stop can end CANCELLED before
+                # a handler runs (our own cancellation is asyncio's, never an AioRpcError).
+                retryable = unavailable or err.code() == grpc.StatusCode.CANCELLED
+                if not idempotent or attempt >= MAX_ATTEMPTS or not retryable:
                     raise
                 failed, ep = ep, self._endpoint()
                 if ep is not failed:
