@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import google.api.annotations_pb2
 import grpc_tools
-from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
@@ -32,6 +32,8 @@ def generate(out_dir: Path) -> None:
     wkt_root = Path(grpc_tools.__file__).resolve().parent / "_proto"
     files = [str(p.relative_to(PROTO_DIR)) for p in proto_files()]
     args = [
+        sys.executable,
+        "-m",
         "grpc_tools.protoc",
         f"-I{PROTO_DIR}",
         f"-I{googleapis_root}",
@@ -42,17 +44,15 @@ def generate(out_dir: Path) -> None:
         f"--mypy_grpc_out={out_dir}",
         *files,
     ]
-    # protoc-gen-mypy lives beside the interpreter in the venv.
-    env_path = os.environ.get("PATH", "")
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env_path}"
-    cwd = os.getcwd()
-    try:
-        os.chdir(PROTO_DIR)
-        code = protoc.main(args)
-    finally:
-        os.chdir(cwd)
-    if code != 0:
-        raise SystemExit(f"protoc failed with exit code {code}")
+    # protoc-gen-mypy lives beside the interpreter in the venv; it reports every file it
+    # writes on stderr, so the output is shown only when protoc fails.
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    result = subprocess.run(
+        args, cwd=PROTO_DIR, env=env, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"protoc failed ({result.returncode}):\n{result.stdout}{result.stderr}")
     for pkg_dir in sorted({p.parent for p in out_dir.rglob("*.py")} | {out_dir / "shop"}):
         d = pkg_dir
         while d != out_dir:
