@@ -9,6 +9,12 @@ arrive while another batch holds the connection are group-committed: one BEGIN I
 COMMIT (one fsync, still synchronous=FULL) with a SAVEPOINT around each `fn`, so a failing
 one is rolled back alone and raises to its own caller only. A caller's future resolves only
 after the COMMIT returned, so durability is exactly that of a transaction of its own.
+
+Small indexed reads on a hot path use `await db.read_now(fn)`: `fn(tx)` runs right away on
+the event loop's thread against a second, query-only connection (WAL: readers never wait
+for the writer, so such a read queues neither behind a group commit's fsync nor behind the
+lock, and costs no thread hop at all: a hop costs far more CPU than a point query). When
+that connection would have to wait (SQLITE_BUSY), the read goes the `read(fn)` way instead.
 """
 
 from __future__ import annotations
@@ -65,6 +71,9 @@ _OUTBOX_INSERT = """INSERT INTO outbox (event_id, subject, aggregate_id, correla
     traceparent, data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"""
 # At most this many operations share one hop (bounds how long the connection is held).
 _MAX_BATCH = 256
+# SQLite result codes (low byte of the extended code) after which a read_now is retried
+# by `read`: the read connection never waits (busy_timeout 0), the event loop must not.
+_BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
 
 
 class Tx:
@@ -123,9 +132,12 @@ def mark_outbox_dirty(conn: aiosqlite.Connection) -> None:
 
 
 class Database:
-    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, conn: aiosqlite.Connection, path: Path,
+                 read_conn: sqlite3.Connection | None = None) -> None:
         self.conn = conn
         self.path = path
+        # For read_now only, used on the event loop's thread; None: read_now uses read.
+        self._read_conn = read_conn
         self._lock = asyncio.Lock()
         self._listeners: list[CommitListener] = []
         self._dirty = False
@@ -159,7 +171,12 @@ class Database:
         except BaseException:
             await conn.close()
             raise
-        return cls(conn, path)
+        try:
+            read_conn = _open_read_conn(path)
+        except sqlite3.Error:  # read_now falls back to read(): slower, same answers
+            log.warning("no read connection for %s", path, exc_info=True)
+            read_conn = None
+        return cls(conn, path, read_conn)
 
     def add_commit_listener(self, cb: CommitListener) -> None:
         """`cb()` runs after each commit that enqueued outbox rows."""
@@ -208,6 +225,27 @@ class Database:
         """`fn(tx)` outside a transaction (sees the latest commit), in one thread hop."""
         result: T = await self._submit("r", fn)
         return result
+
+    async def read_now(self, fn: Callable[[Tx], T]) -> T:
+        """`fn(tx)` at once on the calling (event loop) thread, on the query-only read
+        connection, in one read transaction (one snapshot: it sees every commit that
+        returned before the call). No hop, no lock: for small indexed reads only (point
+        lookups, a short page), since the loop waits for them. `fn` must only read and be
+        safe to run twice: when the read connection is busy it is run again by `read`."""
+        conn = self._read_conn
+        if conn is not None:
+            try:
+                conn.execute("BEGIN")
+                try:
+                    return fn(Tx(conn))
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.OperationalError as e:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if (getattr(e, "sqlite_errorcode", 0) & 0xFF) not in _BUSY_CODES:
+                    raise
+        return await self.read(fn)
 
     def _submit(self, kind: str, fn: Callable[[Tx], Any]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
@@ -316,7 +354,24 @@ class Database:
         if self._flusher is not None:
             await asyncio.wait([self._flusher], timeout=5.0)
         _by_conn.pop(id(self.conn), None)
+        if self._read_conn is not None:
+            read_conn, self._read_conn = self._read_conn, None
+            read_conn.close()
         await self.conn.close()
+
+
+def _open_read_conn(path: Path) -> sqlite3.Connection:
+    """The read_now connection: autocommit (explicit read transactions only), refuses any
+    write (query_only), never waits for a lock (busy_timeout 0: read_now falls back)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout=0")
+        conn.execute("PRAGMA query_only=1")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 async def _rollback(conn: aiosqlite.Connection) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from shop.notification.v1 import notification_pb2 as pb
 
 from services.notification.domain import Kind, Notification
@@ -19,15 +18,16 @@ _KIND: dict[Kind, pb.NotificationKind.ValueType] = {
 
 
 def to_proto(n: Notification) -> pb.Notification:
-    created = Timestamp()
-    created.FromNanoseconds(int(n.created_at * 1_000_000_000))
-    return pb.Notification(
+    msg = pb.Notification(
         id=n.id,
         user_id=n.user_id,
         kind=_KIND[n.kind],
         subject=n.subject,
         body=n.body,
         read=n.read,
-        create_time=created,
         event_id=n.event_id,
     )
+    # Set in place (= Timestamp.FromNanoseconds): one built apart would be copied in.
+    msg.create_time.seconds, msg.create_time.nanos = divmod(
+        int(n.created_at * 1_000_000_000), 1_000_000_000)
+    return msg

@@ -8,6 +8,11 @@ from shop.order.v1 import order_pb2
 from services.order.domain import Order, OrderStatus
 
 _STATUS = {s: order_pb2.OrderStatus.Value(f"ORDER_STATUS_{s.value}") for s in OrderStatus}
+# By the stored text of the status (OrderStatus.value), for messages built from rows.
+STATUS_BY_VALUE: dict[str, order_pb2.OrderStatus.ValueType] = {
+    s.value: v for s, v in _STATUS.items()}
+
+_NS = 1_000_000_000
 
 
 def status_pb(status: OrderStatus) -> order_pb2.OrderStatus.ValueType:
@@ -16,23 +21,31 @@ def status_pb(status: OrderStatus) -> order_pb2.OrderStatus.ValueType:
 
 def timestamp(seconds: float) -> Timestamp:
     ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
+    ts.seconds, ts.nanos = divmod(int(seconds * 1e9), _NS)  # = FromNanoseconds
     return ts
 
 
+def set_timestamp(ts: Timestamp, seconds: float) -> None:
+    """`ts` (a message's own field, set in place: no copy) = `seconds` since the epoch."""
+    ts.seconds, ts.nanos = divmod(int(seconds * 1e9), _NS)
+
+
 def order_pb(order: Order) -> order_pb2.Order:
-    return order_pb2.Order(
+    msg = order_pb2.Order(
         id=order.id,
         user_id=order.user_id,
-        items=[order_pb2.OrderItem(product_id=ln.product_id, quantity=ln.quantity,
-                                   unit_price_cents=ln.unit_price_cents)
-               for ln in order.items],
         total_cents=order.total_cents,
         currency=order.currency,
         status=_STATUS[order.status],
         cancel_reason=order.cancel_reason,
-        create_time=timestamp(order.create_time),
-        update_time=timestamp(order.update_time),
         tracking_number=order.tracking_number,
         from_cart=order.from_cart,
     )
+    # Sub-messages filled in place: building them apart and passing them in copies each.
+    add = msg.items.add
+    for ln in order.items:
+        add(product_id=ln.product_id, quantity=ln.quantity,
+            unit_price_cents=ln.unit_price_cents)
+    set_timestamp(msg.create_time, order.create_time)
+    set_timestamp(msg.update_time, order.update_time)
+    return msg

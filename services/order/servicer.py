@@ -174,13 +174,9 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         user_id = resolve_user(request.user_id)
         size = domain.page_size(request.page_size)
         after = domain.decode_page_token(request.page_token)
-        orders = await self.store.list_for_user(user_id, after, size + 1)
-        token = ""
-        if len(orders) > size:
-            orders = orders[:size]
-            token = domain.encode_page_token(orders[-1].create_time, orders[-1].id)
-        return order_pb2.ListOrdersResponse(orders=[order_pb(o) for o in orders],
-                                            next_page_token=token)
+        orders, more = await self.store.page_for_user(user_id, after, size)
+        token = "" if more is None else domain.encode_page_token(*more)
+        return order_pb2.ListOrdersResponse(orders=orders, next_page_token=token)
 
     async def CancelOrder(self, request: order_pb2.CancelOrderRequest,
                           context_: aio.ServicerContext) -> order_pb2.CancelOrderResponse:

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiosqlite
 from google.protobuf.message import Message
@@ -20,7 +21,7 @@ from shop.order.v1 import order_pb2
 
 from services.common import events
 from services.common.db import Database, Tx
-from services.order.convert import order_pb
+from services.order.convert import STATUS_BY_VALUE, order_pb, set_timestamp
 from services.order.domain import (
     Line,
     Order,
@@ -110,6 +111,21 @@ def _order(row: aiosqlite.Row) -> Order:
         tracking_number=row["tracking_number"], from_cart=bool(row["from_cart"]),
         idempotency_key=row["idempotency_key"] or "",
     )
+
+
+def _order_pb(row: Sequence[Any]) -> order_pb2.Order:
+    """An orders row (the _ORDER_COLS, in order) as the message order_pb makes of it."""
+    (id_, user_id, items, total_cents, currency, status, cancel_reason, tracking_number,
+     from_cart, _key, create_time, update_time) = row
+    msg = order_pb2.Order(id=id_, user_id=user_id, total_cents=total_cents, currency=currency,
+                          status=STATUS_BY_VALUE[status], cancel_reason=cancel_reason,
+                          tracking_number=tracking_number, from_cart=bool(from_cart))
+    add = msg.items.add
+    for product_id, quantity, unit_price_cents in json.loads(items):
+        add(product_id=product_id, quantity=quantity, unit_price_cents=unit_price_cents)
+    set_timestamp(msg.create_time, float(create_time))
+    set_timestamp(msg.update_time, float(update_time))
+    return msg
 
 
 def _saga(row: aiosqlite.Row) -> SagaState:
@@ -289,20 +305,31 @@ class OrderStore:
             saga = await saga_of(conn, order_id)
         return (order, saga) if order is not None and saga is not None else None
 
-    async def list_for_user(self, user_id: str, after: tuple[float, str] | None,
-                            limit: int) -> list[Order]:
-        """Newest first; `after` is the (create_time, id) of the last order already seen."""
+    async def page_for_user(self, user_id: str, after: tuple[float, str] | None,
+                            limit: int) -> tuple[list[order_pb2.Order], tuple[float, str] | None]:
+        """Up to `limit` of the user's orders as messages, newest first, and the
+        (create_time, id) to continue after when more follow (else None); `after` is the
+        (create_time, id) of the last order already seen."""
         sql = f"SELECT {_ORDER_COLS} FROM orders WHERE user_id = ?"
         args: list[object] = [user_id]
         if after is not None:
             sql += " AND (create_time < ? OR (create_time = ? AND id < ?))"
             args += [after[0], after[0], after[1]]
         sql += " ORDER BY create_time DESC, id DESC LIMIT ?"
-        args.append(limit)
-        async with self.db.reader() as conn:
-            cur = await conn.execute(sql, args)
-            rows = await cur.fetchall()
-        return [_order(r) for r in rows]
+        args.append(limit + 1)  # one more tells whether another page exists
+
+        # A bounded page along orders_by_user (no sort step): read at once on the read
+        # connection. Rows go straight to messages (no domain Order on the way: a
+        # read-only listing has no rule to apply, and each conversion costs).
+        def run(tx: Tx) -> tuple[list[order_pb2.Order], tuple[float, str] | None]:
+            rows = tx.all(sql, args)
+            more = None
+            if len(rows) > limit:
+                rows = rows[:limit]
+                more = (float(rows[-1]["create_time"]), str(rows[-1]["id"]))
+            return [_order_pb(r) for r in rows], more
+
+        return await self.db.read_now(run)
 
     async def saga(self, order_id: str) -> tuple[SagaState, Lease] | None:
         row = await self.db.read(lambda tx: tx.one(

@@ -5,6 +5,7 @@ service."""
 from __future__ import annotations
 
 import sqlite3
+from collections import OrderedDict
 
 import aiosqlite
 from shop.user.v1 import user_pb2
@@ -31,14 +32,22 @@ CREATE UNIQUE INDEX IF NOT EXISTS users_email ON users (email COLLATE NOCASE);
 """
 
 
+_GET = "SELECT id, email, name, create_time FROM users WHERE id = ?"
+# Users kept in memory by UserStore.get (about 0.5 kB each).
+CACHE_MAX = 50_000
+
+
 def _row_to_user(row: aiosqlite.Row) -> User:
     return User(id=row["id"], email=row["email"], name=row["name"],
                 create_time=float(row["create_time"]))
 
 
 class UserStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, cache_max: int = CACHE_MAX) -> None:
         self.db = db
+        # id -> User, least recently used first (bounded).
+        self._cache: OrderedDict[str, User] = OrderedDict()
+        self._cache_max = cache_max
 
     async def create(self, user: User, password_hash: str) -> User:
         """Insert the user and enqueue `user.created`; AlreadyExists for a taken email."""
@@ -56,14 +65,31 @@ class UserStore:
             if "email" in str(err):
                 raise AlreadyExists(f"a user with email {user.email} already exists") from None
             raise
+        self._remember(user)  # committed: a GetUser right after needs no read
         return user
 
     async def get(self, user_id: str) -> User | None:
-        async with self.db.reader() as conn:
-            cur = await conn.execute(
-                "SELECT id, email, name, create_time FROM users WHERE id = ?", (user_id,))
-            row = await cur.fetchone()
-        return None if row is None else _row_to_user(row)
+        """The user, from memory when seen before: a user never changes once created (no
+        RPC updates or deletes one), so a cached one is never stale, even when another
+        instance sharing the file created it. An unknown id is never cached."""
+        cache = self._cache
+        user = cache.get(user_id)
+        if user is not None:
+            cache.move_to_end(user_id)
+            return user
+        row = await self.db.read_now(lambda tx: tx.one(_GET, (user_id,)))
+        if row is None:
+            return None
+        user = _row_to_user(row)
+        self._remember(user)
+        return user
+
+    def _remember(self, user: User) -> None:
+        cache = self._cache
+        cache[user.id] = user
+        cache.move_to_end(user.id)
+        if len(cache) > self._cache_max:
+            cache.popitem(last=False)
 
     async def credentials(self, email: str) -> tuple[User, str] | None:
         """The user with this (normalized) email and their password hash, for Login only."""

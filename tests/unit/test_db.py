@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
 from shop.user.v1 import user_pb2
 
-from services.common.db import Database
+from services.common.db import Database, Tx
 from services.common.outbox import enqueue
 
 pytestmark = pytest.mark.timeout(30)
@@ -129,3 +130,64 @@ async def test_commit_listener_only_after_outbox_commit(tmp_path: Path) -> None:
         assert row is not None and row[0] == 1
     finally:
         await db.close()
+
+
+async def test_read_now_sees_commits_and_never_waits_for_the_writer(tmp_path: Path) -> None:
+    db = await _open(tmp_path / "s.db")
+    try:
+        def get(tx: Tx) -> int:
+            row = tx.one("SELECT n FROM counter WHERE k = 'a'")
+            return int(row["n"]) if row else -1
+
+        assert await db.read_now(get) == -1
+        await db.write(lambda tx: tx.execute("INSERT INTO counter VALUES ('a', 1)"))
+        assert await db.read_now(get) == 1  # every commit that returned is seen
+        async with db.transaction() as conn:  # holds the lock and the write lock
+            await conn.execute("UPDATE counter SET n = 2 WHERE k = 'a'")
+            # Not queued behind the open write, which it does not see yet (WAL snapshot).
+            assert await asyncio.wait_for(db.read_now(get), 1.0) == 1
+        assert await db.read_now(get) == 2
+    finally:
+        await db.close()
+
+
+async def test_read_now_is_read_only_and_raises_the_functions_errors(tmp_path: Path) -> None:
+    db = await _open(tmp_path / "s.db")
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            await db.read_now(lambda tx: tx.execute("INSERT INTO counter VALUES ('a', 1)"))
+
+        def boom(tx: Tx) -> None:
+            tx.one("SELECT 1")
+            raise ValueError("boom")
+
+        with pytest.raises(ValueError):
+            await db.read_now(boom)
+        assert await _value(db) == -1
+        assert await db.read_now(lambda tx: tx.one("SELECT 1 AS x")["x"]) == 1  # type: ignore[index]
+    finally:
+        await db.close()
+
+
+async def test_read_now_falls_back_to_read_when_busy(tmp_path: Path) -> None:
+    db = await _open(tmp_path / "s.db")
+    try:
+        await db.write(lambda tx: tx.execute("INSERT INTO counter VALUES ('a', 7)"))
+        calls: list[str] = []
+
+        def get(tx: Tx) -> int:
+            calls.append("call")
+            if len(calls) == 1:
+                err = sqlite3.OperationalError("database is locked")
+                err.sqlite_errorcode = 5  # SQLITE_BUSY
+                raise err
+            row = tx.one("SELECT n FROM counter WHERE k = 'a'")
+            return int(row["n"]) if row else -1
+
+        assert await db.read_now(get) == 7
+        assert calls == ["call", "call"]  # run again, by read()
+    finally:
+        await db.close()
+    # Closed: no read connection left, so read() answers, as it does once closed.
+    with pytest.raises(ValueError, match="closed"):
+        await db.read_now(lambda tx: tx.one("SELECT 1"))
