@@ -94,6 +94,11 @@ def _rich_details(err: aio.AioRpcError) -> list[Any]:
 _OPAQUE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN", "DATA_LOSS"})
 
 
+def _challenge(http_status: int) -> list[tuple[bytes, bytes]]:
+    """A 401 carries WWW-Authenticate (RFC 9110 11.6.1), also when a service refused."""
+    return [(b"www-authenticate", b"Bearer")] if http_status == 401 else []
+
+
 def from_rpc_error(err: aio.AioRpcError, service: str = "downstream") -> HttpError:
     code: grpc.StatusCode = err.code()
     name = code.name
@@ -101,8 +106,10 @@ def from_rpc_error(err: aio.AioRpcError, service: str = "downstream") -> HttpErr
         message = f"{service} service: {name.replace('_', ' ').lower()}"
     else:
         message = err.details() or name.replace("_", " ").lower()
-    return HttpError(http_status_of(name), name, message, details=_rich_details(err))
+    status = http_status_of(name)
+    return HttpError(status, name, message, headers=_challenge(status), details=_rich_details(err))
 
 
 def from_domain_error(err: DomainError) -> HttpError:
-    return HttpError(http_status_of(err.status), err.status, err.message or err.status)
+    status = http_status_of(err.status)
+    return HttpError(status, err.status, err.message or err.status, headers=_challenge(status))
