@@ -31,6 +31,9 @@ MAX_PAGE_SIZE = 100
 # Payment decides whether a token is valid; this only turns away what is not a token at all
 # (so junk input writes nothing).
 CARD_TOKEN_PREFIX = "tok_"
+# The most one payment may take (payment's MAX_AMOUNT_CENTS): a dearer order is refused
+# before anything is written, not reserved, then refused by Charge as a bad card.
+MAX_TOTAL_CENTS = 10**12
 
 REASON_OUT_OF_STOCK = "out of stock"
 REASON_DECLINED = "payment declined"
@@ -70,6 +73,9 @@ class Outcome(enum.StrEnum):
     REFUSED = "refused"
     # No answer (timeout, unavailable): the step may or may not have happened.
     UNKNOWN = "unknown"
+    # Not attempted: the downstream's circuit breaker is open (it fails fast until its
+    # reset timeout). Nothing happened; a compensation does not count it as an attempt.
+    DEFERRED = "deferred"
 
 
 ACTIVE = (SagaStatus.RUNNING, SagaStatus.COMPENSATING)
@@ -189,6 +195,8 @@ def price_lines(lines: Sequence[Line],
     priced = tuple(
         Line(ln.product_id, ln.quantity, catalogue[ln.product_id][0]) for ln in lines)
     total = sum(ln.quantity * ln.unit_price_cents for ln in priced)
+    if total > MAX_TOTAL_CENTS:
+        raise InvalidArgument(f"an order totals at most {MAX_TOTAL_CENTS} cents, got {total}")
     return priced, total, currencies.pop()
 
 
@@ -275,6 +283,13 @@ def advance(state: SagaState, outcome: Outcome, error: str = "",
             limits: Limits = Limits()) -> Transition:
     """The saga after one attempt of `state.step` ended with `outcome`."""
     step = state.step
+    if outcome is Outcome.DEFERRED:
+        if step in COMPENSATIONS:
+            # An open breaker outlasts the compensation's attempts (30 s against ~11 s by
+            # default): waiting for it must not end in REQUIRES_ATTENTION.
+            wait = random.uniform(limits.backoff_max_s / 2, limits.backoff_max_s)
+            return Transition(state, retry_after_s=wait)
+        outcome = Outcome.UNKNOWN  # forward steps give up as before (then compensate)
     if step is Step.RESERVE:
         if outcome is Outcome.SUCCEEDED:
             return Transition(_to(state, Step.CHARGE))

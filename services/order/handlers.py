@@ -83,7 +83,13 @@ def routes(poke: Callable[[str], None]) -> tuple[list[Route], list[Route]]:
         return None
 
     def on_shipped(tx: Tx, envelope: Any, payload: shipping_pb2.OrderShipped) -> None:
-        store.mark_shipped_sync(tx, payload.shipment.order_id, payload.shipment.tracking_number)
+        order_id = payload.shipment.order_id
+        saga = store.saga_of_sync(tx, order_id)
+        if saga is not None and saga.active:
+            # A confirmed order's saga runs again only for a customer's cancel, already
+            # refunding: the cancel came first and the order ends CANCELLED.
+            return
+        store.mark_shipped_sync(tx, order_id, payload.shipment.tracking_number)
 
     payments = [
         Route.tx(events.PAYMENT_COMPLETED, payment_pb2.PaymentCompleted, on_completed),

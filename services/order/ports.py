@@ -29,6 +29,10 @@ class StepUnknown(Exception):
     """No usable answer: the step may or may not have taken effect."""
 
 
+class StepDeferred(StepUnknown):
+    """Not attempted: the downstream's circuit breaker is open."""
+
+
 class SagaPorts(Protocol):
     async def reserve(self, order: Order) -> None: ...
     async def charge(self, order: Order, card_token: str) -> None: ...
@@ -56,6 +60,8 @@ class GrpcPorts:
                 raise StepRefused(f"{REASON_INVALID_CARD}: {detail}") from None
             raise StepRefused(detail) from None
         except DomainError as err:  # breaker open, no time left
+            if ds.breaker_state == "open":
+                raise StepDeferred(f"{ds.service}.{method}: {err}") from None
             raise StepUnknown(f"{ds.service}.{method}: {err}") from None
 
     async def reserve(self, order: Order) -> None:

@@ -26,7 +26,7 @@ from services.order.domain import (
     advance,
     apply_cancel_request,
 )
-from services.order.ports import SagaPorts, StepRefused, StepUnknown
+from services.order.ports import SagaPorts, StepDeferred, StepRefused, StepUnknown
 from services.order.store import HistoryEntry, OrderStore
 
 log = logging.getLogger("shop.order.saga")
@@ -176,6 +176,8 @@ class SagaRunner:
                 raise ValueError(f"no action for step {step}")
         except StepRefused as err:
             return Outcome.REFUSED, str(err)
+        except StepDeferred as err:
+            return Outcome.DEFERRED, str(err)
         except StepUnknown as err:
             return Outcome.UNKNOWN, str(err)
         except asyncio.CancelledError:

@@ -425,8 +425,12 @@ class OrderStore:
 
     async def replace_saga(self, old: SagaState, new: SagaState, entry: HistoryEntry, *,
                            owner: str | None = None, lease_s: float = 0.0) -> bool:
-        """A change made outside the driving coroutine (a cancel), with its history row."""
+        """A change made outside the driving coroutine (a cancel), with its history row.
+        False also once the order shipped (a shipment recorded since the caller's read)."""
         async with self.db.transaction() as conn:
+            shipped = await order_of(conn, old.order_id)
+            if shipped is not None and shipped.status is OrderStatus.SHIPPED:
+                return False
             ok = await write_saga(conn, old, new, owner=owner,
                                   lease_until=time.time() + lease_s)
             if ok:

@@ -167,3 +167,26 @@ def test_cancellable() -> None:
     d.check_cancellable(d.Order("o", "u", (), 0, "USD", status=d.OrderStatus.CONFIRMED))
     with pytest.raises(FailedPrecondition, match="already shipped"):
         d.check_cancellable(d.Order("o", "u", (), 0, "USD", status=d.OrderStatus.SHIPPED))
+
+
+def test_deferred_compensation_waits_without_using_an_attempt() -> None:
+    """An open breaker (step not attempted) never pushes a compensation to its limit."""
+    limits = d.Limits(charge=2, compensation=2, backoff_max_s=0.5)
+    state = d.SagaState("o1", step=d.Step.REFUND, status=d.SagaStatus.COMPENSATING, attempt=1)
+    tr = d.advance(state, d.Outcome.DEFERRED, "payment.Refund: circuit open", limits)
+    assert tr.state == state and tr.final_status is None
+    assert tr.retry_after_s is not None and 0.25 <= tr.retry_after_s <= 0.5
+    # A forward step still counts it (it gives up, then compensates as before).
+    charge = d.SagaState("o1", step=d.Step.CHARGE, attempt=1)
+    assert d.advance(charge, d.Outcome.DEFERRED, "", limits).state.step is d.Step.REFUND
+
+
+def test_total_above_what_payment_takes_is_refused_before_any_write() -> None:
+    """Products may cost up to 10^10 cents and an order holds 50 x 99 of them, but one
+    payment takes at most 10^12: such an order used to be written, its stock reserved, then
+    cancelled as an "invalid card token" (Charge's INVALID_ARGUMENT on the amount)."""
+    lines = d.validate_lines([("gold", 99), ("silver", 99)])
+    cat = {"gold": (10**10, "USD"), "silver": (10**10, "USD")}
+    with pytest.raises(InvalidArgument, match="at most"):
+        d.price_lines(lines, cat)
+    assert d.price_lines(d.validate_lines([("gold", 99)]), cat)[1] == 99 * 10**10

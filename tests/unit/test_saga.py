@@ -6,15 +6,21 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import grpc
+import pybreaker
 import pytest
+from grpc import aio
 
+from services.common import breakers
+from services.common.clients import Downstream
 from services.common.db import Database
 from services.order import domain as d
 from services.order import handlers
-from services.order.ports import StepRefused, StepUnknown
+from services.order.ports import GrpcPorts, StepRefused, StepUnknown
 from services.order.saga import SagaConfig, SagaRunner
-from services.order.store import SCHEMA, OrderStore
+from services.order.store import SCHEMA, HistoryEntry, OrderStore
 
 FAST = d.Limits(reserve=3, charge=3, compensation=4, backoff_base_s=0.005, backoff_max_s=0.02)
 
@@ -208,3 +214,105 @@ async def test_resume_picks_up_an_abandoned_saga(store: OrderStore) -> None:
     got = await store.get(order.id)
     assert got is not None and got.status is d.OrderStatus.CONFIRMED
     assert ports.calls == ["reserve", "charge", "commit"]
+
+
+class _ScriptedStub:
+    """A gRPC stub stand-in: each method answers from a shared script (codes to fail with,
+    in order; then success) and counts the calls that reached it."""
+
+    def __init__(self, failures: dict[str, list[grpc.StatusCode]],
+                 calls: dict[str, int]) -> None:
+        self._failures = failures
+        self._calls = calls
+
+    def __getattr__(self, method: str) -> Any:
+        async def call(request: Any, timeout: float | None = None,  # noqa: ASYNC109
+                       metadata: Any = None) -> Any:
+            self._calls[method] = self._calls.get(method, 0) + 1
+            queue = self._failures.get(method, [])
+            if queue:
+                code = queue.pop(0)
+                raise aio.AioRpcError(code, aio.Metadata(), aio.Metadata(), details=code.name)
+            return None
+
+        return call
+
+
+async def test_open_breaker_does_not_use_up_compensation_attempts(store: OrderStore) -> None:
+    """A compensation hitting an open circuit breaker is not attempted at all (it fails
+    fast until the breaker's reset timeout): those fast failures must not use up its
+    attempts. With the default settings (8 attempts with back-off capped at 5 s: about
+    11 s, against a 30 s reset timeout) every compensation started during a downstream
+    blip ended in REQUIRES_ATTENTION although the downstream was back long before."""
+    calls: dict[str, int] = {}
+    inv_fail = {"ReleaseStock": [grpc.StatusCode.UNAVAILABLE] * 2}
+    pay_fail = {"Charge": [grpc.StatusCode.FAILED_PRECONDITION]}  # declined: release next
+    opts: dict[str, Any] = {"exclude": [breakers._not_a_failure],
+                            "throw_new_error_on_trip": False}
+    inventory = Downstream("inventory", lambda ch: _ScriptedStub(inv_fail, calls),
+                           address="127.0.0.1:9", breaker=pybreaker.CircuitBreaker(
+                               fail_max=2, reset_timeout=0.5, name="inv", **opts))
+    payment = Downstream("payment", lambda ch: _ScriptedStub(pay_fail, calls),
+                         address="127.0.0.1:9", breaker=pybreaker.CircuitBreaker(
+                             fail_max=2, reset_timeout=0.5, name="pay", **opts))
+    ports = GrpcPorts(inventory, payment, step_timeout_s=1.0)
+    runner = SagaRunner(store, ports, SagaConfig(owner="order-1", limits=FAST))
+    try:
+        order, state = await new_order(store, runner)
+        result = await asyncio.wait_for(runner.start(order, state), 5)
+    finally:
+        await inventory.close()
+        await payment.close()
+    assert result is not None
+    assert (result.status, result.cancel_reason) == (d.OrderStatus.CANCELLED,
+                                                     "payment declined")
+    assert calls["ReleaseStock"] == 3  # two failures (the breaker opened), then the probe
+
+
+async def _confirmed(store: OrderStore) -> tuple[d.Order, d.SagaState, SagaRunner]:
+    runner = SagaRunner(store, FakePorts(), SagaConfig(owner="order-1", limits=FAST))
+    order, state = await new_order(store, runner)
+    done = await asyncio.wait_for(runner.start(order, state), 5)
+    assert done is not None and done.status is d.OrderStatus.CONFIRMED
+    got = await store.saga(order.id)
+    assert got is not None
+    return done, got[0], runner
+
+
+def _shipped_handler() -> Any:
+    _, shipments = handlers.routes(lambda order_id: None)
+    return shipments[0].tx_handler
+
+
+def _shipped(order_id: str) -> Any:
+    from shop.shipping.v1 import shipping_pb2
+    return shipping_pb2.OrderShipped(shipment=shipping_pb2.Shipment(
+        order_id=order_id, tracking_number="TRK1"))
+
+
+async def test_cancel_loses_to_a_shipment_recorded_after_its_read(store: OrderStore) -> None:
+    """CancelOrder reads CONFIRMED, order.shipped lands, then the cancel's saga write: the
+    write must fail (the servicer re-reads and refuses: already shipped) rather than go on
+    to refund a SHIPPED order and flip it to CANCELLED."""
+    order, state, _ = await _confirmed(store)
+    await store.db.write(lambda tx: _shipped_handler()(tx, None, _shipped(order.id)))
+    got = await store.get(order.id)
+    assert got is not None and got.status is d.OrderStatus.SHIPPED
+    entry = HistoryEntry("cancel", "requested", 1, time.time(), "changed my mind")
+    ok = await store.replace_saga(state, d.cancel_confirmed(state, "changed my mind"), entry,
+                                  owner="order-1", lease_s=5)
+    assert not ok
+
+
+async def test_shipment_loses_to_a_cancel_already_compensating(store: OrderStore) -> None:
+    """A cancel of a CONFIRMED order is refunding when order.shipped lands: the order
+    must not flash SHIPPED (then CANCELLED); the cancel won."""
+    order, state, runner = await _confirmed(store)
+    entry = HistoryEntry("cancel", "requested", 1, time.time(), "changed my mind")
+    assert await store.replace_saga(state, d.cancel_confirmed(state, "changed my mind"), entry,
+                                    owner="order-1", lease_s=5)
+    await store.db.write(lambda tx: _shipped_handler()(tx, None, _shipped(order.id)))
+    got = await store.get(order.id)
+    assert got is not None and got.status is d.OrderStatus.CONFIRMED
+    result = await asyncio.wait_for(runner.ensure(order.id), 5)
+    assert result is not None and result.status is d.OrderStatus.CANCELLED
