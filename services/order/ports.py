@@ -21,6 +21,9 @@ _UNKNOWN = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCE
                       grpc.StatusCode.ABORTED})
 
 
+_RELEASE_REFUSALS = frozenset({grpc.StatusCode.FAILED_PRECONDITION})
+
+
 class StepRefused(Exception):
     """The downstream said no; the message says why."""
 
@@ -49,12 +52,15 @@ class GrpcPorts:
         self.payment = payment
         self.timeout = step_timeout_s
 
-    async def _call(self, ds: Downstream[Any], method: str, request: Any) -> Any:
+    async def _call(self, ds: Downstream[Any], method: str, request: Any,
+                    refusals: frozenset[grpc.StatusCode] | None = None) -> Any:
+        """`refusals`: the codes that count as a refusal (default: every code not in
+        _UNKNOWN); any other answer leaves the outcome unknown, so the step is retried."""
         try:
             return await ds.call(method, request, idempotent=True, timeout=self.timeout)
         except aio.AioRpcError as err:
             detail = err.details() or err.code().name
-            if err.code() in _UNKNOWN:
+            if err.code() in _UNKNOWN or (refusals is not None and err.code() not in refusals):
                 raise StepUnknown(f"{ds.service}.{method}: {err.code().name}: {detail}") from None
             if err.code() is grpc.StatusCode.INVALID_ARGUMENT and method == "Charge":
                 raise StepRefused(f"{REASON_INVALID_CARD}: {detail}") from None
@@ -84,5 +90,9 @@ class GrpcPorts:
                          payment_pb2.RefundRequest(order_id=order_id, reason=reason))
 
     async def release(self, order_id: str) -> None:
+        # The saga reads a refused release as "already committed" and skips it, so only
+        # inventory's FAILED_PRECONDITION may say that; a misrouted or half-deployed
+        # inventory (UNIMPLEMENTED, PERMISSION_DENIED, ...) is retried instead.
         await self._call(self.inventory, "ReleaseStock",
-                         inventory_pb2.ReleaseStockRequest(order_id=order_id))
+                         inventory_pb2.ReleaseStockRequest(order_id=order_id),
+                         refusals=_RELEASE_REFUSALS)

@@ -269,6 +269,34 @@ async def test_open_breaker_does_not_use_up_compensation_attempts(store: OrderSt
     assert calls["ReleaseStock"] == 3  # two failures (the breaker opened), then the probe
 
 
+async def test_release_refused_for_another_reason_is_retried_not_skipped(
+        store: OrderStore) -> None:
+    """Only inventory's FAILED_PRECONDITION ("already committed") may skip a release; an
+    inventory that answers UNIMPLEMENTED (misrouted, half-deployed) must not leave the
+    stock reserved for good."""
+    calls: dict[str, int] = {}
+    inv_fail = {"ReleaseStock": [grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.NOT_FOUND]}
+    pay_fail = {"Charge": [grpc.StatusCode.FAILED_PRECONDITION]}  # declined: release next
+    inventory = Downstream("inventory", lambda ch: _ScriptedStub(inv_fail, calls),
+                           address="127.0.0.1:9",
+                           breaker=pybreaker.CircuitBreaker(fail_max=50, name="inv2"))
+    payment = Downstream("payment", lambda ch: _ScriptedStub(pay_fail, calls),
+                         address="127.0.0.1:9",
+                         breaker=pybreaker.CircuitBreaker(fail_max=50, name="pay2"))
+    runner = SagaRunner(store, GrpcPorts(inventory, payment, step_timeout_s=1.0),
+                        SagaConfig(owner="order-1", limits=FAST))
+    try:
+        order, state = await new_order(store, runner)
+        result = await asyncio.wait_for(runner.start(order, state), 5)
+    finally:
+        await inventory.close()
+        await payment.close()
+    assert result is not None and result.status is d.OrderStatus.CANCELLED
+    assert calls["ReleaseStock"] == 3  # two odd answers retried, then released
+    steps = [(h.step, h.outcome) for h in await store.history(order.id)]
+    assert ("release_stock", "skipped") not in steps
+
+
 async def _confirmed(store: OrderStore) -> tuple[d.Order, d.SagaState, SagaRunner]:
     runner = SagaRunner(store, FakePorts(), SagaConfig(owner="order-1", limits=FAST))
     order, state = await new_order(store, runner)
