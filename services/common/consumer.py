@@ -15,6 +15,12 @@ handler)`, `await handler(conn, env, payload)`) runs in a `db.transaction()` as 
 Every Route has an async `handler` (a tx handler gets an adapter), so a caller that runs
 one route by hand in its own transaction works with either kind.
 
+A route may also name a *skip check* (`Route.tx(..., skip=fn)`, `fn(tx, env, payload) ->
+bool`): a read that is True only when the event has no effect now and never will (the state
+it would act on has moved on for good). Events whose check says so are acked after one
+inline read (`db.read_now`), with no write and no inbox row: having no effect, a
+redelivery runs the same check and is the same no-op. Any other event goes the usual way.
+
 A partial batch is followed by a short linger (`linger_s`) before the next fetch, so a
 busy stream is handled in batches of several events rather than one fetch round trip and
 one transaction (one fsync) per event.
@@ -44,7 +50,8 @@ from services.common.db import Database, Tx, mark_outbox_dirty
 from services.common.dlq import dead_letter
 from services.common.events import STREAM
 
-__all__ = ["AfterCommit", "ConsumerStats", "EventConsumer", "Handler", "Route", "TxHandler"]
+__all__ = ["AfterCommit", "ConsumerStats", "EventConsumer", "Handler", "Route", "SkipCheck",
+           "TxHandler"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +59,8 @@ Envelope = envelope_pb2.Envelope
 # A handler acts only through `conn` (the consumer's transaction): it may be run again
 # after a rollback when another event of its batch failed.
 Handler = Callable[[aiosqlite.Connection, Envelope, Any], Awaitable[None]]
+# Read-only, on the read connection: True when the event can have no effect now or later.
+SkipCheck = Callable[[Tx, Envelope, Any], bool]
 # Run on the event loop after the handler's transaction committed.
 AfterCommit = Callable[[], None]
 # A handler as a plain function on the connection's thread (no awaits, nothing blocking):
@@ -68,11 +77,14 @@ class Route:
     handler: Handler
     # Set by Route.tx: the single-hop form of `handler`.
     tx_handler: TxHandler | None = None
+    # True when the event certainly has no effect (see the module doc); None: always handle.
+    skip: SkipCheck | None = None
 
     @classmethod
-    def tx(cls, subject: str, payload_type: type[Message], fn: TxHandler) -> Route:
+    def tx(cls, subject: str, payload_type: type[Message], fn: TxHandler, *,
+           skip: SkipCheck | None = None) -> Route:
         """A route whose handler runs on the connection's thread (see the module doc)."""
-        return cls(subject, payload_type, _as_async(fn), fn)
+        return cls(subject, payload_type, _as_async(fn), fn, skip)
 
 
 def _as_async(fn: TxHandler) -> Handler:
@@ -98,6 +110,8 @@ def _as_async(fn: TxHandler) -> Handler:
 class ConsumerStats:
     handled: int = 0
     duplicates: int = 0
+    # Acked without a write: their skip check said they could have no effect.
+    skipped: int = 0
     failed: int = 0
     dead_lettered: int = 0
 
@@ -200,6 +214,8 @@ class EventConsumer:
             decoded = await self._decode(msg)
             if decoded is not None:
                 good.append(decoded)
+        if any(d.route.skip is not None for d in good):
+            good = await self._skip_noops(good)
         if not good:
             return
         try:
@@ -215,6 +231,28 @@ class EventConsumer:
             await msg.ack()
         for d, err in failed:
             await self._retry_or_dead_letter(d, f"handler failed: {err!r}")
+
+    async def _skip_noops(self, batch: list[_Decoded]) -> list[_Decoded]:
+        """Ack the events whose skip check says they have no effect (one inline read for
+        the batch); the rest, to be handled as usual."""
+
+        def run(tx: Tx) -> list[bool]:
+            return [d.route.skip is not None and d.route.skip(tx, d.env, d.payload)
+                    for d in batch]
+
+        try:
+            noop = await self.db.read_now(run)
+        except Exception:  # the check is an optimisation: handle them all instead
+            log.warning("consumer %s: skip check failed", self.durable, exc_info=True)
+            return batch
+        rest: list[_Decoded] = []
+        for d, skip in zip(batch, noop, strict=True):
+            if skip:
+                await d.msg.ack()
+                self.stats.skipped += 1
+            else:
+                rest.append(d)
+        return rest
 
     async def _decode(self, msg: Msg) -> _Decoded | None:
         try:

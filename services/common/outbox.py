@@ -351,7 +351,9 @@ class OutboxRelay:
         """Publish one batch. True when a full batch went out (more may be waiting).
         Raises when a publish failed, after marking the acknowledged prefix sent."""
         batch = self.batch
-        rows: list[tuple[int, str, str, str, str, bytes]] = await self.db.read(
+        # A bounded read along outbox_unsent, inline on the read connection (no thread
+        # hop): woken by a commit, it sees every row committed before it.
+        rows: list[tuple[int, str, str, str, str, bytes]] = await self.db.read_now(
             lambda tx: [tuple(r) for r in tx.all(_SELECT_UNSENT, (batch,))])
         if not rows:
             return False

@@ -63,6 +63,19 @@ def reconcile_charge_sync(tx: Tx, order_id: str, *, charged: bool, error: str) -
     return True
 
 
+def charge_settled_sync(tx: Tx, order_id: str) -> bool:
+    """True when a payment event can no longer move the saga: it is past its charge step
+    for good (confirming, compensating or ended; a saga never returns to its charge). The
+    usual case, since the Charge call answered before the event came: the consumer then
+    acks the event with no write. A saga still at reserve or charge, or one not found, is
+    handled as before."""
+    state = store.saga_of_sync(tx, order_id)
+    if state is None:
+        return False
+    return state.status is not SagaStatus.RUNNING or \
+        state.step not in (Step.RESERVE, Step.CHARGE)
+
+
 def routes(poke: Callable[[str], None]) -> tuple[list[Route], list[Route]]:
     """(payment routes, shipment routes); `poke(order_id)` wakes the saga's driver (after
     the commit, so the driver reads the reconciled saga)."""
@@ -82,6 +95,10 @@ def routes(poke: Callable[[str], None]) -> tuple[list[Route], list[Route]]:
             return lambda: poke(order_id)
         return None
 
+    def settled(tx: Tx, envelope: Any,
+                payload: payment_pb2.PaymentCompleted | payment_pb2.PaymentFailed) -> bool:
+        return charge_settled_sync(tx, payload.payment.order_id)
+
     def on_shipped(tx: Tx, envelope: Any, payload: shipping_pb2.OrderShipped) -> None:
         order_id = payload.shipment.order_id
         saga = store.saga_of_sync(tx, order_id)
@@ -92,8 +109,9 @@ def routes(poke: Callable[[str], None]) -> tuple[list[Route], list[Route]]:
         store.mark_shipped_sync(tx, order_id, payload.shipment.tracking_number)
 
     payments = [
-        Route.tx(events.PAYMENT_COMPLETED, payment_pb2.PaymentCompleted, on_completed),
-        Route.tx(events.PAYMENT_FAILED, payment_pb2.PaymentFailed, on_failed),
+        Route.tx(events.PAYMENT_COMPLETED, payment_pb2.PaymentCompleted, on_completed,
+                 skip=settled),
+        Route.tx(events.PAYMENT_FAILED, payment_pb2.PaymentFailed, on_failed, skip=settled),
     ]
     shipments = [Route.tx(events.ORDER_SHIPPED, shipping_pb2.OrderShipped, on_shipped)]
     return payments, shipments

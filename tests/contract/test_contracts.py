@@ -14,7 +14,12 @@ BUF = Path(sys.executable).parent / "buf"
 
 
 def _tree(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != ".stamp"}
+    # Bytecode caches are not generated code (importing gen/ writes them).
+    return {
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and p.name != ".stamp" and "__pycache__" not in p.parts
+    }
 
 
 def test_generated_code_is_current(tmp_path: Path) -> None:

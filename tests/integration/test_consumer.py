@@ -18,7 +18,7 @@ from services.common.bus import Bus
 from services.common.consumer import EventConsumer, Route
 from services.common.db import Database
 from services.common.dlq import list_dead_letters
-from services.common.events import DLQ_STREAM, USER_CREATED
+from services.common.events import DLQ_STREAM, STREAM, USER_CREATED
 from services.common.outbox import new_envelope
 
 pytestmark = pytest.mark.timeout(60)
@@ -166,3 +166,44 @@ async def test_poison_message_goes_to_dlq_after_max_deliver(
 async def _dlq_count(bus: Bus, n: int) -> bool:
     info = await bus.js.stream_info(DLQ_STREAM)
     return info.state.messages >= n
+
+
+async def test_skip_check_acks_without_a_write(events_bus: Bus, tmp_path: Path) -> None:
+    """Events a route's skip check calls no-ops are acked with no handler run and no inbox
+    row (a redelivery is the same no-op); the others are handled with their inbox row."""
+    db = await Database.open(tmp_path / "s.db", schema=SCHEMA, durable=True)
+    handled: list[str] = []
+
+    def on_user(tx: Any, env: envelope_pb2.Envelope, payload: Any) -> None:
+        tx.execute("INSERT INTO welcome VALUES (?, ?)", (payload.user.id, env.id))
+        handled.append(payload.user.id)
+
+    def is_noop(tx: Any, env: envelope_pb2.Envelope, payload: Any) -> bool:
+        return bool(payload.user.id.startswith("skip"))
+
+    events = [user_event(f"skip{i}" if i % 2 else f"u{i}") for i in range(10)]
+    for env in events:
+        await events_bus.publish(env)
+    await publish_again(events_bus, events[1])  # a redelivered no-op: skipped again
+    consumer = EventConsumer(events_bus, db, durable="skipper", ack_wait_s=2, routes=[
+        Route.tx(USER_CREATED, user_pb2.UserCreated, on_user, skip=is_noop)])
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_for(lambda: _done(consumer, 11))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    try:
+        assert consumer.stats.skipped == 6 and consumer.stats.handled == 5
+        assert sorted(handled) == [f"u{i}" for i in range(0, 10, 2)]
+        assert [r[0] for r in await rows(db)] == [f"u{i}" for i in range(0, 10, 2)]
+        inbox = await db.read(lambda tx: tx.all("SELECT event_id FROM inbox"))
+        assert sorted(r[0] for r in inbox) == sorted(e.id for e in events[::2])
+        info = await events_bus.js.consumer_info(STREAM, "skipper")
+        assert info.num_ack_pending == 0 and info.num_pending == 0
+    finally:
+        await db.close()
+
+
+async def _done(c: EventConsumer, n: int) -> bool:
+    return c.stats.handled + c.stats.duplicates + c.stats.skipped >= n

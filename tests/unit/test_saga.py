@@ -344,3 +344,28 @@ async def test_shipment_loses_to_a_cancel_already_compensating(store: OrderStore
     assert got is not None and got.status is d.OrderStatus.CONFIRMED
     result = await asyncio.wait_for(runner.ensure(order.id), 5)
     assert result is not None and result.status is d.OrderStatus.CANCELLED
+
+
+async def test_payment_event_skip_check_only_past_the_charge(store: OrderStore) -> None:
+    """The payments consumer acks without a write only when the saga can never be moved by
+    the event again: at its charge (the reconcile case) it is handled as before."""
+    payments, _ = handlers.routes(lambda order_id: None)
+    skip = payments[0].skip
+    assert skip is not None and all(r.skip is skip for r in payments)
+    from shop.payment.v1 import payment_pb2
+
+    assert not await store.db.read_now(lambda tx: skip(tx, None, payment_pb2.PaymentCompleted(
+        payment=payment_pb2.Payment(order_id="no-such-order"))))
+    ports = FakePorts()
+    ports.charge_gate = asyncio.Event()
+    runner = SagaRunner(store, ports, SagaConfig(owner="order-1", limits=FAST))
+    order, state = await new_order(store, runner)
+    event = payment_pb2.PaymentCompleted(payment=payment_pb2.Payment(order_id=order.id))
+    assert not await store.db.read_now(lambda tx: skip(tx, None, event))  # at reserve
+    task = runner.start(order, state)
+    await asyncio.wait_for(ports.charging.wait(), 5)
+    assert not await store.db.read_now(lambda tx: skip(tx, None, event))  # at its charge
+    ports.charge_gate.set()
+    done = await asyncio.wait_for(task, 5)
+    assert done is not None and done.status is d.OrderStatus.CONFIRMED
+    assert await store.db.read_now(lambda tx: skip(tx, None, event))  # ended: a no-op
