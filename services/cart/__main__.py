@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-from grpc import aio
 from shop.cart.v1 import cart_pb2, cart_pb2_grpc
 from shop.product.v1 import product_pb2_grpc
 
@@ -19,7 +18,7 @@ from services.common.settings import Settings
 
 log = logging.getLogger("shop.cart")
 
-SERVICE_NAME = cart_pb2.DESCRIPTOR.services_by_name["CartService"].full_name
+SERVICE = cart_pb2.DESCRIPTOR.services_by_name["CartService"]
 
 
 async def build(settings: Settings) -> App:
@@ -31,11 +30,13 @@ async def build(settings: Settings) -> App:
     # NATS is down, and catches up from the durable consumer afterwards.
     events = EventWorkers(settings, db, relay=False, consumers=[ConsumerSpec(DURABLE, routes())])
 
-    def register(server: aio.Server) -> None:
-        cart_pb2_grpc.add_CartServiceServicer_to_server(servicer, server)
-
-    return App(grpc_services=[SERVICE_NAME], register=register, tasks=events.tasks,
-               on_stop=[*events.on_stop, products.close, db.close])
+    return App.serving(
+        SERVICE,
+        cart_pb2_grpc.add_CartServiceServicer_to_server,
+        servicer,
+        tasks=events.tasks,
+        on_stop=[*events.on_stop, products.close, db.close],
+    )
 
 
 def main() -> None:

@@ -17,9 +17,11 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -62,6 +64,24 @@ class App:
     register: Callable[[aio.Server], None]
     tasks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    @classmethod
+    def serving(
+        cls,
+        service: ServiceDescriptor,
+        add_to_server: Callable[[Any, aio.Server], None],
+        servicer: object,
+        *,
+        tasks: Sequence[Callable[[], Awaitable[None]]] = (),
+        on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
+    ) -> App:
+        """The App of a service with one gRPC servicer: `add_to_server` is the generated
+        `add_<Name>Servicer_to_server`, `service` its descriptor (health, reflection)."""
+
+        def register(server: aio.Server) -> None:
+            add_to_server(servicer, server)
+
+        return cls([service.full_name], register, list(tasks), list(on_stop))
 
 
 def _advertised(host: str, port: int) -> str:

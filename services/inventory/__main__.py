@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-from grpc import aio
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 
 from services.common.db import Database
@@ -17,7 +16,7 @@ from services.inventory.store import SCHEMA, InventoryStore
 
 log = logging.getLogger("shop.inventory")
 
-SERVICE_NAME = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name
+SERVICE = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"]
 
 
 async def build(settings: Settings) -> App:
@@ -30,11 +29,13 @@ async def build(settings: Settings) -> App:
     # in the outbox) while NATS is down.
     events = EventWorkers(settings, db, relay=True)
 
-    def register(server: aio.Server) -> None:
-        inventory_pb2_grpc.add_InventoryServiceServicer_to_server(servicer, server)
-
-    return App(grpc_services=[SERVICE_NAME], register=register, tasks=events.tasks,
-               on_stop=[*events.on_stop, db.close])
+    return App.serving(
+        SERVICE,
+        inventory_pb2_grpc.add_InventoryServiceServicer_to_server,
+        servicer,
+        tasks=events.tasks,
+        on_stop=[*events.on_stop, db.close],
+    )
 
 
 def main() -> None:

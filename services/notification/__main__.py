@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from grpc import aio
 from shop.notification.v1 import notification_pb2, notification_pb2_grpc
 
 from services.common.db import Database
@@ -13,23 +12,22 @@ from services.notification import handlers
 from services.notification.servicer import NotificationServicer
 from services.notification.store import SCHEMA, NotificationStore
 
-SERVICE_NAME = notification_pb2.DESCRIPTOR.services_by_name["NotificationService"].full_name
+SERVICE = notification_pb2.DESCRIPTOR.services_by_name["NotificationService"]
 
 
 async def build(settings: Settings) -> App:
     # Messages are re-creatable from the stream, so NORMAL sync is enough here.
     db = await Database.open(settings.db_path, schema=SCHEMA, durable=False)
     # Consumes once NATS answers; the durable consumer catches up on what it missed.
-    events = EventWorkers(settings, db, relay=False, consumers=[
-        ConsumerSpec(handlers.DURABLE, handlers.routes())])
+    events = EventWorkers(
+        settings, db, relay=False, consumers=[ConsumerSpec(handlers.DURABLE, handlers.routes())]
+    )
     servicer = NotificationServicer(NotificationStore(db))
 
-    def register(server: aio.Server) -> None:
-        notification_pb2_grpc.add_NotificationServiceServicer_to_server(servicer, server)
-
-    return App(
-        grpc_services=[SERVICE_NAME],
-        register=register,
+    return App.serving(
+        SERVICE,
+        notification_pb2_grpc.add_NotificationServiceServicer_to_server,
+        servicer,
         tasks=events.tasks,
         on_stop=[*events.on_stop, db.close],
     )

@@ -11,7 +11,6 @@ Settings beyond the shared ones (all optional):
 
 from __future__ import annotations
 
-from grpc import aio
 from shop.cart.v1 import cart_pb2_grpc
 from shop.inventory.v1 import inventory_pb2_grpc
 from shop.order.v1 import order_pb2, order_pb2_grpc
@@ -31,15 +30,14 @@ from services.order.saga import SagaConfig, SagaRunner
 from services.order.servicer import OrderServicer, Peers
 from services.order.store import SCHEMA, OrderStore
 
-SERVICE_NAME = order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
+SERVICE = order_pb2.DESCRIPTOR.services_by_name["OrderService"]
 
 
 async def build(settings: Settings) -> App:
     db = await Database.open(settings.db_path, schema=SCHEMA, durable=True)
     store = OrderStore(db)
     step_timeout = env_float("SHOP_SAGA_STEP_TIMEOUT_S", 3.0)
-    inventory = Downstream("inventory", inventory_pb2_grpc.InventoryServiceStub,
-                           cap_s=step_timeout)
+    inventory = Downstream("inventory", inventory_pb2_grpc.InventoryServiceStub, cap_s=step_timeout)
     payment = Downstream("payment", payment_pb2_grpc.PaymentServiceStub, cap_s=step_timeout)
     peers = Peers(
         users=Downstream("user", user_pb2_grpc.UserServiceStub, cap_s=2.0),
@@ -52,20 +50,23 @@ async def build(settings: Settings) -> App:
         compensation=env_int("SHOP_SAGA_COMPENSATION_ATTEMPTS", 8),
     )
     # The instance id is the lease owner: a restarted instance resumes its own sagas at once.
-    config = SagaConfig(owner=settings.instance_id, limits=limits,
-                        lease_s=env_float("SHOP_SAGA_LEASE_S", 10.0))
-    runner = SagaRunner(store, GrpcPorts(inventory, payment, step_timeout_s=step_timeout),
-                        config)
-    servicer = OrderServicer(store, runner, peers,
-                             budget_s=env_float("SHOP_ORDER_SAGA_BUDGET_S", 5.0))
+    config = SagaConfig(
+        owner=settings.instance_id, limits=limits, lease_s=env_float("SHOP_SAGA_LEASE_S", 10.0)
+    )
+    runner = SagaRunner(store, GrpcPorts(inventory, payment, step_timeout_s=step_timeout), config)
+    servicer = OrderServicer(
+        store, runner, peers, budget_s=env_float("SHOP_ORDER_SAGA_BUDGET_S", 5.0)
+    )
     payment_routes, shipment_routes = handlers.routes(runner.poke)
-    events = EventWorkers(settings, db, relay=True, consumers=[
-        ConsumerSpec(handlers.PAYMENTS_DURABLE, payment_routes),
-        ConsumerSpec(handlers.SHIPMENTS_DURABLE, shipment_routes),
-    ])
-
-    def register(server: aio.Server) -> None:
-        order_pb2_grpc.add_OrderServiceServicer_to_server(servicer, server)
+    events = EventWorkers(
+        settings,
+        db,
+        relay=True,
+        consumers=[
+            ConsumerSpec(handlers.PAYMENTS_DURABLE, payment_routes),
+            ConsumerSpec(handlers.SHIPMENTS_DURABLE, shipment_routes),
+        ],
+    )
 
     async def stop() -> None:
         await runner.close()
@@ -74,9 +75,10 @@ async def build(settings: Settings) -> App:
         await events.close()
         await db.close()
 
-    return App(
-        grpc_services=[SERVICE_NAME],
-        register=register,
+    return App.serving(
+        SERVICE,
+        order_pb2_grpc.add_OrderServiceServicer_to_server,
+        servicer,
         tasks=[*events.tasks, runner.resume_loop, runner.heartbeat_loop],
         on_stop=[stop],
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from grpc import aio
 from shop.payment.v1 import payment_pb2, payment_pb2_grpc
 
 from services.common.db import Database
@@ -12,7 +11,7 @@ from services.common.settings import Settings
 from services.payment.servicer import PaymentServicer
 from services.payment.store import SCHEMA, PaymentStore
 
-SERVICE_NAME = payment_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name
+SERVICE = payment_pb2.DESCRIPTOR.services_by_name["PaymentService"]
 
 
 async def build(settings: Settings) -> App:
@@ -22,12 +21,10 @@ async def build(settings: Settings) -> App:
     # NATS in the background: Charge is served while it is down (events wait in the outbox).
     events = EventWorkers(settings, db, relay=True)
 
-    def register(server: aio.Server) -> None:
-        payment_pb2_grpc.add_PaymentServiceServicer_to_server(servicer, server)
-
-    return App(
-        grpc_services=[SERVICE_NAME],
-        register=register,
+    return App.serving(
+        SERVICE,
+        payment_pb2_grpc.add_PaymentServiceServicer_to_server,
+        servicer,
         tasks=events.tasks,
         # The event task (relay, lease handed back) is already cancelled when on_stop runs.
         on_stop=[*events.on_stop, db.close],

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 
-from grpc import aio
 from shop.product.v1 import product_pb2, product_pb2_grpc
 
 from services.common.db import Database
@@ -16,7 +15,7 @@ from services.product.domain import Catalogue, Product
 from services.product.servicer import ProductServicer
 from services.product.store import SCHEMA, ProductStore
 
-SERVICE_NAME = product_pb2.DESCRIPTOR.services_by_name["ProductService"].full_name
+SERVICE = product_pb2.DESCRIPTOR.services_by_name["ProductService"]
 
 log = logging.getLogger("shop.product")
 
@@ -32,18 +31,19 @@ async def build(settings: Settings) -> App:
     seeded = await store.seed(DEMO_PRODUCTS)
     servicer = ProductServicer(store, Catalogue())
     await servicer.catch_up()
-    log.info("catalogue loaded",
-             extra={"products": len(servicer.catalogue), "seeded": seeded})
+    log.info("catalogue loaded", extra={"products": len(servicer.catalogue), "seeded": seeded})
     refresh_s = env_float("PRODUCT_REFRESH_S", 1.0)
-
-    def register(server: aio.Server) -> None:
-        product_pb2_grpc.add_ProductServiceServicer_to_server(servicer, server)
 
     async def follow() -> None:
         await servicer.follow(refresh_s)
 
-    return App(grpc_services=[SERVICE_NAME], register=register, tasks=[follow],
-               on_stop=[db.close])
+    return App.serving(
+        SERVICE,
+        product_pb2_grpc.add_ProductServiceServicer_to_server,
+        servicer,
+        tasks=[follow],
+        on_stop=[db.close],
+    )
 
 
 def main() -> None:

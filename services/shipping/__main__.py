@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from grpc import aio
 from shop.shipping.v1 import shipping_pb2, shipping_pb2_grpc
 
 from services.common.db import Database
@@ -13,23 +12,22 @@ from services.shipping import handlers
 from services.shipping.servicer import ShippingServicer
 from services.shipping.store import SCHEMA, ShippingStore
 
-SERVICE_NAME = shipping_pb2.DESCRIPTOR.services_by_name["ShippingService"].full_name
+SERVICE = shipping_pb2.DESCRIPTOR.services_by_name["ShippingService"]
 
 
 async def build(settings: Settings) -> App:
     # durable: a lost commit would re-ship an acknowledged order with a new tracking number.
     db = await Database.open(settings.db_path, schema=SCHEMA, durable=True)
     # order.confirmed in, order.shipped out (outbox), both once NATS answers.
-    events = EventWorkers(settings, db, relay=True, consumers=[
-        ConsumerSpec(handlers.DURABLE, handlers.routes())])
+    events = EventWorkers(
+        settings, db, relay=True, consumers=[ConsumerSpec(handlers.DURABLE, handlers.routes())]
+    )
     servicer = ShippingServicer(ShippingStore(db))
 
-    def register(server: aio.Server) -> None:
-        shipping_pb2_grpc.add_ShippingServiceServicer_to_server(servicer, server)
-
-    return App(
-        grpc_services=[SERVICE_NAME],
-        register=register,
+    return App.serving(
+        SERVICE,
+        shipping_pb2_grpc.add_ShippingServiceServicer_to_server,
+        servicer,
         tasks=events.tasks,
         on_stop=[*events.on_stop, db.close],
     )

@@ -7,7 +7,6 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from grpc import aio
 from shop.user.v1 import user_pb2, user_pb2_grpc
 
 from services.common.db import Database
@@ -19,7 +18,7 @@ from services.user.servicer import UserServicer
 from services.user.store import SCHEMA, UserStore
 from services.user.tokens import KeyRing, TokenSettings
 
-SERVICE_NAME = user_pb2.DESCRIPTOR.services_by_name["UserService"].full_name
+SERVICE = user_pb2.DESCRIPTOR.services_by_name["UserService"]
 
 log = logging.getLogger("shop.user")
 
@@ -30,10 +29,10 @@ async def build(settings: Settings) -> App:
     logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.root.level))
     # Accounts and their events: every commit on disk before CreateUser answers.
     db = await Database.open(settings.db_path, schema=SCHEMA, durable=True)
-    keys = await asyncio.to_thread(KeyRing.load_or_create, settings.data_dir / "keys",
-                                   TokenSettings.from_env())
-    hasher = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
-                                thread_name_prefix="scrypt")
+    keys = await asyncio.to_thread(
+        KeyRing.load_or_create, settings.data_dir / "keys", TokenSettings.from_env()
+    )
+    hasher = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="scrypt")
     # Made now, so the first login for an unknown email is not slower than the rest.
     await asyncio.get_running_loop().run_in_executor(hasher, domain.dummy_hash)
     servicer = UserServicer(UserStore(db), keys, hasher)
@@ -41,16 +40,14 @@ async def build(settings: Settings) -> App:
     # events queue up in the outbox meanwhile.
     events = EventWorkers(settings, db, relay=True)
 
-    def register(server: aio.Server) -> None:
-        user_pb2_grpc.add_UserServiceServicer_to_server(servicer, server)
-
     async def stop_hasher() -> None:
         hasher.shutdown(wait=False, cancel_futures=True)
 
     log.info("signing keys loaded", extra={"kids": [k.kid for k in keys.keys]})
-    return App(
-        grpc_services=[SERVICE_NAME],
-        register=register,
+    return App.serving(
+        SERVICE,
+        user_pb2_grpc.add_UserServiceServicer_to_server,
+        servicer,
         tasks=events.tasks,
         # The event task (relay, lease handed back) is already cancelled when on_stop runs.
         on_stop=[stop_hasher, *events.on_stop, db.close],
