@@ -10,7 +10,6 @@ own, and their timeouts must not open the breakers every other route shares.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
@@ -19,12 +18,10 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2_grpc
 
 from gateway.rules import HttpRule
-from services.common.breakers import is_failure
+from services.common.breakers import new_breaker
 from services.common.clients import Downstream
 from services.common.errors import Unavailable
 from services.common.settings import SERVICES
-
-log = logging.getLogger("shop.breaker")
 
 
 class Caller(Protocol):
@@ -73,37 +70,10 @@ async def close_all(*groups: Mapping[str, Caller]) -> None:
 DASHBOARD_PARTS = ("user", "order", "notification")
 
 
-class _BreakerLog(pybreaker.CircuitBreakerListener):
-    def state_change(
-        self,
-        cb: pybreaker.CircuitBreaker,
-        old_state: pybreaker.CircuitBreakerState | None,
-        new_state: pybreaker.CircuitBreakerState,
-    ) -> None:
-        old = old_state.name if old_state is not None else None
-        level = logging.WARNING if new_state.name == "open" else logging.INFO
-        log.log(
-            level,
-            "circuit breaker state change",
-            extra={"downstream": cb.name, "from": old, "to": new_state.name},
-        )
-
-
-def _not_a_failure(exc: BaseException) -> bool:
-    return not is_failure(exc)
-
-
 def part_breaker(name: str, *, fail_max: int, reset_s: float) -> pybreaker.CircuitBreaker:
     """A breaker of its own for one dashboard part ("dashboard.<service>"): the part's
     short deadline trips only this one, never the service breaker every route shares."""
-    return pybreaker.CircuitBreaker(
-        fail_max=fail_max,
-        reset_timeout=reset_s,
-        exclude=[_not_a_failure],
-        listeners=[_BreakerLog()],
-        name=name,
-        throw_new_error_on_trip=False,
-    )
+    return new_breaker(name, fail_max=fail_max, reset_timeout=reset_s)
 
 
 class _BreakerCaller:

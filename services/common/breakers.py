@@ -72,17 +72,27 @@ def breaker_for(service: str) -> pybreaker.CircuitBreaker:
     """
     breaker = _registry.get(service)
     if breaker is None:
-        breaker = pybreaker.CircuitBreaker(
+        breaker = new_breaker(
+            service,
             fail_max=env_int("SHOP_BREAKER_FAIL_MAX", 5),
             reset_timeout=env_float("SHOP_BREAKER_RESET_S", 30.0),
-            exclude=[_not_a_failure],
-            listeners=[_StateLogger()],
-            name=service,
-            # Callers see the real error of the call that tripped it, not a generic one.
-            throw_new_error_on_trip=False,
         )
         _registry[service] = breaker
     return breaker
+
+
+def new_breaker(name: str, *, fail_max: int, reset_timeout: float) -> pybreaker.CircuitBreaker:
+    """A breaker with shop's rules (what counts as a failure, state changes logged), outside
+    the per-service registry: for a caller that needs one of its own (a dashboard part)."""
+    return pybreaker.CircuitBreaker(
+        fail_max=fail_max,
+        reset_timeout=reset_timeout,
+        exclude=[_not_a_failure],
+        listeners=[_StateLogger()],
+        name=name,
+        # Callers see the real error of the call that tripped it, not a generic one.
+        throw_new_error_on_trip=False,
+    )
 
 
 def breaker_states() -> dict[str, str]:
