@@ -35,6 +35,7 @@ from shop.user.v1 import user_pb2, user_pb2_grpc
 from ops.process import System
 from services.common.events import CATALOGUE, DLQ_STREAM, STREAM
 from services.common.settings import SERVICES
+from tests.support.outboxes import unsent_outbox_rows
 
 BOOKKEEPING = {"inbox", "outbox", "outbox_lease"}
 SETTLE_WITHIN_S = 30.0
@@ -114,12 +115,6 @@ def db_paths(system: System) -> dict[str, Path]:
     missing = [str(p) for p in paths.values() if not p.is_file()]
     assert not missing, f"service databases not found: {missing}"
     return paths
-
-
-def unsent_outbox_rows(path: Path) -> int:
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
-        return int(conn.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
-                   .fetchone()[0])
 
 
 def snapshot(path: Path) -> dict[str, list[tuple[Any, ...]]]:

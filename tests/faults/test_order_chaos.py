@@ -16,7 +16,6 @@ import logging
 import os
 import random
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,12 +26,12 @@ import pytest
 from grpc import aio
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.order.v1 import order_pb2, order_pb2_grpc
-from shop.user.v1 import user_pb2, user_pb2_grpc
 
 from ops.natsd import NatsServer
 from ops.process import System, start_system
 from tests.fixtures_services import START_TIMEOUT_S, TEST_ENV
 from tests.support.invariants import check_invariants
+from tests.support.users import create_users
 
 log = logging.getLogger("shop.tests.chaos")
 
@@ -82,21 +81,6 @@ def chaos_system(fresh_nats: NatsServer, data_dir: Path) -> Iterator[System]:
         sysm.stop()
 
 
-async def _make_users(addr: str, n: int) -> list[str]:
-    async with aio.insecure_channel(addr) as chan:
-        stub = user_pb2_grpc.UserServiceStub(chan)
-        sem = asyncio.Semaphore(8)
-
-        async def one(i: int) -> str:
-            async with sem:
-                reply = await stub.CreateUser(user_pb2.CreateUserRequest(
-                    email=f"chaos-{i}-{uuid.uuid4().hex[:6]}@example.com", name=f"Chaos {i}",
-                    password="long enough password"), timeout=20)
-                return str(reply.user.id)
-
-        return list(await asyncio.gather(*(one(i) for i in range(n))))
-
-
 async def _set_stock(addr: str, stock: dict[str, int]) -> None:
     async with aio.insecure_channel(addr) as chan:
         stub = inventory_pb2_grpc.InventoryServiceStub(chan)
@@ -132,7 +116,7 @@ async def _chaos(sysm: System, plan: Plan, t0: float, done: list[int], rng: rand
 async def _run(sysm: System, plan: Plan) -> None:
     rng = random.Random(os.environ.get("SHOP_CHAOS_SEED") or None)
     stock = {p: n * plan.scarce_factor for p, n in SCARCE.items()} | PLENTY
-    users, _ = await asyncio.gather(_make_users(sysm.addr("user"), plan.users),
+    users, _ = await asyncio.gather(create_users(sysm.addr("user"), plan.users, "chaos"),
                                      _set_stock(sysm.addr("inventory"), stock))
     outcomes: Counter[str] = Counter()
     created: set[str] = set()

@@ -12,13 +12,11 @@ from pathlib import Path
 
 import pytest
 from shop.events.v1 import envelope_pb2
-from shop.order.v1 import order_pb2
 
 from ops.natsd import NatsServer
 from services.common.bus import Bus
-from services.common.db import Database
-from services.common.events import ORDER_CREATED, STREAM
-from services.common.outbox import enqueue
+from services.common.events import STREAM
+from tests.support.outboxes import fill_outbox, unsent_outbox_rows
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -26,26 +24,6 @@ ROOT = Path(__file__).resolve().parents[2]
 N_EVENTS = 500
 
 
-async def _fill(db_path: Path) -> list[tuple[str, str]]:
-    db = await Database.open(db_path, schema="", durable=True)
-    out = []
-    try:
-        for i in range(N_EVENTS):
-            async with db.transaction() as conn:
-                agg = f"order-{i % 7}"
-                out.append((await enqueue(conn, ORDER_CREATED, order_pb2.OrderCreated(),
-                                          source="order", aggregate_id=agg), agg))
-    finally:
-        await db.close()
-    return out
-
-
-def _pending(db_path: Path) -> int:
-    import sqlite3
-
-    with sqlite3.connect(db_path, timeout=10) as conn:
-        return int(conn.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
-                   .fetchone()[0])
 
 
 def _start(db_path: Path, url: str) -> subprocess.Popen[str]:
@@ -72,12 +50,12 @@ async def _stream(url: str) -> list[envelope_pb2.Envelope]:
 
 def test_relay_survives_kill_9(tmp_path: Path, fresh_nats: NatsServer) -> None:
     db_path = tmp_path / "order.db"
-    expected = asyncio.run(_fill(db_path))
+    expected = asyncio.run(fill_outbox(db_path, N_EVENTS, durable=True))
     rng = random.Random(7)
     kills = 0
     progress: list[int] = []
     deadline = time.monotonic() + 90
-    while kills < 5 or _pending(db_path):
+    while kills < 5 or unsent_outbox_rows(db_path):
         assert time.monotonic() < deadline, "outbox never drained"
         proc = _start(db_path, fresh_nats.url)
         try:
@@ -93,7 +71,7 @@ def test_relay_survives_kill_9(tmp_path: Path, fresh_nats: NatsServer) -> None:
             proc.wait()
             if proc.stdout is not None:
                 proc.stdout.close()
-        progress.append(_pending(db_path))
+        progress.append(unsent_outbox_rows(db_path))
     assert kills >= 5
     print("pending after each run:", progress)
     # The kills really landed mid-drain: some killed run left work behind.

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,13 +26,13 @@ from grpc import aio
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.notification.v1 import notification_pb2, notification_pb2_grpc
 from shop.order.v1 import order_pb2, order_pb2_grpc
-from shop.user.v1 import user_pb2, user_pb2_grpc
 
 from ops.natsd import NatsServer
 from ops.process import ServiceProcess, System, start_system
 from services.common.registry import list_instances
 from tests.fixtures_services import START_TIMEOUT_S, TEST_ENV
 from tests.support.invariants import check_invariants
+from tests.support.users import create_users
 
 TTL_S = 2.0
 ENV = {
@@ -90,21 +89,6 @@ def _rpc_count(proc: ServiceProcess, method: str) -> int:
     return count
 
 
-async def _create_users(addr: str, n: int, tag: str) -> list[str]:
-    async with aio.insecure_channel(addr) as chan:
-        stub = user_pb2_grpc.UserServiceStub(chan)
-        sem = asyncio.Semaphore(8)
-
-        async def one(i: int) -> str:
-            async with sem:
-                reply = await stub.CreateUser(user_pb2.CreateUserRequest(
-                    email=f"{tag}-{i}-{uuid.uuid4().hex[:6]}@example.com", name=f"Scale {i}",
-                    password="long enough password"), timeout=20)
-                return str(reply.user.id)
-
-        return list(await asyncio.gather(*(one(i) for i in range(n))))
-
-
 async def _gone_after(url: str, instance: str, since: float) -> float:
     """Seconds from `since` until `instance` is no longer in the registry."""
     while True:
@@ -121,7 +105,7 @@ async def test_kill_one_payment_instance_under_order_load(scaled: System) -> Non
     pay1, pay2 = scaled.instances("payment")
     url = scaled.nats_url
 
-    users = await _create_users(scaled.addr("user"), 4, "order")
+    users = await create_users(scaled.addr("user"), 4, "order")
     async with aio.insecure_channel(scaled.addr("inventory")) as chan:
         await inventory_pb2_grpc.InventoryServiceStub(chan).SetStock(
             inventory_pb2.SetStockRequest(product_id=PRODUCT, available=STOCK[PRODUCT]),
@@ -190,7 +174,7 @@ async def test_kill_one_payment_instance_under_order_load(scaled: System) -> Non
 
 async def test_two_notification_instances_one_welcome_per_user(scaled: System) -> None:
     n = 30
-    users = await _create_users(scaled.addr("user"), n, "welcome")  # n user.created events
+    users = await create_users(scaled.addr("user"), n, "welcome")  # n user.created events
     welcome = notification_pb2.NOTIFICATION_KIND_WELCOME
     counts: dict[str, int] = {}
     async with aio.insecure_channel(scaled.addr("notification")) as chan:

@@ -24,7 +24,6 @@ import pytest
 from grpc import aio
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from shop.events.v1 import envelope_pb2
-from shop.order.v1 import order_pb2
 from shop.payment.v1 import payment_pb2 as pb
 from shop.payment.v1 import payment_pb2_grpc
 
@@ -32,9 +31,10 @@ from ops.natsd import NatsServer
 from services.common import events
 from services.common.bus import Bus
 from services.common.db import Database
-from services.common.events import ORDER_CREATED, STREAM
-from services.common.outbox import OutboxRelay, enqueue
+from services.common.events import STREAM
+from services.common.outbox import OutboxRelay
 from tests.fixtures_services import ServiceFactory
+from tests.support.outboxes import fill_outbox, unsent_outbox_rows
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -116,26 +116,6 @@ async def test_payment_serves_with_nats_down_and_publishes_once_it_is_up(
 # -- the relay lease ----------------------------------------------------------------
 
 
-async def _fill(db_path: Path, n: int, start: int = 0) -> list[tuple[str, str]]:
-    db = await Database.open(db_path, schema="", durable=False)
-    out = []
-    try:
-        for i in range(start, start + n):
-            async with db.transaction() as conn:
-                agg = f"order-{i % 7}"
-                out.append((await enqueue(conn, ORDER_CREATED, order_pb2.OrderCreated(),
-                                          source="order", aggregate_id=agg), agg))
-    finally:
-        await db.close()
-    return out
-
-
-def _pending(db_path: Path) -> int:
-    with sqlite3.connect(db_path, timeout=10) as conn:
-        return int(conn.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
-                   .fetchone()[0])
-
-
 async def _stream(url: str) -> list[envelope_pb2.Envelope]:
     bus = await Bus.connect(url, name="check")
     try:
@@ -174,7 +154,7 @@ async def two_buses(fresh_nats: NatsServer) -> AsyncIterator[tuple[Bus, Bus]]:
 async def test_two_relays_on_one_file_publish_each_event_once(
         tmp_path: Path, fresh_nats: NatsServer, two_buses: tuple[Bus, Bus]) -> None:
     db_path = tmp_path / "payment.db"
-    expected = await _fill(db_path, N_EVENTS)
+    expected = await fill_outbox(db_path, N_EVENTS)
     dbs = [await Database.open(db_path, schema="", durable=False) for _ in range(2)]
     relays = [OutboxRelay(db, bus, batch=16, poll_s=0.05, owner=f"payment-{i + 1}",
                           lease_s=1.0)
@@ -182,7 +162,7 @@ async def test_two_relays_on_one_file_publish_each_event_once(
     tasks = [asyncio.create_task(r.run()) for r in relays]
     try:
         deadline = time.monotonic() + 30
-        while _pending(db_path):
+        while unsent_outbox_rows(db_path):
             assert time.monotonic() < deadline, "outbox did not drain"
             await asyncio.sleep(0.05)
         await asyncio.sleep(1.5)  # past a lease period: a second publisher would show
@@ -235,7 +215,7 @@ class _Worker:
 
 def _wait_drained(db_path: Path, timeout_s: float) -> float:
     t0 = time.monotonic()
-    while _pending(db_path):
+    while unsent_outbox_rows(db_path):
         assert time.monotonic() - t0 < timeout_s, "outbox did not drain"
         time.sleep(0.02)
     return time.monotonic() - t0
@@ -246,7 +226,7 @@ def test_kill_9_of_the_active_relay_hands_over_at_once(
     """The holder is a dead process of this machine: the standby need not wait out the
     (here 60 s) lease."""
     db_path = tmp_path / "payment.db"
-    expected = asyncio.run(_fill(db_path, N_EVENTS))
+    expected = asyncio.run(fill_outbox(db_path, N_EVENTS))
     workers: list[_Worker] = []
     try:
         a = _Worker(db_path, fresh_nats.url, "payment-1", 60.0)
@@ -255,7 +235,7 @@ def test_kill_9_of_the_active_relay_hands_over_at_once(
         b = _Worker(db_path, fresh_nats.url, "payment-2", 60.0)
         workers.append(b)
         time.sleep(0.3)
-        remaining = _pending(db_path)
+        remaining = unsent_outbox_rows(db_path)
         assert 0 < remaining < N_EVENTS, f"kill should land mid-drain ({remaining} left)"
         a.proc.kill()
         a.proc.wait()
@@ -276,7 +256,7 @@ def test_frozen_relay_loses_the_lease_after_expiry_and_stays_standby(
     """SIGSTOP: the holder looks alive, so the standby waits for the expiry; once thawed
     the old holder finds its lease gone and publishes nothing more."""
     db_path = tmp_path / "payment.db"
-    expected = asyncio.run(_fill(db_path, N_EVENTS))
+    expected = asyncio.run(fill_outbox(db_path, N_EVENTS))
     workers: list[_Worker] = []
     try:
         a = _Worker(db_path, fresh_nats.url, "payment-1", 1.0)
@@ -286,13 +266,13 @@ def test_frozen_relay_loses_the_lease_after_expiry_and_stays_standby(
         workers.append(b)
         time.sleep(0.3)
         a.proc.send_signal(signal.SIGSTOP)
-        remaining = _pending(db_path)
+        remaining = unsent_outbox_rows(db_path)
         assert 0 < remaining < N_EVENTS, f"stop should land mid-drain ({remaining} left)"
         assert _wait_drained(db_path, 15.0) > 0.5, "took over before the lease expired"
         assert b.expect() == "active"
         a.proc.send_signal(signal.SIGCONT)
         time.sleep(1.0)
-        expected += asyncio.run(_fill(db_path, 50, start=N_EVENTS))
+        expected += asyncio.run(fill_outbox(db_path, 50, start=N_EVENTS))
         _wait_drained(db_path, 15.0)
         a_stats, b_stats = a.stats(), b.stats()
         assert (a_stats["leases"], b_stats["leases"]) == (1, 1)

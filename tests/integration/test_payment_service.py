@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable
 
 import grpc
 import pytest
 from grpc import aio
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from shop.events.v1 import envelope_pb2
 from shop.payment.v1 import payment_pb2 as pb
 from shop.payment.v1 import payment_pb2_grpc
@@ -18,6 +16,7 @@ from ops.natsd import NatsServer
 from services.common import events
 from services.common.bus import Bus
 from tests.fixtures_services import ServiceFactory
+from tests.support.streams import events_on
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,33 +37,6 @@ async def bus(fresh_nats: NatsServer) -> AsyncIterator[Bus]:
         yield b
     finally:
         await b.close()
-
-
-async def events_on(bus: Bus, subject: str, *, at_least: int, settle_s: float = 1.0,
-                    timeout_s: float = 15.0) -> list[envelope_pb2.Envelope]:
-    """Every event on `subject` in the stream, once at least `at_least` arrived and
-    nothing more came for `settle_s` (so a duplicate would be seen)."""
-    deadline = time.monotonic() + timeout_s
-    got: list[envelope_pb2.Envelope] = []
-    sub = await bus.js.pull_subscribe(
-        subject, stream=events.STREAM, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
-    try:
-        quiet_since = time.monotonic()
-        while True:
-            try:
-                msgs = await sub.fetch(100, timeout=0.2)
-            except TimeoutError:
-                msgs = []
-            for m in msgs:
-                got.append(envelope_pb2.Envelope.FromString(m.data))
-                await m.ack()
-            if msgs:
-                quiet_since = time.monotonic()
-            if len(got) >= at_least and time.monotonic() - quiet_since >= settle_s:
-                return got
-            assert time.monotonic() < deadline, f"{len(got)} {subject} events, want {at_least}"
-    finally:
-        await sub.unsubscribe()
 
 
 def unpack(env: envelope_pb2.Envelope, msg_type: type[pb.PaymentCompleted]

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Awaitable
 import grpc
 import pytest
 from grpc import aio
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from shop.events.v1 import envelope_pb2
 from shop.order.v1 import order_pb2
 from shop.shipping.v1 import shipping_pb2 as pb
@@ -23,6 +22,7 @@ from services.common import events
 from services.common.bus import Bus
 from services.common.outbox import new_envelope
 from tests.fixtures_services import ServiceFactory
+from tests.support.streams import events_on
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -62,33 +62,15 @@ async def redeliver(bus: Bus, env: envelope_pb2.Envelope) -> None:
 async def shipped_events(bus: Bus, *, at_least: int, settle_s: float = 1.0,
                          timeout_s: float = 20.0) -> list[pb.OrderShipped]:
     """Every order.shipped in the stream once `at_least` arrived and it stayed quiet."""
-    deadline = time.monotonic() + timeout_s
     got: list[pb.OrderShipped] = []
-    sub = await bus.js.pull_subscribe(
-        events.ORDER_SHIPPED, stream=events.STREAM,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
-    try:
-        quiet_since = time.monotonic()
-        while True:
-            try:
-                msgs = await sub.fetch(100, timeout=0.2)
-            except TimeoutError:
-                msgs = []
-            for m in msgs:
-                env = envelope_pb2.Envelope.FromString(m.data)
-                assert env.source == "shipping"
-                msg = pb.OrderShipped()
-                assert env.payload.Unpack(msg)
-                assert env.aggregate_id == msg.shipment.order_id
-                got.append(msg)
-                await m.ack()
-            if msgs:
-                quiet_since = time.monotonic()
-            if len(got) >= at_least and time.monotonic() - quiet_since >= settle_s:
-                return got
-            assert time.monotonic() < deadline, f"{len(got)} order.shipped, want {at_least}"
-    finally:
-        await sub.unsubscribe()
+    for env in await events_on(bus, events.ORDER_SHIPPED, at_least=at_least,
+                               settle_s=settle_s, timeout_s=timeout_s):
+        assert env.source == "shipping"
+        msg = pb.OrderShipped()
+        assert env.payload.Unpack(msg)
+        assert env.aggregate_id == msg.shipment.order_id
+        got.append(msg)
+    return got
 
 
 async def get_shipment(stub: Stub, order_id: str, timeout_s: float = 20.0) -> pb.Shipment:

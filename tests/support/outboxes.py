@@ -1,0 +1,36 @@
+"""Filling and reading outbox tables directly, for the relay's tests."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from shop.order.v1 import order_pb2
+
+from services.common.db import Database
+from services.common.events import ORDER_CREATED
+from services.common.outbox import enqueue
+
+
+async def fill_outbox(db_path: Path, n: int, *, start: int = 0,
+                      durable: bool = False) -> list[tuple[str, str]]:
+    """Enqueue `n` order.created events over 7 aggregates, one transaction each;
+    returns (event id, aggregate id) in commit order."""
+    db = await Database.open(db_path, schema="", durable=durable)
+    out = []
+    try:
+        for i in range(start, start + n):
+            async with db.transaction() as conn:
+                agg = f"order-{i % 7}"
+                out.append((await enqueue(conn, ORDER_CREATED, order_pb2.OrderCreated(),
+                                          source="order", aggregate_id=agg), agg))
+    finally:
+        await db.close()
+    return out
+
+
+def unsent_outbox_rows(db_path: Path) -> int:
+    """Rows not yet marked sent (read-only: never disturbs the writer)."""
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10) as conn:
+        return int(conn.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+                   .fetchone()[0])
