@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import grpc
 import nats
 import pytest
 from grpc import aio
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from shop.notification.v1 import notification_pb2, notification_pb2_grpc
 from shop.order.v1 import order_pb2, order_pb2_grpc
 from shop.payment.v1 import payment_pb2, payment_pb2_grpc
+from shop.shipping.v1 import shipping_pb2, shipping_pb2_grpc
 from shop.user.v1 import user_pb2, user_pb2_grpc
 
 from ops.process import System
@@ -26,11 +30,15 @@ class Client:
 
     def __init__(self, system: System) -> None:
         self.channels = {n: aio.insecure_channel(system.addr(n))
-                         for n in ("order", "inventory", "payment", "user")}
+                         for n in ("order", "inventory", "payment", "user", "shipping",
+                                   "notification")}
         self.orders = order_pb2_grpc.OrderServiceStub(self.channels["order"])
         self.stock = inventory_pb2_grpc.InventoryServiceStub(self.channels["inventory"])
         self.payments = payment_pb2_grpc.PaymentServiceStub(self.channels["payment"])
         self.users = user_pb2_grpc.UserServiceStub(self.channels["user"])
+        self.shipping = shipping_pb2_grpc.ShippingServiceStub(self.channels["shipping"])
+        self.notes = notification_pb2_grpc.NotificationServiceStub(
+            self.channels["notification"])
 
     async def new_user(self) -> str:
         reply = await self.users.CreateUser(user_pb2.CreateUserRequest(
@@ -70,9 +78,46 @@ class Client:
             payment_pb2.GetPaymentRequest(order_id=order_id), timeout=5)
         return reply.payment
 
+    async def shipment(self, order_id: str) -> shipping_pb2.Shipment | None:
+        try:
+            reply = await self.shipping.GetShipment(
+                shipping_pb2.GetShipmentRequest(order_id=order_id), timeout=5)
+        except aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        return reply.shipment
+
+    async def note_kinds(self, user: str) -> list[int]:
+        reply = await self.notes.ListNotifications(
+            notification_pb2.ListNotificationsRequest(user_id=user, page_size=100),
+            metadata=[("x-user-id", user)], timeout=5)
+        return [n.kind for n in reply.notifications]
+
+    async def cancel(self, user: str, order_id: str, reason: str = "",
+                     timeout: float = 20) -> OP.Order:  # noqa: ASYNC109
+        reply = await self.orders.CancelOrder(OP.CancelOrderRequest(id=order_id, reason=reason),
+                                              metadata=[("x-user-id", user)], timeout=timeout)
+        return reply.order
+
     async def close(self) -> None:
         for ch in self.channels.values():
             await ch.close()
+
+
+T = TypeVar("T")
+
+
+async def until(probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], what: str,
+                timeout_s: float = 30.0) -> T:
+    """Polls `probe` until `ok(result)`; fails naming `what` past the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = await probe()
+        if ok(got):
+            return got
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: last {got}"
+        await asyncio.sleep(0.1)
 
 
 @pytest.fixture
@@ -165,37 +210,74 @@ async def test_unknown_card_token_is_invalid_argument(client: Client) -> None:
     assert (await client.stock_of("water-bottle")).available == before.available
 
 
-async def test_cancel_after_confirm_refunds(client: Client, system: System) -> None:
-    user = await client.new_user()
-    before = await client.stock_of("usb-c-charger")
-    # Shipping ships at once; frozen, it cannot ship the order before the cancel.
-    system["shipping"].sigstop()
-    try:
-        order = await client.create(user, [("usb-c-charger", 1)])
-        reply = await client.orders.CancelOrder(
-            OP.CancelOrderRequest(id=order.id, reason="oops"),
-            metadata=[("x-user-id", user)], timeout=10)
-    finally:
-        system["shipping"].sigcont()
-    assert reply.order.status == STATUS.ORDER_STATUS_CANCELLED
-    assert reply.order.cancel_reason == "oops"
+async def _assert_cancelled_and_settled(client: Client, user: str, order: OP.Order,
+                                        product: str, before: inventory_pb2.Stock) -> None:
+    """Goods and money agree for a cancelled confirmed order: refunded in full, its units
+    back in available, its shipment CANCELLED and never SHIPPED (not even after the
+    dispatch delay), an ORDER_CANCELLED notification and no SHIPPED one."""
+    final = await until(lambda: client.get(user, order.id),
+                        lambda o: o.status != STATUS.ORDER_STATUS_CONFIRMED, "the cancel saga")
+    assert final.status == STATUS.ORDER_STATUS_CANCELLED, final
     payment = await client.payment(order.id)
     assert payment.status == payment_pb2.PAYMENT_STATUS_REFUNDED
     assert payment.refunded_cents == payment.amount_cents == order.total_cents
-    # The committed stock stays sold (inventory refuses to release it): recorded as skipped.
-    after = await client.stock_of("usb-c-charger")
-    assert after.available + after.reserved + after.sold == (
-        before.available + before.reserved + before.sold)
+    after = await client.stock_of(product)
+    assert (after.available, after.reserved, after.sold) == (
+        before.available, before.reserved, before.sold)
     history = await client.orders.GetSagaHistory(OP.GetSagaHistoryRequest(order_id=order.id),
                                                  metadata=[("x-user-id", user)], timeout=5)
-    steps = [(s.step, s.outcome) for s in history.steps]
-    assert ("refund", "succeeded") in steps and steps[-1][0] == "release_stock"
-    again = await client.orders.CancelOrder(OP.CancelOrderRequest(id=order.id),
-                                            metadata=[("x-user-id", user)], timeout=10)
-    assert again.order.status == STATUS.ORDER_STATUS_CANCELLED  # idempotent
-    # A late order.shipped for the cancelled order does not resurrect it.
-    await asyncio.sleep(1.0)
+    done = [s.step for s in history.steps if s.outcome == "succeeded"]
+    assert done[-3:] == ["cancel_shipment", "refund", "restock"], done
+    kinds = await until(lambda: client.note_kinds(user),
+                        lambda k: notification_pb2.NOTIFICATION_KIND_ORDER_CANCELLED in k,
+                        "the ORDER_CANCELLED notification")
+    shipment = await until(lambda: client.shipment(order.id), lambda s: s is not None,
+                           "the shipment (made CANCELLED from the late order.confirmed)")
+    assert shipment is not None
+    assert shipment.status == shipping_pb2.SHIPMENT_STATUS_CANCELLED
+    # Past the moment it would have been dispatched: still not shipped, nobody told so.
+    await asyncio.sleep(max(0.0, shipment.dispatch_time.ToMicroseconds() / 1e6 - time.time())
+                        + 1.5)
+    shipment = await client.shipment(order.id)
+    assert shipment is not None
+    assert shipment.status == shipping_pb2.SHIPMENT_STATUS_CANCELLED
+    kinds = await client.note_kinds(user)
+    assert notification_pb2.NOTIFICATION_KIND_SHIPPED not in kinds
     assert (await client.get(user, order.id)).status == STATUS.ORDER_STATUS_CANCELLED
+
+
+async def test_cancel_after_confirm_while_shipping_is_frozen(client: Client,
+                                                             system: System) -> None:
+    """Shipping stopped (SIGSTOP) holds order.confirmed and the CancelShipment call: the
+    cancel waits for it (an unwell downstream, no attempts used up) and wins; once shipping
+    resumes nothing is shipped."""
+    user = await client.new_user()
+    before = await client.stock_of("usb-c-charger")
+    system["shipping"].sigstop()
+    try:
+        order = await client.create(user, [("usb-c-charger", 1)])
+        assert order.status == STATUS.ORDER_STATUS_CONFIRMED
+        cancel = asyncio.ensure_future(client.cancel(user, order.id, "oops"))
+        await asyncio.sleep(1.0)
+        assert not cancel.done()  # waiting for shipping, not cancelled without it
+    finally:
+        system["shipping"].sigcont()
+    reply = await cancel
+    assert reply.status in (STATUS.ORDER_STATUS_CANCELLED, STATUS.ORDER_STATUS_CONFIRMED)
+    await _assert_cancelled_and_settled(client, user, order, "usb-c-charger", before)
+    assert (await client.get(user, order.id)).cancel_reason == "oops"
+    again = await client.cancel(user, order.id)
+    assert again.status == STATUS.ORDER_STATUS_CANCELLED  # idempotent
+
+
+async def test_cancel_of_a_confirmed_order_before_dispatch(client: Client) -> None:
+    user = await client.new_user()
+    before = await client.stock_of("yoga-mat")
+    order = await client.create(user, [("yoga-mat", 2)])
+    assert order.status == STATUS.ORDER_STATUS_CONFIRMED
+    reply = await client.cancel(user, order.id)
+    assert reply.status == STATUS.ORDER_STATUS_CANCELLED
+    await _assert_cancelled_and_settled(client, user, order, "yoga-mat", before)
 
 
 async def test_ownership_hides_other_users_orders(client: Client) -> None:
@@ -216,20 +298,25 @@ async def test_ownership_hides_other_users_orders(client: Client) -> None:
         STATUS.ORDER_STATUS_CONFIRMED, STATUS.ORDER_STATUS_SHIPPED)
 
 
-async def test_order_shipped_event_marks_shipped(client: Client) -> None:
+async def test_order_shipped_event_marks_shipped_and_cancel_is_refused(client: Client) -> None:
+    """Dispatched after the delay: SHIPPED with its tracking number; a cancel then is
+    FAILED_PRECONDITION "already shipped" and changes nothing (no refund, stock sold)."""
     user = await client.new_user()
     order = await client.create(user, [("chef-knife", 1)])
-    for _ in range(100):
-        got = await client.get(user, order.id)
-        if got.status == STATUS.ORDER_STATUS_SHIPPED:
-            break
-        await asyncio.sleep(0.1)
-    assert got.status == STATUS.ORDER_STATUS_SHIPPED and got.tracking_number
+    pending = await until(lambda: client.shipment(order.id), lambda s: s is not None,
+                          "the shipment")
+    assert pending is not None and pending.tracking_number
+    got = await until(lambda: client.get(user, order.id),
+                      lambda o: o.status == STATUS.ORDER_STATUS_SHIPPED, "SHIPPED")
+    assert got.tracking_number == pending.tracking_number
+    stock = await client.stock_of("chef-knife")
     with pytest.raises(aio.AioRpcError) as err:
-        await client.orders.CancelOrder(OP.CancelOrderRequest(id=order.id),
-                                        metadata=[("x-user-id", user)], timeout=5)
+        await client.cancel(user, order.id, timeout=5)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "already shipped" in (err.value.details() or "")
+    assert (await client.get(user, order.id)).status == STATUS.ORDER_STATUS_SHIPPED
+    assert (await client.payment(order.id)).status == payment_pb2.PAYMENT_STATUS_CHARGED
+    assert (await client.stock_of("chef-knife")).sold == stock.sold
 
 
 @pytest.mark.parametrize(
