@@ -3,6 +3,7 @@
     shopctl status                 every instance (from the NATS registry): service, address,
                                    health, uptime, breakers
     shopctl saga ORDER_ID          the saga timeline of one order
+    shopctl saga retry ORDER_ID    resume a saga left for manual attention
     shopctl dlq list               dead letters
     shopctl dlq replay ID|--all    re-publish dead letters to their original subjects
 """
@@ -211,6 +212,48 @@ def _order_addr(topo: Topology) -> str:
 
 
 def cmd_saga(args: argparse.Namespace) -> int:
+    words = list(args.words)
+    if words[0] == "retry":
+        if len(words) != 2:
+            raise CliError("usage: shopctl saga retry ORDER_ID")
+        return _saga_retry(words[1])
+    if len(words) != 1:
+        raise CliError("usage: shopctl saga ORDER_ID | shopctl saga retry ORDER_ID")
+    args.order_id = words[0]
+    return _saga_timeline(args)
+
+
+def _saga_retry(order_id: str) -> int:
+    """RetrySaga: the saga runs again from the step that gave up; prints where it got to
+    within the call's time (it goes on in the background after that)."""
+    from shop.order.v1 import order_pb2
+
+    addr = _order_addr(discover())
+    with grpc.insecure_channel(addr, options=[("grpc.enable_http_proxy", 0)]) as channel:
+        retry = channel.unary_unary(
+            "/shop.order.v1.OrderService/RetrySaga",
+            request_serializer=order_pb2.RetrySagaRequest.SerializeToString,
+            response_deserializer=order_pb2.RetrySagaResponse.FromString,
+        )
+        try:
+            resp: order_pb2.RetrySagaResponse = retry(
+                order_pb2.RetrySagaRequest(order_id=order_id), timeout=15.0)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.NOT_FOUND:
+                raise CliError(f"order {order_id} not found") from None
+            if code == grpc.StatusCode.FAILED_PRECONDITION:
+                raise CliError(f"nothing to retry: {exc.details()}") from None
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise CliError(f"order service not reachable at {addr} "
+                               "(is shop running? `make run`)") from None
+            raise CliError(f"RetrySaga failed: {code.name}: {exc.details()}") from None
+    status = order_pb2.OrderStatus.Name(resp.order.status)
+    print(f"order {resp.order.id or order_id}: {status} (saga resumed)")
+    return 0
+
+
+def _saga_timeline(args: argparse.Namespace) -> int:
     from shop.order.v1 import order_pb2
 
     addr = _order_addr(discover())
@@ -302,8 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("status", help="every instance: address, health, breakers"
                    ).set_defaults(func=cmd_status)
-    saga = sub.add_parser("saga", help="the saga timeline of an order")
-    saga.add_argument("order_id")
+    saga = sub.add_parser("saga", help="the saga timeline of an order; `saga retry ORDER_ID`"
+                          " resumes one left for manual attention")
+    saga.add_argument("words", nargs="+", metavar="[retry] ORDER_ID")
     saga.set_defaults(func=cmd_saga)
     dlq = sub.add_parser("dlq", help="dead letters")
     dsub = dlq.add_subparsers(dest="dlq_cmd", required=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -368,3 +370,32 @@ async def test_idempotency_key_and_pagination(client: Client) -> None:
         await client.orders.ListOrders(OP.ListOrdersRequest(page_token="garbage!"),
                                        metadata=[("x-user-id", user)], timeout=5)
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_retry_saga_is_an_operator_call_for_sagas_needing_attention(
+        client: Client, system: System) -> None:
+    """RetrySaga: NOT_FOUND for an unknown order, FAILED_PRECONDITION for a saga not in
+    REQUIRES_ATTENTION (nothing changes), PERMISSION_DENIED on behalf of a user; and
+    `shopctl saga retry` says so in one line."""
+    user = await client.new_user()
+    order = await client.create(user, [("water-bottle", 1)])
+    calls = [
+        (OP.RetrySagaRequest(order_id=uuid.uuid4().hex), (), grpc.StatusCode.NOT_FOUND),
+        (OP.RetrySagaRequest(order_id=order.id), (), grpc.StatusCode.FAILED_PRECONDITION),
+        (OP.RetrySagaRequest(order_id=order.id), (("x-user-id", user),),
+         grpc.StatusCode.PERMISSION_DENIED),
+        (OP.RetrySagaRequest(order_id=" "), (), grpc.StatusCode.INVALID_ARGUMENT),
+    ]
+    for request, metadata, code in calls:
+        with pytest.raises(aio.AioRpcError) as err:
+            await client.orders.RetrySaga(request, metadata=metadata, timeout=10)
+        assert err.value.code() == code, err.value
+    got = await client.get(user, order.id)
+    assert got.status in (STATUS.ORDER_STATUS_CONFIRMED, STATUS.ORDER_STATUS_SHIPPED)
+    env = {**os.environ, "ORDER_ADDR": system.addr("order"), "SHOP_DATA_DIR": str(system.data_dir)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ops.shopctl", "saga", "retry", order.id, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err_out = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1, (out, err_out)
+    assert err_out.decode().startswith("shopctl: nothing to retry") and b"\n" in err_out

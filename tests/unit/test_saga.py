@@ -525,3 +525,43 @@ async def test_invalid_card_is_a_typed_refusal(store: OrderStore) -> None:
     got = await store.saga(order.id)
     assert got is not None and got[0].refusal is d.Refusal.INVALID_CARD
     assert d.is_invalid_card(got[0])
+
+
+async def test_a_data_file_from_before_the_cancellation_saga_is_upgraded(tmp_path: Path) -> None:
+    """The sagas table of an older file lacks committed/uncertain/waits/refusal: it is
+    rebuilt at start, its rows kept, and the saga reads and advances as before."""
+    import sqlite3
+
+    from services.order.store import upgrade
+
+    path = tmp_path / "order.db"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE sagas (order_id TEXT PRIMARY KEY, step TEXT NOT NULL,
+            status TEXT NOT NULL, attempt INTEGER NOT NULL DEFAULT 0,
+            charged INTEGER NOT NULL DEFAULT 0, cancel_requested INTEGER NOT NULL DEFAULT 0,
+            reason TEXT NOT NULL DEFAULT '', card_token TEXT NOT NULL DEFAULT '',
+            version INTEGER NOT NULL DEFAULT 0, owner TEXT NOT NULL DEFAULT '',
+            lease_until REAL NOT NULL DEFAULT 0, updated_at REAL NOT NULL);
+        INSERT INTO sagas (order_id, step, status, charged, version, updated_at)
+            VALUES ('o-old', 'done', 'done', 1, 7, 1.0);
+    """)
+    old.close()
+    upgrade(path)
+    upgrade(path)  # a second start: nothing to do
+    db = await Database.open(path, schema=SCHEMA, durable=False)
+    try:
+        got = await OrderStore(db).saga("o-old")
+        assert got is not None
+        state = got[0]
+        assert (state.step, state.status, state.charged, state.version, state.refusal) == (
+            d.Step.DONE, d.SagaStatus.DONE, True, 7, d.Refusal.NONE)
+        cancelling = d.cancel_confirmed(state, "")
+        async with db.transaction() as conn:
+            from services.order.store import write_saga
+            assert await write_saga(conn, state, cancelling)
+        again = await OrderStore(db).saga("o-old")
+        assert again is not None and again[0].step is d.Step.CANCEL_SHIPMENT
+        assert again[0].committed
+    finally:
+        await db.close()
