@@ -399,3 +399,43 @@ async def test_retry_saga_is_an_operator_call_for_sagas_needing_attention(
     out, err_out = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1, (out, err_out)
     assert err_out.decode().startswith("shopctl: nothing to retry") and b"\n" in err_out
+
+
+async def test_refused_commit_needs_attention_and_an_operator_retry_resumes_it(
+        client: Client, system: System) -> None:
+    """The reservation is released behind the saga's back while payment hangs (an
+    operator's mistake): the charge then succeeds and CommitStock is refused. The order
+    goes to REQUIRES_ATTENTION with its event at once instead of retrying the commit for
+    ever, and RetrySaga resumes the saga at its confirm step (refused again here: the
+    history shows the retry, the order is back in REQUIRES_ATTENTION, nothing loops)."""
+    user = await client.new_user()
+    system["payment"].sigstop()
+    try:
+        reply = await client.orders.CreateOrder(OP.CreateOrderRequest(
+            items=[OP.CreateOrderItem(product_id="french-press", quantity=1)],
+            card_token="tok_visa"), metadata=[("x-user-id", user)], timeout=2)
+        order = reply.order
+        assert order.status == STATUS.ORDER_STATUS_PENDING  # waiting for the charge
+        await client.stock.ReleaseStock(inventory_pb2.ReleaseStockRequest(order_id=order.id),
+                                        timeout=5)
+    finally:
+        system["payment"].sigcont()
+    stuck = await until(lambda: client.get(user, order.id),
+                        lambda o: o.status != STATUS.ORDER_STATUS_PENDING, "the saga's end")
+    assert stuck.status == STATUS.ORDER_STATUS_REQUIRES_ATTENTION, stuck
+    assert stuck.cancel_reason.startswith("stock commit refused")
+
+    async def history() -> list[tuple[str, str]]:
+        got = await client.orders.GetSagaHistory(
+            OP.GetSagaHistoryRequest(order_id=order.id), metadata=[("x-user-id", user)],
+            timeout=5)
+        return [(s.step, s.outcome) for s in got.steps]
+
+    assert (await history()).count(("confirm", "refused")) == 1
+    await asyncio.sleep(1.0)  # no loop: still one refused commit a while later
+    assert (await history()).count(("confirm", "refused")) == 1
+    retried = await client.orders.RetrySaga(OP.RetrySagaRequest(order_id=order.id), timeout=10)
+    assert retried.order.status == STATUS.ORDER_STATUS_REQUIRES_ATTENTION
+    steps = await history()
+    assert steps[-2:] == [("retry", "requested"), ("confirm", "refused")], steps
+    assert (await client.payment(order.id)).status == payment_pb2.PAYMENT_STATUS_CHARGED
