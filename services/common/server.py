@@ -28,6 +28,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from services.common import discovery
+from services.common.clients import health_name
 from services.common.interceptors import ServerInterceptor
 from services.common.logging import configure_logging
 from services.common.readyfile import write_ready_file
@@ -131,7 +132,10 @@ class ServiceRunner:
         self.port = port
         self.addr = _advertised(s.host, port)
         serving = health_pb2.HealthCheckResponse.SERVING
-        for name in ("", *self.app.grpc_services):
+        # Also under the name callers ask for (`health_name`): the same as the servicer's
+        # for every shop service; a stand-in serving another contract still answers.
+        names = dict.fromkeys(("", health_name(s.service), *self.app.grpc_services))
+        for name in names:
             await self.health.set(name, serving)
         for factory in self.app.tasks:
             task: asyncio.Future[None] = asyncio.ensure_future(factory())
