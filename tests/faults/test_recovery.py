@@ -33,9 +33,9 @@ def _register(api: httpx.Client) -> dict[str, str]:
 
 
 def test_restarted_payment_is_used_again_within_seconds(services: ServiceFactory) -> None:
-    env = {"SHOP_BREAKER_FAIL_MAX": "5", "SHOP_BREAKER_RESET_S": str(RESET_S)}
-    _, payment = services.start_many("user", "payment", **env)
-    gateway = services.start("gateway", **env)
+    _, payment = services.start_many("user", "payment")
+    gateway = services.start("gateway", SHOP_BREAKER_FAIL_MAX="5",
+                             SHOP_BREAKER_RESET_S=str(RESET_S))
     url = f"/api/payments/{uuid.uuid4().hex}"  # a payment that does not exist: 404
     with httpx.Client(base_url=gateway.base_url, timeout=10.0) as api:
         headers = _register(api)
