@@ -134,22 +134,32 @@ async def probe(url: str, *, timeout_s: float = 2.0) -> None:
     raise OSError(f"no NATS server reachable ({'; '.join(errors) or url})")
 
 
+# A stopping process drains its subscriptions for at most this long.
+DRAIN_TIMEOUT_S = 2
+
+
 class Bus:
     def __init__(self, nc: Client, name: str) -> None:
         self.nc = nc
         self.name = name
         self.js: JetStreamContext = nc.jetstream()
+        self.closing = False  # set by close(): a disconnect is then expected
 
     @classmethod
     async def connect(cls, url: str, *, name: str, connect_for_s: float = 10.0) -> Bus:
         """Connect (retrying for `connect_for_s`, then raising), then reconnect forever
         with a short wait. `connect_for_s=0`: one attempt."""
 
+        holder: list[Bus] = []
+
         async def on_error(e: Exception) -> None:
             log.debug("nats error: %r", e)
 
         async def on_disconnect() -> None:
-            log.warning("nats disconnected")
+            if holder and holder[0].closing:
+                log.debug("nats disconnected (closing)")
+            else:
+                log.warning("nats disconnected")
 
         async def on_reconnect() -> None:
             log.info("nats reconnected")
@@ -166,8 +176,11 @@ class Bus:
                     disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
                     # Publishes made while reconnecting are buffered up to this size.
                     pending_size=16 * 1024 * 1024,
+                    drain_timeout=DRAIN_TIMEOUT_S,
                 )
-                return cls(nc, name)
+                bus = cls(nc, name)
+                holder.append(bus)
+                return bus
             except (TimeoutError, NoServersError, OSError):
                 if time.monotonic() >= deadline:
                     raise
@@ -232,8 +245,20 @@ class Bus:
         return ordered + results
 
     async def close(self) -> None:
-        if not self.nc.is_closed:
+        """Drain (subscriptions end, pending publishes flushed, at most DRAIN_TIMEOUT_S),
+        then close; a connection that is not up (NATS gone, reconnecting) is just closed.
+        Never raises: it runs while the process stops."""
+        self.closing = True
+        nc = self.nc
+        if nc.is_closed:
+            return
+        if nc.is_connected:
             try:
-                await self.nc.drain()
-            except Exception:
-                await self.nc.close()
+                await nc.drain()
+                return
+            except Exception as e:
+                log.debug("nats drain failed, closing: %r", e)
+        try:
+            await nc.close()
+        except Exception as e:
+            log.debug("nats close failed: %r", e)
