@@ -20,9 +20,10 @@ import grpc
 import pybreaker
 from google.protobuf.message import Message
 from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import context
-from services.common.breakers import breaker_for
+from services.common.breakers import ShopBreaker, breaker_for
 from services.common.errors import DeadlineExceeded, Unavailable
 from services.common.settings import default_addr, downstream_addr
 
@@ -40,7 +41,22 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_permit_without_calls", 1),
     # Retries are ours (idempotent calls only); grpc's own would double them.
     ("grpc.enable_retries", 0),
+    # A restarted instance is reconnected to within a second, not after grpc's default
+    # back-off (1 s growing to 2 min) that a few seconds of refused connections build up.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+
+# A health check gets this long: an instance that cannot answer it is not serving.
+HEALTH_CHECK_TIMEOUT_S = 0.5
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def health_name(service: str) -> str:
+    """The grpc.health.v1 service name an instance of `service` reports SERVING under:
+    `shop.<svc>.v1.<Svc>Service`. Asking for it (not for "") means another server on a
+    reused port is never taken for this service."""
+    return f"shop.{service}.v1.{service.capitalize()}Service"
 
 
 class Endpoint:
@@ -61,6 +77,18 @@ class Endpoint:
         if self.channel is None:
             self.channel = aio.insecure_channel(self.addr, options=CHANNEL_OPTIONS)
         return self.channel
+
+    async def check_health(self, timeout: float = HEALTH_CHECK_TIMEOUT_S) -> bool:  # noqa: ASYNC109
+        """One grpc.health.v1 Check for this endpoint's service; True when SERVING."""
+        try:
+            stub = health_pb2_grpc.HealthStub(self.open_channel())
+            reply = await stub.Check(
+                health_pb2.HealthCheckRequest(service=health_name(self.service)),
+                timeout=timeout,
+            )
+        except (TimeoutError, aio.AioRpcError, RuntimeError):
+            return False
+        return bool(reply.status == _SERVING)
 
     def method(self, stub_factory: Callable[[aio.Channel], Any], name: str) -> Any:
         key = (stub_factory, name)
@@ -90,6 +118,10 @@ class Picker(Protocol):
 
     def mark_down(self, endpoint: Endpoint) -> None:
         """`endpoint` answered UNAVAILABLE: skip it until a health check says SERVING."""
+        ...
+
+    def endpoints(self, service: str) -> list[Endpoint]:
+        """Every known instance of `service`, healthy or not."""
         ...
 
 
@@ -170,6 +202,7 @@ class Downstream(Generic[StubT]):
         self._fallback: Endpoint | None = None  # no instance known: resolver/default
         self._pinned: bool | None = None  # decided on first use
         self._source: Downstream[Any] | None = None  # set by sharing(): its endpoints
+        self._closed = False
         # The process-wide breaker of the service unless one of its own is given.
         self.breaker: pybreaker.CircuitBreaker = breaker or breaker_for(service)
 
@@ -238,6 +271,33 @@ class Downstream(Generic[StubT]):
         """The breaker state: "closed", "open" or "half-open"."""
         return str(self.breaker.current_state)
 
+    def _candidates(self) -> list[Endpoint]:
+        """The endpoints calls may go to now (what the breaker's health watch checks)."""
+        if self._source is not None:
+            return self._source._candidates()
+        if self._fixed is not None:
+            return [self._fixed]
+        if _picker is not None:
+            known = _picker.endpoints(self.service)
+            if known:
+                return known
+        return [self._fallback] if self._fallback is not None else []
+
+    async def _probe(self) -> bool | None:
+        """The breaker's health watch: True when one of the candidates is SERVING, None
+        once this client is closed."""
+        if self._closed or (self._source is not None and self._source._closed):
+            return None
+        eps = self._candidates()
+        if not eps:
+            return False
+        found = await asyncio.gather(*(ep.check_health() for ep in eps))
+        return any(found)
+
+    def _watch_if_open(self) -> None:
+        if isinstance(self.breaker, ShopBreaker) and self.breaker.current_state == "open":
+            self.breaker.watch(self._probe)
+
     @property
     def stub(self) -> StubT:
         """A stub on the channel of the next call's instance."""
@@ -278,6 +338,7 @@ class Downstream(Generic[StubT]):
             raise DeadlineExceeded(f"no time left to call {self.service}.{method}")
         deadline = time.monotonic() + budget
         md = self._metadata(metadata)
+        self._closed = False
         ep = self._endpoint()
         attempt = 0
         while True:
@@ -287,8 +348,10 @@ class Downstream(Generic[StubT]):
                 with self.breaker.calling():
                     return await fn(request, timeout=deadline - time.monotonic(), metadata=md)
             except pybreaker.CircuitBreakerError:
+                self._watch_if_open()
                 raise Unavailable(f"{self.service} unavailable: circuit open") from None
             except aio.AioRpcError as err:
+                self._watch_if_open()
                 unavailable = err.code() == grpc.StatusCode.UNAVAILABLE
                 if unavailable and ep.instance and _picker is not None:
                     _picker.mark_down(ep)
@@ -311,6 +374,7 @@ class Downstream(Generic[StubT]):
         by `sharing` has none of its own)."""
         if self._source is not None:
             return
+        self._closed = True
         for ep in (self._fixed, self._fallback):
             if ep is not None:
                 await ep.close()

@@ -13,13 +13,21 @@ committed with the service's other writes. It may return a callable, run on the 
 once the batch committed (e.g. waking a saga). An async handler (`Route(subject, Payload,
 handler)`, `await handler(conn, env, payload)`) runs in a `db.transaction()` as before.
 Every Route has an async `handler` (a tx handler gets an adapter), so a caller that runs
-one route by hand in its own transaction works with either kind.
+one route by hand in its own transaction works with either kind. The adapter never runs
+the tx handler's after-commit callable itself (the transaction is still open): the
+consumer runs it once the batch committed; a caller running a route by hand collects them
+with `after_commit_hooks()` and runs them after its own commit.
 
 A route may also name a *skip check* (`Route.tx(..., skip=fn)`, `fn(tx, env, payload) ->
 bool`): a read that is True only when the event has no effect now and never will (the state
 it would act on has moved on for good). Events whose check says so are acked after one
 inline read (`db.read_now`), with no write and no inbox row: having no effect, a
 redelivery runs the same check and is the same no-op. Any other event goes the usual way.
+
+The inbox only has to remember an event as long as the stream could deliver it again: a
+running consumer deletes rows older than `inbox_retain_s` (the stream's max age plus a
+margin, see bus.py; never when the stream keeps events for ever), a bounded chunk at a
+time, at most every `prune_every_s`.
 
 A partial batch is followed by a short linger (`linger_s`) before the next fetch, so a
 busy stream is handled in batches of several events rather than one fetch round trip and
@@ -29,11 +37,12 @@ one transaction (one fsync) per event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,13 +54,13 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from shop.events.v1 import envelope_pb2
 
-from services.common.bus import Bus
+from services.common.bus import Bus, inbox_retention_s
 from services.common.db import Database, Tx, mark_outbox_dirty
 from services.common.dlq import dead_letter
 from services.common.events import STREAM
 
 __all__ = ["AfterCommit", "ConsumerStats", "EventConsumer", "Handler", "Route", "SkipCheck",
-           "TxHandler"]
+           "TxHandler", "after_commit_hooks"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +77,36 @@ AfterCommit = Callable[[], None]
 TxHandler = Callable[[Tx, Envelope, Any], AfterCommit | None]
 
 _INBOX_INSERT = "INSERT INTO inbox (consumer, event_id, handled_at) VALUES (?, ?, ?)"
+# Bounded: one prune round never holds the write lock for long.
+_INBOX_PRUNE = ("DELETE FROM inbox WHERE consumer = ? AND event_id IN (SELECT event_id FROM"
+                " inbox WHERE consumer = ? AND handled_at < ? ORDER BY handled_at LIMIT ?)")
+_INBOX_AGE_INDEX = ("CREATE INDEX IF NOT EXISTS inbox_handled_at ON inbox"
+                    " (consumer, handled_at)")
+_PRUNE_CHUNK = 1000
+
+# The after-commit callables the async adapter collected in the current transaction.
+_pending_afters: contextvars.ContextVar[list[AfterCommit] | None] = contextvars.ContextVar(
+    "shop_pending_afters", default=None)
+
+
+@contextlib.contextmanager
+def after_commit_hooks() -> Iterator[list[AfterCommit]]:
+    """Collect the after-commit callables of routes run by hand inside the block; run
+    them once the transaction committed (they are dropped otherwise)."""
+    hooks: list[AfterCommit] = []
+    token = _pending_afters.set(hooks)
+    try:
+        yield hooks
+    finally:
+        _pending_afters.reset(token)
+
+
+def _run_afters(afters: Sequence[AfterCommit], durable: str) -> None:
+    for after in afters:
+        try:
+            after()
+        except Exception:
+            log.exception("consumer %s: after-commit hook failed", durable)
 
 
 @dataclass
@@ -101,7 +140,11 @@ def _as_async(fn: TxHandler) -> Handler:
         if dirty:
             mark_outbox_dirty(conn)
         if after is not None:
-            after()
+            pending = _pending_afters.get()
+            if pending is not None:
+                pending.append(after)  # run by whoever commits, once committed
+            else:
+                log.debug("after-commit hook of %s dropped: nobody collects it", env.subject)
 
     return handler
 
@@ -114,6 +157,7 @@ class ConsumerStats:
     skipped: int = 0
     failed: int = 0
     dead_lettered: int = 0
+    pruned: int = 0  # inbox rows deleted past the retention
 
 
 class _HandlerFailed(Exception):
@@ -132,7 +176,8 @@ class EventConsumer:
     def __init__(self, bus: Bus, db: Database, *, durable: str, routes: Sequence[Route],
                  max_deliver: int = 5, ack_wait_s: float = 30.0, batch: int = 64,
                  backoff_s: Sequence[float] = (0.2, 1.0, 3.0, 5.0),
-                 fetch_timeout_s: float = 1.0, linger_s: float = 0.05) -> None:
+                 fetch_timeout_s: float = 1.0, linger_s: float = 0.05,
+                 inbox_retain_s: float | None = None, prune_every_s: float = 60.0) -> None:
         if not routes:
             raise ValueError("a consumer needs at least one route")
         self.bus = bus
@@ -148,6 +193,10 @@ class EventConsumer:
         self.fetch_timeout_s = fetch_timeout_s
         # After a partial batch, wait this long before fetching again (batches, not trickles).
         self.linger_s = linger_s
+        # 0: keep every inbox row (the stream keeps its events for ever).
+        self.inbox_retain_s = inbox_retention_s() if inbox_retain_s is None else inbox_retain_s
+        self.prune_every_s = prune_every_s
+        self._pruned_at = 0.0
         self.stats = ConsumerStats()
         self._sub: JetStreamContext.PullSubscription | None = None
         self._advisory: Subscription | None = None
@@ -185,6 +234,7 @@ class EventConsumer:
                 try:
                     msgs = await self._sub.fetch(self.batch, timeout=self.fetch_timeout_s)
                 except TimeoutError:  # nothing to do (nats' TimeoutError subclasses it)
+                    await self._maybe_prune()
                     continue
                 except asyncio.CancelledError:
                     raise
@@ -193,8 +243,10 @@ class EventConsumer:
                     await asyncio.sleep(0.5)
                     continue
                 await self.process(msgs)
-                if len(msgs) < self.batch and self.linger_s > 0:
-                    await asyncio.sleep(self.linger_s)
+                if len(msgs) < self.batch:
+                    await self._maybe_prune()
+                    if self.linger_s > 0:
+                        await asyncio.sleep(self.linger_s)
         finally:
             await self.stop()
 
@@ -283,6 +335,21 @@ class EventConsumer:
                           ) -> tuple[list[Msg], list[tuple[_Decoded, Exception]]]:
         done: list[Msg] = []
         failed: list[tuple[_Decoded, Exception]] = []
+        afters: list[AfterCommit] = []
+        handled = 0
+        with after_commit_hooks() as pending:
+            handled = await self._run_once(batch, savepoints, done, failed, afters, pending)
+        _run_afters(afters, self.durable)  # committed by now
+        self.stats.handled += handled
+        self.stats.duplicates += len(done) - handled
+        self.stats.failed += len(failed)
+        return done, failed
+
+    async def _run_once(self, batch: Sequence[_Decoded], savepoints: bool, done: list[Msg],
+                        failed: list[tuple[_Decoded, Exception]], afters: list[AfterCommit],
+                        pending: list[AfterCommit]) -> int:
+        """One transaction over the batch; returns how many events it handled. `afters`
+        gets the after-commit callables of the events that stayed in it."""
         handled = 0
         async with self.db.transaction() as conn:
             seen = await self._in_inbox(conn, [d.env.id for d in batch])
@@ -294,9 +361,11 @@ class EventConsumer:
                     continue
                 if savepoints:
                     await conn.execute("SAVEPOINT event")
+                mark = len(pending)
                 try:
                     await d.route.handler(conn, d.env, d.payload)
                 except Exception as e:
+                    del pending[mark:]  # its effect is rolled back: so are its hooks
                     if not savepoints:
                         raise _HandlerFailed from e
                     await conn.execute("ROLLBACK TO event")
@@ -311,10 +380,8 @@ class EventConsumer:
                 handled += 1
             if rows:
                 await conn.executemany(_INBOX_INSERT, rows)
-        self.stats.handled += handled
-        self.stats.duplicates += len(done) - handled
-        self.stats.failed += len(failed)
-        return done, failed
+        afters.extend(pending)
+        return handled
 
     async def _apply_tx(self, batch: Sequence[_Decoded]
                         ) -> tuple[list[Msg], list[tuple[_Decoded, Exception]]]:
@@ -362,15 +429,36 @@ class EventConsumer:
             return done, failed, afters, len(rows)
 
         done, failed, afters, handled = await self.db.write(run)
-        for after in afters:
-            try:
-                after()
-            except Exception:
-                log.exception("consumer %s: after-commit hook failed", self.durable)
+        _run_afters(afters, self.durable)
         self.stats.handled += handled
         self.stats.duplicates += len(done) - handled
         self.stats.failed += len(failed)
         return done, failed
+
+    async def _maybe_prune(self) -> None:
+        """Delete this consumer's inbox rows past the retention, one bounded chunk per
+        round, rounds `prune_every_s` apart (right after one while a backlog is left)."""
+        if self.inbox_retain_s <= 0:
+            return
+        now = time.monotonic()
+        if now - self._pruned_at < self.prune_every_s:
+            return
+        self._pruned_at = now
+        cutoff = time.time() - self.inbox_retain_s
+        durable = self.durable
+        def prune(tx: Tx) -> int:
+            tx.execute(_INBOX_AGE_INDEX)  # a no-op once it exists
+            return int(tx.execute(_INBOX_PRUNE, (durable, durable, cutoff, _PRUNE_CHUNK))
+                       .rowcount)
+
+        try:
+            n = await self.db.write(prune)
+        except Exception:
+            log.warning("consumer %s: inbox prune failed", durable, exc_info=True)
+            return
+        self.stats.pruned += n
+        if n >= _PRUNE_CHUNK:
+            self._pruned_at = 0.0  # more left: the next idle moment goes on
 
     async def _handled(self, event_id: str) -> bool:
         row = await self.db.read(lambda tx: tx.one(

@@ -2,7 +2,10 @@
 
 `enqueue` runs inside the caller's `db.transaction()`; `OutboxRelay` publishes unsent rows
 in id order (= commit order, as SQLite has one writer at a time) with many acks in
-flight, and marks a row sent only after JetStream acknowledged it. A crash between the
+flight, and marks a row sent only after JetStream acknowledged it. Per aggregate the order
+is strict even across a reconnect: the next event of an aggregate is sent only after the
+one before it was acknowledged (see `relay_once`), so the stream never stores event k+1
+of an aggregate before event k. A crash between the
 ack and the mark publishes the row again; the Nats-Msg-Id (= event id) makes JetStream
 drop that repeat inside its duplicate window.
 
@@ -113,9 +116,23 @@ _LEASE_NAME = "relay"
 _LEASE_SELECT = "SELECT owner, host, pid, expires_at FROM outbox_lease WHERE name = ?"
 _LEASE_RENEW = ("UPDATE outbox_lease SET expires_at = ? WHERE name = ? AND owner = ?"
                 " AND host = ? AND pid = ? AND expires_at > ?")
-_SELECT_UNSENT = ("SELECT id, event_id, subject, correlation_id, traceparent, data FROM outbox"
-                  " WHERE sent_at IS NULL ORDER BY id LIMIT ?")
+_SELECT_UNSENT = ("SELECT id, event_id, subject, correlation_id, traceparent, data, aggregate_id"
+                  " FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?")
 _MARK_SENT = "UPDATE outbox SET sent_at = ? WHERE id BETWEEN ? AND ? AND sent_at IS NULL"
+
+
+def _waves(rows: list[tuple[int, str, str, str, str, bytes, str]]) -> list[list[int]]:
+    """Row indexes grouped so that wave n has the n-th row of each aggregate, in row
+    order within a wave. Rows of one aggregate are in different, successive waves."""
+    waves: list[list[int]] = []
+    seen: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        n = seen.get(row[6], 0)
+        seen[row[6]] = n + 1
+        if n == len(waves):
+            waves.append([])
+        waves[n].append(i)
+    return waves
 
 
 def _host_key() -> str:
@@ -349,24 +366,39 @@ class OutboxRelay:
 
     async def relay_once(self) -> bool:
         """Publish one batch. True when a full batch went out (more may be waiting).
-        Raises when a publish failed, after marking the acknowledged prefix sent."""
+        Raises when a publish failed, after marking the acknowledged prefix sent.
+
+        The batch goes out in waves: wave n holds the n-th event of each aggregate in the
+        batch, all with their acks in flight at once, and wave n+1 is sent only once every
+        ack of wave n came back. An event of an aggregate is thus never on the wire before
+        the one ahead of it is stored: when a reconnect loses event k, k+1 was not sent
+        (nats-py would otherwise flush k+1 from its buffer after the reconnect, and the
+        stream would store k+1 before the k a retry republishes)."""
         batch = self.batch
         # A bounded read along outbox_unsent, inline on the read connection (no thread
         # hop): woken by a commit, it sees every row committed before it.
-        rows: list[tuple[int, str, str, str, str, bytes]] = await self.db.read_now(
+        rows: list[tuple[int, str, str, str, str, bytes, str]] = await self.db.read_now(
             lambda tx: [tuple(r) for r in tx.all(_SELECT_UNSENT, (batch,))])
         if not rows:
             return False
-        msgs = [OutMsg(subject, data, envelope_headers(event_id, correlation_id, traceparent))
-                for _, event_id, subject, correlation_id, traceparent, data in rows]
-        results = await self.bus.publish_batch(msgs, timeout_s=self.ack_timeout_s)
-        # Only the acknowledged prefix counts: stopping at the first failure keeps the
-        # per-aggregate order when the rest is retried.
-        ok = 0
-        for res in results:
-            if isinstance(res, BaseException):
-                break
-            ok += 1
+        acked = [False] * len(rows)
+        failure: BaseException | None = None
+        for wave in _waves(rows):
+            msgs = [OutMsg(rows[i][2], rows[i][5], envelope_headers(rows[i][1], rows[i][3],
+                                                                    rows[i][4]))
+                    for i in wave]
+            results = await self.bus.publish_batch(msgs, timeout_s=self.ack_timeout_s)
+            for i, res in zip(wave, results, strict=False):
+                if isinstance(res, BaseException):
+                    failure = failure or res
+                else:
+                    acked[i] = True
+            if len(results) < len(wave):
+                failure = failure or RuntimeError("publish not attempted")
+            if failure is not None:
+                break  # the next waves would overtake what just failed
+        # Only the acknowledged prefix counts: the rest is retried in order.
+        ok = next((i for i, a in enumerate(acked) if not a), len(rows))
         if ok:
             first, last = rows[0][0], rows[ok - 1][0]
             # The lease rides along once it is a sixth of its life old: no hop of its own.
@@ -382,9 +414,7 @@ class OutboxRelay:
             self.stats.published += ok
             self.stats.batches += 1
         if ok < len(rows):
-            failed = results[ok] if ok < len(results) else RuntimeError("publish not attempted")
-            assert isinstance(failed, BaseException)
-            raise failed
+            raise failure or RuntimeError("publish not acknowledged")
         return len(rows) == self.batch
 
     async def pending(self) -> int:

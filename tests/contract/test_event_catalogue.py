@@ -29,7 +29,7 @@ from shop.events.v1 import envelope_pb2
 from services.cart.domain import ProductInfo
 from services.cart.store import CartStore
 from services.common import events
-from services.common.consumer import Route
+from services.common.consumer import Route, after_commit_hooks
 from services.common.db import Database
 from services.common.settings import SERVICES
 from services.inventory.domain import Line as StockLine
@@ -279,8 +279,11 @@ def decode_like_consumer(route: Route, published: Published) -> tuple[Envelope, 
 
 async def run_route(db: Database, route: Route, published: Published) -> Envelope:
     env, payload = decode_like_consumer(route, published)
-    async with db.transaction() as conn:
-        await route.handler(conn, env, payload)
+    with after_commit_hooks() as hooks:  # as the consumer: run once committed
+        async with db.transaction() as conn:
+            await route.handler(conn, env, payload)
+    for hook in hooks:
+        hook()
     return env
 
 

@@ -2,6 +2,10 @@
 answers UNAVAILABLE fast while open without a single call reaching the product side, and
 closes again once a probe after the reset timeout succeeds.
 
+The breakers' health watch (which half-opens a breaker as soon as the instance reports
+SERVING again, see tests/faults/test_recovery.py) is off here (SHOP_BREAKER_PROBE_S=0):
+these tests count every call that reaches the product side, health checks included.
+
 The product service sits behind tests/support/faultproxy.py, which counts the gRPC calls
 (HTTP/2 HEADERS frames) that reach it in any mode.
 """
@@ -33,7 +37,8 @@ def cart_behind_proxy(services: ServiceFactory) -> Iterator[tuple[ServiceProcess
     with FaultProxy(product.addr) as proxy:
         cart = services.start("cart", PRODUCT_ADDR=proxy.addr,
                               SHOP_BREAKER_FAIL_MAX=str(FAIL_MAX),
-                              SHOP_BREAKER_RESET_S=str(RESET_S))
+                              SHOP_BREAKER_RESET_S=str(RESET_S),
+                              SHOP_BREAKER_PROBE_S="0")
         yield cart, proxy
 
 

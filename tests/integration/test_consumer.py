@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,8 +16,8 @@ from shop.events.v1 import envelope_pb2
 from shop.user.v1 import user_pb2
 
 from services.common.bus import Bus
-from services.common.consumer import EventConsumer, Route
-from services.common.db import Database
+from services.common.consumer import AfterCommit, EventConsumer, Route, after_commit_hooks
+from services.common.db import Database, Tx
 from services.common.dlq import list_dead_letters
 from services.common.events import DLQ_STREAM, STREAM, USER_CREATED
 from services.common.outbox import new_envelope
@@ -207,3 +208,82 @@ async def test_skip_check_acks_without_a_write(events_bus: Bus, tmp_path: Path) 
 
 async def _done(c: EventConsumer, n: int) -> bool:
     return c.stats.handled + c.stats.duplicates + c.stats.skipped >= n
+
+
+async def test_after_commit_hook_of_the_async_adapter_runs_after_the_commit(
+        events_bus: Bus, two_dbs: tuple[Database, Database]) -> None:
+    """A batch with an async route too goes through the adapter of the tx handlers: their
+    after-commit hooks must see the committed effect from another connection."""
+    db, _ = two_dbs
+    seen: list[int] = []
+
+    def on_created(tx: Tx, env: envelope_pb2.Envelope, payload: Any) -> AfterCommit:
+        tx.execute("INSERT INTO welcome VALUES (?, ?)", (payload.user.id, env.id))
+
+        def after() -> None:  # another connection: sees only what is committed
+            row = sqlite3.connect(db.path).execute("SELECT count(*) FROM welcome").fetchone()
+            seen.append(int(row[0]))
+
+        return after
+
+    routes = [Route.tx(USER_CREATED, user_pb2.UserCreated, on_created),
+              Route("order.created", user_pb2.UserCreated, record_welcome)]
+    consumer = EventConsumer(events_bus, db, durable="hooks", routes=routes)
+    assert consumer.routes[USER_CREATED].tx_handler is not None
+    # One fetch, one batch: the async route's event makes it take the adapter path.
+    await events_bus.publish(new_envelope(
+        "order.created", user_pb2.UserCreated(user=user_pb2.User(id="u-async")),
+        source="order", aggregate_id="u-async"))
+    await events_bus.publish(user_event("u-hook"))
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_for(lambda: _seen(consumer, 2))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert seen == [2]  # both rows of the batch's one transaction, committed
+
+    # By hand: the hooks are collected and run by whoever commits.
+    with after_commit_hooks() as hooks:
+        async with db.transaction() as conn:
+            await routes[0].handler(conn, user_event("u-hand"), user_pb2.UserCreated(
+                user=user_pb2.User(id="u-hand")))
+        assert len(hooks) == 1 and seen == [2]
+    hooks[0]()
+    assert seen == [2, 3]
+
+
+async def test_inbox_forgets_events_past_the_stream_horizon(
+        events_bus: Bus, two_dbs: tuple[Database, Database],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows older than the stream's max age plus the margin go, a bounded chunk per round;
+    younger ones (a redelivery could still come) stay."""
+    db, _ = two_dbs
+    monkeypatch.setenv("SHOP_STREAM_MAX_AGE_S", "3600")
+    monkeypatch.delenv("SHOP_INBOX_RETAIN_S", raising=False)
+    route = [Route(USER_CREATED, user_pb2.UserCreated, record_welcome)]
+    consumer = EventConsumer(events_bus, db, durable="prune", routes=route, prune_every_s=0.0,
+                             fetch_timeout_s=0.2)
+    assert consumer.inbox_retain_s == 3600 + 3600
+    now = time.time()
+    old = [("prune", f"old-{i}", now - 7300 - i) for i in range(1500)]
+    young = [("prune", f"young-{i}", now - 7000) for i in range(10)]
+    other = [("someone-else", f"old-{i}", now - 9000) for i in range(5)]
+    await db.write(lambda tx: tx.executemany(
+        "INSERT INTO inbox (consumer, event_id, handled_at) VALUES (?, ?, ?)",
+        old + young + other))
+    await consumer._maybe_prune()
+    assert consumer.stats.pruned == 1000  # one chunk per round
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_for(lambda: _pruned(consumer, 1500))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    left = await db.read(lambda tx: sorted(
+        (str(r[0]), str(r[1])) for r in tx.all("SELECT consumer, event_id FROM inbox")))
+    assert left == sorted([(c, e) for c, e, _ in young + other])
+
+
+async def _pruned(c: EventConsumer, n: int) -> bool:
+    return c.stats.pruned >= n

@@ -227,3 +227,22 @@ def test_picker_is_process_wide() -> None:
     d = Discovery(RegistryLink("nats://127.0.0.1:1", name="unit"))
     set_picker(d)
     assert current_picker() is d
+
+
+async def test_health_check_asks_for_the_expected_service(
+    disc: Discovery, echoes: list[RunningEcho]
+) -> None:
+    """A shop server on a reused port that serves another contract is not healthy for the
+    service registered there: the check names `shop.<svc>.v1.<Svc>Service`, not ""."""
+    register(disc, "payment-1", echoes[0].addr, service="payment")  # an echo took its port
+    register(disc, "product-1", echoes[1].addr, service="product")  # the echo is a product
+    wrong = next(v.endpoint for v in disc._by_key.values() if v.info.service == "payment")
+    right = next(v.endpoint for v in disc._by_key.values() if v.info.service == "product")
+    assert not await disc.check(wrong)
+    assert await disc.check(right)
+    disc.mark_down(wrong)
+    disc.mark_down(right)
+    await disc._check(wrong)
+    await disc._check(right)
+    assert disc.healthy_addrs("payment") == []
+    assert disc.healthy_addrs("product") == [echoes[1].addr]
