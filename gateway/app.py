@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.access import is_public
 from gateway.admission import Admission
 from gateway.auth import TokenVerifier, bearer_token
+from gateway.body import RequestBody
 from gateway.clientaddr import ClientAddress, parse_networks
 from gateway.config import GatewaySettings, load_gateway_settings
 from gateway.dashboard import Dashboard
@@ -116,27 +117,6 @@ class GatewayState:
         ]
 
 
-async def _read_body(receive: Receive, declared: int, limit: int) -> bytes:
-    """The whole request body, 413 as soon as it is known to exceed `limit`."""
-    if declared > limit:
-        raise HttpError(413, "INVALID_ARGUMENT", f"request body over {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise HttpError(400, "CANCELLED", "client disconnected")
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise HttpError(413, "INVALID_ARGUMENT", f"request body over {limit} bytes")
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
 class ApiHandler:
     """The single ASGI wrapper: request id and metrics for every request, /api/* itself."""
 
@@ -151,6 +131,7 @@ class ApiHandler:
         started = time.perf_counter()
         rid = auth = ctype = forwarded = xff = ""
         declared = -1
+        chunked = False
         for key, value in scope["headers"]:
             if key == b"x-request-id":
                 rid = value.decode("latin-1")
@@ -163,6 +144,8 @@ class ApiHandler:
                     declared = int(value)
                 except ValueError:
                     declared = -1
+            elif key == b"transfer-encoding":
+                chunked = True
             elif key == b"forwarded":  # several lines read as one list (RFC 9110 5.3)
                 text = value.decode("latin-1")
                 forwarded = f"{forwarded},{text}" if forwarded else text
@@ -183,6 +166,14 @@ class ApiHandler:
         match = state.router.match(method, path)
         label = match.target.label if match is not None else "unmatched"
         extra: list[tuple[bytes, bytes]] = []
+        settings = state.settings
+        request_body = RequestBody(
+            receive,
+            declared=declared,
+            chunked=chunked,
+            drain_max_bytes=settings.drain_max_bytes,
+            drain_timeout_s=settings.drain_timeout_s,
+        )
         try:
             if match is None:
                 allowed = state.router.allowed_methods(path)
@@ -197,13 +188,15 @@ class ApiHandler:
             client = scope.get("client")
             addr = state.client_address.resolve(client[0] if client else "", forwarded, xff)
             status, body = await self._api(
-                scope, receive, match, rid, auth, ctype, declared, addr or "unknown"
+                scope, request_body, match, rid, auth, ctype, addr or "unknown"
             )
         except HttpError as err:
             status, body, extra = err.http_status, err.body(), err.headers
         except Exception:
             log.exception("unhandled gateway error", extra={"request_id": rid})
             status, body = 500, error_body(500, "INTERNAL", "internal error")
+        # Answered before the whole body was read (413, 401, 404, ...): read the rest first.
+        extra = [*extra, *await request_body.finish()]
         headers = [
             (b"content-type", _JSON),
             (b"content-length", str(len(body)).encode()),
@@ -217,12 +210,11 @@ class ApiHandler:
     async def _api(
         self,
         scope: Scope,
-        receive: Receive,
+        request_body: RequestBody,
         match: Match[ApiRoute],
         rid: str,
         auth: str,
         ctype: str,
-        declared: int,
         addr: str,
     ) -> tuple[int, bytes]:
         state = self.state
@@ -236,7 +228,7 @@ class ApiHandler:
 
         body = b""
         if binding.reads_body:
-            body = await _read_body(receive, declared, state.settings.max_body_bytes)
+            body = await request_body.read(state.settings.max_body_bytes)
             if body.strip():
                 check_content_type(ctype)
         qs: bytes = scope.get("query_string", b"")

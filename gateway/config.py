@@ -33,6 +33,11 @@ class GatewaySettings:
     jwt_issuer: str = "shop-user"
     jwt_audience: str = "shop-api"
     max_body_bytes: int = 64 * 1024
+    # What is left of a body the gateway answered early (a 413, a 401, ...) is read and
+    # dropped up to this much and this long, so a client that writes it all before
+    # reading gets the answer instead of a connection reset.
+    drain_max_bytes: int = 16 * 1024 * 1024
+    drain_timeout_s: float = 10.0
     # Budget of one proxied call; CreateOrder runs the whole saga inside it.
     call_timeout_s: float = 10.0
     # Each dashboard part gets this much before its fallback is used: long enough for a
@@ -62,6 +67,8 @@ def load_gateway_settings() -> GatewaySettings:
         jwt_issuer=env_str("SHOP_JWT_ISSUER", "shop-user"),
         jwt_audience=env_str("SHOP_JWT_AUDIENCE", "shop-api"),
         max_body_bytes=env_int("GATEWAY_MAX_BODY_BYTES", 64 * 1024),
+        drain_max_bytes=env_int("GATEWAY_DRAIN_MAX_BYTES", 16 * 1024 * 1024),
+        drain_timeout_s=env_float("GATEWAY_DRAIN_TIMEOUT_S", 10.0),
         call_timeout_s=env_float("GATEWAY_CALL_TIMEOUT_S", 10.0),
         dashboard_part_timeout_s=env_float("GATEWAY_DASHBOARD_TIMEOUT_S", 0.6),
         dashboard_breaker_fail_max=env_int("GATEWAY_DASHBOARD_BREAKER_FAIL_MAX", 5),
