@@ -99,3 +99,12 @@ class UserStore:
                 " WHERE email = ? COLLATE NOCASE", (email,))
             row = await cur.fetchone()
         return None if row is None else (_row_to_user(row), str(row["password_hash"]))
+
+    async def replace_password_hash(self, user_id: str, old: str, new: str) -> bool:
+        """Swap the stored hash for `new` if it is still `old` (a re-hash at login: two
+        logins at once must not undo each other). Whether it was swapped."""
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?",
+                (new, user_id, old))
+            return cur.rowcount == 1
