@@ -58,9 +58,6 @@ async def test_hung_payment_answers_within_budget_and_order_ends_consistent(
         finally:
             sysm["payment"].sigcont()
 
-    report = await check_invariants(sysm.addr, users=[user], stock_set={PRODUCT: STOCK},
-                                    timeout_s=60, expect_orders=1)
+    report = await check_invariants(sysm, stock_set={PRODUCT: STOCK}, timeout_s=60,
+                                    expect_orders=1)
     report.assert_ok()
-    (order,) = report.orders
-    assert order.status in (order_pb2.ORDER_STATUS_CONFIRMED, order_pb2.ORDER_STATUS_SHIPPED,
-                            order_pb2.ORDER_STATUS_CANCELLED)
