@@ -26,7 +26,7 @@ from grpc import aio
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.order.v1 import order_pb2, order_pb2_grpc
 
-__all__ = ["Answer", "OrderClient", "paced", "set_stock"]
+__all__ = ["REFUSED", "TRANSIENT", "Answer", "OrderClient", "paced", "set_stock"]
 
 T = TypeVar("T")
 
