@@ -1,5 +1,7 @@
 """kill -9 the outbox relay again and again: every event ends up in the stream exactly
-once, in order per aggregate."""
+once, in order per aggregate. First a lone relay draining a filled outbox; then the order
+service (whose relay publishes every order event) killed five times, each time with events
+still unsent, while customers place orders (the full invariant check afterwards)."""
 
 from __future__ import annotations
 
@@ -14,16 +16,19 @@ import pytest
 from shop.events.v1 import envelope_pb2
 
 from ops.natsd import NatsServer
+from ops.process import System
 from services.common.bus import Bus
 from services.common.events import STREAM
+from tests.fixtures_services import START_TIMEOUT_S
+from tests.support.invariants import check_invariants
+from tests.support.load import OrderClient, paced, set_stock
 from tests.support.outboxes import fill_outbox, unsent_outbox_rows
+from tests.support.users import create_users
 
 pytestmark = pytest.mark.timeout(120)
 
 ROOT = Path(__file__).resolve().parents[2]
 N_EVENTS = 500
-
-
 
 
 def _start(db_path: Path, url: str) -> subprocess.Popen[str]:
@@ -84,3 +89,45 @@ def test_relay_survives_kill_9(tmp_path: Path, fresh_nats: NatsServer) -> None:
         want = [eid for eid, a in expected if a == agg]
         got = [e.id for e in envs if e.aggregate_id == agg]
         assert got == want, f"order broken for {agg}"
+
+
+KILLS = 5
+ORDERS = 80
+RUN_S = 12.0
+STOCK = {"running-shoes": 10_000}
+
+
+async def test_order_relay_killed_five_times_under_orders(fault_system: System) -> None:
+    sysm = fault_system
+    users = await create_users(sysm.addr("user"), 6, "relay-kill")
+    await set_stock(sysm.addr("inventory"), STOCK)
+    order_db = sysm.data_dir / "order.db"
+    unsent_at_kill: list[int] = []
+    rng = random.Random(11)
+
+    async def kills() -> None:
+        deadline = time.monotonic() + RUN_S + 20
+        while len(unsent_at_kill) < KILLS:
+            await asyncio.sleep(rng.uniform(0.5, 1.5))
+            # Kill only with events committed but not yet acknowledged: mid-drain.
+            while (unsent := unsent_outbox_rows(order_db)) == 0:
+                assert time.monotonic() < deadline, "the order outbox never had a backlog"
+                await asyncio.sleep(0.005)
+            sysm["order"].kill()
+            unsent_at_kill.append(unsent)
+            await asyncio.to_thread(sysm["order"].restart, START_TIMEOUT_S, graceful=False)
+
+    async with OrderClient(sysm.addr("order"), timeout_s=5, retry_for_s=40) as client:
+        killer = asyncio.create_task(kills())
+        await paced(ORDERS, RUN_S, 8, lambda i: client.create(
+            users[i % 6], {"running-shoes": 1 + i % 2}, key=f"relay-{i}",
+            card="tok_chargeDeclined" if i % 6 == 5 else "tok_visa"))
+        await asyncio.wait_for(killer, 60)
+    assert client.unexpected == [], client.unexpected
+    assert len(unsent_at_kill) == KILLS and min(unsent_at_kill) > 0, unsent_at_kill
+
+    report = await check_invariants(sysm, stock_set=STOCK, created=client.created,
+                                    expect_orders=ORDERS, timeout_s=60)
+    report.assert_ok()
+    assert report.count("SHIPPED") > 0 and report.count("CANCELLED") > 0, report.summary()
+    print(f"\nunsent order events at each kill {unsent_at_kill}; {report.summary()}")
