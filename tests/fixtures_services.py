@@ -31,8 +31,9 @@ __all__ = [
     "system_fresh",
 ]
 
-# Short grace periods: a test teardown should not wait out production drains.
-TEST_ENV: dict[str, str] = {"SHOP_GRACE_S": "2", "SHOP_LOG_LEVEL": "DEBUG"}
+# Short grace periods: a test teardown should not wait out production drains. No mail:
+# a test that wants it points SMTP_URL at a server of its own (never at a local catcher).
+TEST_ENV: dict[str, str] = {"SHOP_GRACE_S": "2", "SHOP_LOG_LEVEL": "DEBUG", "SMTP_URL": "off"}
 START_TIMEOUT_S = 60.0
 
 
