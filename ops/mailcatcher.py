@@ -5,8 +5,9 @@ accepts as an .eml file under <data dir>/mail/, and the reader `shopctl mail` us
 
 Port from --port, else MAILCATCHER_PORT (1025); the directory from --dir, else
 $SHOP_DATA_DIR/mail. Writes SHOP_READY_FILE once listening; SIGTERM/SIGINT stop it.
-Each mail is one file `<received UTC time>-<random>.eml`, written whole (temp file and
-rename), with the SMTP envelope in X-Envelope-From / X-Envelope-To headers on top.
+Each mail is one file `<received UTC time, to the microsecond>-<random>.eml`, written
+whole (temp file and rename), with Unix line ends and the SMTP envelope in
+X-Envelope-From / X-Envelope-To headers on top.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 
 from ops.process import ServiceProcess
 
-__all__ = ["DEFAULT_PORT", "CatcherProcess", "MailDir", "StoredMail", "main"]
+__all__ = ["DEFAULT_PORT", "CatcherProcess", "MailDir", "StoredMail", "main", "start_catcher"]
 
 DEFAULT_PORT = 1025
 NAME = "mailcatcher"
@@ -56,16 +57,22 @@ class MailDir:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._last_us = 0
 
     def save(self, content: bytes, mail_from: str, rcpt_tos: list[str]) -> str:
         """Store one mail; returns its id."""
         self.root.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        mail_id = f"{stamp}-{secrets.token_hex(4)}"
-        envelope = (f"X-Envelope-From: {mail_from}\r\n"
-                    f"X-Envelope-To: {', '.join(rcpt_tos)}\r\n").encode()
+        # Microseconds, never going back within this catcher: ids sort as mails arrived.
+        now_us = max(time.time_ns() // 1000, self._last_us + 1)
+        self._last_us = now_us
+        secs, micros = divmod(now_us, 1_000_000)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(secs))
+        mail_id = f"{stamp}.{micros:06d}Z-{secrets.token_hex(3)}"
+        envelope = (f"X-Envelope-From: {mail_from}\n"
+                    f"X-Envelope-To: {', '.join(rcpt_tos)}\n").encode()
         tmp = self.root / f".{mail_id}.tmp"
-        tmp.write_bytes(envelope + content)
+        # Unix line ends, as maildir stores them (SMTP carries CRLF).
+        tmp.write_bytes(envelope + content.replace(b"\r\n", b"\n"))
         os.replace(tmp, self.root / f"{mail_id}.eml")
         return mail_id
 
@@ -116,14 +123,19 @@ class _Handler:
         return "250 OK stored as " + mail_id
 
 
-async def serve(host: str, port: int, root: Path, ready_file: Path | None) -> None:
+async def start_catcher(host: str, port: int, root: Path) -> asyncio.Server:
+    """The SMTP server, listening (port 0: any free port), storing into `root`."""
     from aiosmtpd.smtp import SMTP  # only the catcher needs the server side
 
-    maildir = MailDir(root)
-    handler = _Handler(maildir)
+    handler = _Handler(MailDir(root))
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: SMTP(handler, hostname="shop-mailcatcher"),
-                                      host=host, port=port)
+    return await loop.create_server(lambda: SMTP(handler, hostname="shop-mailcatcher"),
+                                    host=host, port=port)
+
+
+async def serve(host: str, port: int, root: Path, ready_file: Path | None) -> None:
+    loop = asyncio.get_running_loop()
+    server = await start_catcher(host, port, root)
     bound = server.sockets[0].getsockname()[1]
     addr = f"{host}:{bound}"
     if ready_file is not None:

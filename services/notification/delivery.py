@@ -7,7 +7,7 @@ import html
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import formatdate, getaddresses
+from email.utils import formatdate, parseaddr
 
 __all__ = ["REQUEST_ID_HEADER", "DeliveryStatus", "PendingMail", "backoff_s", "compose",
            "message_id"]
@@ -45,10 +45,9 @@ def backoff_s(attempts: int, first_s: float, cap_s: float) -> float:
 
 
 def _domain(sender: str) -> str:
-    addrs = getaddresses([sender])
-    addr = addrs[0][1] if addrs else ""
-    _, _, domain = addr.rpartition("@")
-    return domain or _FALLBACK_DOMAIN
+    addr = parseaddr(sender)[1]
+    local, at, domain = addr.rpartition("@")
+    return domain if local and at and domain else _FALLBACK_DOMAIN
 
 
 def message_id(notification_id: str, sender: str) -> str:

@@ -60,7 +60,9 @@ def classify(exc: BaseException) -> Refused | None:
         return None
     if isinstance(exc, aiosmtplib.SMTPRecipientRefused | aiosmtplib.SMTPDataError):
         return Refused(_reply(exc)) if exc.code >= 500 else None
-    if isinstance(exc, ValueError | UnicodeError):
+    # ssl.SSLCertVerificationError is a ValueError too: a certificate problem is the
+    # server's (or our trust's), the same for every mail, so retried, never a refusal.
+    if isinstance(exc, ValueError) and not isinstance(exc, OSError):
         return Refused(f"bad address: {exc}")
     return None
 

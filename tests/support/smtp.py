@@ -7,6 +7,7 @@ from __future__ import annotations
 import email
 import email.policy
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 from ops.process import free_port
 
@@ -47,21 +49,51 @@ class _Recorder:
 
 
 class SmtpServer:
-    """`start()` / `stop()` any number of times, always on the same port."""
+    """`start()` / `stop()` any number of times, always on the same port.
 
-    def __init__(self, refuse: set[str] | None = None, port: int = 0) -> None:
+    `tls`: None (plain), "starttls" (STARTTLS required before anything else) or "tls"
+    (TLS from the first byte), with `context` as the server's certificate; `login`:
+    (user, password) required (AUTH PLAIN/LOGIN, after STARTTLS) before a mail is taken."""
+
+    def __init__(self, refuse: set[str] | None = None, port: int = 0, *,
+                 tls: str | None = None, context: ssl.SSLContext | None = None,
+                 login: tuple[str, str] | None = None) -> None:
         self.port = port or free_port()
         self.recorder = _Recorder(refuse={a.lower() for a in refuse or set()})
+        self.tls = tls
+        self.context = context
+        self.login = login
+        self.logins: list[str] = []
         self._controller: Controller | None = None
 
     @property
     def url(self) -> str:
-        return f"smtp://127.0.0.1:{self.port}"
+        scheme = {None: "smtp", "starttls": "smtp+starttls", "tls": "smtps"}[self.tls]
+        creds = f"{self.login[0]}:{self.login[1]}@" if self.login else ""
+        return f"{scheme}://{creds}127.0.0.1:{self.port}"
+
+    def _authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str,
+                      auth_data: Any) -> AuthResult:
+        assert self.login is not None
+        user = auth_data.login.decode()
+        ok = (user, auth_data.password.decode()) == self.login
+        if ok:
+            self.logins.append(user)
+        return AuthResult(success=ok)
 
     def start(self) -> SmtpServer:
         if self._controller is None:
+            kwargs: dict[str, Any] = {}
+            if self.tls == "starttls":
+                kwargs.update(tls_context=self.context, require_starttls=True)
+            elif self.tls == "tls":
+                # aiosmtpd offers AUTH only after STARTTLS, not under implicit TLS.
+                assert self.login is None, "login needs tls='starttls'"
+                kwargs.update(ssl_context=self.context)
+            if self.login is not None:
+                kwargs.update(authenticator=self._authenticate, auth_required=True)
             self._controller = Controller(self.recorder, hostname="127.0.0.1",
-                                          port=self.port, ready_timeout=10.0)
+                                          port=self.port, ready_timeout=10.0, **kwargs)
             self._controller.start()
         return self
 
