@@ -6,6 +6,9 @@
     shopctl saga retry ORDER_ID    resume a saga left for manual attention
     shopctl dlq list               dead letters
     shopctl dlq replay ID|--all    re-publish dead letters to their original subjects
+    shopctl mail list              the mails the local catcher of `make run` caught
+    shopctl mail show ID           one of them: headers and text (ID, a prefix of it, or
+                                   the notification id / Message-ID in it)
 """
 
 from __future__ import annotations
@@ -340,6 +343,50 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return asyncio.run(_with_js(url, "replay", "all" if args.all else args.id))
 
 
+def _mail_dir(given: Path | None) -> Path:
+    """--dir, else where `make run` said its catcher stores mails, else <data dir>/mail."""
+    if given is not None:
+        return given
+    data_dir = Path(os.environ.get("SHOP_DATA_DIR") or "var")
+    try:
+        doc = json.loads((data_dir / "run" / "instances.json").read_text())
+        return Path(str(doc["mailcatcher"]["mail_dir"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return data_dir / "mail"
+
+
+def cmd_mail(args: argparse.Namespace) -> int:
+    from ops.mailcatcher import MailDir
+
+    maildir = MailDir(_mail_dir(args.dir))
+    if args.mail_cmd == "list":
+        mails = maildir.list()
+        if not mails:
+            print(f"no mails in {maildir.root}")
+            return 0
+        seen: dict[str, str] = {}
+        rows = [("ID", "RECEIVED (UTC)", "TO", "SUBJECT", "NOTE")]
+        for m in mails:
+            first = seen.setdefault(m.message_id, m.id) if m.message_id else m.id
+            note = f"repeat of {first}" if first != m.id else ""
+            when = dt.datetime.fromtimestamp(m.received_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+            rows.append((m.id, when, m.to, m.subject, note))
+        _print_table(rows)
+        return 0
+    try:
+        found = maildir.find(args.id)
+    except KeyError as exc:
+        raise CliError(str(exc.args[0])) from None
+    msg = found.message()
+    for name in ("From", "To", "Subject", "Date", "Message-ID", "X-Request-Id"):
+        if msg.get(name) is not None:
+            print(f"{name}: {msg[name]}")
+    print(f"File: {found.path}\n")
+    part = msg.get_body(("html",) if args.html else ("plain", "html"))
+    print(part.get_content().rstrip() if part is not None else "(no text part)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shopctl", description="Operate a running shop.")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -356,6 +403,15 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("id", nargs="?", type=int)
     replay.add_argument("--all", action="store_true")
     replay.set_defaults(func=cmd_dlq)
+    mail = sub.add_parser("mail", help="mails caught by the local mail catcher")
+    mail.add_argument("--dir", type=Path, default=None,
+                      help="the catcher's directory (default: the one make run uses)")
+    msub = mail.add_subparsers(dest="mail_cmd", required=True)
+    msub.add_parser("list", help="every caught mail, oldest first").set_defaults(func=cmd_mail)
+    show = msub.add_parser("show", help="one mail: headers and text")
+    show.add_argument("id", help="mail id (or a prefix), notification id or Message-ID")
+    show.add_argument("--html", action="store_true", help="print the HTML part instead")
+    show.set_defaults(func=cmd_mail)
     return parser
 
 

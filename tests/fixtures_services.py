@@ -35,11 +35,13 @@ __all__ = [
 
 # Short grace periods: a test teardown should not wait out production drains. Password
 # hashes at scrypt N=2^14 instead of the default 2^17 (about 8x less CPU and memory per
-# sign-up or login): tests sign many users up on a shared machine.
+# sign-up or login): tests sign many users up on a shared machine. No mail: a test that
+# wants it points SMTP_URL at a server of its own (never at a local catcher).
 TEST_ENV: dict[str, str] = {
     "SHOP_GRACE_S": "2",
     "SHOP_LOG_LEVEL": "DEBUG",
     "SHOP_SCRYPT_N": "16384",
+    "SMTP_URL": "off",
 }
 START_TIMEOUT_S = 60.0
 # Fault runs: recovery inside a test's bounds (short breaker reset and step deadlines, sagas
