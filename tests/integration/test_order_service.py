@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -474,3 +475,32 @@ async def test_rest_cancel_answers_cancelled_or_already_shipped(
     assert not {o for o in operations
                 if any(n in o for n in ("CancelShipment", "RestockStock", "RetrySaga"))}
     assert "/api/orders/{id}/cancel" in spec["paths"]
+
+
+async def test_cancellation_saga_survives_a_crash_of_the_order_service(
+        system_fresh: System) -> None:
+    """kill -9 of the order service while its cancellation saga waits at cancel_shipment
+    (shipping frozen): the restarted service resumes the saga from its persisted step and
+    it ends CANCELLED, refunded, restocked, the shipment cancelled."""
+    sysm = system_fresh
+    c = Client(sysm)
+    try:
+        user = await c.new_user()
+        before = await c.stock_of("french-press")
+        sysm["shipping"].sigstop()
+        try:
+            order = await c.create(user, [("french-press", 2)])
+            assert order.status == STATUS.ORDER_STATUS_CONFIRMED
+            with contextlib.suppress(aio.AioRpcError):  # the answer may not come in time
+                reply = await c.cancel(user, order.id, "crash test", timeout=2)
+                assert reply.status == STATUS.ORDER_STATUS_CONFIRMED  # still cancelling
+            sysm["order"].restart(graceful=False)
+        finally:
+            sysm["shipping"].sigcont()
+        await _assert_cancelled_and_settled(c, user, order, "french-press", before)
+        history = await c.orders.GetSagaHistory(
+            OP.GetSagaHistoryRequest(order_id=order.id), metadata=[("x-user-id", user)],
+            timeout=5)
+        assert [s.step for s in history.steps].count("cancel") == 1
+    finally:
+        await c.close()
