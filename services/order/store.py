@@ -241,12 +241,14 @@ def add_history_sync(tx: Tx, order_id: str, entry: HistoryEntry) -> None:
 
 
 def mark_shipped_sync(tx: Tx, order_id: str, tracking: str, *, status: bool) -> None:
-    """Record the order's tracking number and, with `status`, CONFIRMED -> SHIPPED."""
+    """Record the order's tracking number and, with `status`, CONFIRMED -> SHIPPED. A
+    CANCELLED order is left alone (its shipment was cancelled: nothing was dispatched)."""
     tx.execute(
         "UPDATE orders SET tracking_number = ?, update_time = ?,"
-        " status = CASE WHEN ? AND status = ? THEN ? ELSE status END WHERE id = ?",
+        " status = CASE WHEN ? AND status = ? THEN ? ELSE status END"
+        " WHERE id = ? AND status != ?",
         (tracking, time.time(), int(status), OrderStatus.CONFIRMED.value,
-         OrderStatus.SHIPPED.value, order_id))
+         OrderStatus.SHIPPED.value, order_id, OrderStatus.CANCELLED.value))
 
 
 # --- the repository ------------------------------------------------------------------------

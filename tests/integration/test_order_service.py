@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
+import httpx
 import nats
 import pytest
 from grpc import aio
@@ -21,7 +23,7 @@ from shop.payment.v1 import payment_pb2, payment_pb2_grpc
 from shop.shipping.v1 import shipping_pb2, shipping_pb2_grpc
 from shop.user.v1 import user_pb2, user_pb2_grpc
 
-from ops.process import System
+from ops.process import ServiceProcess, System
 
 OP = order_pb2
 STATUS = OP.OrderStatus
@@ -439,3 +441,66 @@ async def test_refused_commit_needs_attention_and_an_operator_retry_resumes_it(
     steps = await history()
     assert steps[-2:] == [("retry", "requested"), ("confirm", "refused")], steps
     assert (await client.payment(order.id)).status == payment_pb2.PAYMENT_STATUS_CHARGED
+
+
+async def test_rest_cancel_answers_cancelled_or_already_shipped(
+        client: Client, gateway: ServiceProcess) -> None:
+    """POST /api/orders/{id}/cancel through the gateway: 200 with the order CANCELLED
+    before dispatch, 400 FAILED_PRECONDITION "already shipped" after it. The service-only
+    calls (CancelShipment, RestockStock, RetrySaga) have no REST route."""
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=20.0) as api:
+        email = f"rest-{uuid.uuid4().hex[:8]}@example.com"
+        r = await api.post("/api/users", json={"email": email, "name": "Rest",
+                                               "password": "s3cret-pass"})
+        assert r.status_code == 201, r.text
+        r = await api.post("/api/auth/login", json={"email": email, "password": "s3cret-pass"})
+        headers = {"Authorization": f"Bearer {r.json()['accessToken']}"}
+        body = {"items": [{"productId": "chef-knife", "quantity": 1}], "cardToken": "tok_visa"}
+        first = (await api.post("/api/orders", json=body, headers=headers)).json()
+        r = await api.post(f"/api/orders/{first['id']}/cancel", json={}, headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "ORDER_STATUS_CANCELLED"
+        second = (await api.post("/api/orders", json=body, headers=headers)).json()
+        user = second["userId"]
+        await until(lambda: client.get(user, second["id"]),
+                    lambda o: o.status == STATUS.ORDER_STATUS_SHIPPED, "SHIPPED")
+        r = await api.post(f"/api/orders/{second['id']}/cancel", json={}, headers=headers)
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["status"] == "FAILED_PRECONDITION" and "already shipped" in err["message"]
+        spec = (await api.get("/openapi.json")).json()
+    operations = {op.get("operationId", "") for path in spec["paths"].values()
+                  for op in path.values() if isinstance(op, dict)}
+    assert any("CancelOrder" in o for o in operations), operations
+    assert not {o for o in operations
+                if any(n in o for n in ("CancelShipment", "RestockStock", "RetrySaga"))}
+    assert "/api/orders/{id}/cancel" in spec["paths"]
+
+
+async def test_cancellation_saga_survives_a_crash_of_the_order_service(
+        system_fresh: System) -> None:
+    """kill -9 of the order service while its cancellation saga waits at cancel_shipment
+    (shipping frozen): the restarted service resumes the saga from its persisted step and
+    it ends CANCELLED, refunded, restocked, the shipment cancelled."""
+    sysm = system_fresh
+    c = Client(sysm)
+    try:
+        user = await c.new_user()
+        before = await c.stock_of("french-press")
+        sysm["shipping"].sigstop()
+        try:
+            order = await c.create(user, [("french-press", 2)])
+            assert order.status == STATUS.ORDER_STATUS_CONFIRMED
+            with contextlib.suppress(aio.AioRpcError):  # the answer may not come in time
+                reply = await c.cancel(user, order.id, "crash test", timeout=2)
+                assert reply.status == STATUS.ORDER_STATUS_CONFIRMED  # still cancelling
+            sysm["order"].restart(graceful=False)
+        finally:
+            sysm["shipping"].sigcont()
+        await _assert_cancelled_and_settled(c, user, order, "french-press", before)
+        history = await c.orders.GetSagaHistory(
+            OP.GetSagaHistoryRequest(order_id=order.id), metadata=[("x-user-id", user)],
+            timeout=5)
+        assert [s.step for s in history.steps].count("cancel") == 1
+    finally:
+        await c.close()

@@ -192,3 +192,15 @@ async def test_dispatch_due_time_survives_a_restart(services: ServiceFactory, bu
                                      status=pb.SHIPMENT_STATUS_SHIPPED)
     assert shipped.tracking_number == pending.tracking_number
     assert [m.shipment.order_id for m in await shipped_events(bus, at_least=1)] == ["o-restart"]
+
+
+async def test_two_instances_dispatch_each_shipment_once(services: ServiceFactory,
+                                                          bus: Bus) -> None:
+    """Two shipping instances share the file: both dispatchers see every due shipment, the
+    status guard lets one of them ship it; one order.shipped per order."""
+    services.start_many("shipping", "shipping", SHIPPING_DISPATCH_DELAY_S="0.3")
+    ids = [f"o-two-{i}" for i in range(20)]
+    for order_id in ids:
+        await bus.publish(confirmed(order_id, "u1"))
+    shipped = await shipped_events(bus, at_least=len(ids), settle_s=1.5, timeout_s=40)
+    assert sorted(m.shipment.order_id for m in shipped) == sorted(ids)
