@@ -199,6 +199,7 @@ def test_schemathesis_with_all_its_checks(
         "--max-examples", str(MAX_CASES_PER_OPERATION),
         "--seed", "20261201",
         "--generation-database", "none",
+        "--workers", "1",
         "--request-timeout", "15",
         "--header", f"Authorization: {bearer}",
     ]
