@@ -220,6 +220,10 @@ class ApiHandler:
         state = self.state
         route = match.target
         user_id = await self._identify(route, auth, addr)
+        if route.public:
+            # Known only to count against the user's limit: a public route's call goes
+            # downstream without a caller, token or not.
+            user_id = ""
         binding = route.binding
         if binding is None:
             assert state.dashboard is not None

@@ -121,4 +121,16 @@ async def test_a_bad_token_on_a_public_route_is_ignored_but_counted() -> None:
         body = {"email": "c@example.com", "name": "C", "password": "pw-123456"}
         bad = {"Authorization": "Bearer not-a-token"}
         answers = [await client.post("/api/users", json=body, headers=bad) for _ in range(3)]
+        # A good token on a public route: counted as its user (not refused with the
+        # address's exhausted limit), but the call still goes downstream without a caller.
+        good = {"Authorization": f"Bearer {minter.token('u-9')}"}
+        known = await client.post("/api/users", json=body, headers=good)
     assert [r.status_code for r in answers] == [201, 201, 429]
+    assert known.status_code == 429  # its first use is not yet known good: the address
+    async for client in _client(minter, fakes, anon_rate_limit="1/minute"):
+        token = {"Authorization": f"Bearer {minter.token('u-9')}"}
+        assert (await client.get("/api/users/me", headers=token)).status_code == 200
+        again = await client.post("/api/users", json=body, headers=token)
+    assert again.status_code == 201
+    assert fakes["user"].calls[-1].method == "CreateUser"
+    assert fakes["user"].calls[-1].user_id == ""
