@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.common import context
 from services.common.breakers import ShopBreaker, breaker_for
 from services.common.errors import DeadlineExceeded, Unavailable
-from services.common.settings import default_addr, downstream_addr
+from services.common.settings import default_addr, downstream_addr, health_name
 
 StubT = TypeVar("StubT")
 
@@ -50,13 +50,6 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
 # A health check gets this long: an instance that cannot answer it is not serving.
 HEALTH_CHECK_TIMEOUT_S = 0.5
 _SERVING = health_pb2.HealthCheckResponse.SERVING
-
-
-def health_name(service: str) -> str:
-    """The grpc.health.v1 service name an instance of `service` reports SERVING under:
-    `shop.<svc>.v1.<Svc>Service`. Asking for it (not for "") means another server on a
-    reused port is never taken for this service."""
-    return f"shop.{service}.v1.{service.capitalize()}Service"
 
 
 class Endpoint:
