@@ -59,6 +59,7 @@ from gateway.upstreams import (
 )
 from services.common import context
 from services.common.errors import DomainError
+from services.common.settings import health_name
 
 log = logging.getLogger("shop.gateway")
 
@@ -371,7 +372,8 @@ def _ops_routes(state: GatewayState) -> list[Route]:
         async def check(name: str) -> str:
             try:
                 reply = await state.health[name].call(
-                    "Check", health_pb2.HealthCheckRequest(), idempotent=True, timeout=1.0
+                    "Check", health_pb2.HealthCheckRequest(service=health_name(name)),
+                    idempotent=True, timeout=1.0,
                 )
             except aio.AioRpcError as err:
                 return str(err.code().name)

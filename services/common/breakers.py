@@ -1,5 +1,7 @@
-"""One circuit breaker per downstream service, shared by every client in the process, and
-the registry `shopctl status` and metrics read.
+"""Circuit breakers, shared by every client in the process: one per discovered instance of
+a downstream service (so one unwell instance is skipped while the others serve), one per
+service for a pinned or default address; and the registry `shopctl status` and metrics
+read (per service, see `breaker_states`).
 
 `ShopBreaker` is a pybreaker breaker with shop's accounting. A call ends in one of three
 verdicts: a *failure* (the downstream is unwell: `FAILURE_CODES`, or a cancellation at the
@@ -22,7 +24,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 import grpc
 import pybreaker
@@ -81,6 +83,11 @@ def is_failure(exc: BaseException) -> bool:
     return verdict(exc) is Verdict.FAILURE
 
 
+def _not_a_failure(exc: BaseException) -> bool:
+    """For a plain pybreaker breaker's `exclude` (it has only two verdicts)."""
+    return not is_failure(exc)
+
+
 # A health probe: True = SERVING, False = not serving, None = nothing left to watch.
 Probe = Callable[[], Awaitable[bool | None]]
 
@@ -102,6 +109,7 @@ class ShopBreaker(pybreaker.CircuitBreaker):
         self.probe_every_s = (env_float("SHOP_BREAKER_PROBE_S", 0.25)
                               if probe_every_s is None else probe_every_s)
         self._probing = False  # a half-open probe call is in flight
+        self.used = False  # a call went through it (breaker_states skips unused ones)
         self._watch: asyncio.Task[None] | None = None
         self._opened_mono = 0.0
 
@@ -139,6 +147,7 @@ class ShopBreaker(pybreaker.CircuitBreaker):
     def _admit(self) -> bool:
         """Let a call through or raise; True when it is the half-open probe."""
         with self._lock:
+            self.used = True
             state = self.current_state
             if state == pybreaker.STATE_OPEN:
                 if time.monotonic() - self._opened_mono < self.reset_timeout:
@@ -231,20 +240,32 @@ class _StateLogger(pybreaker.CircuitBreakerListener):
         )
 
 
-def breaker_for(service: str) -> ShopBreaker:
-    """The process-wide breaker for `service`, made on first use.
+def breaker_for(service: str, instance: str = "") -> ShopBreaker:
+    """The process-wide breaker for `service` (a pinned or default address), or for one
+    of its discovered instances; made on first use.
 
     Thresholds: SHOP_BREAKER_FAIL_MAX (5 consecutive failures), SHOP_BREAKER_RESET_S (30 s).
     """
-    breaker = _registry.get(service)
+    key = f"{service}/{instance}" if instance else service
+    breaker = _registry.get(key)
     if breaker is None:
         breaker = new_breaker(
-            service,
+            key,
             fail_max=env_int("SHOP_BREAKER_FAIL_MAX", 5),
             reset_timeout=env_float("SHOP_BREAKER_RESET_S", 30.0),
         )
-        _registry[service] = breaker
+        _registry[key] = breaker
     return breaker
+
+
+def combined_state(states: Iterable[str]) -> str:
+    """The state of a service whose calls go through several breakers (one per instance):
+    "closed" while one is closed, else "half-open" while one is, else "open"."""
+    found = set(states)
+    for state in (pybreaker.STATE_CLOSED, pybreaker.STATE_HALF_OPEN, pybreaker.STATE_OPEN):
+        if state in found:
+            return state
+    return pybreaker.STATE_CLOSED
 
 
 def new_breaker(name: str, *, fail_max: int, reset_timeout: float) -> ShopBreaker:
@@ -254,8 +275,16 @@ def new_breaker(name: str, *, fail_max: int, reset_timeout: float) -> ShopBreake
 
 
 def breaker_states() -> dict[str, str]:
-    """Downstream service -> "closed" | "open" | "half-open"."""
-    return {name: str(b.current_state) for name, b in sorted(_registry.items())}
+    """Downstream service -> "closed" | "open" | "half-open" (its instances' breakers
+    combined, see `combined_state`)."""
+    by_service: dict[str, list[ShopBreaker]] = {}
+    for key, b in _registry.items():
+        by_service.setdefault(key.partition("/")[0], []).append(b)
+    out: dict[str, str] = {}
+    for name, found in sorted(by_service.items()):
+        used = [b for b in found if b.used] or found  # a breaker never called is no news
+        out[name] = combined_state(str(b.current_state) for b in used)
+    return out
 
 
 def reset_breakers() -> None:

@@ -29,6 +29,7 @@ from typing import Any
 
 import nats.errors
 
+from services.common.breakers import breaker_for
 from services.common.clients import Endpoint, set_picker
 from services.common.registry import Instance, RegistryLink, bucket_ttl
 from services.common.settings import env_float
@@ -88,6 +89,14 @@ class _Pool:
         ring = self.ring or self.everyone
         if not ring:
             return None
+        # Outlier ejection: skip an instance whose breaker would refuse the call; when
+        # every one would, the next one still gets it (fails fast, never a blackhole: its
+        # breaker's health watch half-opens it once it serves again).
+        for _ in range(len(ring)):
+            self.n += 1
+            ep = ring[self.n % len(ring)]
+            if ep.breaker is None or ep.breaker.admits():
+                return ep
         self.n += 1
         return ring[self.n % len(ring)]
 
@@ -203,6 +212,7 @@ class Discovery:
         if known is not None:
             self._remove(key)  # same instance id, new address: a new channel
         ep = Endpoint(info.service, info.addr, info.instance_id)
+        ep.breaker = breaker_for(info.service, info.instance_id)
         known = _Known(key, info, ep)
         self._by_key[key] = known
         pool = self._pools.setdefault(info.service, _Pool())

@@ -29,7 +29,6 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from services.common import discovery
-from services.common.clients import health_name
 from services.common.interceptors import ServerInterceptor
 from services.common.logging import configure_logging
 from services.common.readyfile import write_ready_file
@@ -40,7 +39,7 @@ from services.common.registry import (
     registry_enabled,
     shop_version,
 )
-from services.common.settings import Settings, env_float, load_settings
+from services.common.settings import Settings, env_float, health_name, load_settings
 
 log = logging.getLogger("shop.server")
 
