@@ -62,10 +62,15 @@ def test_relay_survives_kill_9(tmp_path: Path, fresh_nats: NatsServer) -> None:
     deadline = time.monotonic() + 90
     while kills < 5 or unsent_outbox_rows(db_path):
         assert time.monotonic() < deadline, "outbox never drained"
+        before = unsent_outbox_rows(db_path)
         proc = _start(db_path, fresh_nats.url)
         try:
             if kills < 5:
-                time.sleep(rng.uniform(0.02, 0.12))
+                # Mid-drain: once this run has marked some rows sent, a little later.
+                while unsent_outbox_rows(db_path) == before and proc.poll() is None:
+                    assert time.monotonic() < deadline, "the relay published nothing"
+                    time.sleep(0.002)
+                time.sleep(rng.uniform(0.0, 0.03))
                 proc.kill()  # SIGKILL, mid-batch
                 kills += 1
             else:
