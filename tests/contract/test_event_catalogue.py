@@ -58,7 +58,7 @@ OTHER_PRODUCT = "yoga-mat"
 PRICE = 24900
 OWNER = "contract-test"
 
-# DESIGN.md "Events": who consumes what. Each must be a real route.
+# Who consumes which event, as shop is designed. Each must be a real route.
 DESIGNED_CONSUMERS = {
     ("notification", events.USER_CREATED),
     ("shipping", events.ORDER_CONFIRMED),
@@ -472,7 +472,7 @@ def test_no_other_service_writes_a_subject_to_its_outbox() -> None:
 
 def test_routes_cover_the_designed_consumers() -> None:
     missing = DESIGNED_CONSUMERS - set(ROUTES)
-    assert not missing, f"consumers from DESIGN.md without a route: {sorted(missing)}"
+    assert not missing, f"designed consumers without a route: {sorted(missing)}"
 
 
 @pytest.mark.parametrize("key", sorted(ROUTES), ids=lambda k: f"{k[0]}-{k[1]}")

@@ -15,6 +15,8 @@ The product service sits behind tests/support/faultproxy.py, which counts the gR
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +51,17 @@ def cart_behind_proxy(services: ServiceFactory) -> Iterator[tuple[ServiceProcess
         yield cart, proxy
 
 
+def _opened(proc: ServiceProcess) -> int:
+    """How often a breaker of `proc` went open, from its log (one state-change line each)."""
+    count = 0
+    with contextlib.suppress(OSError):
+        for line in proc.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError, AttributeError):
+                if json.loads(line).get("to") == "open":
+                    count += 1
+    return count
+
+
 def _add(stub: cart_pb2_grpc.CartServiceStub, user: str,
          timeout: float) -> tuple[grpc.StatusCode, float, str]:
     t0 = time.monotonic()
@@ -74,12 +87,21 @@ def _assert_open(stub: cart_pb2_grpc.CartServiceStub, proxy: FaultProxy, user: s
 
 def _recover(stub: cart_pb2_grpc.CartServiceStub, proxy: FaultProxy, user: str,
              opened_at: float) -> None:
-    """Proxy back to pass; after the reset time one probe goes through and closes it."""
+    """Proxy back to pass; calls keep failing fast, untouched, until the reset timeout has
+    passed; then one probe goes through and closes it."""
     proxy.set_mode(Mode.PASS)
-    time.sleep(max(0.0, opened_at + RESET_S + 0.2 - time.monotonic()))
     before = proxy.stats().requests_forwarded
-    code, _, details = _add(stub, user, timeout=3.0)
-    assert code == grpc.StatusCode.OK, (code, details)
+    deadline = opened_at + RESET_S + 10.0
+    while True:
+        code, _, details = _add(stub, user, timeout=3.0)
+        if code == grpc.StatusCode.OK:
+            break
+        assert code == grpc.StatusCode.UNAVAILABLE and "circuit open" in details, details
+        assert proxy.stats().requests_forwarded == before, "a call passed the open breaker"
+        assert time.monotonic() < deadline, "the breaker never let a probe through"
+        time.sleep(0.05)
+    # opened_at is when the client saw it open, a moment after it opened: a margin.
+    assert time.monotonic() - opened_at >= RESET_S - 0.5, "closed before the reset timeout"
     assert proxy.stats().requests_forwarded == before + 1  # exactly the one probe
     for _ in range(5):  # closed again: calls flow normally
         code, _, details = _add(stub, user, timeout=3.0)
@@ -146,10 +168,15 @@ def test_hung_downstream_under_caller_deadlines_opens(
         assert _add(stub, user, timeout=5.0)[0] == grpc.StatusCode.OK
         proxy.set_mode(Mode.BLACKHOLE)
         seen0 = proxy.stats().requests_seen
+        opened_before = _opened(cart)
         for _ in range(FAIL_MAX):
             code, _, details = _add(stub, user, timeout=0.5)
             assert code != grpc.StatusCode.OK, details
-            time.sleep(0.05)  # the cart records the failure
+        # The cart records each failure when its own call ends: wait for the open state.
+        deadline = time.monotonic() + 5.0
+        while _opened(cart) == opened_before:
+            assert time.monotonic() < deadline, f"the breaker did not open\n{cart.log_tail()}"
+            time.sleep(0.02)
         reached = proxy.stats().requests_seen - seen0
         code, took, details = _add(stub, user, timeout=0.5)
         assert code == grpc.StatusCode.UNAVAILABLE and took < FAST_S, (

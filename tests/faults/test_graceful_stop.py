@@ -18,6 +18,7 @@ import asyncio
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -81,11 +82,22 @@ class Load:
         rec.ended = time.monotonic()
         return rec
 
+    def done_ok(self, since: float = 0.0) -> int:
+        """Calls started after `since` that have succeeded."""
+        return sum(1 for r in self.records if r.ended and not r.error and r.started >= since)
+
     async def worker(self) -> None:
         for _ in range(100_000):  # bounded; the stop event ends it much sooner
             if self.stop.is_set():
                 return
             await self.reserve(uuid.uuid4().hex)
+
+
+async def _until(cond: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "the load made no progress"
+        await asyncio.sleep(0.05)
 
 
 async def test_sigterm_under_load_drains_and_exits_zero(services: ServiceFactory) -> None:
@@ -96,7 +108,7 @@ async def test_sigterm_under_load_drains_and_exits_zero(services: ServiceFactory
                             timeout=5)
         load = Load(stub)
         workers = [asyncio.create_task(load.worker()) for _ in range(WORKERS)]
-        await asyncio.sleep(1.0)  # steady state
+        await _until(lambda: load.done_ok() >= 200)  # steady state
 
         assert inventory.pid is not None
         sigterm_at = time.monotonic()
@@ -111,7 +123,8 @@ async def test_sigterm_under_load_drains_and_exits_zero(services: ServiceFactory
         assert code == 0, f"inventory exited with {code}\n{inventory.log_tail(30)}"
         inventory.terminate()  # bookkeeping only: it has exited
         await asyncio.to_thread(inventory.restart, START_TIMEOUT_S)
-        await asyncio.sleep(1.0)  # load again on the new process
+        restarted_at = time.monotonic()
+        await _until(lambda: load.done_ok(since=restarted_at) >= 200)  # the new process
         load.stop.set()
         await asyncio.wait_for(asyncio.gather(*workers), RETRY_BUDGET_S + 10)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -62,14 +63,33 @@ async def test_nats_kill_9_and_restart(tmp_path: Path, fresh_nats: NatsServer) -
             await asyncio.sleep(0.002)
 
     producer = asyncio.create_task(produce())
+
+    async def until(cond: Callable[[], Awaitable[bool]], what: str) -> None:
+        deadline = time.monotonic() + 30
+        while not await cond():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.02)
+
+    async def sent_many() -> bool:
+        return len(await _sent_ids(db)) > 50
+
     try:
-        await asyncio.sleep(1.0)
+        await until(sent_many, "relay was not publishing before the kill")
         await asyncio.to_thread(fresh_nats.kill)
         sent_before_kill = await _sent_ids(db)
-        assert len(sent_before_kill) > 50, "relay was not publishing before the kill"
-        await asyncio.sleep(1.0)  # producing goes on while NATS is down
+        at_kill = len(enqueued)
+
+        async def produced_while_down() -> bool:  # producing goes on while NATS is down
+            return len(enqueued) >= at_kill + 100
+
+        await until(produced_while_down, "nothing was enqueued while NATS was down")
         await asyncio.to_thread(fresh_nats.start)
-        await asyncio.sleep(1.0)
+        published = relay.stats.published
+
+        async def publishing_again() -> bool:
+            return relay.stats.published > published
+
+        await until(publishing_again, "the relay did not publish after the restart")
         stop.set()
         await producer
         deadline = time.monotonic() + 30

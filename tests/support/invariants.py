@@ -74,6 +74,8 @@ KINDS = frozenset({WELCOME, RECEIPT, PAYMENT_FAILED, REFUND, ORDER_CONFIRMED,
 # the fallback key when its event cannot be found in any outbox.
 _ORDER_IN_SUBJECT = re.compile(r"[Oo]rder (\S+)")
 
+_ID = re.compile(r"\b[0-9a-f]{32}\b")
+_NUMBER = re.compile(r"\b\d+\b")
 _NATS_TIMEOUT_S = 3.0
 _POLL_S = 0.2
 
@@ -114,13 +116,20 @@ class InvariantReport:
                 f"{refunded} refunded; {len(r.shipments)} shipments ({dispatched} dispatched);"
                 f" {len(r.notifications)} notifications; settled after {self.waited_s:.1f} s")
 
+    def kinds(self) -> Counter[str]:
+        """Violations by kind: ids and figures blanked, so alike ones count together."""
+        return Counter(_NUMBER.sub("N", _ID.sub("<id>", v))
+                       for v in self.violations)
+
     def assert_ok(self) -> None:
         if self.violations:
+            kinds = "\n  ".join(f"{n} x {k}" for k, n in self.kinds().most_common(12))
             shown = "\n  ".join(self.violations[:40])
             more = len(self.violations) - 40
             tail = f"\n  ... and {more} more" if more > 0 else ""
             raise AssertionError(f"{len(self.violations)} invariant violations "
-                                 f"({self.summary()}):\n  {shown}{tail}")
+                                 f"({self.summary()}), by kind:\n  {kinds}\nfirst ones:\n"
+                                 f"  {shown}{tail}")
 
 
 # --- the judgement ----------------------------------------------------------------------------
