@@ -24,13 +24,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from email.message import EmailMessage
-from email.utils import parseaddr
 
 import aiosmtplib
 import pybreaker
 
-from services.notification.delivery import PendingMail, backoff_s, compose
+from services.notification.delivery import MailFrom, PendingMail, backoff_s, render
 from services.notification.mailconfig import MailSettings, SmtpTarget
 from services.notification.metrics import MailMetrics
 from services.notification.store import DeliveryStore
@@ -90,7 +88,7 @@ class MailSender:
         self.target: SmtpTarget = settings.target
         self.metrics = metrics
         self.clock = clock
-        self.envelope_from = parseaddr(settings.sender)[1] or "no-reply@shop.local"
+        self.mail_from = MailFrom.parse(settings.sender)
         self.breaker = pybreaker.CircuitBreaker(
             fail_max=settings.breaker_fail_max, reset_timeout=settings.breaker_reset_s,
             exclude=[_not_counted], name="smtp", throw_new_error_on_trip=False)
@@ -181,12 +179,12 @@ class MailSender:
     async def _attempt(self, mail: PendingMail, client: aiosmtplib.SMTP | None,
                        stopped: asyncio.Event) -> aiosmtplib.SMTP | None:
         """One try of one mail; returns the connection to reuse (None: make a new one)."""
-        msg = compose(mail, self.settings.sender)
+        msg = render(mail, self.mail_from)
         attempts = mail.attempts + 1
         try:
             with self.breaker.calling():
-                client = await asyncio.wait_for(self._send(client, msg, mail.recipient),
-                                                self.settings.attempt_timeout_s)
+                async with asyncio.timeout(self.settings.attempt_timeout_s):
+                    client = await self._send(client, msg, mail.recipient)
         except pybreaker.CircuitBreakerError:
             stopped.set()  # not an attempt: the mail stays due as it was
             return client
@@ -207,7 +205,7 @@ class MailSender:
                                      "to": mail.recipient, "attempts": attempts})
         return client
 
-    async def _send(self, client: aiosmtplib.SMTP | None, msg: EmailMessage,
+    async def _send(self, client: aiosmtplib.SMTP | None, msg: bytes,
                     recipient: str) -> aiosmtplib.SMTP:
         if client is None or not client.is_connected:
             t = self.target
@@ -217,7 +215,7 @@ class MailSender:
                 password=t.password or None, timeout=self.settings.attempt_timeout_s)
             await client.connect()
         try:
-            await client.send_message(msg, sender=self.envelope_from, recipients=[recipient])
+            await client.sendmail(self.mail_from.address, [recipient], msg)
         except BaseException:
             client.close()  # also on the deadline's cancellation: drop it, no QUIT
             raise
