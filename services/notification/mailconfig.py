@@ -80,9 +80,9 @@ class MailSettings:
     # The SMTP breaker: consecutive temporary failures that open it, and its reset time.
     breaker_fail_max: int = 5
     breaker_reset_s: float = 15.0
-    # Parallel SMTP connections, and due mails taken per round.
+    # Parallel SMTP connections, and due mails claimed per round.
     concurrency: int = 4
-    batch: int = 100
+    batch: int = 32
 
 
 def load_mail_settings() -> MailSettings:
@@ -99,5 +99,5 @@ def load_mail_settings() -> MailSettings:
         breaker_fail_max=env_int("SHOP_MAIL_BREAKER_FAIL_MAX", 5),
         breaker_reset_s=env_float("SHOP_MAIL_BREAKER_RESET_S", 15.0),
         concurrency=max(1, env_int("SHOP_MAIL_CONCURRENCY", 4)),
-        batch=max(1, env_int("SHOP_MAIL_BATCH", 100)),
+        batch=max(1, env_int("SHOP_MAIL_BATCH", 32)),
     )

@@ -12,9 +12,12 @@ goes through the SMTP breaker. Outcomes:
   set-up is wrong and hits every mail alike): retried with back-off; after
   SHOP_MAIL_GIVE_UP_S it is FAILED as expired.
 
-A crash between the notification's commit and the send leaves the row PENDING: it is sent
-after the restart. A crash after the server accepted a mail but before SENT was written
-sends it again with the same Message-ID (at least once, recognisably the same mail).
+Each round first claims its rows (see store.py), so instances sharing one database never
+send the same mail at once. A crash between the notification's commit and the send leaves
+the row PENDING: it is sent after the restart (which hands back the claims of the
+instance's previous life at once), or by another instance once the claim runs out. A crash
+after the server accepted a mail but before SENT was written sends it again with the same
+Message-ID (at least once, recognisably the same mail).
 """
 
 from __future__ import annotations
@@ -80,10 +83,11 @@ def _reason(exc: BaseException) -> str:
 
 class MailSender:
     def __init__(self, store: DeliveryStore, settings: MailSettings, metrics: MailMetrics,
-                 *, clock: Callable[[], float] = time.time) -> None:
+                 *, owner: str = "sender", clock: Callable[[], float] = time.time) -> None:
         if settings.target is None:
             raise ValueError("mail delivery is off (SMTP_URL=off)")
         self.store = store
+        self.owner = owner  # the instance id: what its claims are recorded under
         self.settings = settings
         self.target: SmtpTarget = settings.target
         self.metrics = metrics
@@ -93,6 +97,10 @@ class MailSender:
             fail_max=settings.breaker_fail_max, reset_timeout=settings.breaker_reset_s,
             exclude=[_not_counted], name="smtp", throw_new_error_on_trip=False)
         self._wake = asyncio.Event()
+        self._released = False
+        # A claimed round must end (every attempt at its deadline) before the claim does.
+        rounds = -(-settings.batch // settings.concurrency)
+        self.claim_s = rounds * settings.attempt_timeout_s + 5.0
 
     def wake(self, _notification_id: str = "") -> None:
         """After a commit that owes a mail (the consumer's after-commit hook)."""
@@ -120,8 +128,14 @@ class MailSender:
     async def drain(self) -> float:
         """Send every mail due now; returns how long to wait before the next round."""
         self._wake.clear()
+        if not self._released:
+            back = await self.store.release(self.owner)
+            self._released = True
+            if back:
+                log.info("mail claims of a previous run handed back", extra={"mails": back})
         while True:
-            due = await self.store.due(self.clock(), self.settings.batch)
+            due = await self.store.claim(self.owner, self.clock(), self.settings.batch,
+                                         self.claim_s)
             if not due:
                 break
             taken = len(due)
@@ -129,8 +143,11 @@ class MailSender:
                 # Open or half-open: one mail probes the server before the others go.
                 probe, due = due[0], due[1:]
                 if not await self._send_all([probe], workers=1):
+                    await self.store.release(self.owner,
+                                             [m.notification_id for m in (probe, *due)])
                     return self._until_breaker_retry()
             if due and not await self._send_all(due, self.settings.concurrency):
+                await self.store.release(self.owner, [m.notification_id for m in due])
                 return self._until_breaker_retry()
             if taken < self.settings.batch:
                 break
