@@ -3,14 +3,16 @@ the `make run` mail catcher (a real subprocess writing .eml files), and the noti
 consumer's events/s with mail off and on, in the same run on the same box.
 
 `python -m bench.mail [--events N] [--mails M] [--rounds R]` prints one JSON line:
-{"sender": Measured, "consumer_off": [Measured...], "consumer_on": [...],
-"on_vs_off": median on / median off}. The consumer is shop's EventConsumer with the
-notification service's own routes, on a fresh SQLite file and durable each time, reading N
-user.created events from a real JetStream (ops.natsd config). With mail on, the delivery rows
-are written and the sender runs beside it in the same process against the catcher, as in the
-service. Off and on alternate R times, so both see the same box. Reported, never pass/fail.
-"""
+{"sender": Measured, "consumer_off" / "consumer_rows_only" / "consumer_on": [Measured...],
+"rows_only_vs_off", "on_vs_off": ratios of the medians}.
 
+The consumer is shop's EventConsumer with the notification service's own routes, on a
+fresh SQLite file and durable each time, reading N user.created events from a real
+JetStream (ops.natsd config). rows_only writes the delivery rows with no sender running
+(the cost of owing a mail); mail on also runs the sender beside it in the same process
+against the catcher, as in the service (the cost of sending). The three modes alternate R
+times, so all see the same box. Reported, never a pass/fail test.
+"""
 from __future__ import annotations
 
 import argparse
@@ -111,17 +113,22 @@ async def sender_rate(data: Path, smtp_url: str, m: int) -> Measured:
                            "retried": sender.metrics.retried._value.get()})
 
 
-async def consumer_rate(bus: Bus, data: Path, name: str, n: int,
-                        smtp_url: str | None) -> Measured:
-    """The n events on a fresh durable and database; with smtp_url, mail on."""
+def _owe_only(_notification_id: str) -> None:
+    return None
+
+
+async def consumer_rate(bus: Bus, data: Path, name: str, n: int, smtp_url: str | None, *,
+                        rows: bool) -> Measured:
+    """The n events on a fresh durable and database. `rows`: delivery rows written; with
+    smtp_url also the sender running (mail on)."""
     db = await Database.open(data / f"{name}.db", schema=SCHEMA, durable=False)
     tasks: list[asyncio.Task[None]] = []
     sender = None
     if smtp_url is not None:
         sender = _sender(db, smtp_url)
         tasks.append(asyncio.create_task(sender.run()))
-    consumer = EventConsumer(bus, db, durable=name,
-                             routes=handlers.routes(sender.wake if sender else None))
+    wake = sender.wake if sender is not None else (_owe_only if rows else None)
+    consumer = EventConsumer(bus, db, durable=name, routes=handlers.routes(wake))
     t0 = time.perf_counter()
     tasks.append(asyncio.create_task(consumer.run()))
     try:
@@ -138,7 +145,7 @@ async def consumer_rate(bus: Bus, data: Path, name: str, n: int,
     handled = consumer.stats.handled
     return Measured(handled / elapsed if elapsed else 0.0, 0.0, 0.0, ok=handled,
                     errors=n - handled, seconds=elapsed, tool="EventConsumer.run",
-                    latency_of="-", extra={"mail": smtp_url is not None,
+                    latency_of="-", extra={"delivery_rows": rows, "sender": sender is not None,
                                            "sent_meanwhile": sent})
 
 
@@ -147,6 +154,7 @@ async def run(data: Path, n: int, m: int, rounds: int) -> dict[str, Any]:
     catcher.start()
     nats = NatsServer(data / "nats").spawn()
     off: list[Measured] = []
+    rows_only: list[Measured] = []
     on: list[Measured] = []
     try:
         nats.wait_ready()
@@ -158,19 +166,27 @@ async def run(data: Path, n: int, m: int, rounds: int) -> dict[str, Any]:
             await bus.ensure_streams()
             await _publish_users(bus, n)
             for r in range(rounds):
-                off.append(await consumer_rate(bus, data, f"bench-off-{r}", n, None))
-                on.append(await consumer_rate(bus, data, f"bench-on-{r}", n, catcher.smtp_url))
+                off.append(await consumer_rate(bus, data, f"bench-off-{r}", n, None,
+                                               rows=False))
+                rows_only.append(await consumer_rate(bus, data, f"bench-rows-{r}", n, None,
+                                                     rows=True))
+                on.append(await consumer_rate(bus, data, f"bench-on-{r}", n, catcher.smtp_url,
+                                              rows=True))
         finally:
             await bus.close()
     finally:
         catcher.terminate()
         nats.stop()
     off_rps = statistics.median(x.rps for x in off)
+    rows_rps = statistics.median(x.rps for x in rows_only)
     on_rps = statistics.median(x.rps for x in on)
     return {"sender": sender.to_json(), "consumer_off": [x.to_json() for x in off],
+            "consumer_rows_only": [x.to_json() for x in rows_only],
             "consumer_on": [x.to_json() for x in on], "events": n,
+            "rows_only_vs_off": round(rows_rps / off_rps, 3) if off_rps else 0.0,
             "on_vs_off": round(on_rps / off_rps, 3) if off_rps else 0.0,
-            "median_off_rps": round(off_rps, 1), "median_on_rps": round(on_rps, 1)}
+            "median_off_rps": round(off_rps, 1), "median_rows_only_rps": round(rows_rps, 1),
+            "median_on_rps": round(on_rps, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,8 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     s = result["sender"]
     print(f"sender: {s['rps']:.0f} mails/s into the catcher ({s['ok']} sent, "
           f"{s['extra']['caught_files']} files); consumer (median of {args.rounds}): "
-          f"{result['median_off_rps']:.0f} events/s mail off, {result['median_on_rps']:.0f} "
-          f"mail on ({result['on_vs_off']:.0%})", file=sys.stderr)
+          f"{result['median_off_rps']:.0f} events/s mail off, "
+          f"{result['median_rows_only_rps']:.0f} with delivery rows but no sender "
+          f"({result['rows_only_vs_off']:.0%}), {result['median_on_rps']:.0f} mail on "
+          f"({result['on_vs_off']:.0%})", file=sys.stderr)
     return 0
 
 
