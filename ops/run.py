@@ -218,6 +218,8 @@ def print_table(system: System, nats_url: str, elapsed: float,
     print(f"    curl -s {gw}/api/products")
     print(f"    curl -s {gw}/readyz")
     print(f"    {bindir / 'shopctl'} status")
+    if catcher is not None:
+        print(f"    {bindir / 'shopctl'} mail list")
     print("\n  Ctrl-C stops everything.\n", flush=True)
 
 

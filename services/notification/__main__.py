@@ -29,7 +29,7 @@ async def build(settings: Settings) -> App:
         MetricsEndpoint(metrics, settings.host, metrics_port(settings)).run]
     sender = None
     if mail.target is not None:
-        sender = MailSender(DeliveryStore(db), mail, metrics)
+        sender = MailSender(DeliveryStore(db), mail, metrics, owner=settings.instance_id)
         tasks.append(sender.run)
     # Consumes once NATS answers; the durable consumer catches up on what it missed.
     routes = handlers.routes(sender.wake if sender is not None else None)

@@ -38,8 +38,19 @@ class SmtpTarget:
         return f"{self.security} {who}{self.host}:{self.port}"
 
 
+def _redacted(url: str) -> str:
+    """The URL for an error message: never its password."""
+    head, at, tail = url.rpartition("@")
+    if not at:
+        return url
+    scheme, sep, creds = head.partition("://")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{tail}" if ":" in creds else url
+
+
 def parse_smtp_url(url: str) -> SmtpTarget:
-    """`smtp://user:pw@host:2525?starttls=1` -> SmtpTarget; ValueError saying what is wrong."""
+    """`smtp://user:pw@host:2525?starttls=1` -> SmtpTarget; ValueError saying what is wrong
+    (the password never appears in it)."""
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
     if scheme == "smtp":
@@ -52,13 +63,13 @@ def parse_smtp_url(url: str) -> SmtpTarget:
         security = "tls"
     else:
         raise ValueError(f"SMTP_URL must start with smtp://, smtp+starttls:// or smtps://, "
-                         f"got {url!r}")
+                         f"got {_redacted(url)!r}")
     if not parts.hostname:
-        raise ValueError(f"SMTP_URL has no host: {url!r}")
+        raise ValueError(f"SMTP_URL has no host: {_redacted(url)!r}")
     try:
         port = parts.port or _DEFAULT_PORTS[security]
     except ValueError:
-        raise ValueError(f"SMTP_URL has a bad port: {url!r}") from None
+        raise ValueError(f"SMTP_URL has a bad port: {_redacted(url)!r}") from None
     return SmtpTarget(host=parts.hostname, port=port, security=security,
                       username=unquote(parts.username or ""),
                       password=unquote(parts.password or ""))
@@ -80,9 +91,9 @@ class MailSettings:
     # The SMTP breaker: consecutive temporary failures that open it, and its reset time.
     breaker_fail_max: int = 5
     breaker_reset_s: float = 15.0
-    # Parallel SMTP connections, and due mails taken per round.
+    # Parallel SMTP connections, and due mails claimed per round.
     concurrency: int = 4
-    batch: int = 100
+    batch: int = 32
 
 
 def load_mail_settings() -> MailSettings:
@@ -99,5 +110,5 @@ def load_mail_settings() -> MailSettings:
         breaker_fail_max=env_int("SHOP_MAIL_BREAKER_FAIL_MAX", 5),
         breaker_reset_s=env_float("SHOP_MAIL_BREAKER_RESET_S", 15.0),
         concurrency=max(1, env_int("SHOP_MAIL_CONCURRENCY", 4)),
-        batch=max(1, env_int("SHOP_MAIL_BATCH", 100)),
+        batch=max(1, env_int("SHOP_MAIL_BATCH", 32)),
     )

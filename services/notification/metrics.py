@@ -42,7 +42,7 @@ class MailMetrics:
 
 def metrics_port(settings: Settings) -> int:
     """NOTIFICATION_METRICS_PORT; by default the gRPC port + 1000 (0 with a port of 0)."""
-    default = settings.port + 1000 if settings.port else 0
+    default = settings.port + 1000 if 0 < settings.port <= 64535 else 0
     return env_int("NOTIFICATION_METRICS_PORT", default)
 
 
@@ -59,7 +59,7 @@ class MetricsEndpoint:
     async def run(self) -> None:
         try:
             server = await asyncio.start_server(self._serve, self.host, self.port)
-        except OSError as e:
+        except (OSError, OverflowError) as e:
             log.warning("metrics not served", extra={"port": self.port, "error": str(e)})
             await asyncio.Event().wait()  # a background task runs until cancelled
             return

@@ -12,9 +12,12 @@ goes through the SMTP breaker. Outcomes:
   set-up is wrong and hits every mail alike): retried with back-off; after
   SHOP_MAIL_GIVE_UP_S it is FAILED as expired.
 
-A crash between the notification's commit and the send leaves the row PENDING: it is sent
-after the restart. A crash after the server accepted a mail but before SENT was written
-sends it again with the same Message-ID (at least once, recognisably the same mail).
+Each round first claims its rows (see store.py), so instances sharing one database never
+send the same mail at once. A crash between the notification's commit and the send leaves
+the row PENDING: it is sent after the restart (which hands back the claims of the
+instance's previous life at once), or by another instance once the claim runs out. A crash
+after the server accepted a mail but before SENT was written sends it again with the same
+Message-ID (at least once, recognisably the same mail).
 """
 
 from __future__ import annotations
@@ -24,13 +27,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from email.message import EmailMessage
-from email.utils import parseaddr
 
 import aiosmtplib
 import pybreaker
 
-from services.notification.delivery import PendingMail, backoff_s, compose
+from services.notification.delivery import MailFrom, PendingMail, backoff_s, render
 from services.notification.mailconfig import MailSettings, SmtpTarget
 from services.notification.metrics import MailMetrics
 from services.notification.store import DeliveryStore
@@ -82,19 +83,24 @@ def _reason(exc: BaseException) -> str:
 
 class MailSender:
     def __init__(self, store: DeliveryStore, settings: MailSettings, metrics: MailMetrics,
-                 *, clock: Callable[[], float] = time.time) -> None:
+                 *, owner: str = "sender", clock: Callable[[], float] = time.time) -> None:
         if settings.target is None:
             raise ValueError("mail delivery is off (SMTP_URL=off)")
         self.store = store
+        self.owner = owner  # the instance id: what its claims are recorded under
         self.settings = settings
         self.target: SmtpTarget = settings.target
         self.metrics = metrics
         self.clock = clock
-        self.envelope_from = parseaddr(settings.sender)[1] or "no-reply@shop.local"
+        self.mail_from = MailFrom.parse(settings.sender)
         self.breaker = pybreaker.CircuitBreaker(
             fail_max=settings.breaker_fail_max, reset_timeout=settings.breaker_reset_s,
             exclude=[_not_counted], name="smtp", throw_new_error_on_trip=False)
         self._wake = asyncio.Event()
+        self._released = False
+        # A claimed round must end (every attempt at its deadline) before the claim does.
+        rounds = -(-settings.batch // settings.concurrency)
+        self.claim_s = rounds * settings.attempt_timeout_s + 5.0
 
     def wake(self, _notification_id: str = "") -> None:
         """After a commit that owes a mail (the consumer's after-commit hook)."""
@@ -122,8 +128,14 @@ class MailSender:
     async def drain(self) -> float:
         """Send every mail due now; returns how long to wait before the next round."""
         self._wake.clear()
+        if not self._released:
+            back = await self.store.release(self.owner)
+            self._released = True
+            if back:
+                log.info("mail claims of a previous run handed back", extra={"mails": back})
         while True:
-            due = await self.store.due(self.clock(), self.settings.batch)
+            due = await self.store.claim(self.owner, self.clock(), self.settings.batch,
+                                         self.claim_s)
             if not due:
                 break
             taken = len(due)
@@ -131,8 +143,11 @@ class MailSender:
                 # Open or half-open: one mail probes the server before the others go.
                 probe, due = due[0], due[1:]
                 if not await self._send_all([probe], workers=1):
+                    await self.store.release(self.owner,
+                                             [m.notification_id for m in (probe, *due)])
                     return self._until_breaker_retry()
             if due and not await self._send_all(due, self.settings.concurrency):
+                await self.store.release(self.owner, [m.notification_id for m in due])
                 return self._until_breaker_retry()
             if taken < self.settings.batch:
                 break
@@ -181,12 +196,12 @@ class MailSender:
     async def _attempt(self, mail: PendingMail, client: aiosmtplib.SMTP | None,
                        stopped: asyncio.Event) -> aiosmtplib.SMTP | None:
         """One try of one mail; returns the connection to reuse (None: make a new one)."""
-        msg = compose(mail, self.settings.sender)
+        msg = render(mail, self.mail_from)
         attempts = mail.attempts + 1
         try:
             with self.breaker.calling():
-                client = await asyncio.wait_for(self._send(client, msg, mail.recipient),
-                                                self.settings.attempt_timeout_s)
+                async with asyncio.timeout(self.settings.attempt_timeout_s):
+                    client = await self._send(client, msg, mail.recipient)
         except pybreaker.CircuitBreakerError:
             stopped.set()  # not an attempt: the mail stays due as it was
             return client
@@ -207,7 +222,7 @@ class MailSender:
                                      "to": mail.recipient, "attempts": attempts})
         return client
 
-    async def _send(self, client: aiosmtplib.SMTP | None, msg: EmailMessage,
+    async def _send(self, client: aiosmtplib.SMTP | None, msg: bytes,
                     recipient: str) -> aiosmtplib.SMTP:
         if client is None or not client.is_connected:
             t = self.target
@@ -217,7 +232,7 @@ class MailSender:
                 password=t.password or None, timeout=self.settings.attempt_timeout_s)
             await client.connect()
         try:
-            await client.send_message(msg, sender=self.envelope_from, recipients=[recipient])
+            await client.sendmail(self.mail_from.address, [recipient], msg)
         except BaseException:
             client.close()  # also on the deadline's cancellation: drop it, no QUIT
             raise

@@ -18,9 +18,12 @@ from services.notification.domain import Draft, Kind, Notification
 # up the consumer's inbox: one notification per event, whatever happens.
 #
 # deliveries is the delivery outbox: a row is written in the same transaction as its
-# notification, so a mail is owed exactly when the notification exists; the sender takes
-# due PENDING rows after the commit and ends each one SENT or FAILED. recipients keeps the
-# address and name of every user.created seen (the other events carry only a user id).
+# notification, so a mail is owed exactly when the notification exists; a sender claims
+# due PENDING rows after the commit and ends each one SENT or FAILED. A claim (claimed_by,
+# next_attempt_at moved past the round) keeps the instances sharing this file from
+# sending one mail twice; a crashed sender's claims fall due again when they run out.
+# recipients keeps the address and name of every user.created seen (the other events
+# carry only a user id).
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS notifications (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -50,6 +53,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     next_attempt_at REAL NOT NULL,
     error TEXT NOT NULL DEFAULT '',
     request_id TEXT NOT NULL DEFAULT '',
+    claimed_by TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
     done_at REAL
 ) WITHOUT ROWID;
@@ -181,17 +185,39 @@ class DeliveryStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def due(self, now: float, limit: int) -> list[PendingMail]:
-        """PENDING mails whose next attempt is due, oldest first."""
+    async def claim(self, owner: str, now: float, limit: int,
+                    hold_s: float) -> list[PendingMail]:
+        """Take up to `limit` due PENDING mails (oldest first) for `hold_s` seconds: no
+        other sender sees them due until then, unless this one hands them back."""
         sql = ("SELECT d.notification_id, d.recipient, d.name, n.subject, n.body,"
                " d.request_id, d.attempts, n.created_at FROM deliveries d"
                " JOIN notifications n ON n.id = d.notification_id"
                " WHERE d.status = 'PENDING' AND d.next_attempt_at <= ?"
                " ORDER BY d.next_attempt_at LIMIT ?")
-        rows = await self.db.read(lambda tx: tx.all(sql, (now, limit)))
+
+        def take(tx: Tx) -> list[aiosqlite.Row]:
+            rows = tx.all(sql, (now, limit))
+            tx.executemany(
+                "UPDATE deliveries SET next_attempt_at = ?, claimed_by = ?"
+                " WHERE notification_id = ?", [(now + hold_s, owner, r[0]) for r in rows])
+            return rows
+
+        rows = await self.db.write(take)
         return [PendingMail(notification_id=r[0], recipient=r[1], name=r[2], subject=r[3],
                             body=r[4], request_id=r[5], attempts=int(r[6]),
                             created_at=float(r[7])) for r in rows]
+
+    async def release(self, owner: str, notification_ids: list[str] | None = None) -> int:
+        """Hand claimed mails back, due now: those given, or (None) every claim of `owner`
+        (at start: what its previous life held when it died). How many."""
+        sql = ("UPDATE deliveries SET next_attempt_at = ?, claimed_by = ''"
+               " WHERE status = 'PENDING' AND claimed_by = ?")
+        now = time.time()
+        if notification_ids is None:
+            return await self.db.write(lambda tx: tx.execute(sql, (now, owner)).rowcount)
+        ids = list(notification_ids)
+        return await self.db.write(lambda tx: tx.executemany(
+            sql + " AND notification_id = ?", [(now, owner, i) for i in ids]).rowcount)
 
     async def next_due_at(self) -> float | None:
         """When the earliest PENDING mail is due; None when nothing is owed."""
@@ -209,14 +235,14 @@ class DeliveryStore:
                       error: str) -> None:
         now = time.time()
         await self.db.write(lambda tx: tx.execute(
-            "UPDATE deliveries SET status = ?, attempts = ?, error = ?, done_at = ?"
-            " WHERE notification_id = ? AND status = 'PENDING'",
+            "UPDATE deliveries SET status = ?, attempts = ?, error = ?, done_at = ?,"
+            " claimed_by = '' WHERE notification_id = ? AND status = 'PENDING'",
             (status, attempts, error, now, notification_id)))
 
     async def retry_later(self, notification_id: str, attempts: int, at: float,
                           error: str) -> None:
         """A temporary failure: try again at `at`; the error is kept for operators."""
         await self.db.write(lambda tx: tx.execute(
-            "UPDATE deliveries SET attempts = ?, next_attempt_at = ?, error = ?"
-            " WHERE notification_id = ? AND status = 'PENDING'",
+            "UPDATE deliveries SET attempts = ?, next_attempt_at = ?, error = ?,"
+            " claimed_by = '' WHERE notification_id = ? AND status = 'PENDING'",
             (attempts, at, error, notification_id)))

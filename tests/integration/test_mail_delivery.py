@@ -240,3 +240,26 @@ async def _settled(stub: Stub, want: dict[str, int]) -> bool:
         if len(got) != count or any(n.delivery == pb.DELIVERY_STATUS_PENDING for n in got):
             return False
     return True
+
+
+async def test_two_instances_on_one_database_send_each_mail_once(
+        services: ServiceFactory, bus: Bus) -> None:
+    # A slow server: each sender's rounds last long enough for the other one to look.
+    smtp = SmtpServer(delay_s=0.05).start()
+    try:
+        first, second = (start_notification(services, smtp.url, **FAST_RETRY)
+                         for _ in range(2))
+        assert first.data_dir == second.data_dir  # one SQLite file, two senders
+        users = [(f"u-{i}", f"two{i}@example.com") for i in range(30)]
+        for uid, addr in users:
+            await bus.publish(user_created(uid, addr, ""))
+        ids = [u for u, _ in users]
+        async with aio.insecure_channel(first.addr) as chan:
+            stub = Stub(chan)
+            await wait_for(lambda: _all(stub, ids, pb.DELIVERY_STATUS_SENT),
+                           what="every mail sent")
+        mails = smtp.mails
+        assert sorted(m.rcpt_tos[0] for m in mails) == sorted(a for _, a in users)
+        assert len({m.message["Message-ID"] for m in mails}) == len(users)
+    finally:
+        smtp.stop()

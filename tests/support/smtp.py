@@ -4,6 +4,7 @@ every mail it accepted, refusing chosen recipients with a 550, and able to come 
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import socket
@@ -30,6 +31,8 @@ class Caught:
 @dataclass
 class _Recorder:
     refuse: set[str] = field(default_factory=set)
+    # Seconds each mail's DATA takes to be accepted (a slow server).
+    delay_s: float = 0.0
     mails: list[Caught] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -41,6 +44,8 @@ class _Recorder:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         msg = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
         assert isinstance(msg, EmailMessage)
         with self.lock:
@@ -57,9 +62,10 @@ class SmtpServer:
 
     def __init__(self, refuse: set[str] | None = None, port: int = 0, *,
                  tls: str | None = None, context: ssl.SSLContext | None = None,
-                 login: tuple[str, str] | None = None) -> None:
+                 login: tuple[str, str] | None = None, delay_s: float = 0.0) -> None:
         self.port = port or free_port()
-        self.recorder = _Recorder(refuse={a.lower() for a in refuse or set()})
+        self.recorder = _Recorder(refuse={a.lower() for a in refuse or set()},
+                                  delay_s=delay_s)
         self.tls = tls
         self.context = context
         self.login = login

@@ -70,3 +70,29 @@ def test_prefixes_must_be_unique(tmp_path: Path) -> None:
             maildir.find(common)
     assert maildir.find(ids[1]).subject == "m1"
     assert MailDir(tmp_path / "none").list() == []
+
+
+def test_shopctl_mail_lists_repeats_and_shows_one(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from ops import shopctl
+
+    maildir = MailDir(tmp_path)
+    first = maildir.save(_mail("Welcome to shop, Ada", "n1").as_bytes(), "a@b", ["c@d"])
+    maildir.save(_mail("Receipt", "n2").as_bytes(), "a@b", ["c@d"])
+    again = maildir.save(_mail("Welcome to shop, Ada", "n1").as_bytes(), "a@b", ["c@d"])
+    assert shopctl.main(["mail", "--dir", str(tmp_path), "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["ID", "RECEIVED", "(UTC)", "TO", "SUBJECT", "NOTE"]
+    assert len(lines) == 4
+    assert lines[1].startswith(first) and "repeat" not in lines[1]
+    assert lines[3].startswith(again) and lines[3].endswith(f"repeat of {first}")
+    assert shopctl.main(["mail", "--dir", str(tmp_path), "show", "n2"]) == 0
+    out = capsys.readouterr().out
+    assert "Subject: Receipt" in out and "Message-ID: <notification-n2@shop.local>" in out
+    assert out.rstrip().endswith("hello")
+    assert shopctl.main(["mail", "--dir", str(tmp_path), "show", "n2", "--html"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("<p>hello</p>")
+    assert shopctl.main(["mail", "--dir", str(tmp_path), "show", "nope"]) == 1
+    assert "no mail 'nope'" in capsys.readouterr().err
+    assert shopctl.main(["mail", "--dir", str(tmp_path / "empty"), "list"]) == 0
+    assert "no mails in" in capsys.readouterr().out

@@ -47,6 +47,15 @@ def test_refused_forms_say_why(url: str, message: str) -> None:
         parse_smtp_url(url)
 
 
+@pytest.mark.parametrize("url", ["ftp://me:hunter2@relay", "smtp://me:hunter2@relay:port",
+                                 "smtp://me:hunter2@"])
+def test_errors_never_show_the_password(url: str) -> None:
+    with pytest.raises(ValueError) as err:
+        parse_smtp_url(url)
+    assert "hunter2" not in str(err.value)
+    assert "me:***@" in str(err.value)
+
+
 def test_describe_never_shows_the_password() -> None:
     target = parse_smtp_url("smtps://user:hunter2@relay")
     assert target.describe() == "tls user@relay:465"

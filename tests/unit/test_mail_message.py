@@ -1,5 +1,5 @@
-"""The mail a notification becomes, its stable Message-ID, the back-off, and which SMTP
-answers are permanent refusals."""
+"""The mail a notification becomes (parsed back with the standard library, as a client
+would), its stable Message-ID, the back-off, and which SMTP answers are refusals."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import asyncio
 import email
 import email.policy
 import ssl
+from email.message import EmailMessage
 
 import aiosmtplib
 import pytest
 
-from services.notification.delivery import PendingMail, backoff_s, compose, message_id
+from services.notification.delivery import MailFrom, PendingMail, backoff_s, render
 from services.notification.sender import classify
 
 
@@ -24,37 +25,65 @@ def _mail(**over: object) -> PendingMail:
     return PendingMail(**fields)  # type: ignore[arg-type]
 
 
+def _parse(raw: bytes) -> EmailMessage:
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def _text(msg: EmailMessage, kind: str) -> str:
+    part = msg.get_body((kind,))
+    assert part is not None, kind
+    return str(part.get_content())  # type: ignore[attr-defined]
+
+
 def test_message_has_text_and_html_and_stable_headers() -> None:
-    msg = compose(_mail(), "shop <no-reply@shop.example>")
-    again = compose(_mail(attempts=3), "shop <no-reply@shop.example>")
-    assert msg["Message-ID"] == again["Message-ID"] == "<notification-abc123@shop.example>"
-    assert msg["Date"] == again["Date"] == "Tue, 14 Nov 2023 22:13:20 +0000"
+    raw = render(_mail(), MailFrom.parse("shop <no-reply@shop.example>"))
+    # A resend is byte-for-byte the same mail.
+    assert raw == render(_mail(attempts=3), MailFrom.parse("shop <no-reply@shop.example>"))
+    assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")  # CRLF only
+    msg = _parse(raw)
+    assert msg["Message-ID"] == "<notification-abc123@shop.example>"
+    assert msg["Date"] == "Tue, 14 Nov 2023 22:13:20 +0000"
     assert msg["From"] == "shop <no-reply@shop.example>"
     assert msg["To"] == "Ada <ada@example.com>"
     assert msg["Subject"] == "Receipt for order o1"
     assert msg["X-Request-Id"] == "req-1"
     assert msg["X-Shop-Notification-Id"] == "abc123"
-    # What goes on the wire parses back to the same two parts.
-    parsed = email.message_from_bytes(msg.as_bytes(), policy=email.policy.default)
-    assert parsed.get_content_type() == "multipart/alternative"
-    types = [p.get_content_type() for p in parsed.iter_parts()]  # type: ignore[attr-defined]
-    assert types == ["text/plain", "text/html"]
-    text = parsed.get_body(("plain",)).get_content()  # type: ignore[attr-defined,union-attr]
-    html = parsed.get_body(("html",)).get_content()  # type: ignore[attr-defined,union-attr]
+    assert msg.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+    text, html = _text(msg, "plain"), _text(msg, "html")
     assert text.startswith("Hello Ada,\n\nWe charged 12.34 USD for order o1 <b>.")
     assert "order o1 &lt;b&gt;." in html and "<b>" not in html  # escaped, not markup
+    assert msg.defects == [] and all(p.defects == [] for p in msg.walk())
 
 
 def test_no_name_no_request_id() -> None:
-    msg = compose(_mail(name="", request_id=""), "no-reply@shop.local")
+    msg = _parse(render(_mail(name="", request_id=""), MailFrom.parse("no-reply@shop.local")))
     assert msg["To"] == "ada@example.com"
     assert msg["X-Request-Id"] is None
-    assert "Hello" not in msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "Hello" not in _text(msg, "plain")
 
 
-def test_message_id_domain_falls_back() -> None:
-    assert message_id("n1", "no address here") == "<notification-n1@shop.local>"
-    assert message_id("n1", "Shop <a@b.example>") == "<notification-n1@b.example>"
+def test_unicode_is_encoded_and_line_breaks_cannot_inject_headers() -> None:
+    raw = render(_mail(name="Zoë\r\nBcc: evil@example.com", subject="Reçu\nX-Evil: 1",
+                       body="Merci — à bientôt"), MailFrom.parse("Boutique Été <shop@x.example>"))
+    assert raw.isascii()
+    msg = _parse(raw)
+    assert msg["To"].addresses[0].display_name == "Zoë Bcc: evil@example.com"
+    assert msg["To"].addresses[0].addr_spec == "ada@example.com"
+    assert msg["Bcc"] is None and msg["X-Evil"] is None
+    assert msg["Subject"] == "Reçu X-Evil: 1"
+    assert msg["From"].addresses[0].display_name == "Boutique Été"
+    assert "Merci — à bientôt" in _text(msg, "plain")
+
+
+def test_sender_parsed_once_with_fallbacks() -> None:
+    assert MailFrom.parse("Shop <a@b.example>") == MailFrom("Shop <a@b.example>", "a@b.example",
+                                                           "b.example")
+    assert MailFrom.parse("hello@shop.example").header == "hello@shop.example"
+    with pytest.raises(ValueError, match="SMTP_FROM must hold an address"):
+        MailFrom.parse("no address here")
 
 
 @pytest.mark.parametrize(("attempts", "want"), [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0),
