@@ -50,6 +50,8 @@ BACKOFF_START_S = 0.5
 BACKOFF_CAP_S = 10.0
 STABLE_AFTER_S = 30.0  # up this long: the next crash starts the back-off afresh
 DEFAULT_NATS_PORT = 4222
+# services.user.admin.PASSWORD_FILE, without importing the user service here.
+ADMIN_PASSWORD_FILE = "admin-password"
 
 
 def log(msg: str) -> None:
@@ -175,7 +177,8 @@ def _signame(num: int) -> str:
         return f"signal {num}"
 
 
-def print_table(system: System, nats_url: str, elapsed: float) -> None:
+def print_table(system: System, nats_url: str, elapsed: float,
+                admin_file_existed: bool = True) -> None:
     rows = [("NAME", "INSTANCE", "ADDRESS", "PID", "HEALTH")]
     rows.append(("nats", "nats", nats_url, "", "OK"))
     for p in system.all():
@@ -201,7 +204,22 @@ def print_table(system: System, nats_url: str, elapsed: float) -> None:
     print(f"    curl -s {gw}/api/products")
     print(f"    curl -s {gw}/readyz")
     print(f"    {bindir / 'shopctl'} status")
+    print_web(gw, system.data_dir, admin_file_existed)
     print("\n  Ctrl-C stops everything.\n", flush=True)
+
+
+def print_web(gw: str, data_dir: Path, file_existed: bool) -> None:
+    """Where the storefront and the console are, and the admin's password: shown once,
+    the first time the user service made it; after that, where it is kept."""
+    print(f"\n  storefront: {gw}/")
+    print(f"  console:    {gw}/console  (admin@shop.local)")
+    path = data_dir / ADMIN_PASSWORD_FILE
+    if os.environ.get("SHOP_ADMIN_PASSWORD"):
+        print("  admin password: from SHOP_ADMIN_PASSWORD")
+    elif path.exists() and not file_existed:
+        print(f"  admin password: {path.read_text().strip()}  (shown once; kept in {path})")
+    else:
+        print(f"  admin password: in {path}")
 
 
 class _Stop(Exception):
@@ -228,6 +246,8 @@ def main() -> int:
 
     stopping = False
     starting = True
+    # The user service writes the admin's password on first start: seen before or not.
+    admin_file_existed = (data_dir / ADMIN_PASSWORD_FILE).exists()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
@@ -266,7 +286,7 @@ def main() -> int:
         starting = False
         nats_pid = nats.pid if nats is not None else None
         write_instances(system, nats_pid)
-        print_table(system, nats_url, time.monotonic() - t0)
+        print_table(system, nats_url, time.monotonic() - t0, admin_file_existed)
         supervisor = Supervisor(system)
         while not stopping:
             if supervisor.tick(time.monotonic()):

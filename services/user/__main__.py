@@ -14,6 +14,7 @@ from services.common.eventing import EventWorkers
 from services.common.server import App, run_service
 from services.common.settings import Settings
 from services.user import domain
+from services.user.admin import ensure_admin
 from services.user.servicer import UserServicer
 from services.user.store import SCHEMA, UserStore
 from services.user.tokens import KeyRing, TokenSettings
@@ -35,7 +36,12 @@ async def build(settings: Settings) -> App:
     hasher = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="scrypt")
     # Made now, so the first login for an unknown email is not slower than the rest.
     await asyncio.get_running_loop().run_in_executor(hasher, domain.dummy_hash)
-    servicer = UserServicer(UserStore(db), keys, hasher)
+    store = UserStore(db)
+    # Before serving: nobody can register admin@shop.local ahead of it.
+    await ensure_admin(store, settings.data_dir,
+                       lambda pw: asyncio.get_running_loop().run_in_executor(
+                           hasher, domain.hash_password, pw))
+    servicer = UserServicer(store, keys, hasher)
     # The relay starts once NATS answers: registration and login never wait for NATS,
     # events queue up in the outbox meanwhile.
     events = EventWorkers(settings, db, relay=True)

@@ -63,7 +63,8 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         if found is None or not ok:
             raise Unauthenticated(domain.LOGIN_FAILED)
         user = found[0]
-        return user_pb2.LoginResponse(access_token=self.keys.mint(user.id, user.email),
+        return user_pb2.LoginResponse(access_token=self.keys.mint(user.id, user.email,
+                                                                   roles=user.roles),
                                       token_type=TOKEN_TYPE,
                                       expires_in=self.keys.settings.ttl_s)
 

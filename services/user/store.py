@@ -29,17 +29,27 @@ CREATE TABLE IF NOT EXISTS users (
     create_time REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS users_email ON users (email COLLATE NOCASE);
+-- Roles live beside the users table (not a column of it), so an existing database
+-- gains them without a migration. Written only with the user that holds them.
+CREATE TABLE IF NOT EXISTS user_roles (
+    user_id TEXT NOT NULL,
+    role TEXT NOT NULL,
+    PRIMARY KEY (user_id, role)
+) WITHOUT ROWID;
 """
 
 
-_GET = "SELECT id, email, name, create_time FROM users WHERE id = ?"
+_ROLES = ("(SELECT group_concat(role, ',') FROM user_roles r WHERE r.user_id = users.id)"
+          " AS roles")
+_GET = f"SELECT id, email, name, create_time, {_ROLES} FROM users WHERE id = ?"
 # Users kept in memory by UserStore.get (about 0.5 kB each).
 CACHE_MAX = 50_000
 
 
 def _row_to_user(row: aiosqlite.Row) -> User:
+    roles = tuple(sorted(str(row["roles"]).split(","))) if row["roles"] else ()
     return User(id=row["id"], email=row["email"], name=row["name"],
-                create_time=float(row["create_time"]))
+                create_time=float(row["create_time"]), roles=roles)
 
 
 class UserStore:
@@ -57,6 +67,9 @@ class UserStore:
                     "INSERT INTO users (id, email, name, password_hash, create_time)"
                     " VALUES (?, ?, ?, ?, ?)",
                     (user.id, user.email, user.name, password_hash, user.create_time))
+                await conn.executemany(
+                    "INSERT INTO user_roles (user_id, role) VALUES (?, ?)",
+                    [(user.id, role) for role in user.roles])
                 await outbox.enqueue(conn, events.USER_CREATED,
                                      user_pb2.UserCreated(user=to_proto(user)),
                                      source=SOURCE, aggregate_id=user.id)
@@ -69,9 +82,9 @@ class UserStore:
         return user
 
     async def get(self, user_id: str) -> User | None:
-        """The user, from memory when seen before: a user never changes once created (no
-        RPC updates or deletes one), so a cached one is never stale, even when another
-        instance sharing the file created it. An unknown id is never cached."""
+        """The user, from memory when seen before: a user (roles included) never changes
+        once created (no RPC updates or deletes one), so a cached one is never stale, even
+        when another instance sharing the file created it. An unknown id is never cached."""
         cache = self._cache
         user = cache.get(user_id)
         if user is not None:
@@ -95,7 +108,7 @@ class UserStore:
         """The user with this (normalized) email and their password hash, for Login only."""
         async with self.db.reader() as conn:
             cur = await conn.execute(
-                "SELECT id, email, name, create_time, password_hash FROM users"
+                f"SELECT id, email, name, create_time, {_ROLES}, password_hash FROM users"
                 " WHERE email = ? COLLATE NOCASE", (email,))
             row = await cur.fetchone()
         return None if row is None else (_row_to_user(row), str(row["password_hash"]))
