@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import expect
 from shop.shipping.v1 import shipping_pb2
 
-from tests.browser.conftest import WAIT_MS, login_in_browser, rest, shopper
+from tests.browser.conftest import WAIT_MS, rest
 
 FIRST_LOAD_BUDGET = 150 * 1024
 
@@ -233,8 +233,39 @@ def test_first_load_is_under_150_kb_with_csp_and_cache_headers(
     assert app_js["etag"]
 
 
-def test_a_logged_in_shopper_sees_no_console_link(new_tab: Any, base_url: str) -> None:
-    email, password, _ = shopper(base_url)
+def test_too_little_stock_is_said_in_words(new_tab: Any, base_url: str) -> None:
+    _, stock = rest(base_url, "GET", "/api/inventory/running-shoes")
+    wanted = int(stock["available"]) + 1
+    assert wanted <= 99, "the demo stock grew past what one cart line can hold"
     tab = new_tab()
-    login_in_browser(tab, email, password)
-    expect(tab.page.get_by_role("link", name="Console")).to_be_hidden()
+    tab.expected = ["status of 400 (Bad Request)"]  # the refused order
+    page = tab.page
+    register_in_browser(tab)
+    tab.goto("/#/product/running-shoes")
+    page.get_by_label("Quantity").fill(str(wanted))
+    page.get_by_role("button", name="Add to cart").click()
+    expect(page.get_by_role("button", name="Added ✓")).to_be_visible()
+    checkout(page, "Visa test card (payment succeeds)")
+    expect(page.get_by_role("alert")).to_contain_text("not enough stock")
+    expect(page.locator("#order-status")).to_have_text("CANCELLED")
+    tab.shot("storefront-order-out-of-stock")
+
+
+def test_refusals_read_as_sentences(new_tab: Any) -> None:
+    """The words for answers a live run rarely gives (rate limit, outage), from the
+    storefront's own module in the page."""
+    tab = new_tab()
+    tab.goto("/")
+    tab.page.get_by_role("list", name="Products").wait_for()
+    said = tab.page.evaluate("""async () => {
+        const { describe } = await import('/static/js/api.js');
+        return [describe(429, 'RESOURCE_EXHAUSTED', 'rate limit exceeded', '3'),
+                describe(503, 'UNAVAILABLE', 'payment unavailable: circuit open'),
+                describe(0), describe(400, 'INVALID_ARGUMENT', 'quantity must be positive')];
+    }""")
+    assert said == [
+        "Too many requests right now. Please wait 3 seconds and try again.",
+        "The shop is having trouble right now. Please try again in a moment.",
+        "The shop cannot be reached. Check your connection and try again.",
+        "Quantity must be positive.",
+    ]

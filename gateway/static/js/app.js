@@ -47,6 +47,7 @@ async function route() {
   pending = {};
   if (cleanup) { cleanup(); cleanup = null; }
   clearError();
+  refreshUnread();
   const [path, query] = (window.location.hash || '#/').split('?');
   const params = new URLSearchParams(query || '');
   const found = routes.find(([re]) => re.test(path));
@@ -108,6 +109,7 @@ document.querySelector('.skip').addEventListener('click', (ev) => {
   document.getElementById('main').focus();
 });
 window.addEventListener('hashchange', route);
+window.addEventListener('shop:order-changed', () => setTimeout(refreshUnread, 1000));
 window.addEventListener('unhandledrejection', (ev) => { showError(ev.reason?.message || 'Something went wrong.'); });
 setInterval(refreshUnread, UNREAD_EVERY_MS);
 header();

@@ -22,7 +22,11 @@ export async function orderView(id, go, state = {}) {
   const path = `/api/orders/${encodeURIComponent(id)}`;
   let order = await get(path);
   const trail = [];
-  const seen = (s) => { if (s && trail[trail.length - 1] !== s) trail.push(s); };
+  const seen = (s) => {
+    if (!s || trail[trail.length - 1] === s) return;
+    trail.push(s);
+    window.dispatchEvent(new Event('shop:order-changed')); // notifications follow a change
+  };
   if (state.seen) seen(shortStatus(state.seen));
   seen(shortStatus(order.status));
 
