@@ -107,6 +107,12 @@ def test_an_admin_opens_a_saga_timeline_and_sees_its_events(
     tail = page.locator("#events-table tbody tr[data-subject='order.created']")
     expect(tail.filter(has_text=rid)).to_have_count(1, timeout=WAIT_MS)
     tab.shot("console-saga")
+    # From the tail to the saga: the event's order opens its timeline.
+    page.get_by_label("Order id").fill("")
+    page.locator("#saga-result").evaluate("n => n.replaceChildren()")
+    tail.filter(has_text=rid).get_by_role("button", name=f"Saga of order {order_id}").click()
+    expect(page.locator("#saga-table tbody tr").filter(has_text="charge")).to_have_count(1)
+    expect(page.get_by_label("Order id")).to_have_value(order_id)
 
 
 def test_an_admin_replays_a_dead_letter(new_tab: Any, live: System, base_url: str) -> None:

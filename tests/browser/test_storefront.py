@@ -15,10 +15,13 @@ from tests.browser.conftest import WAIT_MS, rest
 FIRST_LOAD_BUDGET = 150 * 1024
 
 
-def register_in_browser(tab: Any) -> str:
+def register_in_browser(tab: Any, shot: str = "") -> str:
     email = f"b-{time.time_ns()}@example.com"
     tab.goto("/#/register")
     page = tab.page
+    if shot:
+        page.get_by_role("heading", name="Create an account").wait_for()
+        tab.shot(shot)
     page.get_by_label("Name").fill("Browser Shopper")
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password (at least 8 characters)").fill("correct-horse-1")
@@ -173,7 +176,7 @@ def test_a_confirmed_order_can_be_cancelled_before_dispatch(new_tab: Any) -> Non
 def test_the_pages_work_375_px_wide(new_tab: Any) -> None:
     tab = new_tab(width=375, height=740)
     page = tab.page
-    register_in_browser(tab)
+    register_in_browser(tab, shot="storefront-phone-register")
     search_and_add(page, "knife", "Chef's Knife")
     page.get_by_role("link", name=re.compile(r"^Cart")).click()
     expect(page.get_by_role("button", name="Place order")).to_be_visible()

@@ -102,9 +102,19 @@ async function events() {
     after = r.last;
     const body = $('#events-table tbody');
     for (const e of r.events) {
+      // An order's events are keyed by the order id: one click opens its saga.
+      const open = e.subject.startsWith('order.') && e.aggregateId ? el('button', {
+        type: 'button', class: 'link', 'aria-label': `Saga of order ${e.aggregateId}`,
+        onclick() {
+          $('#order-id').value = e.aggregateId;
+          saga(e.aggregateId);
+          $('#saga').scrollIntoView();
+        },
+      }, e.aggregateId.slice(0, 8)) : '';
       body.prepend(el('tr', { 'data-subject': e.subject },
         el('td', { class: 'mono' }, when(e.time)), el('td', {}, e.subject),
-        el('td', { class: 'mono' }, e.correlationId || '-'), el('td', {}, e.source)));
+        el('td', { class: 'mono' }, e.correlationId || '-'), el('td', {}, e.source),
+        el('td', { class: 'mono' }, open)));
     }
     while (body.children.length > 300) body.lastElementChild.remove();
   } catch (err) {
