@@ -272,3 +272,30 @@ def test_refusals_read_as_sentences(new_tab: Any) -> None:
         "The shop cannot be reached. Check your connection and try again.",
         "Quantity must be positive.",
     ]
+
+
+def test_a_lost_answer_then_a_second_click_orders_once(new_tab: Any, base_url: str) -> None:
+    tab = new_tab()
+    tab.expected = ["net::ERR_FAILED"]  # the answer this test throws away
+    page = tab.page
+    register_in_browser(tab)
+    search_and_add(page, "charger", "USB-C Charger")
+    page.get_by_role("link", name=re.compile(r"^Cart")).click()
+    lost: list[int] = []
+
+    def lose_the_first_answer(route: Any) -> None:
+        if lost:
+            route.continue_()
+            return
+        lost.append(route.fetch().status)  # the order reaches the shop...
+        route.abort()  # ...and its answer never reaches the browser
+
+    page.route("**/api/orders", lose_the_first_answer)
+    page.get_by_role("button", name="Place order").click()
+    expect(page.get_by_role("alert")).to_contain_text("cannot be reached")
+    page.get_by_role("button", name="Place order").click()
+    expect(page.locator("#order-status")).to_have_text(re.compile("^(CONFIRMED|SHIPPED)$"))
+    assert lost == [201]
+    token = page.evaluate("sessionStorage.getItem('shop.token')")
+    _, orders = rest(base_url, "GET", "/api/orders", token=token)
+    assert len(orders["orders"]) == 1, orders

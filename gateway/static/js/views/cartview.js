@@ -76,7 +76,9 @@ export async function cartView(params, go) {
         go(`#/orders/${encodeURIComponent(order.id)}`, { seen: order.status });
       } catch (err) {
         const id = orderIdIn(err.detail);
-        key = uuid(); // that order is settled: the next attempt is a new order
+        // A refusal settles the attempt: the next one is a new order. A lost answer or an
+        // outage may have placed it: trying again with the same key gets that order back.
+        if (err.status >= 400 && err.status < 500 && err.status !== 429) key = uuid();
         if (id) {
           go(`#/orders/${encodeURIComponent(id)}`, { flash: err.message });
         } else {
