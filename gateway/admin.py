@@ -209,7 +209,9 @@ class AdminConsole:
             {"service": i.service, "instance": i.instance_id, "addr": i.addr,
              "protocol": i.protocol, "version": i.version, "pid": i.pid,
              "uptimeSeconds": round(now - i.started_at, 1) if i.started_at else None,
-             "health": h, "breakers": dict(i.breakers)}
+             "health": h, "breakers": dict(i.breakers),
+             # The storage backend, where the registry entry names one.
+             "backend": str(getattr(i, "backend", "") or "")}
             for i, h in zip(found, healths, strict=True)
         ]
 

@@ -30,10 +30,13 @@ function breakers(states) {
 async function instances() {
   try {
     const { instances: rows } = await get('/api/admin/instances');
+    const backends = rows.some((i) => i.backend);
+    $('#backend-col').hidden = !backends;
     $('#instances-table tbody').replaceChildren(...rows.map((i) => el('tr', { 'data-service': i.service },
       el('td', {}, i.service), el('td', { class: 'mono' }, i.instance), el('td', { class: 'mono' }, i.addr),
       el('td', { class: `status s-${i.health.toLowerCase()}` }, i.health),
-      el('td', {}, uptime(i.uptimeSeconds)), el('td', {}, breakers(i.breakers)))));
+      el('td', {}, uptime(i.uptimeSeconds)), el('td', {}, breakers(i.breakers)),
+      backends ? el('td', {}, i.backend || '-') : null)));
   } catch (err) {
     showError(`Instances: ${err.message}`);
   }
