@@ -215,7 +215,7 @@ def print_web(gw: str, data_dir: Path, file_existed: bool) -> None:
     print(f"  console:    {gw}/console  (admin@shop.local)")
     path = data_dir / ADMIN_PASSWORD_FILE
     if os.environ.get("SHOP_ADMIN_PASSWORD"):
-        print("  admin password: from SHOP_ADMIN_PASSWORD")
+        print("  admin password: from SHOP_ADMIN_PASSWORD (as set on the first start)")
     elif path.exists() and not file_existed:
         print(f"  admin password: {path.read_text().strip()}  (shown once; kept in {path})")
     else:

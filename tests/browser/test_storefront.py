@@ -153,6 +153,12 @@ def test_notifications_appear_and_can_be_marked_read(new_tab: Any) -> None:
     welcome.get_by_role("button", name=re.compile("^Mark")).click()
     expect(welcome).to_have_class("read")
     expect(page.locator("#unread-count")).to_have_text(str(before - 1))
+    # Logging out forgets the token, here and in the console's cookie.
+    page.get_by_role("button", name="Log out").click()
+    expect(page.get_by_text("Not logged in")).to_be_visible()
+    expect(page.get_by_role("link", name="Log in")).to_be_visible()
+    assert page.evaluate("sessionStorage.getItem('shop.token')") is None
+    assert "shop_token" not in {c["name"] for c in page.context.cookies()}
 
 
 @pytest.mark.skipif(
