@@ -34,7 +34,6 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.access import is_public
-from gateway.admin import ADMIN_PREFIX, AdminConsole, admin_routes
 from gateway.auth import TokenVerifier, bearer_token
 from gateway.config import GatewaySettings, load_gateway_settings
 from gateway.dashboard import Dashboard
@@ -56,7 +55,7 @@ from gateway.upstreams import (
     dashboard_callers,
     health_downstreams,
 )
-from gateway.web import web_routes
+from gateway.web import ADMIN_PREFIX, AdminConsole, admin_routes, web_routes
 from services.common import context
 from services.common.errors import DomainError
 

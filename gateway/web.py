@@ -22,9 +22,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.admin import ADMIN_ROLE
+from gateway.admin import ADMIN_PREFIX, ADMIN_ROLE, AdminConsole, admin_routes
 from gateway.auth import TokenVerifier
 from gateway.errors import HttpError
+
+# The console's API lives in gateway/admin.py; the app takes both from here.
+__all__ = ["ADMIN_PREFIX", "AdminConsole", "Assets", "admin_routes", "console_access",
+           "web_routes"]
 
 STATIC_DIR = Path(__file__).with_name("static")
 CONSOLE_COOKIE = "shop_token"

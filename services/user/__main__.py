@@ -36,15 +36,15 @@ async def build(settings: Settings) -> App:
     hasher = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="scrypt")
     # Made now, so the first login for an unknown email is not slower than the rest.
     await asyncio.get_running_loop().run_in_executor(hasher, domain.dummy_hash)
-    store = UserStore(db)
-    # Before serving: nobody can register admin@shop.local ahead of it.
-    await ensure_admin(store, settings.data_dir,
-                       lambda pw: asyncio.get_running_loop().run_in_executor(
-                           hasher, domain.hash_password, pw))
-    servicer = UserServicer(store, keys, hasher)
+    servicer = UserServicer(UserStore(db), keys, hasher)
     # The relay starts once NATS answers: registration and login never wait for NATS,
     # events queue up in the outbox meanwhile.
     events = EventWorkers(settings, db, relay=True)
+
+    # Before serving: nobody can register admin@shop.local ahead of it.
+    await ensure_admin(servicer.store, settings.data_dir,
+                       lambda pw: asyncio.get_running_loop().run_in_executor(
+                           hasher, domain.hash_password, pw))
 
     async def stop_hasher() -> None:
         hasher.shutdown(wait=False, cancel_futures=True)

@@ -39,17 +39,20 @@ CREATE TABLE IF NOT EXISTS user_roles (
 """
 
 
-_ROLES = ("(SELECT group_concat(role, ',') FROM user_roles r WHERE r.user_id = users.id)"
-          " AS roles")
-_GET = f"SELECT id, email, name, create_time, {_ROLES} FROM users WHERE id = ?"
+_GET = "SELECT id, email, name, create_time FROM users WHERE id = ?"
+# A query of its own (plain SQL every backend speaks), in the same read as the user's row.
+_ROLES = "SELECT role FROM user_roles WHERE user_id = ? ORDER BY role"
 # Users kept in memory by UserStore.get (about 0.5 kB each).
 CACHE_MAX = 50_000
 
 
-def _row_to_user(row: aiosqlite.Row) -> User:
-    roles = tuple(sorted(str(row["roles"]).split(","))) if row["roles"] else ()
+def _row_to_user(row: aiosqlite.Row, roles: tuple[str, ...] = ()) -> User:
     return User(id=row["id"], email=row["email"], name=row["name"],
                 create_time=float(row["create_time"]), roles=roles)
+
+
+def _roles(rows: list[aiosqlite.Row]) -> tuple[str, ...]:
+    return tuple(str(r["role"]) for r in rows)
 
 
 class UserStore:
@@ -90,10 +93,11 @@ class UserStore:
         if user is not None:
             cache.move_to_end(user_id)
             return user
-        row = await self.db.read_now(lambda tx: tx.one(_GET, (user_id,)))
+        row, roles = await self.db.read_now(
+            lambda tx: (tx.one(_GET, (user_id,)), tx.all(_ROLES, (user_id,))))
         if row is None:
             return None
-        user = _row_to_user(row)
+        user = _row_to_user(row, _roles(roles))
         self._remember(user)
         return user
 
@@ -108,7 +112,11 @@ class UserStore:
         """The user with this (normalized) email and their password hash, for Login only."""
         async with self.db.reader() as conn:
             cur = await conn.execute(
-                f"SELECT id, email, name, create_time, {_ROLES}, password_hash FROM users"
+                "SELECT id, email, name, create_time, password_hash FROM users"
                 " WHERE email = ? COLLATE NOCASE", (email,))
             row = await cur.fetchone()
-        return None if row is None else (_row_to_user(row), str(row["password_hash"]))
+            if row is None:
+                return None
+            cur = await conn.execute(_ROLES, (row["id"],))
+            roles = _roles(list(await cur.fetchall()))
+        return _row_to_user(row, roles), str(row["password_hash"])
