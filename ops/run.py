@@ -50,8 +50,6 @@ BACKOFF_START_S = 0.5
 BACKOFF_CAP_S = 10.0
 STABLE_AFTER_S = 30.0  # up this long: the next crash starts the back-off afresh
 DEFAULT_NATS_PORT = 4222
-# services.user.admin.PASSWORD_FILE, without importing the user service here.
-ADMIN_PASSWORD_FILE = "admin-password"
 
 
 def log(msg: str) -> None:
@@ -177,8 +175,7 @@ def _signame(num: int) -> str:
         return f"signal {num}"
 
 
-def print_table(system: System, nats_url: str, elapsed: float,
-                admin_file_existed: bool = True) -> None:
+def print_table(system: System, nats_url: str, elapsed: float) -> None:
     rows = [("NAME", "INSTANCE", "ADDRESS", "PID", "HEALTH")]
     rows.append(("nats", "nats", nats_url, "", "OK"))
     for p in system.all():
@@ -199,24 +196,28 @@ def print_table(system: System, nats_url: str, elapsed: float,
                else "pinned to the first instance (SHOP_REGISTRY=off)")
         print(f"  scaled: {', '.join(scaled)}; calls {how}")
     print(f"  logs: {system.data_dir / 'logs'}/<instance>.log; NATS: {system.data_dir / 'nats'}")
+    print_web(gw, system.data_dir, started=time.time() - elapsed)
     print("\n  try:")
     print(f"    {bindir / 'grpcurl'} -plaintext {order} list")
     print(f"    curl -s {gw}/api/products")
     print(f"    curl -s {gw}/readyz")
     print(f"    {bindir / 'shopctl'} status")
-    print_web(gw, system.data_dir, admin_file_existed)
     print("\n  Ctrl-C stops everything.\n", flush=True)
 
 
-def print_web(gw: str, data_dir: Path, file_existed: bool) -> None:
+# services.user.admin.PASSWORD_FILE, without importing the user service here.
+ADMIN_PASSWORD_FILE = "admin-password"
+
+
+def print_web(gw: str, data_dir: Path, *, started: float) -> None:
     """Where the storefront and the console are, and the admin's password: shown once,
-    the first time the user service made it; after that, where it is kept."""
-    print(f"\n  storefront: {gw}/")
+    when the user service made it during this start; after that, where it is kept."""
+    print(f"  storefront: {gw}/")
     print(f"  console:    {gw}/console  (admin@shop.local)")
     path = data_dir / ADMIN_PASSWORD_FILE
     if os.environ.get("SHOP_ADMIN_PASSWORD"):
         print("  admin password: from SHOP_ADMIN_PASSWORD (as set on the first start)")
-    elif path.exists() and not file_existed:
+    elif path.exists() and path.stat().st_mtime >= started - 1.0:
         print(f"  admin password: {path.read_text().strip()}  (shown once; kept in {path})")
     else:
         print(f"  admin password: in {path}")
@@ -246,8 +247,6 @@ def main() -> int:
 
     stopping = False
     starting = True
-    # The user service writes the admin's password on first start: seen before or not.
-    admin_file_existed = (data_dir / ADMIN_PASSWORD_FILE).exists()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
@@ -286,7 +285,7 @@ def main() -> int:
         starting = False
         nats_pid = nats.pid if nats is not None else None
         write_instances(system, nats_pid)
-        print_table(system, nats_url, time.monotonic() - t0, admin_file_existed)
+        print_table(system, nats_url, time.monotonic() - t0)
         supervisor = Supervisor(system)
         while not stopping:
             if supervisor.tick(time.monotonic()):
