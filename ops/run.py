@@ -213,6 +213,7 @@ def print_table(system: System, nats_url: str, elapsed: float,
               f"(read them with shopctl mail list)")
     else:
         print("  mail: sent to the relay in SMTP_URL")
+    print_web(gw, system.data_dir, started=time.time() - elapsed)
     print("\n  try:")
     print(f"    {bindir / 'grpcurl'} -plaintext {order} list")
     print(f"    curl -s {gw}/api/products")
@@ -221,6 +222,24 @@ def print_table(system: System, nats_url: str, elapsed: float,
     if catcher is not None:
         print(f"    {bindir / 'shopctl'} mail list")
     print("\n  Ctrl-C stops everything.\n", flush=True)
+
+
+# services.user.admin.PASSWORD_FILE, without importing the user service here.
+ADMIN_PASSWORD_FILE = "admin-password"
+
+
+def print_web(gw: str, data_dir: Path, *, started: float) -> None:
+    """Where the storefront and the console are, and the admin's password: shown once,
+    when the user service made it during this start; after that, where it is kept."""
+    print(f"  storefront: {gw}/")
+    print(f"  console:    {gw}/console  (admin@shop.local)")
+    path = data_dir / ADMIN_PASSWORD_FILE
+    if os.environ.get("SHOP_ADMIN_PASSWORD"):
+        print("  admin password: from SHOP_ADMIN_PASSWORD (as set on the first start)")
+    elif path.exists() and path.stat().st_mtime >= started - 1.0:
+        print(f"  admin password: {path.read_text().strip()}  (shown once; kept in {path})")
+    else:
+        print(f"  admin password: in {path}")
 
 
 class _Stop(Exception):

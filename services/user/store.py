@@ -29,17 +29,30 @@ CREATE TABLE IF NOT EXISTS users (
     create_time REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS users_email ON users (email COLLATE NOCASE);
+-- Roles live beside the users table (not a column of it), so an existing database
+-- gains them without a migration. Written only with the user that holds them.
+CREATE TABLE IF NOT EXISTS user_roles (
+    user_id TEXT NOT NULL,
+    role TEXT NOT NULL,
+    PRIMARY KEY (user_id, role)
+) WITHOUT ROWID;
 """
 
 
 _GET = "SELECT id, email, name, create_time FROM users WHERE id = ?"
+# A query of its own (plain SQL every backend speaks), in the same read as the user's row.
+_ROLES = "SELECT role FROM user_roles WHERE user_id = ? ORDER BY role"
 # Users kept in memory by UserStore.get (about 0.5 kB each).
 CACHE_MAX = 50_000
 
 
-def _row_to_user(row: aiosqlite.Row) -> User:
+def _row_to_user(row: aiosqlite.Row, roles: tuple[str, ...] = ()) -> User:
     return User(id=row["id"], email=row["email"], name=row["name"],
-                create_time=float(row["create_time"]))
+                create_time=float(row["create_time"]), roles=roles)
+
+
+def _roles(rows: list[aiosqlite.Row]) -> tuple[str, ...]:
+    return tuple(str(r["role"]) for r in rows)
 
 
 class UserStore:
@@ -57,6 +70,9 @@ class UserStore:
                     "INSERT INTO users (id, email, name, password_hash, create_time)"
                     " VALUES (?, ?, ?, ?, ?)",
                     (user.id, user.email, user.name, password_hash, user.create_time))
+                await conn.executemany(
+                    "INSERT INTO user_roles (user_id, role) VALUES (?, ?)",
+                    [(user.id, role) for role in user.roles])
                 await outbox.enqueue(conn, events.USER_CREATED,
                                      user_pb2.UserCreated(user=to_proto(user)),
                                      source=SOURCE, aggregate_id=user.id)
@@ -69,18 +85,19 @@ class UserStore:
         return user
 
     async def get(self, user_id: str) -> User | None:
-        """The user, from memory when seen before: a user never changes once created (no
-        RPC updates or deletes one), so a cached one is never stale, even when another
-        instance sharing the file created it. An unknown id is never cached."""
+        """The user, from memory when seen before: a user (roles included) never changes
+        once created (no RPC updates or deletes one), so a cached one is never stale, even
+        when another instance sharing the file created it. An unknown id is never cached."""
         cache = self._cache
         user = cache.get(user_id)
         if user is not None:
             cache.move_to_end(user_id)
             return user
-        row = await self.db.read_now(lambda tx: tx.one(_GET, (user_id,)))
+        row, roles = await self.db.read_now(
+            lambda tx: (tx.one(_GET, (user_id,)), tx.all(_ROLES, (user_id,))))
         if row is None:
             return None
-        user = _row_to_user(row)
+        user = _row_to_user(row, _roles(roles))
         self._remember(user)
         return user
 
@@ -98,7 +115,11 @@ class UserStore:
                 "SELECT id, email, name, create_time, password_hash FROM users"
                 " WHERE email = ? COLLATE NOCASE", (email,))
             row = await cur.fetchone()
-        return None if row is None else (_row_to_user(row), str(row["password_hash"]))
+            if row is None:
+                return None
+            cur = await conn.execute(_ROLES, (row["id"],))
+            roles = _roles(list(await cur.fetchall()))
+        return _row_to_user(row, roles), str(row["password_hash"])
 
     async def replace_password_hash(self, user_id: str, old: str, new: str) -> bool:
         """Swap the stored hash for `new` if it is still `old` (a re-hash at login: two
