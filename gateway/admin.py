@@ -57,10 +57,6 @@ TAIL_SIZE = 500  # events kept for the live tail
 TAIL_SEED = 50  # recent events read from the stream when the tail starts
 _MAX_ID = 128
 
-# RetrySaga is resolved from the contract at run time: the console offers a retry only
-# where the order service's contract has the call.
-_ORDER_METHODS = order_pb2.DESCRIPTOR.services_by_name["OrderService"].methods_by_name
-HAS_RETRY = "RetrySaga" in _ORDER_METHODS
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -229,17 +225,14 @@ class AdminConsole:
         status = order_pb2.OrderStatus.Name(reply.status)
         return {
             "orderId": reply.order_id, "status": status,
-            "retryable": HAS_RETRY and status == "ORDER_STATUS_REQUIRES_ATTENTION",
+            "retryable": status == "ORDER_STATUS_REQUIRES_ATTENTION",
             "steps": [{"step": s.step, "outcome": s.outcome, "attempt": s.attempt,
                        "time": s.time.ToJsonString() if s.HasField("time") else "",
                        "error": s.error} for s in reply.steps],
         }
 
     async def retry(self, order_id: str) -> dict[str, Any]:
-        request_type = getattr(order_pb2, "RetrySagaRequest", None)
-        if not HAS_RETRY or request_type is None:
-            raise HttpError(501, "UNIMPLEMENTED", "this order service cannot retry sagas")
-        await self._call_order("RetrySaga", request_type(order_id=order_id))
+        await self._call_order("RetrySaga", order_pb2.RetrySagaRequest(order_id=order_id))
         return await self.saga(order_id)
 
     async def dead_letters(self) -> list[dict[str, Any]]:
@@ -360,5 +353,5 @@ def admin_routes(console: AdminConsole) -> list[Route]:
     ]
 
 
-__all__ = ["ADMIN_PREFIX", "ADMIN_ROLE", "HAS_RETRY", "AdminConsole", "EventTail",
+__all__ = ["ADMIN_PREFIX", "ADMIN_ROLE", "AdminConsole", "EventTail",
            "admin_identity", "admin_routes"]

@@ -148,7 +148,7 @@ class TokenVerifier:
         """The user id of a token verified recently (and not expired since), else ""."""
         hit = self._cache.get(token)
         if hit is not None and time.time() < hit.until:
-            return hit.user_id
+            return hit.identity.user_id
         return ""
 
     async def verify(self, token: str) -> str:

@@ -6,9 +6,7 @@ import re
 import time
 from typing import Any
 
-import pytest
 from playwright.sync_api import expect
-from shop.shipping.v1 import shipping_pb2
 
 from tests.browser.conftest import WAIT_MS, rest
 
@@ -161,11 +159,6 @@ def test_notifications_appear_and_can_be_marked_read(new_tab: Any) -> None:
     assert "shop_token" not in {c["name"] for c in page.context.cookies()}
 
 
-@pytest.mark.skipif(
-    "CancelShipment" not in shipping_pb2.DESCRIPTOR.services_by_name["ShippingService"]
-    .methods_by_name,
-    reason="cancelling a confirmed order needs ShippingService.CancelShipment (a shipment "
-           "that waits SHIPPING_DISPATCH_DELAY_S before it is dispatched)")
 def test_a_confirmed_order_can_be_cancelled_before_dispatch(new_tab: Any) -> None:
     tab = new_tab()
     page = tab.page
