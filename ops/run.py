@@ -33,6 +33,7 @@ from ops.process import (
     System,
     env_prefix,
     free_port,
+    http_ok,
     port_in_use,
     precompile,
     start_system,
@@ -185,6 +186,19 @@ def _signame(num: int) -> str:
         return f"signal {num}"
 
 
+READYZ_WAIT_S = 10.0
+
+
+def wait_gateway_ready(gateway: ServiceProcess, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not http_ok(f"{gateway.base_url}/readyz", 1.0):
+        if time.monotonic() >= deadline:
+            log(f"gateway /readyz still not ready after {timeout_s:.0f} s: "
+                "some service is unreachable from it (see `curl .../readyz`)")
+            return
+        time.sleep(0.05)
+
+
 def print_table(system: System, nats_url: str, elapsed: float,
                 catcher: CatcherProcess | None = None) -> None:
     rows = [("NAME", "INSTANCE", "ADDRESS", "PID", "HEALTH")]
@@ -316,6 +330,10 @@ def main() -> int:
                 f"in {time.monotonic() - t0:.2f} s")
         extra = [catcher] if catcher is not None else []
         wait_all_ready([*system.all(), *extra], max(1.0, timeout - (time.monotonic() - t0)))
+        if system.gateway is not None:
+            # The gateway dialled services that were still starting: "healthy" waits until
+            # its /readyz reaches every one, so a first request finds its channels connected.
+            wait_gateway_ready(system.gateway, READYZ_WAIT_S)
         starting = False
         nats_pid = nats.pid if nats is not None else None
         write_instances(system, nats_pid, catcher)
