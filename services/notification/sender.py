@@ -110,14 +110,28 @@ class MailSender:
         """Forever (cancel to stop); a failing round is logged and tried again."""
         log.info("mail delivery on", extra={"smtp": self.target.describe(),
                                             "from": self.settings.sender})
-        while True:
-            try:
-                await self._sleep(await self.drain())
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("mail round failed; trying again")
-                await self._sleep(1.0)
+        try:
+            while True:
+                try:
+                    await self._sleep(await self.drain())
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("mail round failed; trying again")
+                    await self._hand_back()
+                    await self._sleep(1.0)
+        finally:
+            # Stopping: what this round still holds is due again at once, for whoever
+            # sends next (a restart of this instance would hand it back anyway).
+            await asyncio.shield(self._hand_back())
+
+    async def _hand_back(self) -> None:
+        try:
+            async with asyncio.timeout(2.0):
+                await self.store.release(self.owner)
+        except Exception:
+            log.warning("mail claims not handed back; they run out on their own",
+                        exc_info=True)
 
     async def _sleep(self, seconds: float) -> None:
         if seconds <= 0:
@@ -154,7 +168,7 @@ class MailSender:
         next_at = await self.store.next_due_at()
         if next_at is None:
             return _IDLE_S
-        return min(_IDLE_S, max(0.0, next_at - self.clock()))
+        return min(_IDLE_S, max(0.01, next_at - self.clock()))
 
     def _until_breaker_retry(self) -> float:
         self.metrics.breaker_rejected.inc()
@@ -230,7 +244,11 @@ class MailSender:
                 hostname=t.host, port=t.port, use_tls=t.security == "tls",
                 start_tls=t.security == "starttls", username=t.username or None,
                 password=t.password or None, timeout=self.settings.attempt_timeout_s)
-            await client.connect()
+            try:
+                await client.connect()
+            except BaseException:
+                client.close()
+                raise
         try:
             await client.sendmail(self.mail_from.address, [recipient], msg)
         except BaseException:
