@@ -23,7 +23,6 @@ Message-ID (at least once, recognisably the same mail).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -42,6 +41,11 @@ log = logging.getLogger("shop.notification.mail")
 
 # Longest sleep when nothing is due: a safety net, since commits wake the sender.
 _IDLE_S = 5.0
+# Woken while the consumer is busy (commits keep coming), the sender waits for a quiet gap
+# of _QUIET_S, at most _YIELD_S in all: the consumer gets the CPU first and the mails
+# of a burst go out together, a fraction of a second later.
+_QUIET_S = 0.05
+_YIELD_S = 1.0
 
 
 class Refused(Exception):
@@ -136,8 +140,17 @@ class MailSender:
     async def _sleep(self, seconds: float) -> None:
         if seconds <= 0:
             return
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            return  # a retry fell due: no one to yield to
+        started = time.monotonic()
+        while time.monotonic() - started < _YIELD_S:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), _QUIET_S)
+            except TimeoutError:
+                return
 
     async def drain(self) -> float:
         """Send every mail due now; returns how long to wait before the next round."""
