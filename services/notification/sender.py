@@ -183,6 +183,12 @@ class MailSender:
             return _IDLE_S
         return min(_IDLE_S, max(0.01, next_at - self.clock()))
 
+    async def refresh_metrics(self) -> None:
+        """The backlog gauges, read from the delivery outbox (called at each scrape)."""
+        count, oldest = await self.store.backlog()
+        self.metrics.pending.set(count)
+        self.metrics.oldest_pending.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
+
     def _until_breaker_retry(self) -> float:
         self.metrics.breaker_rejected.inc()
         opened = self.breaker._state_storage.opened_at

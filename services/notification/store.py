@@ -219,6 +219,14 @@ class DeliveryStore:
         return await self.db.write(lambda tx: tx.executemany(
             sql + " AND notification_id = ?", [(now, owner, i) for i in ids]).rowcount)
 
+    async def backlog(self) -> tuple[int, float | None]:
+        """(PENDING mails, creation time of the oldest), by the partial index."""
+        row = await self.db.read(lambda tx: tx.one(
+            "SELECT count(*), min(created_at) FROM deliveries WHERE status = 'PENDING'"))
+        if row is None:
+            return 0, None
+        return int(row[0]), None if row[1] is None else float(row[1])
+
     async def next_due_at(self) -> float | None:
         """When the earliest PENDING mail is due; None when nothing is owed."""
         row = await self.db.read_now(lambda tx: tx.one(
