@@ -42,10 +42,13 @@ log = logging.getLogger("shop.notification.mail")
 # Longest sleep when nothing is due: a safety net, since commits wake the sender.
 _IDLE_S = 5.0
 # Woken while the consumer is busy (commits keep coming), the sender waits for a quiet gap
-# of _QUIET_S, at most _YIELD_S in all: the consumer gets the CPU first and the mails
-# of a burst go out together, a fraction of a second later.
+# of _QUIET_S, at most _YIELD_S in all, and while the consumer stays busy it sends one
+# round (SHOP_MAIL_BATCH mails) per gap: the consumer gets the CPU first and the mails of
+# a burst go out together, a fraction of a second later.
 _QUIET_S = 0.05
 _YIELD_S = 1.0
+# What drain() returns when it stopped early to yield: "wait, then go on at once".
+_BUSY_S = 0.001
 
 
 class Refused(Exception):
@@ -178,6 +181,10 @@ class MailSender:
                 return self._until_breaker_retry()
             if taken < self.settings.batch:
                 break
+            if self._wake.is_set():
+                # The consumer committed during this round: it is busy; yield to it (see
+                # _sleep) before the next round rather than draining the rest at once.
+                return _BUSY_S
         next_at = await self.store.next_due_at()
         if next_at is None:
             return _IDLE_S
