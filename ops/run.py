@@ -32,7 +32,9 @@ from ops.process import (
     start_system,
     wait_all_ready,
 )
+from services.common.pki import OPERATOR, ensure_pki
 from services.common.settings import DEFAULT_PORTS, SERVICES
+from services.common.tls import claim_identity, mtls_enabled, pki_dir
 
 __all__ = [
     "BACKOFF_CAP_S",
@@ -50,6 +52,27 @@ BACKOFF_START_S = 0.5
 BACKOFF_CAP_S = 10.0
 STABLE_AFTER_S = 30.0  # up this long: the next crash starts the back-off afresh
 DEFAULT_NATS_PORT = 4222
+PKI_CHECK_S = 60.0  # how often certificates past half their life are renewed
+
+
+def _pki_flags() -> str:
+    pki = pki_dir()
+    if not pki.is_absolute():
+        pki = Path(os.path.relpath(pki.resolve()))
+    return f"-cacert {pki}/ca.pem -cert {pki}/{OPERATOR}.pem -key {pki}/{OPERATOR}.key"
+
+
+def prepare_pki() -> None:
+    """Create the development CA and certificates (or renew the aging ones), or say
+    loudly that everything runs in plaintext."""
+    if not mtls_enabled():
+        log("WARNING: SHOP_MTLS=off: every gRPC hop is PLAINTEXT and unauthenticated, "
+            "the call policy is not enforced; for experiments only")
+        return
+    claim_identity(OPERATOR)  # the supervisor's health probes
+    issued = ensure_pki(pki_dir())
+    if issued:
+        log(f"certificates issued under {pki_dir()}: {', '.join(issued)}")
 
 
 def log(msg: str) -> None:
@@ -197,7 +220,11 @@ def print_table(system: System, nats_url: str, elapsed: float) -> None:
         print(f"  scaled: {', '.join(scaled)}; calls {how}")
     print(f"  logs: {system.data_dir / 'logs'}/<instance>.log; NATS: {system.data_dir / 'nats'}")
     print("\n  try:")
-    print(f"    {bindir / 'grpcurl'} -plaintext {order} list")
+    if mtls_enabled():
+        pki = _pki_flags()
+        print(f"    {bindir / 'grpcurl'} {pki} {order} list")
+    else:
+        print(f"    {bindir / 'grpcurl'} -plaintext {order} list")
     print(f"    curl -s {gw}/api/products")
     print(f"    curl -s {gw}/readyz")
     print(f"    {bindir / 'shopctl'} status")
@@ -224,6 +251,13 @@ def main() -> int:
         print(f"error: port already in use: {', '.join(taken)}; is shop already running? "
               "Stop it, or choose other ports with <SERVICE>_PORT / GATEWAY_PORT / NATS_PORT.",
               file=sys.stderr)
+        return 1
+
+    try:
+        os.environ.setdefault("SHOP_DATA_DIR", str(data_dir))  # pki_dir() for us and children
+        prepare_pki()
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot prepare the PKI: {exc}", file=sys.stderr)
         return 1
 
     stopping = False
@@ -268,9 +302,14 @@ def main() -> int:
         write_instances(system, nats_pid)
         print_table(system, nats_url, time.monotonic() - t0)
         supervisor = Supervisor(system)
+        pki_check = time.monotonic() + PKI_CHECK_S
         while not stopping:
-            if supervisor.tick(time.monotonic()):
+            now = time.monotonic()
+            if supervisor.tick(now):
                 write_instances(system, nats_pid)
+            if now >= pki_check:
+                pki_check = now + PKI_CHECK_S
+                prepare_pki()  # the processes pick renewed files up themselves
             time.sleep(0.1)
         log("stopping: gateway, services, then NATS")
         return 0

@@ -21,7 +21,7 @@ import pybreaker
 from google.protobuf.message import Message
 from grpc import aio
 
-from services.common import context
+from services.common import context, tls
 from services.common.breakers import breaker_for
 from services.common.errors import DeadlineExceeded, Unavailable
 from services.common.settings import default_addr, downstream_addr
@@ -41,13 +41,16 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
     # Retries are ours (idempotent calls only); grpc's own would double them.
     ("grpc.enable_retries", 0),
 ]
+# A channel replaced after a certificate rotation: its calls in flight get this long.
+_RETIRE_GRACE_S = 30.0
 
 
 class Endpoint:
     """One address of a service: its channel (made on first use, inside the running loop)
     and the bound stub methods made on it, cached per (stub class, method)."""
 
-    __slots__ = ("_methods", "addr", "channel", "healthy", "instance", "service")
+    __slots__ = ("_generation", "_methods", "_retiring", "addr", "channel", "healthy",
+                 "instance", "service")
 
     def __init__(self, service: str, addr: str, instance: str = "") -> None:
         self.service = service
@@ -56,13 +59,29 @@ class Endpoint:
         self.healthy = True
         self.channel: aio.Channel | None = None
         self._methods: dict[tuple[Callable[[aio.Channel], Any], str], Any] = {}
+        self._generation = 0
+        self._retiring: set[asyncio.Task[None]] = set()
 
     def open_channel(self) -> aio.Channel:
         if self.channel is None:
-            self.channel = aio.insecure_channel(self.addr, options=CHANNEL_OPTIONS)
+            # mTLS (checking the server is `service`) unless SHOP_MTLS=off.
+            self._generation = tls.generation()
+            self.channel = tls.open_channel(self.addr, self.service, CHANNEL_OPTIONS)
         return self.channel
 
+    def _rotate(self) -> None:
+        """New certificate files: later calls go on a new channel; the old one is closed
+        once its calls in flight are done (a live channel cannot change certificates)."""
+        old, self.channel = self.channel, None
+        self._methods.clear()
+        if old is not None:
+            task = asyncio.get_running_loop().create_task(old.close(_RETIRE_GRACE_S))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
     def method(self, stub_factory: Callable[[aio.Channel], Any], name: str) -> Any:
+        if self.channel is not None and self._generation != tls.generation():
+            self._rotate()
         key = (stub_factory, name)
         fn = self._methods.get(key)
         if fn is None:
@@ -161,8 +180,12 @@ class Downstream(Generic[StubT]):
         cap_s: float = 5.0,
         address: str | None = None,
         breaker: pybreaker.CircuitBreaker | None = None,
+        speaks_for_users: bool = False,
     ) -> None:
         self.service = service
+        # Only the gateway passes the caller's `x-user-id` on (servers refuse it from
+        # anyone else); a service calling another names the user in the request.
+        self.speaks_for_users = speaks_for_users
         self.cap_s = cap_s
         self._stub_factory = stub_factory
         self._address = address
@@ -191,6 +214,7 @@ class Downstream(Generic[StubT]):
             base._stub_factory,
             cap_s=base.cap_s if cap_s is None else cap_s,
             breaker=breaker or base.breaker,
+            speaks_for_users=base.speaks_for_users,
         )
         twin._source = base
         return twin
@@ -249,7 +273,7 @@ class Downstream(Generic[StubT]):
         rid = context.request_id()
         if rid:
             md.append(("x-request-id", rid))
-        uid = context.user_id()
+        uid = context.user_id() if self.speaks_for_users else ""
         if uid:
             md.append(("x-user-id", uid))
         if extra:

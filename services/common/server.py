@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from services.common import discovery
+from services.common import authz, discovery, tls
 from services.common.interceptors import ServerInterceptor
 from services.common.logging import configure_logging
 from services.common.readyfile import write_ready_file
@@ -114,14 +114,16 @@ class ServiceRunner:
         s = self.settings
         if self.use_registry:
             await self._start_discovery()
-        server = aio.server(interceptors=[ServerInterceptor()], options=SERVER_OPTIONS)
+        tls.claim_identity(s.service)
+        server = aio.server(interceptors=[*authz.interceptors(), ServerInterceptor()],
+                            options=SERVER_OPTIONS)
         self.app.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [*self.app.grpc_services, HEALTH_SERVICE, reflection.SERVICE_NAME], server
         )
         try:
-            port = server.add_insecure_port(f"{s.host}:{s.port}")
+            port = authz.listen(server, f"{s.host}:{s.port}", s.service)
         except RuntimeError as err:
             raise RuntimeError(f"cannot listen on {s.host}:{s.port}: {err}") from err
         if port == 0:

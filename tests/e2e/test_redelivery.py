@@ -35,6 +35,7 @@ from shop.user.v1 import user_pb2, user_pb2_grpc
 from ops.process import System
 from services.common.events import CATALOGUE, DLQ_STREAM, STREAM
 from services.common.settings import SERVICES
+from tests.support import mesh
 from tests.support.outboxes import unsent_outbox_rows
 
 BOOKKEEPING = {"inbox", "outbox", "outbox_lease"}
@@ -50,7 +51,7 @@ Snapshot = dict[str, dict[str, list[tuple[Any, ...]]]]
 async def run_flow(system: System) -> dict[str, str]:
     """Drive a flow that makes every consumer do something; returns its ids."""
     names = ("user", "cart", "order", "payment", "shipping")
-    channels = {n: aio.insecure_channel(system.addr(n)) for n in names}
+    channels = {n: mesh.channel(system.addr(n)) for n in names}
     try:
         users = user_pb2_grpc.UserServiceStub(channels["user"])
         carts = cart_pb2_grpc.CartServiceStub(channels["cart"])

@@ -18,6 +18,7 @@ from shop.cart.v1 import cart_pb2, cart_pb2_grpc
 
 from ops.process import ServiceProcess
 from tests.fixtures_services import ServiceFactory
+from tests.support import mesh
 from tests.support.faultproxy import FaultProxy, Mode
 
 FAIL_MAX = 5
@@ -30,7 +31,8 @@ CART_CAP_S = 5.0  # the cart's default cap on its product calls (services/cart/_
 @pytest.fixture
 def cart_behind_proxy(services: ServiceFactory) -> Iterator[tuple[ServiceProcess, FaultProxy]]:
     product = services.start("product")
-    with FaultProxy(product.addr) as proxy:
+    # TLS on both legs: the proxy still counts the HTTP/2 requests it passes on.
+    with FaultProxy(product.addr, tls=mesh.proxy_tls("product", "cart")) as proxy:
         cart = services.start("cart", PRODUCT_ADDR=proxy.addr,
                               SHOP_BREAKER_FAIL_MAX=str(FAIL_MAX),
                               SHOP_BREAKER_RESET_S=str(RESET_S))
@@ -78,7 +80,7 @@ def test_dropped_downstream_opens_then_recovers(
         cart_behind_proxy: tuple[ServiceProcess, FaultProxy]) -> None:
     cart, proxy = cart_behind_proxy
     user = "breaker-drop"
-    with grpc.insecure_channel(cart.addr) as chan:
+    with mesh.sync_channel(cart.addr) as chan:
         stub = cart_pb2_grpc.CartServiceStub(chan)
         assert _add(stub, user, timeout=5.0)[0] == grpc.StatusCode.OK
         proxy.set_mode(Mode.DROP)
@@ -106,7 +108,7 @@ def test_hung_downstream_opens_after_five_timeouts_then_recovers(
     deadlines outlast the cart's own cap, so the failure the breaker sees is the cart's."""
     cart, proxy = cart_behind_proxy
     user = "breaker-hang"
-    with grpc.insecure_channel(cart.addr) as chan:
+    with mesh.sync_channel(cart.addr) as chan:
         stub = cart_pb2_grpc.CartServiceStub(chan)
         assert _add(stub, user, timeout=5.0)[0] == grpc.StatusCode.OK
         proxy.set_mode(Mode.BLACKHOLE)
@@ -129,7 +131,7 @@ def test_hung_downstream_under_caller_deadlines_opens(
     the cart's own cap, so their deadline, not the cart's, ends each hung call."""
     cart, proxy = cart_behind_proxy
     user = "breaker-caller-deadline"
-    with grpc.insecure_channel(cart.addr) as chan:
+    with mesh.sync_channel(cart.addr) as chan:
         stub = cart_pb2_grpc.CartServiceStub(chan)
         assert _add(stub, user, timeout=5.0)[0] == grpc.StatusCode.OK
         proxy.set_mode(Mode.BLACKHOLE)

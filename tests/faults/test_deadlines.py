@@ -15,6 +15,7 @@ from shop.order.v1 import order_pb2, order_pb2_grpc
 from shop.user.v1 import user_pb2, user_pb2_grpc
 
 from ops.process import System
+from tests.support import mesh
 from tests.support.invariants import check_invariants
 
 PRODUCT = "mechanical-keyboard"
@@ -27,9 +28,9 @@ HUNG_S = 5.0
 async def test_hung_payment_answers_within_budget_and_order_ends_consistent(
         system_fresh: System) -> None:
     sysm = system_fresh
-    async with aio.insecure_channel(sysm.addr("user")) as uchan, \
-            aio.insecure_channel(sysm.addr("inventory")) as ichan, \
-            aio.insecure_channel(sysm.addr("order")) as ochan:
+    async with mesh.channel(sysm.addr("user")) as uchan, \
+            mesh.channel(sysm.addr("inventory")) as ichan, \
+            mesh.channel(sysm.addr("order")) as ochan:
         user = (await user_pb2_grpc.UserServiceStub(uchan).CreateUser(user_pb2.CreateUserRequest(
             email=f"hung-{uuid.uuid4().hex[:8]}@example.com", name="Hung",
             password="long enough password"), timeout=10)).user.id

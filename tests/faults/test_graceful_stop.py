@@ -26,6 +26,7 @@ from shop.inventory.v1 import inventory_pb2 as inv
 from shop.inventory.v1 import inventory_pb2_grpc as inv_grpc
 
 from tests.fixtures_services import START_TIMEOUT_S, ServiceFactory
+from tests.support import mesh
 
 PRODUCT = "water-bottle"
 STOCK = 100_000
@@ -86,7 +87,7 @@ class Load:
 
 async def test_sigterm_under_load_drains_and_exits_zero(services: ServiceFactory) -> None:
     inventory = services.start("inventory")
-    async with aio.insecure_channel(inventory.addr) as chan:
+    async with mesh.channel(inventory.addr) as chan:
         stub = inv_grpc.InventoryServiceStub(chan)
         await stub.SetStock(inv.SetStockRequest(product_id=PRODUCT, available=STOCK),
                             timeout=5)

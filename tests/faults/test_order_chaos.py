@@ -30,6 +30,7 @@ from shop.order.v1 import order_pb2, order_pb2_grpc
 from ops.natsd import NatsServer
 from ops.process import System, start_system
 from tests.fixtures_services import START_TIMEOUT_S, TEST_ENV
+from tests.support import mesh
 from tests.support.invariants import check_invariants
 from tests.support.users import create_users
 
@@ -82,7 +83,7 @@ def chaos_system(fresh_nats: NatsServer, data_dir: Path) -> Iterator[System]:
 
 
 async def _set_stock(addr: str, stock: dict[str, int]) -> None:
-    async with aio.insecure_channel(addr) as chan:
+    async with mesh.channel(addr) as chan:
         stub = inventory_pb2_grpc.InventoryServiceStub(chan)
         for product, amount in stock.items():
             await stub.SetStock(inventory_pb2.SetStockRequest(product_id=product,
@@ -123,7 +124,7 @@ async def _run(sysm: System, plan: Plan) -> None:
     done = [0]
     kills_log: list[str] = []
     sem = asyncio.Semaphore(plan.in_flight)
-    chan = aio.insecure_channel(sysm.addr("order"))
+    chan = mesh.channel(sysm.addr("order"))
     orders = order_pb2_grpc.OrderServiceStub(chan)
 
     async def place(i: int) -> None:

@@ -20,6 +20,7 @@ from shop.user.v1 import user_pb2, user_pb2_grpc
 from ops.natsd import NatsServer
 from ops.process import System, start_system
 from tests.fixtures_services import START_TIMEOUT_S, TEST_ENV
+from tests.support import mesh
 
 OP = order_pb2
 FINAL = {OP.ORDER_STATUS_CONFIRMED, OP.ORDER_STATUS_SHIPPED, OP.ORDER_STATUS_CANCELLED}
@@ -43,7 +44,7 @@ def faulty_system(fresh_nats: NatsServer, data_dir: Path) -> Iterator[System]:
 async def test_kill_order_mid_saga_every_order_final_and_invariants_hold(
         faulty_system: System) -> None:
     sysm = faulty_system
-    chans = {n: aio.insecure_channel(sysm.addr(n)) for n in ("user", "inventory", "payment")}
+    chans = {n: mesh.channel(sysm.addr(n)) for n in ("user", "inventory", "payment")}
     users_stub = user_pb2_grpc.UserServiceStub(chans["user"])
     stock = inventory_pb2_grpc.InventoryServiceStub(chans["inventory"])
     pay = payment_pb2_grpc.PaymentServiceStub(chans["payment"])
@@ -57,7 +58,7 @@ async def test_kill_order_mid_saga_every_order_final_and_invariants_hold(
 
         # Payment frozen: every saga gets stuck at (or before) its charge.
         sysm["payment"].sigstop()
-        order_chan = aio.insecure_channel(sysm.addr("order"))
+        order_chan = mesh.channel(sysm.addr("order"))
         orders = order_pb2_grpc.OrderServiceStub(order_chan)
 
         async def place(i: int) -> str:
@@ -78,7 +79,7 @@ async def test_kill_order_mid_saga_every_order_final_and_invariants_hold(
         sysm["payment"].sigcont()
         sysm["order"].restart(timeout=START_TIMEOUT_S)
 
-        order_chan = aio.insecure_channel(sysm.addr("order"))
+        order_chan = mesh.channel(sysm.addr("order"))
         orders = order_pb2_grpc.OrderServiceStub(order_chan)
         deadline = time.monotonic() + 60
         while True:

@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from grpc import aio
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from shop.events.v1 import envelope_pb2
 from shop.payment.v1 import payment_pb2 as pb
@@ -34,6 +33,7 @@ from services.common.db import Database
 from services.common.events import STREAM
 from services.common.outbox import OutboxRelay
 from tests.fixtures_services import ServiceFactory
+from tests.support import mesh
 from tests.support.outboxes import fill_outbox, unsent_outbox_rows
 
 pytestmark = pytest.mark.timeout(120)
@@ -95,7 +95,7 @@ async def test_payment_serves_with_nats_down_and_publishes_once_it_is_up(
     services = ServiceFactory(data_dir, f"nats://127.0.0.1:{dead_nats.port}")
     try:
         proc = await asyncio.to_thread(services.start, "payment", timeout=30.0)
-        async with aio.insecure_channel(proc.addr) as channel:
+        async with mesh.channel(proc.addr) as channel:
             stub = payment_pb2_grpc.PaymentServiceStub(channel)
             got = await stub.Charge(pb.ChargeRequest(
                 order_id="o-nats-down", user_id="u1", amount_cents=1200, currency="USD",

@@ -16,6 +16,7 @@ from shop.payment.v1 import payment_pb2, payment_pb2_grpc
 from shop.user.v1 import user_pb2, user_pb2_grpc
 
 from ops.process import System
+from tests.support import mesh
 
 OP = order_pb2
 STATUS = OP.OrderStatus
@@ -25,7 +26,7 @@ class Client:
     """aio stubs on the system's services, calling as a given user (x-user-id)."""
 
     def __init__(self, system: System) -> None:
-        self.channels = {n: aio.insecure_channel(system.addr(n))
+        self.channels = {n: mesh.channel(system.addr(n))
                          for n in ("order", "inventory", "payment", "user")}
         self.orders = order_pb2_grpc.OrderServiceStub(self.channels["order"])
         self.stock = inventory_pb2_grpc.InventoryServiceStub(self.channels["inventory"])

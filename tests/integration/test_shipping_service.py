@@ -22,6 +22,7 @@ from services.common import events
 from services.common.bus import Bus
 from services.common.outbox import new_envelope
 from tests.fixtures_services import ServiceFactory
+from tests.support import mesh
 from tests.support.streams import events_on
 
 pytestmark = pytest.mark.timeout(120)
@@ -32,7 +33,7 @@ Stub = shipping_pb2_grpc.ShippingServiceStub
 @pytest.fixture
 async def stub(services: ServiceFactory) -> AsyncIterator[Stub]:
     proc = services.start("shipping")
-    async with aio.insecure_channel(proc.addr) as channel:
+    async with mesh.channel(proc.addr) as channel:
         yield Stub(channel)
 
 

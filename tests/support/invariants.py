@@ -31,6 +31,8 @@ from shop.notification.v1 import notification_pb2, notification_pb2_grpc
 from shop.order.v1 import order_pb2, order_pb2_grpc
 from shop.payment.v1 import payment_pb2, payment_pb2_grpc
 
+from tests.support import mesh
+
 __all__ = ["InvariantReport", "check_invariants", "list_all_orders"]
 
 T = TypeVar("T")
@@ -160,7 +162,7 @@ async def check_invariants(
     t0 = time.monotonic()
     until = t0 + timeout_s
     report = InvariantReport()
-    chans = {n: aio.insecure_channel(where(n))
+    chans = {n: mesh.channel(where(n))
              for n in ("order", "payment", "inventory", "notification")}
     try:
         orders_stub = order_pb2_grpc.OrderServiceStub(chans["order"])

@@ -62,7 +62,7 @@ def test_start_system_runs_every_instance_healthy(fake_system: System) -> None:
     addrs = [p.addr for p in fake_system.all()]
     assert len(set(addrs)) == len(addrs) == len(SERVICES) + 2
     for proc in fake_system.processes:
-        assert grpc_health(proc.addr) == "SERVING"
+        assert grpc_health(proc.addr, server=proc.name) == "SERVING"
         info = proc.ready_info()
         assert info is not None and info["pid"] == proc.pid
         assert proc.log_path.parent == fake_system.data_dir / "logs"
@@ -86,9 +86,9 @@ def test_kill_restart_and_freeze(tmp_path: Path) -> None:
         proc.restart(30)
         assert proc.port == port and proc.pid != first_pid and proc.health() == "SERVING"
         proc.sigstop()
-        assert grpc_health(proc.addr, timeout=0.3) == "UNREACHABLE"
+        assert grpc_health(proc.addr, timeout=0.3, server=proc.name) == "UNREACHABLE"
         proc.sigcont()
-        assert grpc_health(proc.addr) == "SERVING"
+        assert grpc_health(proc.addr, server=proc.name) == "SERVING"
         assert proc.terminate() == 0  # graceful: exit 0
     finally:
         proc.kill()
