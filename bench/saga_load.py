@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     levels = [int(x) for x in args.conc.split(",") if x]
     tmp = Path(tempfile.mkdtemp(prefix="saga-load-"))
-    nats = NatsServer(tmp / "nats").start()
+    mesh.prepare_pki(tmp / "data")
+    nats = NatsServer(tmp / "nats", pki=tmp / "data" / "pki").start()
     system: System | None = None
 
     def argv_for(name: str) -> list[str]:
@@ -164,7 +165,6 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         services = SERVICES + (EVENT_SERVICES if args.all else ())
-        mesh.prepare_pki(tmp / "data")
         system = start_system(tmp / "data", nats.url, services=services,
                               env={"SHOP_LOG_LEVEL": "WARNING", "SHOP_GRACE_S": "2"},
                               ready_timeout=60.0, argv_for=argv_for)

@@ -60,7 +60,7 @@ class ShopTarget:
 def start_shop(data_dir: Path, *, timeout_s: float = 60.0) -> ShopTarget:
     """NATS plus every service and the gateway on free ports under `data_dir`."""
     mesh.prepare_pki(data_dir)
-    nats = NatsServer(data_dir / "nats").start()
+    nats = NatsServer(data_dir / "nats", pki=data_dir / "pki").start()
     try:
         system = start_system(data_dir, nats.url, with_gateway=True, env=BENCH_ENV,
                               ready_timeout=timeout_s)

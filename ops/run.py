@@ -62,17 +62,18 @@ def _pki_flags() -> str:
     return f"-cacert {pki}/ca.pem -cert {pki}/{OPERATOR}.pem -key {pki}/{OPERATOR}.key"
 
 
-def prepare_pki() -> None:
+def prepare_pki() -> list[str]:
     """Create the development CA and certificates (or renew the aging ones), or say
-    loudly that everything runs in plaintext."""
+    loudly that everything runs in plaintext. Returns the identities (re)issued."""
     if not mtls_enabled():
-        log("WARNING: SHOP_MTLS=off: every gRPC hop is PLAINTEXT and unauthenticated, "
-            "the call policy is not enforced; for experiments only")
-        return
+        log("WARNING: SHOP_MTLS=off: every gRPC hop and NATS are PLAINTEXT and "
+            "unauthenticated, the call policy is not enforced; for experiments only")
+        return []
     claim_identity(OPERATOR)  # the supervisor's health probes
     issued = ensure_pki(pki_dir())
     if issued:
         log(f"certificates issued under {pki_dir()}: {', '.join(issued)}")
+    return issued
 
 
 def log(msg: str) -> None:
@@ -309,7 +310,9 @@ def main() -> int:
                 write_instances(system, nats_pid)
             if now >= pki_check:
                 pki_check = now + PKI_CHECK_S
-                prepare_pki()  # the processes pick renewed files up themselves
+                # The processes pick renewed files up themselves; nats-server on SIGHUP.
+                if prepare_pki() and nats is not None:
+                    nats.reload()
             time.sleep(0.1)
         log("stopping: gateway, services, then NATS")
         return 0

@@ -24,7 +24,7 @@ from pathlib import Path
 import grpc
 
 from ops.process import GATEWAY, env_prefix, grpc_health, http_ok
-from services.common import registry, tls
+from services.common import natsauth, registry, tls
 from services.common.pki import OPERATOR
 from services.common.settings import DEFAULT_PORTS, SERVICES
 
@@ -257,7 +257,8 @@ async def _with_js(url: str, action: str, target: int | str | None) -> int:
         # nats-py keeps retrying the first connect on its own, hence the outer timeout.
         nc = await asyncio.wait_for(
             nats.connect(url, connect_timeout=2, allow_reconnect=False,
-                         max_reconnect_attempts=1, error_cb=quiet), timeout=4)
+                         max_reconnect_attempts=1, error_cb=quiet,
+                         **natsauth.connect_options()), timeout=4)
     except Exception as exc:  # nats-py raises several unrelated types here
         why = str(exc) or type(exc).__name__
         raise CliError(f"NATS not reachable at {url} (is shop running?): {why}") from None

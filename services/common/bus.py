@@ -18,6 +18,7 @@ from nats.js.api import DiscardPolicy, PubAck, RetentionPolicy, StorageType, Str
 from nats.js.errors import NotFoundError
 from shop.events.v1 import envelope_pb2
 
+from services.common import natsauth
 from services.common.events import AGGREGATES, DLQ_STREAM, STREAM
 
 __all__ = ["DUPLICATE_WINDOW_S", "Bus", "OutMsg", "envelope_headers", "probe"]
@@ -120,6 +121,7 @@ class Bus:
                     disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
                     # Publishes made while reconnecting are buffered up to this size.
                     pending_size=16 * 1024 * 1024,
+                    **natsauth.connect_options(),  # TLS as this identity (SHOP_MTLS)
                 )
                 return cls(nc, name)
             except (TimeoutError, NoServersError, OSError):

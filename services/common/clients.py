@@ -25,6 +25,7 @@ from services.common import context, tls
 from services.common.breakers import breaker_for
 from services.common.errors import DeadlineExceeded, Unavailable
 from services.common.settings import default_addr, downstream_addr
+from services.common.traffic import traffic
 
 StubT = TypeVar("StubT")
 
@@ -294,7 +295,9 @@ class Downstream(Generic[StubT]):
         Retries on UNAVAILABLE (and on CANCELLED from a server that was stopping) only
         when `idempotent`, at most MAX_ATTEMPTS in all and never past the deadline.
         """
-        budget = timeout if timeout is not None else self.cap_s
+        rule = traffic().rule(self.service, method)  # proto/traffic.toml
+        budget = rule.timeout_s or (timeout if timeout is not None else self.cap_s)
+        max_attempts = rule.attempts or MAX_ATTEMPTS
         left = context.remaining()
         if left is not None and left < budget:
             budget = left
@@ -319,7 +322,7 @@ class Downstream(Generic[StubT]):
                 # A call that reaches a server in its graceful stop can end CANCELLED before
                 # a handler runs (our own cancellation is asyncio's, never an AioRpcError).
                 retryable = unavailable or err.code() == grpc.StatusCode.CANCELLED
-                if not idempotent or attempt >= MAX_ATTEMPTS or not retryable:
+                if not idempotent or attempt >= max_attempts or not retryable:
                     raise
                 failed, ep = ep, self._endpoint()
                 if ep is not failed:
@@ -329,6 +332,11 @@ class Downstream(Generic[StubT]):
                 if time.monotonic() + pause + 0.01 >= deadline:
                     raise
                 await asyncio.sleep(pause)
+
+    async def connect(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - a wait bound
+        """Connect the next call's channel now (TCP and the TLS handshake), so the first
+        call's deadline is not spent on them."""
+        await asyncio.wait_for(self._endpoint().open_channel().channel_ready(), timeout)
 
     async def close(self) -> None:
         """Close this client's own channels (discovery's shared ones stay open; one made

@@ -33,7 +33,8 @@ TRUST_DOMAIN = "shop.local"
 GATEWAY = "gateway"
 OPERATOR = "operator"  # grpcurl and shopctl
 BACKOFFICE = "backoffice"  # catalogue and stock management (CreateProduct, SetStock)
-IDENTITIES: tuple[str, ...] = (*SERVICES, GATEWAY, OPERATOR, BACKOFFICE)
+NATS = "nats"  # the nats-server's own certificate
+IDENTITIES: tuple[str, ...] = (*SERVICES, GATEWAY, OPERATOR, BACKOFFICE, NATS)
 
 DEFAULT_LIFETIME_S = 8 * 3600.0
 CA_LIFETIME_S = 30 * 86400.0
@@ -235,6 +236,7 @@ __all__ = [
     "DEFAULT_LIFETIME_S",
     "GATEWAY",
     "IDENTITIES",
+    "NATS",
     "OPERATOR",
     "TRUST_DOMAIN",
     "Authority",

@@ -27,11 +27,12 @@ from shop.payment.v1 import payment_pb2 as pb
 from shop.payment.v1 import payment_pb2_grpc
 
 from ops.natsd import NatsServer
-from services.common import events
+from services.common import events, natsauth
 from services.common.bus import Bus
 from services.common.db import Database
 from services.common.events import STREAM
 from services.common.outbox import OutboxRelay
+from services.common.pki import OPERATOR
 from tests.fixtures_services import ServiceFactory
 from tests.support import mesh
 from tests.support.outboxes import fill_outbox, unsent_outbox_rows
@@ -296,6 +297,7 @@ class _SlowRelay(OutboxRelay):
 
 async def _worker_main(db_path: str, url: str, owner: str, lease_s: float) -> None:
     db = await Database.open(db_path, schema="", durable=False)
+    natsauth.claim_nats_identity(OPERATOR)  # a stand-in relaying any test event
     bus = await Bus.connect(url, name=owner)
     await bus.ensure_streams()
     relay = _SlowRelay(db, bus, batch=5, poll_s=0.05, owner=owner, lease_s=lease_s,

@@ -107,6 +107,11 @@ async def rig() -> AsyncIterator[Rig]:
         address=addr,
         speaks_for_users=True,
     )
+    for name in ("user", "order", "notification"):
+        # Connected before the first dashboard, whose parts have 0.2 s each.
+        ds = upstreams[name]
+        assert isinstance(ds, Downstream)
+        await ds.connect()
     settings = GatewaySettings(dashboard_part_timeout_s=0.2, dashboard_breaker_fail_max=3)
     app = create_app(settings, upstreams=upstreams, health=dict(upstreams))
     try:

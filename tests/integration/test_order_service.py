@@ -16,6 +16,7 @@ from shop.payment.v1 import payment_pb2, payment_pb2_grpc
 from shop.user.v1 import user_pb2, user_pb2_grpc
 
 from ops.process import System
+from services.common import natsauth
 from tests.support import mesh
 
 OP = order_pb2
@@ -106,7 +107,7 @@ async def test_happy_path_confirms_moves_stock_and_charges(client: Client,
                                                  metadata=[("x-user-id", user)], timeout=5)
     assert [(s.step, s.outcome) for s in history.steps] == [
         ("reserve_stock", "succeeded"), ("charge", "succeeded"), ("confirm", "succeeded")]
-    nc = await nats.connect(system.nats_url)
+    nc = await nats.connect(system.nats_url, **natsauth.connect_options())
     try:
         js = nc.jetstream()
         sub = await js.pull_subscribe("order.confirmed", durable=None, stream="SHOP_EVENTS")

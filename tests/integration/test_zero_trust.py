@@ -10,6 +10,7 @@ the operator. The plaintext probe port answers health checks and nothing else.
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from shop.payment.v1 import payment_pb2, payment_pb2_grpc
 from shop.product.v1 import product_pb2, product_pb2_grpc
 
 from ops.natsd import NatsServer
-from ops.process import free_port
+from ops.process import ServiceProcess, free_port
 from services.common import tls
 from services.common.pki import issue, load_authority, new_authority
 from tests.fixtures_services import ServiceFactory
@@ -221,3 +222,22 @@ def test_the_probe_port_answers_health_and_nothing_else(
     with grpc.insecure_channel(proc.addr) as chan, pytest.raises(grpc.RpcError) as refused:
         health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+def test_mtls_off_is_plaintext_and_says_so(data_dir: Path, nats_server: NatsServer) -> None:
+    proc = ServiceProcess("product", data_dir=data_dir, nats_url=nats_server.url,
+                          env={"SHOP_MTLS": "off", "SHOP_REGISTRY": "off"})
+    proc.start()
+    try:
+        deadline = time.monotonic() + 60
+        while proc.ready_info() is None:
+            assert proc.running, proc.log_tail()
+            assert time.monotonic() < deadline, proc.log_tail()
+            time.sleep(0.05)
+        with grpc.insecure_channel(proc.addr) as chan:
+            reply = product_pb2_grpc.ProductServiceStub(chan).GetProduct(
+                product_pb2.GetProductRequest(id="chef-knife"), timeout=5)
+        assert reply.product.id == "chef-knife"
+        assert "PLAINTEXT" in proc.log_path.read_text()
+    finally:
+        proc.terminate()
