@@ -23,7 +23,7 @@ from bench.raw.http import ORDER_BODY
 
 def _mode(mode: str, root: Path, seconds: float, warmup_s: float) -> dict[str, Any]:
     os.environ["SHOP_MTLS"] = mode  # the system's processes and the bench's own calls
-    target = shop_mod.start_shop(root / mode)
+    target = shop_mod.start_shop(root)
     try:
         shop_mod.prepare(target)
         time.sleep(1.0)  # the set-up's events settle
@@ -52,15 +52,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.mtls")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
+    # Alternating rounds: on a shared machine one round of each says little.
+    parser.add_argument("--modes", default="off,on,on,off")
     args = parser.parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="shop-bench-mtls-") as tmp:
-        results = {mode: _mode(mode, Path(tmp), args.seconds, args.warmup)
-                   for mode in ("off", "on")}
-    for res in results.values():
-        print(json.dumps(res), flush=True)
-    print("\nscenario      off rps   on rps   on/off   cpu ms/op off -> on")
+        for n, mode in enumerate(modes):
+            runs.append(_mode(mode, Path(tmp) / str(n), args.seconds, args.warmup))
+            print(json.dumps(runs[-1]), flush=True)
+    print("\nscenario      off rps   on rps   on/off   cpu ms/op off -> on  (mean of rounds)")
     for name in ("product_get", "order", "dashboard"):
-        off, on = results["off"][name], results["on"][name]
+        mean = {}
+        for mode in ("off", "on"):
+            rounds = [r[name] for r in runs if r["mtls"] == mode]
+            mean[mode] = ({k: round(sum(r[k] or 0 for r in rounds) / len(rounds), 3)
+                           for k in ("rps", "cpu_ms_per_op")} if rounds else
+                          {"rps": 0.0, "cpu_ms_per_op": 0.0})
+        off, on = mean["off"], mean["on"]
         ratio = on["rps"] / off["rps"] if off["rps"] else 0.0
         print(f"{name:<12} {off['rps']:>8} {on['rps']:>8}   {ratio:>5.0%}   "
               f"{off['cpu_ms_per_op']} -> {on['cpu_ms_per_op']}")

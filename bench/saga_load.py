@@ -109,7 +109,7 @@ async def _drive(system: System, levels: list[int], seconds: float, warmup_s: fl
                  pids: dict[str, int], settle_s: float, rate: float) -> list[dict[str, object]]:
     # Users and orders as the gateway does them, the stock as the back office.
     who = {"order": GATEWAY, "user": GATEWAY, "inventory": BACKOFFICE}
-    chans = {n: mesh.aio_channel(system.data_dir, system.addr(n), n, who[n]) for n in who}
+    chans = {n: mesh.aio_channel(system.addr(n), n, who[n]) for n in who}
     orders = order_pb2_grpc.OrderServiceStub(chans["order"])
     users = user_pb2_grpc.UserServiceStub(chans["user"])
     stock = inventory_pb2_grpc.InventoryServiceStub(chans["inventory"])
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(x) for x in args.conc.split(",") if x]
     tmp = Path(tempfile.mkdtemp(prefix="saga-load-"))
     mesh.prepare_pki(tmp / "data")
-    nats = NatsServer(tmp / "nats", pki=tmp / "data" / "pki").start()
+    nats = NatsServer(tmp / "nats").start()
     system: System | None = None
 
     def argv_for(name: str) -> list[str]:

@@ -49,8 +49,6 @@ class ShopTarget:
     dashboard_ok: str = ""
     # What the set-up ran into (reported with the results: owners may want to know).
     notes: list[str] = field(default_factory=list)
-    # Where the system keeps its PKI (`<data dir>/pki`).
-    data_dir: Path = Path("var")
 
     @property
     def auth(self) -> dict[str, str]:
@@ -60,7 +58,7 @@ class ShopTarget:
 def start_shop(data_dir: Path, *, timeout_s: float = 60.0) -> ShopTarget:
     """NATS plus every service and the gateway on free ports under `data_dir`."""
     mesh.prepare_pki(data_dir)
-    nats = NatsServer(data_dir / "nats", pki=data_dir / "pki").start()
+    nats = NatsServer(data_dir / "nats").start()
     try:
         system = start_system(data_dir, nats.url, with_gateway=True, env=BENCH_ENV,
                               ready_timeout=timeout_s)
@@ -76,7 +74,7 @@ def start_shop(data_dir: Path, *, timeout_s: float = 60.0) -> ShopTarget:
 
     pids = _system_pids(system)
     pids["nats"] = nats.pid
-    return ShopTarget(system.base_url, system.addr("inventory"), pids, stop, data_dir=data_dir)
+    return ShopTarget(system.base_url, system.addr("inventory"), pids, stop)
 
 
 def _system_pids(system: System) -> dict[str, int]:
@@ -99,8 +97,7 @@ def attach_shop(base_url: str) -> ShopTarget:
     if nats:
         pids["nats"] = nats
     return ShopTarget(base_url.rstrip("/"),
-                      inventory or f"127.0.0.1:{DEFAULT_PORTS['inventory']}", pids,
-                      data_dir=data_dir)
+                      inventory or f"127.0.0.1:{DEFAULT_PORTS['inventory']}", pids)
 
 
 def _find_nats(data_dir: Path) -> int | None:
@@ -186,7 +183,7 @@ def prepare(target: ShopTarget, *, orders: int = 5) -> None:
     if status != 200:
         raise RuntimeError(f"login: {status} {body[:300]!r}")
     target.token = json.loads(body)["accessToken"]
-    with mesh.sync_channel(target.data_dir, target.inventory_addr, "inventory", BACKOFFICE,
+    with mesh.sync_channel(target.inventory_addr, "inventory", BACKOFFICE,
                            [("grpc.enable_http_proxy", 0)]) as channel:
         inventory_pb2_grpc.InventoryServiceStub(channel).SetStock(
             inventory_pb2.SetStockRequest(product_id=PRODUCT_ID, available=BENCH_STOCK),
