@@ -99,6 +99,7 @@ class ServiceRunner:
         self.settings = settings
         self.app = app
         self.use_registry = registry
+        tls.claim_identity(settings.service)  # before the registry link connects to NATS
         self.link: RegistryLink | None = None
         self.registration: Registration | None = None
         self.discovery: discovery.Discovery | None = None
@@ -114,7 +115,6 @@ class ServiceRunner:
         s = self.settings
         if self.use_registry:
             await self._start_discovery()
-        tls.claim_identity(s.service)
         server = aio.server(interceptors=[*authz.interceptors(), ServerInterceptor()],
                             options=SERVER_OPTIONS)
         self.app.register(server)
@@ -241,6 +241,7 @@ async def serve_app(
 async def _main(service: str, build: Callable[[Settings], Awaitable[App]]) -> int:
     settings = load_settings(service)
     configure_logging(settings)
+    tls.claim_identity(service)  # build() may already reach NATS or other services
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
