@@ -28,10 +28,12 @@ from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.order.v1 import order_pb2, order_pb2_grpc
 from shop.user.v1 import user_pb2, user_pb2_grpc
 
+from bench import mesh
 from bench.procs import cpu_seconds
 from bench.stats import percentile
 from ops.natsd import NatsServer
 from ops.process import System, start_system
+from services.common.pki import BACKOFFICE, GATEWAY
 
 SERVICES = ("user", "product", "inventory", "payment", "cart", "order")
 EVENT_SERVICES = ("notification", "shipping")
@@ -105,7 +107,9 @@ async def _level(orders: order_pb2_grpc.OrderServiceStub, req: order_pb2.CreateO
 
 async def _drive(system: System, levels: list[int], seconds: float, warmup_s: float,
                  pids: dict[str, int], settle_s: float, rate: float) -> list[dict[str, object]]:
-    chans = {n: aio.insecure_channel(system.addr(n)) for n in ("order", "inventory", "user")}
+    # Users and orders as the gateway does them, the stock as the back office.
+    who = {"order": GATEWAY, "user": GATEWAY, "inventory": BACKOFFICE}
+    chans = {n: mesh.aio_channel(system.addr(n), n, who[n]) for n in who}
     orders = order_pb2_grpc.OrderServiceStub(chans["order"])
     users = user_pb2_grpc.UserServiceStub(chans["user"])
     stock = inventory_pb2_grpc.InventoryServiceStub(chans["inventory"])
@@ -146,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     levels = [int(x) for x in args.conc.split(",") if x]
     tmp = Path(tempfile.mkdtemp(prefix="saga-load-"))
+    mesh.prepare_pki(tmp / "data")
     nats = NatsServer(tmp / "nats").start()
     system: System | None = None
 

@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 
+from bench import mesh
 from bench.procs import rss_kb
 from ops.natsd import NatsServer
 from ops.process import System, start_system
+from services.common.pki import BACKOFFICE
 from services.common.settings import DEFAULT_PORTS
 
 __all__ = ["BENCH_ENV", "PRODUCT_ID", "RssSampler", "ShopTarget", "attach_shop", "start_shop"]
@@ -56,6 +57,7 @@ class ShopTarget:
 
 def start_shop(data_dir: Path, *, timeout_s: float = 60.0) -> ShopTarget:
     """NATS plus every service and the gateway on free ports under `data_dir`."""
+    mesh.prepare_pki(data_dir)
     nats = NatsServer(data_dir / "nats").start()
     try:
         system = start_system(data_dir, nats.url, with_gateway=True, env=BENCH_ENV,
@@ -181,8 +183,8 @@ def prepare(target: ShopTarget, *, orders: int = 5) -> None:
     if status != 200:
         raise RuntimeError(f"login: {status} {body[:300]!r}")
     target.token = json.loads(body)["accessToken"]
-    with grpc.insecure_channel(target.inventory_addr,
-                               options=[("grpc.enable_http_proxy", 0)]) as channel:
+    with mesh.sync_channel(target.inventory_addr, "inventory", BACKOFFICE,
+                           [("grpc.enable_http_proxy", 0)]) as channel:
         inventory_pb2_grpc.InventoryServiceStub(channel).SetStock(
             inventory_pb2.SetStockRequest(product_id=PRODUCT_ID, available=BENCH_STOCK),
             timeout=10.0)

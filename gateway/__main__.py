@@ -25,8 +25,9 @@ import uvloop
 
 from gateway.app import GatewayState, create_app
 from gateway.config import GatewaySettings, load_gateway_settings
-from services.common import discovery
+from services.common import discovery, tls
 from services.common.logging import configure_logging
+from services.common.pki import GATEWAY
 from services.common.readyfile import write_ready_file
 from services.common.registry import (
     Instance,
@@ -176,6 +177,8 @@ async def serve(settings: GatewaySettings, instance: str, nats_url: str | None =
 def main() -> None:
     process = load_settings("gateway")
     configure_logging(process)
+    tls.claim_identity(GATEWAY)  # its certificate for every call it makes
+    tls.process_mesh()  # fails now if the PKI is missing; warns if SHOP_MTLS=off
     uvloop.run(serve(load_gateway_settings(), process.instance_id, process.nats_url))
 
 

@@ -47,7 +47,7 @@ from ops.process import grpc_health, http_ok
 from services.common import dlq, registry
 from services.common.errors import DomainError
 from services.common.events import AGGREGATES, STREAM
-from services.common.settings import env_str
+from services.common.settings import env_str, health_name
 
 log = logging.getLogger("shop.gateway.admin")
 
@@ -198,7 +198,8 @@ class AdminConsole:
             if inst.protocol == "http":
                 ok = await asyncio.to_thread(http_ok, f"http://{inst.addr}/healthz", 1.0)
                 return "SERVING" if ok else "UNREACHABLE"
-            return await asyncio.to_thread(grpc_health, inst.addr, 1.0)
+            return await asyncio.to_thread(grpc_health, inst.addr, 1.0,
+                                           health_name(inst.service), server=inst.service)
 
         healths = await asyncio.gather(*(health(i) for i in found))
         return [

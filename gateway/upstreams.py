@@ -44,7 +44,8 @@ def api_downstreams(rules: Iterable[HttpRule], *, cap_s: float) -> dict[str, Cal
     out: dict[str, Caller] = {}
     for rule in rules:
         if rule.service not in out and rule.stub_class is not None:
-            out[rule.service] = Downstream(rule.service, rule.stub_class, cap_s=cap_s)
+            out[rule.service] = Downstream(rule.service, rule.stub_class, cap_s=cap_s,
+                                           speaks_for_users=True)
     return out
 
 

@@ -39,8 +39,13 @@ class NatsServer:
     """
 
     def __init__(self, data_dir: str | os.PathLike[str], *, port: int = 0,
-                 host: str = "127.0.0.1", ready_timeout_s: float = 20.0) -> None:
+                 host: str = "127.0.0.1", ready_timeout_s: float = 20.0,
+                 secured: bool | None = None, pki: Path | None = None) -> None:
         self.data_dir = Path(data_dir)
+        # secured: TLS and per-identity users; default: on with SHOP_MTLS. `pki`: where
+        # the certificates are (default tls.pki_dir()).
+        self._secured = secured
+        self._pki = pki
         self.host = host
         self._port = port
         self._ready_timeout_s = ready_timeout_s
@@ -71,6 +76,37 @@ class NatsServer:
     def conf_path(self) -> Path:
         return self.data_dir / "nats.conf"
 
+    @property
+    def secured(self) -> bool:
+        """TLS with client certificates and per-identity users (SHOP_MTLS on)."""
+        from services.common.tls import mtls_enabled
+
+        return mtls_enabled() if self._secured is None else self._secured
+
+    @property
+    def pki(self) -> Path:
+        from services.common.tls import pki_dir
+
+        return (self._pki or pki_dir()).resolve()
+
+    def _security(self) -> str:
+        if not self.secured:
+            return ""
+        from services.common.natsauth import server_config
+        from services.common.pki import NATS
+
+        pki = self.pki
+        if not (pki / f"{NATS}.pem").exists():
+            raise FileNotFoundError(f"SHOP_MTLS=on but {pki / (NATS + '.pem')} is missing "
+                                    "(create the PKI first, or SHOP_MTLS=off)")
+        return server_config(pki)
+
+    def reload(self) -> None:
+        """Re-read the configuration and certificate files (after a renewal)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._write_config()
+            self._proc.send_signal(signal.SIGHUP)
+
     def _write_config(self) -> None:
         store = self.data_dir / "jetstream"
         store.mkdir(parents=True, exist_ok=True)
@@ -86,7 +122,7 @@ jetstream {{
   # throughput (roughly 49k/s -> 6k/s on a 2-core box) but an ack means on disk.
   sync_interval: always
 }}
-"""
+{self._security()}"""
         self.conf_path.write_text(conf)
 
     def start(self) -> NatsServer:
@@ -136,7 +172,8 @@ jetstream {{
                                    f"see {self.data_dir / 'nats.log'}")
             if self._port == 0:
                 self._port = _read_port(ports_dir, self._proc.pid)
-            if self._port and _jetstream_ready(self.host, self._port):
+            if self._port and _jetstream_ready(
+                    self.host, self._port, self.pki if self.secured else None):
                 return
             time.sleep(0.01)
         raise TimeoutError(f"nats-server not ready within {self._ready_timeout_s}s")
@@ -183,14 +220,26 @@ def _read_port(ports_dir: Path, pid: int) -> int:
     return 0
 
 
-def _jetstream_ready(host: str, port: int) -> bool:
-    """Speak just enough NATS protocol to ask $JS.API.INFO and see a reply."""
+def _tls_upgrade(sock: socket.socket, pki: Path) -> socket.socket:
+    """The client side of NATS TLS, as the operator (the server then maps the user)."""
+    from services.common.natsauth import client_context
+    from services.common.pki import NATS, OPERATOR, dns_name
+
+    ctx = client_context(OPERATOR, pki)
+    return ctx.wrap_socket(sock, server_hostname=dns_name(NATS))
+
+
+def _jetstream_ready(host: str, port: int, pki: Path | None = None) -> bool:
+    """Speak just enough NATS protocol to ask $JS.API.INFO and see a reply (over TLS
+    with the operator's certificate from `pki` when given)."""
     try:
-        with socket.create_connection((host, port), timeout=1.0) as sock:
-            sock.settimeout(1.0)
-            f = sock.makefile("rb")
-            if not f.readline().startswith(b"INFO"):
+        with socket.create_connection((host, port), timeout=1.0) as raw:
+            raw.settimeout(1.0)
+            info = raw.makefile("rb").readline()
+            if not info.startswith(b"INFO"):
                 return False
+            sock = _tls_upgrade(raw, pki) if pki is not None else raw
+            f = sock.makefile("rb")
             sock.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n'
                          b"SUB _natsd.ready 1\r\nPUB $JS.API.INFO _natsd.ready 0\r\n\r\nPING\r\n")
             while True:

@@ -148,12 +148,15 @@ def precompile(root: Path = REPO_ROOT) -> None:
                 compileall.compile_dir(root / pkg, quiet=2, workers=1)
 
 
-def grpc_health(addr: str, timeout: float = 1.0, service: str = "") -> str:
-    """The grpc.health.v1 status name at `addr`, or UNREACHABLE / an error code name."""
+def grpc_health(addr: str, timeout: float = 1.0, service: str = "", *, server: str) -> str:
+    """The grpc.health.v1 status name at `addr` (the process of service `server`, whose
+    identity mTLS checks), or UNREACHABLE / an error code name."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(addr, options=[("grpc.enable_http_proxy", 0)]) as channel:
+    from services.common.tls import open_sync_channel
+
+    with open_sync_channel(addr, server, [("grpc.enable_http_proxy", 0)]) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
@@ -334,7 +337,7 @@ class ServiceProcess:
         if self.is_gateway:
             return "SERVING" if http_ok(f"{self.base_url}/healthz", timeout) else "UNREACHABLE"
         # Its own service's name: another server that took the port is not this one.
-        return grpc_health(self.addr, timeout, service=health_name(self.name))
+        return grpc_health(self.addr, timeout, service=health_name(self.name), server=self.name)
 
     def send_term(self) -> None:
         """SIGTERM without waiting (plus SIGCONT, in case it was frozen)."""

@@ -39,7 +39,9 @@ from ops.process import (
     start_system,
     wait_all_ready,
 )
+from services.common.pki import OPERATOR, ensure_pki
 from services.common.settings import DEFAULT_PORTS, SERVICES
+from services.common.tls import claim_identity, mtls_enabled, pki_dir
 
 __all__ = [
     "BACKOFF_CAP_S",
@@ -57,6 +59,28 @@ BACKOFF_START_S = 0.5
 BACKOFF_CAP_S = 10.0
 STABLE_AFTER_S = 30.0  # up this long: the next crash starts the back-off afresh
 DEFAULT_NATS_PORT = 4222
+PKI_CHECK_S = 60.0  # how often certificates past half their life are renewed
+
+
+def _pki_flags() -> str:
+    pki = pki_dir()
+    if not pki.is_absolute():
+        pki = Path(os.path.relpath(pki.resolve()))
+    return f"-cacert {pki}/ca.pem -cert {pki}/{OPERATOR}.pem -key {pki}/{OPERATOR}.key"
+
+
+def prepare_pki() -> list[str]:
+    """Create the development CA and certificates (or renew the aging ones), or say
+    loudly that everything runs in plaintext. Returns the identities (re)issued."""
+    if not mtls_enabled():
+        log("WARNING: SHOP_MTLS=off: every gRPC hop and NATS are PLAINTEXT and "
+            "unauthenticated, the call policy is not enforced; for experiments only")
+        return []
+    claim_identity(OPERATOR)  # the supervisor's health probes
+    issued = ensure_pki(pki_dir())
+    if issued:
+        log(f"certificates issued under {pki_dir()}: {', '.join(issued)}")
+    return issued
 
 
 def log(msg: str) -> None:
@@ -229,7 +253,11 @@ def print_table(system: System, nats_url: str, elapsed: float,
         print("  mail: sent to the relay in SMTP_URL")
     print_web(gw, system.data_dir, started=time.time() - elapsed)
     print("\n  try:")
-    print(f"    {bindir / 'grpcurl'} -plaintext {order} list")
+    if mtls_enabled():
+        pki = _pki_flags()
+        print(f"    {bindir / 'grpcurl'} {pki} {order} list")
+    else:
+        print(f"    {bindir / 'grpcurl'} -plaintext {order} list")
     print(f"    curl -s {gw}/api/products")
     print(f"    curl -s {gw}/readyz")
     print(f"    {bindir / 'shopctl'} status")
@@ -288,6 +316,13 @@ def main() -> int:
               file=sys.stderr)
         return 1
 
+    try:
+        os.environ.setdefault("SHOP_DATA_DIR", str(data_dir))  # pki_dir() for us and children
+        prepare_pki()
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot prepare the PKI: {exc}", file=sys.stderr)
+        return 1
+
     stopping = False
     starting = True
 
@@ -339,9 +374,16 @@ def main() -> int:
         write_instances(system, nats_pid, catcher)
         print_table(system, nats_url, time.monotonic() - t0, catcher)
         supervisor = Supervisor(system, extra)
+        pki_check = time.monotonic() + PKI_CHECK_S
         while not stopping:
-            if supervisor.tick(time.monotonic()):
+            now = time.monotonic()
+            if supervisor.tick(now):
                 write_instances(system, nats_pid, catcher)
+            if now >= pki_check:
+                pki_check = now + PKI_CHECK_S
+                # The processes pick renewed files up themselves; nats-server on SIGHUP.
+                if prepare_pki() and nats is not None:
+                    nats.reload()
             time.sleep(0.1)
         log("stopping: gateway, services, then NATS and the mail catcher")
         return 0

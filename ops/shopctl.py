@@ -28,7 +28,8 @@ from pathlib import Path
 import grpc
 
 from ops.process import GATEWAY, env_prefix, grpc_health, http_ok
-from services.common import registry
+from services.common import natsauth, registry, tls
+from services.common.pki import OPERATOR
 from services.common.settings import DEFAULT_PORTS, SERVICES
 
 __all__ = ["Instance", "StatusRow", "Topology", "discover", "main", "status_rows"]
@@ -103,7 +104,7 @@ def _health(row: StatusRow, timeout: float) -> str:
         return row.health
     if row.http:
         return "SERVING" if http_ok(f"http://{row.addr}/healthz", timeout) else "UNREACHABLE"
-    return grpc_health(row.addr, timeout)
+    return grpc_health(row.addr, timeout, server=row.service)
 
 
 def format_uptime(seconds: float) -> str:
@@ -232,7 +233,7 @@ def _saga_retry(order_id: str) -> int:
     from shop.order.v1 import order_pb2
 
     addr = _order_addr(discover())
-    with grpc.insecure_channel(addr, options=[("grpc.enable_http_proxy", 0)]) as channel:
+    with tls.open_sync_channel(addr, "order", [("grpc.enable_http_proxy", 0)]) as channel:
         retry = channel.unary_unary(
             "/shop.order.v1.OrderService/RetrySaga",
             request_serializer=order_pb2.RetrySagaRequest.SerializeToString,
@@ -260,7 +261,7 @@ def _saga_timeline(args: argparse.Namespace) -> int:
     from shop.order.v1 import order_pb2
 
     addr = _order_addr(discover())
-    with grpc.insecure_channel(addr, options=[("grpc.enable_http_proxy", 0)]) as channel:
+    with tls.open_sync_channel(addr, "order", [("grpc.enable_http_proxy", 0)]) as channel:
         # A bare method handle: the generated stub's .pyi does not pass mypy strict.
         get_history = channel.unary_unary(
             "/shop.order.v1.OrderService/GetSagaHistory",
@@ -302,7 +303,8 @@ async def _with_js(url: str, action: str, target: int | str | None) -> int:
         # nats-py keeps retrying the first connect on its own, hence the outer timeout.
         nc = await asyncio.wait_for(
             nats.connect(url, connect_timeout=2, allow_reconnect=False,
-                         max_reconnect_attempts=1, error_cb=quiet), timeout=4)
+                         max_reconnect_attempts=1, error_cb=quiet,
+                         **natsauth.connect_options()), timeout=4)
     except Exception as exc:  # nats-py raises several unrelated types here
         why = str(exc) or type(exc).__name__
         raise CliError(f"NATS not reachable at {url} (is shop running?): {why}") from None
@@ -417,9 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Every gRPC call presents the operator certificate (<SHOP_DATA_DIR>/pki/operator.*).
+    tls.claim_identity(OPERATOR)
     try:
         code: int = args.func(args)
-    except CliError as exc:
+    except (CliError, FileNotFoundError) as exc:  # FileNotFoundError: no certificate
         print(f"shopctl: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

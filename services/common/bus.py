@@ -25,6 +25,7 @@ from nats.js.api import DiscardPolicy, PubAck, RetentionPolicy, StorageType, Str
 from nats.js.errors import NotFoundError
 from shop.events.v1 import envelope_pb2
 
+from services.common import natsauth
 from services.common.events import AGGREGATES, DLQ_STREAM, STREAM
 from services.common.settings import env_float, env_int
 
@@ -177,6 +178,7 @@ class Bus:
                     # Publishes made while reconnecting are buffered up to this size.
                     pending_size=16 * 1024 * 1024,
                     drain_timeout=DRAIN_TIMEOUT_S,
+                    **natsauth.connect_options(),  # TLS as this identity (SHOP_MTLS)
                 )
                 bus = cls(nc, name)
                 holder.append(bus)

@@ -22,10 +22,11 @@ from google.protobuf.message import Message
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common import context
+from services.common import context, tls
 from services.common.breakers import ShopBreaker, breaker_for, combined_state
 from services.common.errors import DeadlineExceeded, Unavailable
 from services.common.settings import default_addr, downstream_addr, health_name
+from services.common.traffic import traffic
 
 StubT = TypeVar("StubT")
 
@@ -46,6 +47,8 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+# A channel replaced after a certificate rotation: its calls in flight get this long.
+_RETIRE_GRACE_S = 30.0
 
 # A health check gets this long: an instance that cannot answer it is not serving.
 HEALTH_CHECK_TIMEOUT_S = 0.5
@@ -56,7 +59,8 @@ class Endpoint:
     """One address of a service: its channel (made on first use, inside the running loop)
     and the bound stub methods made on it, cached per (stub class, method)."""
 
-    __slots__ = ("_methods", "addr", "breaker", "channel", "healthy", "instance", "service")
+    __slots__ = ("_generation", "_methods", "_retiring", "addr", "breaker", "channel", "healthy",
+                 "instance", "service")
 
     def __init__(self, service: str, addr: str, instance: str = "") -> None:
         self.service = service
@@ -67,10 +71,14 @@ class Endpoint:
         self.breaker: ShopBreaker | None = None
         self.channel: aio.Channel | None = None
         self._methods: dict[tuple[Callable[[aio.Channel], Any], str], Any] = {}
+        self._generation = 0
+        self._retiring: set[asyncio.Task[None]] = set()
 
     def open_channel(self) -> aio.Channel:
         if self.channel is None:
-            self.channel = aio.insecure_channel(self.addr, options=CHANNEL_OPTIONS)
+            # mTLS (checking the server is `service`) unless SHOP_MTLS=off.
+            self._generation = tls.generation()
+            self.channel = tls.open_channel(self.addr, self.service, CHANNEL_OPTIONS)
         return self.channel
 
     async def check_health(self, timeout: float = HEALTH_CHECK_TIMEOUT_S) -> bool:  # noqa: ASYNC109
@@ -85,7 +93,19 @@ class Endpoint:
             return False
         return bool(reply.status == _SERVING)
 
+    def _rotate(self) -> None:
+        """New certificate files: later calls go on a new channel; the old one is closed
+        once its calls in flight are done (a live channel cannot change certificates)."""
+        old, self.channel = self.channel, None
+        self._methods.clear()
+        if old is not None:
+            task = asyncio.get_running_loop().create_task(old.close(_RETIRE_GRACE_S))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
     def method(self, stub_factory: Callable[[aio.Channel], Any], name: str) -> Any:
+        if self.channel is not None and self._generation != tls.generation():
+            self._rotate()
         key = (stub_factory, name)
         fn = self._methods.get(key)
         if fn is None:
@@ -191,8 +211,12 @@ class Downstream(Generic[StubT]):
         cap_s: float = 5.0,
         address: str | None = None,
         breaker: pybreaker.CircuitBreaker | None = None,
+        speaks_for_users: bool = False,
     ) -> None:
         self.service = service
+        # Only the gateway passes the caller's `x-user-id` on (servers refuse it from
+        # anyone else); a service calling another names the user in the request.
+        self.speaks_for_users = speaks_for_users
         self.cap_s = cap_s
         self._stub_factory = stub_factory
         self._address = address
@@ -223,6 +247,7 @@ class Downstream(Generic[StubT]):
             base._stub_factory,
             cap_s=base.cap_s if cap_s is None else cap_s,
             breaker=breaker or base.breaker,
+            speaks_for_users=base.speaks_for_users,
         )
         twin._own_breaker = breaker is not None or base._own_breaker
         twin._source = base
@@ -331,7 +356,7 @@ class Downstream(Generic[StubT]):
         rid = context.request_id()
         if rid:
             md.append(("x-request-id", rid))
-        uid = context.user_id()
+        uid = context.user_id() if self.speaks_for_users else ""
         if uid:
             md.append(("x-user-id", uid))
         if extra:
@@ -352,7 +377,9 @@ class Downstream(Generic[StubT]):
         Retries on UNAVAILABLE (and on CANCELLED from a server that was stopping) only
         when `idempotent`, at most MAX_ATTEMPTS in all and never past the deadline.
         """
-        budget = timeout if timeout is not None else self.cap_s
+        rule = traffic().rule(self.service, method)  # proto/traffic.toml
+        budget = rule.timeout_s or (timeout if timeout is not None else self.cap_s)
+        max_attempts = rule.attempts or MAX_ATTEMPTS
         left = context.remaining()
         if left is not None and left < budget:
             budget = left
@@ -381,7 +408,7 @@ class Downstream(Generic[StubT]):
                 # A call that reaches a server in its graceful stop can end CANCELLED before
                 # a handler runs (our own cancellation is asyncio's, never an AioRpcError).
                 retryable = unavailable or err.code() == grpc.StatusCode.CANCELLED
-                if not idempotent or attempt >= MAX_ATTEMPTS or not retryable:
+                if not idempotent or attempt >= max_attempts or not retryable:
                     raise
                 failed, ep = ep, self._endpoint()
                 if ep is not failed:
@@ -391,6 +418,11 @@ class Downstream(Generic[StubT]):
                 if time.monotonic() + pause + 0.01 >= deadline:
                     raise
                 await asyncio.sleep(pause)
+
+    async def connect(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - a wait bound
+        """Connect the next call's channel now (TCP and the TLS handshake), so the first
+        call's deadline is not spent on them."""
+        await asyncio.wait_for(self._endpoint().open_channel().channel_ready(), timeout)
 
     async def close(self) -> None:
         """Close this client's own channels (discovery's shared ones stay open; one made

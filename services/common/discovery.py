@@ -33,6 +33,7 @@ from services.common.breakers import breaker_for
 from services.common.clients import Endpoint, set_picker
 from services.common.registry import Instance, RegistryLink, bucket_ttl
 from services.common.settings import env_float
+from services.common.traffic import WeightedRing, traffic
 
 __all__ = [
     "Discovery",
@@ -72,19 +73,30 @@ class _Known:
 class _Pool:
     """The instances of one service and the ring picks go round."""
 
-    __slots__ = ("everyone", "known", "n", "ring")
+    __slots__ = ("everyone", "known", "n", "ring", "service", "split")
 
-    def __init__(self) -> None:
+    def __init__(self, service: str = "") -> None:
+        self.service = service
         self.known: dict[str, _Known] = {}
         self.everyone: list[Endpoint] = []
         self.ring: list[Endpoint] = []
+        self.split: WeightedRing[Endpoint] | None = None
         self.n = 0
 
     def rebuild(self) -> None:
         self.everyone = [k.endpoint for k in self.known.values()]
         self.ring = [ep for ep in self.everyone if ep.healthy]
+        # A weighted route between versions (proto/traffic.toml), over the healthy ones.
+        weights = traffic().routes.get(self.service)
+        self.split = None
+        if weights:
+            split = WeightedRing(weights, [(k.info.version, k.endpoint)
+                                           for k in self.known.values() if k.endpoint.healthy])
+            self.split = split if split else None
 
     def pick(self) -> Endpoint | None:
+        if self.split is not None:
+            return self.split.pick()
         # None healthy: try them all anyway (better than failing without a call).
         ring = self.ring or self.everyone
         if not ring:
@@ -215,7 +227,7 @@ class Discovery:
         ep.breaker = breaker_for(info.service, info.instance_id)
         known = _Known(key, info, ep)
         self._by_key[key] = known
-        pool = self._pools.setdefault(info.service, _Pool())
+        pool = self._pools.setdefault(info.service, _Pool(info.service))
         pool.known[key] = known
         pool.rebuild()
         log.info(

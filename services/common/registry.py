@@ -38,6 +38,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyValueLimitMarkerTTLNotSupportedError
 from nats.js.kv import KeyValue
 
+from services.common import natsauth
 from services.common.breakers import breaker_states
 from services.common.settings import env_float, env_str
 
@@ -176,6 +177,7 @@ async def _connect(url: str, *, name: str, connect_timeout: float = 2.0) -> Clie
         connect_timeout=connect_timeout,
         error_cb=on_error,
         reconnected_cb=on_connected,
+        **natsauth.connect_options(),  # TLS as this identity (SHOP_MTLS)
     )
 
 
@@ -423,6 +425,7 @@ async def list_instances(nats_url: str, *, timeout: float = 3.0) -> list[Instanc
         allow_reconnect=False,
         name="shop-registry-reader",
         error_cb=quiet,
+        **natsauth.connect_options(),  # TLS as this identity (SHOP_MTLS)
     )
     try:
         try:

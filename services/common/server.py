@@ -28,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from services.common import discovery
+from services.common import authz, discovery, tls
 from services.common.interceptors import ServerInterceptor
 from services.common.logging import configure_logging
 from services.common.readyfile import write_ready_file
@@ -100,6 +100,7 @@ class ServiceRunner:
         self.settings = settings
         self.app = app
         self.use_registry = registry
+        tls.claim_identity(settings.service)  # before the registry link connects to NATS
         self.link: RegistryLink | None = None
         self.registration: Registration | None = None
         self.discovery: discovery.Discovery | None = None
@@ -115,14 +116,15 @@ class ServiceRunner:
         s = self.settings
         if self.use_registry:
             await self._start_discovery()
-        server = aio.server(interceptors=[ServerInterceptor()], options=SERVER_OPTIONS)
+        server = aio.server(interceptors=[*authz.interceptors(), ServerInterceptor()],
+                            options=SERVER_OPTIONS)
         self.app.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [*self.app.grpc_services, HEALTH_SERVICE, reflection.SERVICE_NAME], server
         )
         try:
-            port = server.add_insecure_port(f"{s.host}:{s.port}")
+            port = authz.listen(server, f"{s.host}:{s.port}", s.service)
         except RuntimeError as err:
             raise RuntimeError(f"cannot listen on {s.host}:{s.port}: {err}") from err
         if port == 0:
@@ -243,6 +245,7 @@ async def serve_app(
 async def _main(service: str, build: Callable[[Settings], Awaitable[App]]) -> int:
     settings = load_settings(service)
     configure_logging(settings)
+    tls.claim_identity(service)  # build() may already reach NATS or other services
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -11,6 +11,7 @@ from services.common.demo import CATALOGUE
 from services.common.eventing import EventWorkers
 from services.common.server import App, run_service
 from services.common.settings import Settings
+from services.inventory.expiry import ReservationExpiry, reservation_ttl_s
 from services.inventory.servicer import InventoryServicer
 from services.inventory.store import SCHEMA, InventoryStore, upgrade
 
@@ -29,12 +30,14 @@ async def build(settings: Settings) -> App:
     # The relay starts once NATS answers: reservations are served (and their events kept
     # in the outbox) while NATS is down.
     events = EventWorkers(settings, db, relay=True)
+    ttl = reservation_ttl_s()
+    expiry = [ReservationExpiry(store, ttl).run] if ttl > 0 else []
 
     return App.serving(
         SERVICE,
         inventory_pb2_grpc.add_InventoryServiceServicer_to_server,
         servicer,
-        tasks=events.tasks,
+        tasks=[*events.tasks, *expiry],
         on_stop=[*events.on_stop, db.close],
     )
 

@@ -216,6 +216,12 @@ class InventoryStore:
                 "SELECT product_id, available, reserved, sold FROM stock ORDER BY product_id")
             return [_stock(r) for r in await cur.fetchall()]
 
+    async def stale_reservations(self, older_than: float, limit: int = 100) -> list[str]:
+        """Order ids of reservations still holding stock, made before `older_than`."""
+        return await self.db.read(lambda tx: [str(r[0]) for r in tx.all(
+            "SELECT order_id FROM reservations WHERE status = 'RESERVED' AND created_at < ?"
+            " ORDER BY created_at LIMIT ?", (older_than, limit))])
+
 
 # --- statements, run on the connection's thread by Database.write/read (one hop each) ----
 

@@ -1,22 +1,25 @@
 """What a user does first with shop: poke every service with grpcurl (reflection, health,
-one RPC each with JSON in and out), on the eight real processes."""
+one RPC each with JSON in and out), on the eight real processes.
+
+grpcurl presents a certificate: the operator's for reflection and health, for an RPC
+the one of an identity the call policy names for it (the gateway's where it may)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import uuid
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
 from ops.process import System
+from services.common.pki import OPERATOR
 from services.common.settings import SERVICES
+from tests.support.grpcurl import GRPCURL, proto_source, tls_flags
+from tests.support.mesh import identity_for
 
-GRPCURL = Path(sys.executable).parent / "grpcurl"
 TIMEOUT_S = 30
 
 SERVICE_NAMES = {
@@ -35,8 +38,10 @@ REFLECTION = {"grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.Se
 
 
 def grpcurl(addr: str, *args: str, data: Any = None, headers: dict[str, str] | None = None,
-            options: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    argv = [str(GRPCURL), "-plaintext", "-max-time", "10", *options]
+            options: tuple[str, ...] = (), identity: str = OPERATOR
+            ) -> subprocess.CompletedProcess[str]:
+    """grpcurl as the operator (reflection, health), or as `identity`."""
+    argv = [str(GRPCURL), *tls_flags(identity), "-max-time", "10", *options]
     for name, value in (headers or {}).items():
         argv += ["-H", f"{name}: {value}"]
     if data is not None:
@@ -49,9 +54,11 @@ def call(system: System, service: str, method: str, data: Any = None,
          headers: dict[str, str] | None = None, *, defaults: bool = False) -> dict[str, Any]:
     """One unary RPC through grpcurl; its JSON reply (fails the test on an RPC error).
     grpcurl reads either JSON name and prints the proto field names (snake_case)."""
-    res = grpcurl(system.addr(service), f"{SERVICE_NAMES[service]}/{method}",
+    rpc = f"{SERVICE_NAMES[service]}/{method}"
+    res = grpcurl(system.addr(service), rpc,
                   data=data if data is not None else {}, headers=headers,
-                  options=("-emit-defaults",) if defaults else ())
+                  options=(*proto_source(service), *(("-emit-defaults",) if defaults else ())),
+                  identity=identity_for(f"/{rpc}"))
     assert res.returncode == 0, f"{service}.{method}: rc={res.returncode}\n{res.stderr}"
     reply = json.loads(res.stdout)
     assert isinstance(reply, dict)
@@ -61,8 +68,9 @@ def call(system: System, service: str, method: str, data: Any = None,
 def call_error(system: System, service: str, method: str, data: Any,
                headers: dict[str, str] | None = None) -> tuple[int, str]:
     """An RPC expected to fail: (exit code, stderr)."""
-    res = grpcurl(system.addr(service), f"{SERVICE_NAMES[service]}/{method}", data=data,
-                  headers=headers)
+    rpc = f"{SERVICE_NAMES[service]}/{method}"
+    res = grpcurl(system.addr(service), rpc, data=data, headers=headers,
+                  options=proto_source(service), identity=identity_for(f"/{rpc}"))
     assert res.returncode != 0, f"{service}.{method} unexpectedly succeeded: {res.stdout}"
     return res.returncode, res.stderr
 

@@ -21,6 +21,7 @@ from shop.shipping.v1 import shipping_pb2, shipping_pb2_grpc
 from shop.user.v1 import user_pb2, user_pb2_grpc
 
 from ops.process import System
+from tests.support import mesh
 
 T = TypeVar("T")
 KIND = notification_pb2.NotificationKind
@@ -47,7 +48,7 @@ class Shop:
 
     def __init__(self, system: System) -> None:
         names = ("user", "cart", "order", "payment", "inventory", "notification", "shipping")
-        self.channels = {n: aio.insecure_channel(system.addr(n)) for n in names}
+        self.channels = {n: mesh.channel(system.addr(n)) for n in names}
         self.users = user_pb2_grpc.UserServiceStub(self.channels["user"])
         self.carts = cart_pb2_grpc.CartServiceStub(self.channels["cart"])
         self.orders = order_pb2_grpc.OrderServiceStub(self.channels["order"])

@@ -130,7 +130,7 @@ def test_make_run_starts_everything_healthy_and_stops_clean(shop_run: ShopRun) -
     for name in SERVICES:
         addr = by_name[name]["addr"]
         assert addr.endswith(f":{shop_run.ports[name]}"), (name, addr)
-        assert grpc_health(addr, timeout=2.0) == "SERVING", name
+        assert grpc_health(addr, timeout=2.0, server=name) == "SERVING", name
         assert addr in shop_run.output  # the table names it
     gw_port = shop_run.ports["gateway"]
     assert http_ok(f"http://127.0.0.1:{gw_port}/healthz", 2.0)
@@ -163,7 +163,7 @@ def test_supervisor_restarts_a_killed_service(shop_run: ShopRun) -> None:
     assert "died unexpectedly (killed by SIGKILL)" in shop_run.output
     shop_run.wait_for("restarted payment-1", 10)
     shop_run.wait_for("payment-1 is healthy again", START_TIMEOUT_S)
-    assert grpc_health(before["addr"], timeout=2.0) == "SERVING"
+    assert grpc_health(before["addr"], timeout=2.0, server="payment") == "SERVING"
     deadline = time.monotonic() + 5
     after = before
     while after["pid"] == before["pid"] and time.monotonic() < deadline:

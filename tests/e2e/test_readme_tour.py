@@ -8,7 +8,8 @@ and are not run. Blocks run in README order, each as one bash script under
 block to block (as in the one terminal a reader uses): after a block succeeds,
 the variables it set are saved with `declare -p` and sourced by the next block.
 
-Only addresses change: `localhost:8080` becomes the test gateway's host:port and
+Only addresses and the PKI change: `var/pki/` becomes the test session's PKI
+directory, `localhost:8080` becomes the test gateway's host:port and
 `localhost:5005N` the address of the service whose default port that is (an
 address the test cannot map fails the test, so nothing ever dials a fixed
 port). `shopctl` finds the test system through NATS_URL, SHOP_DATA_DIR and
@@ -40,8 +41,10 @@ import pytest
 
 from ops.process import REPO_ROOT, ServiceProcess, System, env_prefix
 from services.common.settings import DEFAULT_PORTS, SERVICES
+from services.common.tls import pki_dir
 
 README = REPO_ROOT / "README.md"
+OPERATOR_FLAGS = "-cacert var/pki/ca.pem -cert var/pki/operator.pem -key var/pki/operator.key"
 BLOCK_TIMEOUT_S = 60.0
 SETTLE_TIMEOUT_S = 30.0
 
@@ -81,6 +84,11 @@ def sh_blocks(section: str) -> list[str]:
             current.append(line)
     assert current is None, "an unclosed ``` fence in the README tour"
     return blocks
+
+
+def rewrite_pki(block: str, pki: Path) -> str:
+    """`var/pki/` (where `make run` keeps it) becomes the test session's PKI."""
+    return block.replace("var/pki/", f"{pki}/")
 
 
 def rewrite_addresses(block: str, by_port: dict[int, str]) -> str:
@@ -232,7 +240,7 @@ def test_readme_tour(system: System, gateway: ServiceProcess, tmp_path: Path) ->
     ran: list[Ran] = []
     settled = False
     for block in blocks:
-        runnable = rewrite_addresses(block, by_port)
+        runnable = rewrite_pki(rewrite_addresses(block, by_port), pki_dir())
         assert "localhost:" not in runnable, runnable
         ran.append(session.run(block, runnable))
         order_id = session.var("ORDER_ID")
@@ -250,14 +258,17 @@ def test_readme_tour(system: System, gateway: ServiceProcess, tmp_path: Path) ->
     assert order_id and declined_id and order_id != declined_id, (order_id, declined_id)
 
     # gRPC with grpcurl
-    out = block_with(ran, "grpcurl -plaintext localhost:50054 list").output
+    out = block_with(ran, f"grpcurl {OPERATOR_FLAGS} localhost:50054 list").output
     assert "shop.order.v1.OrderService" in out and "grpc.health.v1.Health" in out, out
     out = block_with(ran, "describe shop.order.v1.OrderService").output
     assert "rpc CreateOrder" in out and 'post:"/api/orders"' in out, out
-    out = block_with(ran, "ProductService/GetProduct").output
-    assert '"id": "espresso-machine"' in out and '"price_cents": "24900"' in out, out
     out = block_with(ran, "grpc.health.v1.Health/Check").output
     assert '"status": "SERVING"' in out, out
+    # The operator may look, not call: the policy refuses it GetProduct.
+    out = block_with(ran, "ProductService/GetProduct").output
+    assert "Code: PermissionDenied" in out, out
+    assert "caller 'operator' may not call /shop.product.v1.ProductService/GetProduct" in out
+    assert '"price_cents"' not in out, out
 
     # register and log in
     r = block_with(ran, "http://localhost:8080/api/users")

@@ -33,8 +33,10 @@ from shop.shipping.v1 import shipping_pb2, shipping_pb2_grpc
 from shop.user.v1 import user_pb2, user_pb2_grpc
 
 from ops.process import System
+from services.common import natsauth
 from services.common.events import CATALOGUE, DLQ_STREAM, STREAM
 from services.common.settings import SERVICES
+from tests.support import mesh
 from tests.support.outboxes import unsent_outbox_rows
 
 BOOKKEEPING = {"inbox", "outbox", "outbox_lease"}
@@ -50,7 +52,7 @@ Snapshot = dict[str, dict[str, list[tuple[Any, ...]]]]
 async def run_flow(system: System) -> dict[str, str]:
     """Drive a flow that makes every consumer do something; returns its ids."""
     names = ("user", "cart", "order", "payment", "shipping")
-    channels = {n: aio.insecure_channel(system.addr(n)) for n in names}
+    channels = {n: mesh.channel(system.addr(n)) for n in names}
     try:
         users = user_pb2_grpc.UserServiceStub(channels["user"])
         carts = cart_pb2_grpc.CartServiceStub(channels["cart"])
@@ -186,7 +188,7 @@ def diff(before: Snapshot, after: Snapshot) -> list[str]:
 
 @pytest.fixture
 async def js(system: System) -> AsyncIterator[JetStreamContext]:
-    nc: NATS = await nats.connect(system.nats_url, connect_timeout=5)
+    nc: NATS = await nats.connect(system.nats_url, connect_timeout=5, **natsauth.connect_options())
     try:
         yield nc.jetstream()
     finally:

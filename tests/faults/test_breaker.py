@@ -28,6 +28,7 @@ from shop.cart.v1 import cart_pb2, cart_pb2_grpc
 from ops.process import ServiceProcess
 from services.common.registry import list_instances
 from tests.fixtures_services import FAULT_ENV, ServiceFactory
+from tests.support import mesh
 from tests.support.faultproxy import FaultProxy, Mode
 from tests.support.invariants import check_invariants
 from tests.support.load import OrderClient, paced, set_stock
@@ -43,7 +44,8 @@ CART_CAP_S = 5.0  # the cart's default cap on its product calls (services/cart/_
 @pytest.fixture
 def cart_behind_proxy(services: ServiceFactory) -> Iterator[tuple[ServiceProcess, FaultProxy]]:
     product = services.start("product")
-    with FaultProxy(product.addr) as proxy:
+    # TLS on both legs: the proxy still counts the HTTP/2 requests it passes on.
+    with FaultProxy(product.addr, tls=mesh.proxy_tls("product", "cart")) as proxy:
         cart = services.start("cart", PRODUCT_ADDR=proxy.addr,
                               SHOP_BREAKER_FAIL_MAX=str(FAIL_MAX),
                               SHOP_BREAKER_RESET_S=str(RESET_S),
@@ -112,7 +114,7 @@ def test_dropped_downstream_opens_then_recovers(
         cart_behind_proxy: tuple[ServiceProcess, FaultProxy]) -> None:
     cart, proxy = cart_behind_proxy
     user = "breaker-drop"
-    with grpc.insecure_channel(cart.addr) as chan:
+    with mesh.sync_channel(cart.addr) as chan:
         stub = cart_pb2_grpc.CartServiceStub(chan)
         assert _add(stub, user, timeout=5.0)[0] == grpc.StatusCode.OK
         proxy.set_mode(Mode.DROP)
@@ -140,7 +142,7 @@ def test_hung_downstream_opens_after_five_timeouts_then_recovers(
     deadlines outlast the cart's own cap, so the failure the breaker sees is the cart's."""
     cart, proxy = cart_behind_proxy
     user = "breaker-hang"
-    with grpc.insecure_channel(cart.addr) as chan:
+    with mesh.sync_channel(cart.addr) as chan:
         stub = cart_pb2_grpc.CartServiceStub(chan)
         assert _add(stub, user, timeout=5.0)[0] == grpc.StatusCode.OK
         proxy.set_mode(Mode.BLACKHOLE)
@@ -163,7 +165,7 @@ def test_hung_downstream_under_caller_deadlines_opens(
     the cart's own cap, so their deadline, not the cart's, ends each hung call."""
     cart, proxy = cart_behind_proxy
     user = "breaker-caller-deadline"
-    with grpc.insecure_channel(cart.addr) as chan:
+    with mesh.sync_channel(cart.addr) as chan:
         stub = cart_pb2_grpc.CartServiceStub(chan)
         assert _add(stub, user, timeout=5.0)[0] == grpc.StatusCode.OK
         proxy.set_mode(Mode.BLACKHOLE)
@@ -205,7 +207,7 @@ async def test_dead_payment_under_order_load_opens_breaker_then_orders_end_consi
         services: ServiceFactory) -> None:
     services.start_many("user", "product", "inventory", "payment", "shipping", "notification",
                         "cart", **FAULT_ENV)
-    with FaultProxy(services["payment"].addr) as proxy:
+    with FaultProxy(services["payment"].addr, tls=mesh.proxy_tls("payment", "order")) as proxy:
         services.start("order", PAYMENT_ADDR=proxy.addr, SHOP_BREAKER_FAIL_MAX=str(FAIL_MAX),
                        **FAULT_ENV)
         users = await create_users(services["user"].addr, 6, "dead-payment")

@@ -28,6 +28,7 @@ from shop.inventory.v1 import inventory_pb2_grpc as inv_grpc
 
 from ops.process import System
 from tests.fixtures_services import START_TIMEOUT_S, ServiceFactory
+from tests.support import mesh
 from tests.support.invariants import check_invariants
 from tests.support.load import OrderClient, paced, set_stock
 from tests.support.users import create_users
@@ -102,7 +103,7 @@ async def _until(cond: Callable[[], bool], timeout_s: float = 30.0) -> None:
 
 async def test_sigterm_under_load_drains_and_exits_zero(services: ServiceFactory) -> None:
     inventory = services.start("inventory")
-    async with aio.insecure_channel(inventory.addr) as chan:
+    async with mesh.channel(inventory.addr) as chan:
         stub = inv_grpc.InventoryServiceStub(chan)
         await stub.SetStock(inv.SetStockRequest(product_id=PRODUCT, available=STOCK),
                             timeout=5)

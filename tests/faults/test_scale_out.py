@@ -33,6 +33,7 @@ from ops.natsd import NatsServer
 from ops.process import ServiceProcess, System, start_system
 from services.common.registry import list_instances
 from tests.fixtures_services import START_TIMEOUT_S, TEST_ENV
+from tests.support import mesh
 from tests.support.invariants import check_invariants
 from tests.support.users import create_users
 
@@ -108,7 +109,7 @@ async def test_kill_one_payment_instance_under_order_load(scaled: System) -> Non
     url = scaled.nats_url
 
     users = await create_users(scaled.addr("user"), 4, "order")
-    async with aio.insecure_channel(scaled.addr("inventory")) as chan:
+    async with mesh.channel(scaled.addr("inventory")) as chan:
         await inventory_pb2_grpc.InventoryServiceStub(chan).SetStock(
             inventory_pb2.SetStockRequest(product_id=PRODUCT, available=STOCK[PRODUCT]),
             timeout=5)
@@ -146,7 +147,7 @@ async def test_kill_one_payment_instance_under_order_load(scaled: System) -> Non
         killed = time.monotonic()
         return killed, await _gone_after(url, pay2.instance, killed)
 
-    async with aio.insecure_channel(scaled.addr("order")) as chan:
+    async with mesh.channel(scaled.addr("order")) as chan:
         stub = order_pb2_grpc.OrderServiceStub(chan)
         killer = asyncio.create_task(kill())
         await asyncio.gather(*(place(stub, i) for i in range(ORDERS)))
@@ -177,7 +178,7 @@ async def test_kill_one_payment_instance_under_order_load(scaled: System) -> Non
 async def _welcomes(addr: str, users: list[str], timeout_s: float = 30.0) -> dict[str, int]:
     """User -> WELCOME notifications, once every user has one (or at the deadline)."""
     welcome = notification_pb2.NOTIFICATION_KIND_WELCOME
-    async with aio.insecure_channel(addr) as chan:
+    async with mesh.channel(addr) as chan:
         stub = notification_pb2_grpc.NotificationServiceStub(chan)
 
         async def count(user: str) -> int:

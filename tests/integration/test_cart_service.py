@@ -22,6 +22,7 @@ from services.common.demo import BY_ID
 from services.common.events import ORDER_CONFIRMED
 from services.common.outbox import new_envelope
 from tests.fixtures_services import ServiceFactory
+from tests.support import mesh
 
 Stub = cart_pb2_grpc.CartServiceStub
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -45,7 +46,7 @@ def shop(nats_server: NatsServer,
 
 @pytest_asyncio.fixture
 async def stub(shop: ServiceFactory) -> AsyncIterator[Stub]:
-    async with aio.insecure_channel(shop["cart"].addr) as channel:
+    async with mesh.channel(shop["cart"].addr) as channel:
         yield cart_pb2_grpc.CartServiceStub(channel)
 
 
@@ -218,7 +219,7 @@ async def test_serves_with_product_service_and_nats_down(tmp_path: Path) -> None
     factory = ServiceFactory(tmp_path, f"nats://{dead}")
     try:
         proc = factory.start("cart", PRODUCT_ADDR=dead)
-        async with aio.insecure_channel(proc.addr) as channel:
+        async with mesh.channel(proc.addr) as channel:
             stub = cart_pb2_grpc.CartServiceStub(channel)
             user = new_user()
             assert lines(await get(stub, user)) == []

@@ -25,7 +25,7 @@ from nats.js.errors import KeyNotFoundError
 from shop.product.v1 import product_pb2, product_pb2_grpc
 
 from ops.natsd import NatsServer
-from services.common import breakers, context
+from services.common import breakers, context, natsauth
 from services.common.clients import Downstream
 from services.common.discovery import Discovery, start_discovery, stop_discovery
 from services.common.registry import BUCKET, RegistryLink, list_instances
@@ -171,7 +171,7 @@ async def wait_for(cond: Callable[[], bool | Awaitable[bool]], within: float, wh
 
 
 async def key_exists(nats_url: str, key: str) -> bool:
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(nats_url, **natsauth.connect_options())
     try:
         kv = await nc.jetstream().key_value(BUCKET)
         try:

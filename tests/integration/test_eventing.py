@@ -21,19 +21,20 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from grpc import aio
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from shop.events.v1 import envelope_pb2
 from shop.payment.v1 import payment_pb2 as pb
 from shop.payment.v1 import payment_pb2_grpc
 
 from ops.natsd import NatsServer
-from services.common import events
+from services.common import events, natsauth
 from services.common.bus import Bus
 from services.common.db import Database
 from services.common.events import STREAM
 from services.common.outbox import OutboxRelay
+from services.common.pki import OPERATOR
 from tests.fixtures_services import ServiceFactory
+from tests.support import mesh
 from tests.support.outboxes import fill_outbox, unsent_outbox_rows
 
 pytestmark = pytest.mark.timeout(120)
@@ -95,7 +96,7 @@ async def test_payment_serves_with_nats_down_and_publishes_once_it_is_up(
     services = ServiceFactory(data_dir, f"nats://127.0.0.1:{dead_nats.port}")
     try:
         proc = await asyncio.to_thread(services.start, "payment", timeout=30.0)
-        async with aio.insecure_channel(proc.addr) as channel:
+        async with mesh.channel(proc.addr) as channel:
             stub = payment_pb2_grpc.PaymentServiceStub(channel)
             got = await stub.Charge(pb.ChargeRequest(
                 order_id="o-nats-down", user_id="u1", amount_cents=1200, currency="USD",
@@ -296,6 +297,7 @@ class _SlowRelay(OutboxRelay):
 
 async def _worker_main(db_path: str, url: str, owner: str, lease_s: float) -> None:
     db = await Database.open(db_path, schema="", durable=False)
+    natsauth.claim_nats_identity(OPERATOR)  # a stand-in relaying any test event
     bus = await Bus.connect(url, name=owner)
     await bus.ensure_streams()
     relay = _SlowRelay(db, bus, batch=5, poll_s=0.05, owner=owner, lease_s=lease_s,

@@ -27,6 +27,7 @@ from gateway.upstreams import Caller
 from services.common.breakers import breaker_for, reset_breakers
 from services.common.clients import Downstream
 from services.common.settings import SERVICES
+from tests.support import mesh
 
 
 @dataclass
@@ -90,15 +91,27 @@ async def rig() -> AsyncIterator[Rig]:
     notification_pb2_grpc.add_NotificationServiceServicer_to_server(
         _Notifications(switches), server
     )
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = mesh.add_port(server, "127.0.0.1:0", "user", "order", "notification")
     await server.start()
     addr = f"127.0.0.1:{port}"
     upstreams: dict[str, Caller] = {name: FakeCaller(name) for name in SERVICES}
-    upstreams["user"] = Downstream("user", user_pb2_grpc.UserServiceStub, address=addr)
-    upstreams["order"] = Downstream("order", order_pb2_grpc.OrderServiceStub, address=addr)
-    upstreams["notification"] = Downstream(
-        "notification", notification_pb2_grpc.NotificationServiceStub, address=addr
+    upstreams["user"] = Downstream(
+        "user", user_pb2_grpc.UserServiceStub, address=addr, speaks_for_users=True
     )
+    upstreams["order"] = Downstream(
+        "order", order_pb2_grpc.OrderServiceStub, address=addr, speaks_for_users=True
+    )
+    upstreams["notification"] = Downstream(
+        "notification",
+        notification_pb2_grpc.NotificationServiceStub,
+        address=addr,
+        speaks_for_users=True,
+    )
+    for name in ("user", "order", "notification"):
+        # Connected before the first dashboard, whose parts have 0.2 s each.
+        ds = upstreams[name]
+        assert isinstance(ds, Downstream)
+        await ds.connect()
     settings = GatewaySettings(dashboard_part_timeout_s=0.2, dashboard_breaker_fail_max=3)
     app = create_app(settings, upstreams=upstreams, health=dict(upstreams))
     try:

@@ -27,6 +27,7 @@ from services.common.events import (
     STREAM,
 )
 from tests.fixtures_services import ServiceFactory
+from tests.support import mesh
 
 Stub = inventory_pb2_grpc.InventoryServiceStub
 FP = grpc.StatusCode.FAILED_PRECONDITION
@@ -46,7 +47,7 @@ def inventory(nats_server: NatsServer,
 
 @pytest_asyncio.fixture
 async def stub(inventory: ServiceFactory) -> AsyncIterator[Stub]:
-    async with aio.insecure_channel(inventory["inventory"].addr) as channel:
+    async with mesh.channel(inventory["inventory"].addr) as channel:
         yield inventory_pb2_grpc.InventoryServiceStub(channel)
 
 
@@ -213,7 +214,7 @@ async def test_concurrent_orders_never_oversell_across_two_instances(
     if sum(p.name == "inventory" for p in inventory.processes) < 2:
         inventory.start("inventory")
     addrs = [p.addr for p in inventory.processes if p.name == "inventory"]
-    channels = [aio.insecure_channel(a) for a in addrs]
+    channels = [mesh.channel(a) for a in addrs]
     try:
         stubs = [inventory_pb2_grpc.InventoryServiceStub(ch) for ch in channels]
 
@@ -330,7 +331,7 @@ async def test_serves_while_nats_is_down(tmp_path: Path) -> None:
     factory = ServiceFactory(tmp_path, f"nats://127.0.0.1:{free_port()}")
     try:
         proc = factory.start("inventory")
-        async with aio.insecure_channel(proc.addr) as channel:
+        async with mesh.channel(proc.addr) as channel:
             stub = inventory_pb2_grpc.InventoryServiceStub(channel)
             reply = await stub.ReserveStock(reserve_req(new_id("o"), ("yoga-mat", 2)))
             assert reply.reservation.status == pb.RESERVATION_STATUS_RESERVED

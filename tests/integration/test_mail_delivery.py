@@ -11,7 +11,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from grpc import aio
 from shop.events.v1 import envelope_pb2
 from shop.notification.v1 import notification_pb2 as pb
 from shop.notification.v1 import notification_pb2_grpc
@@ -24,6 +23,7 @@ from services.common import events
 from services.common.bus import Bus
 from services.common.outbox import new_envelope
 from tests.fixtures_services import ServiceFactory
+from tests.support import mesh
 from tests.support.smtp import SmtpServer, Stalled
 
 pytestmark = pytest.mark.timeout(120)
@@ -112,7 +112,7 @@ async def test_one_welcome_mail_despite_redelivery_and_a_kill_before_sending(
         env = user_created("u-ada", "ada@example.com", "Ada")
         await bus.publish(env)
         await redeliver(bus, env)
-        async with aio.insecure_channel(proc.addr) as chan:
+        async with mesh.channel(proc.addr) as chan:
             stub = Stub(chan)
             await wait_for(lambda: _one_with(stub, "u-ada", pb.DELIVERY_STATUS_PENDING),
                            what="welcome committed, mail pending")
@@ -121,7 +121,7 @@ async def test_one_welcome_mail_despite_redelivery_and_a_kill_before_sending(
         proc.extra_env["SMTP_URL"] = smtp.url
         proc.start().wait_ready(60)
         await redeliver(bus, env)  # and once more after the restart
-        async with aio.insecure_channel(proc.addr) as chan:
+        async with mesh.channel(proc.addr) as chan:
             stub = Stub(chan)
             await wait_for(lambda: _one_with(stub, "u-ada", pb.DELIVERY_STATUS_SENT),
                            what="welcome mail sent")
@@ -167,7 +167,7 @@ async def test_smtp_down_for_five_seconds_then_every_mail_arrives_once(
         for uid, addr in users:
             await bus.publish(user_created(uid, addr, f"User {uid}"))
         ids = [u for u, _ in users]
-        async with aio.insecure_channel(proc.addr) as chan:
+        async with mesh.channel(proc.addr) as chan:
             stub = Stub(chan)
             # The consumer does not wait for mail: every notification is there meanwhile.
             await wait_for(lambda: _all(stub, ids, pb.DELIVERY_STATUS_PENDING),
@@ -216,7 +216,7 @@ async def test_a_550_fails_that_delivery_only(services: ServiceFactory, bus: Bus
         await bus.publish(receipt("u-gone", "o-1"))
         await bus.publish(receipt("u-a", "o-2"))
         await bus.publish(receipt("u-nobody", "o-3"))  # no user.created: no address
-        async with aio.insecure_channel(proc.addr) as chan:
+        async with mesh.channel(proc.addr) as chan:
             stub = Stub(chan)
             await wait_for(lambda: _settled(stub, {"u-a": 2, "u-gone": 2, "u-b": 1,
                                                    "u-nobody": 1}), what="all settled")
@@ -259,7 +259,7 @@ async def test_two_instances_on_one_database_send_each_mail_once(
         for uid, addr in users:
             await bus.publish(user_created(uid, addr, ""))
         ids = [u for u, _ in users]
-        async with aio.insecure_channel(first.addr) as chan:
+        async with mesh.channel(first.addr) as chan:
             stub = Stub(chan)
             await wait_for(lambda: _all(stub, ids, pb.DELIVERY_STATUS_SENT),
                            what="every mail sent")

@@ -25,6 +25,7 @@ from services.common import events
 from services.common.bus import Bus
 from services.common.outbox import new_envelope
 from tests.fixtures_services import ServiceFactory
+from tests.support import mesh
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,7 +35,7 @@ Stub = notification_pb2_grpc.NotificationServiceStub
 @pytest.fixture
 async def stub(services: ServiceFactory) -> AsyncIterator[Stub]:
     proc = services.start("notification")
-    async with aio.insecure_channel(proc.addr) as channel:
+    async with mesh.channel(proc.addr) as channel:
         yield Stub(channel)
 
 

@@ -24,6 +24,8 @@ from shop.shipping.v1 import shipping_pb2, shipping_pb2_grpc
 from shop.user.v1 import user_pb2, user_pb2_grpc
 
 from ops.process import ServiceProcess, System
+from services.common import natsauth
+from tests.support import mesh
 
 OP = order_pb2
 STATUS = OP.OrderStatus
@@ -33,7 +35,7 @@ class Client:
     """aio stubs on the system's services, calling as a given user (x-user-id)."""
 
     def __init__(self, system: System) -> None:
-        self.channels = {n: aio.insecure_channel(system.addr(n))
+        self.channels = {n: mesh.channel(system.addr(n))
                          for n in ("order", "inventory", "payment", "user", "shipping",
                                    "notification")}
         self.orders = order_pb2_grpc.OrderServiceStub(self.channels["order"])
@@ -154,7 +156,7 @@ async def test_happy_path_confirms_moves_stock_and_charges(client: Client,
                                                  metadata=[("x-user-id", user)], timeout=5)
     assert [(s.step, s.outcome) for s in history.steps] == [
         ("reserve_stock", "succeeded"), ("charge", "succeeded"), ("confirm", "succeeded")]
-    nc = await nats.connect(system.nats_url)
+    nc = await nats.connect(system.nats_url, **natsauth.connect_options())
     try:
         js = nc.jetstream()
         sub = await js.pull_subscribe("order.confirmed", durable=None, stream="SHOP_EVENTS")

@@ -22,6 +22,7 @@ from shop.product.v1 import product_pb2, product_pb2_grpc
 from ops.process import ServiceProcess, free_port
 from services.common.demo import CATALOGUE as DEMO
 from tests.fixtures_services import TEST_ENV, ServiceFactory
+from tests.support import mesh
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -59,13 +60,13 @@ def writable_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceP
 
 @pytest_asyncio.fixture
 async def stub(catalogue_proc: ServiceProcess) -> AsyncIterator[Stub]:
-    async with aio.insecure_channel(catalogue_proc.addr) as channel:
+    async with mesh.channel(catalogue_proc.addr) as channel:
         yield Stub(channel)
 
 
 @pytest_asyncio.fixture
 async def wstub(writable_proc: ServiceProcess) -> AsyncIterator[Stub]:
-    async with aio.insecure_channel(writable_proc.addr) as channel:
+    async with mesh.channel(writable_proc.addr) as channel:
         yield Stub(channel)
 
 
@@ -240,13 +241,13 @@ async def test_duplicate_create_is_already_exists(wstub: Stub) -> None:
 def test_restart_keeps_created_products_and_seeds_nothing_twice(tmp_path: Path) -> None:
     proc = _start(tmp_path / "data")
     try:
-        with grpc.insecure_channel(proc.addr) as channel:
+        with mesh.sync_channel(proc.addr) as channel:
             Stub(channel).CreateProduct(product_pb2.CreateProductRequest(
                 product=product_pb2.Product(id="kept", name="Kept", price_cents=5)), timeout=5)
         assert row_count(proc) == 13
         proc.restart(60)
         assert row_count(proc) == 13
-        with grpc.insecure_channel(proc.addr) as channel:
+        with mesh.sync_channel(proc.addr) as channel:
             listed = Stub(channel).ListProducts(product_pb2.ListProductsRequest(page_size=100),
                                                 timeout=5)
         assert sorted(p.id for p in listed.products) == sorted([*DEMO_IDS, "kept"])
@@ -258,7 +259,7 @@ async def test_instances_sharing_a_file_see_each_others_products(tmp_path: Path)
     factory = ServiceFactory(tmp_path / "data", _no_nats())
     try:
         a, b = factory.start_many("product", "product", PRODUCT_REFRESH_S="0.2")
-        async with aio.insecure_channel(a.addr) as ca, aio.insecure_channel(b.addr) as cb:
+        async with mesh.channel(a.addr) as ca, mesh.channel(b.addr) as cb:
             await Stub(ca).CreateProduct(product_pb2.CreateProductRequest(
                 product=product_pb2.Product(id="shared", name="Shared", price_cents=5)),
                 timeout=5)

@@ -20,6 +20,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from shop.product.v1 import product_pb2, product_pb2_grpc
 
+from tests.support import mesh
+
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCT_SERVICE = "shop.product.v1.ProductService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -99,7 +101,7 @@ async def test_ready_health_reflection_request_id(echo_process: EchoProcess) -> 
     assert ready["pid"] == echo_process.proc.pid
     assert echo_process.addr.startswith("127.0.0.1:") and not echo_process.addr.endswith(":0")
 
-    async with aio.insecure_channel(echo_process.addr) as channel:
+    async with mesh.channel(echo_process.addr, server="echo") as channel:
         assert await _health(channel, "") == SERVING
         assert await _health(channel, PRODUCT_SERVICE) == SERVING
 
@@ -154,7 +156,7 @@ async def _assert_logs(path: Path) -> None:
 
 
 async def test_sigterm_drains_in_flight_call_and_exits_zero(echo_process: EchoProcess) -> None:
-    async with aio.insecure_channel(echo_process.addr) as channel:
+    async with mesh.channel(echo_process.addr, server="echo") as channel:
         stub = product_pb2_grpc.ProductServiceStub(channel)
         slow = asyncio.ensure_future(
             stub.GetProduct(product_pb2.GetProductRequest(id="slow"), timeout=10)

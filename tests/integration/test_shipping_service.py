@@ -23,6 +23,7 @@ from services.common import events
 from services.common.bus import Bus
 from services.common.outbox import new_envelope
 from tests.fixtures_services import ServiceFactory
+from tests.support import mesh
 from tests.support.streams import events_on
 
 pytestmark = pytest.mark.timeout(120)
@@ -36,7 +37,7 @@ DELAY_S = 0.5
 @pytest.fixture
 async def stub(services: ServiceFactory) -> AsyncIterator[Stub]:
     proc = services.start("shipping", SHIPPING_DISPATCH_DELAY_S=str(DELAY_S))
-    async with aio.insecure_channel(proc.addr) as channel:
+    async with mesh.channel(proc.addr) as channel:
         yield Stub(channel)
 
 
@@ -149,7 +150,7 @@ async def test_pending_shipment_is_cancelled_before_dispatch_and_never_ships(
     the same answer), and it is never dispatched; a cancel of an order not confirmed yet is
     remembered, so the late order.confirmed makes a CANCELLED shipment."""
     proc = services.start("shipping", SHIPPING_DISPATCH_DELAY_S="1.5")
-    async with aio.insecure_channel(proc.addr) as channel:
+    async with mesh.channel(proc.addr) as channel:
         stub = Stub(channel)
         await bus.publish(confirmed("o-keep", "u1"))
         await bus.publish(confirmed("o-cancel", "u1"))
@@ -181,13 +182,13 @@ async def test_dispatch_due_time_survives_a_restart(services: ServiceFactory, bu
     """The due time is stored: a shipping process stopped while a shipment is PENDING
     dispatches it after a restart."""
     proc = services.start("shipping", SHIPPING_DISPATCH_DELAY_S="3.0")
-    async with aio.insecure_channel(proc.addr) as channel:
+    async with mesh.channel(proc.addr) as channel:
         await bus.publish(confirmed("o-restart", "u1"))
         pending = await get_shipment(Stub(channel), "o-restart")
         assert pending.status == pb.SHIPMENT_STATUS_PENDING
     proc.terminate()
     again = services.start("shipping", SHIPPING_DISPATCH_DELAY_S="3.0")
-    async with aio.insecure_channel(again.addr) as channel:
+    async with mesh.channel(again.addr) as channel:
         shipped = await get_shipment(Stub(channel), "o-restart",
                                      status=pb.SHIPMENT_STATUS_SHIPPED)
     assert shipped.tracking_number == pending.tracking_number

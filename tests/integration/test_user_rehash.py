@@ -19,6 +19,7 @@ from ops.natsd import NatsServer
 from ops.process import ServiceProcess
 from services.user import domain
 from tests.fixtures_services import TEST_ENV
+from tests.support import mesh
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,7 +46,7 @@ def _serve(data_dir: Path, nats: NatsServer, **env: str) -> ServiceProcess:
 
 
 def _login(addr: str, email: str, password: str) -> grpc.StatusCode:
-    with grpc.insecure_channel(addr) as channel:
+    with mesh.sync_channel(addr) as channel:
         stub = user_pb2_grpc.UserServiceStub(channel)
         try:
             reply = stub.Login(user_pb2.LoginRequest(email=email, password=password), timeout=20)
@@ -60,7 +61,7 @@ def test_an_old_hash_is_upgraded_at_the_next_login(tmp_path: Path,
     email = f"old-{uuid.uuid4().hex[:8]}@example.com"
     old = _serve(tmp_path, nats_server, SHOP_SCRYPT_N=str(domain.LEGACY_SCRYPT_N))
     try:
-        with grpc.insecure_channel(old.addr) as channel:
+        with mesh.sync_channel(old.addr) as channel:
             user_pb2_grpc.UserServiceStub(channel).CreateUser(
                 user_pb2.CreateUserRequest(email=email, name="Old", password=PASSWORD),
                 timeout=20)

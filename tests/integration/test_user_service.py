@@ -22,6 +22,7 @@ from ops.process import ServiceProcess, free_port
 from services.common.bus import Bus
 from services.common.events import STREAM, USER_CREATED
 from tests.fixtures_services import TEST_ENV, ServiceFactory
+from tests.support import mesh
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,7 +45,7 @@ def user_proc(nats_server: NatsServer,
 
 @pytest_asyncio.fixture
 async def stub(user_proc: ServiceProcess) -> AsyncIterator[user_pb2_grpc.UserServiceStub]:
-    async with aio.insecure_channel(user_proc.addr) as channel:
+    async with mesh.channel(user_proc.addr) as channel:
         yield user_pb2_grpc.UserServiceStub(channel)
 
 
@@ -246,7 +247,7 @@ async def test_serves_without_nats_and_publishes_once_it_is_up(tmp_path: Path) -
     nats = NatsServer(tmp_path / "nats", port=nats_port)
     try:
         proc = factory.start("user")  # NATS is not running
-        async with aio.insecure_channel(proc.addr) as channel:
+        async with mesh.channel(proc.addr) as channel:
             user = await create(user_pb2_grpc.UserServiceStub(channel), unique_email("late"))
         nats.start()
         events = await _user_created_events(nats.url, user.id, timeout_s=30)
@@ -262,7 +263,7 @@ def test_instances_share_one_signing_key(tmp_path: Path, nats_server: NatsServer
         procs = factory.start_many("user", "user")
         kids = []
         for proc in procs:
-            with grpc.insecure_channel(proc.addr) as channel:
+            with mesh.sync_channel(proc.addr) as channel:
                 resp = user_pb2_grpc.UserServiceStub(channel).GetJwks(
                     user_pb2.GetJwksRequest(), timeout=5)
             kids.append([k.kid for k in resp.keys])

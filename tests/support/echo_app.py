@@ -20,9 +20,10 @@ import os
 from grpc import aio
 from shop.product.v1 import product_pb2, product_pb2_grpc
 
-from services.common import context
+from services.common import context, natsauth, tls
 from services.common.clients import Downstream
 from services.common.errors import NotFound, Unavailable
+from services.common.pki import GATEWAY, OPERATOR
 from services.common.server import App, run_service
 from services.common.settings import Settings
 
@@ -106,6 +107,11 @@ async def build(settings: Settings) -> App:
 
 
 def main() -> None:
+    # Its "forward:" calls go out as the gateway, whom the policy lets call GetProduct
+    # (echo is no identity of the policy; it serves with echo's certificate).
+    tls.claim_identity(GATEWAY)
+    # "echo" is no NATS user either: it registers as the operator may.
+    natsauth.claim_nats_identity(OPERATOR)
     run_service("echo", build)
 
 

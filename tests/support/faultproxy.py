@@ -25,13 +25,14 @@ import contextlib
 import dataclasses
 import enum
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
-__all__ = ["FaultProxy", "Mode", "ProxyStats"]
+__all__ = ["FaultProxy", "Mode", "ProxyStats", "ProxyTls"]
 
 T = TypeVar("T")
 
@@ -110,8 +111,21 @@ class _Conn:
             t.cancel()
 
 
+@dataclasses.dataclass(frozen=True)
+class ProxyTls:
+    """TLS on both legs, so the proxy still reads HTTP/2 frames on an mTLS mesh: it
+    answers callers with `server` (the target's certificate) and dials the target
+    with `client` (the caller's), checking it is `target_name`."""
+
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+    target_name: str
+
+
 class FaultProxy:
-    def __init__(self, target: str, *, host: str = "127.0.0.1") -> None:
+    def __init__(self, target: str, *, host: str = "127.0.0.1",
+                 tls: ProxyTls | None = None) -> None:
+        self.tls = tls
         thost, _, tport = target.rpartition(":")
         self.target_host = thost or "127.0.0.1"
         self.target_port = int(tport)
@@ -192,7 +206,8 @@ class FaultProxy:
             self._counts[key] += n
 
     async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self.host, 0)
+        self._server = await asyncio.start_server(
+            self._accept, self.host, 0, ssl=self.tls.server if self.tls else None)
         sock: socket.socket = self._server.sockets[0]
         self.port = int(sock.getsockname()[1])
 
@@ -236,7 +251,9 @@ class FaultProxy:
             else:
                 try:
                     up_reader, up_writer = await asyncio.open_connection(
-                        self.target_host, self.target_port)
+                        self.target_host, self.target_port,
+                        ssl=self.tls.client if self.tls else None,
+                        server_hostname=self.tls.target_name if self.tls else None)
                 except OSError:
                     return  # target down: the caller sees its connection closed
                 self._count("upstream")

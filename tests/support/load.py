@@ -26,6 +26,8 @@ from grpc import aio
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.order.v1 import order_pb2, order_pb2_grpc
 
+from tests.support import mesh
+
 __all__ = ["REFUSED", "TRANSIENT", "Answer", "OrderClient", "channel", "paced", "set_stock"]
 
 T = TypeVar("T")
@@ -38,7 +40,7 @@ REFUSED = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALI
 
 def channel(addr: str) -> aio.Channel:
     """The test client's channel to a service (the one place that says how tests connect)."""
-    return aio.insecure_channel(addr)
+    return mesh.channel(addr)
 
 
 @dataclass(frozen=True)

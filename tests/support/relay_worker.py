@@ -10,13 +10,16 @@ import asyncio
 import contextlib
 import sys
 
+from services.common import natsauth
 from services.common.bus import Bus
 from services.common.db import Database
 from services.common.outbox import OutboxRelay
+from services.common.pki import OPERATOR
 
 
 async def main(db_path: str, url: str, batch: int) -> None:
     db = await Database.open(db_path, schema="", durable=True)
+    natsauth.claim_nats_identity(OPERATOR)  # a stand-in relaying any test event
     bus = await Bus.connect(url, name="relay-worker")
     await bus.ensure_streams()
     relay = OutboxRelay(db, bus, batch=batch, poll_s=0.05)

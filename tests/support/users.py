@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from grpc import aio
 from shop.user.v1 import user_pb2, user_pb2_grpc
+
+from tests.support import mesh
 
 
 async def create_users(addr: str, n: int, tag: str) -> list[str]:
     """`n` new users (8 sign-ups in flight); their ids in order."""
-    async with aio.insecure_channel(addr) as chan:
+    async with mesh.channel(addr) as chan:
         stub = user_pb2_grpc.UserServiceStub(chan)
         sem = asyncio.Semaphore(8)
 

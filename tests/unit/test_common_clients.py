@@ -36,7 +36,7 @@ async def echo(tmp_path: Path) -> AsyncIterator[RunningEcho]:
 
 @pytest.fixture
 async def ds(echo: RunningEcho) -> AsyncIterator[Downstream[Stub]]:
-    client = Downstream("product", Stub, cap_s=2.0, address=echo.addr)
+    client = Downstream("product", Stub, cap_s=2.0, address=echo.addr, speaks_for_users=True)
     yield client
     await client.close()
 
@@ -54,6 +54,18 @@ async def test_metadata_and_capped_deadline_are_passed_on(ds: Downstream[Stub]) 
     assert 0.5 < float(reply.product.category) <= 1.05
     reply = await ds.call("GetProduct", req("whoami"), idempotent=True, timeout=0.3)
     assert float(reply.product.category) <= 0.35
+
+
+async def test_a_service_does_not_pass_the_user_on(echo: RunningEcho) -> None:
+    """Only a Downstream that speaks for users (the gateway's) sends x-user-id."""
+    internal = Downstream("product", Stub, cap_s=2.0, address=echo.addr)
+    try:
+        with context.bind(request_id="rid-8", user_id="u-8"):
+            reply = await internal.call("GetProduct", req("whoami"), idempotent=True)
+    finally:
+        await internal.close()
+    assert reply.product.name == ""
+    assert reply.product.description == "rid-8"
 
 
 async def test_no_time_left_fails_without_calling(ds: Downstream[Stub], echo: RunningEcho) -> None:

@@ -11,6 +11,7 @@ from shop.product.v1 import product_pb2, product_pb2_grpc
 
 from services.common import errors
 from services.common.interceptors import status_of
+from tests.support import mesh
 from tests.support.inprocess import running_echo
 
 EXPECTED = {
@@ -41,7 +42,7 @@ def test_every_kind_is_listed() -> None:
 
 
 async def _get(addr: str, pid: str) -> aio.AioRpcError:
-    async with aio.insecure_channel(addr) as channel:
+    async with mesh.channel(addr) as channel:
         stub = product_pb2_grpc.ProductServiceStub(channel)
         with pytest.raises(aio.AioRpcError) as info:
             await stub.GetProduct(product_pb2.GetProductRequest(id=pid), timeout=5)

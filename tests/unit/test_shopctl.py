@@ -29,7 +29,7 @@ from ops.process import (
     start_system,
 )
 from ops.run import BACKOFF_START_S, Supervisor, parse_scale, resolve_ports, write_instances
-from services.common import registry
+from services.common import natsauth, registry
 from services.common.settings import DEFAULT_PORTS, SERVICES
 
 
@@ -62,7 +62,7 @@ def test_start_system_runs_every_instance_healthy(fake_system: System) -> None:
     addrs = [p.addr for p in fake_system.all()]
     assert len(set(addrs)) == len(addrs) == len(SERVICES) + 2
     for proc in fake_system.processes:
-        assert grpc_health(proc.addr) == "SERVING"
+        assert grpc_health(proc.addr, server=proc.name) == "SERVING"
         info = proc.ready_info()
         assert info is not None and info["pid"] == proc.pid
         assert proc.log_path.parent == fake_system.data_dir / "logs"
@@ -86,9 +86,9 @@ def test_kill_restart_and_freeze(tmp_path: Path) -> None:
         proc.restart(30)
         assert proc.port == port and proc.pid != first_pid and proc.health() == "SERVING"
         proc.sigstop()
-        assert grpc_health(proc.addr, timeout=0.3) == "UNREACHABLE"
+        assert grpc_health(proc.addr, timeout=0.3, server=proc.name) == "UNREACHABLE"
         proc.sigcont()
-        assert grpc_health(proc.addr) == "SERVING"
+        assert grpc_health(proc.addr, server=proc.name) == "SERVING"
         assert proc.terminate() == 0  # graceful: exit 0
     finally:
         proc.kill()
@@ -204,7 +204,7 @@ def test_instances_file_is_what_status_reads(fake_system: System) -> None:
 
 
 async def _register(url: str, instances: list[registry.Instance]) -> list[str]:
-    nc = await nats.connect(url)
+    nc = await nats.connect(url, **natsauth.connect_options())
     try:
         kv = await registry.open_bucket(nc, ttl_s=30)
         for inst in instances:
@@ -215,7 +215,7 @@ async def _register(url: str, instances: list[registry.Instance]) -> list[str]:
 
 
 async def _unregister(url: str, keys: list[str]) -> None:
-    nc = await nats.connect(url)
+    nc = await nats.connect(url, **natsauth.connect_options())
     try:
         kv = await registry.open_bucket(nc, ttl_s=30)
         for key in keys:
