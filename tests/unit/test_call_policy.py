@@ -45,7 +45,7 @@ def test_what_was_exposed_is_now_narrow() -> None:
     assert p.allowed("/shop.inventory.v1.InventoryService/ReserveStock") == {"order"}
     assert p.allowed("/shop.inventory.v1.InventoryService/SetStock") == {"backoffice"}
     assert p.allowed("/shop.product.v1.ProductService/CreateProduct") == {"backoffice"}
-    # the operator: health, reflection, saga histories; nothing else
+    # the operator: health, reflection, saga histories and retries; nothing else
     operator = {m for m, who in p.rules.items() if "operator" in who}
     assert operator == {
         "/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch",
