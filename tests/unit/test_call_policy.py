@@ -51,6 +51,7 @@ def test_what_was_exposed_is_now_narrow() -> None:
         "/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch",
         "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         "/shop.order.v1.OrderService/GetSagaHistory",
+        "/shop.order.v1.OrderService/RetrySaga",
     }
 
 
