@@ -44,7 +44,7 @@ from gateway.auth import Identity, TokenVerifier, bearer_token
 from gateway.errors import HttpError, from_domain_error, from_rpc_error
 from gateway.upstreams import Caller
 from ops.process import grpc_health, http_ok
-from services.common import dlq, registry
+from services.common import dlq, natsauth, registry
 from services.common.errors import DomainError
 from services.common.events import AGGREGATES, STREAM
 from services.common.settings import env_str, health_name
@@ -165,7 +165,8 @@ class AdminConsole:
                 self._nc = await asyncio.wait_for(
                     nats.connect(self.nats_url, name="shop-gateway-console",
                                  connect_timeout=2, max_reconnect_attempts=-1,
-                                 reconnect_time_wait=0.5, error_cb=quiet),
+                                 reconnect_time_wait=0.5, error_cb=quiet,
+                                 **natsauth.connect_options()),
                     timeout=4)
             except Exception as err:
                 raise HttpError(503, "UNAVAILABLE",

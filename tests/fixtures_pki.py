@@ -28,11 +28,13 @@ def pytest_configure(config: pytest.Config) -> None:
     directory = Path(tempfile.mkdtemp(prefix="shop-pki-"))
     make_session_pki(directory)
     os.environ["SHOP_PKI_DIR"] = str(directory)
-    os.environ[_MADE] = str(directory)
+    # Test workers (pytest-xdist) inherit the variables: only the maker removes the PKI.
+    os.environ[_MADE] = f"{os.getpid()}:{directory}"
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    made = os.environ.pop(_MADE, "")
-    if made:
+    pid, _, made = os.environ.get(_MADE, "").partition(":")
+    if made and pid == str(os.getpid()):
+        os.environ.pop(_MADE, None)
         shutil.rmtree(made, ignore_errors=True)
         os.environ.pop("SHOP_PKI_DIR", None)

@@ -137,9 +137,9 @@ def permissions(identity: str) -> dict[str, Any]:
     watch: list[str] = []
     if identity == GATEWAY:
         # The console, for admins only (the gateway checks the role): a live tail of every
-        # event, and a dead letter replayed on its own subject.
-        watch = sorted(CATALOGUE)
-        own = sorted({*own, *CATALOGUE})
+        # event, and a dead letter replayed on its own subject and then taken off the DLQ.
+        watch = sorted({f"{subject.split('.')[0]}.>" for subject in CATALOGUE})
+        own = sorted({*own, *CATALOGUE, f"$JS.API.STREAM.MSG.DELETE.{DLQ_STREAM}"})
     return {
         "publish": {"allow": [*own, "dlq.>", f"$KV.{REGISTRY_BUCKET}.{identity}.>",
                               *_JS_CLIENT]},
