@@ -10,13 +10,27 @@ GEN_STAMP := gen/.stamp
 BREAKING_IMAGE := proto/released.binpb
 PYTEST_ARGS ?=
 
-.PHONY: run test lint proto proto-deps release-contracts bench chaos clean venv
+.PHONY: run test lint proto proto-deps release-contracts bench chaos clean venv deploy deploy-check
 
 run: $(STAMP) $(GEN_STAMP)
 	$(PY) -m ops.run
 
-test: $(STAMP) $(GEN_STAMP) proto-deps
+test: $(STAMP) $(GEN_STAMP) proto-deps deploy-check
 	$(PY) -m pytest -m 'not chaos' $(PYTEST_ARGS)
+
+# deploy/ is generated from ops/deploydesc.py: `make deploy` rewrites it.
+deploy: $(STAMP)
+	$(PY) -m ops.deploygen
+
+# Offline: generated files fresh and consistent with the code, every applied overlay
+# valid against the pinned Kubernetes schemas, compose against the compose-spec, the
+# Dockerfile linted.
+deploy-check: $(STAMP)
+	$(PY) -m ops.deploygen --check
+	$(PY) -m ops.deploycheck
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec deploy/compose/compose.yaml
+	$(BIN)/hadolint Dockerfile
+	$(PY) -m pytest -q -p no:cacheprovider tests/contract/test_deploy.py
 
 chaos: $(STAMP) $(GEN_STAMP) proto-deps
 	$(PY) -m pytest -m chaos tests/faults $(PYTEST_ARGS)
