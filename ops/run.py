@@ -233,6 +233,7 @@ def main() -> int:
         ports = resolve_ports(os.environ)
         nats_port = int(os.environ.get("NATS_PORT") or DEFAULT_NATS_PORT) or free_port()
         nats_nodes = cluster_size(os.environ.get("NATS_CLUSTER", ""))
+        route_port = int(os.environ.get("NATS_ROUTE_PORT") or DEFAULT_ROUTE_PORT)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -242,7 +243,7 @@ def main() -> int:
         for i in range(nats_nodes):
             wanted[f"nats-{i + 1}" if nats_nodes > 1 else "nats"] = nats_port + i
             if nats_nodes > 1:
-                wanted[f"nats-{i + 1} routes"] = DEFAULT_ROUTE_PORT + i
+                wanted[f"nats-{i + 1} routes"] = route_port + i
     catcher: CatcherProcess | None = None
     if not os.environ.get("SMTP_URL", "").strip():  # no real relay named: catch locally
         try:
@@ -283,7 +284,8 @@ def main() -> int:
             nats_url = external_nats
             log(f"using external NATS at {nats_url}")
         else:
-            nats = embedded_nats(data_dir / "nats", port=nats_port, nodes=nats_nodes).spawn()
+            nats = embedded_nats(data_dir / "nats", port=nats_port, nodes=nats_nodes,
+                                 route_port=route_port).spawn()
             nats_url = nats.url
         precompile()
         timeout = float(os.environ.get("SHOP_START_TIMEOUT_S") or 60)
