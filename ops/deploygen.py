@@ -338,8 +338,12 @@ def platform_docs() -> list[Doc]:
                                            "postInitSQL": [
                                                f"ALTER ROLE {d.DB_USER} CREATEDB"]}},
                   "enablePDB": True}},
+        # TLS ends at the ingress controller (its certificate in shop-ingress-tls, e.g. from
+        # cert-manager's ingress-shim); the gateway behind it speaks plain HTTP in the pod
+        # network, which only the ingress controller may reach.
         {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": _meta(d.GATEWAY),
          "spec": {"ingressClassName": "nginx",
+                  "tls": [{"hosts": ["shop.example.com"], "secretName": "shop-ingress-tls"}],
                   "rules": [{"host": "shop.example.com", "http": {"paths": [{
                       "path": "/", "pathType": "Prefix",
                       "backend": {"service": {"name": d.GATEWAY,
@@ -414,7 +418,8 @@ def _overlay_patches(name: str) -> list[Doc]:
                                  "storage": {"size": "2Gi"}}})
         patches.append({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
                         "metadata": {"name": d.GATEWAY},
-                        "spec": {"rules": [{"host": "shop.localtest.me", "http": {"paths": [{
+                        "spec": {"tls": None,
+                                 "rules": [{"host": "shop.localtest.me", "http": {"paths": [{
                             "path": "/", "pathType": "Prefix", "backend": {"service": {
                                 "name": d.GATEWAY, "port": {"name": "http"}}}}]}}]}})
         return patches
