@@ -61,6 +61,8 @@ class NatsCluster:
         root = Path(data_dir)
         routes = tuple(f"nats-route://{host}:{p}" for p in route_ports)
         self.ready_in_s = 0.0
+        self._retry_at: dict[str, float] = {}  # node -> when a dead node is spawned again
+        self._delay: dict[str, float] = {}  # node -> its next back-off
         self.nodes: list[NatsServer] = []
         for i, (client, route) in enumerate(zip(client_ports, route_ports, strict=True), 1):
             node = NatsServer(root / f"node-{i}", port=client, host=host,
@@ -111,6 +113,29 @@ class NatsCluster:
 
     def start(self) -> NatsCluster:
         return self.spawn().wait_ready()
+
+    def revive(self, now: float, *, backoff_s: float = 1.0, cap_s: float = 10.0) -> list[str]:
+        """Spawn again every node that died (a StatefulSet would), on its port and store;
+        the names of those spawned. A node dying again waits twice as long (up to `cap_s`)
+        until it has stayed up a minute. It rejoins and catches up from the leaders."""
+        revived = []
+        for node in self.nodes:
+            if node.cluster is None:
+                continue
+            name = node.cluster.server_name
+            if node.running:
+                if now - self._retry_at.get(name, now) > 60.0:
+                    self._delay.pop(name, None)
+                continue
+            if now < self._retry_at.get(name, 0.0):
+                continue
+            delay = self._delay.get(name, backoff_s)
+            self._retry_at[name] = now + delay
+            self._delay[name] = min(delay * 2, cap_s)
+            node.kill()  # reaps the dead process, closes its log
+            node.spawn()
+            revived.append(name)
+        return revived
 
     def stop(self) -> None:
         for node in self.nodes:

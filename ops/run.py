@@ -314,6 +314,9 @@ def main() -> int:
         while not stopping:
             if supervisor.tick(time.monotonic()):
                 write_instances(system, nats_pid, catcher)
+            if isinstance(nats, NatsCluster):
+                for name in nats.revive(time.monotonic()):
+                    log(f"NATS node {name} died; started it again on its store")
             time.sleep(0.1)
         log("stopping: gateway, services, then NATS and the mail catcher")
         return 0

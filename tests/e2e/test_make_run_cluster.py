@@ -102,6 +102,17 @@ async def test_make_run_with_a_three_node_cluster(cluster_run: ShopRun) -> None:
         assert ack.stream == STREAM
         new = (await bus.js.stream_info(STREAM)).cluster
         assert new is not None and new.leader and new.leader != leader
+        # The supervisor starts the dead node again; it catches up and is current.
+        cluster_run.wait_for(f"NATS node {leader} died; started it again", 30)
+        deadline = time.monotonic() + 30
+        while True:
+            cl = (await bus.js.stream_info(STREAM)).cluster
+            peers = {p.name: p for p in (cl.replicas or [])} if cl else {}
+            if cl and (cl.leader == leader or (
+                    leader in peers and peers[leader].current and not peers[leader].lag)):
+                break
+            assert time.monotonic() < deadline, f"{leader} not current again: {cl}"
+            await asyncio.sleep(0.3)
     finally:
         await bus.close()
     for inst in doc["instances"]:
