@@ -10,17 +10,57 @@ and elected a meta leader, so waiting for one node before spawning the next neve
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from ops.natsd import ClusterRole, NatsServer
+from ops.natsd import NatsServer
 
-__all__ = ["CLUSTER_NAME", "DEFAULT_ROUTE_PORT", "NatsCluster", "cluster_size", "embedded_nats",
-           "node_name"]
+__all__ = ["CLUSTER_NAME", "DEFAULT_ROUTE_PORT", "ClusterNode", "ClusterRole", "NatsCluster",
+           "cluster_size", "embedded_nats", "node_name"]
 
 CLUSTER_NAME = "shop"
 DEFAULT_ROUTE_PORT = 6222  # nats-server's own default cluster port
+
+
+@dataclass(frozen=True)
+class ClusterRole:
+    """One node's place in a JetStream cluster: its unique name, its route port and the
+    route URLs of every node (its own included: nats-server ignores a route to itself)."""
+
+    cluster: str
+    server_name: str
+    route_port: int
+    routes: tuple[str, ...]
+
+    def conf(self, host: str) -> str:
+        routes = "\n".join(f'    "{r}"' for r in self.routes)
+        return f"""server_name: "{self.server_name}"
+cluster {{
+  name: "{self.cluster}"
+  listen: "{host}:{self.route_port}"
+  routes: [
+{routes}
+  ]
+}}
+"""
+
+
+class ClusterNode(NatsServer):
+    """A NatsServer whose config also names it and routes it to the other nodes; the rest
+    of its config (store, fsync, security) is the lone server's."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], role: ClusterRole, *, port: int,
+                 host: str = "127.0.0.1", ready_timeout_s: float = 30.0) -> None:
+        super().__init__(data_dir, port=port, host=host, ready_timeout_s=ready_timeout_s)
+        self.role = role
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        with self.conf_path.open("a") as conf:
+            conf.write(self.role.conf(self.host))
 
 
 def node_name(i: int) -> str:
@@ -63,12 +103,10 @@ class NatsCluster:
         self.ready_in_s = 0.0
         self._retry_at: dict[str, float] = {}  # node -> when a dead node is spawned again
         self._delay: dict[str, float] = {}  # node -> its next back-off
-        self.nodes: list[NatsServer] = []
-        for i, (client, route) in enumerate(zip(client_ports, route_ports, strict=True), 1):
-            node = NatsServer(root / f"node-{i}", port=client, host=host,
-                              ready_timeout_s=ready_timeout_s)
-            node.cluster = ClusterRole(CLUSTER_NAME, node_name(i), route, routes)
-            self.nodes.append(node)
+        self.nodes: list[ClusterNode] = [
+            ClusterNode(root / f"node-{i}", ClusterRole(CLUSTER_NAME, node_name(i), route, routes),
+                        port=client, host=host, ready_timeout_s=ready_timeout_s)
+            for i, (client, route) in enumerate(zip(client_ports, route_ports, strict=True), 1)]
 
     @property
     def url(self) -> str:
@@ -87,9 +125,9 @@ class NatsCluster:
     def pids(self) -> list[int]:
         return [n.pid for n in self.nodes if n.running]
 
-    def node(self, server_name: str) -> NatsServer:
+    def node(self, server_name: str) -> ClusterNode:
         for node in self.nodes:
-            if node.cluster is not None and node.cluster.server_name == server_name:
+            if node.role.server_name == server_name:
                 return node
         raise KeyError(server_name)
 
@@ -120,9 +158,7 @@ class NatsCluster:
         until it has stayed up a minute. It rejoins and catches up from the leaders."""
         revived = []
         for node in self.nodes:
-            if node.cluster is None:
-                continue
-            name = node.cluster.server_name
+            name = node.role.server_name
             if node.running:
                 if now - self._retry_at.get(name, now) > 60.0:
                     self._delay.pop(name, None)

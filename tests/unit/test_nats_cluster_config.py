@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.natscluster import NatsCluster, cluster_size, embedded_nats
+from ops.natscluster import ClusterNode, NatsCluster, cluster_size, embedded_nats
 from ops.natsd import NatsServer
 from services.common.bus import dlq_stream_config, events_stream_config
 from services.common.natsurl import nats_servers, stream_replicas
@@ -65,4 +65,4 @@ def test_each_node_has_a_name_a_store_routes_and_fsync_always(tmp_path: Path) ->
             assert f'"nats-route://127.0.0.1:{p}"' in conf
     assert len(set(confs)) == 3
     single = embedded_nats(tmp_path / "one", port=4222, nodes=1)
-    assert isinstance(single, NatsServer) and single.cluster is None
+    assert isinstance(single, NatsServer) and not isinstance(single, ClusterNode)
