@@ -390,9 +390,16 @@ def nats_values() -> Doc:
 # --- files ----------------------------------------------------------------------------
 
 
+class _PlainDumper(yaml.SafeDumper):  # type: ignore[misc]  # PyYAML is untyped here
+    """No anchors and aliases: a shared dict is written out in full at each place."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def _dump(docs: Iterable[Doc]) -> str:
-    return HEADER + "---\n".join(yaml.safe_dump(doc, sort_keys=False, width=100)
-                                 for doc in docs)
+    return HEADER + "---\n".join(yaml.dump(doc, Dumper=_PlainDumper, sort_keys=False,
+                                           width=100) for doc in docs)
 
 
 def _overlay_patches(name: str) -> list[Doc]:
