@@ -16,13 +16,27 @@ TEST_WORKERS ?= 2
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test lint proto proto-deps release-contracts bench chaos clean venv browser-deps
+.PHONY: run test lint proto proto-deps release-contracts bench chaos clean venv browser-deps deploy deploy-check
 
 run: $(STAMP) $(GEN_STAMP)
 	$(PY) -m ops.run
 
-test: $(STAMP) $(GEN_STAMP) proto-deps browser-deps
+test: $(STAMP) $(GEN_STAMP) proto-deps browser-deps deploy-check
 	$(PY) -m pytest -m 'not chaos' -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# deploy/ is generated from ops/deploydesc.py: `make deploy` rewrites it.
+deploy: $(STAMP)
+	$(PY) -m ops.deploygen
+
+# Offline: generated files fresh and consistent with the code, every applied overlay
+# valid against the pinned Kubernetes schemas, compose against the compose-spec, the
+# Dockerfile linted.
+deploy-check: $(STAMP)
+	$(PY) -m ops.deploygen --check
+	$(PY) -m ops.deploycheck
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec deploy/compose/compose.yaml
+	$(BIN)/hadolint Dockerfile
+	$(PY) -m pytest -q -p no:cacheprovider tests/contract/test_deploy.py
 
 chaos: $(STAMP) $(GEN_STAMP) proto-deps
 	$(PY) -m pytest -m chaos tests/faults $(PYTEST_ARGS)

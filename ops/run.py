@@ -25,6 +25,7 @@ from types import FrameType
 
 from ops.mailcatcher import DEFAULT_PORT as DEFAULT_MAIL_PORT
 from ops.mailcatcher import CatcherProcess
+from ops.natscluster import DEFAULT_ROUTE_PORT, NatsCluster, cluster_size, embedded_nats
 from ops.natsd import NatsServer
 from ops.process import (
     GATEWAY,
@@ -294,11 +295,18 @@ def main() -> int:
         scale = parse_scale(os.environ.get("SCALE", ""))
         ports = resolve_ports(os.environ)
         nats_port = int(os.environ.get("NATS_PORT") or DEFAULT_NATS_PORT) or free_port()
+        nats_nodes = cluster_size(os.environ.get("NATS_CLUSTER", ""))
+        route_port = int(os.environ.get("NATS_ROUTE_PORT") or DEFAULT_ROUTE_PORT)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     external_nats = os.environ.get("NATS_URL", "").strip()
-    wanted = dict(ports) if external_nats else {**ports, "nats": nats_port}
+    wanted = dict(ports)
+    if not external_nats:
+        for i in range(nats_nodes):
+            wanted[f"nats-{i + 1}" if nats_nodes > 1 else "nats"] = nats_port + i
+            if nats_nodes > 1:
+                wanted[f"nats-{i + 1} routes"] = route_port + i
     catcher: CatcherProcess | None = None
     if not os.environ.get("SMTP_URL", "").strip():  # no real relay named: catch locally
         try:
@@ -335,7 +343,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    nats: NatsServer | None = None
+    nats: NatsServer | NatsCluster | None = None
     system: System | None = None
     t0 = time.monotonic()
     try:
@@ -346,7 +354,8 @@ def main() -> int:
             nats_url = external_nats
             log(f"using external NATS at {nats_url}")
         else:
-            nats = NatsServer(data_dir / "nats", port=nats_port).spawn()
+            nats = embedded_nats(data_dir / "nats", port=nats_port, nodes=nats_nodes,
+                                 route_port=route_port).spawn()
             nats_url = nats.url
         precompile()
         timeout = float(os.environ.get("SHOP_START_TIMEOUT_S") or 60)
@@ -361,7 +370,9 @@ def main() -> int:
                               discovery=registry_enabled(), env=mail_env)
         if nats is not None:
             nats.wait_ready()
-            log(f"NATS (JetStream) up on {nats_url} (pid {nats.pid}) "
+            what = (f"cluster of {nats_nodes} (pids {' '.join(map(str, nats.pids))})"
+                    if isinstance(nats, NatsCluster) else f"(pid {nats.pid})")
+            log(f"NATS (JetStream) up on {nats_url} {what} "
                 f"in {time.monotonic() - t0:.2f} s")
         extra = [catcher] if catcher is not None else []
         wait_all_ready([*system.all(), *extra], max(1.0, timeout - (time.monotonic() - t0)))
@@ -384,6 +395,9 @@ def main() -> int:
                 # The processes pick renewed files up themselves; nats-server on SIGHUP.
                 if prepare_pki() and nats is not None:
                     nats.reload()
+            if isinstance(nats, NatsCluster):
+                for name in nats.revive(time.monotonic()):
+                    log(f"NATS node {name} died; started it again on its store")
             time.sleep(0.1)
         log("stopping: gateway, services, then NATS and the mail catcher")
         return 0

@@ -295,6 +295,7 @@ async def _with_js(url: str, action: str, target: int | str | None) -> int:
     from nats.js.errors import NotFoundError
 
     from services.common import dlq
+    from services.common.natsurl import nats_servers
 
     async def quiet(_exc: Exception) -> None:
         pass  # nats-py logs every failed attempt with a traceback; one line is enough
@@ -302,7 +303,7 @@ async def _with_js(url: str, action: str, target: int | str | None) -> int:
     try:
         # nats-py keeps retrying the first connect on its own, hence the outer timeout.
         nc = await asyncio.wait_for(
-            nats.connect(url, connect_timeout=2, allow_reconnect=False,
+            nats.connect(nats_servers(url), connect_timeout=2, allow_reconnect=False,
                          max_reconnect_attempts=1, error_cb=quiet,
                          **natsauth.connect_options()), timeout=4)
     except Exception as exc:  # nats-py raises several unrelated types here

@@ -5,6 +5,11 @@ The events stream keeps an event `SHOP_STREAM_MAX_AGE_S` (7 days) and at most
 whenever a process creates or updates the stream. The max age is the stream's horizon:
 no event older than it can be delivered again, so the consumers' inboxes forget events
 after it plus a margin (`inbox_retention_s`, or `SHOP_INBOX_RETAIN_S`).
+
+On a JetStream cluster (`NATS_URL` naming several servers) both streams keep
+`stream_replicas()` copies (3 by default): an acknowledged publish is then on a majority
+of the nodes, and losing one node loses no event and stops no publish for longer than the
+stream's leader election.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from shop.events.v1 import envelope_pb2
 
 from services.common import natsauth
 from services.common.events import AGGREGATES, DLQ_STREAM, STREAM
+from services.common.natsurl import nats_servers, stream_replicas
 from services.common.settings import env_float, env_int
 
 __all__ = ["DUPLICATE_WINDOW_S", "Bus", "OutMsg", "envelope_headers", "inbox_retention_s",
@@ -89,9 +95,10 @@ def envelope_headers(event_id: str, correlation_id: str, traceparent: str) -> di
     return hdrs
 
 
-def events_stream_config() -> StreamConfig:
+def events_stream_config(replicas: int = 1) -> StreamConfig:
     return StreamConfig(
         name=STREAM,
+        num_replicas=replicas,
         subjects=[f"{a}.>" for a in AGGREGATES],
         storage=StorageType.FILE,
         retention=RetentionPolicy.LIMITS,
@@ -102,9 +109,10 @@ def events_stream_config() -> StreamConfig:
     )
 
 
-def dlq_stream_config() -> StreamConfig:
+def dlq_stream_config(replicas: int = 1) -> StreamConfig:
     return StreamConfig(
         name=DLQ_STREAM,
+        num_replicas=replicas,
         subjects=["dlq.>"],
         storage=StorageType.FILE,
         retention=RetentionPolicy.LIMITS,
@@ -117,10 +125,7 @@ async def probe(url: str, *, timeout_s: float = 2.0) -> None:
     """Returns once a TCP connection to one of `url`'s servers (comma-separated) opened;
     raises OSError when none accepts one."""
     errors: list[str] = []
-    for part in url.split(","):
-        part = part.strip()
-        if not part:
-            continue
+    for part in nats_servers(url):
         u = urlsplit(part if "://" in part else f"nats://{part}")
         host, port = u.hostname or "127.0.0.1", u.port or 4222
         try:
@@ -140,16 +145,18 @@ DRAIN_TIMEOUT_S = 2
 
 
 class Bus:
-    def __init__(self, nc: Client, name: str) -> None:
+    def __init__(self, nc: Client, name: str, *, replicas: int = 1) -> None:
         self.nc = nc
         self.name = name
+        self.replicas = replicas  # copies of each stream this process creates
         self.js: JetStreamContext = nc.jetstream()
         self.closing = False  # set by close(): a disconnect is then expected
 
     @classmethod
     async def connect(cls, url: str, *, name: str, connect_for_s: float = 10.0) -> Bus:
         """Connect (retrying for `connect_for_s`, then raising), then reconnect forever
-        with a short wait. `connect_for_s=0`: one attempt."""
+        with a short wait. `connect_for_s=0`: one attempt. `url` may list several
+        servers (a cluster): the client knows them all and moves to a live one."""
 
         holder: list[Bus] = []
 
@@ -172,7 +179,7 @@ class Bus:
                 # see that a server listens first, so an unreachable NATS fails here.
                 await probe(url)
                 nc = await nats.connect(
-                    url, name=name, allow_reconnect=True, max_reconnect_attempts=-1,
+                    nats_servers(url), name=name, allow_reconnect=True, max_reconnect_attempts=-1,
                     reconnect_time_wait=0.25, connect_timeout=2, error_cb=on_error,
                     disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
                     # Publishes made while reconnecting are buffered up to this size.
@@ -180,7 +187,7 @@ class Bus:
                     drain_timeout=DRAIN_TIMEOUT_S,
                     **natsauth.connect_options(),  # TLS as this identity (SHOP_MTLS)
                 )
-                bus = cls(nc, name)
+                bus = cls(nc, name, replicas=stream_replicas(url))
                 holder.append(bus)
                 return bus
             except (TimeoutError, NoServersError, OSError):
@@ -190,7 +197,7 @@ class Bus:
 
     async def ensure_streams(self) -> None:
         """Create or update SHOP_EVENTS and SHOP_DLQ; safe when instances race."""
-        for config in (events_stream_config(), dlq_stream_config()):
+        for config in (events_stream_config(self.replicas), dlq_stream_config(self.replicas)):
             await self._ensure_stream(config)
 
     async def _ensure_stream(self, config: StreamConfig) -> None:

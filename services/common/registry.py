@@ -40,6 +40,7 @@ from nats.js.kv import KeyValue
 
 from services.common import natsauth
 from services.common.breakers import breaker_states
+from services.common.natsurl import nats_servers, stream_replicas
 from services.common.settings import env_float, env_str
 
 __all__ = [
@@ -169,7 +170,7 @@ async def _connect(url: str, *, name: str, connect_timeout: float = 2.0) -> Clie
         outage["warned"] = False
 
     return await nats.connect(
-        url,
+        nats_servers(url),
         name=name,
         allow_reconnect=True,
         max_reconnect_attempts=-1,
@@ -181,8 +182,10 @@ async def _connect(url: str, *, name: str, connect_timeout: float = 2.0) -> Clie
     )
 
 
-async def open_bucket(nc: Client, *, ttl_s: float, create: bool = True) -> KeyValue:
-    """The registry bucket, created (memory storage, history 1, max age `ttl_s`) if absent.
+async def open_bucket(nc: Client, *, ttl_s: float, create: bool = True,
+                      replicas: int = 1) -> KeyValue:
+    """The registry bucket, created (memory storage, history 1, max age `ttl_s`, `replicas`
+    copies on a cluster) if absent.
 
     Safe when instances race; an existing bucket keeps its own TTL.
     """
@@ -197,6 +200,7 @@ async def open_bucket(nc: Client, *, ttl_s: float, create: bool = True) -> KeyVa
         history=1,
         ttl=ttl_s,
         storage=StorageType.MEMORY,
+        replicas=replicas,
         description="shop service registry: <service>.<instance> -> address",
         # nats-server >= 2.11 leaves a marker when a key ages out, so watchers see it go.
         limit_marker_ttl=1.0,
@@ -271,7 +275,8 @@ class RegistryLink:
         pause = 0.2
         while True:
             try:
-                self._kv = await open_bucket(self._nc, ttl_s=self.ttl_s)
+                self._kv = await open_bucket(self._nc, ttl_s=self.ttl_s,
+                                             replicas=stream_replicas(self.url))
                 self._ready.set()
                 return
             except Exception as err:
@@ -419,7 +424,7 @@ async def list_instances(nats_url: str, *, timeout: float = 3.0) -> list[Instanc
         pass  # nats-py's default logs a traceback per failed attempt; the raise says it
 
     nc = await nats.connect(
-        nats_url,
+        nats_servers(nats_url),
         connect_timeout=timeout,
         max_reconnect_attempts=0,
         allow_reconnect=False,
