@@ -28,7 +28,7 @@ import yaml
 
 from ops import deploydesc as d
 from ops.deploydesc import PROCESSES, Process
-from services.common.clients import health_name
+from services.common.settings import health_name
 
 __all__ = ["Doc", "apply_overlay", "compose", "k8s_files", "main", "render_overlay",
            "rendered_files"]

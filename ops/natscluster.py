@@ -121,6 +121,11 @@ class NatsCluster:
                 return node.pid
         raise RuntimeError("no cluster node running")
 
+    def reload(self) -> None:
+        """Every live node re-reads its configuration and certificates (after a renewal)."""
+        for node in self.nodes:
+            node.reload()
+
     @property
     def pids(self) -> list[int]:
         return [n.pid for n in self.nodes if n.running]

@@ -18,7 +18,7 @@ from shop.events.v1 import envelope_pb2
 from ops.process import grpc_health
 from services.common.bus import Bus
 from services.common.events import DLQ_STREAM, ORDER_CREATED, STREAM
-from services.common.settings import SERVICES
+from services.common.settings import SERVICES, health_name
 from tests.e2e.test_make_run import START_TIMEOUT_S, ShopRun
 
 pytestmark = pytest.mark.timeout(180)
@@ -120,5 +120,7 @@ async def test_make_run_with_a_three_node_cluster(cluster_run: ShopRun) -> None:
         await bus.close()
     for inst in doc["instances"]:
         if inst["service"] in SERVICES:
-            assert await asyncio.to_thread(grpc_health, inst["addr"], 2.0) == "SERVING"
+            assert await asyncio.to_thread(grpc_health, inst["addr"], 2.0,
+                                           health_name(inst["service"]),
+                                           server=inst["service"]) == "SERVING"
     assert cluster_run.interrupt() == 0
