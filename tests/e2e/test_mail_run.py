@@ -45,7 +45,8 @@ def _signup_and_order(base: str) -> tuple[str, str]:
     """(bearer token, order id) of a new user who ordered one item."""
     with httpx.Client(base_url=base, timeout=30, trust_env=False) as http:
         user = {"email": "mail@example.com", "name": "Mia", "password": PASSWORD}
-        assert http.post("/api/users", json=user).status_code == 201
+        created = http.post("/api/users", json=user)
+        assert created.status_code == 201, created.text
         login = http.post("/api/auth/login", json={"email": user["email"],
                                                    "password": PASSWORD})
         assert login.status_code == 200, login.text

@@ -83,8 +83,9 @@ def _assert_open(stub: cart_pb2_grpc.CartServiceStub, proxy: FaultProxy, user: s
         assert code == grpc.StatusCode.UNAVAILABLE, (code, details)
         assert took < FAST_S, f"open breaker answered in {took * 1000:.0f} ms"
     after = proxy.stats()
+    # No call reaches the product side. (gRPC itself may reconnect the dropped channel in
+    # the background meanwhile: a connection with no request on it.)
     assert after.requests_seen == before.requests_seen, "calls reached the product side"
-    assert after.connections == before.connections
 
 
 def _recover(stub: cart_pb2_grpc.CartServiceStub, proxy: FaultProxy, user: str,
