@@ -440,7 +440,8 @@ def create_app(
         )
         if upstreams is None:
             made.append(state.upstreams)
-        state.health = dict(health) if health is not None else health_downstreams()
+        state.health = (dict(health) if health is not None
+                        else health_downstreams(state.upstreams))
         if health is None:
             made.append(state.health)
         # The dashboard's parts reuse the same channels under breakers of their own, so

@@ -49,9 +49,18 @@ def api_downstreams(rules: Iterable[HttpRule], *, cap_s: float) -> dict[str, Cal
     return out
 
 
-def health_downstreams(services: Iterable[str] = SERVICES) -> dict[str, Caller]:
-    """grpc.health.v1 clients for /readyz (they share each service's breaker)."""
-    return {name: Downstream(name, health_pb2_grpc.HealthStub, cap_s=1.0) for name in services}
+def health_downstreams(upstreams: Mapping[str, Caller] | None = None,
+                       services: Iterable[str] = SERVICES) -> dict[str, Caller]:
+    """grpc.health.v1 clients for /readyz (they share each service's breaker). On the
+    channels of the routes' Downstream where there is one: a ready gateway then has the
+    very channels its routes call on connected."""
+    out: dict[str, Caller] = {}
+    for name in services:
+        base = (upstreams or {}).get(name)
+        out[name] = (Downstream.sharing(base, cap_s=1.0, stub_factory=health_pb2_grpc.HealthStub)
+                     if isinstance(base, Downstream)
+                     else Downstream(name, health_pb2_grpc.HealthStub, cap_s=1.0))
+    return out
 
 
 def breaker_state(caller: Caller) -> str:

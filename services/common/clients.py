@@ -236,15 +236,17 @@ class Downstream(Generic[StubT]):
         *,
         breaker: pybreaker.CircuitBreaker | None = None,
         cap_s: float | None = None,
-    ) -> Downstream[StubT]:
+        stub_factory: Callable[[aio.Channel], Any] | None = None,
+    ) -> Downstream[Any]:
         """A Downstream that calls wherever `base` calls (same pinned address, same
-        discovery pick, same channels) but with its own breaker (default: base's) and cap.
+        discovery pick, same channels) but with its own breaker (default: base's) and cap,
+        and with `stub_factory` another service's stub on those channels (health checks).
 
         Closing it closes nothing: the channels stay `base`'s.
         """
-        twin: Downstream[StubT] = cls(
+        twin: Downstream[Any] = cls(
             base.service,
-            base._stub_factory,
+            stub_factory or base._stub_factory,
             cap_s=base.cap_s if cap_s is None else cap_s,
             breaker=breaker or base.breaker,
             speaks_for_users=base.speaks_for_users,
