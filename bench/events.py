@@ -18,7 +18,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import uvloop
 from shop.order.v1 import order_pb2
 
@@ -28,7 +27,8 @@ from services.common.bus import Bus
 from services.common.consumer import EventConsumer, Route
 from services.common.db import Database
 from services.common.events import ORDER_CREATED
-from services.common.outbox import OutboxRelay, enqueue
+from services.common.outbox import OutboxRelay
+from services.common.storage import Storage, Tx
 
 __all__ = ["main"]
 
@@ -57,14 +57,18 @@ class _TimedConsumer(EventConsumer):
         self.batch_ms.append((time.perf_counter() - t0) * 1000)
 
 
-async def _fill(db: Database, n: int) -> None:
+async def _fill(db: Storage, n: int) -> None:
     payload = sample_event()
     left = n
     while left > 0:
-        async with db.transaction() as conn:
-            for _ in range(min(left, _FILL_TX)):
-                await enqueue(conn, ORDER_CREATED, payload, source="bench",
+        count = min(left, _FILL_TX)
+
+        async def run(tx: Tx, count: int = count) -> None:
+            for _ in range(count):
+                await tx.emit(ORDER_CREATED, payload, source="bench",
                               aggregate_id=uuid.uuid4().hex, correlation_id=uuid.uuid4().hex)
+
+        await db.write(run)
         left -= _FILL_TX
 
 
@@ -82,9 +86,9 @@ async def _relay_until(relay: _TimedRelay, target: int, cap_s: float) -> float:
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def _effect(conn: aiosqlite.Connection, env: Any, payload: Any) -> None:
-    await conn.execute("INSERT INTO effects (event_id, order_id) VALUES (?, ?)",
-                       (env.id, payload.order.id))
+async def _effect(tx: Tx, env: Any, payload: Any) -> None:
+    await tx.run("INSERT INTO effects (event_id, order_id) VALUES (?, ?)",
+                 (env.id, payload.order.id))
 
 
 async def run(url: str, data_dir: Path, seconds: float, warmup_s: float) -> dict[str, object]:

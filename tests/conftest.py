@@ -2,3 +2,4 @@
 
 from tests.fixtures_nats import *  # noqa: F403
 from tests.fixtures_services import *  # noqa: F403
+from tests.fixtures_storage import *  # noqa: F403

@@ -30,20 +30,23 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 from google.protobuf.message import Message
 from shop.events.v1 import envelope_pb2
 
 from services.common.bus import Bus, OutMsg, envelope_headers
-from services.common.db import Database, Tx, mark_outbox_dirty
+from services.common.db import mark_outbox_dirty
+from services.common.storage import Row, Storage, Tx
 
-__all__ = ["LEASE_TABLE", "OutboxRelay", "RelayStats", "enqueue", "new_envelope"]
+__all__ = ["OutboxRelay", "RelayStats", "enqueue", "new_envelope"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def _from_context(name: str) -> str:
@@ -101,14 +104,6 @@ class RelayStats:
     leases: int = 0  # times this relay became the active one
 
 
-LEASE_TABLE = """CREATE TABLE IF NOT EXISTS outbox_lease (
-    name TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    host TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    acquired_at REAL NOT NULL,
-    expires_at REAL NOT NULL
-)"""
 _LEASE_NAME = "relay"
 _LEASE_SELECT = "SELECT owner, host, pid, expires_at FROM outbox_lease WHERE name = ?"
 _LEASE_RENEW = ("UPDATE outbox_lease SET expires_at = ? WHERE name = ? AND owner = ?"
@@ -141,7 +136,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 class OutboxRelay:
-    def __init__(self, db: Database, bus: Bus, *, batch: int = 256, poll_s: float = 1.0,
+    def __init__(self, db: Storage, bus: Bus, *, batch: int = 256, poll_s: float = 1.0,
                  ack_timeout_s: float = 5.0, retain_s: float = 3600.0,
                  owner: str | None = None, lease_s: float = 5.0,
                  standby_poll_s: float | None = None, linger_s: float = 0.02) -> None:
@@ -167,7 +162,6 @@ class OutboxRelay:
         self._pid = os.getpid()
         self._lease_until = 0.0  # wall clock (time.time(), as in the row); 0 = not held
         self._renewed_at = 0.0  # wall clock of the last successful take or renewal
-        self._table_ready = False
         self.stats = RelayStats()
         self._wake = asyncio.Event()
         self._last_prune = 0.0
@@ -205,7 +199,7 @@ class OutboxRelay:
         while self.active:
             self._wake.clear()
             try:
-                more = await self.relay_once()
+                more = await finish_batch(self.relay_once(), self.ack_timeout_s)
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
@@ -218,8 +212,10 @@ class OutboxRelay:
             if more:
                 continue
             await self._maybe_prune()
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                async with asyncio.timeout(self.poll_s):
+                    await self._wake.wait()
             if self._wake.is_set() and self.linger_s > 0:
                 # Woken by a commit: let the commits right behind it join this batch.
                 await asyncio.sleep(self.linger_s)
@@ -254,22 +250,21 @@ class OutboxRelay:
     async def _try_acquire(self) -> str | None:
         """Take or renew the lease if free, expired, ours, or held by a process of this
         machine that is gone. None when it is ours now, else the holder."""
-        if self._table_ready:
-            # Cheap read first: a standby should not take the write lock every poll.
-            row = await self.db.read(lambda tx: tx.one(_LEASE_SELECT, (_LEASE_NAME,)))
-            if row is not None and not self._takeable(row, time.time()):
-                return str(row[0])
-        create = not self._table_ready
+        async def peek(tx: Tx) -> Row | None:
+            return await tx.fetchrow(_LEASE_SELECT, (_LEASE_NAME,))
 
-        def take(tx: Tx) -> tuple[str | None, float]:
-            if create:
-                tx.execute(LEASE_TABLE)
-            row = tx.one(_LEASE_SELECT, (_LEASE_NAME,))
+        # Cheap read first: a standby should not take the write lock every poll.
+        row = await self.db.read(peek)
+        if row is not None and not self._takeable(row, time.time()):
+            return str(row[0])
+
+        async def take(tx: Tx) -> tuple[str | None, float]:
+            row = await tx.fetchrow(_LEASE_SELECT, (_LEASE_NAME,))
             now = time.time()
             if row is not None and not self._takeable(row, now):
                 return str(row[0]), 0.0
             until = now + self.lease_s
-            tx.execute(
+            await tx.run(
                 "INSERT INTO outbox_lease (name, owner, host, pid, acquired_at, expires_at)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
                 " owner = excluded.owner, host = excluded.host, pid = excluded.pid,"
@@ -278,7 +273,6 @@ class OutboxRelay:
             return None, until
 
         holder, until = await self.db.write(take)
-        self._table_ready = True
         if holder is None:
             self._lease_until = until
             self._renewed_at = until - self.lease_s
@@ -317,13 +311,13 @@ class OutboxRelay:
                 self._lose_lease()
                 return
 
-    def _renew_sync(self, tx: Tx) -> float:
-        """On the connection's thread: extend our lease; the new expiry, 0 when lost."""
+    async def _renew_in(self, tx: Tx) -> float:
+        """Extend our lease in `tx`; the new expiry, 0 when lost."""
         now = time.time()
         until = now + self.lease_s
-        cur = tx.execute(_LEASE_RENEW, (until, _LEASE_NAME, self.owner, self._host, self._pid,
-                                        now))
-        return until if cur.rowcount == 1 else 0.0
+        changed = await tx.run(_LEASE_RENEW, (until, _LEASE_NAME, self.owner, self._host,
+                                              self._pid, now))
+        return until if changed == 1 else 0.0
 
     def _renewed(self, until: float) -> bool:
         if not until:
@@ -337,13 +331,16 @@ class OutboxRelay:
         self._wake.set()
 
     async def _renew(self) -> bool:
-        return self._renewed(await self.db.write(self._renew_sync))
+        return self._renewed(await self.db.write(self._renew_in))
 
     async def _release_lease(self) -> None:
         self._lease_until = 0.0
-        await self.db.write(lambda tx: tx.execute(
-            "DELETE FROM outbox_lease WHERE name = ? AND owner = ? AND host = ? AND pid = ?",
-            (_LEASE_NAME, self.owner, self._host, self._pid)))
+        async def release(tx: Tx) -> None:
+            await tx.run(
+                "DELETE FROM outbox_lease WHERE name = ? AND owner = ? AND host = ? AND pid = ?",
+                (_LEASE_NAME, self.owner, self._host, self._pid))
+
+        await self.db.write(release)
 
     # -- publishing -----------------------------------------------------------------
 
@@ -353,12 +350,13 @@ class OutboxRelay:
         batch = self.batch
         # A bounded read along outbox_unsent, inline on the read connection (no thread
         # hop): woken by a commit, it sees every row committed before it.
-        rows: list[tuple[int, str, str, str, str, bytes]] = await self.db.read_now(
-            lambda tx: [tuple(r) for r in tx.all(_SELECT_UNSENT, (batch,))])
+        async def select(tx: Tx) -> list[Row]:
+            return await tx.fetch(_SELECT_UNSENT, (batch,))
+
+        rows = await self.db.read(select)
         if not rows:
             return False
-        msgs = [OutMsg(subject, data, envelope_headers(event_id, correlation_id, traceparent))
-                for _, event_id, subject, correlation_id, traceparent, data in rows]
+        msgs = [OutMsg(r[2], bytes(r[5]), envelope_headers(r[1], r[3], r[4])) for r in rows]
         results = await self.bus.publish_batch(msgs, timeout_s=self.ack_timeout_s)
         # Only the acknowledged prefix counts: stopping at the first failure keeps the
         # per-aggregate order when the rest is retried.
@@ -372,9 +370,9 @@ class OutboxRelay:
             # The lease rides along once it is a sixth of its life old: no hop of its own.
             renew = time.time() - self._renewed_at >= self.lease_s / 6 and self.active
 
-            def mark(tx: Tx) -> float | None:
-                tx.execute(_MARK_SENT, (time.time(), first, last))
-                return self._renew_sync(tx) if renew else None
+            async def mark(tx: Tx) -> float | None:
+                await tx.run(_MARK_SENT, (time.time(), first, last))
+                return await self._renew_in(tx) if renew else None
 
             until = await self.db.write(mark)
             if until is not None and not self._renewed(until):
@@ -389,15 +387,38 @@ class OutboxRelay:
 
     async def pending(self) -> int:
         """Rows not yet acknowledged by JetStream."""
-        row = await self.db.read(
-            lambda tx: tx.one("SELECT count(*) FROM outbox WHERE sent_at IS NULL"))
-        return int(row[0]) if row else 0
+        return await pending(self.db)
 
     async def _maybe_prune(self) -> None:
         now = time.time()
         if now - self._last_prune < 60.0:
             return
         self._last_prune = now
-        await self.db.write(lambda tx: tx.execute(
-            "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?",
-            (now - self.retain_s,)))
+        await prune(self.db, now - self.retain_s)
+
+
+async def finish_batch(step: Awaitable[T], ack_timeout_s: float) -> T:
+    """Run one relay step to its end even when the relay is stopped meanwhile: a batch
+    published but not marked sent would be published again by the next relay."""
+    task = asyncio.ensure_future(step)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task], timeout=ack_timeout_s + 5.0)
+        raise
+
+
+async def pending(storage: Storage) -> int:
+    """Outbox rows not yet acknowledged by JetStream."""
+    async def run(tx: Tx) -> int:
+        return int(await tx.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"))
+
+    return await storage.read(run)
+
+
+async def prune(storage: Storage, before: float) -> None:
+    """Forget rows sent before `before` (well past the duplicate window)."""
+    async def run(tx: Tx) -> None:
+        await tx.run("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?", (before,))
+
+    await storage.write(run)

@@ -16,14 +16,14 @@ from services.common.errors import NotFound, Unauthenticated
 from services.common.identity import resolve_user
 from services.user import domain
 from services.user.convert import to_proto
-from services.user.store import UserStore
+from services.user.store import UserRepository
 from services.user.tokens import TOKEN_TYPE, KeyRing
 
 T = TypeVar("T")
 
 
 class UserServicer(user_pb2_grpc.UserServiceServicer):
-    def __init__(self, store: UserStore, keys: KeyRing, hasher: Executor) -> None:
+    def __init__(self, store: UserRepository, keys: KeyRing, hasher: Executor) -> None:
         self.store = store
         self.keys = keys
         # scrypt is CPU- and memory-bound: a pool sized to the CPUs bounds both, and the
