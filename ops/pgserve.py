@@ -55,20 +55,24 @@ class EmbeddedPostgres:
     def no_fsync(self) -> EmbeddedPostgres:
         """For throw-away clusters (tests): no fsync at commit, database creation or
         checkpoint. Never for data that must survive a power cut."""
-        self.psql("ALTER SYSTEM SET fsync = off")
-        self.psql("ALTER SYSTEM SET synchronous_commit = off")
-        self.psql("ALTER SYSTEM SET full_page_writes = off")
-        self.psql("SELECT pg_reload_conf()")
+        self.psql("ALTER SYSTEM SET fsync = off;\nALTER SYSTEM SET synchronous_commit = off;\n"
+                  "ALTER SYSTEM SET full_page_writes = off;\nSELECT pg_reload_conf();")
         return self
 
-    def psql(self, sql: str) -> str:
+    def psql(self, sql: str, database: str = "postgres") -> list[str]:
+        """Run `sql` with the server's psql; the result rows, fields split by "|"."""
         if self._server is None:
             raise RuntimeError("PostgreSQL not started")
-        return str(self._server.psql(sql))
+        from pgserver.postgres_server import POSTGRES_BIN_PATH
+
+        out = subprocess.run(
+            [str(POSTGRES_BIN_PATH / "psql"), "-X", "-At", "-v", "ON_ERROR_STOP=1",
+             self.url(database)], input=sql, capture_output=True, text=True, check=True,
+            timeout=60)
+        return [line for line in out.stdout.splitlines() if line]
 
     def databases(self, prefix: str = "shop_") -> list[str]:
-        out = self.psql("SELECT datname FROM pg_database")
-        return [w for w in out.split() if w.startswith(prefix)]
+        return [n for n in self.psql("SELECT datname FROM pg_database") if n.startswith(prefix)]
 
     def drop_databases(self, prefix: str = "shop_") -> None:
         """Drop every database named `prefix...` (their clients are disconnected)."""

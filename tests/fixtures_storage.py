@@ -9,6 +9,7 @@ test that used it.
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -21,8 +22,8 @@ from services.common.schema import MigrationSet, service_migrations
 from services.common.settings import Settings
 from services.common.storage import Storage, open_storage
 
-__all__ = ["BACKENDS", "backend", "both_backends", "db_env", "pg_server", "storage_for",
-           "table_migrations"]
+__all__ = ["BACKENDS", "backend", "both_backends", "db_env", "module_db_env", "pg_server",
+           "query", "storage_for", "table_migrations"]
 
 BACKENDS = ("sqlite", "postgres")
 both_backends = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
@@ -59,6 +60,38 @@ def db_env(backend: str, request: pytest.FixtureRequest) -> Iterator[dict[str, s
         yield {"SHOP_DATABASE_URL": pg.server_url}
     finally:
         pg.drop_databases()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_db_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """`db_env` for module-scoped processes: the module's tests run once per backend."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    pg: EmbeddedPostgres = request.getfixturevalue("pg_server")
+    try:
+        yield {"SHOP_DATABASE_URL": pg.server_url}
+    finally:
+        pg.drop_databases()
+
+
+Query = Callable[[Path, str, str], list[object]]
+
+
+@pytest.fixture
+def query(backend: str, request: pytest.FixtureRequest) -> Query:
+    """`query(data_dir, "product", "SELECT count(*) FROM products")`: the first column of
+    each row, read straight from that service's file or database (ints as ints)."""
+    def run(data_dir: Path, service: str, sql: str) -> list[object]:
+        if backend == "sqlite":
+            with sqlite3.connect(f"file:{data_dir / (service + '.db')}?mode=ro",
+                                 uri=True) as conn:
+                return [r[0] for r in conn.execute(sql)]
+        pg: EmbeddedPostgres = request.getfixturevalue("pg_server")
+        return [int(v) if v.lstrip("-").isdigit() else v
+                for v in (row.split("|")[0] for row in pg.psql(sql, f"shop_{service}"))]
+
+    return run
 
 
 @pytest_asyncio.fixture
