@@ -102,13 +102,14 @@ async def storage_for(backend: str, db_env: dict[str, str], tmp_path: Path,
     opened: list[Storage] = []
 
     async def open_(service: str, *, durable: bool = False,
-                    migrations: MigrationSet | None = None) -> Storage:
+                    migrations: MigrationSet | None = None,
+                    common: MigrationSet | None = None) -> Storage:
         url = ""
         if backend == "postgres":
             url = request.getfixturevalue("pg_server").url(f"shop_{service}")
         settings = Settings(service=service, data_dir=tmp_path, database_url=url)
         storage = await open_storage(settings, migrations or service_migrations(service),
-                                     durable=durable)
+                                     durable=durable, common=common)
         opened.append(storage)
         return storage
 

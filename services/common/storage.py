@@ -117,18 +117,20 @@ class Storage(Protocol):
     async def close(self) -> None: ...
 
 
-async def open_storage(settings: Settings, migrations: MigrationSet, *,
-                       durable: bool) -> Storage:
-    """The service's storage, migrated: PostgreSQL when a database URL is set for it,
-    else its SQLite file under the data dir (`durable`: fsync at every commit)."""
+async def open_storage(settings: Settings, migrations: MigrationSet, *, durable: bool,
+                       common: MigrationSet | None = None) -> Storage:
+    """The service's storage, migrated (the shared outbox/inbox set `common` first, today's
+    unless given): PostgreSQL when a database URL is set for it, else its SQLite file under
+    the data dir (`durable`: fsync at every commit)."""
     from services.common.schema import COMMON
 
+    common = common or COMMON
     url = settings.database_url
     if url:
         from services.common.pg import PgDatabase
 
-        return await PgDatabase.open(url, migrations=(COMMON, migrations))
+        return await PgDatabase.open(url, migrations=(common, migrations))
     from services.common.db import Database
 
-    return await Database.open(settings.db_path, migrations=(COMMON, migrations),
+    return await Database.open(settings.db_path, migrations=(common, migrations),
                                durable=durable)
