@@ -9,11 +9,14 @@ PROTO_FILES := $(shell find proto -name '*.proto')
 GEN_STAMP := gen/.stamp
 BREAKING_IMAGE := proto/released.binpb
 PYTEST_ARGS ?=
+# Storage backend of `make run` / `make bench`: sqlite (files under var/) or postgres
+# (an embedded PostgreSQL under var/pg, unless SHOP_DATABASE_URL names a server).
+DB ?= sqlite
 
 .PHONY: run test lint proto proto-deps release-contracts bench chaos clean venv
 
 run: $(STAMP) $(GEN_STAMP)
-	$(PY) -m ops.run
+	DB=$(DB) $(PY) -m ops.run
 
 test: $(STAMP) $(GEN_STAMP) proto-deps
 	$(PY) -m pytest -m 'not chaos' $(PYTEST_ARGS)

@@ -5,6 +5,10 @@ background) and is waited for together; a child that dies is
 restarted with exponential back-off (as Kubernetes would); Ctrl-C or SIGTERM
 stops the gateway, then the services, then NATS, and exits 0.
 Supervisor lines go to stdout; each process logs to <data dir>/logs/<instance>.log.
+
+DB=postgres (`make run DB=postgres`): the services keep their data in PostgreSQL, one
+database each: an embedded server under <data dir>/pg (started first, stopped last), or
+the server SHOP_DATABASE_URL names. No SQLite file is opened then.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from types import FrameType
 
 from ops.natsd import NatsServer
+from ops.pgserve import EmbeddedPostgres
 from ops.process import (
     GATEWAY,
     ServiceProcess,
@@ -217,6 +222,10 @@ def main() -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    backend = (os.environ.get("DB") or "sqlite").strip().lower()
+    if backend not in ("sqlite", "postgres"):
+        print(f"error: DB must be sqlite or postgres, got {backend!r}", file=sys.stderr)
+        return 2
     external_nats = os.environ.get("NATS_URL", "").strip()
     wanted = dict(ports) if external_nats else {**ports, "nats": nats_port}
     taken = [f"{port} ({name})" for name, port in wanted.items() if port_in_use(port)]
@@ -239,9 +248,21 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
 
     nats: NatsServer | None = None
+    pg: EmbeddedPostgres | None = None
     system: System | None = None
     t0 = time.monotonic()
     try:
+        db_env: dict[str, str] = {}
+        if backend == "postgres":
+            server_url = os.environ.get("SHOP_DATABASE_URL", "").strip()
+            if server_url:
+                log("using the PostgreSQL server of SHOP_DATABASE_URL")
+            else:
+                pg = EmbeddedPostgres(data_dir / "pg").start()
+                server_url = pg.server_url
+                log(f"PostgreSQL up under {pg.data_dir} (pid {pg.pid}) "
+                    f"in {time.monotonic() - t0:.2f} s")
+            db_env["SHOP_DATABASE_URL"] = server_url
         # NATS first (a Go binary, ready in a fraction of the services' start), but
         # not waited for before spawning them: their NATS links connect in the
         # background and retry, so NATS becomes ready while they import.
@@ -257,7 +278,7 @@ def main() -> int:
         # is then found through the registry, not pinned to its first instance.
         system = start_system(data_dir, nats_url, ports=ports, scale=scale,
                               with_gateway=True, ready_timeout=timeout, wait=False,
-                              discovery=registry_enabled())
+                              discovery=registry_enabled(), env=db_env)
         if nats is not None:
             nats.wait_ready()
             log(f"NATS (JetStream) up on {nats_url} (pid {nats.pid}) "
@@ -272,7 +293,7 @@ def main() -> int:
             if supervisor.tick(time.monotonic()):
                 write_instances(system, nats_pid)
             time.sleep(0.1)
-        log("stopping: gateway, services, then NATS")
+        log("stopping: gateway, services, then NATS" + (" and PostgreSQL" if pg else ""))
         return 0
     except _Stop:
         log("interrupted while starting; stopping what was started")
@@ -287,6 +308,8 @@ def main() -> int:
             instances_file(data_dir).unlink(missing_ok=True)
         if nats is not None:
             nats.stop()
+        if pg is not None:
+            pg.stop()
         log("stopped")
 
 
