@@ -63,7 +63,7 @@ class EmbeddedPostgres:
         """Run `sql` with the server's psql; the result rows, fields split by "|"."""
         if self._server is None:
             raise RuntimeError("PostgreSQL not started")
-        from pgserver.postgres_server import POSTGRES_BIN_PATH
+        from pgserver.postgres_server import POSTGRES_BIN_PATH  # type: ignore[attr-defined]
 
         out = subprocess.run(
             [str(POSTGRES_BIN_PATH / "psql"), "-X", "-At", "-v", "ON_ERROR_STOP=1",
