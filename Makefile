@@ -25,7 +25,7 @@ chaos: $(STAMP) $(GEN_STAMP) proto-deps
 	$(PY) -m pytest -m chaos tests/faults $(PYTEST_ARGS)
 
 bench: $(STAMP) $(GEN_STAMP)
-	$(PY) -m bench
+	DB=$(DB) $(PY) -m bench
 
 lint: $(STAMP) proto-deps
 	$(BIN)/buf lint
