@@ -25,7 +25,6 @@ import inspect
 import logging
 import sqlite3
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -39,7 +38,7 @@ from services.common.storage import Dialect, IntegrityError, Row
 if TYPE_CHECKING:
     from google.protobuf.message import Message
 
-__all__ = ["CommitListener", "Database", "Tx", "mark_outbox_dirty"]
+__all__ = ["CommitListener", "Database", "Tx", "migrate"]
 
 T = TypeVar("T")
 
@@ -181,17 +180,6 @@ _Op = tuple[str, contextvars.Context, Callable[[Tx], Any], "asyncio.Future[Any]"
 # Per op: (ok, result or exception, dirty).
 _Outcome = tuple[bool, Any, bool]
 
-# Connection -> Database, so `outbox.enqueue(conn, ...)` can flag the open transaction.
-_by_conn: weakref.WeakValueDictionary[int, Database] = weakref.WeakValueDictionary()
-
-
-def mark_outbox_dirty(conn: aiosqlite.Connection) -> None:
-    """Called by enqueue: listeners are woken after this transaction commits."""
-    db = _by_conn.get(id(conn))
-    if db is not None:
-        db._dirty = True
-
-
 class Database:
     def __init__(self, conn: aiosqlite.Connection, path: Path,
                  read_conn: sqlite3.Connection | None = None) -> None:
@@ -201,10 +189,8 @@ class Database:
         self._read_conn = read_conn
         self._lock = asyncio.Lock()
         self._listeners: list[CommitListener] = []
-        self._dirty = False
         self._ops: list[_Op] = []
         self._flusher: asyncio.Task[None] | None = None
-        _by_conn[id(conn)] = self
 
     @classmethod
     async def open(cls, path: str | Path, *, durable: bool,
@@ -267,7 +253,6 @@ class Database:
         """A write transaction (BEGIN IMMEDIATE: takes the write lock up front, so no
         deadlock-prone lock upgrade; other processes wait up to busy_timeout)."""
         async with self._lock:
-            self._dirty = False
             try:
                 await self.conn.execute("BEGIN IMMEDIATE")
                 yield self.conn
@@ -276,12 +261,8 @@ class Database:
                 # Also on cancellation: aiosqlite still runs an already queued BEGIN or
                 # COMMIT on its thread, so a ROLLBACK queued behind it always ends the
                 # transaction (an error from it just means there was none).
-                self._dirty = False
                 await asyncio.shield(_rollback(self.conn))
                 raise
-            dirty, self._dirty = self._dirty, False
-        if dirty:
-            self._notify()
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -435,7 +416,6 @@ class Database:
     async def close(self) -> None:
         if self._flusher is not None:
             await asyncio.wait([self._flusher], timeout=5.0)
-        _by_conn.pop(id(self.conn), None)
         if self._read_conn is not None:
             read_conn, self._read_conn = self._read_conn, None
             read_conn.close()

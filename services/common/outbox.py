@@ -34,15 +34,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import aiosqlite
 from google.protobuf.message import Message
 from shop.events.v1 import envelope_pb2
 
 from services.common.bus import Bus, OutMsg, envelope_headers
-from services.common.db import mark_outbox_dirty
 from services.common.storage import Row, Storage, Tx
 
-__all__ = ["OutboxRelay", "RelayStats", "enqueue", "new_envelope"]
+__all__ = ["OutboxRelay", "RelayStats", "finish_batch", "new_envelope", "pending", "prune"]
 
 log = logging.getLogger(__name__)
 
@@ -78,22 +76,6 @@ def new_envelope(subject: str, payload: Message, *, source: str, aggregate_id: s
     env.occurred_at.GetCurrentTime()
     env.payload.Pack(payload)
     return env
-
-
-_INSERT = """INSERT INTO outbox (event_id, subject, aggregate_id, correlation_id, traceparent,
-    data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"""
-
-
-async def enqueue(conn: aiosqlite.Connection, subject: str, payload: Message, *, source: str,
-                  aggregate_id: str, correlation_id: str | None = None,
-                  traceparent: str | None = None) -> str:
-    """Add an event to the outbox in the caller's transaction; returns the event id."""
-    env = new_envelope(subject, payload, source=source, aggregate_id=aggregate_id,
-                       correlation_id=correlation_id, traceparent=traceparent)
-    await conn.execute(_INSERT, (env.id, env.subject, env.aggregate_id, env.correlation_id,
-                                 env.traceparent, env.SerializeToString(), time.time()))
-    mark_outbox_dirty(conn)
-    return env.id
 
 
 @dataclass
