@@ -60,9 +60,8 @@ class EmbeddedPostgres:
         return self
 
     def psql(self, sql: str, database: str = "postgres") -> list[str]:
-        """Run `sql` with the server's psql; the result rows, fields split by "|"."""
-        if self._server is None:
-            raise RuntimeError("PostgreSQL not started")
+        """Run `sql` with psql on the server running in `data_dir` (started by this object
+        or another process); the result rows, fields joined by "|"."""
         from pgserver.postgres_server import POSTGRES_BIN_PATH  # type: ignore[attr-defined]
 
         out = subprocess.run(
