@@ -22,6 +22,7 @@ class UserRepository(Protocol):
     async def create(self, user: User, password_hash: str) -> User: ...
     async def get(self, user_id: str) -> User | None: ...
     async def credentials(self, email: str) -> tuple[User, str] | None: ...
+    async def replace_password_hash(self, user_id: str, old: str, new: str) -> bool: ...
 
 
 _GET = "SELECT id, email, name, create_time FROM users WHERE id = ?"
@@ -104,3 +105,13 @@ class UserStore:
 
         row = await self.storage.read(run)
         return None if row is None else (_row_to_user(row), str(row["password_hash"]))
+
+    async def replace_password_hash(self, user_id: str, old: str, new: str) -> bool:
+        """Swap the stored hash for `new` if it is still `old` (a re-hash at login: two
+        logins at once must not undo each other). Whether it was swapped."""
+        async def run(tx: Tx) -> bool:
+            return await tx.run(
+                "UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?",
+                (new, user_id, old)) == 1
+
+        return await self.storage.write(run)

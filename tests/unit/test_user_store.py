@@ -59,3 +59,12 @@ async def test_cache_is_bounded_least_recently_used_out(storage_for: OpenStorage
     assert await store.get(a.id) is None
     assert await store.get(b.id) == b
     assert await store.get(c.id) == c
+
+
+async def test_password_hash_is_replaced_only_if_unchanged(storage_for: OpenStorage) -> None:
+    store = UserStore(await storage_for("user"))
+    user = await store.create(_user(1), "old")
+    assert await store.replace_password_hash(user.id, "old", "new") is True
+    assert await store.replace_password_hash(user.id, "old", "newer") is False  # lost the race
+    found = await store.credentials(user.email)
+    assert found is not None and found[1] == "new"
