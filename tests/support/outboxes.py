@@ -9,7 +9,7 @@ from shop.order.v1 import order_pb2
 
 from services.common.db import Database
 from services.common.events import ORDER_CREATED
-from services.common.storage import Tx
+from services.common.storage import Storage, Tx
 
 
 async def fill_outbox(db_path: Path, n: int, *, start: int = 0,
@@ -17,18 +17,23 @@ async def fill_outbox(db_path: Path, n: int, *, start: int = 0,
     """Enqueue `n` order.created events over 7 aggregates, one transaction each;
     returns (event id, aggregate id) in commit order."""
     db = await Database.open(db_path, durable=durable)
-    out = []
     try:
-        for i in range(start, start + n):
-            agg = f"order-{i % 7}"
-
-            async def run(tx: Tx, agg: str = agg) -> str:
-                return await tx.emit(ORDER_CREATED, order_pb2.OrderCreated(), source="order",
-                                     aggregate_id=agg)
-
-            out.append((await db.write(run), agg))
+        return await fill_storage(db, n, start=start)
     finally:
         await db.close()
+
+
+async def fill_storage(db: Storage, n: int, *, start: int = 0) -> list[tuple[str, str]]:
+    """`fill_outbox` on any open storage."""
+    out = []
+    for i in range(start, start + n):
+        agg = f"order-{i % 7}"
+
+        async def run(tx: Tx, agg: str = agg) -> str:
+            return await tx.emit(ORDER_CREATED, order_pb2.OrderCreated(), source="order",
+                                 aggregate_id=agg)
+
+        out.append((await db.write(run), agg))
     return out
 
 
