@@ -1,20 +1,23 @@
-"""One aiosqlite connection per store: WAL, explicit transactions, outbox and inbox tables.
+"""The SQLite backend of `services.common.storage.Storage`: one file per service (shared
+by its instances), WAL, migrations applied at open.
 
-aiosqlite runs every call on its own thread, so each statement is a thread hop; keep
-transactions short and statements few (executemany, one query for many ids).
+`await db.write(fn)`: `fn(tx)` is a unit of work (`async def`, awaiting only `tx`); it is
+driven to its end on the connection's thread, so a whole transaction costs ONE thread hop.
+Units of work that arrive while another batch holds the connection are group-committed:
+one BEGIN IMMEDIATE .. COMMIT (one fsync, still synchronous=FULL) with a SAVEPOINT around
+each, so a failing one is rolled back alone and raises to its own caller only. A caller's
+future resolves only after the COMMIT returned, so durability is exactly that of a
+transaction of its own.
 
-Hot paths use `await db.write(fn)` / `await db.read(fn)` instead: `fn(tx)` is a plain
-function run on the connection's thread, so a whole transaction costs ONE hop. Writes that
-arrive while another batch holds the connection are group-committed: one BEGIN IMMEDIATE ..
-COMMIT (one fsync, still synchronous=FULL) with a SAVEPOINT around each `fn`, so a failing
-one is rolled back alone and raises to its own caller only. A caller's future resolves only
-after the COMMIT returned, so durability is exactly that of a transaction of its own.
+`await db.read(fn)`: `fn(tx)` runs right away on the event loop's thread against a second,
+query-only connection, in one read transaction (WAL: readers never wait for the writer, so
+a read queues neither behind a group commit's fsync nor behind the lock, and costs no
+thread hop at all: a hop costs far more CPU than a point query). When that connection
+would have to wait (SQLITE_BUSY), the read runs on the writer's thread instead.
 
-Small indexed reads on a hot path use `await db.read_now(fn)`: `fn(tx)` runs right away on
-the event loop's thread against a second, query-only connection (WAL: readers never wait
-for the writer, so such a read queues neither behind a group commit's fsync nor behind the
-lock, and costs no thread hop at all: a hop costs far more CPU than a point query). When
-that connection would have to wait (SQLITE_BUSY), the read goes the `read(fn)` way instead.
+Older forms kept only until the stores still using them move to units of work: plain
+(sync) functions given to `write`/`read` with `Tx.execute/one/all/enqueue`, `read_now`
+(= `read`), and the `transaction()` / `reader()` context managers.
 """
 
 from __future__ import annotations
@@ -56,10 +59,11 @@ _BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
 
 
 class Tx:
-    """The connection as seen by a `write`/`read` function, on the connection's thread.
+    """The transaction as a unit of work sees it (`storage.Tx`), on the connection's thread.
 
-    Plain sqlite3: no awaits. `enqueue` adds an outbox row in this same transaction (the
-    caller's contextvars are visible here, so the envelope gets its request id and trace)."""
+    Its async methods are plain sqlite3 calls that never suspend. `emit` adds an outbox row
+    in this same transaction (the caller's contextvars are visible here, so the envelope
+    gets its request id and trace). The sync methods are the older form."""
 
     __slots__ = ("conn", "depth", "dirty")
 
