@@ -12,6 +12,10 @@ PYTEST_ARGS ?=
 # Storage backend of `make run` / `make bench`: sqlite (files under var/) or postgres
 # (an embedded PostgreSQL under var/pg, unless SHOP_DATABASE_URL names a server).
 DB ?= sqlite
+# make test runs test files on this many workers (pytest-xdist; a file stays on one worker,
+# so module fixtures are shared as before); most of the suite waits on processes, not CPU.
+# TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint proto proto-deps release-contracts bench chaos clean venv
 
@@ -19,7 +23,7 @@ run: $(STAMP) $(GEN_STAMP)
 	DB=$(DB) $(PY) -m ops.run
 
 test: $(STAMP) $(GEN_STAMP) proto-deps
-	$(PY) -m pytest -m 'not chaos' $(PYTEST_ARGS)
+	$(PY) -m pytest -m 'not chaos' -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 chaos: $(STAMP) $(GEN_STAMP) proto-deps
 	$(PY) -m pytest -m chaos tests/faults $(PYTEST_ARGS)

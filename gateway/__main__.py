@@ -150,6 +150,11 @@ async def serve(settings: GatewaySettings, instance: str, nats_url: str | None =
         access_log=False,
         log_level=env_str("SHOP_LOG_LEVEL", "INFO").lower(),
         timeout_graceful_shutdown=10,
+        # uvicorn would believe X-Forwarded-For from 127.0.0.1 (where the gateway binds)
+        # and rewrite the client address with it; the gateway reads proxy headers itself,
+        # from GATEWAY_TRUSTED_PROXIES only (gateway.clientaddr).
+        proxy_headers=False,
+        forwarded_allow_ips="",
     )
     server = _Server(config)
     announcer = asyncio.create_task(

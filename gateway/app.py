@@ -34,7 +34,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.access import is_public
+from gateway.admission import Admission
 from gateway.auth import TokenVerifier, bearer_token
+from gateway.body import RequestBody
+from gateway.clientaddr import ClientAddress, parse_networks
 from gateway.config import GatewaySettings, load_gateway_settings
 from gateway.dashboard import Dashboard
 from gateway.docs_page import DOCS_HTML
@@ -43,7 +46,6 @@ from gateway.jsonmap import dumps
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import build_openapi
-from gateway.ratelimit import RateLimiter
 from gateway.router import Match, Router
 from gateway.rules import HttpRule, load_rules, parse_template
 from gateway.transcoder import Binding, check_content_type
@@ -57,6 +59,7 @@ from gateway.upstreams import (
 )
 from services.common import context
 from services.common.errors import DomainError
+from services.common.settings import health_name
 
 log = logging.getLogger("shop.gateway")
 
@@ -80,6 +83,7 @@ class ApiRoute:
     label: str  # the template, for metrics
     public: bool
     binding: Binding | None  # None: the dashboard
+    login: bool = False  # POST /api/auth/login: limited per address and per email
 
 
 @dataclass
@@ -88,7 +92,8 @@ class GatewayState:
     rules: list[HttpRule]
     bindings: list[Binding]
     router: Router[ApiRoute]
-    limiter: RateLimiter
+    admission: Admission
+    client_address: ClientAddress
     metrics: GatewayMetrics
     verifier: TokenVerifier
     openapi_json: bytes
@@ -113,27 +118,6 @@ class GatewayState:
         ]
 
 
-async def _read_body(receive: Receive, declared: int, limit: int) -> bytes:
-    """The whole request body, 413 as soon as it is known to exceed `limit`."""
-    if declared > limit:
-        raise HttpError(413, "INVALID_ARGUMENT", f"request body over {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise HttpError(400, "CANCELLED", "client disconnected")
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise HttpError(413, "INVALID_ARGUMENT", f"request body over {limit} bytes")
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
 class ApiHandler:
     """The single ASGI wrapper: request id and metrics for every request, /api/* itself."""
 
@@ -146,8 +130,9 @@ class ApiHandler:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        rid = auth = ctype = ""
+        rid = auth = ctype = forwarded = xff = ""
         declared = -1
+        chunked = False
         for key, value in scope["headers"]:
             if key == b"x-request-id":
                 rid = value.decode("latin-1")
@@ -160,6 +145,14 @@ class ApiHandler:
                     declared = int(value)
                 except ValueError:
                     declared = -1
+            elif key == b"transfer-encoding":
+                chunked = True
+            elif key == b"forwarded":  # several lines read as one list (RFC 9110 5.3)
+                text = value.decode("latin-1")
+                forwarded = f"{forwarded},{text}" if forwarded else text
+            elif key == b"x-forwarded-for":
+                text = value.decode("latin-1")
+                xff = f"{xff},{text}" if xff else text
         if not rid or _REQUEST_ID.fullmatch(rid) is None:
             rid = _new_request_id()
         rid_header = (b"x-request-id", rid.encode())
@@ -174,17 +167,37 @@ class ApiHandler:
         match = state.router.match(method, path)
         label = match.target.label if match is not None else "unmatched"
         extra: list[tuple[bytes, bytes]] = []
+        settings = state.settings
+        request_body = RequestBody(
+            receive,
+            declared=declared,
+            chunked=chunked,
+            drain_max_bytes=settings.drain_max_bytes,
+            drain_timeout_s=settings.drain_timeout_s,
+        )
         try:
             if match is None:
-                if state.router.path_exists(path):
-                    raise HttpError(405, "UNIMPLEMENTED", f"method {method} not allowed on {path}")
+                allowed = state.router.allowed_methods(path)
+                if allowed:
+                    raise HttpError(
+                        405,
+                        "UNIMPLEMENTED",
+                        f"method {method} not allowed on {path}; allowed: {', '.join(allowed)}",
+                        headers=[(b"allow", ", ".join(allowed).encode())],
+                    )
                 raise HttpError(404, "NOT_FOUND", f"no route for {method} {path}")
-            status, body = await self._api(scope, receive, match, rid, auth, ctype, declared)
+            client = scope.get("client")
+            addr = state.client_address.resolve(client[0] if client else "", forwarded, xff)
+            status, body = await self._api(
+                scope, request_body, match, rid, auth, ctype, addr or "unknown"
+            )
         except HttpError as err:
             status, body, extra = err.http_status, err.body(), err.headers
         except Exception:
             log.exception("unhandled gateway error", extra={"request_id": rid})
             status, body = 500, error_body(500, "INTERNAL", "internal error")
+        # Answered before the whole body was read (413, 401, 404, ...): read the rest first.
+        extra = [*extra, *await request_body.finish()]
         headers = [
             (b"content-type", _JSON),
             (b"content-length", str(len(body)).encode()),
@@ -198,24 +211,20 @@ class ApiHandler:
     async def _api(
         self,
         scope: Scope,
-        receive: Receive,
+        request_body: RequestBody,
         match: Match[ApiRoute],
         rid: str,
         auth: str,
         ctype: str,
-        declared: int,
+        addr: str,
     ) -> tuple[int, bytes]:
         state = self.state
         route = match.target
-        user_id = ""
-        if not route.public:
-            user_id = await state.verifier.verify(bearer_token(auth))
-        if state.limiter.enabled:
-            client = scope.get("client")
-            identity = user_id or (client[0] if client else "unknown")
-            limited = state.limiter.check(identity)
-            if limited is not None:
-                raise HttpError(429, "RESOURCE_EXHAUSTED", "rate limit exceeded", headers=limited)
+        user_id = await self._identify(route, auth, addr)
+        if route.public:
+            # Known only to count against the user's limit: a public route's call goes
+            # downstream without a caller, token or not.
+            user_id = ""
         binding = route.binding
         if binding is None:
             assert state.dashboard is not None
@@ -224,12 +233,14 @@ class ApiHandler:
 
         body = b""
         if binding.reads_body:
-            body = await _read_body(receive, declared, state.settings.max_body_bytes)
+            body = await request_body.read(state.settings.max_body_bytes)
             if body.strip():
                 check_content_type(ctype)
         qs: bytes = scope.get("query_string", b"")
         query = parse_qsl(qs.decode("latin-1"), keep_blank_values=True) if qs else []
         request = binding.build_request(match.params, query, body)
+        if route.login:
+            state.admission.login_email(getattr(request, "email", ""))
         rule = binding.rule
         caller = state.upstreams[rule.service]
         with context.bind(request_id=rid, user_id=user_id):
@@ -247,6 +258,30 @@ class ApiHandler:
                 state.metrics.upstream_error(rule.service, err.status)
                 raise from_domain_error(err) from None
         return binding.render(response)
+
+    async def _identify(self, route: ApiRoute, auth: str, addr: str) -> str:
+        """The caller's user id ("" when anonymous), each limit checked on the way: until a
+        token is known good, the request counts against its client address."""
+        state = self.state
+        admission = state.admission
+        token = auth.partition(" ")[2].strip() if auth[:7].lower() == "bearer " else ""
+        user_id = state.verifier.cached(token) if token else ""
+        if not user_id:
+            admission.anonymous(addr)
+            if not route.public:
+                user_id = await state.verifier.verify(bearer_token(auth))
+            elif token:
+                # A public route with a token: a good one names the caller (its own
+                # limit), a bad one is ignored, as if none had been sent.
+                try:
+                    user_id = await state.verifier.verify(token)
+                except HttpError:
+                    user_id = ""
+        if route.login:
+            admission.login_address(addr)
+        if user_id:
+            admission.user(user_id)
+        return user_id
 
     async def _other(
         self,
@@ -284,7 +319,12 @@ def _build_state(settings: GatewaySettings) -> GatewayState:
         (
             b.rule.http_method,
             b.rule.template,
-            ApiRoute(b.rule.template.raw, is_public(b.rule.http_method, b.rule.template.raw), b),
+            ApiRoute(
+                b.rule.template.raw,
+                is_public(b.rule.http_method, b.rule.template.raw),
+                b,
+                login=(b.rule.service, b.rule.rpc) == ("user", "Login"),
+            ),
         )
         for b in bindings
     ]
@@ -301,7 +341,13 @@ def _build_state(settings: GatewaySettings) -> GatewayState:
         rules=rules,
         bindings=bindings,
         router=Router(api_routes),
-        limiter=RateLimiter(settings.rate_limit),
+        admission=Admission.of(
+            user=settings.rate_limit,
+            anonymous=settings.anon_rate_limit,
+            login=settings.login_rate_limit,
+            login_email=settings.login_email_rate_limit,
+        ),
+        client_address=ClientAddress(parse_networks(settings.trusted_proxies)),
         metrics=GatewayMetrics(lambda: holder["state"].breaker_states()),
         verifier=TokenVerifier(
             lambda: holder["state"].fetch_jwks(),
@@ -326,7 +372,8 @@ def _ops_routes(state: GatewayState) -> list[Route]:
         async def check(name: str) -> str:
             try:
                 reply = await state.health[name].call(
-                    "Check", health_pb2.HealthCheckRequest(), idempotent=True, timeout=1.0
+                    "Check", health_pb2.HealthCheckRequest(service=health_name(name)),
+                    idempotent=True, timeout=1.0,
                 )
             except aio.AioRpcError as err:
                 return str(err.code().name)
@@ -362,7 +409,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     name = {404: "NOT_FOUND", 405: "UNIMPLEMENTED"}.get(status, "UNKNOWN")
     message = exc.detail if isinstance(exc, HTTPException) else "error"
-    return Response(error_body(status, name, str(message)), status, media_type="application/json")
+    # Starlette's 405 carries `Allow`; keep it (and any other header it set).
+    headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else None
+    return Response(
+        error_body(status, name, str(message)), status, headers, media_type="application/json"
+    )
 
 
 def create_app(

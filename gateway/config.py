@@ -6,7 +6,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.ratelimit import DEFAULT_LIMIT
+from gateway.ratelimit import (
+    DEFAULT_ANON_LIMIT,
+    DEFAULT_LIMIT,
+    DEFAULT_LOGIN_EMAIL_LIMIT,
+    DEFAULT_LOGIN_LIMIT,
+)
 from services.common.settings import env_float, env_int, env_str
 
 
@@ -14,10 +19,25 @@ from services.common.settings import env_float, env_int, env_str
 class GatewaySettings:
     host: str = "127.0.0.1"
     port: int = 8080
+    # Per user with a valid token.
     rate_limit: str = DEFAULT_LIMIT
+    # Per client address, for every request not (yet) known to come from a user; counted
+    # before the token is checked.
+    anon_rate_limit: str = DEFAULT_ANON_LIMIT
+    # POST /api/auth/login, per client address and per email (each attempt costs scrypt).
+    login_rate_limit: str = DEFAULT_LOGIN_LIMIT
+    login_email_rate_limit: str = DEFAULT_LOGIN_EMAIL_LIMIT
+    # Peers whose Forwarded / X-Forwarded-For is believed (addresses or CIDRs, comma-
+    # separated); none by default, so the peer address is the client.
+    trusted_proxies: str = ""
     jwt_issuer: str = "shop-user"
     jwt_audience: str = "shop-api"
     max_body_bytes: int = 64 * 1024
+    # What is left of a body the gateway answered early (a 413, a 401, ...) is read and
+    # dropped up to this much and this long, so a client that writes it all before
+    # reading gets the answer instead of a connection reset.
+    drain_max_bytes: int = 16 * 1024 * 1024
+    drain_timeout_s: float = 10.0
     # Budget of one proxied call; CreateOrder runs the whole saga inside it.
     call_timeout_s: float = 10.0
     # Each dashboard part gets this much before its fallback is used: long enough for a
@@ -38,9 +58,17 @@ def load_gateway_settings() -> GatewaySettings:
         host=env_str("SHOP_HOST", "127.0.0.1"),
         port=env_int("GATEWAY_PORT", 8080),
         rate_limit=os.environ.get("GATEWAY_RATE_LIMIT", DEFAULT_LIMIT),
+        anon_rate_limit=os.environ.get("GATEWAY_ANON_RATE_LIMIT", DEFAULT_ANON_LIMIT),
+        login_rate_limit=os.environ.get("GATEWAY_LOGIN_RATE_LIMIT", DEFAULT_LOGIN_LIMIT),
+        login_email_rate_limit=os.environ.get(
+            "GATEWAY_LOGIN_EMAIL_RATE_LIMIT", DEFAULT_LOGIN_EMAIL_LIMIT
+        ),
+        trusted_proxies=os.environ.get("GATEWAY_TRUSTED_PROXIES", ""),
         jwt_issuer=env_str("SHOP_JWT_ISSUER", "shop-user"),
         jwt_audience=env_str("SHOP_JWT_AUDIENCE", "shop-api"),
         max_body_bytes=env_int("GATEWAY_MAX_BODY_BYTES", 64 * 1024),
+        drain_max_bytes=env_int("GATEWAY_DRAIN_MAX_BYTES", 16 * 1024 * 1024),
+        drain_timeout_s=env_float("GATEWAY_DRAIN_TIMEOUT_S", 10.0),
         call_timeout_s=env_float("GATEWAY_CALL_TIMEOUT_S", 10.0),
         dashboard_part_timeout_s=env_float("GATEWAY_DASHBOARD_TIMEOUT_S", 0.6),
         dashboard_breaker_fail_max=env_int("GATEWAY_DASHBOARD_BREAKER_FAIL_MAX", 5),

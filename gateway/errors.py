@@ -69,7 +69,11 @@ def error_body(code: int, status: str, message: str, details: list[Any] | None =
     payload = {
         "error": {"code": code, "status": status, "message": message, "details": details or []}
     }
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate echoed from the request: escape it
+        return json.dumps(payload, separators=(",", ":")).encode()
 
 
 def _rich_details(err: aio.AioRpcError) -> list[Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Any
 
 from google.protobuf import json_format
@@ -58,14 +59,56 @@ def dumps(value: Any) -> bytes:
     return _encode(value).encode()
 
 
+# Integers longer than this are refused while decoding: no field holds more than 20
+# digits, and Python's int() is quadratic in the length (it refuses past 4,300 digits).
+MAX_INT_DIGITS = 64
+# A \uD800-\uDFFF escape on its own decodes to a lone surrogate, which protobuf cannot
+# take as a string or a field name; only bodies with such an escape are walked.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+class _BadNumber(ValueError):
+    pass
+
+
+def _parse_int(text: str) -> int:
+    digits = len(text) - text.startswith("-")
+    if digits > MAX_INT_DIGITS:
+        raise _BadNumber(f"an integer of {digits} digits (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def loads_body(raw: bytes) -> Any:
-    """Parse a request body; malformed JSON is a 400."""
+    """Parse a request body; malformed JSON is a 400 (never an exception of another kind)."""
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        value = json.loads(raw, parse_int=_parse_int)
+    except _BadNumber as err:
         raise bad_request(f"malformed JSON body: {err}") from None
     except RecursionError:
         raise bad_request("malformed JSON body: nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
+        raise bad_request(f"malformed JSON body: {err}") from None
+    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(value):
+        raise bad_request("malformed JSON body: a \\u escape names a lone surrogate")
+    return value
 
 
 def parse_into(value: Any, message: Message, *, where: str = "body") -> None:
@@ -76,7 +119,7 @@ def parse_into(value: Any, message: Message, *, where: str = "body") -> None:
         json_format.ParseDict(value, message, ignore_unknown_fields=False)
     except json_format.ParseError as err:
         raise bad_request(f"invalid {where}: {err}") from None
-    except (ValueError, TypeError, RecursionError) as err:
+    except (ValueError, TypeError, OverflowError, RecursionError) as err:
         raise bad_request(f"invalid {where}: {err}") from None
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from gateway import constraints
 from gateway.errors import HTTP_BY_GRPC
 from gateway.rules import enum_of, is_repeated, message_of
 from gateway.transcoder import Binding
@@ -191,13 +192,35 @@ class _Schemas:
         return {"$ref": f"#/components/schemas/{name}"}
 
     def _message(self, desc: Descriptor, output: bool) -> Schema:
-        props = {fd.json_name: self.field(fd, output=output) for fd in desc.fields}
         schema: Schema = {"type": "object"}
         if output:
             schema["required"] = [fd.json_name for fd in desc.fields if not fd.has_presence]
-        schema["properties"] = props
+            schema["properties"] = {fd.json_name: self.field(fd, output=True) for fd in desc.fields}
+        else:
+            # What the services refuse (gateway.constraints); a field a request may leave
+            # out may also be sent as null, which the mapping reads as its default.
+            needed = set(constraints.required(desc.full_name))
+            props: Schema = {}
+            for fd in desc.fields:
+                prop = self.constrained(fd)
+                props[fd.json_name] = prop if fd.name in needed else _nullable(prop)
+            if needed:
+                schema["required"] = [fd.json_name for fd in desc.fields if fd.name in needed]
+            schema["properties"] = props
         schema["additionalProperties"] = False
         return schema
+
+    def resolved(self, ref: Schema) -> Schema:
+        """A copy of the component `ref` points at."""
+        name = ref["$ref"].rsplit("/", 1)[-1]
+        return dict(self.components[name])
+
+    def constrained(self, fd: FieldDescriptor) -> Schema:
+        """The input schema of `fd` with the limits the services hold its values to."""
+        schema = self.field(fd, output=False)
+        if is_repeated(fd) and schema.get("type") == "array":
+            schema["items"] = {**schema["items"], **constraints.for_items(fd.full_name)}
+        return {**schema, **constraints.for_field(fd.full_name)}
 
     def single(self, fd: FieldDescriptor, *, output: bool) -> Schema:
         if fd.type == FieldDescriptor.TYPE_MESSAGE:
@@ -213,6 +236,26 @@ class _Schemas:
         if is_repeated(fd):
             return {"type": "array", "items": self.single(fd, output=output)}
         return self.single(fd, output=output)
+
+
+_IGNORED: Schema = {"description": "Ignored: the value in the path is the one used"}
+
+
+def _nullable(schema: Schema) -> Schema:
+    """`schema`, or null."""
+    if not schema:
+        return schema  # anything, null included
+    if "$ref" in schema or "allOf" in schema:
+        return {"anyOf": [schema, {"type": "null"}]}
+    if "oneOf" in schema:
+        return {**schema, "oneOf": [*schema["oneOf"], {"type": "null"}]}
+    out = dict(schema)
+    kind = out.get("type")
+    if isinstance(kind, str):
+        out["type"] = [kind, "null"]
+    if "enum" in out:
+        out["enum"] = [*out["enum"], None]
+    return out
 
 
 def _json_content(schema: Schema) -> Schema:
@@ -281,7 +324,10 @@ def _operation(binding: Binding, schemas: _Schemas, *, public: bool, op_id: str)
                 "name": var.name,
                 "in": "path",
                 "required": True,
-                "schema": schemas.single(fpath[-1], output=False),
+                "schema": {
+                    **schemas.single(fpath[-1], output=False),
+                    **constraints.for_field(fpath[-1].full_name),
+                },
             }
         )
     seen: set[tuple[int, ...]] = set()
@@ -296,7 +342,7 @@ def _operation(binding: Binding, schemas: _Schemas, *, public: bool, op_id: str)
                 "name": ".".join(fd.json_name for fd in fpath),
                 "in": "query",
                 "required": False,
-                "schema": schemas.field(leaf, output=False),
+                "schema": schemas.constrained(leaf),
                 **({"explode": True} if is_repeated(leaf) else {}),
             }
         )
@@ -325,10 +371,22 @@ def _operation(binding: Binding, schemas: _Schemas, *, public: bool, op_id: str)
     }
     if rule.body == "*":
         body_schema = schemas.ref(rule.input, output=False)
+        by_path = {v.name for v, _ in rule.path_fields}
+        if by_path and "$ref" in body_schema:
+            # A field the path names may be in the body too, but the path's value is the
+            # one used: the body's is not held to anything.
+            body_schema = schemas.resolved(body_schema)
+            body_schema["properties"] = {
+                name: _IGNORED if fd.name in by_path else body_schema["properties"][name]
+                for fd in rule.input.fields
+                for name in [fd.json_name]
+            }
     elif rule.body:
         body_schema = schemas.field(rule.input.fields_by_name[rule.body], output=False)
     if rule.body:
-        op["requestBody"] = {"required": False, "content": _json_content(body_schema)}
+        # A body is needed when the message has fields a request must send.
+        needs_body = rule.body == "*" and bool(constraints.required(rule.input.full_name))
+        op["requestBody"] = {"required": needs_body, "content": _json_content(body_schema)}
     if not public:
         op["security"] = [{"bearerAuth": []}]
     return op

@@ -14,7 +14,10 @@ import time
 
 from limits import parse
 
-DEFAULT_LIMIT = "10000/second"
+DEFAULT_LIMIT = "10000/second"  # per user: generous
+DEFAULT_ANON_LIMIT = "200/second"  # per client address, before any token check
+DEFAULT_LOGIN_LIMIT = "60/minute"  # login attempts per client address
+DEFAULT_LOGIN_EMAIL_LIMIT = "10/minute"  # login attempts per email
 _DISABLED = frozenset({"", "0", "off", "none", "unlimited"})
 # Past this many identities, windows that have ended are swept out.
 _SWEEP_AT = 10_000

@@ -35,10 +35,10 @@ class Router(Generic[T]):
         self._exact: dict[tuple[str, str], T] = {}
         self._by_count: dict[tuple[str, int], list[tuple[PathTemplate, T]]] = {}
         self._variable: dict[str, list[tuple[PathTemplate, T]]] = {}
-        self._paths: list[PathTemplate] = []
+        self._paths: list[tuple[str, PathTemplate]] = []
         self._cache: dict[tuple[str, str], Match[T]] = {}
         for method, template, target in routes:
-            self._paths.append(template)
+            self._paths.append((method, template))
             if template.literal:
                 self._exact[(method, template.raw)] = target
             elif template.fixed_length:
@@ -81,6 +81,7 @@ class Router(Generic[T]):
                     return Match(tgt, {v.name: groups[v.group] for v in template.variables})
         return None
 
-    def path_exists(self, path: str) -> bool:
-        """True when some method serves `path` (a 405 rather than a 404)."""
-        return any(t.regex.match(path) for t in self._paths)
+    def allowed_methods(self, path: str) -> list[str]:
+        """The methods that serve `path`, sorted: empty means a 404, else a 405 whose
+        `Allow` header lists them (RFC 9110 15.5.6)."""
+        return sorted({m for m, t in self._paths if t.regex.match(path)})

@@ -14,6 +14,7 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from gateway.checks import RequestChecks
 from gateway.errors import HttpError, bad_request
 from gateway.jsonmap import dumps, loads_body, parse_into, scalar_from_string, to_dict
 from gateway.rules import FieldPath, HttpRule, enum_of, is_repeated, message_of
@@ -91,6 +92,8 @@ class Binding:
     # GETs and DELETEs may be retried on UNAVAILABLE; POSTs are not.
     idempotent: bool = False
     reads_body: bool = False
+    # The limits of gateway.constraints on this request (None: it has none).
+    checks: RequestChecks | None = None
 
     @classmethod
     def of(cls, rule: HttpRule) -> Binding:
@@ -116,6 +119,7 @@ class Binding:
             response_field=response_field,
             idempotent=rule.http_method in ("GET", "DELETE", "PUT"),
             reads_body=bool(rule.body),
+            checks=checks if (checks := RequestChecks(rule.input)).fields else None,
         )
 
     def build_request(
@@ -142,6 +146,8 @@ class Binding:
         for var, fpath in rule.path_fields:
             raw = path_params[var.name]
             set_path_value(msg, fpath, scalar_from_string(fpath[-1], raw, name=var.name))
+        if self.checks is not None:
+            self.checks.check(msg)
         return msg
 
     def render(self, response: Message) -> tuple[int, bytes]:

@@ -111,6 +111,9 @@ jetstream {{
         self._proc = subprocess.Popen(
             [find_binary(), "-c", str(self.conf_path), "--ports_file_dir", str(ports_dir)],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            # Its own session: a Ctrl-C in the terminal reaches only the supervisor, which
+            # stops NATS last, after every service closed its connection.
+            start_new_session=True,
         )
         return self
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from services.common.settings import DEFAULT_PORTS, SERVICES
+from services.common.settings import DEFAULT_PORTS, SERVICES, health_name
 
 if TYPE_CHECKING:
     import urllib.request
@@ -320,7 +320,8 @@ class ServiceProcess:
             return "STOPPED"
         if self.is_gateway:
             return "SERVING" if http_ok(f"{self.base_url}/healthz", timeout) else "UNREACHABLE"
-        return grpc_health(self.addr, timeout)
+        # Its own service's name: another server that took the port is not this one.
+        return grpc_health(self.addr, timeout, service=health_name(self.name))
 
     def send_term(self) -> None:
         """SIGTERM without waiting (plus SIGCONT, in case it was frozen)."""

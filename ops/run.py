@@ -1,5 +1,9 @@
 """`make run`: embedded NATS, the eight services and the gateway, supervised.
 
+Unless SMTP_URL names a real relay, a local mail catcher (ops/mailcatcher.py) runs on
+127.0.0.1:MAILCATCHER_PORT (1025) under the same supervisor, and the notification service
+delivers its mails there: one .eml file each under <data dir>/mail/.
+
 Everything starts in parallel (NATS too: the services connect to it in the
 background) and is waited for together; a child that dies is
 restarted with exponential back-off (as Kubernetes would); Ctrl-C or SIGTERM
@@ -18,11 +22,13 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from ops.mailcatcher import DEFAULT_PORT as DEFAULT_MAIL_PORT
+from ops.mailcatcher import CatcherProcess
 from ops.natsd import NatsServer
 from ops.pgserve import EmbeddedPostgres
 from ops.process import (
@@ -98,7 +104,8 @@ def instances_file(data_dir: Path) -> Path:
     return data_dir / "run" / "instances.json"
 
 
-def write_instances(system: System, nats_pid: int | None = None) -> None:
+def write_instances(system: System, nats_pid: int | None = None,
+                    catcher: CatcherProcess | None = None) -> None:
     """What shopctl reads to find the running instances (until the NATS KV
     registry replaces it). Written atomically, so a reader never sees half."""
     path = instances_file(system.data_dir)
@@ -113,6 +120,9 @@ def write_instances(system: System, nats_pid: int | None = None) -> None:
             for p in system.all()
         ],
     }
+    if catcher is not None:
+        doc["mailcatcher"] = {"addr": catcher.addr, "pid": catcher.pid,
+                              "mail_dir": str(catcher.mail_dir)}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=2))
     tmp.replace(path)
@@ -133,10 +143,10 @@ class Supervisor:
     """Restarts a crashed child with back-off: 0.5 s doubling to a 10 s cap,
     reset once it has stayed up 30 s."""
 
-    def __init__(self, system: System) -> None:
+    def __init__(self, system: System, extra: Sequence[ServiceProcess] = ()) -> None:
         self.system = system
         now = time.monotonic()
-        self.watches = [_Watch(p, started_at=now) for p in system.all()]
+        self.watches = [_Watch(p, started_at=now) for p in (*system.all(), *extra)]
 
     def tick(self, now: float) -> bool:
         """One pass over every child; True when a pid changed."""
@@ -180,10 +190,12 @@ def _signame(num: int) -> str:
         return f"signal {num}"
 
 
-def print_table(system: System, nats_url: str, elapsed: float) -> None:
+def print_table(system: System, nats_url: str, elapsed: float,
+                catcher: CatcherProcess | None = None) -> None:
     rows = [("NAME", "INSTANCE", "ADDRESS", "PID", "HEALTH")]
     rows.append(("nats", "nats", nats_url, "", "OK"))
-    for p in system.all():
+    extra = [catcher] if catcher is not None else []
+    for p in (*system.all(), *extra):
         # The status each one's readiness probe saw a moment ago: checking all of them
         # again here would only delay the table.
         rows.append((p.name, p.instance, p.addr, str(p.pid), p.status))
@@ -201,11 +213,18 @@ def print_table(system: System, nats_url: str, elapsed: float) -> None:
                else "pinned to the first instance (SHOP_REGISTRY=off)")
         print(f"  scaled: {', '.join(scaled)}; calls {how}")
     print(f"  logs: {system.data_dir / 'logs'}/<instance>.log; NATS: {system.data_dir / 'nats'}")
+    if catcher is not None:
+        print(f"  mail: caught on {catcher.smtp_url}, one .eml per mail in {catcher.mail_dir}/ "
+              f"(read them with shopctl mail list)")
+    else:
+        print("  mail: sent to the relay in SMTP_URL")
     print("\n  try:")
     print(f"    {bindir / 'grpcurl'} -plaintext {order} list")
     print(f"    curl -s {gw}/api/products")
     print(f"    curl -s {gw}/readyz")
     print(f"    {bindir / 'shopctl'} status")
+    if catcher is not None:
+        print(f"    {bindir / 'shopctl'} mail list")
     print("\n  Ctrl-C stops everything.\n", flush=True)
 
 
@@ -228,10 +247,20 @@ def main() -> int:
         return 2
     external_nats = os.environ.get("NATS_URL", "").strip()
     wanted = dict(ports) if external_nats else {**ports, "nats": nats_port}
+    catcher: CatcherProcess | None = None
+    if not os.environ.get("SMTP_URL", "").strip():  # no real relay named: catch locally
+        try:
+            mail_port = int(os.environ.get("MAILCATCHER_PORT") or DEFAULT_MAIL_PORT)
+        except ValueError:
+            print("error: MAILCATCHER_PORT must be a port number", file=sys.stderr)
+            return 2
+        catcher = CatcherProcess(data_dir=data_dir, port=mail_port)
+        wanted["mailcatcher"] = catcher.port
     taken = [f"{port} ({name})" for name, port in wanted.items() if port_in_use(port)]
     if taken:
         print(f"error: port already in use: {', '.join(taken)}; is shop already running? "
-              "Stop it, or choose other ports with <SERVICE>_PORT / GATEWAY_PORT / NATS_PORT.",
+              "Stop it, or choose other ports with <SERVICE>_PORT / GATEWAY_PORT / NATS_PORT / "
+              "MAILCATCHER_PORT.",
               file=sys.stderr)
         return 1
 
@@ -274,26 +303,32 @@ def main() -> int:
             nats_url = nats.url
         precompile()
         timeout = float(os.environ.get("SHOP_START_TIMEOUT_S") or 60)
+        mail_env = {}
+        if catcher is not None:
+            catcher.start()
+            mail_env["SMTP_URL"] = catcher.smtp_url
         # The processes register in NATS (unless SHOP_REGISTRY=off): a scaled service
         # is then found through the registry, not pinned to its first instance.
         system = start_system(data_dir, nats_url, ports=ports, scale=scale,
                               with_gateway=True, ready_timeout=timeout, wait=False,
-                              discovery=registry_enabled(), env=db_env)
+                              discovery=registry_enabled(), env={**mail_env, **db_env})
         if nats is not None:
             nats.wait_ready()
             log(f"NATS (JetStream) up on {nats_url} (pid {nats.pid}) "
                 f"in {time.monotonic() - t0:.2f} s")
-        wait_all_ready(system.all(), max(1.0, timeout - (time.monotonic() - t0)))
+        extra = [catcher] if catcher is not None else []
+        wait_all_ready([*system.all(), *extra], max(1.0, timeout - (time.monotonic() - t0)))
         starting = False
         nats_pid = nats.pid if nats is not None else None
-        write_instances(system, nats_pid)
-        print_table(system, nats_url, time.monotonic() - t0)
-        supervisor = Supervisor(system)
+        write_instances(system, nats_pid, catcher)
+        print_table(system, nats_url, time.monotonic() - t0, catcher)
+        supervisor = Supervisor(system, extra)
         while not stopping:
             if supervisor.tick(time.monotonic()):
-                write_instances(system, nats_pid)
+                write_instances(system, nats_pid, catcher)
             time.sleep(0.1)
-        log("stopping: gateway, services, then NATS" + (" and PostgreSQL" if pg else ""))
+        log("stopping: gateway, services, then NATS, the mail catcher"
+            + (" and PostgreSQL" if pg else ""))
         return 0
     except _Stop:
         log("interrupted while starting; stopping what was started")
@@ -308,6 +343,8 @@ def main() -> int:
             instances_file(data_dir).unlink(missing_ok=True)
         if nats is not None:
             nats.stop()
+        if catcher is not None:
+            catcher.terminate()
         if pg is not None:
             pg.stop()
         log("stopped")

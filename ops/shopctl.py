@@ -3,8 +3,12 @@
     shopctl status                 every instance (from the NATS registry): service, address,
                                    health, uptime, breakers
     shopctl saga ORDER_ID          the saga timeline of one order
+    shopctl saga retry ORDER_ID    resume a saga left for manual attention
     shopctl dlq list               dead letters
     shopctl dlq replay ID|--all    re-publish dead letters to their original subjects
+    shopctl mail list              the mails the local catcher of `make run` caught
+    shopctl mail show ID           one of them: headers and text (ID, a prefix of it, or
+                                   the notification id / Message-ID in it)
 """
 
 from __future__ import annotations
@@ -212,6 +216,48 @@ def _order_addr(topo: Topology) -> str:
 
 
 def cmd_saga(args: argparse.Namespace) -> int:
+    words = list(args.words)
+    if words[0] == "retry":
+        if len(words) != 2:
+            raise CliError("usage: shopctl saga retry ORDER_ID")
+        return _saga_retry(words[1])
+    if len(words) != 1:
+        raise CliError("usage: shopctl saga ORDER_ID | shopctl saga retry ORDER_ID")
+    args.order_id = words[0]
+    return _saga_timeline(args)
+
+
+def _saga_retry(order_id: str) -> int:
+    """RetrySaga: the saga runs again from the step that gave up; prints where it got to
+    within the call's time (it goes on in the background after that)."""
+    from shop.order.v1 import order_pb2
+
+    addr = _order_addr(discover())
+    with grpc.insecure_channel(addr, options=[("grpc.enable_http_proxy", 0)]) as channel:
+        retry = channel.unary_unary(
+            "/shop.order.v1.OrderService/RetrySaga",
+            request_serializer=order_pb2.RetrySagaRequest.SerializeToString,
+            response_deserializer=order_pb2.RetrySagaResponse.FromString,
+        )
+        try:
+            resp: order_pb2.RetrySagaResponse = retry(
+                order_pb2.RetrySagaRequest(order_id=order_id), timeout=15.0)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.NOT_FOUND:
+                raise CliError(f"order {order_id} not found") from None
+            if code == grpc.StatusCode.FAILED_PRECONDITION:
+                raise CliError(f"nothing to retry: {exc.details()}") from None
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise CliError(f"order service not reachable at {addr} "
+                               "(is shop running? `make run`)") from None
+            raise CliError(f"RetrySaga failed: {code.name}: {exc.details()}") from None
+    status = order_pb2.OrderStatus.Name(resp.order.status)
+    print(f"order {resp.order.id or order_id}: {status} (saga resumed)")
+    return 0
+
+
+def _saga_timeline(args: argparse.Namespace) -> int:
     from shop.order.v1 import order_pb2
 
     addr = _order_addr(discover())
@@ -298,13 +344,58 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return asyncio.run(_with_js(url, "replay", "all" if args.all else args.id))
 
 
+def _mail_dir(given: Path | None) -> Path:
+    """--dir, else where `make run` said its catcher stores mails, else <data dir>/mail."""
+    if given is not None:
+        return given
+    data_dir = Path(os.environ.get("SHOP_DATA_DIR") or "var")
+    try:
+        doc = json.loads((data_dir / "run" / "instances.json").read_text())
+        return Path(str(doc["mailcatcher"]["mail_dir"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return data_dir / "mail"
+
+
+def cmd_mail(args: argparse.Namespace) -> int:
+    from ops.mailcatcher import MailDir
+
+    maildir = MailDir(_mail_dir(args.dir))
+    if args.mail_cmd == "list":
+        mails = maildir.list()
+        if not mails:
+            print(f"no mails in {maildir.root}")
+            return 0
+        seen: dict[str, str] = {}
+        rows = [("ID", "RECEIVED (UTC)", "TO", "SUBJECT", "NOTE")]
+        for m in mails:
+            first = seen.setdefault(m.message_id, m.id) if m.message_id else m.id
+            note = f"repeat of {first}" if first != m.id else ""
+            when = dt.datetime.fromtimestamp(m.received_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+            rows.append((m.id, when, m.to, m.subject, note))
+        _print_table(rows)
+        return 0
+    try:
+        found = maildir.find(args.id)
+    except KeyError as exc:
+        raise CliError(str(exc.args[0])) from None
+    msg = found.message()
+    for name in ("From", "To", "Subject", "Date", "Message-ID", "X-Request-Id"):
+        if msg.get(name) is not None:
+            print(f"{name}: {msg[name]}")
+    print(f"File: {found.path}\n")
+    part = msg.get_body(("html",) if args.html else ("plain", "html"))
+    print(part.get_content().rstrip() if part is not None else "(no text part)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shopctl", description="Operate a running shop.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("status", help="every instance: address, health, breakers"
                    ).set_defaults(func=cmd_status)
-    saga = sub.add_parser("saga", help="the saga timeline of an order")
-    saga.add_argument("order_id")
+    saga = sub.add_parser("saga", help="the saga timeline of an order; `saga retry ORDER_ID`"
+                          " resumes one left for manual attention")
+    saga.add_argument("words", nargs="+", metavar="[retry] ORDER_ID")
     saga.set_defaults(func=cmd_saga)
     dlq = sub.add_parser("dlq", help="dead letters")
     dsub = dlq.add_subparsers(dest="dlq_cmd", required=True)
@@ -313,6 +404,15 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("id", nargs="?", type=int)
     replay.add_argument("--all", action="store_true")
     replay.set_defaults(func=cmd_dlq)
+    mail = sub.add_parser("mail", help="mails caught by the local mail catcher")
+    mail.add_argument("--dir", type=Path, default=None,
+                      help="the catcher's directory (default: the one make run uses)")
+    msub = mail.add_subparsers(dest="mail_cmd", required=True)
+    msub.add_parser("list", help="every caught mail, oldest first").set_defaults(func=cmd_mail)
+    show = msub.add_parser("show", help="one mail: headers and text")
+    show.add_argument("id", help="mail id (or a prefix), notification id or Message-ID")
+    show.add_argument("--html", action="store_true", help="print the HTML part instead")
+    show.set_defaults(func=cmd_mail)
     return parser
 
 

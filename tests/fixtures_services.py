@@ -22,18 +22,40 @@ from ops.process import (
 )
 
 __all__ = [
+    "FAULT_ENV",
     "TEST_ENV",
     "ServiceFactory",
     "data_dir",
+    "fault_system",
     "gateway",
     "services",
     "system",
     "system_fresh",
 ]
 
-# Short grace periods: a test teardown should not wait out production drains.
-TEST_ENV: dict[str, str] = {"SHOP_GRACE_S": "2", "SHOP_LOG_LEVEL": "DEBUG"}
+# Short grace periods: a test teardown should not wait out production drains. Password
+# hashes at scrypt N=2^14 instead of the default 2^17 (about 8x less CPU and memory per
+# sign-up or login): tests sign many users up on a shared machine. No mail: a test that
+# wants it points SMTP_URL at a server of its own (never at a local catcher).
+TEST_ENV: dict[str, str] = {
+    "SHOP_GRACE_S": "2",
+    "SHOP_LOG_LEVEL": "DEBUG",
+    "SHOP_SCRYPT_N": "16384",
+    "SMTP_URL": "off",
+}
 START_TIMEOUT_S = 60.0
+# Fault runs: recovery inside a test's bounds (short breaker reset and step deadlines, sagas
+# that keep trying through the fault), INFO logs (DEBUG logs every RPC: too much under load).
+FAULT_ENV: dict[str, str] = {
+    **TEST_ENV,
+    "SHOP_LOG_LEVEL": "INFO",
+    "SHOP_BREAKER_RESET_S": "1",
+    "SHOP_SAGA_STEP_TIMEOUT_S": "1",
+    "SHOP_ORDER_SAGA_BUDGET_S": "2",
+    "SHOP_SAGA_RESERVE_ATTEMPTS": "40",
+    "SHOP_SAGA_CHARGE_ATTEMPTS": "40",
+    "SHOP_SAGA_COMPENSATION_ATTEMPTS": "40",
+}
 
 
 class _HasUrl(Protocol):
@@ -157,4 +179,18 @@ def system_fresh(fresh_nats: _HasUrl, data_dir: Path) -> Iterator[System]:
     try:
         yield sysm
     finally:
+        sysm.stop()
+
+
+@pytest.fixture
+def fault_system(fresh_nats: _HasUrl, data_dir: Path) -> Iterator[System]:
+    """All eight services of the test's own (own NATS too) with FAULT_ENV: free to kill,
+    stop or freeze anything; frozen processes are thawed before the stop."""
+    sysm = start_system(data_dir, fresh_nats.url, env=FAULT_ENV, ready_timeout=START_TIMEOUT_S)
+    try:
+        yield sysm
+    finally:
+        for proc in sysm.processes:
+            if proc.running:
+                proc.sigcont()
         sysm.stop()

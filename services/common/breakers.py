@@ -1,10 +1,30 @@
-"""One pybreaker circuit breaker per downstream service, shared by every client in the
-process, and the registry `shopctl status` and metrics read."""
+"""Circuit breakers, shared by every client in the process: one per discovered instance of
+a downstream service (so one unwell instance is skipped while the others serve), one per
+service for a pinned or default address; and the registry `shopctl status` and metrics
+read (per service, see `breaker_states`).
+
+`ShopBreaker` is a pybreaker breaker with shop's accounting. A call ends in one of three
+verdicts: a *failure* (the downstream is unwell: `FAILURE_CODES`, or a cancellation at the
+caller's deadline), a *success* (an answer, business refusals included), or *no verdict*
+(a cancellation for another reason, a CANCELLED status, any exception that is not a gRPC
+status): that last kind neither counts toward opening nor closes a half-open breaker.
+While half-open, one probe call is let through at a time; the others fail fast.
+
+Recovery does not have to wait out the reset timeout: `watch(probe)` (the client calls it
+when the breaker opens) checks the instance's health every `SHOP_BREAKER_PROBE_S`
+(0.25 s) and half-opens the breaker once the instance reports SERVING after it was seen
+not serving. An instance that keeps reporting SERVING while its calls fail (or that never
+comes back) waits the full reset timeout, as before.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import enum
 import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 import grpc
 import pybreaker
@@ -26,7 +46,7 @@ FAILURE_CODES = frozenset(
     }
 )
 
-_registry: dict[str, pybreaker.CircuitBreaker] = {}
+_registry: dict[str, ShopBreaker] = {}
 
 
 # A cancellation this close to the caller's deadline means the downstream did not
@@ -34,19 +54,174 @@ _registry: dict[str, pybreaker.CircuitBreaker] = {}
 _DEADLINE_SLACK_S = 0.05
 
 
-def is_failure(exc: BaseException) -> bool:
+class Verdict(enum.Enum):
+    FAILURE = "failure"
+    SUCCESS = "success"
+    NONE = "none"  # says nothing about the downstream's health
+
+
+def verdict(exc: BaseException) -> Verdict:
+    """What an exception raised by a guarded call says about the downstream."""
     if isinstance(exc, aio.AioRpcError):
-        return exc.code() in FAILURE_CODES
+        code = exc.code()
+        if code in FAILURE_CODES:
+            return Verdict.FAILURE
+        if code == grpc.StatusCode.CANCELLED:
+            return Verdict.NONE  # a stopping server or our own cancellation: no answer
+        return Verdict.SUCCESS  # a business answer: the downstream works
     if isinstance(exc, asyncio.CancelledError):
         # grpc.aio cancels a handler when its caller's deadline passes, while the
         # outgoing call (given all the remaining time) still waits on a hung downstream.
         left = context.remaining()
-        return left is not None and left <= _DEADLINE_SLACK_S
-    return False
+        if left is not None and left <= _DEADLINE_SLACK_S:
+            return Verdict.FAILURE
+        return Verdict.NONE
+    return Verdict.NONE
+
+
+def is_failure(exc: BaseException) -> bool:
+    return verdict(exc) is Verdict.FAILURE
 
 
 def _not_a_failure(exc: BaseException) -> bool:
+    """For a plain pybreaker breaker's `exclude` (it has only two verdicts)."""
     return not is_failure(exc)
+
+
+# A health probe: True = SERVING, False = not serving, None = nothing left to watch.
+Probe = Callable[[], Awaitable[bool | None]]
+
+
+class ShopBreaker(pybreaker.CircuitBreaker):
+    """pybreaker's breaker with the three verdicts, one probe at a time while half-open,
+    and a health watch that half-opens it when the instance is back."""
+
+    def __init__(self, *, name: str, fail_max: int, reset_timeout: float,
+                 probe_every_s: float | None = None) -> None:
+        super().__init__(
+            fail_max=fail_max,
+            reset_timeout=reset_timeout,
+            listeners=[_StateLogger()],
+            name=name,
+            # Callers see the real error of the call that tripped it, not a generic one.
+            throw_new_error_on_trip=False,
+        )
+        self.probe_every_s = (env_float("SHOP_BREAKER_PROBE_S", 0.25)
+                              if probe_every_s is None else probe_every_s)
+        self._probing = False  # a half-open probe call is in flight
+        self.used = False  # a call went through it (breaker_states skips unused ones)
+        self._watch: asyncio.Task[None] | None = None
+        self._opened_mono = 0.0
+
+    # -- admission and accounting ----------------------------------------------------
+
+    def admits(self) -> bool:
+        """True when a call now would be let through (closed, due for a probe, or
+        half-open with no probe in flight)."""
+        state = self.current_state
+        if state == pybreaker.STATE_CLOSED:
+            return True
+        if state == pybreaker.STATE_HALF_OPEN:
+            return not self._probing
+        return time.monotonic() - self._opened_mono >= self.reset_timeout
+
+    @contextlib.contextmanager
+    def calling(self) -> Iterator[None]:
+        """Guard one call: raises pybreaker.CircuitBreakerError when it may not go."""
+        probe = self._admit()
+        try:
+            yield
+        except BaseException as exc:
+            v = verdict(exc)
+            if v is Verdict.FAILURE:
+                self._failed(exc)
+            elif v is Verdict.SUCCESS:
+                self._succeeded()
+            raise
+        else:
+            self._succeeded()
+        finally:
+            if probe:
+                self._probing = False
+
+    def _admit(self) -> bool:
+        """Let a call through or raise; True when it is the half-open probe."""
+        with self._lock:
+            self.used = True
+            state = self.current_state
+            if state == pybreaker.STATE_OPEN:
+                if time.monotonic() - self._opened_mono < self.reset_timeout:
+                    raise pybreaker.CircuitBreakerError("circuit breaker open")
+                self.half_open()
+                state = pybreaker.STATE_HALF_OPEN
+            if state == pybreaker.STATE_HALF_OPEN:
+                if self._probing:
+                    raise pybreaker.CircuitBreakerError("circuit breaker half-open, probing")
+                self._probing = True
+                return True
+            return False
+
+    def _failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self._inc_counter()
+            for listener in self.listeners:
+                listener.failure(self, exc)
+            state = self.current_state
+            if state == pybreaker.STATE_HALF_OPEN or (
+                    state == pybreaker.STATE_CLOSED and self.fail_counter >= self.fail_max):
+                self.open()
+
+    def _succeeded(self) -> None:
+        with self._lock:
+            self._state_storage.reset_counter()
+            for listener in self.listeners:
+                listener.success(self)
+            if self.current_state == pybreaker.STATE_HALF_OPEN:
+                self._state_storage.increment_success_counter()
+                if self.success_counter >= self.success_threshold:
+                    self.close()
+
+    def open(self) -> bool:
+        self._opened_mono = time.monotonic()
+        return super().open()
+
+    # -- recovery ----------------------------------------------------------------------
+
+    def watch(self, probe: Probe) -> None:
+        """While open, run `probe` every `probe_every_s`; once it says SERVING after it
+        said not serving, half-open the breaker. One watch per breaker at a time; needs
+        a running loop."""
+        if self.current_state != pybreaker.STATE_OPEN or self.probe_every_s <= 0:
+            return
+        if self._watch is not None and not self._watch.done():
+            return
+        self._watch = asyncio.get_running_loop().create_task(
+            self._watch_loop(probe), name=f"breaker-watch-{self.name}")
+
+    async def _watch_loop(self, probe: Probe) -> None:
+        seen_down = False
+        while self.current_state == pybreaker.STATE_OPEN:
+            try:
+                serving = await probe()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                serving = False
+            if serving is None:
+                return  # the client is gone
+            if not serving:
+                seen_down = True
+            elif seen_down and self.current_state == pybreaker.STATE_OPEN:
+                log.info("downstream serving again; half-opening its breaker",
+                         extra={"downstream": self.name})
+                self.half_open()
+                return
+            await asyncio.sleep(self.probe_every_s)
+
+    def stop_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
 
 
 class _StateLogger(pybreaker.CircuitBreakerListener):
@@ -65,41 +240,55 @@ class _StateLogger(pybreaker.CircuitBreakerListener):
         )
 
 
-def breaker_for(service: str) -> pybreaker.CircuitBreaker:
-    """The process-wide breaker for `service`, made on first use.
+def breaker_for(service: str, instance: str = "") -> ShopBreaker:
+    """The process-wide breaker for `service` (a pinned or default address), or for one
+    of its discovered instances; made on first use.
 
     Thresholds: SHOP_BREAKER_FAIL_MAX (5 consecutive failures), SHOP_BREAKER_RESET_S (30 s).
     """
-    breaker = _registry.get(service)
+    key = f"{service}/{instance}" if instance else service
+    breaker = _registry.get(key)
     if breaker is None:
         breaker = new_breaker(
-            service,
+            key,
             fail_max=env_int("SHOP_BREAKER_FAIL_MAX", 5),
             reset_timeout=env_float("SHOP_BREAKER_RESET_S", 30.0),
         )
-        _registry[service] = breaker
+        _registry[key] = breaker
     return breaker
 
 
-def new_breaker(name: str, *, fail_max: int, reset_timeout: float) -> pybreaker.CircuitBreaker:
+def combined_state(states: Iterable[str]) -> str:
+    """The state of a service whose calls go through several breakers (one per instance):
+    "closed" while one is closed, else "half-open" while one is, else "open"."""
+    found = set(states)
+    for state in (pybreaker.STATE_CLOSED, pybreaker.STATE_HALF_OPEN, pybreaker.STATE_OPEN):
+        if state in found:
+            return state
+    return pybreaker.STATE_CLOSED
+
+
+def new_breaker(name: str, *, fail_max: int, reset_timeout: float) -> ShopBreaker:
     """A breaker with shop's rules (what counts as a failure, state changes logged), outside
     the per-service registry: for a caller that needs one of its own (a dashboard part)."""
-    return pybreaker.CircuitBreaker(
-        fail_max=fail_max,
-        reset_timeout=reset_timeout,
-        exclude=[_not_a_failure],
-        listeners=[_StateLogger()],
-        name=name,
-        # Callers see the real error of the call that tripped it, not a generic one.
-        throw_new_error_on_trip=False,
-    )
+    return ShopBreaker(name=name, fail_max=fail_max, reset_timeout=reset_timeout)
 
 
 def breaker_states() -> dict[str, str]:
-    """Downstream service -> "closed" | "open" | "half-open"."""
-    return {name: str(b.current_state) for name, b in sorted(_registry.items())}
+    """Downstream service -> "closed" | "open" | "half-open" (its instances' breakers
+    combined, see `combined_state`)."""
+    by_service: dict[str, list[ShopBreaker]] = {}
+    for key, b in _registry.items():
+        by_service.setdefault(key.partition("/")[0], []).append(b)
+    out: dict[str, str] = {}
+    for name, found in sorted(by_service.items()):
+        used = [b for b in found if b.used] or found  # a breaker never called is no news
+        out[name] = combined_state(str(b.current_state) for b in used)
+    return out
 
 
 def reset_breakers() -> None:
     """Forget every breaker (tests; a new one is made on next use)."""
+    for breaker in _registry.values():
+        breaker.stop_watch()
     _registry.clear()

@@ -1,4 +1,11 @@
-"""The NATS connection every process shares: JetStream streams and event publishing."""
+"""The NATS connection every process shares: JetStream streams and event publishing.
+
+The events stream keeps an event `SHOP_STREAM_MAX_AGE_S` (7 days) and at most
+`SHOP_STREAM_MAX_BYTES` (1 GiB, the oldest go first); 0 means no limit. Both are applied
+whenever a process creates or updates the stream. The max age is the stream's horizon:
+no event older than it can be delivered again, so the consumers' inboxes forget events
+after it plus a margin (`inbox_retention_s`, or `SHOP_INBOX_RETAIN_S`).
+"""
 
 from __future__ import annotations
 
@@ -19,12 +26,48 @@ from nats.js.errors import NotFoundError
 from shop.events.v1 import envelope_pb2
 
 from services.common.events import AGGREGATES, DLQ_STREAM, STREAM
+from services.common.settings import env_float, env_int
 
-__all__ = ["DUPLICATE_WINDOW_S", "Bus", "OutMsg", "envelope_headers", "probe"]
+__all__ = ["DUPLICATE_WINDOW_S", "Bus", "OutMsg", "envelope_headers", "inbox_retention_s",
+           "probe", "stream_max_age_s", "stream_max_bytes"]
 
 log = logging.getLogger(__name__)
 
 DUPLICATE_WINDOW_S = 120.0
+DEFAULT_MAX_AGE_S = 7 * 24 * 3600.0
+DEFAULT_MAX_BYTES = 1024**3
+# Past the stream's horizon, an inbox row is kept this much longer (clock skew, a
+# consumer that was down while the event aged out).
+INBOX_MARGIN_S = 3600.0
+
+
+def stream_max_age_s() -> float:
+    """SHOP_STREAM_MAX_AGE_S: how long the events stream keeps an event (0: for ever)."""
+    value = env_float("SHOP_STREAM_MAX_AGE_S", DEFAULT_MAX_AGE_S)
+    if value < 0:
+        raise ValueError(f"SHOP_STREAM_MAX_AGE_S must be >= 0, got {value}")
+    if 0 < value < DUPLICATE_WINDOW_S:
+        raise ValueError(f"SHOP_STREAM_MAX_AGE_S must be 0 or at least the duplicate "
+                         f"window ({DUPLICATE_WINDOW_S:g} s), got {value:g}")
+    return value
+
+
+def stream_max_bytes() -> int:
+    """SHOP_STREAM_MAX_BYTES: the events stream's size limit (0: none)."""
+    value = env_int("SHOP_STREAM_MAX_BYTES", DEFAULT_MAX_BYTES)
+    if value < 0:
+        raise ValueError(f"SHOP_STREAM_MAX_BYTES must be >= 0, got {value}")
+    return value
+
+
+def inbox_retention_s() -> float:
+    """How long an inbox row is kept: SHOP_INBOX_RETAIN_S, else the stream's max age plus
+    INBOX_MARGIN_S; 0 (a stream without max age) keeps them for ever."""
+    explicit = env_float("SHOP_INBOX_RETAIN_S", -1.0)
+    if explicit >= 0:
+        return explicit
+    age = stream_max_age_s()
+    return age + INBOX_MARGIN_S if age > 0 else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +95,9 @@ def events_stream_config() -> StreamConfig:
         storage=StorageType.FILE,
         retention=RetentionPolicy.LIMITS,
         duplicate_window=DUPLICATE_WINDOW_S,
+        max_age=stream_max_age_s(),  # nats-py: seconds; 0 = no limit
+        max_bytes=stream_max_bytes() or -1,
+        discard=DiscardPolicy.OLD,
     )
 
 
@@ -88,22 +134,32 @@ async def probe(url: str, *, timeout_s: float = 2.0) -> None:
     raise OSError(f"no NATS server reachable ({'; '.join(errors) or url})")
 
 
+# A stopping process drains its subscriptions for at most this long.
+DRAIN_TIMEOUT_S = 2
+
+
 class Bus:
     def __init__(self, nc: Client, name: str) -> None:
         self.nc = nc
         self.name = name
         self.js: JetStreamContext = nc.jetstream()
+        self.closing = False  # set by close(): a disconnect is then expected
 
     @classmethod
     async def connect(cls, url: str, *, name: str, connect_for_s: float = 10.0) -> Bus:
         """Connect (retrying for `connect_for_s`, then raising), then reconnect forever
         with a short wait. `connect_for_s=0`: one attempt."""
 
+        holder: list[Bus] = []
+
         async def on_error(e: Exception) -> None:
             log.debug("nats error: %r", e)
 
         async def on_disconnect() -> None:
-            log.warning("nats disconnected")
+            if holder and holder[0].closing:
+                log.debug("nats disconnected (closing)")
+            else:
+                log.warning("nats disconnected")
 
         async def on_reconnect() -> None:
             log.info("nats reconnected")
@@ -120,8 +176,11 @@ class Bus:
                     disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
                     # Publishes made while reconnecting are buffered up to this size.
                     pending_size=16 * 1024 * 1024,
+                    drain_timeout=DRAIN_TIMEOUT_S,
                 )
-                return cls(nc, name)
+                bus = cls(nc, name)
+                holder.append(bus)
+                return bus
             except (TimeoutError, NoServersError, OSError):
                 if time.monotonic() >= deadline:
                     raise
@@ -186,8 +245,20 @@ class Bus:
         return ordered + results
 
     async def close(self) -> None:
-        if not self.nc.is_closed:
+        """Drain (subscriptions end, pending publishes flushed, at most DRAIN_TIMEOUT_S),
+        then close; a connection that is not up (NATS gone, reconnecting) is just closed.
+        Never raises: it runs while the process stops."""
+        self.closing = True
+        nc = self.nc
+        if nc.is_closed:
+            return
+        if nc.is_connected:
             try:
-                await self.nc.drain()
-            except Exception:
-                await self.nc.close()
+                await nc.drain()
+                return
+            except Exception as e:
+                log.debug("nats drain failed, closing: %r", e)
+        try:
+            await nc.close()
+        except Exception as e:
+            log.debug("nats close failed: %r", e)

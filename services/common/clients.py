@@ -20,11 +20,12 @@ import grpc
 import pybreaker
 from google.protobuf.message import Message
 from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import context
-from services.common.breakers import breaker_for
+from services.common.breakers import ShopBreaker, breaker_for, combined_state
 from services.common.errors import DeadlineExceeded, Unavailable
-from services.common.settings import default_addr, downstream_addr
+from services.common.settings import default_addr, downstream_addr, health_name
 
 StubT = TypeVar("StubT")
 
@@ -40,20 +41,30 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_permit_without_calls", 1),
     # Retries are ours (idempotent calls only); grpc's own would double them.
     ("grpc.enable_retries", 0),
+    # A restarted instance is reconnected to within a second, not after grpc's default
+    # back-off (1 s growing to 2 min) that a few seconds of refused connections build up.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+
+# A health check gets this long: an instance that cannot answer it is not serving.
+HEALTH_CHECK_TIMEOUT_S = 0.5
+_SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 class Endpoint:
     """One address of a service: its channel (made on first use, inside the running loop)
     and the bound stub methods made on it, cached per (stub class, method)."""
 
-    __slots__ = ("_methods", "addr", "channel", "healthy", "instance", "service")
+    __slots__ = ("_methods", "addr", "breaker", "channel", "healthy", "instance", "service")
 
     def __init__(self, service: str, addr: str, instance: str = "") -> None:
         self.service = service
         self.addr = addr
         self.instance = instance
         self.healthy = True
+        # A discovered instance's own breaker (set by discovery); None: the Downstream's.
+        self.breaker: ShopBreaker | None = None
         self.channel: aio.Channel | None = None
         self._methods: dict[tuple[Callable[[aio.Channel], Any], str], Any] = {}
 
@@ -61,6 +72,18 @@ class Endpoint:
         if self.channel is None:
             self.channel = aio.insecure_channel(self.addr, options=CHANNEL_OPTIONS)
         return self.channel
+
+    async def check_health(self, timeout: float = HEALTH_CHECK_TIMEOUT_S) -> bool:  # noqa: ASYNC109
+        """One grpc.health.v1 Check for this endpoint's service; True when SERVING."""
+        try:
+            stub = health_pb2_grpc.HealthStub(self.open_channel())
+            reply = await stub.Check(
+                health_pb2.HealthCheckRequest(service=health_name(self.service)),
+                timeout=timeout,
+            )
+        except (TimeoutError, aio.AioRpcError, RuntimeError):
+            return False
+        return bool(reply.status == _SERVING)
 
     def method(self, stub_factory: Callable[[aio.Channel], Any], name: str) -> Any:
         key = (stub_factory, name)
@@ -90,6 +113,10 @@ class Picker(Protocol):
 
     def mark_down(self, endpoint: Endpoint) -> None:
         """`endpoint` answered UNAVAILABLE: skip it until a health check says SERVING."""
+        ...
+
+    def endpoints(self, service: str) -> list[Endpoint]:
+        """Every known instance of `service`, healthy or not."""
         ...
 
 
@@ -142,14 +169,17 @@ def _backoff(attempt: int) -> float:
 
 
 class Downstream(Generic[StubT]):
-    """One downstream service and the process-wide breaker for that service.
+    """One downstream service and its breakers.
 
     Where calls go: an explicit `address` or `<SERVICE>_ADDR` pins one address (its own
     channel); otherwise every call asks the process's picker (discovery) for the next
     live instance (channels shared per instance), and without one falls back to the
     resolver or `127.0.0.1:<default port>` on a channel of its own.
 
-    `breaker=` gives it a breaker of its own instead of the service's shared one;
+    Breakers: a call to a discovered instance goes through that instance's breaker (one
+    per instance per process: an unwell instance is skipped by the picker while the others
+    serve); a pinned or default address through the service's process-wide breaker
+    (`self.breaker`). `breaker=` gives it one breaker of its own for every call instead;
     `Downstream.sharing(base, breaker=...)` calls over `base`'s endpoints and channels.
     """
 
@@ -170,8 +200,10 @@ class Downstream(Generic[StubT]):
         self._fallback: Endpoint | None = None  # no instance known: resolver/default
         self._pinned: bool | None = None  # decided on first use
         self._source: Downstream[Any] | None = None  # set by sharing(): its endpoints
+        self._closed = False
         # The process-wide breaker of the service unless one of its own is given.
         self.breaker: pybreaker.CircuitBreaker = breaker or breaker_for(service)
+        self._own_breaker = breaker is not None
 
     @classmethod
     def sharing(
@@ -192,6 +224,7 @@ class Downstream(Generic[StubT]):
             cap_s=base.cap_s if cap_s is None else cap_s,
             breaker=breaker or base.breaker,
         )
+        twin._own_breaker = breaker is not None or base._own_breaker
         twin._source = base
         return twin
 
@@ -233,10 +266,59 @@ class Downstream(Generic[StubT]):
             return self._fixed.addr
         return resolve_addr(self.service)
 
+    def breaker_of(self, ep: Endpoint) -> pybreaker.CircuitBreaker:
+        """The breaker a call to `ep` goes through."""
+        if ep.breaker is not None and not self._own_breaker:
+            return ep.breaker
+        return self.breaker
+
     @property
     def breaker_state(self) -> str:
-        """The breaker state: "closed", "open" or "half-open"."""
-        return str(self.breaker.current_state)
+        """"closed", "open" or "half-open": "open" when every instance it may call has an
+        open breaker (a call would fail fast), "closed" while one is closed."""
+        if self._own_breaker:
+            return str(self.breaker.current_state)
+        eps = self._candidates()
+        if not eps:
+            return str(self.breaker.current_state)
+        return combined_state(str(self.breaker_of(ep).current_state) for ep in eps)
+
+    def _candidates(self) -> list[Endpoint]:
+        """The endpoints calls may go to now (what the breaker's health watch checks)."""
+        if self._source is not None:
+            return self._source._candidates()
+        if self._fixed is not None:
+            return [self._fixed]
+        if _picker is not None:
+            known = _picker.endpoints(self.service)
+            if known:
+                return known
+        return [self._fallback] if self._fallback is not None else []
+
+    async def _probe(self) -> bool | None:
+        """The breaker's health watch: True when one of the candidates is SERVING, None
+        once this client is closed."""
+        if self._closed or (self._source is not None and self._source._closed):
+            return None
+        eps = self._candidates()
+        if not eps:
+            return False
+        found = await asyncio.gather(*(ep.check_health() for ep in eps))
+        return any(found)
+
+    async def _probe_instance(self, ep: Endpoint) -> bool | None:
+        """The health watch of one instance's breaker; None once it left discovery."""
+        if _picker is None or ep not in _picker.endpoints(ep.service):
+            return None
+        return await ep.check_health()
+
+    def _watch_if_open(self, breaker: pybreaker.CircuitBreaker, ep: Endpoint) -> None:
+        if not isinstance(breaker, ShopBreaker) or breaker.current_state != "open":
+            return
+        if breaker is ep.breaker:
+            breaker.watch(lambda: self._probe_instance(ep))
+        else:
+            breaker.watch(self._probe)
 
     @property
     def stub(self) -> StubT:
@@ -278,17 +360,21 @@ class Downstream(Generic[StubT]):
             raise DeadlineExceeded(f"no time left to call {self.service}.{method}")
         deadline = time.monotonic() + budget
         md = self._metadata(metadata)
+        self._closed = False
         ep = self._endpoint()
         attempt = 0
         while True:
             attempt += 1
             fn = ep.method(self._stub_factory, method)
+            breaker = self.breaker_of(ep)
             try:
-                with self.breaker.calling():
+                with breaker.calling():
                     return await fn(request, timeout=deadline - time.monotonic(), metadata=md)
             except pybreaker.CircuitBreakerError:
+                self._watch_if_open(breaker, ep)
                 raise Unavailable(f"{self.service} unavailable: circuit open") from None
             except aio.AioRpcError as err:
+                self._watch_if_open(breaker, ep)
                 unavailable = err.code() == grpc.StatusCode.UNAVAILABLE
                 if unavailable and ep.instance and _picker is not None:
                     _picker.mark_down(ep)
@@ -311,6 +397,7 @@ class Downstream(Generic[StubT]):
         by `sharing` has none of its own)."""
         if self._source is not None:
             return
+        self._closed = True
         for ep in (self._fixed, self._fallback):
             if ep is not None:
                 await ep.close()

@@ -19,6 +19,11 @@ state it would act on has moved on for good). Events whose check says so are ack
 one read (`storage.read`), with no write and no inbox row: having no effect, a
 redelivery runs the same check and is the same no-op. Any other event goes the usual way.
 
+The inbox only has to remember an event as long as the stream could deliver it again: a
+running consumer deletes rows older than `inbox_retain_s` (the stream's max age plus a
+margin, see bus.py; never when the stream keeps events for ever), a bounded chunk at a
+time, at most every `prune_every_s`.
+
 A partial batch is followed by a short linger (`linger_s`) before the next fetch, so a
 busy stream is handled in batches of several events rather than one fetch round trip and
 one transaction (one fsync) per event.
@@ -42,7 +47,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from shop.events.v1 import envelope_pb2
 
-from services.common.bus import Bus
+from services.common.bus import Bus, inbox_retention_s
 from services.common.dlq import dead_letter
 from services.common.events import STREAM
 from services.common.storage import Storage, Tx
@@ -64,6 +69,10 @@ SkipCheck = Callable[[Tx, Envelope, Any], Awaitable[bool] | bool]
 TxHandler = Handler
 
 _INBOX_INSERT = "INSERT INTO inbox (consumer, event_id, handled_at) VALUES (?, ?, ?)"
+# Bounded: one prune round never holds the write lock for long (index inbox_handled_at).
+_INBOX_PRUNE = ("DELETE FROM inbox WHERE consumer = ? AND event_id IN (SELECT event_id FROM"
+                " inbox WHERE consumer = ? AND handled_at < ? ORDER BY handled_at LIMIT ?)")
+_PRUNE_CHUNK = 1000
 
 
 @dataclass
@@ -97,6 +106,7 @@ class ConsumerStats:
     skipped: int = 0
     failed: int = 0
     dead_lettered: int = 0
+    pruned: int = 0  # inbox rows deleted past the retention
 
 
 class _HandlerFailed(Exception):
@@ -115,7 +125,8 @@ class EventConsumer:
     def __init__(self, bus: Bus, db: Storage, *, durable: str, routes: Sequence[Route],
                  max_deliver: int = 5, ack_wait_s: float = 30.0, batch: int = 64,
                  backoff_s: Sequence[float] = (0.2, 1.0, 3.0, 5.0),
-                 fetch_timeout_s: float = 1.0, linger_s: float = 0.05) -> None:
+                 fetch_timeout_s: float = 1.0, linger_s: float = 0.05,
+                 inbox_retain_s: float | None = None, prune_every_s: float = 60.0) -> None:
         if not routes:
             raise ValueError("a consumer needs at least one route")
         self.bus = bus
@@ -131,6 +142,10 @@ class EventConsumer:
         self.fetch_timeout_s = fetch_timeout_s
         # After a partial batch, wait this long before fetching again (batches, not trickles).
         self.linger_s = linger_s
+        # 0: keep every inbox row (the stream keeps its events for ever).
+        self.inbox_retain_s = inbox_retention_s() if inbox_retain_s is None else inbox_retain_s
+        self.prune_every_s = prune_every_s
+        self._pruned_at = 0.0
         self.stats = ConsumerStats()
         self._sub: JetStreamContext.PullSubscription | None = None
         self._advisory: Subscription | None = None
@@ -168,6 +183,7 @@ class EventConsumer:
                 try:
                     msgs = await self._sub.fetch(self.batch, timeout=self.fetch_timeout_s)
                 except TimeoutError:  # nothing to do (nats' TimeoutError subclasses it)
+                    await self._maybe_prune()
                     continue
                 except asyncio.CancelledError:
                     raise
@@ -176,8 +192,10 @@ class EventConsumer:
                     await asyncio.sleep(0.5)
                     continue
                 await self.process(msgs)
-                if len(msgs) < self.batch and self.linger_s > 0:
-                    await asyncio.sleep(self.linger_s)
+                if len(msgs) < self.batch:
+                    await self._maybe_prune()
+                    if self.linger_s > 0:
+                        await asyncio.sleep(self.linger_s)
         finally:
             await self.stop()
 
@@ -314,6 +332,30 @@ class EventConsumer:
         self.stats.duplicates += len(done) - handled
         self.stats.failed += len(failed)
         return done, failed
+
+    async def _maybe_prune(self) -> None:
+        """Delete this consumer's inbox rows past the retention, one bounded chunk per
+        round, rounds `prune_every_s` apart (right after one while a backlog is left)."""
+        if self.inbox_retain_s <= 0:
+            return
+        now = time.monotonic()
+        if now - self._pruned_at < self.prune_every_s:
+            return
+        self._pruned_at = now
+        cutoff = time.time() - self.inbox_retain_s
+        durable = self.durable
+
+        async def prune(tx: Tx) -> int:
+            return await tx.run(_INBOX_PRUNE, (durable, durable, cutoff, _PRUNE_CHUNK))
+
+        try:
+            n = await self.db.write(prune)
+        except Exception:
+            log.warning("consumer %s: inbox prune failed", durable, exc_info=True)
+            return
+        self.stats.pruned += n
+        if n >= _PRUNE_CHUNK:
+            self._pruned_at = 0.0  # more left: the next idle moment goes on
 
     async def _handled(self, event_id: str) -> bool:
         async def run(tx: Tx) -> bool:

@@ -4,7 +4,9 @@ One `Discovery` per process watches `shop_registry` and keeps, per service, the
 registered instances and the round-robin ring of the healthy ones. `Downstream` asks it
 for the next instance on every call (`pick`, O(1), no awaits); an instance that answers
 UNAVAILABLE is taken out of the ring (`mark_down`) until a grpc.health.v1 Check says
-SERVING again. Every instance is health-checked now and then, a down one often. One
+SERVING again. The Check names the service expected there (`shop.<svc>.v1.<Svc>Service`),
+so another shop server that took over a reused port is not healthy for this one. Every
+instance is health-checked now and then, a down one often. One
 channel per instance, shared by every Downstream of the process, closed (after its calls
 in flight finish) when the instance leaves the registry.
 
@@ -26,9 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
-from grpc import aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.breakers import breaker_for
 from services.common.clients import Endpoint, set_picker
 from services.common.registry import Instance, RegistryLink, bucket_ttl
 from services.common.settings import env_float
@@ -43,7 +44,6 @@ __all__ = [
 
 log = logging.getLogger("shop.discovery")
 
-_SERVING = health_pb2.HealthCheckResponse.SERVING
 _DELETES = ("DEL", "PURGE")
 # A leaving instance's channel stays open this long for the calls already on it.
 _CLOSE_GRACE_S = 30.0
@@ -89,6 +89,14 @@ class _Pool:
         ring = self.ring or self.everyone
         if not ring:
             return None
+        # Outlier ejection: skip an instance whose breaker would refuse the call; when
+        # every one would, the next one still gets it (fails fast, never a blackhole: its
+        # breaker's health watch half-opens it once it serves again).
+        for _ in range(len(ring)):
+            self.n += 1
+            ep = ring[self.n % len(ring)]
+            if ep.breaker is None or ep.breaker.admits():
+                return ep
         self.n += 1
         return ring[self.n % len(ring)]
 
@@ -128,6 +136,10 @@ class Discovery:
     def pick(self, service: str) -> Endpoint | None:
         pool = self._pools.get(service)
         return pool.pick() if pool is not None else None
+
+    def endpoints(self, service: str) -> list[Endpoint]:
+        pool = self._pools.get(service)
+        return list(pool.everyone) if pool is not None else []
 
     def mark_down(self, endpoint: Endpoint) -> None:
         if not endpoint.healthy:
@@ -200,6 +212,7 @@ class Discovery:
         if known is not None:
             self._remove(key)  # same instance id, new address: a new channel
         ep = Endpoint(info.service, info.addr, info.instance_id)
+        ep.breaker = breaker_for(info.service, info.instance_id)
         known = _Known(key, info, ep)
         self._by_key[key] = known
         pool = self._pools.setdefault(info.service, _Pool())
@@ -312,15 +325,9 @@ class Discovery:
                 await asyncio.gather(*(self._check(ep) for ep in targets))
 
     async def check(self, endpoint: Endpoint) -> bool:
-        """One grpc.health.v1 Check with a short deadline; True when SERVING."""
-        try:
-            stub = health_pb2_grpc.HealthStub(endpoint.open_channel())
-            reply = await stub.Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=self.check_timeout_s
-            )
-        except (TimeoutError, aio.AioRpcError, RuntimeError):
-            return False
-        return bool(reply.status == _SERVING)
+        """One grpc.health.v1 Check for the endpoint's own service (`health_name`), with
+        a short deadline; True when SERVING."""
+        return await endpoint.check_health(self.check_timeout_s)
 
     def _is_current(self, endpoint: Endpoint) -> bool:
         pool = self._pools.get(endpoint.service)

@@ -17,6 +17,7 @@ __all__ = [
     "DLQ_STREAM",
     "INVENTORY_RELEASED",
     "INVENTORY_RESERVED",
+    "INVENTORY_RESTOCKED",
     "ORDER_CANCELLED",
     "ORDER_CONFIRMED",
     "ORDER_CREATED",
@@ -48,6 +49,7 @@ PAYMENT_FAILED = "payment.failed"
 PAYMENT_REFUNDED = "payment.refunded"
 INVENTORY_RESERVED = "inventory.reserved"
 INVENTORY_RELEASED = "inventory.released"
+INVENTORY_RESTOCKED = "inventory.restocked"
 
 
 class EventSpec(NamedTuple):
@@ -66,6 +68,7 @@ CATALOGUE: dict[str, EventSpec] = {
     PAYMENT_REFUNDED: EventSpec(payment_pb2.PaymentRefunded, "payment"),
     INVENTORY_RESERVED: EventSpec(inventory_pb2.StockReserved, "inventory"),
     INVENTORY_RELEASED: EventSpec(inventory_pb2.StockReleased, "inventory"),
+    INVENTORY_RESTOCKED: EventSpec(inventory_pb2.StockRestocked, "inventory"),
     ORDER_SHIPPED: EventSpec(shipping_pb2.OrderShipped, "shipping"),
 }
 

@@ -2,7 +2,10 @@
 
 `enqueue` runs inside the caller's `db.transaction()`; `OutboxRelay` publishes unsent rows
 in id order (= commit order, as SQLite has one writer at a time) with many acks in
-flight, and marks a row sent only after JetStream acknowledged it. A crash between the
+flight, and marks a row sent only after JetStream acknowledged it. Per aggregate the order
+is strict even across a reconnect: the next event of an aggregate is sent only after the
+one before it was acknowledged (`publish_in_waves`), so the stream never stores event k+1
+of an aggregate before event k. A crash between the
 ack and the mark publishes the row again; the Nats-Msg-Id (= event id) makes JetStream
 drop that repeat inside its duplicate window.
 
@@ -30,7 +33,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -90,9 +93,49 @@ _LEASE_NAME = "relay"
 _LEASE_SELECT = "SELECT owner, host, pid, expires_at FROM outbox_lease WHERE name = ?"
 _LEASE_RENEW = ("UPDATE outbox_lease SET expires_at = ? WHERE name = ? AND owner = ?"
                 " AND host = ? AND pid = ? AND expires_at > ?")
-_SELECT_UNSENT = ("SELECT id, event_id, subject, correlation_id, traceparent, data FROM outbox"
-                  " WHERE sent_at IS NULL ORDER BY id LIMIT ?")
+_SELECT_UNSENT = ("SELECT id, event_id, subject, correlation_id, traceparent, data, aggregate_id"
+                  " FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?")
 _MARK_SENT = "UPDATE outbox SET sent_at = ? WHERE id BETWEEN ? AND ? AND sent_at IS NULL"
+
+
+def _waves(aggregates: Sequence[str]) -> list[list[int]]:
+    """Row indexes grouped so that wave n has the n-th row of each aggregate, in row
+    order within a wave. Rows of one aggregate are in different, successive waves."""
+    waves: list[list[int]] = []
+    seen: dict[str, int] = {}
+    for i, agg in enumerate(aggregates):
+        n = seen.get(agg, 0)
+        seen[agg] = n + 1
+        if n == len(waves):
+            waves.append([])
+        waves[n].append(i)
+    return waves
+
+
+async def publish_in_waves(bus: Bus, rows: Sequence[Row], *, timeout_s: float
+                           ) -> tuple[int, BaseException | None]:
+    """Publish outbox rows (id, event_id, subject, correlation_id, traceparent, data,
+    aggregate_id, ...) in waves: many acks in flight, but one event of an aggregate at a
+    time. The length of the acknowledged prefix, and the first failure (None if none)."""
+    acked = [False] * len(rows)
+    failure: BaseException | None = None
+    for wave in _waves([str(r[6]) for r in rows]):
+        msgs = [OutMsg(str(rows[i][2]), bytes(rows[i][5]),
+                       envelope_headers(str(rows[i][1]), str(rows[i][3]), str(rows[i][4])))
+                for i in wave]
+        results = await bus.publish_batch(msgs, timeout_s=timeout_s)
+        for i, res in zip(wave, results, strict=False):
+            if isinstance(res, BaseException):
+                failure = failure or res
+            else:
+                acked[i] = True
+        if len(results) < len(wave):
+            failure = failure or RuntimeError("publish not attempted")
+        if failure is not None:
+            break  # the next waves would overtake what just failed
+    # Only the acknowledged prefix counts: the rest is retried in order.
+    ok = next((i for i, a in enumerate(acked) if not a), len(rows))
+    return ok, failure
 
 
 def _host_key() -> str:
@@ -338,15 +381,7 @@ class OutboxRelay:
         rows = await self.db.read(select)
         if not rows:
             return False
-        msgs = [OutMsg(r[2], bytes(r[5]), envelope_headers(r[1], r[3], r[4])) for r in rows]
-        results = await self.bus.publish_batch(msgs, timeout_s=self.ack_timeout_s)
-        # Only the acknowledged prefix counts: stopping at the first failure keeps the
-        # per-aggregate order when the rest is retried.
-        ok = 0
-        for res in results:
-            if isinstance(res, BaseException):
-                break
-            ok += 1
+        ok, failure = await publish_in_waves(self.bus, rows, timeout_s=self.ack_timeout_s)
         if ok:
             first, last = rows[0][0], rows[ok - 1][0]
             # The lease rides along once it is a sixth of its life old: no hop of its own.
@@ -362,9 +397,7 @@ class OutboxRelay:
             self.stats.published += ok
             self.stats.batches += 1
         if ok < len(rows):
-            failed = results[ok] if ok < len(results) else RuntimeError("publish not attempted")
-            assert isinstance(failed, BaseException)
-            raise failed
+            raise failure or RuntimeError("publish not acknowledged")
         return len(rows) == self.batch
 
     async def pending(self) -> int:

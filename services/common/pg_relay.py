@@ -39,8 +39,8 @@ from typing import Any
 
 import asyncpg
 
-from services.common.bus import Bus, OutMsg, envelope_headers
-from services.common.outbox import RelayStats, finish_batch, pending, prune
+from services.common.bus import Bus
+from services.common.outbox import RelayStats, finish_batch, pending, prune, publish_in_waves
 from services.common.pg import PgDatabase
 
 __all__ = ["RELAY_LOCK", "PgOutboxRelay"]
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 RELAY_LOCK = 0x6F7574626F78  # "outbox"
 CHANNEL = "shop_outbox"
 
-_SELECT = ("SELECT id, event_id, subject, correlation_id, traceparent, data, txid,"
+_SELECT = ("SELECT id, event_id, subject, correlation_id, traceparent, data, aggregate_id, txid,"
            " pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon"
            " FROM outbox WHERE sent_at IS NULL ORDER BY txid, id LIMIT $1")
 _MARK = ("UPDATE outbox SET sent_at = $1 WHERE id = ANY($2::bigint[]) AND sent_at IS NULL"
@@ -170,16 +170,7 @@ class PgOutboxRelay:
         held_back = len(ready) < len(rows)
         if not ready:
             return False, held_back
-        msgs = [OutMsg(r["subject"], bytes(r["data"]),
-                       envelope_headers(r["event_id"], r["correlation_id"], r["traceparent"]))
-                for r in ready]
-        results = await self.bus.publish_batch(msgs, timeout_s=self.ack_timeout_s)
-        # Only the acknowledged prefix counts: the rest is retried in the same order.
-        ok = 0
-        for res in results:
-            if isinstance(res, BaseException):
-                break
-            ok += 1
+        ok, failure = await publish_in_waves(self.bus, ready, timeout_s=self.ack_timeout_s)
         if ok:
             ids = [int(r["id"]) for r in ready[:ok]]
             status = await conn.execute(_MARK, time.time(), ids, RELAY_LOCK)
@@ -188,9 +179,7 @@ class PgOutboxRelay:
             self.stats.published += ok
             self.stats.batches += 1
         if ok < len(ready):
-            failed = results[ok] if ok < len(results) else RuntimeError("publish not attempted")
-            assert isinstance(failed, BaseException)
-            raise failed
+            raise failure or RuntimeError("publish not acknowledged")
         return len(rows) == self.batch and not held_back, held_back
 
     async def pending(self) -> int:

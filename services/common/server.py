@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from services.common.registry import (
     registry_enabled,
     shop_version,
 )
-from services.common.settings import Settings, env_float, load_settings
+from services.common.settings import Settings, env_float, health_name, load_settings
 
 log = logging.getLogger("shop.server")
 
@@ -131,7 +132,10 @@ class ServiceRunner:
         self.port = port
         self.addr = _advertised(s.host, port)
         serving = health_pb2.HealthCheckResponse.SERVING
-        for name in ("", *self.app.grpc_services):
+        # Also under the name callers ask for (`health_name`): the same as the servicer's
+        # for every shop service; a stand-in serving another contract still answers.
+        names = dict.fromkeys(("", health_name(s.service), *self.app.grpc_services))
+        for name in names:
             await self.health.set(name, serving)
         for factory in self.app.tasks:
             task: asyncio.Future[None] = asyncio.ensure_future(factory())
@@ -245,7 +249,31 @@ async def _main(service: str, build: Callable[[Settings], Awaitable[App]]) -> in
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     app = await build(settings)
-    return await serve_app(settings, app, stop, registry=registry_enabled())
+    code = await serve_app(settings, app, stop, registry=registry_enabled())
+    _exit_watchdog(code, EXIT_WATCHDOG_S)
+    return code
+
+
+# After "stopped", only the loop's own clean-up and the interpreter's exit are left; a
+# leftover thread or a task that ignores its cancellation must not keep the process up.
+EXIT_WATCHDOG_S = 3.0
+
+
+def _exit_watchdog(code: int, after_s: float) -> None:
+    """Exit with `code` after `after_s` even if the normal exit is stuck."""
+
+    def force() -> None:
+        me = threading.current_thread()
+        threads = sorted(t.name for t in threading.enumerate() if t is not me)
+        log.warning("exit blocked after the stop; exiting now",
+                    extra={"waited_s": after_s, "threads": threads})
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(code)
+
+    timer = threading.Timer(after_s, force)
+    timer.daemon = True
+    timer.start()
 
 
 def run_service(service: str, build: Callable[[Settings], Awaitable[App]]) -> None:

@@ -126,3 +126,10 @@ def downstream_addr(service: str) -> str | None:
 def default_addr(service: str) -> str:
     """Where `service` listens when everything runs on one machine with default ports."""
     return f"127.0.0.1:{DEFAULT_PORTS[service]}"
+
+
+def health_name(service: str) -> str:
+    """The grpc.health.v1 service name an instance of `service` reports SERVING under:
+    `shop.<svc>.v1.<Svc>Service`. Asking for it (not for "") means another server on a
+    reused port is never taken for this service."""
+    return f"shop.{service}.v1.{service.capitalize()}Service"

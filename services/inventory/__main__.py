@@ -12,7 +12,7 @@ from services.common.eventing import EventWorkers
 from services.common.server import App, run_service
 from services.common.settings import Settings
 from services.inventory.servicer import InventoryServicer
-from services.inventory.store import SCHEMA, InventoryStore
+from services.inventory.store import SCHEMA, InventoryStore, upgrade
 
 log = logging.getLogger("shop.inventory")
 
@@ -20,6 +20,7 @@ SERVICE = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"]
 
 
 async def build(settings: Settings) -> App:
+    upgrade(settings.db_path)
     # durable: stock is money's twin; a lost commit would break the stock invariant.
     db = await Database.open(settings.db_path, schema=SCHEMA, durable=True)
     store = InventoryStore(db)

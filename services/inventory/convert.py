@@ -11,6 +11,7 @@ _STATUS: dict[Status, inventory_pb2.ReservationStatus.ValueType] = {
     Status.REJECTED: inventory_pb2.RESERVATION_STATUS_REJECTED,
     Status.RELEASED: inventory_pb2.RESERVATION_STATUS_RELEASED,
     Status.COMMITTED: inventory_pb2.RESERVATION_STATUS_COMMITTED,
+    Status.RESTOCKED: inventory_pb2.RESERVATION_STATUS_RESTOCKED,
 }
 
 

@@ -2,7 +2,8 @@
 
 Pure (stdlib only). The store reads what it needs inside its transaction, asks the
 `decide_*` functions what to do, and writes what they return. Per product the stock
-moves only between available -> reserved -> sold (or reserved -> available), so
+moves only between available -> reserved -> sold (or reserved -> available, or, for a
+confirmed order cancelled before it shipped, sold -> available), so
 available + reserved + sold stays equal to the stock ever set.
 """
 
@@ -30,6 +31,8 @@ class Status(enum.StrEnum):
     # Released, or a tombstone for an order released before (or without) any reservation.
     RELEASED = "RELEASED"
     COMMITTED = "COMMITTED"
+    # Committed, then returned to available (a confirmed order cancelled before dispatch).
+    RESTOCKED = "RESTOCKED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,7 @@ class Effect(enum.Enum):
     NONE = "none"  # a repeat: nothing to write
     RETURN = "return"  # reserved -> available, status RELEASED
     SELL = "sell"  # reserved -> sold, status COMMITTED
+    RESTOCK = "restock"  # sold -> available, status RESTOCKED
     TOMBSTONE = "tombstone"  # insert a RELEASED row without items
 
 
@@ -114,7 +118,7 @@ def outcome(reservation: Reservation) -> Reservation:
     """What ReserveStock answers for a stored reservation: it, or its refusal again."""
     if reservation.status is Status.REJECTED:
         raise FailedPrecondition(reservation.reason)
-    if reservation.status is Status.RELEASED:
+    if reservation.status in (Status.RELEASED, Status.RESTOCKED):
         raise FailedPrecondition(ALREADY_RELEASED)
     return reservation
 
@@ -143,9 +147,9 @@ def decide_release(order_id: str, existing: Reservation | None) -> Transition:
     if existing.status is Status.RESERVED:
         released = Reservation(order_id, Status.RELEASED, existing.items, existing.reason)
         return Transition(released, Effect.RETURN)
-    if existing.status is Status.COMMITTED:
+    if existing.status in (Status.COMMITTED, Status.RESTOCKED):
         raise FailedPrecondition(f"reservation for order {order_id} is committed: "
-                                 "sold stock cannot be released")
+                                 "sold stock cannot be released (restock it)")
     # RELEASED again, or REJECTED (nothing held; it already refuses any later Reserve).
     return Transition(existing, Effect.NONE)
 
@@ -158,7 +162,21 @@ def decide_commit(order_id: str, existing: Reservation | None) -> Transition:
         return Transition(committed, Effect.SELL)
     if existing.status is Status.COMMITTED:
         return Transition(existing, Effect.NONE)
+    if existing.status is Status.RESTOCKED:
+        raise FailedPrecondition(f"reservation for order {order_id} was restocked")
     if existing.status is Status.REJECTED:
         raise FailedPrecondition(
             f"reservation for order {order_id} was rejected: {existing.reason}")
     raise FailedPrecondition(f"reservation for order {order_id} was released")
+
+
+def decide_restock(order_id: str, existing: Reservation | None) -> Transition:
+    """A committed order's units back to available (its order was cancelled before it
+    shipped); a repeat changes nothing. Stock never committed cannot be restocked."""
+    if existing is not None and existing.status is Status.COMMITTED:
+        restocked = Reservation(order_id, Status.RESTOCKED, existing.items, existing.reason)
+        return Transition(restocked, Effect.RESTOCK)
+    if existing is not None and existing.status is Status.RESTOCKED:
+        return Transition(existing, Effect.NONE)
+    what = "no reservation" if existing is None else f"reservation {existing.status.value}"
+    raise FailedPrecondition(f"order {order_id} has no committed stock to restock ({what})")

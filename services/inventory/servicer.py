@@ -46,3 +46,9 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         order_id = domain.validate_order_id(request.order_id)
         reservation = await self.store.commit(order_id)
         return inventory_pb2.CommitStockResponse(reservation=reservation_pb(reservation))
+
+    async def RestockStock(self, request: inventory_pb2.RestockStockRequest,
+                           context: aio.ServicerContext) -> inventory_pb2.RestockStockResponse:
+        order_id = domain.validate_order_id(request.order_id)
+        reservation = await self.store.restock(order_id)
+        return inventory_pb2.RestockStockResponse(reservation=reservation_pb(reservation))

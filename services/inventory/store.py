@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import aiosqlite
 from shop.inventory.v1 import inventory_pb2
 
 from services.common.db import Database, Tx
 from services.common.errors import NotFound
-from services.common.events import INVENTORY_RELEASED, INVENTORY_RESERVED
+from services.common.events import INVENTORY_RELEASED, INVENTORY_RESERVED, INVENTORY_RESTOCKED
+from services.common.migrate import upgrade_table
 from services.inventory.convert import reservation_pb
 from services.inventory.domain import (
     Effect,
@@ -28,11 +30,23 @@ from services.inventory.domain import (
     decide_commit,
     decide_release,
     decide_reserve,
+    decide_restock,
 )
 
 SERVICE = "inventory"
 
 # `total` is every unit ever set; the CHECK makes the stock invariant the database's too.
+RESERVATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS reservations (
+    order_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL
+        CHECK (status IN ('RESERVED', 'REJECTED', 'RELEASED', 'COMMITTED', 'RESTOCKED')),
+    items TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+) WITHOUT ROWID"""
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS stock (
     product_id TEXT PRIMARY KEY,
@@ -43,16 +57,13 @@ CREATE TABLE IF NOT EXISTS stock (
     updated_at REAL NOT NULL,
     CHECK (available + reserved + sold = total)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS reservations (
-    order_id TEXT PRIMARY KEY,
-    status TEXT NOT NULL
-        CHECK (status IN ('RESERVED', 'REJECTED', 'RELEASED', 'COMMITTED')),
-    items TEXT NOT NULL,
-    reason TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-) WITHOUT ROWID;
-"""
+""" + RESERVATIONS_TABLE + ";\n"
+
+
+def upgrade(path: str | Path) -> None:
+    """A file from before restocking: reservations gain the RESTOCKED status. Run before
+    Database.open."""
+    upgrade_table(path, "reservations", RESERVATIONS_TABLE, "RESTOCKED")
 
 # The guards in WHERE never fail under the write lock; they are there so a bug can
 # only make the rowcount check below roll back, never drive stock negative.
@@ -62,6 +73,8 @@ _RETURN = ("UPDATE stock SET available = available + ?, reserved = reserved - ?,
            " WHERE product_id = ? AND reserved >= ?")
 _SELL = ("UPDATE stock SET sold = sold + ?, reserved = reserved - ?, updated_at = ?"
          " WHERE product_id = ? AND reserved >= ?")
+_RESTOCK = ("UPDATE stock SET available = available + ?, sold = sold - ?, updated_at = ?"
+            " WHERE product_id = ? AND sold >= ?")
 
 
 def _items_json(items: Iterable[Line]) -> str:
@@ -174,6 +187,22 @@ class InventoryStore:
                 now = time.time()
                 _move_sync(tx, _SELL, t.reservation.items, now)
                 _set_status_sync(tx, t.reservation, now)
+            return t.reservation
+
+        return await self.db.write(run)
+
+    async def restock(self, order_id: str) -> Reservation:
+        """A committed order's units from sold back to available, with inventory.restocked;
+        a repeat changes nothing. FailedPrecondition when nothing was committed."""
+        def run(tx: Tx) -> Reservation:
+            t = decide_restock(order_id, _get_sync(tx, order_id))
+            if t.effect is Effect.RESTOCK:
+                now = time.time()
+                _move_sync(tx, _RESTOCK, t.reservation.items, now)
+                _set_status_sync(tx, t.reservation, now)
+                tx.enqueue(INVENTORY_RESTOCKED,
+                           inventory_pb2.StockRestocked(reservation=reservation_pb(t.reservation)),
+                           source=SERVICE, aggregate_id=order_id)
             return t.reservation
 
         return await self.db.write(run)

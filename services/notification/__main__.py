@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from shop.notification.v1 import notification_pb2, notification_pb2_grpc
 
 from services.common.db import Database
@@ -9,26 +11,37 @@ from services.common.eventing import ConsumerSpec, EventWorkers
 from services.common.server import App, run_service
 from services.common.settings import Settings
 from services.notification import handlers
+from services.notification.mailconfig import load_mail_settings
+from services.notification.metrics import MailMetrics, MetricsEndpoint, metrics_port
+from services.notification.sender import MailSender
 from services.notification.servicer import NotificationServicer
-from services.notification.store import SCHEMA, NotificationStore
+from services.notification.store import SCHEMA, DeliveryStore, NotificationStore
 
 SERVICE = notification_pb2.DESCRIPTOR.services_by_name["NotificationService"]
 
 
 async def build(settings: Settings) -> App:
+    mail = load_mail_settings()
     # Messages are re-creatable from the stream, so NORMAL sync is enough here.
     db = await Database.open(settings.db_path, schema=SCHEMA, durable=False)
+    metrics = MailMetrics()
+    tasks: list[Callable[[], Awaitable[None]]] = [
+        MetricsEndpoint(metrics, settings.host, metrics_port(settings)).run]
+    sender = None
+    if mail.target is not None:
+        sender = MailSender(DeliveryStore(db), mail, metrics, owner=settings.instance_id)
+        tasks.append(sender.run)
     # Consumes once NATS answers; the durable consumer catches up on what it missed.
-    events = EventWorkers(
-        settings, db, relay=False, consumers=[ConsumerSpec(handlers.DURABLE, handlers.routes())]
-    )
+    routes = handlers.routes(sender.wake if sender is not None else None)
+    events = EventWorkers(settings, db, relay=False,
+                          consumers=[ConsumerSpec(handlers.DURABLE, routes)])
     servicer = NotificationServicer(NotificationStore(db))
 
     return App.serving(
         SERVICE,
         notification_pb2_grpc.add_NotificationServiceServicer_to_server,
         servicer,
-        tasks=events.tasks,
+        tasks=[*events.tasks, *tasks],
         on_stop=[*events.on_stop, db.close],
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from shop.notification.v1 import notification_pb2 as pb
 
+from services.notification.delivery import DeliveryStatus
 from services.notification.domain import Kind, Notification
 
 _KIND: dict[Kind, pb.NotificationKind.ValueType] = {
@@ -16,6 +17,13 @@ _KIND: dict[Kind, pb.NotificationKind.ValueType] = {
     Kind.REFUND: pb.NOTIFICATION_KIND_REFUND,
 }
 
+_DELIVERY: dict[DeliveryStatus, pb.DeliveryStatus.ValueType] = {
+    DeliveryStatus.NONE: pb.DELIVERY_STATUS_UNSPECIFIED,
+    DeliveryStatus.PENDING: pb.DELIVERY_STATUS_PENDING,
+    DeliveryStatus.SENT: pb.DELIVERY_STATUS_SENT,
+    DeliveryStatus.FAILED: pb.DELIVERY_STATUS_FAILED,
+}
+
 
 def to_proto(n: Notification) -> pb.Notification:
     msg = pb.Notification(
@@ -26,6 +34,8 @@ def to_proto(n: Notification) -> pb.Notification:
         body=n.body,
         read=n.read,
         event_id=n.event_id,
+        delivery=_DELIVERY[n.delivery],
+        delivery_error=n.delivery_error,
     )
     # Set in place (= Timestamp.FromNanoseconds): one built apart would be copied in.
     msg.create_time.seconds, msg.create_time.nanos = divmod(

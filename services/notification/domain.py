@@ -8,6 +8,7 @@ import enum
 from dataclasses import dataclass
 
 from services.common.errors import InvalidArgument, NotFound
+from services.notification.delivery import DeliveryStatus
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
@@ -50,6 +51,9 @@ class Notification:
     read: bool
     created_at: float
     event_id: str
+    # The email of this notification, and why it failed when it did.
+    delivery: DeliveryStatus = DeliveryStatus.NONE
+    delivery_error: str = ""
 
 
 def format_money(cents: int, currency: str) -> str:

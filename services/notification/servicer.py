@@ -38,6 +38,15 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         note = await self.store.mark_read(notification_id, user_id)
         return pb.MarkReadResponse(notification=to_proto(note))
 
+    async def GetNotification(
+        self, request: pb.GetNotificationRequest, context: aio.ServicerContext
+    ) -> pb.GetNotificationResponse:
+        notification_id = domain.validate_id(request.id)
+        user_id = resolve_user(request.user_id, for_read=True)
+        found = domain.check_owner(await self.store.get(notification_id), notification_id,
+                                   user_id)
+        return pb.GetNotificationResponse(notification=to_proto(found))
+
     async def CountUnread(
         self, request: pb.CountUnreadRequest, context: aio.ServicerContext
     ) -> pb.CountUnreadResponse:

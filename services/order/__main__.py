@@ -2,7 +2,9 @@
 
 Settings beyond the shared ones (all optional):
   SHOP_ORDER_SAGA_BUDGET_S          how long CreateOrder waits for the saga (5 s)
-  SHOP_SAGA_COMPENSATION_ATTEMPTS   release/refund attempts before REQUIRES_ATTENTION (8)
+  SHOP_SAGA_COMPENSATION_ATTEMPTS   attempts of a compensation (release, refund, cancel_shipment,
+                                    restock) with an unknown answer before REQUIRES_ATTENTION
+                                    (8; waits for an unwell downstream do not count)
   SHOP_SAGA_RESERVE_ATTEMPTS        reserve attempts without an answer before cancelling (8)
   SHOP_SAGA_CHARGE_ATTEMPTS         charge attempts without an answer before refund+cancel (8)
   SHOP_SAGA_STEP_TIMEOUT_S          deadline of each saga step call (3 s)
@@ -16,6 +18,7 @@ from shop.inventory.v1 import inventory_pb2_grpc
 from shop.order.v1 import order_pb2, order_pb2_grpc
 from shop.payment.v1 import payment_pb2_grpc
 from shop.product.v1 import product_pb2_grpc
+from shop.shipping.v1 import shipping_pb2_grpc
 from shop.user.v1 import user_pb2_grpc
 
 from services.common.clients import Downstream
@@ -28,17 +31,19 @@ from services.order.domain import Limits
 from services.order.ports import GrpcPorts
 from services.order.saga import SagaConfig, SagaRunner
 from services.order.servicer import OrderServicer, Peers
-from services.order.store import SCHEMA, OrderStore
+from services.order.store import SCHEMA, OrderStore, upgrade
 
 SERVICE = order_pb2.DESCRIPTOR.services_by_name["OrderService"]
 
 
 async def build(settings: Settings) -> App:
+    upgrade(settings.db_path)
     db = await Database.open(settings.db_path, schema=SCHEMA, durable=True)
     store = OrderStore(db)
     step_timeout = env_float("SHOP_SAGA_STEP_TIMEOUT_S", 3.0)
     inventory = Downstream("inventory", inventory_pb2_grpc.InventoryServiceStub, cap_s=step_timeout)
     payment = Downstream("payment", payment_pb2_grpc.PaymentServiceStub, cap_s=step_timeout)
+    shipping = Downstream("shipping", shipping_pb2_grpc.ShippingServiceStub, cap_s=step_timeout)
     peers = Peers(
         users=Downstream("user", user_pb2_grpc.UserServiceStub, cap_s=2.0),
         products=Downstream("product", product_pb2_grpc.ProductServiceStub, cap_s=2.0),
@@ -53,7 +58,8 @@ async def build(settings: Settings) -> App:
     config = SagaConfig(
         owner=settings.instance_id, limits=limits, lease_s=env_float("SHOP_SAGA_LEASE_S", 10.0)
     )
-    runner = SagaRunner(store, GrpcPorts(inventory, payment, step_timeout_s=step_timeout), config)
+    ports = GrpcPorts(inventory, payment, shipping, step_timeout_s=step_timeout)
+    runner = SagaRunner(store, ports, config)
     servicer = OrderServicer(
         store, runner, peers, budget_s=env_float("SHOP_ORDER_SAGA_BUDGET_S", 5.0)
     )
@@ -70,7 +76,7 @@ async def build(settings: Settings) -> App:
 
     async def stop() -> None:
         await runner.close()
-        for ds in (inventory, payment, peers.users, peers.products, peers.carts):
+        for ds in (inventory, payment, shipping, peers.users, peers.products, peers.carts):
             await ds.close()
         await events.close()
         await db.close()

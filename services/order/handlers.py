@@ -2,7 +2,9 @@
 
 - `payment.completed` / `payment.failed` (durable "order-payments"): settle a saga whose
   Charge call had no answer (timeout, payment down) without waiting for a retry.
-- `order.shipped` (durable "order-shipments"): CONFIRMED -> SHIPPED with the tracking number.
+- `order.shipped` (durable "order-shipments"): CONFIRMED -> SHIPPED with the tracking number
+  (while a cancellation saga runs only the tracking number: its refused cancel_shipment
+  ends the order SHIPPED).
 
 Handlers run inside the consumer's transaction (inbox row + effect) and use only `tx`:
 they are tx handlers (`Route.tx`), so a batch is one hop on the connection's thread; a
@@ -23,7 +25,7 @@ from services.common import events
 from services.common.consumer import AfterCommit, Route
 from services.common.db import Tx
 from services.order import store
-from services.order.domain import Outcome, SagaStatus, Step, advance
+from services.order.domain import Outcome, Refusal, SagaStatus, Step, advance
 
 PAYMENTS_DURABLE = "order-payments"
 SHIPMENTS_DURABLE = "order-shipments"
@@ -37,7 +39,8 @@ async def reconcile_charge(conn: aiosqlite.Connection, order_id: str, *, charged
     if state is None or state.step is not Step.CHARGE or state.status is not SagaStatus.RUNNING:
         return False
     outcome = Outcome.SUCCEEDED if charged else Outcome.REFUSED
-    new = advance(state, outcome, error).state
+    kind = Refusal.NONE if charged else Refusal.DECLINED
+    new = advance(state, outcome, error, refusal=kind).state
     if not await store.write_saga(conn, state, new):
         return False
     source = events.PAYMENT_COMPLETED if charged else events.PAYMENT_FAILED
@@ -53,7 +56,8 @@ def reconcile_charge_sync(tx: Tx, order_id: str, *, charged: bool, error: str) -
     if state is None or state.step is not Step.CHARGE or state.status is not SagaStatus.RUNNING:
         return False
     outcome = Outcome.SUCCEEDED if charged else Outcome.REFUSED
-    new = advance(state, outcome, error).state
+    kind = Refusal.NONE if charged else Refusal.DECLINED
+    new = advance(state, outcome, error, refusal=kind).state
     if not store.write_saga_sync(tx, state, new):
         return False
     source = events.PAYMENT_COMPLETED if charged else events.PAYMENT_FAILED
@@ -102,11 +106,10 @@ def routes(poke: Callable[[str], None]) -> tuple[list[Route], list[Route]]:
     def on_shipped(tx: Tx, envelope: Any, payload: shipping_pb2.OrderShipped) -> None:
         order_id = payload.shipment.order_id
         saga = store.saga_of_sync(tx, order_id)
-        if saga is not None and saga.active:
-            # A confirmed order's saga runs again only for a customer's cancel, already
-            # refunding: the cancel came first and the order ends CANCELLED.
-            return
-        store.mark_shipped_sync(tx, order_id, payload.shipment.tracking_number)
+        # A confirmed order's saga runs again only for a customer's cancel: it decides the
+        # status (its cancel_shipment is refused once dispatched, and it ends SHIPPED).
+        store.mark_shipped_sync(tx, order_id, payload.shipment.tracking_number,
+                                status=saga is None or not saga.active)
 
     payments = [
         Route.tx(events.PAYMENT_COMPLETED, payment_pb2.PaymentCompleted, on_completed,

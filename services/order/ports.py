@@ -1,39 +1,61 @@
-"""The saga's downstream steps over gRPC, with every answer sorted into the three outcomes
-the state machine knows: succeeded (returns), refused (StepRefused), unknown (StepUnknown)."""
+"""The saga's downstream steps over gRPC, with every answer sorted into the outcomes the
+state machine knows: succeeded (returns), refused (StepRefused, with its kind), unknown
+(StepUnknown), unwell (StepUnwell), not attempted (StepDeferred).
+
+REFUSALS is the one place that says which codes really mean "refused", per call; every
+other code leaves the outcome unknown (the call may have taken effect), so the step is
+retried, and a step that was ever unknown is compensated even if it is refused later.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import grpc
 from grpc import aio
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.payment.v1 import payment_pb2, payment_pb2_grpc
+from shop.shipping.v1 import shipping_pb2, shipping_pb2_grpc
 
+from services.common.breakers import FAILURE_CODES
 from services.common.clients import Downstream
 from services.common.errors import DomainError
-from services.order.domain import REASON_INVALID_CARD, Order
+from services.order.domain import Order, Refusal
 
-# Codes that leave the step's outcome unknown: retried, since every step is idempotent.
-_UNKNOWN = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                      grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,
-                      grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                      grpc.StatusCode.ABORTED})
+_FP = grpc.StatusCode.FAILED_PRECONDITION
 
-
-_RELEASE_REFUSALS = frozenset({grpc.StatusCode.FAILED_PRECONDITION})
+# Per downstream method: the codes that are a business "no", and what kind of no.
+REFUSALS: Mapping[str, Mapping[grpc.StatusCode, Refusal]] = {
+    "ReserveStock": {_FP: Refusal.OUT_OF_STOCK},  # short of stock, or released already
+    "Charge": {_FP: Refusal.DECLINED, grpc.StatusCode.INVALID_ARGUMENT: Refusal.INVALID_CARD},
+    "CommitStock": {_FP: Refusal.COMMIT_REFUSED},  # no (or a released) reservation
+    "Refund": {},  # payment always accepts a refund (a tombstone if nothing was charged)
+    "ReleaseStock": {_FP: Refusal.COMMITTED},  # the stock is sold: restock it instead
+    "CancelShipment": {_FP: Refusal.ALREADY_SHIPPED},
+    "RestockStock": {_FP: Refusal.NOT_COMMITTED},
+}
 
 
 class StepRefused(Exception):
-    """The downstream said no; the message says why."""
+    """The downstream said no; the message says why, `kind` what kind of no."""
+
+    def __init__(self, message: str, kind: Refusal = Refusal.NONE) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class StepUnknown(Exception):
     """No usable answer: the step may or may not have taken effect."""
 
 
+class StepUnwell(StepUnknown):
+    """The downstream is unwell (one of the breaker's failure codes): may have taken
+    effect, and a retry later is likely to get through."""
+
+
 class StepDeferred(StepUnknown):
-    """Not attempted: the downstream's circuit breaker is open."""
+    """Not attempted: the downstream's circuit breaker is open (or no time was left)."""
 
 
 class SagaPorts(Protocol):
@@ -42,33 +64,40 @@ class SagaPorts(Protocol):
     async def commit(self, order_id: str) -> None: ...
     async def refund(self, order_id: str, reason: str) -> None: ...
     async def release(self, order_id: str) -> None: ...
+    async def cancel_shipment(self, order_id: str) -> None: ...
+    async def restock(self, order_id: str) -> None: ...
+
+
+def classify(method: str, err: aio.AioRpcError, where: str) -> Exception:
+    """The step exception for an error answer of `method`."""
+    code = err.code()
+    detail = err.details() or code.name
+    kind = REFUSALS[method].get(code)
+    if kind is not None:
+        return StepRefused(detail, kind)
+    text = f"{where}: {code.name}: {detail}"
+    if code in FAILURE_CODES:
+        return StepUnwell(text)
+    return StepUnknown(text)
 
 
 class GrpcPorts:
     def __init__(self, inventory: Downstream[inventory_pb2_grpc.InventoryServiceStub],
-                 payment: Downstream[payment_pb2_grpc.PaymentServiceStub], *,
+                 payment: Downstream[payment_pb2_grpc.PaymentServiceStub],
+                 shipping: Downstream[shipping_pb2_grpc.ShippingServiceStub], *,
                  step_timeout_s: float = 3.0) -> None:
         self.inventory = inventory
         self.payment = payment
+        self.shipping = shipping
         self.timeout = step_timeout_s
 
-    async def _call(self, ds: Downstream[Any], method: str, request: Any,
-                    refusals: frozenset[grpc.StatusCode] | None = None) -> Any:
-        """`refusals`: the codes that count as a refusal (default: every code not in
-        _UNKNOWN); any other answer leaves the outcome unknown, so the step is retried."""
+    async def _call(self, ds: Downstream[Any], method: str, request: Any) -> Any:
         try:
             return await ds.call(method, request, idempotent=True, timeout=self.timeout)
         except aio.AioRpcError as err:
-            detail = err.details() or err.code().name
-            if err.code() in _UNKNOWN or (refusals is not None and err.code() not in refusals):
-                raise StepUnknown(f"{ds.service}.{method}: {err.code().name}: {detail}") from None
-            if err.code() is grpc.StatusCode.INVALID_ARGUMENT and method == "Charge":
-                raise StepRefused(f"{REASON_INVALID_CARD}: {detail}") from None
-            raise StepRefused(detail) from None
-        except DomainError as err:  # breaker open, no time left
-            if ds.breaker_state == "open":
-                raise StepDeferred(f"{ds.service}.{method}: {err}") from None
-            raise StepUnknown(f"{ds.service}.{method}: {err}") from None
+            raise classify(method, err, f"{ds.service}.{method}") from None
+        except DomainError as err:  # breaker open, no time left: never sent
+            raise StepDeferred(f"{ds.service}.{method}: {err}") from None
 
     async def reserve(self, order: Order) -> None:
         await self._call(self.inventory, "ReserveStock", inventory_pb2.ReserveStockRequest(
@@ -90,9 +119,13 @@ class GrpcPorts:
                          payment_pb2.RefundRequest(order_id=order_id, reason=reason))
 
     async def release(self, order_id: str) -> None:
-        # The saga reads a refused release as "already committed" and skips it, so only
-        # inventory's FAILED_PRECONDITION may say that; a misrouted or half-deployed
-        # inventory (UNIMPLEMENTED, PERMISSION_DENIED, ...) is retried instead.
         await self._call(self.inventory, "ReleaseStock",
-                         inventory_pb2.ReleaseStockRequest(order_id=order_id),
-                         refusals=_RELEASE_REFUSALS)
+                         inventory_pb2.ReleaseStockRequest(order_id=order_id))
+
+    async def cancel_shipment(self, order_id: str) -> None:
+        await self._call(self.shipping, "CancelShipment",
+                         shipping_pb2.CancelShipmentRequest(order_id=order_id))
+
+    async def restock(self, order_id: str) -> None:
+        await self._call(self.inventory, "RestockStock",
+                         inventory_pb2.RestockStockRequest(order_id=order_id))

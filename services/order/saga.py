@@ -21,12 +21,19 @@ from services.order.domain import (
     Limits,
     Order,
     Outcome,
+    Refusal,
     SagaState,
     Step,
     advance,
     apply_cancel_request,
 )
-from services.order.ports import SagaPorts, StepDeferred, StepRefused, StepUnknown
+from services.order.ports import (
+    SagaPorts,
+    StepDeferred,
+    StepRefused,
+    StepUnknown,
+    StepUnwell,
+)
 from services.order.store import HistoryEntry, OrderStore
 
 log = logging.getLogger("shop.order.saga")
@@ -117,8 +124,8 @@ class SagaRunner:
         while state.active:
             state = apply_cancel_request(state)
             step = state.step
-            outcome, error = await self._attempt(step, order, state)
-            tr = advance(state, outcome, error, cfg.limits)
+            outcome, error, refusal = await self._attempt(step, order, state)
+            tr = advance(state, outcome, error, cfg.limits, refusal)
             entry = HistoryEntry(step.value, tr.label or outcome.value, state.attempt + 1,
                                  time.time(), error)
             saved = await self.store.record(order, state, tr.state, entry, owner=cfg.owner,
@@ -160,7 +167,8 @@ class SagaRunner:
             await asyncio.wait_for(event.wait(), delay_s)
         event.clear()
 
-    async def _attempt(self, step: Step, order: Order, state: SagaState) -> tuple[Outcome, str]:
+    async def _attempt(self, step: Step, order: Order,
+                       state: SagaState) -> tuple[Outcome, str, Refusal]:
         try:
             if step is Step.RESERVE:
                 await self.ports.reserve(order)
@@ -172,21 +180,27 @@ class SagaRunner:
                 await self.ports.refund(order.id, state.reason)
             elif step is Step.RELEASE:
                 await self.ports.release(order.id)
+            elif step is Step.CANCEL_SHIPMENT:
+                await self.ports.cancel_shipment(order.id)
+            elif step is Step.RESTOCK:
+                await self.ports.restock(order.id)
             else:
                 raise ValueError(f"no action for step {step}")
         except StepRefused as err:
-            return Outcome.REFUSED, str(err)
+            return Outcome.REFUSED, str(err), err.kind
         except StepDeferred as err:
-            return Outcome.DEFERRED, str(err)
+            return Outcome.DEFERRED, str(err), Refusal.NONE
+        except StepUnwell as err:
+            return Outcome.UNWELL, str(err), Refusal.NONE
         except StepUnknown as err:
-            return Outcome.UNKNOWN, str(err)
+            return Outcome.UNKNOWN, str(err), Refusal.NONE
         except asyncio.CancelledError:
             raise
         except Exception as err:  # a bug or a transport oddity: retried like an unknown
             log.exception("saga step %s failed unexpectedly", step,
                           extra={"order_id": order.id})
-            return Outcome.UNKNOWN, repr(err)
-        return Outcome.SUCCEEDED, ""
+            return Outcome.UNKNOWN, repr(err), Refusal.NONE
+        return Outcome.SUCCEEDED, "", Refusal.NONE
 
     async def resume_loop(self) -> None:
         """Resume unfinished sagas: ours from a previous life at once, others' once their

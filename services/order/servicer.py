@@ -19,7 +19,7 @@ from shop.user.v1 import user_pb2, user_pb2_grpc
 
 from services.common import context
 from services.common.clients import Downstream
-from services.common.errors import InvalidArgument, NotFound, Unavailable
+from services.common.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from services.common.identity import resolve_user
 from services.order import domain
 from services.order.convert import order_pb, status_pb, timestamp
@@ -157,7 +157,9 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         """CONFIRMED or still PENDING: the order. Refused: an error naming the reason, with
         the (CANCELLED, readable) order's id in the message and in `x-order-id`."""
         if order.status in (OrderStatus.CANCELLED, OrderStatus.REQUIRES_ATTENTION):
-            code = (grpc.StatusCode.INVALID_ARGUMENT if domain.is_invalid_card(order.cancel_reason)
+            got = await self.store.saga(order.id)
+            invalid_card = got is not None and domain.is_invalid_card(got[0])
+            code = (grpc.StatusCode.INVALID_ARGUMENT if invalid_card
                     else grpc.StatusCode.FAILED_PRECONDITION)
             what = "cancelled" if order.status is OrderStatus.CANCELLED else \
                 "requires attention"
@@ -206,9 +208,27 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
                 task = self.runner.task(order.id)
                 await self.runner.wait(task, self._budget())
                 final = await self.store.get(order.id) or order
+                # Dispatched before the cancel could stop it: the order ships, unrefunded.
+                domain.check_cancellable(final)
                 return order_pb2.CancelOrderResponse(order=order_pb(final))
             order = await self._owned(order.id)
         raise Unavailable(f"order {order.id} is changing too fast to cancel; try again")
+
+    async def RetrySaga(self, request: order_pb2.RetrySagaRequest,
+                        context_: aio.ServicerContext) -> order_pb2.RetrySagaResponse:
+        if context.user_id():
+            raise PermissionDenied("RetrySaga is an operator's call, not a user's")
+        order_id = request.order_id.strip()
+        if not order_id:
+            raise InvalidArgument("order_id is required")
+        cfg = self.runner.config
+        await self.store.retry(order_id, owner=cfg.owner, lease_s=cfg.lease_s)
+        self.runner.poke(order_id)
+        await self.runner.wait(self.runner.task(order_id), self._budget())
+        final = await self.store.get(order_id)
+        if final is None:
+            raise NotFound(f"order {order_id} not found")
+        return order_pb2.RetrySagaResponse(order=order_pb(final))
 
     async def GetSagaHistory(self, request: order_pb2.GetSagaHistoryRequest,
                              context_: aio.ServicerContext) -> order_pb2.GetSagaHistoryResponse:

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiosqlite
@@ -21,17 +22,42 @@ from shop.order.v1 import order_pb2
 
 from services.common import events
 from services.common.db import Database, Tx
+from services.common.errors import NotFound
+from services.common.migrate import upgrade_table
 from services.order.convert import STATUS_BY_VALUE, order_pb, set_timestamp
 from services.order.domain import (
     Line,
     Order,
     OrderStatus,
+    Refusal,
     SagaState,
     SagaStatus,
     Step,
+    retry_attention,
+    status_while_running,
 )
 
 SOURCE = "order"
+
+SAGAS_TABLE = """
+CREATE TABLE IF NOT EXISTS sagas (
+    order_id TEXT PRIMARY KEY,
+    step TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    charged INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    reason TEXT NOT NULL DEFAULT '',
+    card_token TEXT NOT NULL DEFAULT '',
+    version INTEGER NOT NULL DEFAULT 0,
+    owner TEXT NOT NULL DEFAULT '',
+    lease_until REAL NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL,
+    committed INTEGER NOT NULL DEFAULT 0,
+    uncertain INTEGER NOT NULL DEFAULT 0,
+    waits INTEGER NOT NULL DEFAULT 0,
+    refusal TEXT NOT NULL DEFAULT ''
+)"""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -51,20 +77,7 @@ CREATE TABLE IF NOT EXISTS orders (
 CREATE UNIQUE INDEX IF NOT EXISTS orders_idempotency
     ON orders (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS orders_by_user ON orders (user_id, create_time DESC, id DESC);
-CREATE TABLE IF NOT EXISTS sagas (
-    order_id TEXT PRIMARY KEY,
-    step TEXT NOT NULL,
-    status TEXT NOT NULL,
-    attempt INTEGER NOT NULL DEFAULT 0,
-    charged INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    reason TEXT NOT NULL DEFAULT '',
-    card_token TEXT NOT NULL DEFAULT '',
-    version INTEGER NOT NULL DEFAULT 0,
-    owner TEXT NOT NULL DEFAULT '',
-    lease_until REAL NOT NULL DEFAULT 0,
-    updated_at REAL NOT NULL
-);
+""" + SAGAS_TABLE + """;
 CREATE INDEX IF NOT EXISTS sagas_active ON sagas (status)
     WHERE status IN ('running', 'compensating');
 CREATE TABLE IF NOT EXISTS saga_history (
@@ -81,8 +94,24 @@ CREATE INDEX IF NOT EXISTS saga_history_by_order ON saga_history (order_id, id);
 
 _ORDER_COLS = ("id, user_id, items, total_cents, currency, status, cancel_reason, "
                "tracking_number, from_cart, idempotency_key, create_time, update_time")
-_SAGA_COLS = "order_id, step, status, attempt, charged, cancel_requested, reason, card_token, " \
-             "version, owner, lease_until"
+_SAGA_COLS = ("order_id, step, status, attempt, charged, cancel_requested, reason, card_token, "
+              "version, owner, lease_until, committed, uncertain, waits, refusal")
+# The columns a transition writes (write_saga, write_saga_sync, record), in this order.
+_SAGA_SET = ("step = ?, status = ?, attempt = ?, charged = ?, cancel_requested = ?, reason = ?,"
+             " card_token = ?, committed = ?, uncertain = ?, waits = ?, refusal = ?,"
+             " version = version + 1, updated_at = ?")
+
+
+def _saga_values(s: SagaState) -> list[object]:
+    return [s.step.value, s.status.value, s.attempt, int(s.charged), int(s.cancel_requested),
+            s.reason, s.card_token, int(s.committed), int(s.uncertain), s.waits,
+            s.refusal.value, time.time()]
+
+
+def upgrade(path: str | Path) -> None:
+    """A file from before the cancellation saga: sagas gain committed, uncertain, waits
+    and refusal. Run before Database.open."""
+    upgrade_table(path, "sagas", SAGAS_TABLE, "refusal")
 _ACTIVE = f"('{SagaStatus.RUNNING.value}', '{SagaStatus.COMPENSATING.value}')"
 
 
@@ -134,10 +163,15 @@ def _saga(row: aiosqlite.Row) -> SagaState:
         attempt=int(row["attempt"]), charged=bool(row["charged"]),
         cancel_requested=bool(row["cancel_requested"]), reason=row["reason"],
         card_token=row["card_token"], version=int(row["version"]),
+        committed=bool(row["committed"]), uncertain=bool(row["uncertain"]),
+        waits=int(row["waits"]), refusal=Refusal(row["refusal"]),
     )
 
 
-def _final_event(order: Order, saga: SagaState) -> tuple[str, Message]:
+def _final_event(order: Order, saga: SagaState) -> tuple[str, Message] | None:
+    """The event an ended saga publishes; None for SHIPPED (shipping published it)."""
+    if order.status is OrderStatus.SHIPPED:
+        return None
     pb = order_pb(order)
     if order.status is OrderStatus.CONFIRMED:
         return events.ORDER_CONFIRMED, order_pb2.OrderConfirmed(order=pb)
@@ -160,11 +194,8 @@ async def write_saga(conn: aiosqlite.Connection, old: SagaState, new: SagaState,
                      owner: str | None = None, lease_until: float = 0.0) -> bool:
     """Replace the saga if nobody changed it since `old` (and, with `owner`, if we still
     hold its lease); False on a conflict."""
-    sql = ("UPDATE sagas SET step = ?, status = ?, attempt = ?, charged = ?, "
-           "cancel_requested = ?, reason = ?, card_token = ?, version = version + 1, "
-           "updated_at = ?")
-    args: list[object] = [new.step.value, new.status.value, new.attempt, int(new.charged),
-                          int(new.cancel_requested), new.reason, new.card_token, time.time()]
+    sql = f"UPDATE sagas SET {_SAGA_SET}"
+    args: list[object] = _saga_values(new)
     if owner is not None:
         sql += ", owner = ?, lease_until = ?"
         args += [owner, lease_until]
@@ -187,16 +218,6 @@ async def order_of(conn: aiosqlite.Connection, order_id: str) -> Order | None:
     return _order(row) if row else None
 
 
-async def mark_shipped(conn: aiosqlite.Connection, order_id: str, tracking: str) -> bool:
-    """CONFIRMED -> SHIPPED; False when the order is not (or no longer) CONFIRMED."""
-    cur = await conn.execute(
-        "UPDATE orders SET status = ?, tracking_number = ?, update_time = ?"
-        " WHERE id = ? AND status = ?",
-        (OrderStatus.SHIPPED.value, tracking, time.time(), order_id,
-         OrderStatus.CONFIRMED.value))
-    return cur.rowcount == 1
-
-
 # --- the same on a write function's Tx (the connection's thread: event handlers) -----------
 
 
@@ -207,13 +228,8 @@ def saga_of_sync(tx: Tx, order_id: str) -> SagaState | None:
 
 def write_saga_sync(tx: Tx, old: SagaState, new: SagaState) -> bool:
     """write_saga without a lease change: False when the saga changed since `old`."""
-    cur = tx.execute(
-        "UPDATE sagas SET step = ?, status = ?, attempt = ?, charged = ?, cancel_requested = ?,"
-        " reason = ?, card_token = ?, version = version + 1, updated_at = ?"
-        " WHERE order_id = ? AND version = ?",
-        (new.step.value, new.status.value, new.attempt, int(new.charged),
-         int(new.cancel_requested), new.reason, new.card_token, time.time(), old.order_id,
-         old.version))
+    cur = tx.execute(f"UPDATE sagas SET {_SAGA_SET} WHERE order_id = ? AND version = ?",
+                     [*_saga_values(new), old.order_id, old.version])
     return cur.rowcount == 1
 
 
@@ -224,14 +240,15 @@ def add_history_sync(tx: Tx, order_id: str, entry: HistoryEntry) -> None:
         (order_id, entry.step, entry.outcome, entry.attempt, entry.time, entry.error[:500]))
 
 
-def mark_shipped_sync(tx: Tx, order_id: str, tracking: str) -> bool:
-    """CONFIRMED -> SHIPPED; False when the order is not (or no longer) CONFIRMED."""
-    cur = tx.execute(
-        "UPDATE orders SET status = ?, tracking_number = ?, update_time = ?"
-        " WHERE id = ? AND status = ?",
-        (OrderStatus.SHIPPED.value, tracking, time.time(), order_id,
-         OrderStatus.CONFIRMED.value))
-    return cur.rowcount == 1
+def mark_shipped_sync(tx: Tx, order_id: str, tracking: str, *, status: bool) -> None:
+    """Record the order's tracking number and, with `status`, CONFIRMED -> SHIPPED. A
+    CANCELLED order is left alone (its shipment was cancelled: nothing was dispatched)."""
+    tx.execute(
+        "UPDATE orders SET tracking_number = ?, update_time = ?,"
+        " status = CASE WHEN ? AND status = ? THEN ? ELSE status END"
+        " WHERE id = ? AND status != ?",
+        (tracking, time.time(), int(status), OrderStatus.CONFIRMED.value,
+         OrderStatus.SHIPPED.value, order_id, OrderStatus.CANCELLED.value))
 
 
 # --- the repository ------------------------------------------------------------------------
@@ -268,8 +285,8 @@ class OrderStore:
                 return _order(row), False
             now = time.time()
             tx.execute(
-                f"INSERT INTO sagas ({_SAGA_COLS}, updated_at)"
-                " VALUES (?, ?, ?, 0, 0, 0, '', ?, 0, ?, ?, ?)",
+                "INSERT INTO sagas (order_id, step, status, card_token, owner, lease_until,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (order.id, saga.step.value, saga.status.value, saga.card_token, owner,
                  now + lease_s, now))
             tx.enqueue(events.ORDER_CREATED, created, source=SOURCE, aggregate_id=order.id)
@@ -394,7 +411,8 @@ class OrderStore:
         ended: Order | None = None
         payload: tuple[str, Message] | None = None
         if final_status is not None:
-            cancel_reason = new.reason if final_status is not OrderStatus.CONFIRMED else ""
+            cancel_reason = new.reason if final_status in (
+                OrderStatus.CANCELLED, OrderStatus.REQUIRES_ATTENTION) else ""
             ended = dataclasses.replace(order, status=final_status,
                                         cancel_reason=cancel_reason, update_time=now)
             payload = _final_event(ended, new)
@@ -406,19 +424,18 @@ class OrderStore:
                 (order.id, entry.step, entry.outcome, entry.attempt, entry.time,
                  entry.error[:500]))
             cur = tx.execute(
-                "UPDATE sagas SET step = ?, status = ?, attempt = ?, charged = ?, reason = ?,"
-                " card_token = ?, version = version + 1, lease_until = ?, updated_at = ?"
+                f"UPDATE sagas SET {_SAGA_SET}, lease_until = ?"
                 " WHERE order_id = ? AND version = ? AND owner = ?",
-                (new.step.value, new.status.value, new.attempt, int(new.charged), new.reason,
-                 new.card_token, now + lease_s, now, order.id, old.version, owner))
+                [*_saga_values(new), now + lease_s, order.id, old.version, owner])
             if cur.rowcount != 1:
                 return None
-            if ended is None or payload is None:
+            if ended is None:
                 return order
             tx.execute(
                 "UPDATE orders SET status = ?, cancel_reason = ?, update_time = ? WHERE id = ?",
                 (ended.status.value, ended.cancel_reason, now, order.id))
-            tx.enqueue(payload[0], payload[1], source=SOURCE, aggregate_id=order.id)
+            if payload is not None:
+                tx.enqueue(payload[0], payload[1], source=SOURCE, aggregate_id=order.id)
             return ended
 
         return await self.db.write(run)
@@ -436,3 +453,35 @@ class OrderStore:
             if ok:
                 await add_history(conn, old.order_id, entry)
             return ok
+
+    async def retry(self, order_id: str, *, owner: str,
+                    lease_s: float) -> tuple[Order, SagaState] | None:
+        """An operator's retry: a saga in REQUIRES_ATTENTION runs again from the step that
+        gave up (leased to `owner`), the order back to its status while it runs, with a
+        history row, in one transaction. None when a retry is already under way (a
+        repeat: nothing to change). NotFound for an unknown order, FailedPrecondition for
+        a saga in any other state."""
+        now = time.time()
+
+        def run(tx: Tx) -> tuple[Order, SagaState] | None:
+            row = tx.one(f"SELECT {_ORDER_COLS} FROM orders WHERE id = ?", (order_id,))
+            state = saga_of_sync(tx, order_id)
+            if row is None or state is None:
+                raise NotFound(f"order {order_id} not found")
+            if state.active and tx.one("SELECT 1 FROM saga_history WHERE order_id = ?"
+                                       " AND step = 'retry' LIMIT 1", (order_id,)):
+                return None
+            new = retry_attention(state)
+            status = status_while_running(new)
+            tx.execute(f"UPDATE sagas SET {_SAGA_SET}, owner = ?, lease_until = ?"
+                       " WHERE order_id = ? AND version = ?",
+                       [*_saga_values(new), owner, now + lease_s, order_id, state.version])
+            tx.execute("UPDATE orders SET status = ?, cancel_reason = '', update_time = ?"
+                       " WHERE id = ?", (status.value, now, order_id))
+            add_history_sync(tx, order_id, HistoryEntry(
+                "retry", "requested", 1, now, f"resumes {new.step.value}"))
+            order = dataclasses.replace(_order(row), status=status, cancel_reason="",
+                                        update_time=now)
+            return order, dataclasses.replace(new, version=state.version + 1)
+
+        return await self.db.write(run)

@@ -1,4 +1,9 @@
-"""Composition root of the shipping service: `python -m services.shipping`."""
+"""Composition root of the shipping service: `python -m services.shipping`.
+
+Settings beyond the shared ones:
+  SHIPPING_DISPATCH_DELAY_S   how long a shipment stays PENDING (cancellable) before it is
+                              dispatched (2 s)
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,9 @@ from shop.shipping.v1 import shipping_pb2, shipping_pb2_grpc
 from services.common.db import Database
 from services.common.eventing import ConsumerSpec, EventWorkers
 from services.common.server import App, run_service
-from services.common.settings import Settings
-from services.shipping import handlers
+from services.common.settings import Settings, env_float
+from services.shipping import domain, handlers, store
+from services.shipping.dispatcher import Dispatcher
 from services.shipping.servicer import ShippingServicer
 from services.shipping.store import SCHEMA, ShippingStore
 
@@ -16,19 +22,25 @@ SERVICE = shipping_pb2.DESCRIPTOR.services_by_name["ShippingService"]
 
 
 async def build(settings: Settings) -> App:
+    delay_s = domain.validate_dispatch_delay(
+        env_float("SHIPPING_DISPATCH_DELAY_S", domain.DEFAULT_DISPATCH_DELAY_S))
+    store.upgrade(settings.db_path)
     # durable: a lost commit would re-ship an acknowledged order with a new tracking number.
     db = await Database.open(settings.db_path, schema=SCHEMA, durable=True)
+    shipping = ShippingStore(db)
+    dispatcher = Dispatcher(shipping)
     # order.confirmed in, order.shipped out (outbox), both once NATS answers.
     events = EventWorkers(
-        settings, db, relay=True, consumers=[ConsumerSpec(handlers.DURABLE, handlers.routes())]
+        settings, db, relay=True,
+        consumers=[ConsumerSpec(handlers.DURABLE, handlers.routes(delay_s, dispatcher.wake))],
     )
-    servicer = ShippingServicer(ShippingStore(db))
+    servicer = ShippingServicer(shipping)
 
     return App.serving(
         SERVICE,
         shipping_pb2_grpc.add_ShippingServiceServicer_to_server,
         servicer,
-        tasks=events.tasks,
+        tasks=[*events.tasks, dispatcher.run],
         on_stop=[*events.on_stop, db.close],
     )
 

@@ -8,7 +8,7 @@ from shop.shipping.v1 import shipping_pb2, shipping_pb2_grpc
 from services.common.errors import NotFound
 from services.common.identity import resolve_user
 from services.shipping import domain
-from services.shipping.convert import to_proto
+from services.shipping.convert import cancelled_before_confirmed, to_proto
 from services.shipping.store import ShippingStore
 
 
@@ -30,3 +30,11 @@ class ShippingServicer(shipping_pb2_grpc.ShippingServiceServicer):
             # Another user's shipment looks exactly like a missing one.
             raise missing from None
         return shipping_pb2.GetShipmentResponse(shipment=to_proto(shipment))
+
+    async def CancelShipment(
+        self, request: shipping_pb2.CancelShipmentRequest, context: aio.ServicerContext
+    ) -> shipping_pb2.CancelShipmentResponse:
+        order_id = domain.validate_order_id(request.order_id)
+        shipment = await self.store.cancel(order_id)
+        msg = cancelled_before_confirmed(order_id) if shipment is None else to_proto(shipment)
+        return shipping_pb2.CancelShipmentResponse(shipment=msg)

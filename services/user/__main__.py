@@ -12,7 +12,7 @@ from shop.user.v1 import user_pb2, user_pb2_grpc
 from services.common.eventing import EventWorkers
 from services.common.schema import service_migrations
 from services.common.server import App, run_service
-from services.common.settings import Settings
+from services.common.settings import Settings, env_int
 from services.common.storage import open_storage
 from services.user import domain
 from services.user.servicer import UserServicer
@@ -24,6 +24,13 @@ SERVICE = user_pb2.DESCRIPTOR.services_by_name["UserService"]
 log = logging.getLogger("shop.user")
 
 
+def scrypt_params() -> domain.ScryptParams:
+    """SHOP_SCRYPT_N (default 2^17, OWASP's minimum): the cost of new password hashes.
+    Lower it only for test runs that sign up many users; stored hashes keep their own
+    parameters, and those below the setting are re-hashed at their next login."""
+    return domain.ScryptParams(n=env_int("SHOP_SCRYPT_N", domain.SCRYPT_N))
+
+
 async def build(settings: Settings) -> App:
     # aiosqlite logs every statement with its parameters at DEBUG, password hashes
     # included: that logger never goes below INFO in this service.
@@ -33,10 +40,11 @@ async def build(settings: Settings) -> App:
     keys = await asyncio.to_thread(
         KeyRing.load_or_create, settings.data_dir / "keys", TokenSettings.from_env()
     )
+    scrypt = scrypt_params()
     hasher = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="scrypt")
     # Made now, so the first login for an unknown email is not slower than the rest.
-    await asyncio.get_running_loop().run_in_executor(hasher, domain.dummy_hash)
-    servicer = UserServicer(UserStore(db), keys, hasher)
+    await asyncio.get_running_loop().run_in_executor(hasher, domain.dummy_hash, scrypt)
+    servicer = UserServicer(UserStore(db), keys, hasher, scrypt)
     # The relay starts once NATS answers: registration and login never wait for NATS,
     # events queue up in the outbox meanwhile.
     events = EventWorkers(settings, db, relay=True)

@@ -29,15 +29,37 @@ _EMAIL = re.compile(
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
 )
 
-# OWASP's minimum for scrypt; 16 MiB of memory per hash (128 * n * r).
-SCRYPT_N = 2**14
+# OWASP's minimum for scrypt (N=2^17, r=8, p=1): 128 MiB of memory per hash (128 * n * r)
+# and about 0.1-0.3 s of one core. SHOP_SCRYPT_N lowers N for test runs that sign up many
+# users; hashes made then are upgraded at the next login under the full cost.
+SCRYPT_N = 2**17
 SCRYPT_R = 8
 SCRYPT_P = 1
+# The cost of the hashes made before N was raised; they still verify.
+LEGACY_SCRYPT_N = 2**14
+# A stored hash asking for more than this is refused unread (memory: 128 * n * r).
+MAX_SCRYPT_N = 2**20
 SALT_BYTES = 16
 HASH_BYTES = 32
 _SCHEME = "scrypt"
 
 LOGIN_FAILED = "invalid email or password"
+
+
+@dataclass(frozen=True, slots=True)
+class ScryptParams:
+    n: int = SCRYPT_N
+    r: int = SCRYPT_R
+    p: int = SCRYPT_P
+
+    def __post_init__(self) -> None:
+        if self.n < 2 or self.n & (self.n - 1) or self.n > MAX_SCRYPT_N:
+            raise ValueError(f"scrypt N must be a power of 2 from 2 to 2^20, got {self.n}")
+        if not 1 <= self.r <= 64 or not 1 <= self.p <= 16:
+            raise ValueError(f"scrypt r and p out of range: r={self.r} p={self.p}")
+
+
+DEFAULT_SCRYPT = ScryptParams()
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,36 +137,58 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, dklen: int) -> bytes:
-    # maxmem above the 128*n*r need; the default (32 MiB) would be too tight for n=2**15.
-    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p,
-                          dklen=dklen, maxmem=256 * 1024 * 1024)
+def _scrypt(password: str, salt: bytes, params: ScryptParams, dklen: int) -> bytes:
+    # maxmem above the 128*n*r need (hashlib's default, 32 MiB, is below it for n >= 2^15).
+    maxmem = 2 * 128 * params.n * params.r + 16 * 1024 * 1024
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=params.n, r=params.r,
+                          p=params.p, dklen=dklen, maxmem=maxmem)
 
 
-def hash_password(password: str, *, salt: bytes | None = None) -> str:
+def hash_password(password: str, *, salt: bytes | None = None,
+                  params: ScryptParams = DEFAULT_SCRYPT) -> str:
     """`scrypt$n$r$p$salt$hash` (base64): the parameters travel with the hash, so they can
     be raised later without breaking existing users."""
     salt = secrets.token_bytes(SALT_BYTES) if salt is None else salt
-    digest = _scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P, HASH_BYTES)
-    return f"{_SCHEME}${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+    digest = _scrypt(password, salt, params, HASH_BYTES)
+    return f"{_SCHEME}${params.n}${params.r}${params.p}${_b64(salt)}${_b64(digest)}"
+
+
+def _parse(encoded: str) -> tuple[ScryptParams, bytes, bytes]:
+    """(params, salt, digest) of a stored hash; ValueError when it is not one of ours."""
+    scheme, n, r, p, salt_b64, hash_b64 = encoded.split("$")
+    if scheme != _SCHEME:
+        raise ValueError("not an scrypt hash")
+    params = ScryptParams(int(n), int(r), int(p))
+    salt = base64.b64decode(salt_b64, validate=True)
+    digest = base64.b64decode(hash_b64, validate=True)
+    if not digest:
+        raise ValueError("empty digest")
+    return params, salt, digest
 
 
 def verify_password(password: str, encoded: str) -> bool:
-    """Constant-time check; False (never an exception) for a malformed stored hash."""
+    """Constant-time check under the parameters stored with the hash; False (never an
+    exception) for a malformed stored hash."""
     try:
-        scheme, n, r, p, salt_b64, hash_b64 = encoded.split("$")
-        if scheme != _SCHEME:
-            return False
-        salt = base64.b64decode(salt_b64, validate=True)
-        expected = base64.b64decode(hash_b64, validate=True)
-        got = _scrypt(password, salt, int(n), int(r), int(p), len(expected))
+        params, salt, expected = _parse(encoded)
+        got = _scrypt(password, salt, params, len(expected))
     except ValueError:
         return False
     return hmac.compare_digest(got, expected)
 
 
+def needs_rehash(encoded: str, params: ScryptParams = DEFAULT_SCRYPT) -> bool:
+    """True when the stored hash costs less than `params` in any parameter (a lower
+    setting never downgrades a stronger hash)."""
+    try:
+        stored = _parse(encoded)[0]
+    except ValueError:
+        return False
+    return stored.n < params.n or stored.r < params.r or stored.p < params.p
+
+
 @functools.cache
-def dummy_hash() -> str:
+def dummy_hash(params: ScryptParams = DEFAULT_SCRYPT) -> str:
     """A hash to check against when the email is unknown, so that answer costs as much
     time as a wrong password (no timing oracle for which emails are registered)."""
-    return hash_password(secrets.token_urlsafe(16))
+    return hash_password(secrets.token_urlsafe(16), params=params)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from grpc import aio
 from shop.user.v1 import user_pb2, user_pb2_grpc
@@ -21,23 +22,30 @@ from services.user.tokens import TOKEN_TYPE, KeyRing
 
 T = TypeVar("T")
 
+log = logging.getLogger("shop.user")
+
 
 class UserServicer(user_pb2_grpc.UserServiceServicer):
-    def __init__(self, store: UserRepository, keys: KeyRing, hasher: Executor) -> None:
+    def __init__(self, store: UserRepository, keys: KeyRing, hasher: Executor,
+                 scrypt: domain.ScryptParams = domain.DEFAULT_SCRYPT) -> None:
         self.store = store
         self.keys = keys
+        self.scrypt = scrypt
         # scrypt is CPU- and memory-bound: a pool sized to the CPUs bounds both, and the
         # event loop keeps serving while a hash runs.
         self._hasher = hasher
 
-    async def _hash_work(self, fn: Callable[..., T], *args: str) -> T:
+    async def _hash_work(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._hasher, fn, *args)
+
+    def _hash(self, password: str) -> str:
+        return domain.hash_password(password, params=self.scrypt)
 
     async def CreateUser(
         self, request: user_pb2.CreateUserRequest, context_: aio.ServicerContext
     ) -> user_pb2.CreateUserResponse:
         reg = domain.validate_registration(request.email, request.name, request.password)
-        password_hash = await self._hash_work(domain.hash_password, reg.password)
+        password_hash = await self._hash_work(self._hash, reg.password)
         user = domain.User(id=uuid.uuid4().hex, email=reg.email, name=reg.name,
                            create_time=time.time())
         await self.store.create(user, password_hash)
@@ -58,14 +66,25 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         email, password = domain.validate_login(request.email, request.password)
         found = await self.store.credentials(email)
         # Unknown email: check against a dummy hash anyway, so both failures take as long.
-        stored = found[1] if found is not None else domain.dummy_hash()
+        stored = found[1] if found is not None else domain.dummy_hash(self.scrypt)
         ok = await self._hash_work(domain.verify_password, password, stored)
         if found is None or not ok:
             raise Unauthenticated(domain.LOGIN_FAILED)
         user = found[0]
+        if domain.needs_rehash(stored, self.scrypt):
+            await self._upgrade_hash(user.id, stored, password)
         return user_pb2.LoginResponse(access_token=self.keys.mint(user.id, user.email),
                                       token_type=TOKEN_TYPE,
                                       expires_in=self.keys.settings.ttl_s)
+
+    async def _upgrade_hash(self, user_id: str, stored: str, password: str) -> None:
+        """Re-hash under the current parameters, now that the password is known to be
+        right. Best effort: the login succeeds anyway, the next one tries again."""
+        try:
+            upgraded = await self._hash_work(self._hash, password)
+            await self.store.replace_password_hash(user_id, stored, upgraded)
+        except Exception:
+            log.exception("could not upgrade a password hash", extra={"user_id": user_id})
 
     async def GetJwks(
         self, request: user_pb2.GetJwksRequest, context_: aio.ServicerContext

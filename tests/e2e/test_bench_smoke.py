@@ -1,6 +1,8 @@
 """`python -m bench --smoke` runs every scenario and writes the JSON report.
 
-Only the shape is checked: benchmark figures are reported, never asserted.
+Every scenario and its raw baseline must really have run (no failure recorded, operations
+done, a rate measured): a scenario that failed is written with zeros and must fail this
+test. How fast they ran is reported, never asserted.
 """
 
 from __future__ import annotations
@@ -33,11 +35,15 @@ def test_bench_smoke_writes_every_scenario(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=140)
     assert out.exists(), f"no report written:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     doc = json.loads(out.read_text())
+    assert doc["run"]["failures"] == {}, doc["run"]["failures"]
     for name in SCENARIOS:
         scenario = doc["scenarios"][name]
         for field in FIELDS:
             assert _number(scenario[field]), (name, field, scenario.get(field))
-    assert _number(doc["cold_start_s"])
+        assert scenario["tool"] != "failed", (name, scenario["detail"])
+        assert scenario["ok"] > 0 and scenario["rps"] > 0, (name, scenario)
+        assert scenario["raw_rps"] > 0, (name, "raw baseline did not run", scenario)
+    assert _number(doc["cold_start_s"]) and doc["cold_start_s"] > 0
     assert isinstance(doc["rss_mb"], dict)
     assert isinstance(doc["machine"], dict)
     history = (out.parent / "history.jsonl").read_text().splitlines()

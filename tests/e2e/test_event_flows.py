@@ -1,5 +1,5 @@
 """Events end to end on the eight real services and a real NATS: what a user sees happen
-after the synchronous call returned (DESIGN.md "Events")."""
+after the synchronous call returned (README, "Architecture")."""
 
 from __future__ import annotations
 

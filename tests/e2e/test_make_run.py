@@ -41,7 +41,8 @@ class ShopRun:
 
     def __init__(self, data_dir: Path, extra_env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
-        self.ports = {name: free_port() for name in (*SERVICES, "gateway", "nats")}
+        self.ports = {name: free_port() for name in (*SERVICES, "gateway", "nats",
+                                                    "mailcatcher")}
         env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "SCALE")}
         env.update({f"{n.upper()}_PORT": str(p) for n, p in self.ports.items()})
         env.update(SHOP_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1", SHOP_GRACE_S="3")

@@ -1,5 +1,5 @@
 """Deliver every event of a flow twice: every database ends row-for-row the same as with
-one delivery (DESIGN.md guarantee 4, beyond JetStream's duplicate window).
+one delivery (guarantee 4 of docs/guarantees.md, beyond JetStream's duplicate window).
 
 A flow runs on the eight real services: users created, an order from the cart confirmed
 and shipped, a declined order cancelled, a charge and its refund. Once every consumer is

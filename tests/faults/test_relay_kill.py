@@ -1,5 +1,8 @@
 """kill -9 the outbox relay again and again: every event ends up in the stream exactly
-once, in order per aggregate."""
+once, in order per aggregate. First a lone relay draining a filled outbox; then the payment
+service (whose relay publishes every charge and decline) killed five times, each time with
+events still unsent, while customers place orders (the full invariant check afterwards:
+one receipt per charge, one PAYMENT_FAILED per decline)."""
 
 from __future__ import annotations
 
@@ -15,11 +18,16 @@ from shop.events.v1 import envelope_pb2
 
 from ops.natsd import NatsServer
 from ops.pgserve import EmbeddedPostgres
+from ops.process import System
 from services.common.bus import Bus
 from services.common.events import STREAM
 from services.common.pg import PgDatabase
 from services.common.schema import COMMON
+from tests.fixtures_services import START_TIMEOUT_S
+from tests.support.invariants import check_invariants
+from tests.support.load import OrderClient, paced, set_stock
 from tests.support.outboxes import fill_outbox, fill_storage, unsent_outbox_rows
+from tests.support.users import create_users
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -60,10 +68,15 @@ def test_relay_survives_kill_9(tmp_path: Path, fresh_nats: NatsServer) -> None:
     deadline = time.monotonic() + 90
     while kills < 5 or unsent_outbox_rows(db_path):
         assert time.monotonic() < deadline, "outbox never drained"
+        before = unsent_outbox_rows(db_path)
         proc = _start(db_path, fresh_nats.url)
         try:
             if kills < 5:
-                time.sleep(rng.uniform(0.02, 0.12))
+                # Mid-drain: once this run has marked some rows sent, a little later.
+                while unsent_outbox_rows(db_path) == before and proc.poll() is None:
+                    assert time.monotonic() < deadline, "the relay published nothing"
+                    time.sleep(0.002)
+                time.sleep(rng.uniform(0.0, 0.03))
                 proc.kill()  # SIGKILL, mid-batch
                 kills += 1
             else:
@@ -87,6 +100,48 @@ def test_relay_survives_kill_9(tmp_path: Path, fresh_nats: NatsServer) -> None:
         want = [eid for eid, a in expected if a == agg]
         got = [e.id for e in envs if e.aggregate_id == agg]
         assert got == want, f"order broken for {agg}"
+
+
+KILLS = 5
+ORDERS = 80
+RUN_S = 12.0
+STOCK = {"running-shoes": 10_000}
+
+
+async def test_payment_relay_killed_five_times_under_orders(fault_system: System) -> None:
+    sysm = fault_system
+    users = await create_users(sysm.addr("user"), 6, "relay-kill")
+    await set_stock(sysm.addr("inventory"), STOCK)
+    payment_db = sysm.data_dir / "payment.db"
+    unsent_at_kill: list[int] = []
+    rng = random.Random(11)
+
+    async def kills() -> None:
+        deadline = time.monotonic() + RUN_S + 20
+        while len(unsent_at_kill) < KILLS:
+            await asyncio.sleep(rng.uniform(0.5, 1.5))
+            # Kill only with events committed but not yet acknowledged: mid-drain.
+            while (unsent := unsent_outbox_rows(payment_db)) == 0:
+                assert time.monotonic() < deadline, "the payment outbox never had a backlog"
+                await asyncio.sleep(0.002)
+            sysm["payment"].kill()
+            unsent_at_kill.append(unsent)
+            await asyncio.to_thread(sysm["payment"].restart, START_TIMEOUT_S, graceful=False)
+
+    async with OrderClient(sysm.addr("order"), timeout_s=5, retry_for_s=40) as client:
+        killer = asyncio.create_task(kills())
+        await paced(ORDERS, RUN_S, 8, lambda i: client.create(
+            users[i % 6], {"running-shoes": 1 + i % 2}, key=f"relay-{i}",
+            card="tok_chargeDeclined" if i % 6 == 5 else "tok_visa"))
+        await asyncio.wait_for(killer, 60)
+    assert client.unexpected == [], client.unexpected
+    assert len(unsent_at_kill) == KILLS and min(unsent_at_kill) > 0, unsent_at_kill
+
+    report = await check_invariants(sysm, stock_set=STOCK, created=client.created,
+                                    expect_orders=ORDERS, timeout_s=60)
+    report.assert_ok()
+    assert report.count("SHIPPED") > 0 and report.count("CANCELLED") > 0, report.summary()
+    print(f"\nunsent payment events at each kill {unsent_at_kill}; {report.summary()}")
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:

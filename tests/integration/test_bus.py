@@ -72,3 +72,26 @@ async def test_connect_waits_for_a_late_server(tmp_path: Path) -> None:
     finally:
         await starter
         server.stop()
+
+
+async def test_stream_limits_are_settings_applied_on_create_and_update(
+        fresh_nats: NatsServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SHOP_STREAM_MAX_AGE_S", raising=False)
+    monkeypatch.delenv("SHOP_STREAM_MAX_BYTES", raising=False)
+    bus = await Bus.connect(fresh_nats.url, name="limits")
+    try:
+        await bus.ensure_streams()  # created with the defaults
+        info = await bus.js.stream_info(STREAM)
+        assert info.config.max_age == 7 * 24 * 3600
+        assert info.config.max_bytes == 1024**3
+        monkeypatch.setenv("SHOP_STREAM_MAX_AGE_S", "3600")
+        monkeypatch.setenv("SHOP_STREAM_MAX_BYTES", "0")  # no limit
+        await bus.ensure_streams()  # an existing stream takes the new limits
+        info = await bus.js.stream_info(STREAM)
+        assert info.config.max_age == 3600
+        assert info.config.max_bytes == -1
+        monkeypatch.setenv("SHOP_STREAM_MAX_AGE_S", "30")  # shorter than the dedupe window
+        with pytest.raises(ValueError, match="SHOP_STREAM_MAX_AGE_S"):
+            await bus.ensure_streams()
+    finally:
+        await bus.close()

@@ -14,7 +14,7 @@ from shop.events.v1 import envelope_pb2
 from shop.user.v1 import user_pb2
 
 from services.common.bus import Bus
-from services.common.consumer import EventConsumer, Route
+from services.common.consumer import AfterCommit, EventConsumer, Route
 from services.common.dlq import list_dead_letters
 from services.common.events import DLQ_STREAM, STREAM, USER_CREATED
 from services.common.outbox import new_envelope
@@ -206,3 +206,77 @@ async def test_skip_check_acks_without_a_write(events_bus: Bus,
 
 async def _done(c: EventConsumer, n: int) -> bool:
     return c.stats.handled + c.stats.duplicates + c.stats.skipped >= n
+
+
+async def test_after_commit_hook_runs_after_the_commit(
+        events_bus: Bus, two_dbs: tuple[Storage, Storage]) -> None:
+    """A handler's after-commit callable runs once the batch committed: a read from
+    another transaction already sees the batch's rows."""
+    db, _ = two_dbs
+    reads: list[asyncio.Task[int]] = []
+
+    async def count(tx: Tx) -> int:
+        return int(await tx.fetchval("SELECT count(*) FROM welcome"))
+
+    async def on_created(tx: Tx, env: envelope_pb2.Envelope, payload: Any) -> AfterCommit:
+        await record_welcome(tx, env, payload)
+
+        def after() -> None:  # a read of its own: sees only what is committed
+            reads.append(asyncio.ensure_future(db.read(count)))
+
+        return after
+
+    routes = [Route(USER_CREATED, user_pb2.UserCreated, on_created)]
+    consumer = EventConsumer(events_bus, db, durable="hooks", routes=routes)
+    await events_bus.publish(user_event("u-hook-1"))
+    await events_bus.publish(user_event("u-hook-2"))
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_for(lambda: _seen(consumer, 2))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    seen = [await r for r in reads]
+    assert len(seen) == 2 and all(n >= 1 for n in seen) and seen[-1] == 2
+
+
+async def test_inbox_forgets_events_past_the_stream_horizon(
+        events_bus: Bus, two_dbs: tuple[Storage, Storage],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows older than the stream's max age plus the margin go, a bounded chunk per round;
+    younger ones (a redelivery could still come) stay."""
+    db, _ = two_dbs
+    monkeypatch.setenv("SHOP_STREAM_MAX_AGE_S", "3600")
+    monkeypatch.delenv("SHOP_INBOX_RETAIN_S", raising=False)
+    route = [Route(USER_CREATED, user_pb2.UserCreated, record_welcome)]
+    consumer = EventConsumer(events_bus, db, durable="prune", routes=route, prune_every_s=0.0,
+                             fetch_timeout_s=0.2)
+    assert consumer.inbox_retain_s == 3600 + 3600
+    now = time.time()
+    old = [("prune", f"old-{i}", now - 7300 - i) for i in range(1500)]
+    young = [("prune", f"young-{i}", now - 7000) for i in range(10)]
+    other = [("someone-else", f"old-{i}", now - 9000) for i in range(5)]
+
+    async def fill(tx: Tx) -> None:
+        await tx.run_many("INSERT INTO inbox (consumer, event_id, handled_at) VALUES (?, ?, ?)",
+                          old + young + other)
+
+    await db.write(fill)
+    await consumer._maybe_prune()
+    assert consumer.stats.pruned == 1000  # one chunk per round
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_for(lambda: _pruned(consumer, 1500))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def left(tx: Tx) -> list[tuple[str, str]]:
+        return sorted((str(r[0]), str(r[1]))
+                      for r in await tx.fetch("SELECT consumer, event_id FROM inbox"))
+
+    assert await db.read(left) == sorted([(c, e) for c, e, _ in young + other])
+
+
+async def _pruned(c: EventConsumer, n: int) -> bool:
+    return c.stats.pruned >= n

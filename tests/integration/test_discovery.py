@@ -83,8 +83,8 @@ class EchoFleet:
             SHOP_LOG_LEVEL="DEBUG",
             SHOP_GRACE_S="3",
             SHOP_REGISTRY_TTL_S=str(ttl_s),
-            **env,
         )
+        full_env.update(env)  # may choose the port (ECHO_PORT)
         log = log_path.open("ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "tests.support.echo_app"],
@@ -380,3 +380,36 @@ async def test_fixed_addr_works_without_nats(
     assert {f"fixed-{i}" for i in range(3)} <= a.request_ids()
     assert "registry: NATS not reachable" in a.log_text()
     assert a.proc.poll() is None
+
+
+async def test_killed_instance_restarted_on_its_port_is_used_again_within_seconds(
+    fleet: EchoFleet, fresh_nats: NatsServer, echo_ds: Downstream[Stub]
+) -> None:
+    """kill -9 of one of two instances: no call fails (the other takes them all), and once
+    it is back on its port (the supervisor's restart) and SERVING, it gets calls again
+    within seconds: taken out of the ring, never out of reach."""
+    async with discovery_on(fresh_nats.url, 10.0) as disc:
+        a = fleet.start("echo-a", ttl_s=10)
+        b = fleet.start("echo-b", ttl_s=10)
+        await wait_for(lambda: len(disc.healthy_addrs("echo")) == 2, 5, "two live instances")
+        port = a.addr.rsplit(":", 1)[1]
+        stream = CallStream(echo_ds)
+        await asyncio.sleep(0.3)
+        os.kill(a.proc.pid, signal.SIGKILL)
+        a.proc.wait()
+        await wait_for(lambda: disc.healthy_addrs("echo") == [b.addr], 3, "echo-a taken out")
+        await asyncio.sleep(1.0)  # the supervisor's pause before a restart
+        before = len(a.request_ids())
+        again = fleet.start("echo-a", ttl_s=10, ECHO_PORT=port)  # returns once serving
+        serving_at = time.monotonic()
+        assert again.addr == a.addr
+        took = await wait_for(lambda: len(again.request_ids()) > before, 10,
+                              "calls to reach the restarted echo-a")
+        await stream.stop()
+        print(f"\nrestarted instance used again {took:.2f} s after serving "
+              f"({time.monotonic() - serving_at:.2f} s)")
+        assert stream.failures == []
+        # About a second on a quiet machine; the bound is far below what it replaces
+        # (waiting for grpc's reconnect back-off, up to 2 min, or a breaker's 30 s reset)
+        # and leaves room for a loaded one.
+        assert took < 5.0, took

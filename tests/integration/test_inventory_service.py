@@ -20,7 +20,12 @@ from ops.natsd import NatsServer
 from ops.process import free_port
 from services.common.bus import Bus
 from services.common.demo import BY_ID
-from services.common.events import INVENTORY_RELEASED, INVENTORY_RESERVED, STREAM
+from services.common.events import (
+    INVENTORY_RELEASED,
+    INVENTORY_RESERVED,
+    INVENTORY_RESTOCKED,
+    STREAM,
+)
 from tests.fixtures_services import ServiceFactory
 
 Stub = inventory_pb2_grpc.InventoryServiceStub
@@ -269,6 +274,55 @@ async def test_events_are_published_once_per_effect(inventory: ServiceFactory,
     finally:
         await bus.close()
     assert seen == [(INVENTORY_RESERVED, 2), (INVENTORY_RELEASED, 2)]
+
+
+async def test_restock_returns_sold_units_once_with_its_event(inventory: ServiceFactory,
+                                                              stub: Stub) -> None:
+    """A confirmed order cancelled before dispatch: its committed units go from sold back
+    to available, once however often RestockStock is called, with one inventory.restocked."""
+    pid = await product(stub, 10)
+    order = new_id("o")
+    await stub.ReserveStock(reserve_req(order, (pid, 3)))
+    await stub.CommitStock(pb.CommitStockRequest(order_id=order))
+    assert await stock(stub, pid) == (7, 0, 3)
+    for _ in range(2):
+        got = await stub.RestockStock(pb.RestockStockRequest(order_id=order))
+        assert got.reservation.status == pb.RESERVATION_STATUS_RESTOCKED
+        assert await stock(stub, pid) == (10, 0, 0)
+    msg = await expect_error(stub.ReleaseStock(pb.ReleaseStockRequest(order_id=order)), FP)
+    assert "committed" in msg
+    # Never committed: refused, nothing moves.
+    other = new_id("o")
+    await stub.ReserveStock(reserve_req(other, (pid, 1)))
+    msg = await expect_error(stub.RestockStock(pb.RestockStockRequest(order_id=other)), FP)
+    assert "no committed stock" in msg
+    assert await stock(stub, pid) == (9, 1, 0)
+    await expect_error(stub.RestockStock(pb.RestockStockRequest(order_id="")),
+                       grpc.StatusCode.INVALID_ARGUMENT)
+    bus = await Bus.connect(inventory.nats_url, name="test-inventory-restock")
+    try:
+        sub = await bus.js.pull_subscribe(
+            INVENTORY_RESTOCKED, stream=STREAM,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+        seen: list[int] = []
+        deadline = asyncio.get_running_loop().time() + 10
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                msgs = await sub.fetch(100, timeout=1)
+            except TimeoutError:
+                if seen:
+                    break  # quiet after the first: no duplicate
+                continue
+            for m in msgs:
+                env = envelope_pb2.Envelope.FromString(m.data)
+                if env.aggregate_id == order:
+                    payload = pb.StockRestocked()
+                    assert env.payload.Unpack(payload)
+                    seen.append(payload.reservation.items[0].quantity)
+        await sub.unsubscribe()
+    finally:
+        await bus.close()
+    assert seen == [3]
 
 
 async def test_serves_while_nats_is_down(tmp_path: Path) -> None:

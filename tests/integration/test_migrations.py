@@ -52,7 +52,7 @@ async def test_an_older_database_with_data_is_upgraded(storage_for: OpenStorage)
     await old.close()
 
     new = await storage_for("payment")  # today's migration sets
-    assert await _versions(new) == [("common", 1), ("common", 2), ("payment", 1)]
+    assert await _versions(new) == [("common", 1), ("common", 2), ("common", 3), ("payment", 1)]
 
     async def kept(tx: Tx) -> tuple[int, int]:
         return (int(await tx.fetchval("SELECT amount_cents FROM payments WHERE order_id = ?",
@@ -92,7 +92,7 @@ async def test_instances_starting_together_apply_each_migration_once(
             for c in conns:
                 await c.close()
     applied = sorted(v for run in runs for v in run)
-    assert applied == [("common", 1), ("common", 2), ("payment", 1)]
+    assert applied == [("common", 1), ("common", 2), ("common", 3), ("payment", 1)]
     assert sum(1 for run in runs if run) == 1  # one instance did all of it, the rest waited
 
 

@@ -195,3 +195,30 @@ async def test_list_page_mark_read_count_and_ownership(stub: Stub, bus: Bus) -> 
 
 async def _counts(stub: Stub, want: dict[str, int]) -> bool:
     return all([await unread(stub, u) == n for u, n in want.items()])
+
+
+async def test_get_notification_is_owner_only_and_shows_no_delivery_with_mail_off(
+        stub: Stub, bus: Bus) -> None:
+    await bus.publish(receipt_event("u4", "o-4", 400))
+    await bus.publish(receipt_event("u5", "o-5", 500))
+    await wait_for(lambda: _counts(stub, {"u4": 1, "u5": 1}))
+    [mine] = await list_all(stub, "u4")
+    [theirs] = await list_all(stub, "u5")
+    as_u4 = (("x-user-id", "u4"),)
+
+    got = await stub.GetNotification(pb.GetNotificationRequest(id=mine.id), metadata=as_u4)
+    assert got.notification == mine
+    # The test services run with SMTP_URL=off: no mail is owed, none is tracked.
+    assert got.notification.delivery == pb.DELIVERY_STATUS_UNSPECIFIED
+    assert got.notification.delivery_error == ""
+    await expect_error(stub.GetNotification(pb.GetNotificationRequest(id=theirs.id),
+                                            metadata=as_u4),
+                       grpc.StatusCode.NOT_FOUND, f"notification {theirs.id} not found")
+    await expect_error(stub.GetNotification(pb.GetNotificationRequest(id="nope"),
+                                            metadata=as_u4),
+                       grpc.StatusCode.NOT_FOUND, "notification nope not found")
+    await expect_error(stub.GetNotification(pb.GetNotificationRequest(id=" "), metadata=as_u4),
+                       grpc.StatusCode.INVALID_ARGUMENT, "id is required")
+    await expect_error(stub.GetNotification(pb.GetNotificationRequest(id="x" * 129),
+                                            metadata=as_u4),
+                       grpc.StatusCode.INVALID_ARGUMENT, "longer than 128")

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from nats.js.api import PubAck
 from shop.events.v1 import envelope_pb2
 from shop.order.v1 import order_pb2
 
@@ -123,6 +125,53 @@ async def test_relay_publishes_in_order_and_marks_sent(events_bus: Bus, db: Stor
         return int(await tx.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL"))
 
     assert await db.read(sent) == 101
+
+
+class LosingBus(Bus):
+    """A real Bus that loses the first publish of one event, as a reconnect does with the
+    bytes in the dead socket, while the publishes queued behind it in nats-py's buffer
+    still go out once reconnected (and are stored)."""
+
+    def __init__(self, base: Bus, lose: str) -> None:
+        super().__init__(base.nc, base.name)
+        self.lose = lose
+        self.lost = 0
+
+    async def publish_batch(self, msgs: Sequence[OutMsg], *,
+                            timeout_s: float = 5.0) -> list[PubAck | BaseException]:
+        ids = [m.headers["Nats-Msg-Id"] for m in msgs]
+        if self.lost or self.lose not in ids:
+            return await super().publish_batch(msgs, timeout_s=timeout_s)
+        self.lost += 1
+        at = ids.index(self.lose)
+        rest = await super().publish_batch([*msgs[:at], *msgs[at + 1:]], timeout_s=timeout_s)
+        return [*rest[:at], TimeoutError("publish ack timed out"), *rest[at:]]
+
+
+async def test_event_lost_in_a_reconnect_is_stored_before_its_successor(
+        events_bus: Bus, db: Storage) -> None:
+    """Event k of an aggregate is lost on the way, k+1 was already queued: the stream must
+    still hold k before k+1 (and each once)."""
+    async def fill(tx: Tx) -> tuple[list[str], str]:
+        ids = [await tx.emit(ORDER_CONFIRMED if i else ORDER_CREATED,
+                             order_pb2.OrderConfirmed(), source="order", aggregate_id="o-gap")
+               for i in range(4)]
+        other = await tx.emit(ORDER_CREATED, order_pb2.OrderCreated(), source="order",
+                              aggregate_id="o-other")
+        return ids, other
+
+    ids, other = await db.write(fill)
+    bus = LosingBus(events_bus, lose=ids[1])
+    relay = make_relay(db, bus, poll_s=0.05)
+    task = asyncio.create_task(relay.run())
+    try:
+        await _wait_drained(db)
+    finally:
+        await _stop(task)
+    assert bus.lost == 1 and relay.stats.failures >= 1
+    envs = await _stream_envelopes(events_bus)
+    assert [e.id for e in envs if e.aggregate_id == "o-gap"] == ids
+    assert sorted(e.id for e in envs) == sorted([*ids, other])  # each stored once
 
 
 async def test_two_relays_never_double_publish_nor_reorder(

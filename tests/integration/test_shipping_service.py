@@ -1,5 +1,6 @@
-"""ShippingService as a real process: order.confirmed on real JetStream becomes one shipment
-and one order.shipped event, however often it is delivered; GetShipment over gRPC."""
+"""ShippingService as a real process: order.confirmed on real JetStream becomes one PENDING
+shipment, dispatched (one order.shipped event) after the dispatch delay, however often it is
+delivered; CancelShipment stops it before dispatch; GetShipment over gRPC."""
 
 from __future__ import annotations
 
@@ -29,9 +30,12 @@ pytestmark = pytest.mark.timeout(120)
 Stub = shipping_pb2_grpc.ShippingServiceStub
 
 
+DELAY_S = 0.5
+
+
 @pytest.fixture
 async def stub(services: ServiceFactory) -> AsyncIterator[Stub]:
-    proc = services.start("shipping")
+    proc = services.start("shipping", SHIPPING_DISPATCH_DELAY_S=str(DELAY_S))
     async with aio.insecure_channel(proc.addr) as channel:
         yield Stub(channel)
 
@@ -73,18 +77,20 @@ async def shipped_events(bus: Bus, *, at_least: int, settle_s: float = 1.0,
     return got
 
 
-async def get_shipment(stub: Stub, order_id: str, timeout_s: float = 20.0) -> pb.Shipment:
-    """Waits for the consumer to have made it."""
+async def get_shipment(stub: Stub, order_id: str, timeout_s: float = 20.0,
+                       status: int | None = None) -> pb.Shipment:
+    """Waits for the consumer to have made it (and, with `status`, for that status)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             resp: pb.GetShipmentResponse = await stub.GetShipment(
                 pb.GetShipmentRequest(order_id=order_id))
-            return resp.shipment
+            if status is None or resp.shipment.status == status:
+                return resp.shipment
         except aio.AioRpcError as err:
             assert err.code() == grpc.StatusCode.NOT_FOUND, err
-            assert time.monotonic() < deadline, f"no shipment for {order_id}"
-            await asyncio.sleep(0.05)
+        assert time.monotonic() < deadline, f"no shipment for {order_id} (status {status})"
+        await asyncio.sleep(0.05)
 
 
 async def expect_error(call: Awaitable[object], code: grpc.StatusCode, message: str) -> None:
@@ -102,11 +108,13 @@ async def test_confirmed_order_ships_once_however_often_delivered(stub: Stub, bu
     await bus.publish(confirmed("o1", "u1"))
     await bus.publish(confirmed("o2", "u2"))
 
-    one = await get_shipment(stub, "o1")
+    one = await get_shipment(stub, "o1", status=pb.SHIPMENT_STATUS_SHIPPED)
     assert re.fullmatch(r"SHP[A-Z0-9]{12}", one.tracking_number), one.tracking_number
-    assert (one.user_id, one.carrier, one.status) == ("u1", "shop-post",
-                                                      pb.SHIPMENT_STATUS_SHIPPED)
-    two = await get_shipment(stub, "o2")
+    assert (one.user_id, one.carrier) == ("u1", "shop-post")
+    # Dispatched no earlier than its due time, which the shipment carries.
+    assert one.dispatch_time.ToNanoseconds() - one.create_time.ToNanoseconds() == pytest.approx(
+        DELAY_S * 1e9, rel=0.01)
+    two = await get_shipment(stub, "o2", status=pb.SHIPMENT_STATUS_SHIPPED)
     assert two.tracking_number != one.tracking_number
 
     shipped = await shipped_events(bus, at_least=2, settle_s=1.5)
@@ -133,3 +141,66 @@ async def test_get_shipment_errors_and_ownership(stub: Stub, bus: Bus) -> None:
                        grpc.StatusCode.NOT_FOUND, "shipment for order missing not found")
     await expect_error(stub.GetShipment(pb.GetShipmentRequest(order_id="")),
                        grpc.StatusCode.INVALID_ARGUMENT, "order_id is required")
+
+
+async def test_pending_shipment_is_cancelled_before_dispatch_and_never_ships(
+        services: ServiceFactory, bus: Bus) -> None:
+    """A long dispatch delay keeps the shipment PENDING: CancelShipment cancels it (again:
+    the same answer), and it is never dispatched; a cancel of an order not confirmed yet is
+    remembered, so the late order.confirmed makes a CANCELLED shipment."""
+    proc = services.start("shipping", SHIPPING_DISPATCH_DELAY_S="1.5")
+    async with aio.insecure_channel(proc.addr) as channel:
+        stub = Stub(channel)
+        await bus.publish(confirmed("o-keep", "u1"))
+        await bus.publish(confirmed("o-cancel", "u1"))
+        pending = await get_shipment(stub, "o-cancel")
+        assert pending.status == pb.SHIPMENT_STATUS_PENDING and pending.tracking_number
+        for _ in range(2):  # idempotent
+            got = await stub.CancelShipment(pb.CancelShipmentRequest(order_id="o-cancel"))
+            assert got.shipment.status == pb.SHIPMENT_STATUS_CANCELLED
+            assert got.shipment.tracking_number == pending.tracking_number
+        early = await stub.CancelShipment(pb.CancelShipmentRequest(order_id="o-early"))
+        assert early.shipment.status == pb.SHIPMENT_STATUS_CANCELLED
+        await bus.publish(confirmed("o-early", "u1"))
+        late = await get_shipment(stub, "o-early")
+        assert late.status == pb.SHIPMENT_STATUS_CANCELLED
+        # o-keep ships once due; the cancelled ones never do.
+        await get_shipment(stub, "o-keep", status=pb.SHIPMENT_STATUS_SHIPPED)
+        shipped = await shipped_events(bus, at_least=1, settle_s=2.0)
+        assert [m.shipment.order_id for m in shipped] == ["o-keep"]
+        for order_id in ("o-cancel", "o-early"):
+            got_s = await stub.GetShipment(pb.GetShipmentRequest(order_id=order_id))
+            assert got_s.shipment.status == pb.SHIPMENT_STATUS_CANCELLED
+        await expect_error(stub.CancelShipment(pb.CancelShipmentRequest(order_id="o-keep")),
+                           grpc.StatusCode.FAILED_PRECONDITION, "already shipped")
+        await expect_error(stub.CancelShipment(pb.CancelShipmentRequest(order_id="")),
+                           grpc.StatusCode.INVALID_ARGUMENT, "order_id is required")
+
+
+async def test_dispatch_due_time_survives_a_restart(services: ServiceFactory, bus: Bus) -> None:
+    """The due time is stored: a shipping process stopped while a shipment is PENDING
+    dispatches it after a restart."""
+    proc = services.start("shipping", SHIPPING_DISPATCH_DELAY_S="3.0")
+    async with aio.insecure_channel(proc.addr) as channel:
+        await bus.publish(confirmed("o-restart", "u1"))
+        pending = await get_shipment(Stub(channel), "o-restart")
+        assert pending.status == pb.SHIPMENT_STATUS_PENDING
+    proc.terminate()
+    again = services.start("shipping", SHIPPING_DISPATCH_DELAY_S="3.0")
+    async with aio.insecure_channel(again.addr) as channel:
+        shipped = await get_shipment(Stub(channel), "o-restart",
+                                     status=pb.SHIPMENT_STATUS_SHIPPED)
+    assert shipped.tracking_number == pending.tracking_number
+    assert [m.shipment.order_id for m in await shipped_events(bus, at_least=1)] == ["o-restart"]
+
+
+async def test_two_instances_dispatch_each_shipment_once(services: ServiceFactory,
+                                                          bus: Bus) -> None:
+    """Two shipping instances share the file: both dispatchers see every due shipment, the
+    status guard lets one of them ship it; one order.shipped per order."""
+    services.start_many("shipping", "shipping", SHIPPING_DISPATCH_DELAY_S="0.3")
+    ids = [f"o-two-{i}" for i in range(20)]
+    for order_id in ids:
+        await bus.publish(confirmed(order_id, "u1"))
+    shipped = await shipped_events(bus, at_least=len(ids), settle_s=1.5, timeout_s=40)
+    assert sorted(m.shipment.order_id for m in shipped) == sorted(ids)

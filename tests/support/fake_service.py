@@ -40,7 +40,8 @@ async def serve_grpc(name: str) -> None:
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
-    await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    for service in ("", f"shop.{name}.v1.{name.capitalize()}Service"):  # as a real one
+        await servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     _write_ready(name, f"{host}:{bound}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

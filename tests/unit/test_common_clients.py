@@ -151,3 +151,102 @@ def test_address_order(monkeypatch: pytest.MonkeyPatch) -> None:
         assert resolve_addr("cart") == "fixed:2"
     finally:
         set_resolver(None)
+
+
+async def _open(ds: Downstream[Stub]) -> None:
+    for _ in range(5):
+        with pytest.raises(aio.AioRpcError):
+            await ds.call("GetProduct", req("unavailable"), idempotent=False)
+    assert ds.breaker_state == "open"
+
+
+async def test_half_open_probe_cancelled_early_does_not_close(ds: Downstream[Stub]) -> None:
+    """A probe that never answered (its caller went away long before any deadline) says
+    nothing about the downstream: the breaker stays half-open, the next call probes."""
+    await _open(ds)
+    await asyncio.sleep(0.35)
+    with context.bind(timeout=5.0):
+        probe = asyncio.create_task(ds.call("GetProduct", req("slow"), idempotent=True))
+        await asyncio.sleep(0.1)
+        probe.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+    assert ds.breaker_state == "half-open"
+    with pytest.raises(aio.AioRpcError):  # the next probe fails: open again, not closed
+        await ds.call("GetProduct", req("unavailable"), idempotent=False)
+    assert ds.breaker_state == "open"
+
+
+async def test_non_grpc_exception_is_no_verdict() -> None:
+    """Neither a failure nor a success: it does not reset the count of failures, and a
+    half-open breaker stays half-open."""
+    b = breakers.new_breaker("unit", fail_max=3, reset_timeout=0.05)
+    unavailable = aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, aio.Metadata(), aio.Metadata())
+    for _ in range(2):
+        with pytest.raises(aio.AioRpcError), b.calling():
+            raise unavailable
+    with pytest.raises(ValueError), b.calling():
+        raise ValueError("a bug on our side")
+    assert b.fail_counter == 2
+    with pytest.raises(aio.AioRpcError), b.calling():
+        raise unavailable
+    assert b.current_state == "open"
+    await asyncio.sleep(0.06)
+    with pytest.raises(RuntimeError), b.calling():
+        raise RuntimeError("channel closed")
+    assert b.current_state == "half-open"
+    with b.calling():
+        pass
+    assert b.current_state == "closed"
+
+
+async def test_half_open_lets_one_probe_through_at_a_time(ds: Downstream[Stub]) -> None:
+    await _open(ds)
+    await asyncio.sleep(0.35)
+    probe = asyncio.create_task(ds.call("GetProduct", req("slow"), idempotent=True))
+    await asyncio.sleep(0.1)
+    with pytest.raises(Unavailable, match="circuit open"):
+        await ds.call("GetProduct", req("ok"), idempotent=True)
+    await probe
+    assert ds.breaker_state == "closed"
+
+
+async def test_open_breaker_half_opens_when_the_instance_serves_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The instance goes away and comes back on its port: calls flow again as soon as its
+    health says SERVING, not after the reset timeout (30 s here)."""
+    import time
+
+    from services.common.server import ServiceRunner
+    from services.common.settings import Settings
+    from tests.support.echo_app import EchoProductServicer, make_app
+
+    monkeypatch.setenv("SHOP_BREAKER_RESET_S", "30")
+    breakers.reset_breakers()
+    async with running_echo(tmp_path / "a") as first:
+        port = first.runner.port
+        client = Downstream("product", Stub, cap_s=1.0, address=first.addr)
+        await client.call("GetProduct", req("ok"), idempotent=True)
+        await first.runner.stop(grace_s=0)
+        for _ in range(2):  # three attempts each, all refused: open after the fifth
+            with pytest.raises((aio.AioRpcError, Unavailable)):
+                await client.call("GetProduct", req("ok"), idempotent=True)
+        assert client.breaker_state == "open"
+        await asyncio.sleep(0.6)  # the watch sees it down
+        settings = Settings(service="echo", port=port, data_dir=tmp_path, grace_s=1)
+        again = ServiceRunner(settings, make_app(EchoProductServicer()))
+        await again.start()
+        serving_at = time.monotonic()
+        try:
+            while True:
+                try:
+                    await client.call("GetProduct", req("ok"), idempotent=True)
+                    break
+                except Unavailable:
+                    assert time.monotonic() - serving_at < 3.0, "still open"
+                    await asyncio.sleep(0.05)
+            assert client.breaker_state == "closed"
+        finally:
+            await client.close()
+            await again.stop(grace_s=0)

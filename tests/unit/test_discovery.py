@@ -227,3 +227,77 @@ def test_picker_is_process_wide() -> None:
     d = Discovery(RegistryLink("nats://127.0.0.1:1", name="unit"))
     set_picker(d)
     assert current_picker() is d
+
+
+async def test_health_check_asks_for_the_expected_service(
+    disc: Discovery, echoes: list[RunningEcho]
+) -> None:
+    """A shop server on a reused port that serves another contract is not healthy for the
+    service registered there: the check names `shop.<svc>.v1.<Svc>Service`, not ""."""
+    register(disc, "payment-1", echoes[0].addr, service="payment")  # an echo took its port
+    register(disc, "product-1", echoes[1].addr, service="product")  # the echo is a product
+    wrong = next(v.endpoint for v in disc._by_key.values() if v.info.service == "payment")
+    right = next(v.endpoint for v in disc._by_key.values() if v.info.service == "product")
+    assert not await disc.check(wrong)
+    assert await disc.check(right)
+    disc.mark_down(wrong)
+    disc.mark_down(right)
+    await disc._check(wrong)
+    await disc._check(right)
+    assert disc.healthy_addrs("payment") == []
+    assert disc.healthy_addrs("product") == [echoes[1].addr]
+
+
+async def test_hung_instance_is_ejected_alone_and_back_once_it_serves(
+    disc: Discovery, echoes: list[RunningEcho], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One of two instances hangs: its own breaker opens after the failures, the picker
+    skips it and every call goes to the other, the service is not "open"; once it answers
+    again its breaker's health watch half-opens it and it gets calls within seconds, not
+    after the 30 s reset timeout."""
+    import time
+
+    import grpc
+    from grpc import aio
+
+    from tests.support.faultproxy import FaultProxy, Mode
+
+    monkeypatch.setenv("SHOP_BREAKER_FAIL_MAX", "3")
+    monkeypatch.setenv("SHOP_BREAKER_RESET_S", "30")
+    breakers.reset_breakers()
+    a, b = echoes[0], echoes[1]
+    with FaultProxy(a.addr) as proxy:
+        register(disc, "echo-a", proxy.addr)
+        register(disc, "echo-b", b.addr)
+        ds = Downstream("echo", Stub, cap_s=0.3)
+        try:
+            for _ in range(4):
+                await get(ds)
+            assert a.servicer.calls == 2 and b.servicer.calls == 2
+            proxy.set_mode(Mode.BLACKHOLE)
+            timeouts = 0
+            for _ in range(8):  # a's calls time out until its breaker opens
+                try:
+                    await get(ds)
+                except aio.AioRpcError as err:
+                    assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+                    timeouts += 1
+            assert timeouts == 3
+            assert breakers.breaker_for("echo", "echo-a").current_state == "open"
+            served = b.servicer.calls
+            for _ in range(20):
+                await get(ds)  # none fails: all go to b
+            assert b.servicer.calls == served + 20
+            assert ds.breaker_state == "closed"
+            assert breakers.breaker_states()["echo"] == "closed"
+
+            proxy.set_mode(Mode.PASS)
+            back_at = time.monotonic()
+            before = a.servicer.calls
+            while a.servicer.calls == before:
+                await get(ds)
+                assert time.monotonic() - back_at < 5.0, "echo-a never used again"
+                await asyncio.sleep(0.02)
+            assert breakers.breaker_for("echo", "echo-a").current_state == "closed"
+        finally:
+            await ds.close()

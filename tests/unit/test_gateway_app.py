@@ -136,7 +136,21 @@ async def test_unknown_query_parameter_and_unknown_route(gw: Harness) -> None:
     assert r.status_code == 400
     assert "colour" in r.json()["error"]["message"]
     assert (await gw.client.get("/api/nowhere")).status_code == 404
-    assert (await gw.client.put("/api/products")).status_code == 405
+
+
+
+async def test_405_says_which_methods_are_allowed(gw: Harness) -> None:
+    for method, path, allowed in [
+        ("PUT", "/api/products", {"GET"}),
+        ("PATCH", "/api/cart", {"DELETE", "GET"}),
+        ("GET", "/api/cart/items", {"POST"}),
+        ("POST", "/healthz", {"GET", "HEAD"}),
+        ("DELETE", "/openapi.json", {"GET", "HEAD"}),
+    ]:
+        r = await gw.client.request(method, path)
+        assert r.status_code == 405, (method, path)
+        assert set(r.headers["allow"].split(", ")) == allowed, (method, path)
+        assert r.json()["error"]["code"] == 405
 
 
 async def test_downstream_errors_map_to_http(gw: Harness) -> None:

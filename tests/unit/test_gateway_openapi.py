@@ -249,12 +249,46 @@ async def test_document_is_valid_and_strict(gw: Harness) -> None:
         "description": "64-bit integer as a string",
     }
     assert "ORDER_STATUS_CONFIRMED" in order["properties"]["status"]["enum"]
-    # Request bodies require nothing (proto3) but still refuse unknown fields.
+    # Request bodies require what the services need, and refuse unknown fields.
     create = schemas["shop.order.v1.CreateOrderRequest"]
-    assert "required" not in create
+    assert create["required"] == ["cardToken"]
     assert create["additionalProperties"] is False
+    assert "required" not in schemas["shop.order.v1.CancelOrderRequest"]
     error = schemas["Error"]["properties"]["error"]
     assert error["required"] == ["code", "status", "message", "details"]
+
+
+async def test_the_limits_the_services_hold_requests_to_are_in_the_document(
+    gw: Harness,
+) -> None:
+    spec = gw.checker.spec
+    schemas = spec["components"]["schemas"]
+
+    def query(path: str, name: str) -> Json:
+        params = spec["paths"][path]["get"]["parameters"]
+        return next(p["schema"] for p in params if p["name"] == name)
+
+    for path in ("/api/products", "/api/orders", "/api/notifications"):
+        assert query(path, "pageSize")["minimum"] == 0, path
+    item = schemas["shop.order.v1.CreateOrderItem"]
+    assert item["required"] == ["productId", "quantity"]
+    assert (
+        item["properties"]["quantity"]["minimum"],
+        item["properties"]["quantity"]["maximum"],
+    ) == (
+        1,
+        99,
+    )
+    add = schemas["shop.cart.v1.AddItemRequest"]
+    assert add["properties"]["quantity"]["minimum"] == 1
+    user = schemas["shop.user.v1.CreateUserRequest"]
+    assert user["required"] == ["email", "name", "password"]
+    assert user["properties"]["password"]["minLength"] == 8
+    assert spec["paths"]["/api/users"]["post"]["requestBody"]["required"] is True
+    assert query("/api/products:batchGet", "ids")["items"]["pattern"].startswith("^[A-Za-z0-9]")
+    # What may be left out may be null: the canonical mapping reads it as the default.
+    assert add["properties"]["userId"]["type"] == ["string", "null"]
+    assert "null" not in str(add["properties"]["quantity"])
 
 
 async def test_documented_status_codes(gw: Harness) -> None:
@@ -356,7 +390,9 @@ async def test_rich_error_details_conform(gw: Harness) -> None:
     gw.fakes["order"].handlers["CreateOrder"] = _raiser(
         _rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "bad card", [violation])
     )
-    r = gw.conforms(await gw.client.post("/api/orders", json={"cardToken": "x"}, headers=gw.auth()))
+    r = gw.conforms(
+        await gw.client.post("/api/orders", json={"cardToken": "tok_bad"}, headers=gw.auth())
+    )
     details = r.json()["error"]["details"]
     assert details[0]["@type"].endswith("google.rpc.BadRequest")
 

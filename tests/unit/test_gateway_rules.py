@@ -76,6 +76,7 @@ def test_router_prefers_verb_and_literals_and_checks_method() -> None:
             ("GET", parse_template("/api/orders/{id}/shipment"), "shipment"),
             ("GET", parse_template("/api/orders/{a}/{b}"), "two"),
             ("GET", parse_template("/api/orders/{order_id}/saga"), "saga"),
+            ("DELETE", parse_template("/api/orders/{id}"), "delete"),
         ]
     )
     assert router.match("GET", "/api/products:batchGet").target == "batch"  # type: ignore[union-attr]
@@ -84,8 +85,9 @@ def test_router_prefers_verb_and_literals_and_checks_method() -> None:
     assert router.match("GET", "/api/orders/o1/saga").target == "saga"  # type: ignore[union-attr]
     assert router.match("GET", "/api/orders/o1/zzz").target == "two"  # type: ignore[union-attr]
     assert router.match("POST", "/api/orders/o1") is None
-    assert router.path_exists("/api/orders/o1")
-    assert not router.path_exists("/api/nothing")
+    assert router.allowed_methods("/api/orders/o1") == ["DELETE", "GET"]
+    assert router.allowed_methods("/api/products:batchGet") == ["GET"]
+    assert router.allowed_methods("/api/nothing") == []
 
 
 def _synthetic_file() -> descriptor_pb2.FileDescriptorProto:

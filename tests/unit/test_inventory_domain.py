@@ -121,3 +121,28 @@ def test_commit_of_reserved_sells_then_repeat_is_noop() -> None:
 def test_commit_refused(existing: d.Reservation | None, message: str) -> None:
     with pytest.raises(FailedPrecondition, match=message):
         d.decide_commit("o1", existing)
+
+
+def test_restock_of_committed_returns_sold_units_then_repeat_is_noop() -> None:
+    t = d.decide_restock("o1", res(C))
+    assert t.effect is d.Effect.RESTOCK and t.reservation.status is d.Status.RESTOCKED
+    assert t.reservation.items == res(C).items
+    again = d.decide_restock("o1", t.reservation)
+    assert again.effect is d.Effect.NONE and again.reservation == t.reservation
+
+
+@pytest.mark.parametrize("existing", [None, res(R), res(d.Status.RELEASED),
+                                      res(d.Status.REJECTED)])
+def test_restock_of_stock_never_committed_is_refused(existing: d.Reservation | None) -> None:
+    with pytest.raises(FailedPrecondition, match="no committed stock"):
+        d.decide_restock("o1", existing)
+
+
+def test_restocked_reservation_refuses_release_commit_and_reserve() -> None:
+    restocked = res(d.Status.RESTOCKED)
+    with pytest.raises(FailedPrecondition):
+        d.decide_release("o1", restocked)
+    with pytest.raises(FailedPrecondition):
+        d.decide_commit("o1", restocked)
+    with pytest.raises(FailedPrecondition):
+        d.outcome(restocked)

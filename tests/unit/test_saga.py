@@ -16,9 +16,10 @@ from grpc import aio
 from services.common import breakers
 from services.common.clients import Downstream
 from services.common.db import Database
+from services.common.errors import FailedPrecondition, NotFound
 from services.order import domain as d
 from services.order import handlers
-from services.order.ports import GrpcPorts, StepRefused, StepUnknown
+from services.order.ports import GrpcPorts, StepRefused, StepUnknown, StepUnwell
 from services.order.saga import SagaConfig, SagaRunner
 from services.order.store import SCHEMA, HistoryEntry, OrderStore
 
@@ -59,6 +60,12 @@ class FakePorts:
 
     async def release(self, order_id: str) -> None:
         await self._step("release")
+
+    async def cancel_shipment(self, order_id: str) -> None:
+        await self._step("cancel_shipment")
+
+    async def restock(self, order_id: str) -> None:
+        await self._step("restock")
 
 
 @pytest.fixture
@@ -238,6 +245,11 @@ class _ScriptedStub:
         return call
 
 
+def _no_shipping() -> Downstream[Any]:
+    return Downstream("shipping", lambda ch: _ScriptedStub({}, {}), address="127.0.0.1:9",
+                      breaker=pybreaker.CircuitBreaker(fail_max=50, name="ship"))
+
+
 async def test_open_breaker_does_not_use_up_compensation_attempts(store: OrderStore) -> None:
     """A compensation hitting an open circuit breaker is not attempted at all (it fails
     fast until the breaker's reset timeout): those fast failures must not use up its
@@ -255,7 +267,7 @@ async def test_open_breaker_does_not_use_up_compensation_attempts(store: OrderSt
     payment = Downstream("payment", lambda ch: _ScriptedStub(pay_fail, calls),
                          address="127.0.0.1:9", breaker=pybreaker.CircuitBreaker(
                              fail_max=2, reset_timeout=0.5, name="pay", **opts))
-    ports = GrpcPorts(inventory, payment, step_timeout_s=1.0)
+    ports = GrpcPorts(inventory, payment, _no_shipping(), step_timeout_s=1.0)
     runner = SagaRunner(store, ports, SagaConfig(owner="order-1", limits=FAST))
     try:
         order, state = await new_order(store, runner)
@@ -283,7 +295,8 @@ async def test_release_refused_for_another_reason_is_retried_not_skipped(
     payment = Downstream("payment", lambda ch: _ScriptedStub(pay_fail, calls),
                          address="127.0.0.1:9",
                          breaker=pybreaker.CircuitBreaker(fail_max=50, name="pay2"))
-    runner = SagaRunner(store, GrpcPorts(inventory, payment, step_timeout_s=1.0),
+    runner = SagaRunner(store, GrpcPorts(inventory, payment, _no_shipping(),
+                                         step_timeout_s=1.0),
                         SagaConfig(owner="order-1", limits=FAST))
     try:
         order, state = await new_order(store, runner)
@@ -332,9 +345,11 @@ async def test_cancel_loses_to_a_shipment_recorded_after_its_read(store: OrderSt
     assert not ok
 
 
-async def test_shipment_loses_to_a_cancel_already_compensating(store: OrderStore) -> None:
-    """A cancel of a CONFIRMED order is refunding when order.shipped lands: the order
-    must not flash SHIPPED (then CANCELLED); the cancel won."""
+async def test_shipment_during_a_cancel_is_decided_by_the_cancel_saga(
+        store: OrderStore) -> None:
+    """order.shipped lands while a cancel of the CONFIRMED order is under way: the order
+    does not flash SHIPPED; the saga's CancelShipment (refused: dispatched) ends it SHIPPED
+    with the tracking number, and nothing is refunded."""
     order, state, runner = await _confirmed(store)
     entry = HistoryEntry("cancel", "requested", 1, time.time(), "changed my mind")
     assert await store.replace_saga(state, d.cancel_confirmed(state, "changed my mind"), entry,
@@ -342,8 +357,15 @@ async def test_shipment_loses_to_a_cancel_already_compensating(store: OrderStore
     await store.db.write(lambda tx: _shipped_handler()(tx, None, _shipped(order.id)))
     got = await store.get(order.id)
     assert got is not None and got.status is d.OrderStatus.CONFIRMED
+    ports = FakePorts(cancel_shipment=[StepRefused("already shipped")])
+    runner.ports = ports
     result = await asyncio.wait_for(runner.ensure(order.id), 5)
-    assert result is not None and result.status is d.OrderStatus.CANCELLED
+    assert result is not None and result.status is d.OrderStatus.SHIPPED
+    assert ports.calls == ["cancel_shipment"]
+    got = await store.get(order.id)
+    assert got is not None and (got.status, got.tracking_number, got.cancel_reason) == (
+        d.OrderStatus.SHIPPED, "TRK1", "")
+    assert "order.cancelled" not in await outbox_subjects(store)
 
 
 async def test_payment_event_skip_check_only_past_the_charge(store: OrderStore) -> None:
@@ -369,3 +391,177 @@ async def test_payment_event_skip_check_only_past_the_charge(store: OrderStore) 
     done = await asyncio.wait_for(task, 5)
     assert done is not None and done.status is d.OrderStatus.CONFIRMED
     assert await store.db.read_now(lambda tx: skip(tx, None, event))  # ended: a no-op
+
+
+async def _cancel_confirmed(store: OrderStore, ports: FakePorts) -> tuple[d.Order, d.Order]:
+    order, state, runner = await _confirmed(store)
+    runner.ports = ports
+    entry = HistoryEntry("cancel", "requested", 1, time.time(), "changed my mind")
+    assert await store.replace_saga(state, d.cancel_confirmed(state, "changed my mind"), entry,
+                                    owner="order-1", lease_s=5)
+    result = await asyncio.wait_for(runner.ensure(order.id), 5)
+    assert result is not None
+    return order, result
+
+
+async def test_cancel_of_confirmed_order_cancels_shipment_refunds_restocks(
+        store: OrderStore) -> None:
+    ports = FakePorts(cancel_shipment=[StepUnwell("shipping: DEADLINE_EXCEEDED")])
+    order, result = await _cancel_confirmed(store, ports)
+    assert (result.status, result.cancel_reason) == (d.OrderStatus.CANCELLED, "changed my mind")
+    assert ports.calls == ["cancel_shipment", "cancel_shipment", "refund", "restock"]
+    history = [(h.step, h.outcome) for h in await store.history(order.id)]
+    assert history[-5:] == [("cancel", "requested"), ("cancel_shipment", "unwell"),
+                            ("cancel_shipment", "succeeded"), ("refund", "succeeded"),
+                            ("restock", "succeeded")]
+    assert (await outbox_subjects(store))[-1] == "order.cancelled"
+
+
+async def test_unwell_compensation_outlasts_its_attempt_limit(store: OrderStore) -> None:
+    """A refund through a long payment outage (more unwell answers than attempts) still
+    ends CANCELLED, not REQUIRES_ATTENTION."""
+    ports = FakePorts(charge=[StepRefused("declined")],
+                      release=[StepUnwell("inventory: UNAVAILABLE")] * (3 * FAST.compensation))
+    order, history = await run_saga(store, ports)
+    assert order.status is d.OrderStatus.CANCELLED
+    assert history.count("release_stock:unwell") == 3 * FAST.compensation
+
+
+async def test_refused_commit_requires_attention_with_its_event(store: OrderStore) -> None:
+    ports = FakePorts(commit=[StepRefused("no reservation for order")])
+    order, history = await run_saga(store, ports)
+    assert order.status is d.OrderStatus.REQUIRES_ATTENTION
+    assert ports.calls.count("commit") == 1 and history[-1] == "confirm:refused"
+    assert (await outbox_subjects(store))[-1] == "order.requires_attention"
+    async with store.db.reader() as conn:
+        cur = await conn.execute("SELECT data FROM outbox WHERE subject = ?",
+                                 ("order.requires_attention",))
+        row = await cur.fetchone()
+    from shop.events.v1 import envelope_pb2
+    from shop.order.v1 import order_pb2
+    event = order_pb2.OrderRequiresAttention()
+    assert envelope_pb2.Envelope.FromString(row[0]).payload.Unpack(event)
+    assert event.step == "confirm"  # the step that needs the operator, not "done"
+
+
+async def test_operator_retry_resumes_a_saga_requiring_attention(store: OrderStore) -> None:
+    ports = FakePorts(charge=[StepRefused("declined")],
+                      release=[StepUnknown("inventory: UNIMPLEMENTED")] * FAST.compensation)
+    order, _ = await run_saga(store, ports)
+    assert order.status is d.OrderStatus.REQUIRES_ATTENTION
+    runner = SagaRunner(store, ports, SagaConfig(owner="order-1", limits=FAST))
+    got = await store.retry(order.id, owner="order-1", lease_s=5)
+    assert got is not None and got[0].status is d.OrderStatus.PENDING
+    assert await store.retry(order.id, owner="order-1", lease_s=5) is None  # a repeat
+    result = await asyncio.wait_for(runner.ensure(order.id), 5)
+    assert result is not None and result.status is d.OrderStatus.CANCELLED
+    history = [f"{h.step}:{h.outcome}" for h in await store.history(order.id)]
+    assert history[-2:] == ["retry:requested", "release_stock:succeeded"]
+    with pytest.raises(FailedPrecondition, match="not requires_attention"):
+        await store.retry(order.id, owner="order-1", lease_s=5)
+    with pytest.raises(NotFound):
+        await store.retry("no-such-order", owner="order-1", lease_s=5)
+
+
+@pytest.mark.parametrize(("method", "codes", "compensations"), [
+    # Timed out (may have charged), then refused: refunded, then released.
+    ("Charge", [grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED,
+                grpc.StatusCode.FAILED_PRECONDITION], ["Refund", "ReleaseStock"]),
+    # Timed out (may have reserved), then refused: released.
+    ("ReserveStock", [grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.PERMISSION_DENIED,
+                      grpc.StatusCode.FAILED_PRECONDITION], ["ReleaseStock"]),
+])
+async def test_uncertain_step_refused_later_is_compensated(
+        store: OrderStore, method: str, codes: list[grpc.StatusCode],
+        compensations: list[str]) -> None:
+    """Only FAILED_PRECONDITION (and, for Charge, INVALID_ARGUMENT) is a refusal: the
+    UNIMPLEMENTED / PERMISSION_DENIED of a misrouted call is retried, and the step that
+    timed out is compensated once it is finally refused."""
+    calls: dict[str, int] = {}
+    fails = {method: list(codes)}
+    inventory = Downstream("inventory", lambda ch: _ScriptedStub(fails, calls),
+                           address="127.0.0.1:9",
+                           breaker=pybreaker.CircuitBreaker(fail_max=50, name="inv3"))
+    payment = Downstream("payment", lambda ch: _ScriptedStub(fails, calls),
+                         address="127.0.0.1:9",
+                         breaker=pybreaker.CircuitBreaker(fail_max=50, name="pay3"))
+    limits = d.Limits(reserve=8, charge=8, compensation=4, backoff_base_s=0.005,
+                      backoff_max_s=0.02)
+    runner = SagaRunner(store, GrpcPorts(inventory, payment, _no_shipping(),
+                                         step_timeout_s=1.0),
+                        SagaConfig(owner="order-1", limits=limits))
+    try:
+        order, state = await new_order(store, runner)
+        result = await asyncio.wait_for(runner.start(order, state), 5)
+    finally:
+        await inventory.close()
+        await payment.close()
+    assert result is not None and result.status is d.OrderStatus.CANCELLED
+    assert calls[method] == 3
+    assert [m for m in ("Refund", "ReleaseStock") if calls.get(m)] == compensations
+    if method == "Charge":
+        assert result.cancel_reason == "payment declined"
+
+
+async def test_invalid_card_is_a_typed_refusal(store: OrderStore) -> None:
+    calls: dict[str, int] = {}
+    fails = {"Charge": [grpc.StatusCode.INVALID_ARGUMENT]}
+    inventory = Downstream("inventory", lambda ch: _ScriptedStub({}, calls),
+                           address="127.0.0.1:9",
+                           breaker=pybreaker.CircuitBreaker(fail_max=50, name="inv4"))
+    payment = Downstream("payment", lambda ch: _ScriptedStub(fails, calls),
+                         address="127.0.0.1:9",
+                         breaker=pybreaker.CircuitBreaker(fail_max=50, name="pay4"))
+    runner = SagaRunner(store, GrpcPorts(inventory, payment, _no_shipping(),
+                                         step_timeout_s=1.0),
+                        SagaConfig(owner="order-1", limits=FAST))
+    try:
+        order, state = await new_order(store, runner)
+        result = await asyncio.wait_for(runner.start(order, state), 5)
+    finally:
+        await inventory.close()
+        await payment.close()
+    assert result is not None and result.status is d.OrderStatus.CANCELLED
+    got = await store.saga(order.id)
+    assert got is not None and got[0].refusal is d.Refusal.INVALID_CARD
+    assert d.is_invalid_card(got[0])
+
+
+async def test_a_data_file_from_before_the_cancellation_saga_is_upgraded(tmp_path: Path) -> None:
+    """The sagas table of an older file lacks committed/uncertain/waits/refusal: it is
+    rebuilt at start, its rows kept, and the saga reads and advances as before."""
+    import sqlite3
+
+    from services.order.store import upgrade
+
+    path = tmp_path / "order.db"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE sagas (order_id TEXT PRIMARY KEY, step TEXT NOT NULL,
+            status TEXT NOT NULL, attempt INTEGER NOT NULL DEFAULT 0,
+            charged INTEGER NOT NULL DEFAULT 0, cancel_requested INTEGER NOT NULL DEFAULT 0,
+            reason TEXT NOT NULL DEFAULT '', card_token TEXT NOT NULL DEFAULT '',
+            version INTEGER NOT NULL DEFAULT 0, owner TEXT NOT NULL DEFAULT '',
+            lease_until REAL NOT NULL DEFAULT 0, updated_at REAL NOT NULL);
+        INSERT INTO sagas (order_id, step, status, charged, version, updated_at)
+            VALUES ('o-old', 'done', 'done', 1, 7, 1.0);
+    """)
+    old.close()
+    upgrade(path)
+    upgrade(path)  # a second start: nothing to do
+    db = await Database.open(path, schema=SCHEMA, durable=False)
+    try:
+        got = await OrderStore(db).saga("o-old")
+        assert got is not None
+        state = got[0]
+        assert (state.step, state.status, state.charged, state.version, state.refusal) == (
+            d.Step.DONE, d.SagaStatus.DONE, True, 7, d.Refusal.NONE)
+        cancelling = d.cancel_confirmed(state, "")
+        async with db.transaction() as conn:
+            from services.order.store import write_saga
+            assert await write_saga(conn, state, cancelling)
+        again = await OrderStore(db).saga("o-old")
+        assert again is not None and again[0].step is d.Step.CANCEL_SHIPMENT
+        assert again[0].committed
+    finally:
+        await db.close()

@@ -97,32 +97,69 @@ def test_validate_user_id() -> None:
         d.validate_user_id("x" * 129)
 
 
-def test_hash_password_round_trip_and_format() -> None:
+# Cheap parameters where only the format or the logic is under test.
+CHEAP = d.ScryptParams(n=2**10)
+
+
+def test_hash_password_round_trip_and_format_at_the_default_cost() -> None:
     encoded = d.hash_password("correct horse")
     scheme, n, r, p, _salt, _digest = encoded.split("$")
-    assert (scheme, int(n), int(r), int(p)) == ("scrypt", 2**14, 8, 1)
+    assert (scheme, int(n), int(r), int(p)) == ("scrypt", 2**17, 8, 1)
     assert "correct horse" not in encoded
     assert d.verify_password("correct horse", encoded)
     assert not d.verify_password("correct horsE", encoded)
-    assert not d.verify_password("", encoded)
+
+
+def test_verify_reads_the_parameters_stored_with_the_hash() -> None:
+    legacy = d.hash_password("correct horse", params=d.ScryptParams(n=d.LEGACY_SCRYPT_N))
+    assert legacy.startswith("scrypt$16384$8$1$")
+    assert d.verify_password("correct horse", legacy)
+    cheap = d.hash_password("correct horse", params=CHEAP)
+    assert d.verify_password("correct horse", cheap)
+    assert not d.verify_password("", cheap)
+    # The same salt under other parameters is another hash.
+    salt = b"0123456789abcdef"
+    assert d.hash_password("pw", salt=salt, params=CHEAP).split("$")[5] != d.hash_password(
+        "pw", salt=salt, params=d.ScryptParams(n=2**11)).split("$")[5]
+
+
+def test_needs_rehash_only_below_the_current_cost() -> None:
+    legacy = d.hash_password("pw123456", params=d.ScryptParams(n=d.LEGACY_SCRYPT_N))
+    assert d.needs_rehash(legacy)  # against the default, 2^17
+    assert d.needs_rehash(legacy, d.ScryptParams(n=2**14, r=16))
+    assert not d.needs_rehash(legacy, d.ScryptParams(n=2**14))
+    # A lower setting (a test run) never downgrades a stronger hash.
+    assert not d.needs_rehash(legacy, CHEAP)
+    assert not d.needs_rehash("garbage")
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 1000, 2**21])
+def test_scrypt_params_refuse_what_scrypt_cannot_or_should_not_run(n: int) -> None:
+    with pytest.raises(ValueError, match="power of 2"):
+        d.ScryptParams(n=n)
 
 
 def test_hash_password_uses_a_random_salt() -> None:
-    assert d.hash_password("same password") != d.hash_password("same password")
+    assert d.hash_password("same password", params=CHEAP) != d.hash_password(
+        "same password", params=CHEAP)
     salt = b"0123456789abcdef"
-    assert d.hash_password("pw123456", salt=salt) == d.hash_password("pw123456", salt=salt)
+    assert d.hash_password("pw123456", salt=salt, params=CHEAP) == d.hash_password(
+        "pw123456", salt=salt, params=CHEAP)
 
 
 @pytest.mark.parametrize("stored", ["", "garbage", "bcrypt$1$2$3$AAAA$AAAA",
-                                    "scrypt$x$8$1$AAAA$AAAA", "scrypt$16384$8$1$!!$AAAA"])
+                                    "scrypt$x$8$1$AAAA$AAAA", "scrypt$16384$8$1$!!$AAAA",
+                                    "scrypt$16384$8$1$AAAA$", "scrypt$1048577$8$1$AAAA$AAAA",
+                                    # asks for 2^24 * 8 * 128 bytes: refused unread
+                                    "scrypt$16777216$8$1$AAAA$AAAA"])
 def test_verify_password_is_false_for_malformed_hashes(stored: str) -> None:
     assert d.verify_password("whatever1", stored) is False
 
 
 def test_dummy_hash_is_a_real_hash_nobody_knows() -> None:
-    assert d.dummy_hash().startswith("scrypt$")
-    assert d.dummy_hash() is d.dummy_hash()  # computed once
-    assert not d.verify_password("password", d.dummy_hash())
+    assert d.dummy_hash(CHEAP).startswith("scrypt$1024$")
+    assert d.dummy_hash(CHEAP) is d.dummy_hash(CHEAP)  # computed once
+    assert not d.verify_password("password", d.dummy_hash(CHEAP))
 
 
 # --- tokens ------------------------------------------------------------------------------

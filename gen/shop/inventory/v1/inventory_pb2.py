@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!shop/inventory/v1/inventory.proto\x12\x11shop.inventory.v1\x1a\x1cgoogle/api/annotations.proto\"N\n\x05Stock\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x05\x12\x10\n\x08reserved\x18\x03 \x01(\x05\x12\x0c\n\x04sold\x18\x04 \x01(\x05\"1\n\tStockItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\"\x92\x01\n\x0bReservation\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x34\n\x06status\x18\x02 \x01(\x0e\x32$.shop.inventory.v1.ReservationStatus\x12+\n\x05items\x18\x03 \x03(\x0b\x32\x1c.shop.inventory.v1.StockItem\x12\x0e\n\x06reason\x18\x04 \x01(\t\"%\n\x0fGetStockRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\";\n\x10GetStockResponse\x12\'\n\x05stock\x18\x01 \x01(\x0b\x32\x18.shop.inventory.v1.Stock\"8\n\x0fSetStockRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x05\";\n\x10SetStockResponse\x12\'\n\x05stock\x18\x01 \x01(\x0b\x32\x18.shop.inventory.v1.Stock\"T\n\x13ReserveStockRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.shop.inventory.v1.StockItem\"K\n\x14ReserveStockResponse\x12\x33\n\x0breservation\x18\x01 \x01(\x0b\x32\x1e.shop.inventory.v1.Reservation\"\'\n\x13ReleaseStockRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"K\n\x14ReleaseStockResponse\x12\x33\n\x0breservation\x18\x01 \x01(\x0b\x32\x1e.shop.inventory.v1.Reservation\"&\n\x12\x43ommitStockRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"J\n\x13\x43ommitStockResponse\x12\x33\n\x0breservation\x18\x01 \x01(\x0b\x32\x1e.shop.inventory.v1.Reservation\"D\n\rStockReserved\x12\x33\n\x0breservation\x18\x01 \x01(\x0b\x32\x1e.shop.inventory.v1.Reservation\"D\n\rStockReleased\x12\x33\n\x0breservation\x18\x01 \x01(\x0b\x32\x1e.shop.inventory.v1.Reservation*\xbc\x01\n\x11ReservationStatus\x12\"\n\x1eRESERVATION_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1bRESERVATION_STATUS_RESERVED\x10\x01\x12\x1f\n\x1bRESERVATION_STATUS_REJECTED\x10\x02\x12\x1f\n\x1bRESERVATION_STATUS_RELEASED\x10\x03\x12 \n\x1cRESERVATION_STATUS_COMMITTED\x10\x04\x32\x88\x04\n\x10InventoryService\x12\x7f\n\x08GetStock\x12\".shop.inventory.v1.GetStockRequest\x1a#.shop.inventory.v1.GetStockResponse\"*\x82\xd3\xe4\x93\x02$\x12\x1b/api/inventory/{product_id}b\x05stock\x12S\n\x08SetStock\x12\".shop.inventory.v1.SetStockRequest\x1a#.shop.inventory.v1.SetStockResponse\x12_\n\x0cReserveStock\x12&.shop.inventory.v1.ReserveStockRequest\x1a\'.shop.inventory.v1.ReserveStockResponse\x12_\n\x0cReleaseStock\x12&.shop.inventory.v1.ReleaseStockRequest\x1a\'.shop.inventory.v1.ReleaseStockResponse\x12\\\n\x0b\x43ommitStock\x12%.shop.inventory.v1.CommitStockRequest\x1a&.shop.inventory.v1.CommitStockResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!shop/inventory/v1/inventory.proto\x12\x11shop.inventory.v1\x1a\x1cgoogle/api/annotations.proto\"N\n\x05Stock\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x05\x12\x10\n\x08reserved\x18\x03 \x01(\x05\x12\x0c\n\x04sold\x18\x04 \x01(\x05\"1\n\tStockItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\"\x92\x01\n\x0bReservation\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x34\n\x06status\x18\x02 \x01(\x0e\x32$.shop.inventory.v1.ReservationStatus\x12+\n\x05items\x18\x03 \x03(\x0b\x32\x1c.shop.inventory.v1.StockItem\x12\x0e\n\x06reason\x18\x04 \x01(\t\"%\n\x0fGetStockRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\";\n\x10GetStockResponse\x12\'\n\x05stock\x18\x01 \x01(\x0b\x32\x18.shop.inventory.v1.Stock\"8\n\x0fSetStockRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x05\";\n\x10SetStockResponse\x12\'\n\x05stock\x18\x01 \x01(\x0b\x32\x18.shop.inventory.v1.Stock\"T\n\x13ReserveStockRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.shop.inventory.v1.StockItem\"K\n\x14ReserveStockResponse\x12\x33\n\x0breservation\x18\x01 \x01(\x0b\x32\x1e.shop.inventory.v1.Reservation\"\'\n\x13ReleaseStockRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"K\n\x14ReleaseStockResponse\x12\x33\n\x0breservation\x18\x01 \x01(\x0b\x32\x1e.shop.inventory.v1.Reservation\"&\n\x12\x43ommitStockRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"J\n\x13\x43ommitStockResponse\x12\x33\n\x0breservation\x18\x01 \x01(\x0b\x32\x1e.shop.inventory.v1.Reservation\"\'\n\x13RestockStockRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"K\n\x14RestockStockResponse\x12\x33\n\x0breservation\x18\x01 \x01(\x0b\x32\x1e.shop.inventory.v1.Reservation\"D\n\rStockReserved\x12\x33\n\x0breservation\x18\x01 \x01(\x0b\x32\x1e.shop.inventory.v1.Reservation\"D\n\rStockReleased\x12\x33\n\x0breservation\x18\x01 \x01(\x0b\x32\x1e.shop.inventory.v1.Reservation\"E\n\x0eStockRestocked\x12\x33\n\x0breservation\x18\x01 \x01(\x0b\x32\x1e.shop.inventory.v1.Reservation*\xde\x01\n\x11ReservationStatus\x12\"\n\x1eRESERVATION_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1bRESERVATION_STATUS_RESERVED\x10\x01\x12\x1f\n\x1bRESERVATION_STATUS_REJECTED\x10\x02\x12\x1f\n\x1bRESERVATION_STATUS_RELEASED\x10\x03\x12 \n\x1cRESERVATION_STATUS_COMMITTED\x10\x04\x12 \n\x1cRESERVATION_STATUS_RESTOCKED\x10\x05\x32\xe9\x04\n\x10InventoryService\x12\x7f\n\x08GetStock\x12\".shop.inventory.v1.GetStockRequest\x1a#.shop.inventory.v1.GetStockResponse\"*\x82\xd3\xe4\x93\x02$\x12\x1b/api/inventory/{product_id}b\x05stock\x12S\n\x08SetStock\x12\".shop.inventory.v1.SetStockRequest\x1a#.shop.inventory.v1.SetStockResponse\x12_\n\x0cReserveStock\x12&.shop.inventory.v1.ReserveStockRequest\x1a\'.shop.inventory.v1.ReserveStockResponse\x12_\n\x0cReleaseStock\x12&.shop.inventory.v1.ReleaseStockRequest\x1a\'.shop.inventory.v1.ReleaseStockResponse\x12\\\n\x0b\x43ommitStock\x12%.shop.inventory.v1.CommitStockRequest\x1a&.shop.inventory.v1.CommitStockResponse\x12_\n\x0cRestockStock\x12&.shop.inventory.v1.RestockStockRequest\x1a\'.shop.inventory.v1.RestockStockResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INVENTORYSERVICE'].methods_by_name['GetStock']._loaded_options = None
   _globals['_INVENTORYSERVICE'].methods_by_name['GetStock']._serialized_options = b'\202\323\344\223\002$\022\033/api/inventory/{product_id}b\005stock'
-  _globals['_RESERVATIONSTATUS']._serialized_start=1123
-  _globals['_RESERVATIONSTATUS']._serialized_end=1311
+  _globals['_RESERVATIONSTATUS']._serialized_start=1312
+  _globals['_RESERVATIONSTATUS']._serialized_end=1534
   _globals['_STOCK']._serialized_start=86
   _globals['_STOCK']._serialized_end=164
   _globals['_STOCKITEM']._serialized_start=166
@@ -62,10 +62,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMMITSTOCKREQUEST']._serialized_end=904
   _globals['_COMMITSTOCKRESPONSE']._serialized_start=906
   _globals['_COMMITSTOCKRESPONSE']._serialized_end=980
-  _globals['_STOCKRESERVED']._serialized_start=982
-  _globals['_STOCKRESERVED']._serialized_end=1050
-  _globals['_STOCKRELEASED']._serialized_start=1052
-  _globals['_STOCKRELEASED']._serialized_end=1120
-  _globals['_INVENTORYSERVICE']._serialized_start=1314
-  _globals['_INVENTORYSERVICE']._serialized_end=1834
+  _globals['_RESTOCKSTOCKREQUEST']._serialized_start=982
+  _globals['_RESTOCKSTOCKREQUEST']._serialized_end=1021
+  _globals['_RESTOCKSTOCKRESPONSE']._serialized_start=1023
+  _globals['_RESTOCKSTOCKRESPONSE']._serialized_end=1098
+  _globals['_STOCKRESERVED']._serialized_start=1100
+  _globals['_STOCKRESERVED']._serialized_end=1168
+  _globals['_STOCKRELEASED']._serialized_start=1170
+  _globals['_STOCKRELEASED']._serialized_end=1238
+  _globals['_STOCKRESTOCKED']._serialized_start=1240
+  _globals['_STOCKRESTOCKED']._serialized_end=1309
+  _globals['_INVENTORYSERVICE']._serialized_start=1537
+  _globals['_INVENTORYSERVICE']._serialized_end=2154
 # @@protoc_insertion_point(module_scope)

@@ -30,6 +30,8 @@ class _ReservationStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Res
     RESERVATION_STATUS_REJECTED: _ReservationStatus.ValueType  # 2
     RESERVATION_STATUS_RELEASED: _ReservationStatus.ValueType  # 3
     RESERVATION_STATUS_COMMITTED: _ReservationStatus.ValueType  # 4
+    RESERVATION_STATUS_RESTOCKED: _ReservationStatus.ValueType  # 5
+    """Committed, then returned to available stock (a cancelled confirmed order)."""
 
 class ReservationStatus(_ReservationStatus, metaclass=_ReservationStatusEnumTypeWrapper): ...
 
@@ -38,6 +40,8 @@ RESERVATION_STATUS_RESERVED: ReservationStatus.ValueType  # 1
 RESERVATION_STATUS_REJECTED: ReservationStatus.ValueType  # 2
 RESERVATION_STATUS_RELEASED: ReservationStatus.ValueType  # 3
 RESERVATION_STATUS_COMMITTED: ReservationStatus.ValueType  # 4
+RESERVATION_STATUS_RESTOCKED: ReservationStatus.ValueType  # 5
+"""Committed, then returned to available stock (a cancelled confirmed order)."""
 Global___ReservationStatus: _TypeAlias = ReservationStatus  # noqa: Y015
 
 @_typing.final
@@ -323,6 +327,45 @@ class CommitStockResponse(_message.Message):
 Global___CommitStockResponse: _TypeAlias = CommitStockResponse  # noqa: Y015
 
 @_typing.final
+class RestockStockRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    order_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        order_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order_id", b"order_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestockStockRequest: _TypeAlias = RestockStockRequest  # noqa: Y015
+
+@_typing.final
+class RestockStockResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reservation(self) -> Global___Reservation: ...
+    def __init__(
+        self,
+        *,
+        reservation: Global___Reservation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestockStockResponse: _TypeAlias = RestockStockResponse  # noqa: Y015
+
+@_typing.final
 class StockReserved(_message.Message):
     """Published on "inventory.reserved"."""
 
@@ -365,3 +408,25 @@ class StockReleased(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StockReleased: _TypeAlias = StockReleased  # noqa: Y015
+
+@_typing.final
+class StockRestocked(_message.Message):
+    """Published on "inventory.restocked"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reservation(self) -> Global___Reservation: ...
+    def __init__(
+        self,
+        *,
+        reservation: Global___Reservation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StockRestocked: _TypeAlias = StockRestocked  # noqa: Y015

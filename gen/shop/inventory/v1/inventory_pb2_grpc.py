@@ -61,6 +61,11 @@ class InventoryServiceStub:
                 request_serializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.CommitStockRequest.SerializeToString,
                 response_deserializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.CommitStockResponse.FromString,
                 _registered_method=True)
+        self.RestockStock = channel.unary_unary(
+                '/shop.inventory.v1.InventoryService/RestockStock',
+                request_serializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.RestockStockRequest.SerializeToString,
+                response_deserializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.RestockStockResponse.FromString,
+                _registered_method=True)
 
 
 class InventoryServiceServicer:
@@ -103,6 +108,16 @@ class InventoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RestockStock(self, request, context):
+        """Returns a committed order's units from sold to available (a confirmed order was
+        cancelled before it shipped). Idempotent per order_id. FAILED_PRECONDITION when the
+        order's stock was never committed. No REST route: the order service's cancellation
+        saga calls it, like Reserve/Release/Commit (stock moves only with an order's saga).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InventoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +145,11 @@ def add_InventoryServiceServicer_to_server(servicer, server):
                     servicer.CommitStock,
                     request_deserializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.CommitStockRequest.FromString,
                     response_serializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.CommitStockResponse.SerializeToString,
+            ),
+            'RestockStock': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestockStock,
+                    request_deserializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.RestockStockRequest.FromString,
+                    response_serializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.RestockStockResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +289,33 @@ class InventoryService:
             '/shop.inventory.v1.InventoryService/CommitStock',
             shop_dot_inventory_dot_v1_dot_inventory__pb2.CommitStockRequest.SerializeToString,
             shop_dot_inventory_dot_v1_dot_inventory__pb2.CommitStockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestockStock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.inventory.v1.InventoryService/RestockStock',
+            shop_dot_inventory_dot_v1_dot_inventory__pb2.RestockStockRequest.SerializeToString,
+            shop_dot_inventory_dot_v1_dot_inventory__pb2.RestockStockResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,12 @@ class InventoryServiceStub:
     """Returns a reservation's items to available stock. Idempotent."""
     CommitStock: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.CommitStockRequest, _inventory_pb2.CommitStockResponse]
     """Turns a reservation into sold stock. Idempotent."""
+    RestockStock: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.RestockStockRequest, _inventory_pb2.RestockStockResponse]
+    """Returns a committed order's units from sold to available (a confirmed order was
+    cancelled before it shipped). Idempotent per order_id. FAILED_PRECONDITION when the
+    order's stock was never committed. No REST route: the order service's cancellation
+    saga calls it, like Reserve/Release/Commit (stock moves only with an order's saga).
+    """
 
 @_typing.type_check_only
 class InventoryServiceAsyncStub(InventoryServiceStub):
@@ -65,6 +71,12 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     """Returns a reservation's items to available stock. Idempotent."""
     CommitStock: _aio.UnaryUnaryMultiCallable[_inventory_pb2.CommitStockRequest, _inventory_pb2.CommitStockResponse]  # type: ignore[assignment]
     """Turns a reservation into sold stock. Idempotent."""
+    RestockStock: _aio.UnaryUnaryMultiCallable[_inventory_pb2.RestockStockRequest, _inventory_pb2.RestockStockResponse]  # type: ignore[assignment]
+    """Returns a committed order's units from sold to available (a confirmed order was
+    cancelled before it shipped). Idempotent per order_id. FAILED_PRECONDITION when the
+    order's stock was never committed. No REST route: the order service's cancellation
+    saga calls it, like Reserve/Release/Commit (stock moves only with an order's saga).
+    """
 
 class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
     """InventoryService owns stock levels and per-order reservations.
@@ -111,5 +123,17 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inventory_pb2.CommitStockResponse, _abc.Awaitable[_inventory_pb2.CommitStockResponse]]:
         """Turns a reservation into sold stock. Idempotent."""
+
+    @_abc_1.abstractmethod
+    def RestockStock(
+        self,
+        request: _inventory_pb2.RestockStockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inventory_pb2.RestockStockResponse, _abc.Awaitable[_inventory_pb2.RestockStockResponse]]:
+        """Returns a committed order's units from sold to available (a confirmed order was
+        cancelled before it shipped). Idempotent per order_id. FAILED_PRECONDITION when the
+        order's stock was never committed. No REST route: the order service's cancellation
+        saga calls it, like Reserve/Release/Commit (stock moves only with an order's saga).
+        """
 
 def add_InventoryServiceServicer_to_server(servicer: InventoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'shop/notification/v1/notification.proto\x12\x14shop.notification.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd1\x01\n\x0cNotification\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x34\n\x04kind\x18\x03 \x01(\x0e\x32&.shop.notification.v1.NotificationKind\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x0c\n\x04\x62ody\x18\x05 \x01(\t\x12\x0c\n\x04read\x18\x06 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65vent_id\x18\x08 \x01(\t\"o\n\x18ListNotificationsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1b\n\x0bunread_only\x18\x02 \x01(\x08R\x06unread\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"o\n\x19ListNotificationsResponse\x12\x39\n\rnotifications\x18\x01 \x03(\x0b\x32\".shop.notification.v1.Notification\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x0fMarkReadRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"L\n\x10MarkReadResponse\x12\x38\n\x0cnotification\x18\x01 \x01(\x0b\x32\".shop.notification.v1.Notification\"%\n\x12\x43ountUnreadRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"$\n\x13\x43ountUnreadResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x05*\xa4\x02\n\x10NotificationKind\x12!\n\x1dNOTIFICATION_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19NOTIFICATION_KIND_WELCOME\x10\x01\x12\x1d\n\x19NOTIFICATION_KIND_RECEIPT\x10\x02\x12$\n NOTIFICATION_KIND_PAYMENT_FAILED\x10\x03\x12%\n!NOTIFICATION_KIND_ORDER_CONFIRMED\x10\x04\x12%\n!NOTIFICATION_KIND_ORDER_CANCELLED\x10\x05\x12\x1d\n\x19NOTIFICATION_KIND_SHIPPED\x10\x06\x12\x1c\n\x18NOTIFICATION_KIND_REFUND\x10\x07\x32\xc8\x03\n\x13NotificationService\x12\x90\x01\n\x11ListNotifications\x12..shop.notification.v1.ListNotificationsRequest\x1a/.shop.notification.v1.ListNotificationsResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/api/notifications\x12\x90\x01\n\x08MarkRead\x12%.shop.notification.v1.MarkReadRequest\x1a&.shop.notification.v1.MarkReadResponse\"5\x82\xd3\xe4\x93\x02/\"\x1c/api/notifications/{id}/read:\x01*b\x0cnotification\x12\x8a\x01\n\x0b\x43ountUnread\x12(.shop.notification.v1.CountUnreadRequest\x1a).shop.notification.v1.CountUnreadResponse\"&\x82\xd3\xe4\x93\x02 \x12\x1e/api/notifications:countUnreadb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'shop/notification/v1/notification.proto\x12\x14shop.notification.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x02\n\x0cNotification\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x34\n\x04kind\x18\x03 \x01(\x0e\x32&.shop.notification.v1.NotificationKind\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x0c\n\x04\x62ody\x18\x05 \x01(\t\x12\x0c\n\x04read\x18\x06 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65vent_id\x18\x08 \x01(\t\x12\x36\n\x08\x64\x65livery\x18\t \x01(\x0e\x32$.shop.notification.v1.DeliveryStatus\x12\x16\n\x0e\x64\x65livery_error\x18\n \x01(\t\"o\n\x18ListNotificationsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1b\n\x0bunread_only\x18\x02 \x01(\x08R\x06unread\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"o\n\x19ListNotificationsResponse\x12\x39\n\rnotifications\x18\x01 \x03(\x0b\x32\".shop.notification.v1.Notification\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x0fMarkReadRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"L\n\x10MarkReadResponse\x12\x38\n\x0cnotification\x18\x01 \x01(\x0b\x32\".shop.notification.v1.Notification\"%\n\x12\x43ountUnreadRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"$\n\x13\x43ountUnreadResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\"5\n\x16GetNotificationRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"S\n\x17GetNotificationResponse\x12\x38\n\x0cnotification\x18\x01 \x01(\x0b\x32\".shop.notification.v1.Notification*\xa4\x02\n\x10NotificationKind\x12!\n\x1dNOTIFICATION_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19NOTIFICATION_KIND_WELCOME\x10\x01\x12\x1d\n\x19NOTIFICATION_KIND_RECEIPT\x10\x02\x12$\n NOTIFICATION_KIND_PAYMENT_FAILED\x10\x03\x12%\n!NOTIFICATION_KIND_ORDER_CONFIRMED\x10\x04\x12%\n!NOTIFICATION_KIND_ORDER_CANCELLED\x10\x05\x12\x1d\n\x19NOTIFICATION_KIND_SHIPPED\x10\x06\x12\x1c\n\x18NOTIFICATION_KIND_REFUND\x10\x07*\x84\x01\n\x0e\x44\x65liveryStatus\x12\x1f\n\x1b\x44\x45LIVERY_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44\x45LIVERY_STATUS_PENDING\x10\x01\x12\x18\n\x14\x44\x45LIVERY_STATUS_SENT\x10\x02\x12\x1a\n\x16\x44\x45LIVERY_STATUS_FAILED\x10\x03\x32\xe8\x04\n\x13NotificationService\x12\x90\x01\n\x11ListNotifications\x12..shop.notification.v1.ListNotificationsRequest\x1a/.shop.notification.v1.ListNotificationsResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/api/notifications\x12\x90\x01\n\x08MarkRead\x12%.shop.notification.v1.MarkReadRequest\x1a&.shop.notification.v1.MarkReadResponse\"5\x82\xd3\xe4\x93\x02/\"\x1c/api/notifications/{id}/read:\x01*b\x0cnotification\x12\x8a\x01\n\x0b\x43ountUnread\x12(.shop.notification.v1.CountUnreadRequest\x1a).shop.notification.v1.CountUnreadResponse\"&\x82\xd3\xe4\x93\x02 \x12\x1e/api/notifications:countUnread\x12\x9d\x01\n\x0fGetNotification\x12,.shop.notification.v1.GetNotificationRequest\x1a-.shop.notification.v1.GetNotificationResponse\"-\x82\xd3\xe4\x93\x02\'\x12\x17/api/notifications/{id}b\x0cnotificationb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,22 +39,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['MarkRead']._serialized_options = b'\202\323\344\223\002/\"\034/api/notifications/{id}/read:\001*b\014notification'
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['CountUnread']._loaded_options = None
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['CountUnread']._serialized_options = b'\202\323\344\223\002 \022\036/api/notifications:countUnread'
-  _globals['_NOTIFICATIONKIND']._serialized_start=770
-  _globals['_NOTIFICATIONKIND']._serialized_end=1062
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['GetNotification']._loaded_options = None
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['GetNotification']._serialized_options = b'\202\323\344\223\002\'\022\027/api/notifications/{id}b\014notification'
+  _globals['_NOTIFICATIONKIND']._serialized_start=990
+  _globals['_NOTIFICATIONKIND']._serialized_end=1282
+  _globals['_DELIVERYSTATUS']._serialized_start=1285
+  _globals['_DELIVERYSTATUS']._serialized_end=1417
   _globals['_NOTIFICATION']._serialized_start=129
-  _globals['_NOTIFICATION']._serialized_end=338
-  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_start=340
-  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_end=451
-  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_start=453
-  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_end=564
-  _globals['_MARKREADREQUEST']._serialized_start=566
-  _globals['_MARKREADREQUEST']._serialized_end=612
-  _globals['_MARKREADRESPONSE']._serialized_start=614
-  _globals['_MARKREADRESPONSE']._serialized_end=690
-  _globals['_COUNTUNREADREQUEST']._serialized_start=692
-  _globals['_COUNTUNREADREQUEST']._serialized_end=729
-  _globals['_COUNTUNREADRESPONSE']._serialized_start=731
-  _globals['_COUNTUNREADRESPONSE']._serialized_end=767
-  _globals['_NOTIFICATIONSERVICE']._serialized_start=1065
-  _globals['_NOTIFICATIONSERVICE']._serialized_end=1521
+  _globals['_NOTIFICATION']._serialized_end=418
+  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_start=420
+  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_end=531
+  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_start=533
+  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_end=644
+  _globals['_MARKREADREQUEST']._serialized_start=646
+  _globals['_MARKREADREQUEST']._serialized_end=692
+  _globals['_MARKREADRESPONSE']._serialized_start=694
+  _globals['_MARKREADRESPONSE']._serialized_end=770
+  _globals['_COUNTUNREADREQUEST']._serialized_start=772
+  _globals['_COUNTUNREADREQUEST']._serialized_end=809
+  _globals['_COUNTUNREADRESPONSE']._serialized_start=811
+  _globals['_COUNTUNREADRESPONSE']._serialized_end=847
+  _globals['_GETNOTIFICATIONREQUEST']._serialized_start=849
+  _globals['_GETNOTIFICATIONREQUEST']._serialized_end=902
+  _globals['_GETNOTIFICATIONRESPONSE']._serialized_start=904
+  _globals['_GETNOTIFICATIONRESPONSE']._serialized_end=987
+  _globals['_NOTIFICATIONSERVICE']._serialized_start=1420
+  _globals['_NOTIFICATIONSERVICE']._serialized_end=2036
 # @@protoc_insertion_point(module_scope)

@@ -47,6 +47,34 @@ NOTIFICATION_KIND_SHIPPED: NotificationKind.ValueType  # 6
 NOTIFICATION_KIND_REFUND: NotificationKind.ValueType  # 7
 Global___NotificationKind: _TypeAlias = NotificationKind  # noqa: Y015
 
+class _DeliveryStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeliveryStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeliveryStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELIVERY_STATUS_UNSPECIFIED: _DeliveryStatus.ValueType  # 0
+    """Not sent by email (mail delivery is turned off)."""
+    DELIVERY_STATUS_PENDING: _DeliveryStatus.ValueType  # 1
+    """Waiting to be sent, or being retried after a temporary failure."""
+    DELIVERY_STATUS_SENT: _DeliveryStatus.ValueType  # 2
+    """Accepted by the mail server."""
+    DELIVERY_STATUS_FAILED: _DeliveryStatus.ValueType  # 3
+    """Refused for good (e.g. the server answered 550); see delivery_error."""
+
+class DeliveryStatus(_DeliveryStatus, metaclass=_DeliveryStatusEnumTypeWrapper):
+    """Where the email of a notification is."""
+
+DELIVERY_STATUS_UNSPECIFIED: DeliveryStatus.ValueType  # 0
+"""Not sent by email (mail delivery is turned off)."""
+DELIVERY_STATUS_PENDING: DeliveryStatus.ValueType  # 1
+"""Waiting to be sent, or being retried after a temporary failure."""
+DELIVERY_STATUS_SENT: DeliveryStatus.ValueType  # 2
+"""Accepted by the mail server."""
+DELIVERY_STATUS_FAILED: DeliveryStatus.ValueType  # 3
+"""Refused for good (e.g. the server answered 550); see delivery_error."""
+Global___DeliveryStatus: _TypeAlias = DeliveryStatus  # noqa: Y015
+
 @_typing.final
 class Notification(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -59,6 +87,8 @@ class Notification(_message.Message):
     READ_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     EVENT_ID_FIELD_NUMBER: _builtins.int
+    DELIVERY_FIELD_NUMBER: _builtins.int
+    DELIVERY_ERROR_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     user_id: _builtins.str
     kind: Global___NotificationKind.ValueType
@@ -67,6 +97,12 @@ class Notification(_message.Message):
     read: _builtins.bool
     event_id: _builtins.str
     """Id of the event that caused this notification."""
+    delivery: Global___DeliveryStatus.ValueType
+    """The email delivery of this notification."""
+    delivery_error: _builtins.str
+    """FAILED: why (the mail server's reply, e.g. "550 5.1.1 ..."); PENDING: the last
+    temporary error, if an attempt failed already.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -80,10 +116,12 @@ class Notification(_message.Message):
         read: _builtins.bool = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         event_id: _builtins.str = ...,
+        delivery: Global___DeliveryStatus.ValueType = ...,
+        delivery_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "create_time", b"create_time", "event_id", b"event_id", "id", b"id", "kind", b"kind", "read", b"read", "subject", b"subject", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "create_time", b"create_time", "delivery", b"delivery", "delivery_error", b"delivery_error", "event_id", b"event_id", "id", b"id", "kind", b"kind", "read", b"read", "subject", b"subject", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -220,3 +258,45 @@ class CountUnreadResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CountUnreadResponse: _TypeAlias = CountUnreadResponse  # noqa: Y015
+
+@_typing.final
+class GetNotificationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNotificationRequest: _TypeAlias = GetNotificationRequest  # noqa: Y015
+
+@_typing.final
+class GetNotificationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTIFICATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def notification(self) -> Global___Notification: ...
+    def __init__(
+        self,
+        *,
+        notification: Global___Notification | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["notification", b"notification"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["notification", b"notification"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNotificationResponse: _TypeAlias = GetNotificationResponse  # noqa: Y015

@@ -50,6 +50,11 @@ class NotificationServiceStub:
                 request_serializer=shop_dot_notification_dot_v1_dot_notification__pb2.CountUnreadRequest.SerializeToString,
                 response_deserializer=shop_dot_notification_dot_v1_dot_notification__pb2.CountUnreadResponse.FromString,
                 _registered_method=True)
+        self.GetNotification = channel.unary_unary(
+                '/shop.notification.v1.NotificationService/GetNotification',
+                request_serializer=shop_dot_notification_dot_v1_dot_notification__pb2.GetNotificationRequest.SerializeToString,
+                response_deserializer=shop_dot_notification_dot_v1_dot_notification__pb2.GetNotificationResponse.FromString,
+                _registered_method=True)
 
 
 class NotificationServiceServicer:
@@ -74,6 +79,13 @@ class NotificationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetNotification(self, request, context):
+        """One notification of the caller, with the state of its email delivery.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NotificationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -91,6 +103,11 @@ def add_NotificationServiceServicer_to_server(servicer, server):
                     servicer.CountUnread,
                     request_deserializer=shop_dot_notification_dot_v1_dot_notification__pb2.CountUnreadRequest.FromString,
                     response_serializer=shop_dot_notification_dot_v1_dot_notification__pb2.CountUnreadResponse.SerializeToString,
+            ),
+            'GetNotification': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNotification,
+                    request_deserializer=shop_dot_notification_dot_v1_dot_notification__pb2.GetNotificationRequest.FromString,
+                    response_serializer=shop_dot_notification_dot_v1_dot_notification__pb2.GetNotificationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +192,33 @@ class NotificationService:
             '/shop.notification.v1.NotificationService/CountUnread',
             shop_dot_notification_dot_v1_dot_notification__pb2.CountUnreadRequest.SerializeToString,
             shop_dot_notification_dot_v1_dot_notification__pb2.CountUnreadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNotification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.notification.v1.NotificationService/GetNotification',
+            shop_dot_notification_dot_v1_dot_notification__pb2.GetNotificationRequest.SerializeToString,
+            shop_dot_notification_dot_v1_dot_notification__pb2.GetNotificationResponse.FromString,
             options,
             channel_credentials,
             insecure,

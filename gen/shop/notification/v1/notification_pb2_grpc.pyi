@@ -36,6 +36,8 @@ class NotificationServiceStub:
     ListNotifications: _grpc.UnaryUnaryMultiCallable[_notification_pb2.ListNotificationsRequest, _notification_pb2.ListNotificationsResponse]
     MarkRead: _grpc.UnaryUnaryMultiCallable[_notification_pb2.MarkReadRequest, _notification_pb2.MarkReadResponse]
     CountUnread: _grpc.UnaryUnaryMultiCallable[_notification_pb2.CountUnreadRequest, _notification_pb2.CountUnreadResponse]
+    GetNotification: _grpc.UnaryUnaryMultiCallable[_notification_pb2.GetNotificationRequest, _notification_pb2.GetNotificationResponse]
+    """One notification of the caller, with the state of its email delivery."""
 
 @_typing.type_check_only
 class NotificationServiceAsyncStub(NotificationServiceStub):
@@ -45,6 +47,8 @@ class NotificationServiceAsyncStub(NotificationServiceStub):
     ListNotifications: _aio.UnaryUnaryMultiCallable[_notification_pb2.ListNotificationsRequest, _notification_pb2.ListNotificationsResponse]  # type: ignore[assignment]
     MarkRead: _aio.UnaryUnaryMultiCallable[_notification_pb2.MarkReadRequest, _notification_pb2.MarkReadResponse]  # type: ignore[assignment]
     CountUnread: _aio.UnaryUnaryMultiCallable[_notification_pb2.CountUnreadRequest, _notification_pb2.CountUnreadResponse]  # type: ignore[assignment]
+    GetNotification: _aio.UnaryUnaryMultiCallable[_notification_pb2.GetNotificationRequest, _notification_pb2.GetNotificationResponse]  # type: ignore[assignment]
+    """One notification of the caller, with the state of its email delivery."""
 
 class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
     """NotificationService keeps per-user messages made from domain events."""
@@ -69,5 +73,13 @@ class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _notification_pb2.CountUnreadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_notification_pb2.CountUnreadResponse, _abc.Awaitable[_notification_pb2.CountUnreadResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetNotification(
+        self,
+        request: _notification_pb2.GetNotificationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_notification_pb2.GetNotificationResponse, _abc.Awaitable[_notification_pb2.GetNotificationResponse]]:
+        """One notification of the caller, with the state of its email delivery."""
 
 def add_NotificationServiceServicer_to_server(servicer: NotificationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -32,7 +32,9 @@ class _OrderStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OrderStat
     ORDER_STATUS_SHIPPED: _OrderStatus.ValueType  # 3
     ORDER_STATUS_CANCELLED: _OrderStatus.ValueType  # 4
     ORDER_STATUS_REQUIRES_ATTENTION: _OrderStatus.ValueType  # 5
-    """A compensation failed past its retry limit; an operator must look."""
+    """A compensation failed past its retry limit, or a step was refused that no retry
+    can fix (a stock commit, a restock); an operator must look, then RetrySaga.
+    """
 
 class OrderStatus(_OrderStatus, metaclass=_OrderStatusEnumTypeWrapper): ...
 
@@ -42,7 +44,9 @@ ORDER_STATUS_CONFIRMED: OrderStatus.ValueType  # 2
 ORDER_STATUS_SHIPPED: OrderStatus.ValueType  # 3
 ORDER_STATUS_CANCELLED: OrderStatus.ValueType  # 4
 ORDER_STATUS_REQUIRES_ATTENTION: OrderStatus.ValueType  # 5
-"""A compensation failed past its retry limit; an operator must look."""
+"""A compensation failed past its retry limit, or a step was refused that no retry
+can fix (a stock commit, a restock); an operator must look, then RetrySaga.
+"""
 Global___OrderStatus: _TypeAlias = OrderStatus  # noqa: Y015
 
 @_typing.final
@@ -134,9 +138,14 @@ class SagaStep(_message.Message):
     TIME_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     step: _builtins.str
-    """e.g. "reserve_stock", "charge", "confirm", "release_stock", "refund"."""
+    """e.g. "reserve_stock", "charge", "confirm", "release_stock", "refund",
+    "cancel_shipment", "restock"; "cancel" and "retry" for a customer's cancel and an
+    operator's retry.
+    """
     outcome: _builtins.str
-    """e.g. "started", "succeeded", "refused", "failed", "unknown"."""
+    """e.g. "succeeded", "refused", "unknown", "unwell" (the downstream was unavailable or
+    timed out), "deferred" (its circuit breaker was open: not sent), "requested".
+    """
     attempt: _builtins.int
     error: _builtins.str
     @_builtins.property
@@ -406,6 +415,45 @@ class GetSagaHistoryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetSagaHistoryResponse: _TypeAlias = GetSagaHistoryResponse  # noqa: Y015
+
+@_typing.final
+class RetrySagaRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    order_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        order_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order_id", b"order_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetrySagaRequest: _TypeAlias = RetrySagaRequest  # noqa: Y015
+
+@_typing.final
+class RetrySagaResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def order(self) -> Global___Order: ...
+    def __init__(
+        self,
+        *,
+        order: Global___Order | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order", b"order"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetrySagaResponse: _TypeAlias = RetrySagaResponse  # noqa: Y015
 
 @_typing.final
 class OrderCreated(_message.Message):

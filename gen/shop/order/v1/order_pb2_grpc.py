@@ -62,6 +62,11 @@ class OrderServiceStub:
                 request_serializer=shop_dot_order_dot_v1_dot_order__pb2.GetSagaHistoryRequest.SerializeToString,
                 response_deserializer=shop_dot_order_dot_v1_dot_order__pb2.GetSagaHistoryResponse.FromString,
                 _registered_method=True)
+        self.RetrySaga = channel.unary_unary(
+                '/shop.order.v1.OrderService/RetrySaga',
+                request_serializer=shop_dot_order_dot_v1_dot_order__pb2.RetrySagaRequest.SerializeToString,
+                response_deserializer=shop_dot_order_dot_v1_dot_order__pb2.RetrySagaResponse.FromString,
+                _registered_method=True)
 
 
 class OrderServiceServicer:
@@ -93,7 +98,9 @@ class OrderServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelOrder(self, request, context):
-        """Cancels an order that has not shipped: refunds and releases its stock.
+        """Cancels an order that has not shipped: refunds and returns its stock. A CONFIRMED
+        order runs the cancellation saga (cancel the shipment, refund, restock); once its
+        shipment is dispatched the answer is FAILED_PRECONDITION ("already shipped").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -101,6 +108,17 @@ class OrderServiceServicer:
 
     def GetSagaHistory(self, request, context):
         """The saga timeline of an order: every step, outcome and attempt.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetrySaga(self, request, context):
+        """Resumes a saga left in REQUIRES_ATTENTION at the step that gave up, with fresh
+        attempts (after an operator fixed what it waited for); waits for it like CreateOrder.
+        Idempotent. FAILED_PRECONDITION for a saga not in that state, NOT_FOUND for an
+        unknown order. No REST route: an operator's call (shopctl saga retry), never a
+        customer's; a call on behalf of a user (x-user-id) is PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -133,6 +151,11 @@ def add_OrderServiceServicer_to_server(servicer, server):
                     servicer.GetSagaHistory,
                     request_deserializer=shop_dot_order_dot_v1_dot_order__pb2.GetSagaHistoryRequest.FromString,
                     response_serializer=shop_dot_order_dot_v1_dot_order__pb2.GetSagaHistoryResponse.SerializeToString,
+            ),
+            'RetrySaga': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetrySaga,
+                    request_deserializer=shop_dot_order_dot_v1_dot_order__pb2.RetrySagaRequest.FromString,
+                    response_serializer=shop_dot_order_dot_v1_dot_order__pb2.RetrySagaResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -273,6 +296,33 @@ class OrderService:
             '/shop.order.v1.OrderService/GetSagaHistory',
             shop_dot_order_dot_v1_dot_order__pb2.GetSagaHistoryRequest.SerializeToString,
             shop_dot_order_dot_v1_dot_order__pb2.GetSagaHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetrySaga(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.order.v1.OrderService/RetrySaga',
+            shop_dot_order_dot_v1_dot_order__pb2.RetrySagaRequest.SerializeToString,
+            shop_dot_order_dot_v1_dot_order__pb2.RetrySagaResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,9 +45,19 @@ class OrderServiceStub:
     ListOrders: _grpc.UnaryUnaryMultiCallable[_order_pb2.ListOrdersRequest, _order_pb2.ListOrdersResponse]
     """Lists the caller's orders, newest first."""
     CancelOrder: _grpc.UnaryUnaryMultiCallable[_order_pb2.CancelOrderRequest, _order_pb2.CancelOrderResponse]
-    """Cancels an order that has not shipped: refunds and releases its stock."""
+    """Cancels an order that has not shipped: refunds and returns its stock. A CONFIRMED
+    order runs the cancellation saga (cancel the shipment, refund, restock); once its
+    shipment is dispatched the answer is FAILED_PRECONDITION ("already shipped").
+    """
     GetSagaHistory: _grpc.UnaryUnaryMultiCallable[_order_pb2.GetSagaHistoryRequest, _order_pb2.GetSagaHistoryResponse]
     """The saga timeline of an order: every step, outcome and attempt."""
+    RetrySaga: _grpc.UnaryUnaryMultiCallable[_order_pb2.RetrySagaRequest, _order_pb2.RetrySagaResponse]
+    """Resumes a saga left in REQUIRES_ATTENTION at the step that gave up, with fresh
+    attempts (after an operator fixed what it waited for); waits for it like CreateOrder.
+    Idempotent. FAILED_PRECONDITION for a saga not in that state, NOT_FOUND for an
+    unknown order. No REST route: an operator's call (shopctl saga retry), never a
+    customer's; a call on behalf of a user (x-user-id) is PERMISSION_DENIED.
+    """
 
 @_typing.type_check_only
 class OrderServiceAsyncStub(OrderServiceStub):
@@ -66,9 +76,19 @@ class OrderServiceAsyncStub(OrderServiceStub):
     ListOrders: _aio.UnaryUnaryMultiCallable[_order_pb2.ListOrdersRequest, _order_pb2.ListOrdersResponse]  # type: ignore[assignment]
     """Lists the caller's orders, newest first."""
     CancelOrder: _aio.UnaryUnaryMultiCallable[_order_pb2.CancelOrderRequest, _order_pb2.CancelOrderResponse]  # type: ignore[assignment]
-    """Cancels an order that has not shipped: refunds and releases its stock."""
+    """Cancels an order that has not shipped: refunds and returns its stock. A CONFIRMED
+    order runs the cancellation saga (cancel the shipment, refund, restock); once its
+    shipment is dispatched the answer is FAILED_PRECONDITION ("already shipped").
+    """
     GetSagaHistory: _aio.UnaryUnaryMultiCallable[_order_pb2.GetSagaHistoryRequest, _order_pb2.GetSagaHistoryResponse]  # type: ignore[assignment]
     """The saga timeline of an order: every step, outcome and attempt."""
+    RetrySaga: _aio.UnaryUnaryMultiCallable[_order_pb2.RetrySagaRequest, _order_pb2.RetrySagaResponse]  # type: ignore[assignment]
+    """Resumes a saga left in REQUIRES_ATTENTION at the step that gave up, with fresh
+    attempts (after an operator fixed what it waited for); waits for it like CreateOrder.
+    Idempotent. FAILED_PRECONDITION for a saga not in that state, NOT_FOUND for an
+    unknown order. No REST route: an operator's call (shopctl saga retry), never a
+    customer's; a call on behalf of a user (x-user-id) is PERMISSION_DENIED.
+    """
 
 class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
     """OrderService orchestrates the order saga:
@@ -108,7 +128,10 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _order_pb2.CancelOrderRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_order_pb2.CancelOrderResponse, _abc.Awaitable[_order_pb2.CancelOrderResponse]]:
-        """Cancels an order that has not shipped: refunds and releases its stock."""
+        """Cancels an order that has not shipped: refunds and returns its stock. A CONFIRMED
+        order runs the cancellation saga (cancel the shipment, refund, restock); once its
+        shipment is dispatched the answer is FAILED_PRECONDITION ("already shipped").
+        """
 
     @_abc_1.abstractmethod
     def GetSagaHistory(
@@ -117,5 +140,18 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_order_pb2.GetSagaHistoryResponse, _abc.Awaitable[_order_pb2.GetSagaHistoryResponse]]:
         """The saga timeline of an order: every step, outcome and attempt."""
+
+    @_abc_1.abstractmethod
+    def RetrySaga(
+        self,
+        request: _order_pb2.RetrySagaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_order_pb2.RetrySagaResponse, _abc.Awaitable[_order_pb2.RetrySagaResponse]]:
+        """Resumes a saga left in REQUIRES_ATTENTION at the step that gave up, with fresh
+        attempts (after an operator fixed what it waited for); waits for it like CreateOrder.
+        Idempotent. FAILED_PRECONDITION for a saga not in that state, NOT_FOUND for an
+        unknown order. No REST route: an operator's call (shopctl saga retry), never a
+        customer's; a call on behalf of a user (x-user-id) is PERMISSION_DENIED.
+        """
 
 def add_OrderServiceServicer_to_server(servicer: OrderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

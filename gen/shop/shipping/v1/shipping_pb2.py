@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fshop/shipping/v1/shipping.proto\x12\x10shop.shipping.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x01\n\x08Shipment\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0ftracking_number\x18\x03 \x01(\t\x12\x30\n\x06status\x18\x04 \x01(\x0e\x32 .shop.shipping.v1.ShipmentStatus\x12\x0f\n\x07\x63\x61rrier\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x12GetShipmentRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"C\n\x13GetShipmentResponse\x12,\n\x08shipment\x18\x01 \x01(\x0b\x32\x1a.shop.shipping.v1.Shipment\"<\n\x0cOrderShipped\x12,\n\x08shipment\x18\x01 \x01(\x0b\x32\x1a.shop.shipping.v1.Shipment*\x90\x01\n\x0eShipmentStatus\x12\x1f\n\x1bSHIPMENT_STATUS_UNSPECIFIED\x10\x00\x12!\n\x1dSHIPMENT_STATUS_LABEL_CREATED\x10\x01\x12\x1b\n\x17SHIPMENT_STATUS_SHIPPED\x10\x02\x12\x1d\n\x19SHIPMENT_STATUS_DELIVERED\x10\x03\x32\xa1\x01\n\x0fShippingService\x12\x8d\x01\n\x0bGetShipment\x12$.shop.shipping.v1.GetShipmentRequest\x1a%.shop.shipping.v1.GetShipmentResponse\"1\x82\xd3\xe4\x93\x02+\x12\x1f/api/orders/{order_id}/shipmentb\x08shipmentb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fshop/shipping/v1/shipping.proto\x12\x10shop.shipping.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xed\x01\n\x08Shipment\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0ftracking_number\x18\x03 \x01(\t\x12\x30\n\x06status\x18\x04 \x01(\x0e\x32 .shop.shipping.v1.ShipmentStatus\x12\x0f\n\x07\x63\x61rrier\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rdispatch_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x12GetShipmentRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"C\n\x13GetShipmentResponse\x12,\n\x08shipment\x18\x01 \x01(\x0b\x32\x1a.shop.shipping.v1.Shipment\")\n\x15\x43\x61ncelShipmentRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"F\n\x16\x43\x61ncelShipmentResponse\x12,\n\x08shipment\x18\x01 \x01(\x0b\x32\x1a.shop.shipping.v1.Shipment\"<\n\x0cOrderShipped\x12,\n\x08shipment\x18\x01 \x01(\x0b\x32\x1a.shop.shipping.v1.Shipment*\xcc\x01\n\x0eShipmentStatus\x12\x1f\n\x1bSHIPMENT_STATUS_UNSPECIFIED\x10\x00\x12!\n\x1dSHIPMENT_STATUS_LABEL_CREATED\x10\x01\x12\x1b\n\x17SHIPMENT_STATUS_SHIPPED\x10\x02\x12\x1d\n\x19SHIPMENT_STATUS_DELIVERED\x10\x03\x12\x1b\n\x17SHIPMENT_STATUS_PENDING\x10\x04\x12\x1d\n\x19SHIPMENT_STATUS_CANCELLED\x10\x05\x32\x86\x02\n\x0fShippingService\x12\x8d\x01\n\x0bGetShipment\x12$.shop.shipping.v1.GetShipmentRequest\x1a%.shop.shipping.v1.GetShipmentResponse\"1\x82\xd3\xe4\x93\x02+\x12\x1f/api/orders/{order_id}/shipmentb\x08shipment\x12\x63\n\x0e\x43\x61ncelShipment\x12\'.shop.shipping.v1.CancelShipmentRequest\x1a(.shop.shipping.v1.CancelShipmentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,16 +35,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SHIPPINGSERVICE'].methods_by_name['GetShipment']._loaded_options = None
   _globals['_SHIPPINGSERVICE'].methods_by_name['GetShipment']._serialized_options = b'\202\323\344\223\002+\022\037/api/orders/{order_id}/shipmentb\010shipment'
-  _globals['_SHIPMENTSTATUS']._serialized_start=477
-  _globals['_SHIPMENTSTATUS']._serialized_end=621
+  _globals['_SHIPMENTSTATUS']._serialized_start=643
+  _globals['_SHIPMENTSTATUS']._serialized_end=847
   _globals['_SHIPMENT']._serialized_start=117
-  _globals['_SHIPMENT']._serialized_end=303
-  _globals['_GETSHIPMENTREQUEST']._serialized_start=305
-  _globals['_GETSHIPMENTREQUEST']._serialized_end=343
-  _globals['_GETSHIPMENTRESPONSE']._serialized_start=345
-  _globals['_GETSHIPMENTRESPONSE']._serialized_end=412
-  _globals['_ORDERSHIPPED']._serialized_start=414
-  _globals['_ORDERSHIPPED']._serialized_end=474
-  _globals['_SHIPPINGSERVICE']._serialized_start=624
-  _globals['_SHIPPINGSERVICE']._serialized_end=785
+  _globals['_SHIPMENT']._serialized_end=354
+  _globals['_GETSHIPMENTREQUEST']._serialized_start=356
+  _globals['_GETSHIPMENTREQUEST']._serialized_end=394
+  _globals['_GETSHIPMENTRESPONSE']._serialized_start=396
+  _globals['_GETSHIPMENTRESPONSE']._serialized_end=463
+  _globals['_CANCELSHIPMENTREQUEST']._serialized_start=465
+  _globals['_CANCELSHIPMENTREQUEST']._serialized_end=506
+  _globals['_CANCELSHIPMENTRESPONSE']._serialized_start=508
+  _globals['_CANCELSHIPMENTRESPONSE']._serialized_end=578
+  _globals['_ORDERSHIPPED']._serialized_start=580
+  _globals['_ORDERSHIPPED']._serialized_end=640
+  _globals['_SHIPPINGSERVICE']._serialized_start=850
+  _globals['_SHIPPINGSERVICE']._serialized_end=1112
 # @@protoc_insertion_point(module_scope)

@@ -28,6 +28,10 @@ class _ShipmentStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Shipme
     SHIPMENT_STATUS_LABEL_CREATED: _ShipmentStatus.ValueType  # 1
     SHIPMENT_STATUS_SHIPPED: _ShipmentStatus.ValueType  # 2
     SHIPMENT_STATUS_DELIVERED: _ShipmentStatus.ValueType  # 3
+    SHIPMENT_STATUS_PENDING: _ShipmentStatus.ValueType  # 4
+    """Created, tracking number assigned, not yet handed to the carrier (still cancellable)."""
+    SHIPMENT_STATUS_CANCELLED: _ShipmentStatus.ValueType  # 5
+    """Cancelled before dispatch: it never leaves the warehouse."""
 
 class ShipmentStatus(_ShipmentStatus, metaclass=_ShipmentStatusEnumTypeWrapper): ...
 
@@ -35,6 +39,10 @@ SHIPMENT_STATUS_UNSPECIFIED: ShipmentStatus.ValueType  # 0
 SHIPMENT_STATUS_LABEL_CREATED: ShipmentStatus.ValueType  # 1
 SHIPMENT_STATUS_SHIPPED: ShipmentStatus.ValueType  # 2
 SHIPMENT_STATUS_DELIVERED: ShipmentStatus.ValueType  # 3
+SHIPMENT_STATUS_PENDING: ShipmentStatus.ValueType  # 4
+"""Created, tracking number assigned, not yet handed to the carrier (still cancellable)."""
+SHIPMENT_STATUS_CANCELLED: ShipmentStatus.ValueType  # 5
+"""Cancelled before dispatch: it never leaves the warehouse."""
 Global___ShipmentStatus: _TypeAlias = ShipmentStatus  # noqa: Y015
 
 @_typing.final
@@ -47,6 +55,7 @@ class Shipment(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     CARRIER_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    DISPATCH_TIME_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     user_id: _builtins.str
     tracking_number: _builtins.str
@@ -54,6 +63,10 @@ class Shipment(_message.Message):
     carrier: _builtins.str
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def dispatch_time(self) -> _timestamp_pb2.Timestamp:
+        """When a PENDING shipment is (or was) due to be dispatched."""
+
     def __init__(
         self,
         *,
@@ -63,10 +76,11 @@ class Shipment(_message.Message):
         status: Global___ShipmentStatus.ValueType = ...,
         carrier: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        dispatch_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "dispatch_time", b"dispatch_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["carrier", b"carrier", "create_time", b"create_time", "order_id", b"order_id", "status", b"status", "tracking_number", b"tracking_number", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["carrier", b"carrier", "create_time", b"create_time", "dispatch_time", b"dispatch_time", "order_id", b"order_id", "status", b"status", "tracking_number", b"tracking_number", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -110,6 +124,47 @@ class GetShipmentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetShipmentResponse: _TypeAlias = GetShipmentResponse  # noqa: Y015
+
+@_typing.final
+class CancelShipmentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    order_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        order_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order_id", b"order_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelShipmentRequest: _TypeAlias = CancelShipmentRequest  # noqa: Y015
+
+@_typing.final
+class CancelShipmentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHIPMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def shipment(self) -> Global___Shipment:
+        """The cancelled shipment; for an order not seen yet, one with only order_id and status."""
+
+    def __init__(
+        self,
+        *,
+        shipment: Global___Shipment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["shipment", b"shipment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shipment", b"shipment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelShipmentResponse: _TypeAlias = CancelShipmentResponse  # noqa: Y015
 
 @_typing.final
 class OrderShipped(_message.Message):

@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class ShippingServiceStub:
-    """ShippingService creates a shipment for every confirmed order.
+    """ShippingService creates a shipment for every confirmed order: PENDING (tracking number
+    assigned), dispatched (SHIPPED, order.shipped published) after a short delay unless the
+    order is cancelled first.
     """
 
     def __init__(self, channel):
@@ -40,14 +42,33 @@ class ShippingServiceStub:
                 request_serializer=shop_dot_shipping_dot_v1_dot_shipping__pb2.GetShipmentRequest.SerializeToString,
                 response_deserializer=shop_dot_shipping_dot_v1_dot_shipping__pb2.GetShipmentResponse.FromString,
                 _registered_method=True)
+        self.CancelShipment = channel.unary_unary(
+                '/shop.shipping.v1.ShippingService/CancelShipment',
+                request_serializer=shop_dot_shipping_dot_v1_dot_shipping__pb2.CancelShipmentRequest.SerializeToString,
+                response_deserializer=shop_dot_shipping_dot_v1_dot_shipping__pb2.CancelShipmentResponse.FromString,
+                _registered_method=True)
 
 
 class ShippingServiceServicer:
-    """ShippingService creates a shipment for every confirmed order.
+    """ShippingService creates a shipment for every confirmed order: PENDING (tracking number
+    assigned), dispatched (SHIPPED, order.shipped published) after a short delay unless the
+    order is cancelled first.
     """
 
     def GetShipment(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelShipment(self, request, context):
+        """Cancels the shipment of an order not dispatched yet (PENDING -> CANCELLED); for an
+        order whose order.confirmed has not arrived yet it records the cancellation, so the
+        shipment is created CANCELLED and never dispatched. Idempotent per order_id.
+        FAILED_PRECONDITION once dispatched. No REST route: the order service's cancellation
+        saga calls it (a customer cancels the order, POST /api/orders/{id}/cancel, never a
+        shipment on its own, which would leave the order paid and unshipped).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -60,6 +81,11 @@ def add_ShippingServiceServicer_to_server(servicer, server):
                     request_deserializer=shop_dot_shipping_dot_v1_dot_shipping__pb2.GetShipmentRequest.FromString,
                     response_serializer=shop_dot_shipping_dot_v1_dot_shipping__pb2.GetShipmentResponse.SerializeToString,
             ),
+            'CancelShipment': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelShipment,
+                    request_deserializer=shop_dot_shipping_dot_v1_dot_shipping__pb2.CancelShipmentRequest.FromString,
+                    response_serializer=shop_dot_shipping_dot_v1_dot_shipping__pb2.CancelShipmentResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'shop.shipping.v1.ShippingService', rpc_method_handlers)
@@ -69,7 +95,9 @@ def add_ShippingServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ShippingService:
-    """ShippingService creates a shipment for every confirmed order.
+    """ShippingService creates a shipment for every confirmed order: PENDING (tracking number
+    assigned), dispatched (SHIPPED, order.shipped published) after a short delay unless the
+    order is cancelled first.
     """
 
     @staticmethod
@@ -89,6 +117,33 @@ class ShippingService:
             '/shop.shipping.v1.ShippingService/GetShipment',
             shop_dot_shipping_dot_v1_dot_shipping__pb2.GetShipmentRequest.SerializeToString,
             shop_dot_shipping_dot_v1_dot_shipping__pb2.GetShipmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelShipment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.shipping.v1.ShippingService/CancelShipment',
+            shop_dot_shipping_dot_v1_dot_shipping__pb2.CancelShipmentRequest.SerializeToString,
+            shop_dot_shipping_dot_v1_dot_shipping__pb2.CancelShipmentResponse.FromString,
             options,
             channel_credentials,
             insecure,

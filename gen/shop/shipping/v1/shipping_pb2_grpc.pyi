@@ -27,23 +27,48 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ShippingServiceStub:
-    """ShippingService creates a shipment for every confirmed order."""
+    """ShippingService creates a shipment for every confirmed order: PENDING (tracking number
+    assigned), dispatched (SHIPPED, order.shipped published) after a short delay unless the
+    order is cancelled first.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ShippingServiceAsyncStub: ...
     GetShipment: _grpc.UnaryUnaryMultiCallable[_shipping_pb2.GetShipmentRequest, _shipping_pb2.GetShipmentResponse]
+    CancelShipment: _grpc.UnaryUnaryMultiCallable[_shipping_pb2.CancelShipmentRequest, _shipping_pb2.CancelShipmentResponse]
+    """Cancels the shipment of an order not dispatched yet (PENDING -> CANCELLED); for an
+    order whose order.confirmed has not arrived yet it records the cancellation, so the
+    shipment is created CANCELLED and never dispatched. Idempotent per order_id.
+    FAILED_PRECONDITION once dispatched. No REST route: the order service's cancellation
+    saga calls it (a customer cancels the order, POST /api/orders/{id}/cancel, never a
+    shipment on its own, which would leave the order paid and unshipped).
+    """
 
 @_typing.type_check_only
 class ShippingServiceAsyncStub(ShippingServiceStub):
-    """ShippingService creates a shipment for every confirmed order."""
+    """ShippingService creates a shipment for every confirmed order: PENDING (tracking number
+    assigned), dispatched (SHIPPED, order.shipped published) after a short delay unless the
+    order is cancelled first.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetShipment: _aio.UnaryUnaryMultiCallable[_shipping_pb2.GetShipmentRequest, _shipping_pb2.GetShipmentResponse]  # type: ignore[assignment]
+    CancelShipment: _aio.UnaryUnaryMultiCallable[_shipping_pb2.CancelShipmentRequest, _shipping_pb2.CancelShipmentResponse]  # type: ignore[assignment]
+    """Cancels the shipment of an order not dispatched yet (PENDING -> CANCELLED); for an
+    order whose order.confirmed has not arrived yet it records the cancellation, so the
+    shipment is created CANCELLED and never dispatched. Idempotent per order_id.
+    FAILED_PRECONDITION once dispatched. No REST route: the order service's cancellation
+    saga calls it (a customer cancels the order, POST /api/orders/{id}/cancel, never a
+    shipment on its own, which would leave the order paid and unshipped).
+    """
 
 class ShippingServiceServicer(metaclass=_abc_1.ABCMeta):
-    """ShippingService creates a shipment for every confirmed order."""
+    """ShippingService creates a shipment for every confirmed order: PENDING (tracking number
+    assigned), dispatched (SHIPPED, order.shipped published) after a short delay unless the
+    order is cancelled first.
+    """
 
     @_abc_1.abstractmethod
     def GetShipment(
@@ -51,5 +76,19 @@ class ShippingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _shipping_pb2.GetShipmentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_shipping_pb2.GetShipmentResponse, _abc.Awaitable[_shipping_pb2.GetShipmentResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CancelShipment(
+        self,
+        request: _shipping_pb2.CancelShipmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_shipping_pb2.CancelShipmentResponse, _abc.Awaitable[_shipping_pb2.CancelShipmentResponse]]:
+        """Cancels the shipment of an order not dispatched yet (PENDING -> CANCELLED); for an
+        order whose order.confirmed has not arrived yet it records the cancellation, so the
+        shipment is created CANCELLED and never dispatched. Idempotent per order_id.
+        FAILED_PRECONDITION once dispatched. No REST route: the order service's cancellation
+        saga calls it (a customer cancels the order, POST /api/orders/{id}/cancel, never a
+        shipment on its own, which would leave the order paid and unshipped).
+        """
 
 def add_ShippingServiceServicer_to_server(servicer: ShippingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,114 @@
+"""Mail settings from the environment: where to send (SMTP_URL), as whom (SMTP_FROM), and
+how hard to try. Parsing is pure; `load_mail_settings()` reads the variables once.
+
+SMTP_URL forms: `smtp://host[:port]` (plain, port 25), `smtp+starttls://host[:port]` or
+`smtp://...?starttls=1` (STARTTLS, port 587), `smtps://host[:port]` (TLS from the first
+byte, port 465); `user:password@` before the host logs in (percent-encoded). `off` turns
+mail delivery off: notifications are stored only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from services.common.settings import env_float, env_int, env_str
+
+__all__ = ["DEFAULT_SMTP_URL", "MailSettings", "SmtpTarget", "load_mail_settings",
+           "parse_smtp_url"]
+
+DEFAULT_SMTP_URL = "smtp://127.0.0.1:1025"
+DEFAULT_FROM = "shop <no-reply@shop.local>"
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_DEFAULT_PORTS = {"plain": 25, "starttls": 587, "tls": 465}
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpTarget:
+    host: str
+    port: int
+    security: str  # "plain" | "starttls" | "tls"
+    username: str = ""
+    password: str = ""
+
+    def describe(self) -> str:
+        """The target without its password, for logs."""
+        who = f"{self.username}@" if self.username else ""
+        return f"{self.security} {who}{self.host}:{self.port}"
+
+
+def _redacted(url: str) -> str:
+    """The URL for an error message: never its password."""
+    head, at, tail = url.rpartition("@")
+    if not at:
+        return url
+    scheme, sep, creds = head.partition("://")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{tail}" if ":" in creds else url
+
+
+def parse_smtp_url(url: str) -> SmtpTarget:
+    """`smtp://user:pw@host:2525?starttls=1` -> SmtpTarget; ValueError saying what is wrong
+    (the password never appears in it)."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme == "smtp":
+        query = parse_qs(parts.query)
+        flag = (query.get("starttls") or [""])[-1].lower()
+        security = "starttls" if flag in _TRUE else "plain"
+    elif scheme == "smtp+starttls":
+        security = "starttls"
+    elif scheme == "smtps":
+        security = "tls"
+    else:
+        raise ValueError(f"SMTP_URL must start with smtp://, smtp+starttls:// or smtps://, "
+                         f"got {_redacted(url)!r}")
+    if not parts.hostname:
+        raise ValueError(f"SMTP_URL has no host: {_redacted(url)!r}")
+    try:
+        port = parts.port or _DEFAULT_PORTS[security]
+    except ValueError:
+        raise ValueError(f"SMTP_URL has a bad port: {_redacted(url)!r}") from None
+    return SmtpTarget(host=parts.hostname, port=port, security=security,
+                      username=unquote(parts.username or ""),
+                      password=unquote(parts.password or ""))
+
+
+@dataclass(frozen=True, slots=True)
+class MailSettings:
+    """None as target: delivery off."""
+
+    target: SmtpTarget | None
+    sender: str = DEFAULT_FROM
+    # One attempt (connect, hello, send) must finish within this many seconds.
+    attempt_timeout_s: float = 10.0
+    # Back-off after a temporary failure: first, doubling up to the cap.
+    backoff_s: float = 1.0
+    backoff_cap_s: float = 60.0
+    # A mail still not accepted after this long is given up (FAILED).
+    give_up_after_s: float = 24 * 3600.0
+    # The SMTP breaker: consecutive temporary failures that open it, and its reset time.
+    breaker_fail_max: int = 5
+    breaker_reset_s: float = 15.0
+    # Parallel SMTP connections, and due mails claimed per round.
+    concurrency: int = 4
+    batch: int = 32
+
+
+def load_mail_settings() -> MailSettings:
+    """SMTP_URL, SMTP_FROM and the SHOP_MAIL_* tuning variables."""
+    raw = env_str("SMTP_URL", DEFAULT_SMTP_URL).strip()
+    target = None if raw.lower() in ("off", "none", "disabled") else parse_smtp_url(raw)
+    return MailSettings(
+        target=target,
+        sender=env_str("SMTP_FROM", DEFAULT_FROM),
+        attempt_timeout_s=env_float("SHOP_MAIL_TIMEOUT_S", 10.0),
+        backoff_s=env_float("SHOP_MAIL_BACKOFF_S", 1.0),
+        backoff_cap_s=env_float("SHOP_MAIL_BACKOFF_CAP_S", 60.0),
+        give_up_after_s=env_float("SHOP_MAIL_GIVE_UP_S", 24 * 3600.0),
+        breaker_fail_max=env_int("SHOP_MAIL_BREAKER_FAIL_MAX", 5),
+        breaker_reset_s=env_float("SHOP_MAIL_BREAKER_RESET_S", 15.0),
+        concurrency=max(1, env_int("SHOP_MAIL_CONCURRENCY", 4)),
+        batch=max(1, env_int("SHOP_MAIL_BATCH", 32)),
+    )
