@@ -111,3 +111,38 @@ async def test_the_schema_keeps_money_invariants(storage_for: OpenStorage) -> No
                 int(await tx.fetchval("SELECT count(*) FROM outbox")))
 
     assert await storage.read(count) == (1, 1)  # refused units left no row and no event
+
+
+async def test_shipments_gain_pending_and_dispatch_at_keeping_their_rows(
+        storage_for: OpenStorage) -> None:
+    """Shipping's 0002 changes a CHECK and adds a column: SQLite rebuilds the table,
+    PostgreSQL alters it; the rows made under 0001 stay as they were."""
+    shipping = service_migrations("shipping")
+    old = await storage_for("shipping", migrations=MigrationSet(
+        shipping.component, shipping.directory, upto=1))
+
+    async def ship_one(tx: Tx) -> None:
+        await tx.run("INSERT INTO shipments (order_id, user_id, tracking_number, status,"
+                     " carrier, created_at) VALUES ('o1', 'u1', 'TRK1', 'SHIPPED', 'ups', 1.5)")
+
+    await old.write(ship_one)
+
+    async def pending(tx: Tx) -> None:
+        await tx.run("INSERT INTO shipments (order_id, user_id, tracking_number, status,"
+                     " carrier, created_at) VALUES ('o2', 'u1', 'TRK2', 'PENDING', 'ups', 2.0)")
+
+    with pytest.raises(IntegrityError):
+        await old.write(pending)  # not a status yet
+    await old.close()
+
+    new = await storage_for("shipping")
+
+    async def rows(tx: Tx) -> list[tuple[str, str, float]]:
+        return [(str(r[0]), str(r[1]), float(r[2])) for r in await tx.fetch(
+            "SELECT order_id, status, dispatch_at FROM shipments ORDER BY order_id")]
+
+    assert await new.read(rows) == [("o1", "SHIPPED", 0.0)]
+    await new.write(pending)
+    assert [r[:2] for r in await new.read(rows)] == [("o1", "SHIPPED"), ("o2", "PENDING")]
+    with pytest.raises(IntegrityError):
+        await new.write(lambda tx: tx.run("UPDATE shipments SET status = 'LOST'"))
