@@ -15,7 +15,7 @@ import pytest
 from tests.e2e.test_make_run import START_TIMEOUT_S, ShopRun, pid_gone, shopctl
 
 # The services whose stores run on the storage seam (and so on PostgreSQL).
-ON_POSTGRES = ("user", "product", "cart", "payment", "shipping")
+ON_POSTGRES = ("user", "product", "cart", "payment", "shipping", "inventory")
 
 
 @pytest.fixture
