@@ -412,14 +412,21 @@ class OutboxRelay:
         await prune(self.db, now - self.retain_s)
 
 
+# How long a stopping relay waits for the batch it has in flight (a stop must stay quick;
+# a batch cut short is published again by the next relay, and deduplicated).
+FINISH_BATCH_S = 2.0
+
+
 async def finish_batch(step: Awaitable[T], ack_timeout_s: float) -> T:
-    """Run one relay step to its end even when the relay is stopped meanwhile: a batch
-    published but not marked sent would be published again by the next relay."""
+    """Run one relay step to its end even when the relay is stopped meanwhile (bounded):
+    a batch published but not marked sent would be published again by the next relay."""
     task = asyncio.ensure_future(step)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        await asyncio.wait([task], timeout=ack_timeout_s + 5.0)
+        await asyncio.wait([task], timeout=min(ack_timeout_s, FINISH_BATCH_S))
+        if not task.done():
+            task.cancel()
         raise
 
 
