@@ -17,12 +17,14 @@ DB ?= sqlite
 # TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 2
 
-.PHONY: run test lint proto proto-deps release-contracts bench chaos clean venv
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: run test lint proto proto-deps release-contracts bench chaos clean venv browser-deps
 
 run: $(STAMP) $(GEN_STAMP)
 	DB=$(DB) $(PY) -m ops.run
 
-test: $(STAMP) $(GEN_STAMP) proto-deps
+test: $(STAMP) $(GEN_STAMP) proto-deps browser-deps
 	$(PY) -m pytest -m 'not chaos' -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 chaos: $(STAMP) $(GEN_STAMP) proto-deps
@@ -44,6 +46,20 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
+
+# The browser tests (tests/browser) drive Debian's chromium through playwright; playwright's
+# own browser download is never used. Only `make test` needs it, never `make run`.
+browser-deps:
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO=sudo; \
+	  else echo "browser tests need $(CHROMIUM): run 'apt-get install -y chromium' as root" \
+	    "(tests/browser fail without it)" >&2; exit 0; fi; \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null || \
+	  echo "could not install chromium; tests/browser will fail until $(CHROMIUM) exists" >&2; \
+	fi
 
 # buf reads google/api protos from the installed googleapis-common-protos.
 proto-deps: $(STAMP)

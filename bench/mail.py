@@ -46,7 +46,7 @@ from services.notification.store import SCHEMA, DeliveryStore
 __all__ = ["main"]
 
 _PUBLISH_CHUNK = 256
-_CAP_S = 300.0
+_CAP_S = 120.0
 
 
 def _sender(db: Database, smtp_url: str) -> MailSender:

@@ -124,7 +124,7 @@ def _http(method: str, url: str, body: dict[str, Any] | None = None,
         return int(e.code), bytes(e.read())
 
 
-# A breaker opened by start-up races resets after 30 s (DESIGN.md seed default).
+# A breaker opened by start-up races resets after 30 s (the default reset timeout).
 _SETTLE_S = 40.0
 
 

@@ -57,6 +57,7 @@ from gateway.upstreams import (
     dashboard_callers,
     health_downstreams,
 )
+from gateway.web import ADMIN_PREFIX, AdminConsole, admin_routes, web_routes
 from services.common import context
 from services.common.errors import DomainError
 from services.common.settings import health_name
@@ -159,7 +160,7 @@ class ApiHandler:
         path: str = scope["path"]
         method: str = scope["method"]
 
-        if not path.startswith("/api/"):
+        if not path.startswith("/api/") or path.startswith(ADMIN_PREFIX):
             await self._other(scope, receive, send, rid_header, started)
             return
 
@@ -425,6 +426,8 @@ def create_app(
     """The gateway. `upstreams`/`health` replace the real Downstreams (tests)."""
     settings = settings or load_gateway_settings()
     state = _build_state(settings)
+    # The storefront, the console and /api/admin/* (gateway/web.py, gateway/admin.py).
+    console = AdminConsole(state.verifier, lambda: state.upstreams["order"])
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -459,10 +462,11 @@ def create_app(
         try:
             yield
         finally:
+            await console.close()
             await close_all(*made)
 
     app = Starlette(
-        routes=_ops_routes(state),
+        routes=[*_ops_routes(state), *web_routes(state.verifier), *admin_routes(console)],
         middleware=[Middleware(ApiHandler, state=state)],
         exception_handlers={404: _http_error, 405: _http_error},
         lifespan=lifespan,

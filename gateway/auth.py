@@ -54,9 +54,24 @@ def bearer_token(header: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _Verified:
+class Identity:
+    """Who a verified token speaks for, and the roles the user service signed into it."""
+
     user_id: str
+    roles: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    identity: Identity
     until: float  # time.time() after which the cache entry is stale
+
+
+def _roles(claims: Mapping[str, Any]) -> tuple[str, ...]:
+    raw = claims.get("roles")
+    if not isinstance(raw, list):
+        return ()
+    return tuple(r for r in raw if isinstance(r, str))
 
 
 class TokenVerifier:
@@ -133,15 +148,19 @@ class TokenVerifier:
         """The user id of a token verified recently (and not expired since), else ""."""
         hit = self._cache.get(token)
         if hit is not None and time.time() < hit.until:
-            return hit.user_id
+            return hit.identity.user_id
         return ""
 
     async def verify(self, token: str) -> str:
         """The user id (sub) of a valid token; HttpError 401 otherwise."""
+        return (await self.verify_identity(token)).user_id
+
+    async def verify_identity(self, token: str) -> Identity:
+        """User id and roles of a valid token; HttpError 401 otherwise."""
         hit = self._cache.get(token)
         if hit is not None:
             if time.time() < hit.until:
-                return hit.user_id
+                return hit.identity
             self._cache.pop(token, None)
         try:
             header = jwt.get_unverified_header(token)
@@ -170,8 +189,9 @@ class TokenVerifier:
         if not isinstance(sub, str) or not sub:
             raise unauthenticated("token has no subject")
         exp = float(claims["exp"])
-        self._remember(token, _Verified(sub, min(exp, time.time() + self._cache_ttl_s)))
-        return sub
+        identity = Identity(sub, _roles(claims))
+        self._remember(token, _Verified(identity, min(exp, time.time() + self._cache_ttl_s)))
+        return identity
 
     def _remember(self, token: str, verified: _Verified) -> None:
         cache = self._cache

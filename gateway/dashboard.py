@@ -52,7 +52,8 @@ class Dashboard:
 
     async def build(self, user_id: str) -> dict[str, Any]:
         user, orders, unread = await asyncio.gather(
-            self._part("user", user_id, self._fetch_user, {"id": user_id, "email": "", "name": ""}),
+            self._part("user", user_id, self._fetch_user, {"id": user_id, "email": "", "name": "",
+                                                              "roles": []}),
             self._part("order", user_id, self._fetch_orders, []),
             self._part("notification", user_id, self._fetch_unread, 0),
         )

@@ -13,10 +13,7 @@ X-Envelope-From / X-Envelope-To headers on top.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import email
-import email.policy
 import os
 import secrets
 import signal
@@ -24,11 +21,16 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ops.process import ServiceProcess
+
+# asyncio and the email package load on first use: `make run` imports this module for
+# CatcherProcess alone, before it spawns anything.
+if TYPE_CHECKING:
+    import asyncio
+    from email.message import EmailMessage
 
 __all__ = ["DEFAULT_PORT", "CatcherProcess", "MailDir", "StoredMail", "main", "start_catcher"]
 
@@ -47,6 +49,10 @@ class StoredMail:
     message_id: str
 
     def message(self) -> EmailMessage:
+        import email
+        import email.policy
+        from email.message import EmailMessage
+
         parsed = email.message_from_bytes(self.path.read_bytes(), policy=email.policy.default)
         assert isinstance(parsed, EmailMessage)
         return parsed
@@ -100,6 +106,10 @@ class MailDir:
         return hits[-1]
 
     def _read(self, path: Path) -> StoredMail:
+        import email
+        import email.policy
+        from email.message import EmailMessage
+
         with path.open("rb") as f:
             headers = email.message_from_binary_file(f, policy=email.policy.default,
                                                      _class=EmailMessage)
@@ -125,6 +135,8 @@ class _Handler:
 
 async def start_catcher(host: str, port: int, root: Path) -> asyncio.Server:
     """The SMTP server, listening (port 0: any free port), storing into `root`."""
+    import asyncio
+
     from aiosmtpd.smtp import SMTP  # only the catcher needs the server side
 
     handler = _Handler(MailDir(root))
@@ -134,6 +146,8 @@ async def start_catcher(host: str, port: int, root: Path) -> asyncio.Server:
 
 
 async def serve(host: str, port: int, root: Path, ready_file: Path | None) -> None:
+    import asyncio
+
     loop = asyncio.get_running_loop()
     server = await start_catcher(host, port, root)
     bound = server.sockets[0].getsockname()[1]
@@ -202,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = args.dir or Path(os.environ.get("SHOP_DATA_DIR") or "var") / "mail"
     ready = os.environ.get("SHOP_READY_FILE", "")
+    import asyncio
+
     try:
         asyncio.run(serve(args.host, args.port, root.resolve(), Path(ready) if ready else None))
     except OSError as e:

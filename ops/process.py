@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -102,8 +103,20 @@ def env_prefix(name: str) -> str:
     return name.upper().replace("-", "_")
 
 
+# Ports handed out for listeners come from below the kernel's ephemeral range
+# (net.ipv4.ip_local_port_range, 32768-60999 by default): a port picked there can be taken
+# by any outgoing connection before the listener binds it; below it, only by another pick.
+_PICK_LOW, _PICK_HIGH = 20000, 32768
+_PICK_TRIES = 64
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel just handed out; free unless someone races us for it."""
+    """A port free to listen on now, out of the way of outgoing connections' ports."""
+    rng = random.SystemRandom()
+    for _ in range(_PICK_TRIES):
+        port = rng.randrange(_PICK_LOW, _PICK_HIGH)
+        if not port_in_use(port, host):
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])

@@ -38,6 +38,7 @@ from ops.process import (
     System,
     env_prefix,
     free_port,
+    http_ok,
     port_in_use,
     precompile,
     start_system,
@@ -190,6 +191,19 @@ def _signame(num: int) -> str:
         return f"signal {num}"
 
 
+READYZ_WAIT_S = 10.0
+
+
+def wait_gateway_ready(gateway: ServiceProcess, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not http_ok(f"{gateway.base_url}/readyz", 1.0):
+        if time.monotonic() >= deadline:
+            log(f"gateway /readyz still not ready after {timeout_s:.0f} s: "
+                "some service is unreachable from it (see `curl .../readyz`)")
+            return
+        time.sleep(0.05)
+
+
 def print_table(system: System, nats_url: str, elapsed: float,
                 catcher: CatcherProcess | None = None) -> None:
     rows = [("NAME", "INSTANCE", "ADDRESS", "PID", "HEALTH")]
@@ -218,6 +232,7 @@ def print_table(system: System, nats_url: str, elapsed: float,
               f"(read them with shopctl mail list)")
     else:
         print("  mail: sent to the relay in SMTP_URL")
+    print_web(gw, system.data_dir, started=time.time() - elapsed)
     print("\n  try:")
     print(f"    {bindir / 'grpcurl'} -plaintext {order} list")
     print(f"    curl -s {gw}/api/products")
@@ -226,6 +241,24 @@ def print_table(system: System, nats_url: str, elapsed: float,
     if catcher is not None:
         print(f"    {bindir / 'shopctl'} mail list")
     print("\n  Ctrl-C stops everything.\n", flush=True)
+
+
+# services.user.admin.PASSWORD_FILE, without importing the user service here.
+ADMIN_PASSWORD_FILE = "admin-password"
+
+
+def print_web(gw: str, data_dir: Path, *, started: float) -> None:
+    """Where the storefront and the console are, and the admin's password: shown once,
+    when the user service made it during this start; after that, where it is kept."""
+    print(f"  storefront: {gw}/")
+    print(f"  console:    {gw}/console  (admin@shop.local)")
+    path = data_dir / ADMIN_PASSWORD_FILE
+    if os.environ.get("SHOP_ADMIN_PASSWORD"):
+        print("  admin password: from SHOP_ADMIN_PASSWORD (as set on the first start)")
+    elif path.exists() and path.stat().st_mtime >= started - 1.0:
+        print(f"  admin password: {path.read_text().strip()}  (shown once; kept in {path})")
+    else:
+        print(f"  admin password: in {path}")
 
 
 class _Stop(Exception):
@@ -318,6 +351,10 @@ def main() -> int:
                 f"in {time.monotonic() - t0:.2f} s")
         extra = [catcher] if catcher is not None else []
         wait_all_ready([*system.all(), *extra], max(1.0, timeout - (time.monotonic() - t0)))
+        if system.gateway is not None:
+            # The gateway dialled services that were still starting: "healthy" waits until
+            # its /readyz reaches every one, so a first request finds its channels connected.
+            wait_gateway_ready(system.gateway, READYZ_WAIT_S)
         starting = False
         nats_pid = nats.pid if nats is not None else None
         write_instances(system, nats_pid, catcher)

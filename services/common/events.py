@@ -1,4 +1,4 @@
-"""The event catalogue: subjects, their payload message and the producing service (DESIGN.md)."""
+"""The event catalogue: subjects, their payload message and the producing service."""
 
 from __future__ import annotations
 

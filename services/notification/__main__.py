@@ -25,12 +25,14 @@ async def build(settings: Settings) -> App:
     # Messages are re-creatable from the stream, so NORMAL sync is enough here.
     db = await Database.open(settings.db_path, schema=SCHEMA, durable=False)
     metrics = MailMetrics()
-    tasks: list[Callable[[], Awaitable[None]]] = [
-        MetricsEndpoint(metrics, settings.host, metrics_port(settings)).run]
     sender = None
+    tasks: list[Callable[[], Awaitable[None]]] = []
     if mail.target is not None:
         sender = MailSender(DeliveryStore(db), mail, metrics, owner=settings.instance_id)
         tasks.append(sender.run)
+    endpoint = MetricsEndpoint(metrics, settings.host, metrics_port(settings),
+                               refresh=sender.refresh_metrics if sender is not None else None)
+    tasks.append(endpoint.run)
     # Consumes once NATS answers; the durable consumer catches up on what it missed.
     routes = handlers.routes(sender.wake if sender is not None else None)
     events = EventWorkers(settings, db, relay=False,

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from services.common.settings import Settings, env_int
@@ -35,6 +36,12 @@ class MailMetrics:
             registry=self.registry)
         for reason in ("refused", "expired"):
             self.failed.labels(reason=reason)
+        # Read from the delivery outbox at each scrape (see MetricsEndpoint's refresh).
+        self.pending = Gauge("shop_mail_pending", "Mails owed and not sent yet (PENDING).",
+                             registry=self.registry)
+        self.oldest_pending = Gauge(
+            "shop_mail_pending_oldest_age_seconds",
+            "Age of the oldest PENDING mail; 0 when none is owed.", registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -50,8 +57,10 @@ class MetricsEndpoint:
     """A minimal HTTP/1.0 server: GET /metrics answers the registry's text; anything else
     404. Never stops the service: a port it cannot bind is logged and left alone."""
 
-    def __init__(self, metrics: MailMetrics, host: str, port: int) -> None:
+    def __init__(self, metrics: MailMetrics, host: str, port: int,
+                 refresh: Callable[[], Awaitable[None]] | None = None) -> None:
         self.metrics = metrics
+        self.refresh = refresh  # brings the gauges up to date before a scrape
         self.host = host
         self.port = port
         self.bound_port = 0
@@ -75,6 +84,8 @@ class MetricsEndpoint:
             method, _, rest = request.partition(b" ")
             path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
             if method == b"GET" and path == b"/metrics":
+                if self.refresh is not None:
+                    await self.refresh()
                 status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, self.metrics.render()
             else:
                 status, ctype, body = "404 Not Found", "text/plain", b"not found\n"

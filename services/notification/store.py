@@ -103,19 +103,20 @@ def insert_sync(tx: Tx, draft: Draft, event_id: str, *, mail: bool = False,
 
 def _owe_mail(tx: Tx, notification_id: str, user_id: str, request_id: str,
               now: float) -> None:
-    who = tx.one("SELECT email, name FROM recipients WHERE user_id = ?", (user_id,))
-    if who is None:
-        # Nothing to retry: without a user.created there is no address to send to.
-        tx.execute(
-            "INSERT INTO deliveries (notification_id, recipient, status, next_attempt_at,"
-            " error, request_id, created_at, done_at) VALUES (?, '', 'FAILED', ?, ?, ?, ?, ?)",
-            (notification_id, now, f"no email address known for user {user_id}",
-             request_id, now, now))
-        return
-    tx.execute(
+    # One statement on the consumer's path: the row takes the address kept for the user.
+    cur = tx.execute(
         "INSERT INTO deliveries (notification_id, recipient, name, status, next_attempt_at,"
-        " request_id, created_at) VALUES (?, ?, ?, 'PENDING', ?, ?, ?)",
-        (notification_id, who["email"], who["name"], now, request_id, now))
+        " request_id, created_at) SELECT ?, email, name, 'PENDING', ?, ?, ?"
+        " FROM recipients WHERE user_id = ?",
+        (notification_id, now, request_id, now, user_id))
+    if cur.rowcount == 1:
+        return
+    # Nothing to retry: without a user.created there is no address to send to.
+    tx.execute(
+        "INSERT INTO deliveries (notification_id, recipient, status, next_attempt_at,"
+        " error, request_id, created_at, done_at) VALUES (?, '', 'FAILED', ?, ?, ?, ?, ?)",
+        (notification_id, now, f"no email address known for user {user_id}",
+         request_id, now, now))
 
 
 def save_recipient_sync(tx: Tx, user_id: str, email: str, name: str) -> None:
@@ -218,6 +219,14 @@ class DeliveryStore:
         ids = list(notification_ids)
         return await self.db.write(lambda tx: tx.executemany(
             sql + " AND notification_id = ?", [(now, owner, i) for i in ids]).rowcount)
+
+    async def backlog(self) -> tuple[int, float | None]:
+        """(PENDING mails, creation time of the oldest), by the partial index."""
+        row = await self.db.read(lambda tx: tx.one(
+            "SELECT count(*), min(created_at) FROM deliveries WHERE status = 'PENDING'"))
+        if row is None:
+            return 0, None
+        return int(row[0]), None if row[1] is None else float(row[1])
 
     async def next_due_at(self) -> float | None:
         """When the earliest PENDING mail is due; None when nothing is owed."""

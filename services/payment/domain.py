@@ -34,7 +34,7 @@ class CardOutcome(enum.Enum):
     DECLINED = "declined"
 
 
-# Test tokens in the style of well-known payment APIs (DESIGN.md).
+# Test tokens in the style of well-known payment APIs.
 CARD_TOKENS: dict[str, CardOutcome] = {
     "tok_visa": CardOutcome.APPROVED,
     "tok_chargeDeclined": CardOutcome.DECLINED,

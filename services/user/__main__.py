@@ -15,6 +15,7 @@ from services.common.server import App, run_service
 from services.common.settings import Settings, env_int
 from services.common.storage import open_storage
 from services.user import domain
+from services.user.admin import ensure_admin
 from services.user.servicer import UserServicer
 from services.user.store import UserStore
 from services.user.tokens import KeyRing, TokenSettings
@@ -48,6 +49,11 @@ async def build(settings: Settings) -> App:
     # The relay starts once NATS answers: registration and login never wait for NATS,
     # events queue up in the outbox meanwhile.
     events = EventWorkers(settings, db, relay=True)
+
+    # Before serving: nobody can register admin@shop.local ahead of it.
+    await ensure_admin(servicer.store, settings.data_dir,
+                       lambda pw: asyncio.get_running_loop().run_in_executor(
+                           hasher, domain.hash_password, pw))
 
     async def stop_hasher() -> None:
         hasher.shutdown(wait=False, cancel_futures=True)

@@ -18,7 +18,7 @@ def timestamp(seconds: float) -> Timestamp:
 
 def to_proto(u: User) -> user_pb2.User:
     # No password hash here, ever: User has no such field, and this is the only mapping.
-    msg = user_pb2.User(id=u.id, email=u.email, name=u.name)
+    msg = user_pb2.User(id=u.id, email=u.email, name=u.name, roles=u.roles)
     # Set in place: a Timestamp built apart and passed in would be copied.
     msg.create_time.seconds, msg.create_time.nanos = divmod(
         int(u.create_time * 1_000_000_000), _NS)

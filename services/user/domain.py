@@ -45,6 +45,12 @@ _SCHEME = "scrypt"
 
 LOGIN_FAILED = "invalid email or password"
 
+# The one role shop knows: may open the operator console and call /api/admin/*.
+ADMIN_ROLE = "admin"
+# The account the user service creates on first start (see services/user/admin.py).
+ADMIN_EMAIL = "admin@shop.local"
+ADMIN_NAME = "Shop Admin"
+
 
 @dataclass(frozen=True, slots=True)
 class ScryptParams:
@@ -77,6 +83,7 @@ class User:
     email: str
     name: str
     create_time: float  # unix seconds
+    roles: tuple[str, ...] = ()
 
 
 def normalize_email(raw: str) -> str:

@@ -73,7 +73,8 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         user = found[0]
         if domain.needs_rehash(stored, self.scrypt):
             await self._upgrade_hash(user.id, stored, password)
-        return user_pb2.LoginResponse(access_token=self.keys.mint(user.id, user.email),
+        return user_pb2.LoginResponse(access_token=self.keys.mint(user.id, user.email,
+                                                                   roles=user.roles),
                                       token_type=TOKEN_TYPE,
                                       expires_in=self.keys.settings.ttl_s)
 

@@ -26,6 +26,8 @@ class UserRepository(Protocol):
 
 
 _GET = "SELECT id, email, name, create_time FROM users WHERE id = ?"
+# A query of its own (plain SQL every backend speaks), in the same read as the user's row.
+_ROLES = "SELECT role FROM user_roles WHERE user_id = ? ORDER BY role"
 # The case-insensitive match each backend's unique email index answers.
 _BY_EMAIL = {
     "sqlite": "SELECT id, email, name, create_time, password_hash FROM users"
@@ -37,9 +39,13 @@ _BY_EMAIL = {
 CACHE_MAX = 50_000
 
 
-def _row_to_user(row: Row) -> User:
+def _row_to_user(row: Row, roles: tuple[str, ...] = ()) -> User:
     return User(id=row["id"], email=row["email"], name=row["name"],
-                create_time=float(row["create_time"]))
+                create_time=float(row["create_time"]), roles=roles)
+
+
+async def _roles(tx: Tx, user_id: str) -> tuple[str, ...]:
+    return tuple(str(r[0]) for r in await tx.fetch(_ROLES, (user_id,)))
 
 
 class UserStore:
@@ -56,6 +62,8 @@ class UserStore:
                 "INSERT INTO users (id, email, name, password_hash, create_time)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (user.id, user.email, user.name, password_hash, user.create_time))
+            await tx.run_many("INSERT INTO user_roles (user_id, role) VALUES (?, ?)",
+                              [(user.id, role) for role in user.roles])
             await tx.emit(events.USER_CREATED, user_pb2.UserCreated(user=to_proto(user)),
                           source=SOURCE, aggregate_id=user.id)
 
@@ -70,22 +78,23 @@ class UserStore:
         return user
 
     async def get(self, user_id: str) -> User | None:
-        """The user, from memory when seen before: a user never changes once created (no
-        RPC updates or deletes one), so a cached one is never stale, even when another
-        instance sharing the database created it. An unknown id is never cached."""
+        """The user, from memory when seen before: a user (roles included) never changes
+        once created (no RPC updates or deletes one), so a cached one is never stale, even
+        when another instance sharing the database created it. An unknown id is never
+        cached."""
         cache = self._cache
         user = cache.get(user_id)
         if user is not None:
             cache.move_to_end(user_id)
             return user
 
-        async def run(tx: Tx) -> Row | None:
-            return await tx.fetchrow(_GET, (user_id,))
+        async def run(tx: Tx) -> User | None:
+            row = await tx.fetchrow(_GET, (user_id,))
+            return None if row is None else _row_to_user(row, await _roles(tx, user_id))
 
-        row = await self.storage.read(run)
-        if row is None:
+        user = await self.storage.read(run)
+        if user is None:
             return None
-        user = _row_to_user(row)
         self._remember(user)
         return user
 
@@ -100,11 +109,14 @@ class UserStore:
         """The user with this (normalized) email and their password hash, for Login only."""
         sql = _BY_EMAIL[self.storage.dialect]
 
-        async def run(tx: Tx) -> Row | None:
-            return await tx.fetchrow(sql, (email,))
+        async def run(tx: Tx) -> tuple[User, str] | None:
+            row = await tx.fetchrow(sql, (email,))
+            if row is None:
+                return None
+            return (_row_to_user(row, await _roles(tx, str(row["id"]))),
+                    str(row["password_hash"]))
 
-        row = await self.storage.read(run)
-        return None if row is None else (_row_to_user(row), str(row["password_hash"]))
+        return await self.storage.read(run)
 
     async def replace_password_hash(self, user_id: str, old: str, new: str) -> bool:
         """Swap the stored hash for `new` if it is still `old` (a re-hash at login: two

@@ -86,10 +86,12 @@ class SigningKey:
 
 
 def claims_for(user_id: str, email: str, *, now: int, settings: TokenSettings,
-               jti: str) -> dict[str, Any]:
+               jti: str, roles: tuple[str, ...] = ()) -> dict[str, Any]:
     return {
         "sub": user_id,
         "email": email,
+        # Read by the gateway for /console and /api/admin/*; always present, often [].
+        "roles": list(roles),
         "iss": settings.issuer,
         "aud": settings.audience,
         "iat": now,
@@ -135,10 +137,11 @@ class KeyRing:
         log.info("signing keys reloaded", extra={"kids": [k.kid for k in keys]})
         return True
 
-    def mint(self, user_id: str, email: str, *, now: float | None = None) -> str:
+    def mint(self, user_id: str, email: str, *, now: float | None = None,
+             roles: tuple[str, ...] = ()) -> str:
         issued = int(time.time() if now is None else now)
         claims = claims_for(user_id, email, now=issued, settings=self.settings,
-                            jti=uuid.uuid4().hex)
+                            jti=uuid.uuid4().hex, roles=roles)
         key = self.current
         return jwt.encode(claims, key.private_key, algorithm=ALGORITHM,
                           headers={"kid": key.kid})

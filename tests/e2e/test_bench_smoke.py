@@ -31,6 +31,10 @@ def test_bench_smoke_writes_every_scenario(tmp_path: Path) -> None:
     out = tmp_path / "bench" / "latest.json"
     env = {k: v for k, v in os.environ.items() if k != "SHOP_BENCH_URL"}
     env["SHOP_BENCH_OUT"] = str(out)
+    # The smoke run proves the harness, beside other tests on a busy machine: a dashboard
+    # part there can miss the production 0.6 s budget, and a degraded answer does not count
+    # as a dashboard served. `make bench` keeps the production budget.
+    env["GATEWAY_DASHBOARD_TIMEOUT_S"] = "5"
     proc = subprocess.run([sys.executable, "-m", "bench", "--smoke"], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=140)
     assert out.exists(), f"no report written:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

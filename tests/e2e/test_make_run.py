@@ -136,6 +136,13 @@ def test_make_run_starts_everything_healthy_and_stops_clean(shop_run: ShopRun) -
     assert http_ok(f"http://127.0.0.1:{gw_port}/healthz", 2.0)
     assert doc["nats_url"].endswith(f":{shop_run.ports['nats']}")
     assert "grpcurl" in shop_run.output and "shopctl status" in shop_run.output
+    # The storefront, the console and the admin's password (shown on the first start only).
+    shop_run.wait_for("Ctrl-C stops everything", 10.0)
+    password_file = shop_run.data_dir / "admin-password"
+    assert f"storefront: http://localhost:{gw_port}/" in shop_run.output
+    assert f"console:    http://localhost:{gw_port}/console" in shop_run.output
+    assert os.stat(password_file).st_mode & 0o777 == 0o600
+    assert f"admin password: {password_file.read_text().strip()}" in shop_run.output
     pids = shop_run.all_pids()
     assert len(pids) == len(SERVICES) + 2
 

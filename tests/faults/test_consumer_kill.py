@@ -22,7 +22,7 @@ from services.common.bus import Bus
 from services.common.events import STREAM
 from tests.fixtures_services import START_TIMEOUT_S
 from tests.support.invariants import check_invariants
-from tests.support.load import TRANSIENT, OrderClient, set_stock
+from tests.support.load import TRANSIENT, OrderClient, channel, set_stock
 from tests.support.users import create_users
 
 pytestmark = pytest.mark.timeout(180)
@@ -51,7 +51,7 @@ async def _backlog(url: str, durable: str) -> int:
 async def _fill_cart(addr: str, user: str, product: str, quantity: int) -> None:
     """AddItem, retried while the cart service is down (a customer trying again)."""
     give_up = time.monotonic() + 30
-    async with aio.insecure_channel(addr) as chan:
+    async with channel(addr) as chan:
         stub = cart_pb2_grpc.CartServiceStub(chan)
         while True:
             try:

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from grpc import aio
 from shop.cart.v1 import cart_pb2, cart_pb2_grpc
 
 from ops.process import System
 from tests.support.invariants import check_invariants, violations
-from tests.support.load import OrderClient, set_stock
+from tests.support.load import OrderClient, channel, set_stock
 from tests.support.records import PaymentRow, Records, ShipmentRow, read_records, snapshot
 from tests.support.users import create_users
 
@@ -47,7 +46,7 @@ class Settled:
 async def _run(system: System, copy_to: Path) -> Settled:
     users = await create_users(system.addr("user"), 3, "check")
     await set_stock(system.addr("inventory"), STOCK)
-    async with aio.insecure_channel(system.addr("cart")) as chan:
+    async with channel(system.addr("cart")) as chan:
         await cart_pb2_grpc.CartServiceStub(chan).AddItem(
             cart_pb2.AddItemRequest(product_id=PLENTY, quantity=2),
             metadata=[("x-user-id", users[2])], timeout=10)

@@ -178,6 +178,9 @@ async def test_smtp_down_for_five_seconds_then_every_mail_arrives_once(
             await asyncio.sleep(max(0.0, 5.0 - (time.monotonic() - down_at)))  # the outage
             assert (await deliveries(stub, ids)) == {u: [pb.DELIVERY_STATUS_PENDING]
                                                      for u in ids}
+            backlog = scrape(metrics_port)
+            assert backlog["shop_mail_pending"] == len(users)
+            assert backlog["shop_mail_pending_oldest_age_seconds"] >= 4.0
             smtp.start()
             await wait_for(lambda: _all(stub, ids, pb.DELIVERY_STATUS_SENT),
                            what="all mails sent after SMTP came back")
@@ -186,6 +189,8 @@ async def test_smtp_down_for_five_seconds_then_every_mail_arrives_once(
         assert len({m.message["Message-ID"] for m in mails}) == len(users)
         counted = scrape(metrics_port)
         assert counted["shop_mail_sent_total"] == len(users)
+        assert counted["shop_mail_pending"] == 0
+        assert counted["shop_mail_pending_oldest_age_seconds"] == 0
         assert counted['shop_mail_failed_total{reason="refused"}'] == 0
     finally:
         smtp.stop()

@@ -1,14 +1,16 @@
 """The mail sender in-process, on a real database and a real SMTP server: the breaker
 stops a round without spending attempts and lets one probe through, temporary failures
-end as expired after the give-up time, and STARTTLS / implicit TLS with a login work
-against a server whose certificate is checked."""
+end as expired after the give-up time, STARTTLS / implicit TLS with a login work against
+a server whose certificate is checked, and a stopped sender hands its claims back."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import ipaddress
 import ssl
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +27,7 @@ from services.notification.mailconfig import MailSettings, parse_smtp_url
 from services.notification.metrics import MailMetrics
 from services.notification.sender import MailSender
 from services.notification.store import SCHEMA, DeliveryStore
-from tests.support.smtp import SmtpServer
+from tests.support.smtp import SmtpServer, Stalled
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -199,3 +201,31 @@ async def test_wrong_password_is_retried_not_failed(db: Database, tmp_path: Path
         assert smtp.mails == [] and smtp.logins == []
     finally:
         smtp.stop()
+
+
+async def test_a_stopped_sender_hands_its_round_back(db: Database) -> None:
+    hung = Stalled()  # the round hangs on a server that never answers
+    try:
+        await owe(db, 3)
+        sender = MailSender(DeliveryStore(db), settings(hung.url, attempt_timeout_s=30.0),
+                            MailMetrics(), owner="notification-1")
+        task = asyncio.create_task(sender.run())
+
+        async def claimed() -> list[tuple[str, float]]:
+            got = await db.read(lambda tx: tx.all(
+                "SELECT claimed_by, next_attempt_at FROM deliveries"))
+            return [(r[0], float(r[1])) for r in got]
+
+        deadline = time.monotonic() + 20
+        while not all(who == "notification-1" for who, _ in await claimed()):
+            assert time.monotonic() < deadline, await claimed()
+            await asyncio.sleep(0.02)
+        assert all(at > time.time() + 30 for _, at in await claimed())  # held for the round
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        stopped_at = time.time()
+        assert all(who == "" and at <= stopped_at for who, at in await claimed())
+        assert {s for s, _, _ in (await rows(db)).values()} == {"PENDING"}
+    finally:
+        hung.close()

@@ -26,7 +26,7 @@ from grpc import aio
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.order.v1 import order_pb2, order_pb2_grpc
 
-__all__ = ["REFUSED", "TRANSIENT", "Answer", "OrderClient", "paced", "set_stock"]
+__all__ = ["REFUSED", "TRANSIENT", "Answer", "OrderClient", "channel", "paced", "set_stock"]
 
 T = TypeVar("T")
 
@@ -34,6 +34,11 @@ TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXC
                        grpc.StatusCode.CANCELLED})
 # Refusals that leave a final, readable (CANCELLED) order behind: stock, card.
 REFUSED = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT})
+
+
+def channel(addr: str) -> aio.Channel:
+    """The test client's channel to a service (the one place that says how tests connect)."""
+    return aio.insecure_channel(addr)
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ class OrderClient:
     _chan: aio.Channel | None = None
 
     async def __aenter__(self) -> OrderClient:
-        self._chan = aio.insecure_channel(self.addr)
+        self._chan = channel(self.addr)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -169,7 +174,7 @@ async def paced(n: int, duration_s: float, in_flight: int,
 
 
 async def set_stock(addr: str, stock: Mapping[str, int]) -> None:
-    async with aio.insecure_channel(addr) as chan:
+    async with channel(addr) as chan:
         stub = inventory_pb2_grpc.InventoryServiceStub(chan)
         for product, amount in stock.items():
             await stub.SetStock(inventory_pb2.SetStockRequest(product_id=product,

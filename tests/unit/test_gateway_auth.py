@@ -173,3 +173,14 @@ def test_bearer_header_must_be_present_and_well_formed(header: str) -> None:
 
 def test_bearer_header_gives_the_token() -> None:
     assert bearer_token("Bearer abc.def.ghi") == "abc.def.ghi"
+
+
+async def test_roles_come_from_the_signed_token(verifier: TokenVerifier,
+                                                minter: TokenMinter) -> None:
+    identity = await verifier.verify_identity(minter.token("u-1", roles=["admin"]))
+    assert identity.user_id == "u-1" and identity.roles == ("admin",)
+    assert (await verifier.verify_identity(minter.token("u-2"))).roles == ()
+    # A malformed claim grants nothing.
+    assert (await verifier.verify_identity(minter.token("u-3", roles="admin"))).roles == ()
+    assert (await verifier.verify_identity(minter.token("u-4", roles=["admin", 7]))).roles == (
+        "admin",)

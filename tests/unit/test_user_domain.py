@@ -170,7 +170,10 @@ SETTINGS = t.TokenSettings(ttl_s=600, issuer="iss-test", audience="aud-test")
 def test_claims_for() -> None:
     claims = t.claims_for("u1", "a@b.com", now=1000, settings=SETTINGS, jti="j1")
     assert claims == {"sub": "u1", "email": "a@b.com", "iss": "iss-test", "aud": "aud-test",
-                      "iat": 1000, "nbf": 1000, "exp": 1600, "jti": "j1"}
+                      "iat": 1000, "nbf": 1000, "exp": 1600, "jti": "j1", "roles": []}
+    admin = t.claims_for("u1", "a@b.com", now=1000, settings=SETTINGS, jti="j1",
+                         roles=("admin",))
+    assert admin["roles"] == ["admin"]
 
 
 def test_token_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:

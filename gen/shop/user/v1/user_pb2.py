@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17shop/user/v1/user.proto\x12\x0cshop.user.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"`\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x11\x43reateUserRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\"6\n\x12\x43reateUserResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.shop.user.v1.User\"\x1c\n\x0eGetUserRequest\x12\n\n\x02id\x18\x01 \x01(\t\"3\n\x0fGetUserResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.shop.user.v1.User\"/\n\x0cLoginRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"M\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\"\x10\n\x0eGetJwksRequest\"Q\n\x03Jwk\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\x0b\n\x03kid\x18\x04 \x01(\t\x12\x0b\n\x03\x61lg\x18\x05 \x01(\t\x12\x0b\n\x03use\x18\x06 \x01(\t\"2\n\x0fGetJwksResponse\x12\x1f\n\x04keys\x18\x01 \x03(\x0b\x32\x11.shop.user.v1.Jwk\"/\n\x0bUserCreated\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.shop.user.v1.User2\xa0\x03\n\x0bUserService\x12l\n\nCreateUser\x12\x1f.shop.user.v1.CreateUserRequest\x1a .shop.user.v1.CreateUserResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\n/api/users:\x01*b\x04user\x12\x65\n\x07GetUser\x12\x1c.shop.user.v1.GetUserRequest\x1a\x1d.shop.user.v1.GetUserResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x0f/api/users/{id}b\x04user\x12\\\n\x05Login\x12\x1a.shop.user.v1.LoginRequest\x1a\x1b.shop.user.v1.LoginResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/api/auth/login:\x01*\x12^\n\x07GetJwks\x12\x1c.shop.user.v1.GetJwksRequest\x1a\x1d.shop.user.v1.GetJwksResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/auth/jwksb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17shop/user/v1/user.proto\x12\x0cshop.user.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"o\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05roles\x18\x05 \x03(\t\"B\n\x11\x43reateUserRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\"6\n\x12\x43reateUserResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.shop.user.v1.User\"\x1c\n\x0eGetUserRequest\x12\n\n\x02id\x18\x01 \x01(\t\"3\n\x0fGetUserResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.shop.user.v1.User\"/\n\x0cLoginRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"M\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\"\x10\n\x0eGetJwksRequest\"Q\n\x03Jwk\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\x0b\n\x03kid\x18\x04 \x01(\t\x12\x0b\n\x03\x61lg\x18\x05 \x01(\t\x12\x0b\n\x03use\x18\x06 \x01(\t\"2\n\x0fGetJwksResponse\x12\x1f\n\x04keys\x18\x01 \x03(\x0b\x32\x11.shop.user.v1.Jwk\"/\n\x0bUserCreated\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.shop.user.v1.User2\xa0\x03\n\x0bUserService\x12l\n\nCreateUser\x12\x1f.shop.user.v1.CreateUserRequest\x1a .shop.user.v1.CreateUserResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\n/api/users:\x01*b\x04user\x12\x65\n\x07GetUser\x12\x1c.shop.user.v1.GetUserRequest\x1a\x1d.shop.user.v1.GetUserResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x0f/api/users/{id}b\x04user\x12\\\n\x05Login\x12\x1a.shop.user.v1.LoginRequest\x1a\x1b.shop.user.v1.LoginResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/api/auth/login:\x01*\x12^\n\x07GetJwks\x12\x1c.shop.user.v1.GetJwksRequest\x1a\x1d.shop.user.v1.GetJwksResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/auth/jwksb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,27 +42,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USERSERVICE'].methods_by_name['GetJwks']._loaded_options = None
   _globals['_USERSERVICE'].methods_by_name['GetJwks']._serialized_options = b'\202\323\344\223\002\020\022\016/api/auth/jwks'
   _globals['_USER']._serialized_start=104
-  _globals['_USER']._serialized_end=200
-  _globals['_CREATEUSERREQUEST']._serialized_start=202
-  _globals['_CREATEUSERREQUEST']._serialized_end=268
-  _globals['_CREATEUSERRESPONSE']._serialized_start=270
-  _globals['_CREATEUSERRESPONSE']._serialized_end=324
-  _globals['_GETUSERREQUEST']._serialized_start=326
-  _globals['_GETUSERREQUEST']._serialized_end=354
-  _globals['_GETUSERRESPONSE']._serialized_start=356
-  _globals['_GETUSERRESPONSE']._serialized_end=407
-  _globals['_LOGINREQUEST']._serialized_start=409
-  _globals['_LOGINREQUEST']._serialized_end=456
-  _globals['_LOGINRESPONSE']._serialized_start=458
-  _globals['_LOGINRESPONSE']._serialized_end=535
-  _globals['_GETJWKSREQUEST']._serialized_start=537
-  _globals['_GETJWKSREQUEST']._serialized_end=553
-  _globals['_JWK']._serialized_start=555
-  _globals['_JWK']._serialized_end=636
-  _globals['_GETJWKSRESPONSE']._serialized_start=638
-  _globals['_GETJWKSRESPONSE']._serialized_end=688
-  _globals['_USERCREATED']._serialized_start=690
-  _globals['_USERCREATED']._serialized_end=737
-  _globals['_USERSERVICE']._serialized_start=740
-  _globals['_USERSERVICE']._serialized_end=1156
+  _globals['_USER']._serialized_end=215
+  _globals['_CREATEUSERREQUEST']._serialized_start=217
+  _globals['_CREATEUSERREQUEST']._serialized_end=283
+  _globals['_CREATEUSERRESPONSE']._serialized_start=285
+  _globals['_CREATEUSERRESPONSE']._serialized_end=339
+  _globals['_GETUSERREQUEST']._serialized_start=341
+  _globals['_GETUSERREQUEST']._serialized_end=369
+  _globals['_GETUSERRESPONSE']._serialized_start=371
+  _globals['_GETUSERRESPONSE']._serialized_end=422
+  _globals['_LOGINREQUEST']._serialized_start=424
+  _globals['_LOGINREQUEST']._serialized_end=471
+  _globals['_LOGINRESPONSE']._serialized_start=473
+  _globals['_LOGINRESPONSE']._serialized_end=550
+  _globals['_GETJWKSREQUEST']._serialized_start=552
+  _globals['_GETJWKSREQUEST']._serialized_end=568
+  _globals['_JWK']._serialized_start=570
+  _globals['_JWK']._serialized_end=651
+  _globals['_GETJWKSRESPONSE']._serialized_start=653
+  _globals['_GETJWKSRESPONSE']._serialized_end=703
+  _globals['_USERCREATED']._serialized_start=705
+  _globals['_USERCREATED']._serialized_end=752
+  _globals['_USERSERVICE']._serialized_start=755
+  _globals['_USERSERVICE']._serialized_end=1171
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,93 @@
+"""The admin account, made by the user service itself on first start.
+
+The role is granted here and nowhere else: no RPC takes roles as input, so a client can
+never ask for one. The password is `SHOP_ADMIN_PASSWORD` when set; otherwise a random one
+kept in `<data dir>/admin-password` (mode 0600). That file is created exclusively (written
+to a private temp file, then hard-linked to its name), so instances racing on first start
+all use the one password that won, and the unique email index lets one of them insert.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from services.common.errors import AlreadyExists, InvalidArgument
+from services.common.settings import env_str
+from services.user import domain
+from services.user.store import UserRepository
+
+log = logging.getLogger("shop.user.admin")
+
+PASSWORD_FILE = "admin-password"
+
+Hasher = Callable[[str], Awaitable[str]]
+
+
+def password_file(data_dir: Path) -> Path:
+    return data_dir / PASSWORD_FILE
+
+
+def _write_exclusive(path: Path, text: str) -> bool:
+    """Write `text` to `path` (mode 0600) unless it exists; False when it did."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # atomic and exclusive: no reader sees half a password
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def admin_password(data_dir: Path) -> tuple[str, str]:
+    """(password, where it came from) for the admin account."""
+    given = env_str("SHOP_ADMIN_PASSWORD", "")
+    if given:
+        try:
+            domain.check_password_rules(given)
+        except InvalidArgument as err:
+            raise ValueError(f"SHOP_ADMIN_PASSWORD: {err}") from None
+        return given, "SHOP_ADMIN_PASSWORD"
+    path = password_file(data_dir)
+    if not path.exists():
+        _write_exclusive(path, secrets.token_urlsafe(18))
+    password = path.read_text().strip()
+    domain.check_password_rules(password)
+    return password, str(path)
+
+
+async def ensure_admin(store: UserRepository, data_dir: Path, hash_password: Hasher) -> None:
+    """Create admin@shop.local with the admin role unless that email exists.
+
+    An existing account of that email that lacks the role is left as it is (and said so):
+    it was registered by someone, and the role is never granted after the fact."""
+    found = await store.credentials(domain.ADMIN_EMAIL)
+    if found is not None:
+        if domain.ADMIN_ROLE not in found[0].roles:
+            log.warning("%s exists without the admin role; not granting it",
+                        domain.ADMIN_EMAIL)
+        return
+    password, source = admin_password(data_dir)
+    user = domain.User(id=uuid.uuid4().hex, email=domain.ADMIN_EMAIL, name=domain.ADMIN_NAME,
+                       create_time=time.time(), roles=(domain.ADMIN_ROLE,))
+    try:
+        await store.create(user, await hash_password(password))
+    except AlreadyExists:
+        return  # another instance made it first, with the same password
+    log.info("created the admin account", extra={"email": domain.ADMIN_EMAIL,
+                                                 "password_from": source})

@@ -1,0 +1,100 @@
+"""The admin account: made once by the user service, role granted nowhere else."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from services.common.db import Database
+from services.common.schema import service_migrations
+from services.user import admin, domain
+from services.user.store import UserStore
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def _hash(password: str) -> str:
+    return await asyncio.to_thread(domain.hash_password, password)
+
+
+def test_a_random_password_is_written_once_mode_600(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SHOP_ADMIN_PASSWORD", raising=False)
+    password, source = admin.admin_password(tmp_path)
+    path = tmp_path / "admin-password"
+    assert source == str(path)
+    assert len(password) >= domain.MIN_PASSWORD_LEN
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text().strip() == password
+    assert admin.admin_password(tmp_path) == (password, str(path))  # kept, not renewed
+    assert not [p for p in tmp_path.iterdir() if p.name != "admin-password"]  # no temp left
+
+
+def test_shop_admin_password_wins_and_writes_no_file(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOP_ADMIN_PASSWORD", "given-password")
+    assert admin.admin_password(tmp_path) == ("given-password", "SHOP_ADMIN_PASSWORD")
+    assert not (tmp_path / "admin-password").exists()
+    monkeypatch.setenv("SHOP_ADMIN_PASSWORD", "short")
+    with pytest.raises(ValueError, match="SHOP_ADMIN_PASSWORD: password must be at least 8"):
+        admin.admin_password(tmp_path)
+
+
+async def test_ensure_admin_creates_the_account_with_the_role_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SHOP_ADMIN_PASSWORD", raising=False)
+    db = await Database.open(tmp_path / "user.db", durable=False,
+                               migrations=[service_migrations("user")])
+    try:
+        store = UserStore(db)
+        # Two instances starting at once: one account, one password.
+        await asyncio.gather(admin.ensure_admin(store, tmp_path, _hash),
+                             admin.ensure_admin(UserStore(db), tmp_path, _hash))
+        found = await store.credentials(domain.ADMIN_EMAIL)
+        assert found is not None
+        user, stored = found
+        assert user.roles == (domain.ADMIN_ROLE,)
+        password = (tmp_path / "admin-password").read_text().strip()
+        assert domain.verify_password(password, stored)
+        assert (await store.get(user.id)) == user
+        await admin.ensure_admin(store, tmp_path, _hash)
+        rows = await db.read_now(lambda tx: tx.all("SELECT id FROM users"))
+        assert len(rows) == 1
+    finally:
+        await db.close()
+
+
+async def test_a_registered_lookalike_is_never_promoted(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOP_ADMIN_PASSWORD", "given-password")
+    db = await Database.open(tmp_path / "user.db", durable=False,
+                               migrations=[service_migrations("user")])
+    try:
+        store = UserStore(db)
+        # Registered through CreateUser (no roles) before the account existed.
+        squatter = domain.User(id=uuid.uuid4().hex, email=domain.ADMIN_EMAIL, name="Not Admin",
+                               create_time=time.time())
+        await store.create(squatter, domain.hash_password("squatter-pw"))
+        await admin.ensure_admin(store, tmp_path, _hash)
+        found = await store.credentials(domain.ADMIN_EMAIL)
+        assert found is not None and found[0].roles == ()
+    finally:
+        await db.close()
+
+
+async def test_ordinary_users_have_no_roles(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "user.db", durable=False,
+                               migrations=[service_migrations("user")])
+    try:
+        store = UserStore(db)
+        user = domain.User(id=uuid.uuid4().hex, email="a@example.com", name="A",
+                           create_time=time.time())
+        await store.create(user, "hash")
+        assert (await UserStore(db).get(user.id)).roles == ()  # type: ignore[union-attr]
+    finally:
+        await db.close()
