@@ -55,6 +55,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from shop.events.v1 import envelope_pb2
 
 from services.common.bus import Bus, inbox_retention_s
+from services.common.correlation import event_scope, in_scope
 from services.common.db import Database, Tx, mark_outbox_dirty
 from services.common.dlq import dead_letter
 from services.common.events import STREAM
@@ -133,7 +134,8 @@ def _as_async(fn: TxHandler) -> Handler:
         def run() -> tuple[bool, AfterCommit | None]:
             tx = Tx(conn._conn)
             after = fn(tx, env, payload)
-            return tx.dirty, after
+            # Run inside the caller's event scope: the hook keeps the event's request id.
+            return tx.dirty, None if after is None else in_scope(after)
 
         ctx = contextvars.copy_context()  # the enqueued envelopes see the caller's ids
         dirty, after = await conn._execute(ctx.run, run)  # type: ignore[no-untyped-call]
@@ -147,6 +149,13 @@ def _as_async(fn: TxHandler) -> Handler:
                 log.debug("after-commit hook of %s dropped: nobody collects it", env.subject)
 
     return handler
+
+
+def _log_handled(durable: str, env: Envelope) -> None:
+    # Inside the event's scope: the line carries the request id that caused it.
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("event handled", extra={"consumer": durable, "subject": env.subject,
+                                          "event_id": env.id})
 
 
 @dataclass
@@ -351,6 +360,7 @@ class EventConsumer:
         """One transaction over the batch; returns how many events it handled. `afters`
         gets the after-commit callables of the events that stayed in it."""
         handled = 0
+        durable = self.durable
         async with self.db.transaction() as conn:
             seen = await self._in_inbox(conn, [d.env.id for d in batch])
             now = time.time()
@@ -363,7 +373,9 @@ class EventConsumer:
                     await conn.execute("SAVEPOINT event")
                 mark = len(pending)
                 try:
-                    await d.route.handler(conn, d.env, d.payload)
+                    with event_scope(d.env):
+                        await d.route.handler(conn, d.env, d.payload)
+                        _log_handled(durable, d.env)
                 except Exception as e:
                     del pending[mark:]  # its effect is rolled back: so are its hooks
                     if not savepoints:
@@ -410,7 +422,11 @@ class EventConsumer:
                 assert fn is not None
                 conn.execute("SAVEPOINT event")
                 try:
-                    after = fn(tx, d.env, d.payload)
+                    with event_scope(d.env):
+                        after = fn(tx, d.env, d.payload)
+                        if after is not None:
+                            after = in_scope(after)
+                        _log_handled(durable, d.env)
                 except Exception as e:
                     if not conn.in_transaction:
                         raise  # SQLite rolled back the whole transaction: all retried
