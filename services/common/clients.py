@@ -24,7 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import context
 from services.common.breakers import ShopBreaker, breaker_for, combined_state
-from services.common.errors import DeadlineExceeded, Unavailable
+from services.common.errors import DeadlineExceeded, DomainError, Unavailable
+from services.common.rpcmetrics import client_calls
 from services.common.settings import default_addr, downstream_addr, health_name
 
 StubT = TypeVar("StubT")
@@ -204,6 +205,7 @@ class Downstream(Generic[StubT]):
         # The process-wide breaker of the service unless one of its own is given.
         self.breaker: pybreaker.CircuitBreaker = breaker or breaker_for(service)
         self._own_breaker = breaker is not None
+        self._calls = client_calls()
 
     @classmethod
     def sharing(
@@ -339,6 +341,37 @@ class Downstream(Generic[StubT]):
         return md
 
     async def call(
+        self,
+        method: str,
+        request: Message,
+        *,
+        idempotent: bool,
+        timeout: float | None = None,  # noqa: ASYNC109 - becomes the gRPC deadline
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> Any:
+        """`_call`, counted and timed by method and code (retries included)."""
+        observe = self._calls.observer(f"{self.service}.{method}")
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            return await self._call(method, request, idempotent=idempotent, timeout=timeout,
+                                    metadata=metadata)
+        except aio.AioRpcError as err:
+            code = err.code().name
+            raise
+        except DomainError as err:
+            code = err.status
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception:
+            code = "UNKNOWN"
+            raise
+        finally:
+            observe(code, time.perf_counter() - started)
+
+    async def _call(
         self,
         method: str,
         request: Message,

@@ -55,6 +55,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from shop.events.v1 import envelope_pb2
 
 from services.common.bus import Bus, inbox_retention_s
+from services.common.consumer_metrics import ConsumerMetrics
 from services.common.correlation import event_scope, in_scope
 from services.common.db import Database, Tx, mark_outbox_dirty
 from services.common.dlq import dead_letter
@@ -207,6 +208,7 @@ class EventConsumer:
         self.prune_every_s = prune_every_s
         self._pruned_at = 0.0
         self.stats = ConsumerStats()
+        self.metrics = ConsumerMetrics(durable, self._lag)
         self._sub: JetStreamContext.PullSubscription | None = None
         self._advisory: Subscription | None = None
 
@@ -233,6 +235,7 @@ class EventConsumer:
         # A queue group: one instance of the service handles each advisory.
         self._advisory = await self.bus.nc.subscribe(
             self.advisory_subject, queue=f"{self.durable}-dlq", cb=self._on_max_deliveries)
+        self.metrics.serve()
 
     async def run(self) -> None:
         """Consume forever; cancel the task to stop."""
@@ -259,7 +262,12 @@ class EventConsumer:
         finally:
             await self.stop()
 
+    async def _lag(self) -> int:
+        info = await self.bus.js.consumer_info(STREAM, self.durable)
+        return int(info.num_pending or 0)
+
     async def stop(self) -> None:
+        self.metrics.unserve()
         for sub in (self._sub, self._advisory):
             if sub is not None:
                 try:
@@ -270,6 +278,7 @@ class EventConsumer:
         self._advisory = None
 
     async def process(self, msgs: Sequence[Msg]) -> None:
+        self.metrics.delivered(msgs)
         good: list[_Decoded] = []
         for msg in msgs:
             decoded = await self._decode(msg)
@@ -350,6 +359,7 @@ class EventConsumer:
             handled = await self._run_once(batch, savepoints, done, failed, afters, pending)
         _run_afters(afters, self.durable)  # committed by now
         self.stats.handled += handled
+        self.metrics.handled.inc(handled)
         self.stats.duplicates += len(done) - handled
         self.stats.failed += len(failed)
         return done, failed
@@ -447,6 +457,7 @@ class EventConsumer:
         done, failed, afters, handled = await self.db.write(run)
         _run_afters(afters, self.durable)
         self.stats.handled += handled
+        self.metrics.handled.inc(handled)
         self.stats.duplicates += len(done) - handled
         self.stats.failed += len(failed)
         return done, failed
@@ -509,6 +520,7 @@ class EventConsumer:
             await msg.nak(delay=self.backoff_s[-1])
             return
         self.stats.dead_lettered += 1
+        self.metrics.dead_letters.inc()
         log.error("consumer %s dead-lettered event %s (%s): %s",
                   self.durable, event_id or "?", msg.subject, reason)
         await msg.term()
@@ -534,5 +546,6 @@ class EventConsumer:
                 reason=f"max deliveries ({self.max_deliver}) exceeded without a verdict",
                 event_id=event_id, stream_seq=seq, correlation_id=correlation_id)
             self.stats.dead_lettered += 1
+            self.metrics.dead_letters.inc()
         except Exception:
             log.exception("consumer %s: max-deliveries advisory not handled", self.durable)

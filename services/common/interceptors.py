@@ -19,6 +19,7 @@ from grpc import aio
 
 from services.common import context
 from services.common.errors import DomainError
+from services.common.rpcmetrics import Observer, server_calls
 
 log = logging.getLogger("shop.rpc")
 
@@ -32,7 +33,7 @@ def status_of(error: DomainError) -> grpc.StatusCode:
     return _STATUS_BY_NAME.get(error.status, grpc.StatusCode.FAILED_PRECONDITION)
 
 
-def _wrap(method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+def _wrap(method: str, behavior: UnaryBehavior, observe: Observer) -> UnaryBehavior:
     # Bound once per method; the closure keeps the per-call work to a few attribute reads.
     request_id_var = context.request_id_var
     user_id_var = context.user_id_var
@@ -84,6 +85,7 @@ def _wrap(method: str, behavior: UnaryBehavior) -> UnaryBehavior:
             log.exception("unhandled error in %s", method, extra={"method": method})
             await ctx.abort(grpc.StatusCode.INTERNAL, "internal error")
         finally:
+            observe(code, perf() - started)
             level = logging.DEBUG if code == "OK" else logging.INFO
             if log.isEnabledFor(level):
                 log.log(
@@ -104,6 +106,7 @@ class ServerInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self) -> None:
         self._cache: dict[str, tuple[Any, Any]] = {}
+        self._calls = server_calls()
 
     async def intercept_service(
         self,
@@ -118,7 +121,7 @@ class ServerInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         if cached is not None and cached[0] is handler:
             return cached[1]
         wrapped = grpc.unary_unary_rpc_method_handler(
-            _wrap(method, handler.unary_unary),
+            _wrap(method, handler.unary_unary, self._calls.observer(method)),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

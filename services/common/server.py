@@ -31,6 +31,8 @@ from grpc_reflection.v1alpha import reflection
 from services.common import discovery
 from services.common.interceptors import ServerInterceptor
 from services.common.logging import configure_logging
+from services.common.metrics import MetricsServer, ShopMetrics, bind_process, metrics_port
+from services.common.metrics import current as current_metrics
 from services.common.readyfile import write_ready_file
 from services.common.registry import (
     Instance,
@@ -228,8 +230,11 @@ async def serve_app(
     """Serve `app` until `stop` is set (or a background task dies); returns an exit code."""
     runner = ServiceRunner(settings, app, registry=registry)
     addr = await runner.start()
+    scrape = MetricsServer(current_metrics(), settings.host, metrics_port(settings))
+    scrape_port = await scrape.start()
     if settings.ready_file is not None:
-        write_ready_file(settings.ready_file, settings.service, settings.instance_id, addr)
+        write_ready_file(settings.ready_file, settings.service, settings.instance_id, addr,
+                         metrics_port=scrape_port)
     stop_wait = asyncio.create_task(stop.wait())
     failed_wait = asyncio.create_task(runner.failed.wait())
     await asyncio.wait({stop_wait, failed_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -237,12 +242,15 @@ async def serve_app(
     failed_wait.cancel()
     code = 1 if runner.failed.is_set() else 0
     await runner.stop()
+    await scrape.close()
     return code
 
 
 async def _main(service: str, build: Callable[[Settings], Awaitable[App]]) -> int:
     settings = load_settings(service)
     configure_logging(settings)
+    # One registry for the process: everything built below counts into it.
+    bind_process(ShopMetrics(service))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -12,7 +12,7 @@ from services.common.server import App, run_service
 from services.common.settings import Settings
 from services.notification import handlers
 from services.notification.mailconfig import load_mail_settings
-from services.notification.metrics import MailMetrics, MetricsEndpoint, metrics_port
+from services.notification.metrics import MailMetrics
 from services.notification.sender import MailSender
 from services.notification.servicer import NotificationServicer
 from services.notification.store import SCHEMA, DeliveryStore, NotificationStore
@@ -25,8 +25,7 @@ async def build(settings: Settings) -> App:
     # Messages are re-creatable from the stream, so NORMAL sync is enough here.
     db = await Database.open(settings.db_path, schema=SCHEMA, durable=False)
     metrics = MailMetrics()
-    tasks: list[Callable[[], Awaitable[None]]] = [
-        MetricsEndpoint(metrics, settings.host, metrics_port(settings)).run]
+    tasks: list[Callable[[], Awaitable[None]]] = []
     sender = None
     if mail.target is not None:
         sender = MailSender(DeliveryStore(db), mail, metrics, owner=settings.instance_id)

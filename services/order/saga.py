@@ -34,6 +34,7 @@ from services.order.ports import (
     StepUnknown,
     StepUnwell,
 )
+from services.order.saga_metrics import SagaMetrics
 from services.order.store import HistoryEntry, OrderStore
 
 log = logging.getLogger("shop.order.saga")
@@ -58,6 +59,7 @@ class SagaRunner:
         self.config = config
         self._tasks: dict[str, asyncio.Task[Order | None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
+        self._metrics = SagaMetrics()
 
     @property
     def in_flight(self) -> int:
@@ -125,6 +127,7 @@ class SagaRunner:
             state = apply_cancel_request(state)
             step = state.step
             outcome, error, refusal = await self._attempt(step, order, state)
+            self._metrics.attempted(step.value, outcome.value)
             tr = advance(state, outcome, error, cfg.limits, refusal)
             entry = HistoryEntry(step.value, tr.label or outcome.value, state.attempt + 1,
                                  time.time(), error)
@@ -145,6 +148,8 @@ class SagaRunner:
                 if reloaded is None:
                     return None
                 state = reloaded
+        if order.create_time > 0:
+            self._metrics.ended(order.status.name, time.time() - order.create_time)
         return order
 
     async def _reload(self, order_id: str) -> SagaState | None:
