@@ -36,6 +36,7 @@ from services.common.registry import (
     shop_version,
 )
 from services.common.settings import SERVICES, downstream_addr, env_float, env_str, load_settings
+from services.common.tracing import setup_tracing
 
 log = logging.getLogger("shop.gateway")
 
@@ -176,7 +177,11 @@ async def serve(settings: GatewaySettings, instance: str, nats_url: str | None =
 def main() -> None:
     process = load_settings("gateway")
     configure_logging(process)
-    uvloop.run(serve(load_gateway_settings(), process.instance_id, process.nats_url))
+    flush_traces = setup_tracing("gateway", process.instance_id)
+    try:
+        uvloop.run(serve(load_gateway_settings(), process.instance_id, process.nats_url))
+    finally:
+        flush_traces()
 
 
 if __name__ == "__main__":

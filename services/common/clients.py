@@ -26,6 +26,7 @@ from services.common import context
 from services.common.breakers import ShopBreaker, breaker_for, combined_state
 from services.common.errors import DeadlineExceeded, DomainError, Unavailable
 from services.common.rpcmetrics import client_calls
+from services.common.rpctracing import ClientSpans
 from services.common.settings import default_addr, downstream_addr, health_name
 
 StubT = TypeVar("StubT")
@@ -206,6 +207,8 @@ class Downstream(Generic[StubT]):
         self.breaker: pybreaker.CircuitBreaker = breaker or breaker_for(service)
         self._own_breaker = breaker is not None
         self._calls = client_calls()
+        self._spans = ClientSpans()
+        self._rpc_prefix = f"{health_name(service)}/"
 
     @classmethod
     def sharing(
@@ -338,6 +341,7 @@ class Downstream(Generic[StubT]):
             md.append(("x-user-id", uid))
         if extra:
             md.extend(extra)
+        self._spans.inject(md)  # the call's CLIENT span (current in `call`)
         return md
 
     async def call(
@@ -349,10 +353,12 @@ class Downstream(Generic[StubT]):
         timeout: float | None = None,  # noqa: ASYNC109 - becomes the gRPC deadline
         metadata: Sequence[tuple[str, str]] | None = None,
     ) -> Any:
-        """`_call`, counted and timed by method and code (retries included)."""
+        """`_call` in a CLIENT span, counted and timed by method and code (retries
+        included)."""
         observe = self._calls.observer(f"{self.service}.{method}")
         started = time.perf_counter()
         code = "OK"
+        span = self._spans.start(self._rpc_prefix + method)
         try:
             return await self._call(method, request, idempotent=idempotent, timeout=timeout,
                                     metadata=metadata)
@@ -369,6 +375,7 @@ class Downstream(Generic[StubT]):
             code = "UNKNOWN"
             raise
         finally:
+            self._spans.end(span, code)
             observe(code, time.perf_counter() - started)
 
     async def _call(

@@ -383,7 +383,7 @@ class EventConsumer:
                     await conn.execute("SAVEPOINT event")
                 mark = len(pending)
                 try:
-                    with event_scope(d.env):
+                    with event_scope(d.env, durable):
                         await d.route.handler(conn, d.env, d.payload)
                         _log_handled(durable, d.env)
                 except Exception as e:
@@ -432,7 +432,7 @@ class EventConsumer:
                 assert fn is not None
                 conn.execute("SAVEPOINT event")
                 try:
-                    with event_scope(d.env):
+                    with event_scope(d.env, durable):
                         after = fn(tx, d.env, d.payload)
                         if after is not None:
                             after = in_scope(after)

@@ -43,6 +43,7 @@ from shop.events.v1 import envelope_pb2
 
 from services.common.bus import Bus, OutMsg, envelope_headers
 from services.common.db import Database, Tx, mark_outbox_dirty
+from services.common.eventtracing import producer_traceparent
 from services.common.metrics import current as current_metrics
 
 __all__ = ["LEASE_TABLE", "OutboxRelay", "RelayStats", "enqueue", "new_envelope"]
@@ -66,15 +67,18 @@ def _from_context(name: str) -> str:
 def new_envelope(subject: str, payload: Message, *, source: str, aggregate_id: str,
                  correlation_id: str | None = None,
                  traceparent: str | None = None) -> envelope_pb2.Envelope:
+    event_id = uuid.uuid4().hex
     env = envelope_pb2.Envelope(
-        id=uuid.uuid4().hex,
+        id=event_id,
         type=payload.DESCRIPTOR.full_name,
         subject=subject,
         source=source,
         aggregate_id=aggregate_id,
         correlation_id=correlation_id if correlation_id is not None
         else _from_context("request_id"),
-        traceparent=traceparent if traceparent is not None else _from_context("traceparent"),
+        # The event's PRODUCER span, a child of the current span (the request's trace).
+        traceparent=traceparent if traceparent is not None
+        else producer_traceparent(subject, event_id),
     )
     env.occurred_at.GetCurrentTime()
     env.payload.Pack(payload)

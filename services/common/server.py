@@ -12,6 +12,7 @@ serving; on a graceful stop the key is deleted first, then the server drains.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -42,6 +43,7 @@ from services.common.registry import (
     shop_version,
 )
 from services.common.settings import Settings, env_float, health_name, load_settings
+from services.common.tracing import setup_tracing
 
 log = logging.getLogger("shop.server")
 
@@ -251,12 +253,16 @@ async def _main(service: str, build: Callable[[Settings], Awaitable[App]]) -> in
     configure_logging(settings)
     # One registry for the process: everything built below counts into it.
     bind_process(ShopMetrics(service))
+    flush_traces = setup_tracing(service, settings.instance_id)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     app = await build(settings)
     code = await serve_app(settings, app, stop, registry=registry_enabled())
+    # Spans still buffered go out now; an unreachable collector costs at most this wait.
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(asyncio.to_thread(flush_traces), TRACE_FLUSH_S)
     _exit_watchdog(code, EXIT_WATCHDOG_S)
     return code
 
@@ -264,6 +270,7 @@ async def _main(service: str, build: Callable[[Settings], Awaitable[App]]) -> in
 # After "stopped", only the loop's own clean-up and the interpreter's exit are left; a
 # leftover thread or a task that ignores its cancellation must not keep the process up.
 EXIT_WATCHDOG_S = 3.0
+TRACE_FLUSH_S = 2.0
 
 
 def _exit_watchdog(code: int, after_s: float) -> None:

@@ -35,6 +35,7 @@ from services.order.ports import (
     StepUnwell,
 )
 from services.order.saga_metrics import SagaMetrics
+from services.order.saga_tracing import record_outcome, step_span
 from services.order.store import HistoryEntry, OrderStore
 
 log = logging.getLogger("shop.order.saga")
@@ -126,7 +127,9 @@ class SagaRunner:
         while state.active:
             state = apply_cancel_request(state)
             step = state.step
-            outcome, error, refusal = await self._attempt(step, order, state)
+            with step_span(order_id, step.value, state.attempt + 1) as span:
+                outcome, error, refusal = await self._attempt(step, order, state)
+                record_outcome(span, outcome.value, error)
             self._metrics.attempted(step.value, outcome.value)
             tr = advance(state, outcome, error, cfg.limits, refusal)
             entry = HistoryEntry(step.value, tr.label or outcome.value, state.attempt + 1,
