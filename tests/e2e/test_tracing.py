@@ -124,6 +124,10 @@ def test_one_order_is_one_trace(traced: System, receiver: OtlpReceiver) -> None:
 
     spans = _wait_trace(receiver, _order_root, complete)
     trace_id = spans[0].span.trace_id
+    counts: dict[str, int] = {}
+    for r in spans:
+        counts[r.service] = counts.get(r.service, 0) + 1
+    print(f"spans in one order's trace so far: {len(spans)} {sorted(counts.items())}")
     assert all(r.span.trace_id == trace_id for r in spans)
     root = next(r for r in spans if not r.span.parent_span_id)
     assert root.service == "shop-gateway" and root.span.kind == SERVER
