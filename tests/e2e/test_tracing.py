@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from ops.otlp import OtlpReceiver, Received, Span, attr
 from ops.process import System, start_system
 from tests.fixtures_services import START_TIMEOUT_S, TEST_ENV
-from tests.support.otlp import OtlpReceiver, Received, Span, attr
 
 WITHIN_S = 30.0
 SERVER, CLIENT, PRODUCER, CONSUMER = (Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT,

@@ -1,5 +1,6 @@
 """A local OTLP/HTTP trace receiver: real `ExportTraceServiceRequest` messages (decoded
-with opentelemetry-proto), kept in memory for a test to inspect."""
+with opentelemetry-proto), kept in memory (tests inspect them, the bench counts them).
+Binds 127.0.0.1 on a free port; `endpoint` is what OTEL_EXPORTER_OTLP_ENDPOINT takes."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ class OtlpReceiver:
                 self.end_headers()
                 self.wfile.write(out)
 
-            def log_message(self, *args: Any) -> None:
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
