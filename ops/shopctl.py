@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -227,31 +228,41 @@ def cmd_saga(args: argparse.Namespace) -> int:
     return _saga_timeline(args)
 
 
+def _call_order(rpc: str, request: Any, reply_type: Any, *, order_id: str, timeout: float,
+                refused: str = "") -> Any:
+    """One OrderService call as the operator; its failures said in words (CliError).
+    `refused`: what a FAILED_PRECONDITION means for this call."""
+    addr = _order_addr(discover())
+    with tls.open_sync_channel(addr, "order", [("grpc.enable_http_proxy", 0)]) as channel:
+        # A bare method handle: the generated stub's .pyi does not pass mypy strict.
+        call = channel.unary_unary(
+            f"/shop.order.v1.OrderService/{rpc}",
+            request_serializer=type(request).SerializeToString,
+            response_deserializer=reply_type.FromString,
+        )
+        try:
+            return call(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.NOT_FOUND:
+                raise CliError(f"order {order_id} not found") from None
+            if refused and code == grpc.StatusCode.FAILED_PRECONDITION:
+                raise CliError(f"{refused}: {exc.details()}") from None
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise CliError(f"order service not reachable at {addr} "
+                               "(is shop running? `make run`)") from None
+            raise CliError(f"{rpc} failed: {code.name}: {exc.details()}") from None
+
+
 def _saga_retry(order_id: str) -> int:
     """RetrySaga: the saga runs again from the step that gave up; prints where it got to
     within the call's time (it goes on in the background after that)."""
     from shop.order.v1 import order_pb2
 
-    addr = _order_addr(discover())
-    with tls.open_sync_channel(addr, "order", [("grpc.enable_http_proxy", 0)]) as channel:
-        retry = channel.unary_unary(
-            "/shop.order.v1.OrderService/RetrySaga",
-            request_serializer=order_pb2.RetrySagaRequest.SerializeToString,
-            response_deserializer=order_pb2.RetrySagaResponse.FromString,
-        )
-        try:
-            resp: order_pb2.RetrySagaResponse = retry(
-                order_pb2.RetrySagaRequest(order_id=order_id), timeout=15.0)
-        except grpc.RpcError as exc:
-            code = exc.code()
-            if code == grpc.StatusCode.NOT_FOUND:
-                raise CliError(f"order {order_id} not found") from None
-            if code == grpc.StatusCode.FAILED_PRECONDITION:
-                raise CliError(f"nothing to retry: {exc.details()}") from None
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise CliError(f"order service not reachable at {addr} "
-                               "(is shop running? `make run`)") from None
-            raise CliError(f"RetrySaga failed: {code.name}: {exc.details()}") from None
+    resp: order_pb2.RetrySagaResponse = _call_order(
+        "RetrySaga", order_pb2.RetrySagaRequest(order_id=order_id),
+        order_pb2.RetrySagaResponse, order_id=order_id, timeout=15.0,
+        refused="nothing to retry")
     status = order_pb2.OrderStatus.Name(resp.order.status)
     print(f"order {resp.order.id or order_id}: {status} (saga resumed)")
     return 0
@@ -260,25 +271,9 @@ def _saga_retry(order_id: str) -> int:
 def _saga_timeline(args: argparse.Namespace) -> int:
     from shop.order.v1 import order_pb2
 
-    addr = _order_addr(discover())
-    with tls.open_sync_channel(addr, "order", [("grpc.enable_http_proxy", 0)]) as channel:
-        # A bare method handle: the generated stub's .pyi does not pass mypy strict.
-        get_history = channel.unary_unary(
-            "/shop.order.v1.OrderService/GetSagaHistory",
-            request_serializer=order_pb2.GetSagaHistoryRequest.SerializeToString,
-            response_deserializer=order_pb2.GetSagaHistoryResponse.FromString,
-        )
-        try:
-            resp: order_pb2.GetSagaHistoryResponse = get_history(
-                order_pb2.GetSagaHistoryRequest(order_id=args.order_id), timeout=5.0)
-        except grpc.RpcError as exc:
-            code = exc.code()
-            if code == grpc.StatusCode.NOT_FOUND:
-                raise CliError(f"order {args.order_id} not found") from None
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise CliError(f"order service not reachable at {addr} "
-                               "(is shop running? `make run`)") from None
-            raise CliError(f"GetSagaHistory failed: {code.name}: {exc.details()}") from None
+    resp: order_pb2.GetSagaHistoryResponse = _call_order(
+        "GetSagaHistory", order_pb2.GetSagaHistoryRequest(order_id=args.order_id),
+        order_pb2.GetSagaHistoryResponse, order_id=args.order_id, timeout=5.0)
     status = order_pb2.OrderStatus.Name(resp.status)
     print(f"order {resp.order_id or args.order_id}: {status}")
     rows = [("TIME", "STEP", "OUTCOME", "ATTEMPT", "ERROR")]
