@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from grpc import aio
@@ -133,6 +134,37 @@ async def _drive(system: System, levels: list[int], seconds: float, warmup_s: fl
     return results
 
 
+def run_load(levels: list[int], *, seconds: float = 5.0, warmup_s: float = 1.0,
+             settle_s: float = 1.0, rate: float = 0.0, all_services: bool = False,
+             env: dict[str, str] | None = None, keep: bool = False,
+             argv_for: Callable[[str], list[str]] | None = None) -> list[dict[str, object]]:
+    """Start NATS and the services in a temp dir (with `env` added), drive each level,
+    stop everything; the per-level results."""
+    tmp = Path(tempfile.mkdtemp(prefix="saga-load-"))
+    mesh.prepare_pki(tmp / "data")
+    nats = NatsServer(tmp / "nats").start()
+    system: System | None = None
+    try:
+        services = SERVICES + (EVENT_SERVICES if all_services else ())
+        system = start_system(tmp / "data", nats.url, services=services,
+                              env={"SHOP_LOG_LEVEL": "WARNING", "SHOP_GRACE_S": "2",
+                                   **(env or {})},
+                              ready_timeout=60.0, argv_for=argv_for)
+        print(f"data: {tmp}", flush=True)
+        pids = {"nats": nats.pid}
+        for proc in system.all():
+            if proc.pid is not None:
+                pids[proc.name] = proc.pid
+        return asyncio.run(_drive(system, levels, seconds, warmup_s, pids, settle_s, rate))
+    finally:
+        if system is not None:
+            system.stop(timeout=20.0)
+        nats.stop()
+        if not keep:
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5.0)
@@ -147,12 +179,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="open loop: start this many orders/s in all (0: closed loop)")
     ap.add_argument("--settle", type=float, default=1.0,
                     help="seconds after each level before reading CPU (events catch up)")
+    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra environment of every service (e.g. OTEL_* variables)")
     args = ap.parse_args(argv)
     levels = [int(x) for x in args.conc.split(",") if x]
-    tmp = Path(tempfile.mkdtemp(prefix="saga-load-"))
-    mesh.prepare_pki(tmp / "data")
-    nats = NatsServer(tmp / "nats").start()
-    system: System | None = None
+    env = dict(item.split("=", 1) for item in args.env)
 
     def argv_for(name: str) -> list[str]:
         if name == "order" and args.profile:
@@ -163,25 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             return [sys.executable, args.wrap, name]
         return [sys.executable, "-m", f"services.{name}"]
 
-    try:
-        services = SERVICES + (EVENT_SERVICES if args.all else ())
-        system = start_system(tmp / "data", nats.url, services=services,
-                              env={"SHOP_LOG_LEVEL": "WARNING", "SHOP_GRACE_S": "2"},
-                              ready_timeout=60.0, argv_for=argv_for)
-        print(f"data: {tmp}", flush=True)
-        pids = {"nats": nats.pid}
-        for proc in system.all():
-            if proc.pid is not None:
-                pids[proc.name] = proc.pid
-        asyncio.run(_drive(system, levels, args.seconds, args.warmup, pids, args.settle,
-                           args.rate))
-    finally:
-        if system is not None:
-            system.stop(timeout=20.0)
-        nats.stop()
-        if not args.keep:
-            import shutil
-            shutil.rmtree(tmp, ignore_errors=True)
+    run_load(levels, seconds=args.seconds, warmup_s=args.warmup, settle_s=args.settle,
+             rate=args.rate, all_services=args.all, env=env, keep=args.keep,
+             argv_for=argv_for)
     return 0
 
 

@@ -37,6 +37,7 @@ from services.common.registry import (
     shop_version,
 )
 from services.common.settings import SERVICES, downstream_addr, env_float, env_str, load_settings
+from services.common.tracing import setup_tracing
 
 log = logging.getLogger("shop.gateway")
 
@@ -179,7 +180,11 @@ def main() -> None:
     configure_logging(process)
     tls.claim_identity(GATEWAY)  # its certificate for every call it makes
     tls.process_mesh()  # fails now if the PKI is missing; warns if SHOP_MTLS=off
-    uvloop.run(serve(load_gateway_settings(), process.instance_id, process.nats_url))
+    flush_traces = setup_tracing("gateway", process.instance_id)
+    try:
+        uvloop.run(serve(load_gateway_settings(), process.instance_id, process.nats_url))
+    finally:
+        flush_traces()
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ from gateway.upstreams import (
 from gateway.web import ADMIN_PREFIX, AdminConsole, admin_routes, web_routes
 from services.common import context
 from services.common.errors import DomainError
+from services.common.httptracing import HttpSpans
 from services.common.settings import health_name
 
 log = logging.getLogger("shop.gateway")
@@ -125,13 +126,14 @@ class ApiHandler:
     def __init__(self, app: ASGIApp, state: GatewayState) -> None:
         self.app = app
         self.state = state
+        self._spans = HttpSpans()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        rid = auth = ctype = forwarded = xff = ""
+        rid = auth = ctype = forwarded = xff = tp = ts = ""
         declared = -1
         chunked = False
         for key, value in scope["headers"]:
@@ -154,6 +156,10 @@ class ApiHandler:
             elif key == b"x-forwarded-for":
                 text = value.decode("latin-1")
                 xff = f"{xff},{text}" if xff else text
+            elif key == b"traceparent":
+                tp = value.decode("latin-1")
+            elif key == b"tracestate":
+                ts = value.decode("latin-1")
         if not rid or _REQUEST_ID.fullmatch(rid) is None:
             rid = _new_request_id()
         rid_header = (b"x-request-id", rid.encode())
@@ -176,6 +182,8 @@ class ApiHandler:
             drain_max_bytes=settings.drain_max_bytes,
             drain_timeout_s=settings.drain_timeout_s,
         )
+        span = self._spans.start(method, label, tp, ts)  # the trace's root
+        status = 500
         try:
             if match is None:
                 allowed = state.router.allowed_methods(path)
@@ -197,6 +205,8 @@ class ApiHandler:
         except Exception:
             log.exception("unhandled gateway error", extra={"request_id": rid})
             status, body = 500, error_body(500, "INTERNAL", "internal error")
+        finally:
+            self._spans.end(span, status)
         # Answered before the whole body was read (413, 401, 404, ...): read the rest first.
         extra = [*extra, *await request_body.finish()]
         headers = [

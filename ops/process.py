@@ -217,6 +217,8 @@ class ServiceProcess:
         self.name = name
         self.instance = instance or f"{name}-1"
         self.host = host
+        # A free gRPC port: its + 1000 may be taken, so /metrics gets a free port too.
+        self._any_metrics_port = not port
         self.port = port or free_port(host)
         self.data_dir = Path(data_dir)
         self.nats_url = nats_url
@@ -250,6 +252,16 @@ class ServiceProcess:
         return f"http://{self.host}:{self.port}"
 
     @property
+    def metrics_url(self) -> str:
+        """Where a service serves /metrics (from its ready file; the gateway's is its own
+        HTTP port); "" before it is ready or when it serves none."""
+        if self.is_gateway:
+            return f"{self.base_url}/metrics"
+        info = self.ready_info() or {}
+        port = info.get("metrics_port")
+        return f"http://{self.host}:{port}/metrics" if isinstance(port, int) and port else ""
+
+    @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
@@ -273,6 +285,8 @@ class ServiceProcess:
             PYTHONUNBUFFERED="1",
         )
         env[f"{env_prefix(self.name)}_PORT"] = str(self.port)
+        if self._any_metrics_port and not self.is_gateway:
+            env[f"{env_prefix(self.name)}_METRICS_PORT"] = "0"
         env.update(self.extra_env)
         return env
 

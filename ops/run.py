@@ -27,6 +27,7 @@ from ops.mailcatcher import DEFAULT_PORT as DEFAULT_MAIL_PORT
 from ops.mailcatcher import CatcherProcess
 from ops.natscluster import DEFAULT_ROUTE_PORT, NatsCluster, cluster_size, embedded_nats
 from ops.natsd import NatsServer
+from ops.otlp import OtlpReceiver
 from ops.process import (
     GATEWAY,
     ServiceProcess,
@@ -290,6 +291,13 @@ class _Stop(Exception):
     """Raised by the signal handler while starting, to abort the start-up."""
 
 
+def _tracing_elsewhere() -> bool:
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return True
+    return any(os.environ.get(n, "").strip() for n in ("OTEL_EXPORTER_OTLP_ENDPOINT",
+                                                     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+
+
 def main() -> int:
     data_dir = Path(os.environ.get("SHOP_DATA_DIR") or "var").resolve()
     try:
@@ -346,6 +354,8 @@ def main() -> int:
 
     nats: NatsServer | NatsCluster | None = None
     system: System | None = None
+    # No collector named: spans go to a local receiver that keeps them for shopctl trace.
+    traces = None if _tracing_elsewhere() else OtlpReceiver(data_dir / "traces" / "spans.jsonl")
     t0 = time.monotonic()
     try:
         # NATS first (a Go binary, ready in a fraction of the services' start), but
@@ -361,6 +371,10 @@ def main() -> int:
         precompile()
         timeout = float(os.environ.get("SHOP_START_TIMEOUT_S") or 60)
         mail_env = {}
+        if traces is not None:
+            mail_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = traces.start().endpoint
+            mail_env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf"
+            log(f"traces kept in {traces.store} (shopctl trace ORDER_ID)")
         if catcher is not None:
             catcher.start()
             mail_env["SMTP_URL"] = catcher.smtp_url
@@ -417,6 +431,8 @@ def main() -> int:
             nats.stop()
         if catcher is not None:
             catcher.terminate()
+        if traces is not None and traces.started:
+            traces.stop()
         log("stopped")
 
 

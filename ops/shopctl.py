@@ -385,6 +385,23 @@ def cmd_mail(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    from ops.tracetree import load_spans, order_traces, render
+
+    path = args.file or Path(os.environ.get("SHOP_DATA_DIR") or "var") / "traces" / "spans.jsonl"
+    try:
+        spans = load_spans(path)
+    except OSError as exc:
+        raise CliError(f"no spans at {path} ({exc.strerror}); make run keeps them there"
+                       " unless OTEL_EXPORTER_OTLP_ENDPOINT names another collector") from None
+    traces = order_traces(spans, args.order_id)
+    if not traces:
+        raise CliError(f"no spans of order {args.order_id} in {path}")
+    for tid in traces:
+        print("\n".join(render(spans, tid)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shopctl", description="Operate a running shop.")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -401,6 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("id", nargs="?", type=int)
     replay.add_argument("--all", action="store_true")
     replay.set_defaults(func=cmd_dlq)
+    tr = sub.add_parser("trace", help="an order's span tree with durations (spans kept by"
+                        " make run's local receiver)")
+    tr.add_argument("order_id")
+    tr.add_argument("--file", type=Path, default=None,
+                    help="the spans file (default: <SHOP_DATA_DIR>/traces/spans.jsonl)")
+    tr.set_defaults(func=cmd_trace)
     mail = sub.add_parser("mail", help="mails caught by the local mail catcher")
     mail.add_argument("--dir", type=Path, default=None,
                       help="the catcher's directory (default: the one make run uses)")

@@ -55,6 +55,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from shop.events.v1 import envelope_pb2
 
 from services.common.bus import Bus, inbox_retention_s
+from services.common.consumer_metrics import ConsumerMetrics
+from services.common.correlation import event_scope, in_scope
 from services.common.db import Database, Tx, mark_outbox_dirty
 from services.common.dlq import dead_letter
 from services.common.events import STREAM
@@ -133,7 +135,8 @@ def _as_async(fn: TxHandler) -> Handler:
         def run() -> tuple[bool, AfterCommit | None]:
             tx = Tx(conn._conn)
             after = fn(tx, env, payload)
-            return tx.dirty, after
+            # Run inside the caller's event scope: the hook keeps the event's request id.
+            return tx.dirty, None if after is None else in_scope(after)
 
         ctx = contextvars.copy_context()  # the enqueued envelopes see the caller's ids
         dirty, after = await conn._execute(ctx.run, run)  # type: ignore[no-untyped-call]
@@ -147,6 +150,13 @@ def _as_async(fn: TxHandler) -> Handler:
                 log.debug("after-commit hook of %s dropped: nobody collects it", env.subject)
 
     return handler
+
+
+def _log_handled(durable: str, env: Envelope) -> None:
+    # Inside the event's scope: the line carries the request id that caused it.
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("event handled", extra={"consumer": durable, "subject": env.subject,
+                                          "event_id": env.id})
 
 
 @dataclass
@@ -198,6 +208,7 @@ class EventConsumer:
         self.prune_every_s = prune_every_s
         self._pruned_at = 0.0
         self.stats = ConsumerStats()
+        self.metrics = ConsumerMetrics(durable, self._lag)
         self._sub: JetStreamContext.PullSubscription | None = None
         self._advisory: Subscription | None = None
 
@@ -224,6 +235,7 @@ class EventConsumer:
         # A queue group: one instance of the service handles each advisory.
         self._advisory = await self.bus.nc.subscribe(
             self.advisory_subject, queue=f"{self.durable}-dlq", cb=self._on_max_deliveries)
+        self.metrics.serve()
 
     async def run(self) -> None:
         """Consume forever; cancel the task to stop."""
@@ -250,7 +262,12 @@ class EventConsumer:
         finally:
             await self.stop()
 
+    async def _lag(self) -> int:
+        info = await self.bus.js.consumer_info(STREAM, self.durable)
+        return int(info.num_pending or 0)
+
     async def stop(self) -> None:
+        self.metrics.unserve()
         for sub in (self._sub, self._advisory):
             if sub is not None:
                 try:
@@ -261,6 +278,7 @@ class EventConsumer:
         self._advisory = None
 
     async def process(self, msgs: Sequence[Msg]) -> None:
+        self.metrics.delivered(msgs)
         good: list[_Decoded] = []
         for msg in msgs:
             decoded = await self._decode(msg)
@@ -341,6 +359,7 @@ class EventConsumer:
             handled = await self._run_once(batch, savepoints, done, failed, afters, pending)
         _run_afters(afters, self.durable)  # committed by now
         self.stats.handled += handled
+        self.metrics.handled.inc(handled)
         self.stats.duplicates += len(done) - handled
         self.stats.failed += len(failed)
         return done, failed
@@ -351,6 +370,7 @@ class EventConsumer:
         """One transaction over the batch; returns how many events it handled. `afters`
         gets the after-commit callables of the events that stayed in it."""
         handled = 0
+        durable = self.durable
         async with self.db.transaction() as conn:
             seen = await self._in_inbox(conn, [d.env.id for d in batch])
             now = time.time()
@@ -363,7 +383,9 @@ class EventConsumer:
                     await conn.execute("SAVEPOINT event")
                 mark = len(pending)
                 try:
-                    await d.route.handler(conn, d.env, d.payload)
+                    with event_scope(d.env, durable):
+                        await d.route.handler(conn, d.env, d.payload)
+                        _log_handled(durable, d.env)
                 except Exception as e:
                     del pending[mark:]  # its effect is rolled back: so are its hooks
                     if not savepoints:
@@ -410,7 +432,11 @@ class EventConsumer:
                 assert fn is not None
                 conn.execute("SAVEPOINT event")
                 try:
-                    after = fn(tx, d.env, d.payload)
+                    with event_scope(d.env, durable):
+                        after = fn(tx, d.env, d.payload)
+                        if after is not None:
+                            after = in_scope(after)
+                        _log_handled(durable, d.env)
                 except Exception as e:
                     if not conn.in_transaction:
                         raise  # SQLite rolled back the whole transaction: all retried
@@ -431,6 +457,7 @@ class EventConsumer:
         done, failed, afters, handled = await self.db.write(run)
         _run_afters(afters, self.durable)
         self.stats.handled += handled
+        self.metrics.handled.inc(handled)
         self.stats.duplicates += len(done) - handled
         self.stats.failed += len(failed)
         return done, failed
@@ -493,6 +520,7 @@ class EventConsumer:
             await msg.nak(delay=self.backoff_s[-1])
             return
         self.stats.dead_lettered += 1
+        self.metrics.dead_letters.inc()
         log.error("consumer %s dead-lettered event %s (%s): %s",
                   self.durable, event_id or "?", msg.subject, reason)
         await msg.term()
@@ -518,5 +546,6 @@ class EventConsumer:
                 reason=f"max deliveries ({self.max_deliver}) exceeded without a verdict",
                 event_id=event_id, stream_seq=seq, correlation_id=correlation_id)
             self.stats.dead_lettered += 1
+            self.metrics.dead_letters.inc()
         except Exception:
             log.exception("consumer %s: max-deliveries advisory not handled", self.durable)

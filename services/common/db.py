@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
 
+from services.common.metrics import current as current_metrics
+
 if TYPE_CHECKING:
     from google.protobuf.message import Message
 
@@ -143,6 +145,8 @@ class Database:
         self._dirty = False
         self._ops: list[_Op] = []
         self._flusher: asyncio.Task[None] | None = None
+        # Commit latency (the fsync): observed on whichever thread ran the COMMIT.
+        self._commit_seconds = current_metrics().db_commit
         _by_conn[id(conn)] = self
 
     @classmethod
@@ -195,7 +199,9 @@ class Database:
             try:
                 await self.conn.execute("BEGIN IMMEDIATE")
                 yield self.conn
+                started = time.perf_counter()
                 await self.conn.execute("COMMIT")
+                self._commit_seconds.observe(time.perf_counter() - started)
             except BaseException:
                 # Also on cancellation: aiosqlite still runs an already queued BEGIN or
                 # COMMIT on its thread, so a ROLLBACK queued behind it always ends the
@@ -324,7 +330,9 @@ class Database:
                         if not alone:
                             conn.execute("RELEASE g")
                         outcomes[i] = (True, value, tx.dirty)
+                started = time.perf_counter()
                 conn.execute("COMMIT")
+                self._commit_seconds.observe(time.perf_counter() - started)
             except BaseException:
                 if conn.in_transaction:
                     try:

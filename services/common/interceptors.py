@@ -19,6 +19,8 @@ from grpc import aio
 
 from services.common import context
 from services.common.errors import DomainError
+from services.common.rpcmetrics import Observer, server_calls
+from services.common.rpctracing import ServerSpans
 
 log = logging.getLogger("shop.rpc")
 
@@ -32,7 +34,8 @@ def status_of(error: DomainError) -> grpc.StatusCode:
     return _STATUS_BY_NAME.get(error.status, grpc.StatusCode.FAILED_PRECONDITION)
 
 
-def _wrap(method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+def _wrap(method: str, behavior: UnaryBehavior, observe: Observer,
+          spans: ServerSpans) -> UnaryBehavior:
     # Bound once per method; the closure keeps the per-call work to a few attribute reads.
     request_id_var = context.request_id_var
     user_id_var = context.user_id_var
@@ -45,11 +48,16 @@ def _wrap(method: str, behavior: UnaryBehavior) -> UnaryBehavior:
         started = perf()
         rid = ""
         uid = ""
+        tp = ts = ""
         for key, value in ctx.invocation_metadata() or ():
             if key == "x-request-id":
                 rid = value
             elif key == "x-user-id":
                 uid = value
+            elif key == "traceparent":
+                tp = value
+            elif key == "tracestate":
+                ts = value
         request_id_var.set(rid or new_id())
         user_id_var.set(uid)
         left = ctx.time_remaining()
@@ -59,6 +67,7 @@ def _wrap(method: str, behavior: UnaryBehavior) -> UnaryBehavior:
             # separate initial-metadata send costs about as much CPU as the rest of the hop.
             await ctx.send_initial_metadata((("x-request-id", request_id_var.get()),))
         code = "OK"
+        span = spans.start(method, tp, ts)
         try:
             return await behavior(request, ctx)
         except DomainError as err:
@@ -84,6 +93,7 @@ def _wrap(method: str, behavior: UnaryBehavior) -> UnaryBehavior:
             log.exception("unhandled error in %s", method, extra={"method": method})
             await ctx.abort(grpc.StatusCode.INTERNAL, "internal error")
         finally:
+            observe(code, perf() - started)
             level = logging.DEBUG if code == "OK" else logging.INFO
             if log.isEnabledFor(level):
                 log.log(
@@ -95,6 +105,7 @@ def _wrap(method: str, behavior: UnaryBehavior) -> UnaryBehavior:
                         "duration_ms": round((perf() - started) * 1000, 3),
                     },
                 )
+            spans.end(span, code)  # after the log line, which carries its trace id
 
     return handle
 
@@ -104,6 +115,8 @@ class ServerInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self) -> None:
         self._cache: dict[str, tuple[Any, Any]] = {}
+        self._calls = server_calls()
+        self._spans = ServerSpans()
 
     async def intercept_service(
         self,
@@ -118,7 +131,7 @@ class ServerInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         if cached is not None and cached[0] is handler:
             return cached[1]
         wrapped = grpc.unary_unary_rpc_method_handler(
-            _wrap(method, handler.unary_unary),
+            _wrap(method, handler.unary_unary, self._calls.observer(method), self._spans),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

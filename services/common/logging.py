@@ -10,6 +10,7 @@ from typing import Any
 
 from services.common import context
 from services.common.settings import Settings
+from services.common.tracing import current_trace_id
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD_ATTRS = frozenset(
@@ -32,6 +33,7 @@ class JsonFormatter(logging.Formatter):
             "service": self._service,
             "instance": self._instance,
             "request_id": context.request_id(),
+            "trace_id": current_trace_id(),
             "logger": record.name,
             "msg": record.getMessage(),
         }

@@ -43,6 +43,8 @@ from shop.events.v1 import envelope_pb2
 
 from services.common.bus import Bus, OutMsg, envelope_headers
 from services.common.db import Database, Tx, mark_outbox_dirty
+from services.common.eventtracing import producer_traceparent
+from services.common.metrics import current as current_metrics
 
 __all__ = ["LEASE_TABLE", "OutboxRelay", "RelayStats", "enqueue", "new_envelope"]
 
@@ -65,15 +67,18 @@ def _from_context(name: str) -> str:
 def new_envelope(subject: str, payload: Message, *, source: str, aggregate_id: str,
                  correlation_id: str | None = None,
                  traceparent: str | None = None) -> envelope_pb2.Envelope:
+    event_id = uuid.uuid4().hex
     env = envelope_pb2.Envelope(
-        id=uuid.uuid4().hex,
+        id=event_id,
         type=payload.DESCRIPTOR.full_name,
         subject=subject,
         source=source,
         aggregate_id=aggregate_id,
         correlation_id=correlation_id if correlation_id is not None
         else _from_context("request_id"),
-        traceparent=traceparent if traceparent is not None else _from_context("traceparent"),
+        # The event's PRODUCER span, a child of the current span (the request's trace).
+        traceparent=traceparent if traceparent is not None
+        else producer_traceparent(subject, event_id),
     )
     env.occurred_at.GetCurrentTime()
     env.payload.Pack(payload)
@@ -186,6 +191,8 @@ class OutboxRelay:
         self._renewed_at = 0.0  # wall clock of the last successful take or renewal
         self._table_ready = False
         self.stats = RelayStats()
+        self._metrics = current_metrics()
+        self._published = self._metrics.outbox_published
         self._wake = asyncio.Event()
         self._last_prune = 0.0
 
@@ -198,6 +205,7 @@ class OutboxRelay:
         """Publish forever while holding the lease, stand by otherwise; cancel to stop."""
         wake: Callable[[], None] = self._wake.set
         self.db.add_commit_listener(wake)
+        self._metrics.add_refresher(self._refresh_backlog)
         try:
             while True:
                 await self._acquire_lease()
@@ -211,6 +219,7 @@ class OutboxRelay:
                 self._lease_until = 0.0
                 log.warning("outbox relay %s: lease lost; standing by", self.owner)
         finally:
+            self._metrics.remove_refresher(self._refresh_backlog)
             self.db.remove_commit_listener(wake)
             if self._lease_until:
                 # Hand over at once rather than after the expiry (also when cancelled).
@@ -412,10 +421,21 @@ class OutboxRelay:
             if until is not None and not self._renewed(until):
                 self._lose_lease()
             self.stats.published += ok
+            self._published.inc(ok)
             self.stats.batches += 1
         if ok < len(rows):
             raise failure or RuntimeError("publish not acknowledged")
         return len(rows) == self.batch
+
+    async def _refresh_backlog(self) -> None:
+        """At scrape time: the unsent rows and the age of the oldest (along outbox_unsent)."""
+        row = await self.db.read(lambda tx: tx.one(
+            "SELECT count(*), min(created_at) FROM outbox WHERE sent_at IS NULL"))
+        count = int(row[0]) if row else 0
+        oldest = float(row[1]) if row and row[1] is not None else None
+        self._metrics.outbox_backlog.set(count)
+        self._metrics.outbox_oldest_age.set(0.0 if oldest is None
+                                            else max(0.0, time.time() - oldest))
 
     async def pending(self) -> int:
         """Rows not yet acknowledged by JetStream."""

@@ -12,6 +12,7 @@ serving; on a graceful stop the key is deleted first, then the server drains.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -31,6 +32,8 @@ from grpc_reflection.v1alpha import reflection
 from services.common import authz, discovery, tls
 from services.common.interceptors import ServerInterceptor
 from services.common.logging import configure_logging
+from services.common.metrics import MetricsServer, ShopMetrics, bind_process, metrics_port
+from services.common.metrics import current as current_metrics
 from services.common.readyfile import write_ready_file
 from services.common.registry import (
     Instance,
@@ -40,6 +43,7 @@ from services.common.registry import (
     shop_version,
 )
 from services.common.settings import Settings, env_float, health_name, load_settings
+from services.common.tracing import setup_tracing
 
 log = logging.getLogger("shop.server")
 
@@ -230,8 +234,11 @@ async def serve_app(
     """Serve `app` until `stop` is set (or a background task dies); returns an exit code."""
     runner = ServiceRunner(settings, app, registry=registry)
     addr = await runner.start()
+    scrape = MetricsServer(current_metrics(), settings.host, metrics_port(settings))
+    scrape_port = await scrape.start()
     if settings.ready_file is not None:
-        write_ready_file(settings.ready_file, settings.service, settings.instance_id, addr)
+        write_ready_file(settings.ready_file, settings.service, settings.instance_id, addr,
+                         metrics_port=scrape_port)
     stop_wait = asyncio.create_task(stop.wait())
     failed_wait = asyncio.create_task(runner.failed.wait())
     await asyncio.wait({stop_wait, failed_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -239,6 +246,7 @@ async def serve_app(
     failed_wait.cancel()
     code = 1 if runner.failed.is_set() else 0
     await runner.stop()
+    await scrape.close()
     return code
 
 
@@ -246,12 +254,18 @@ async def _main(service: str, build: Callable[[Settings], Awaitable[App]]) -> in
     settings = load_settings(service)
     configure_logging(settings)
     tls.claim_identity(service)  # build() may already reach NATS or other services
+    # One registry for the process: everything built below counts into it.
+    bind_process(ShopMetrics(service))
+    flush_traces = setup_tracing(service, settings.instance_id)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     app = await build(settings)
     code = await serve_app(settings, app, stop, registry=registry_enabled())
+    # Spans still buffered go out now; an unreachable collector costs at most this wait.
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(asyncio.to_thread(flush_traces), TRACE_FLUSH_S)
     _exit_watchdog(code, EXIT_WATCHDOG_S)
     return code
 
@@ -259,6 +273,7 @@ async def _main(service: str, build: Callable[[Settings], Awaitable[App]]) -> in
 # After "stopped", only the loop's own clean-up and the interpreter's exit are left; a
 # leftover thread or a task that ignores its cancellation must not keep the process up.
 EXIT_WATCHDOG_S = 3.0
+TRACE_FLUSH_S = 2.0
 
 
 def _exit_watchdog(code: int, after_s: float) -> None:

@@ -6,13 +6,14 @@ from collections.abc import Awaitable, Callable
 
 from shop.notification.v1 import notification_pb2, notification_pb2_grpc
 
+from services.common import metrics as shop_metrics
 from services.common.db import Database
 from services.common.eventing import ConsumerSpec, EventWorkers
 from services.common.server import App, run_service
 from services.common.settings import Settings
 from services.notification import handlers
 from services.notification.mailconfig import load_mail_settings
-from services.notification.metrics import MailMetrics, MetricsEndpoint, metrics_port
+from services.notification.metrics import MailMetrics
 from services.notification.sender import MailSender
 from services.notification.servicer import NotificationServicer
 from services.notification.store import SCHEMA, DeliveryStore, NotificationStore
@@ -25,14 +26,13 @@ async def build(settings: Settings) -> App:
     # Messages are re-creatable from the stream, so NORMAL sync is enough here.
     db = await Database.open(settings.db_path, schema=SCHEMA, durable=False)
     metrics = MailMetrics()
-    sender = None
     tasks: list[Callable[[], Awaitable[None]]] = []
+    sender = None
     if mail.target is not None:
         sender = MailSender(DeliveryStore(db), mail, metrics, owner=settings.instance_id)
         tasks.append(sender.run)
-    endpoint = MetricsEndpoint(metrics, settings.host, metrics_port(settings),
-                               refresh=sender.refresh_metrics if sender is not None else None)
-    tasks.append(endpoint.run)
+        # The backlog gauges are read from the delivery outbox at each scrape.
+        shop_metrics.current().add_refresher(sender.refresh_metrics)
     # Consumes once NATS answers; the durable consumer catches up on what it missed.
     routes = handlers.routes(sender.wake if sender is not None else None)
     events = EventWorkers(settings, db, relay=False,

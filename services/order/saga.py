@@ -34,6 +34,8 @@ from services.order.ports import (
     StepUnknown,
     StepUnwell,
 )
+from services.order.saga_metrics import SagaMetrics
+from services.order.saga_tracing import record_outcome, step_span
 from services.order.store import HistoryEntry, OrderStore
 
 log = logging.getLogger("shop.order.saga")
@@ -58,6 +60,7 @@ class SagaRunner:
         self.config = config
         self._tasks: dict[str, asyncio.Task[Order | None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
+        self._metrics = SagaMetrics()
 
     @property
     def in_flight(self) -> int:
@@ -124,7 +127,10 @@ class SagaRunner:
         while state.active:
             state = apply_cancel_request(state)
             step = state.step
-            outcome, error, refusal = await self._attempt(step, order, state)
+            with step_span(order_id, step.value, state.attempt + 1) as span:
+                outcome, error, refusal = await self._attempt(step, order, state)
+                record_outcome(span, outcome.value, error)
+            self._metrics.attempted(step.value, outcome.value)
             tr = advance(state, outcome, error, cfg.limits, refusal)
             entry = HistoryEntry(step.value, tr.label or outcome.value, state.attempt + 1,
                                  time.time(), error)
@@ -145,6 +151,8 @@ class SagaRunner:
                 if reloaded is None:
                     return None
                 state = reloaded
+        if order.create_time > 0:
+            self._metrics.ended(order.status.name, time.time() - order.create_time)
         return order
 
     async def _reload(self, order_id: str) -> SagaState | None:

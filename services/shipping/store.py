@@ -10,7 +10,7 @@ from pathlib import Path
 import aiosqlite
 from shop.shipping.v1 import shipping_pb2
 
-from services.common import events
+from services.common import context, events
 from services.common.db import Database, Tx
 from services.common.migrate import upgrade_table
 from services.shipping import domain
@@ -29,7 +29,9 @@ CREATE TABLE IF NOT EXISTS shipments (
         ('LABEL_CREATED', 'PENDING', 'SHIPPED', 'DELIVERED', 'CANCELLED')),
     carrier TEXT NOT NULL,
     created_at REAL NOT NULL,
-    dispatch_at REAL NOT NULL DEFAULT 0
+    dispatch_at REAL NOT NULL DEFAULT 0,
+    -- The request id of the order.confirmed that made it: order.shipped carries it on.
+    request_id TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID"""
 
 SCHEMA = SHIPMENTS_TABLE + """;
@@ -46,9 +48,9 @@ _COLUMNS = "order_id, user_id, tracking_number, status, carrier, created_at, dis
 
 
 def upgrade(path: str | Path) -> None:
-    """A file from before the dispatch delay: shipments gain PENDING/CANCELLED and
-    dispatch_at. Run before Database.open."""
-    upgrade_table(path, "shipments", SHIPMENTS_TABLE, "dispatch_at")
+    """A file from before the dispatch delay or the request id: shipments gain
+    PENDING/CANCELLED, dispatch_at and request_id. Run before Database.open."""
+    upgrade_table(path, "shipments", SHIPMENTS_TABLE, "request_id")
 
 
 def _row(row: aiosqlite.Row) -> Shipment:
@@ -82,9 +84,9 @@ def create_shipment_sync(tx: Tx, order_id: str, user_id: str, now: float,
     s = domain.plan_shipment(order_id, user_id, now, delay_s,
                              cancelled=_remembered_sync(tx, order_id))
     tx.execute(
-        f"INSERT INTO shipments ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO shipments ({_COLUMNS}, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (s.order_id, s.user_id, s.tracking_number, s.status.value, s.carrier, s.created_at,
-         s.dispatch_at))
+         s.dispatch_at, context.request_id()))
     return s
 
 
@@ -127,7 +129,8 @@ class ShippingStore:
         one transaction. The status guard in the UPDATE lets exactly one of several
         instances (or a racing cancel) win each shipment."""
         def run(tx: Tx) -> Due:
-            rows = tx.all(f"SELECT {_COLUMNS} FROM shipments WHERE status = 'PENDING'"
+            rows = tx.all(f"SELECT {_COLUMNS}, request_id FROM shipments"
+                          " WHERE status = 'PENDING'"
                           " AND dispatch_at <= ? ORDER BY dispatch_at LIMIT ?", (now, limit))
             done = 0
             for row in rows:
@@ -139,7 +142,8 @@ class ShippingStore:
                     continue
                 tx.enqueue(events.ORDER_SHIPPED,
                            shipping_pb2.OrderShipped(shipment=to_proto(shipped)),
-                           source=SOURCE, aggregate_id=shipped.order_id)
+                           source=SOURCE, aggregate_id=shipped.order_id,
+                           correlation_id=row["request_id"])
                 done += 1
             nxt = tx.one("SELECT MIN(dispatch_at) FROM shipments WHERE status = 'PENDING'")
             return Due(done, None if nxt is None or nxt[0] is None else float(nxt[0]))

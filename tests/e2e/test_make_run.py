@@ -45,6 +45,8 @@ class ShopRun:
                                                     "mailcatcher")}
         env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "SCALE")}
         env.update({f"{n.upper()}_PORT": str(p) for n, p in self.ports.items()})
+        # Free ports for /metrics too: gRPC port + 1000 could be a port another test picked.
+        env.update({f"{n.upper()}_METRICS_PORT": "0" for n in SERVICES})
         env.update(SHOP_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1", SHOP_GRACE_S="3")
         env.update(extra_env or {})
         self.lines: list[str] = []
