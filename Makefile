@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 PROTO_FILES := $(shell find proto -name '*.proto')
 GEN_STAMP := gen/.stamp
 BREAKING_IMAGE := proto/released.binpb
@@ -41,8 +42,9 @@ deploy-check: $(STAMP)
 chaos: $(STAMP) $(GEN_STAMP) proto-deps
 	$(PY) -m pytest -m chaos tests/faults $(PYTEST_ARGS)
 
-bench: $(STAMP) $(GEN_STAMP)
-	$(PY) -m bench
+# PROFILE=1 adds py-spy flame graphs of the order scenario (var/bench/profile/).
+bench: $(STAMP) $(GEN_STAMP) $(BENCH_STAMP)
+	$(PY) -m bench $(if $(filter 1 yes true,$(PROFILE)),--profile)
 
 lint: $(STAMP) proto-deps
 	$(BIN)/buf lint
@@ -50,6 +52,11 @@ lint: $(STAMP) proto-deps
 	$(BIN)/mypy
 
 venv: $(STAMP)
+
+# The bench's own extras (plot, profiler), only for `make bench`.
+$(BENCH_STAMP): requirements-bench.lock $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-bench.lock
+	touch $@
 
 # The venv is rebuilt only when the pinned set or the project metadata change.
 $(STAMP): requirements.lock pyproject.toml

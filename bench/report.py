@@ -38,11 +38,28 @@ GOALS: dict[str, Goal] = {
     "outbox": Goal("raw publish", 0.50),
     "consumer": Goal("raw pull+ack", 0.25),
 }
+# What each raw baseline leaves out that shop pays for: a ratio is only fair read with it.
+RAW_LEAVES_OUT: dict[str, str] = {
+    "product_get": "JWT check, rate limit, admission and body limits, request ids, tracing, "
+                   "metrics, mTLS between gateway and product, discovery and breakers",
+    "dashboard": "JWT, per-part deadlines and degraded answers, mTLS, tracing, metrics; its "
+                 "three parts read real stores (orders, notifications, cart)",
+    "order": "events (outbox rows, relay, NATS fsyncs), JWT, the user/cart/pricing reads, "
+             "the stock-commit step, saga history and lease, idempotency keys, mTLS, "
+             "tracing and metrics",
+    "outbox": "the transaction writing each row, ordering per aggregate, leases, "
+              "deduplication headers",
+    "consumer": "the inbox row per event in the handler's transaction, the handler's own "
+                "write, correlation and trace context, dead-lettering",
+}
+# At the start of a run, a 1-minute load average above this share of the CPUs means
+# other work shares the box: the run says so and is not a figure of record.
+QUIET_LOAD_SHARE = 0.5
 COLD_START_GOAL_S = 3.0
 IDLE_RSS_GOAL_MB = 700.0
 
 
-def _scenario(shop: Measured, raw: Measured, goal: Goal) -> dict[str, Any]:
+def _scenario(name: str, shop: Measured, raw: Measured, goal: Goal) -> dict[str, Any]:
     ratio = shop.rps / raw.rps if raw.rps > 0 else 0.0
     met = ratio >= goal.min_ratio
     p99_factor = shop.p99_ms / raw.p99_ms if raw.p99_ms > 0 else 0.0
@@ -54,6 +71,7 @@ def _scenario(shop: Measured, raw: Measured, goal: Goal) -> dict[str, Any]:
         "ratio": round(ratio, 3), "raw_p50_ms": round(raw.p50_ms, 3),
         "raw_p99_ms": round(raw.p99_ms, 3), "p99_vs_raw": round(p99_factor, 2),
         "goal": goal.text(), "met": met and shop.ok > 0,
+        "raw_leaves_out": RAW_LEAVES_OUT.get(name, ""),
         "ok": shop.ok, "errors": shop.errors, "raw_errors": raw.errors,
         "tool": shop.tool, "latency_of": shop.latency_of, "raw_latency_of": raw.latency_of,
         "cpu_ms_per_op": shop.extra.get("cpu_ms_per_op_total"),
@@ -88,10 +106,14 @@ def machine_info(loader: str) -> dict[str, Any]:
 
 def build_doc(pairs: dict[str, tuple[Measured, Measured]], cold: dict[str, float],
               rss: dict[str, Any], machine: dict[str, Any], *, smoke: bool, seconds: float,
-              failures: dict[str, str], notes: list[str], wall_s: float) -> dict[str, Any]:
+              failures: dict[str, str], notes: list[str], wall_s: float,
+              extra: dict[str, Any] | None = None) -> dict[str, Any]:
     machine = {**machine, "loadavg_end": list(os.getloadavg())}
+    cpus = machine.get("cpus") or 1
+    machine["quiet"] = machine["loadavg_start"][0] <= QUIET_LOAD_SHARE * cpus
     return {
-        "scenarios": {name: _scenario(*pairs[name], GOALS[name]) for name in SCENARIOS},
+        **(extra or {}),
+        "scenarios": {name: _scenario(name, *pairs[name], GOALS[name]) for name in SCENARIOS},
         "cold_start_s": round(cold.get("seconds", 0.0), 3),
         "cold_start": {**cold, "goal_s": COLD_START_GOAL_S,
                        "met": 0 < cold.get("seconds", 0.0) < COLD_START_GOAL_S},
@@ -135,6 +157,15 @@ def print_report(doc: dict[str, Any], previous: dict[str, Any] | None) -> None:
     print(f"\n  {m['cpus']} cpus ({m['cpu_model']}), python {m['python']}, grpcio {m['grpcio']}; "
           f"HTTP load: {m['http_load_tool']}; load average {m['loadavg_start'][0]:.1f} at start, "
           f"{m['loadavg_end'][0]:.1f} at end (others' work on this box skews every figure)")
+    if not m.get("quiet", True):
+        print(f"  UNDER LOAD: the box was busy when the run started (load "
+              f"{m['loadavg_start'][0]:.1f} on {m['cpus']} cpus): not a figure of record")
+    print("  what each raw baseline leaves out:")
+    for name, s in doc["scenarios"].items():
+        if s.get("raw_leaves_out"):
+            print(f"    {name:<12} {s['raw_leaves_out']}")
+    _print_curve(doc.get("curve"))
+    _print_profile(doc.get("profile"))
     print("  cpu/op: CPU time of every server process (not the load tool) over the timed "
           "window per successful request; rps on a shared box swings, this holds up better")
     if rss.get("idle"):
@@ -159,6 +190,41 @@ def print_report(doc: dict[str, Any], previous: dict[str, Any] | None) -> None:
         if prev_rss and rss.get("idle_total"):
             print(f"    {'rss idle':<12} {_delta(rss['idle_total'], prev_rss)}")
     print()
+
+
+def _print_curve(curve: dict[str, Any] | None) -> None:
+    if not curve or not curve.get("rows"):
+        return
+    print("\n  order saga as the load grows (shop | raw):")
+    print(f"    {'conns':>5}  {'orders/s':>17}  {'p50 ms':>15}  {'p99 ms':>15}  ratio  "
+          "cpu/order")
+    for r in curve["rows"]:
+        sh, rw = r["shop"], r["raw"]
+        print(f"    {r['connections']:>5}  {sh['rps']:>8,.1f} {rw['rps']:>8,.1f}  "
+              f"{sh['p50_ms']:>7.2f} {rw['p50_ms']:>7.2f}  {sh['p99_ms']:>7.2f} "
+              f"{rw['p99_ms']:>7.2f}  {r['ratio']:>5.2f}  {_ms(sh.get('cpu_ms_per_op'))} | "
+              f"{_ms(rw.get('cpu_ms_per_op'))}")
+    one = curve.get("one_connection", {})
+    if one:
+        print(f"    one order alone: {one['factor']:.2f}x the raw saga's p50 (goal <= "
+              f"{one['goal']:g}x) " + ("met" if one["met"] else "MISSED"))
+    print(f"    plot: {curve['plot']}" if curve.get("plot") else
+          f"    no plot: {curve.get('plot_error', '')}")
+
+
+def _print_profile(profile: dict[str, Any] | None) -> None:
+    if not profile:
+        return
+    if profile.get("error"):
+        print(f"\n  profile: {profile['error']}")
+        return
+    print("\n  profile of the order scenario (self time, share of busy samples):")
+    for name, p in sorted(profile.get("processes", {}).items()):
+        if p.get("error"):
+            print(f"    {name:<16} no profile: {p['error']}")
+            continue
+        tops = "; ".join(f"{t['function']} {100 * t['share_of_busy']:.0f} %" for t in p["top"])
+        print(f"    {name:<16} {tops}  [{p['svg']}]")
 
 
 def _ms(value: object) -> str:

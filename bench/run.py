@@ -24,8 +24,10 @@ from typing import Any
 
 from bench import shop as shop_mod
 from bench.coldstart import cold_start
+from bench.curve import curve_rows, one_connection_goal, plot_curve
 from bench.load import http_load_cpu, loader_name
-from bench.raw.http import ORDER_BODY, raw_fanout, raw_hop, raw_saga
+from bench.profile import profile_processes
+from bench.raw.http import ORDER_BODY, RawSaga, raw_fanout, raw_hop, raw_saga
 from bench.report import (
     IDLE_RSS_GOAL_MB,
     SCENARIOS,
@@ -57,6 +59,10 @@ class _Run:
         self.failures: dict[str, str] = {}
         self.notes: list[str] = []
         self.results: dict[str, Measured] = {}
+        self.curve = True  # the order saga at 1, 4, 16 and 64 connections
+        self.profile_dir: Path | None = None  # py-spy flame graphs of the order scenario
+        self.curve_rows: list[dict[str, Any]] = []
+        self.profile: dict[str, Any] | None = None
 
     def measure(self, name: str, fn: Callable[[], Measured]) -> Measured:
         t0 = time.perf_counter()
@@ -148,6 +154,17 @@ def _shop_http(run: _Run, rss: dict[str, Any]) -> None:
             run.measure("order", lambda: shop_load(
                 f"{base}/api/orders", method="POST", body=ORDER_BODY, headers=auth,
                 connections=16, ok_status=201, seconds=secs, warmup_s=warm))
+            if run.profile_dir is not None:
+                profile_dir = run.profile_dir
+                settled("the profile")
+                _say("profiling the order scenario (py-spy on every process)")
+                run.profile = profile_processes(
+                    shop_target.pids, profile_dir, secs,
+                    lambda: shop_load(f"{base}/api/orders", method="POST", body=ORDER_BODY,
+                                      headers=auth, connections=16, ok_status=201,
+                                      seconds=secs, warmup_s=0))
+            if run.curve:
+                run.curve_rows = _curve(run, shop_load, settled, base, auth)
             run.measure("raw_fanout", lambda: raw_fanout(run.logs, seconds=secs, warmup_s=warm))
             settled("dashboard")
             run.measure("dashboard", lambda: shop_load(
@@ -158,6 +175,31 @@ def _shop_http(run: _Run, rss: dict[str, Any]) -> None:
         if target is not None:
             run.notes.extend(target.notes)
             target.stop()
+
+
+def _curve(run: _Run, shop_load: Callable[..., Measured], settled: Callable[[str], None],
+           base: str, auth: dict[str, str]) -> list[dict[str, Any]]:
+    secs, warm = run.seconds, run.warmup_s
+    try:
+        with RawSaga(run.logs, run.tmp / "raw-curve") as raw:
+            def shop_at(conns: int) -> Measured:
+                settled(f"order at {conns} connections")
+                return shop_load(f"{base}/api/orders", method="POST", body=ORDER_BODY,
+                                 headers=auth, connections=conns, ok_status=201,
+                                 seconds=secs, warmup_s=warm)
+
+            def raw_at(conns: int) -> Measured:
+                return raw.load(conns, seconds=secs, warmup_s=warm)
+
+            rows = curve_rows(shop_at, raw_at)
+    except Exception as e:  # reported, the rest of the run goes on
+        run.failures["curve"] = f"{type(e).__name__}: {e}"[:2000]
+        return []
+    for r in rows:
+        _say(f"curve {r['connections']:>3} conns: shop {r['shop']['rps']:,.1f}/s p99 "
+             f"{r['shop']['p99_ms']:.1f} ms, raw {r['raw']['rps']:,.1f}/s p99 "
+             f"{r['raw']['p99_ms']:.1f} ms")
+    return rows
 
 
 def _events(run: _Run) -> None:
@@ -208,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=None,
                         help="measured window per scenario (env SHOP_BENCH_SECONDS, default 5)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
+    parser.add_argument("--no-curve", action="store_true",
+                        help="skip the order saga at 1, 4, 16 and 64 connections")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy flame graphs of the order scenario per process "
+                             "(env SHOP_BENCH_PROFILE=1; make bench PROFILE=1)")
     args = parser.parse_args(argv)
     if args.smoke:
         seconds, warmup_s = args.seconds or 0.3, 0.2
@@ -228,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{warmup_s:g} s warm-up; HTTP load by {loader}; work dir {tmp}", flush=True)
     t_wall = time.perf_counter()
     run = _Run(seconds, warmup_s, tmp)
+    run.curve = not args.no_curve
+    if args.profile or os.environ.get("SHOP_BENCH_PROFILE", "").strip() in ("1", "true", "yes"):
+        run.profile_dir = out.parent / "profile"
     cold: dict[str, float] = {}
     rss: dict[str, Any] = {"goal_mb": IDLE_RSS_GOAL_MB, "met": False}
     try:
@@ -254,9 +304,17 @@ def main(argv: list[str] | None = None) -> int:
     missing = Measured.failed("not run")
     pairs = {name: (run.results.get(name, missing), run.results.get(raw_of[name], missing))
              for name in SCENARIOS}
+    extra: dict[str, Any] = {}
+    if run.curve_rows:
+        png = out.parent / "curve.png"
+        why = plot_curve(run.curve_rows, png)
+        extra["curve"] = {"rows": run.curve_rows, "one_connection": one_connection_goal(
+            run.curve_rows), "plot": "" if why else str(png), "plot_error": why}
+    if run.profile is not None:
+        extra["profile"] = run.profile
     doc = build_doc(pairs, cold, rss, machine, smoke=args.smoke, seconds=seconds,
                     failures=run.failures, notes=run.notes,
-                    wall_s=time.perf_counter() - t_wall)
+                    wall_s=time.perf_counter() - t_wall, extra=extra)
     previous = previous_run(history, smoke=args.smoke)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")

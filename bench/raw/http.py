@@ -12,7 +12,7 @@ from bench.procs import Child, python_module, wait_http, wait_port
 from bench.stats import Measured
 from ops.process import free_port
 
-__all__ = ["ORDER_BODY", "raw_fanout", "raw_hop", "raw_saga"]
+__all__ = ["ORDER_BODY", "RawSaga", "raw_fanout", "raw_hop", "raw_saga"]
 
 ORDER_BODY = json.dumps({"items": [{"productId": "espresso-machine", "quantity": 1}],
                          "cardToken": "tok_visa"})
@@ -62,11 +62,54 @@ def raw_fanout(log_dir: Path, *, seconds: float, warmup_s: float) -> Measured:
 
 
 def raw_saga(log_dir: Path, data_dir: Path, *, seconds: float, warmup_s: float) -> Measured:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    reserve, reserve_addr = _tiny("reserve", log_dir, "--db", str(data_dir / "raw-stock.db"))
-    charge, charge_addr = _tiny("charge", log_dir, "--db", str(data_dir / "raw-pay.db"))
-    order, order_addr = _tiny("order", log_dir, "--db", str(data_dir / "raw-order.db"),
-                              "--reserve", reserve_addr, "--charge", charge_addr)
-    return _run([reserve, charge, order], [reserve_addr, charge_addr, order_addr], [order_addr],
-                log_dir, "/api/orders", method="POST", body=ORDER_BODY, headers=_AUTH,
-                connections=16, seconds=seconds, warmup_s=warmup_s, ok_status=201)
+    with RawSaga(log_dir, data_dir) as saga:
+        return saga.load(16, seconds=seconds, warmup_s=warmup_s)
+
+
+class RawSaga:
+    """The raw saga's processes (front -> order -> reserve, charge over SQLite), kept up
+    while several loads run against it (the load curve)."""
+
+    def __init__(self, log_dir: Path, data_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.data_dir = data_dir
+        self.children: list[Child] = []
+        self.base = ""
+
+    def __enter__(self) -> RawSaga:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            reserve, reserve_addr = _tiny("reserve", self.log_dir, "--db",
+                                          str(self.data_dir / "raw-stock.db"))
+            self.children.append(reserve)
+            charge, charge_addr = _tiny("charge", self.log_dir, "--db",
+                                        str(self.data_dir / "raw-pay.db"))
+            self.children.append(charge)
+            order, order_addr = _tiny("order", self.log_dir, "--db",
+                                      str(self.data_dir / "raw-order.db"),
+                                      "--reserve", reserve_addr, "--charge", charge_addr)
+            self.children.append(order)
+            front, self.base = _front([order_addr], self.log_dir)
+            self.children.append(front)
+            for child, addr in zip(self.children, [reserve_addr, charge_addr, order_addr],
+                                   strict=False):
+                wait_port(int(addr.rsplit(":", 1)[1]), child=child)
+            wait_http(f"{self.base}/healthz", child=front)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+        self.children.clear()
+
+    def load(self, connections: int, *, seconds: float, warmup_s: float) -> Measured:
+        pids = {c.name: c.pid for c in self.children}
+        return http_load_cpu(pids, f"{self.base}/api/orders", method="POST", body=ORDER_BODY,
+                             headers=_AUTH, connections=connections, seconds=seconds,
+                             warmup_s=warmup_s, ok_status=201)
