@@ -28,6 +28,7 @@ from bench.load import http_load_cpu, loader_name
 from bench.raw.http import ORDER_BODY, raw_fanout, raw_hop, raw_saga
 from bench.report import (
     IDLE_RSS_GOAL_MB,
+    PG_SCENARIOS,
     SCENARIOS,
     append_history,
     build_doc,
@@ -37,6 +38,7 @@ from bench.report import (
 )
 from bench.stats import Measured
 from ops.natsd import NatsServer
+from ops.pgserve import EmbeddedPostgres
 from ops.process import REPO_ROOT
 
 __all__ = ["main"]
@@ -57,6 +59,8 @@ class _Run:
         self.failures: dict[str, str] = {}
         self.notes: list[str] = []
         self.results: dict[str, Measured] = {}
+        # DB=postgres: the event path runs on PostgreSQL too, beside SQLite.
+        self.postgres = os.environ.get("DB", "").strip().lower() == "postgres"
 
     def measure(self, name: str, fn: Callable[[], Measured]) -> Measured:
         t0 = time.perf_counter()
@@ -191,6 +195,33 @@ def _events(run: _Run) -> None:
         run.failures["events"] = why
     run.measure("outbox", lambda: Measured.from_json(shop["outbox"]))
     run.measure("consumer", lambda: Measured.from_json(shop["consumer"]))
+    if run.postgres:
+        _events_on_postgres(run)
+
+
+def _events_on_postgres(run: _Run) -> None:
+    """The same relay and consumer on an embedded PostgreSQL (fresh NATS, same sizes)."""
+    secs, warm = str(run.seconds), str(run.warmup_s)
+    pg_dir = Path(tempfile.mkdtemp(prefix="shop-bench-pg-"))  # the server's user reaches it
+    pg = EmbeddedPostgres(pg_dir)
+    shop: dict[str, Any] = {}
+    try:
+        pg.start()
+        with NatsServer(run.tmp / "nats-events-pg") as nats:
+            shop = run.subprocess_json([sys.executable, "-m", "bench.events", "--nats", nats.url,
+                                        "--data", str(run.tmp / "events-pg"), "--seconds", secs,
+                                        "--warmup", warm, "--database-url", pg.server_url],
+                                       timeout_s=10 * run.seconds + 120)
+    except Exception as e:
+        why = f"{type(e).__name__}: {e}"[:2000]
+        shop = {"outbox": Measured.failed(why).to_json(),
+                "consumer": Measured.failed(why).to_json()}
+        run.failures["events_pg"] = why
+    finally:
+        pg.stop()
+        shutil.rmtree(pg_dir, ignore_errors=True)
+    run.measure("outbox_pg", lambda: Measured.from_json(shop["outbox"]))
+    run.measure("consumer_pg", lambda: Measured.from_json(shop["consumer"]))
 
 
 def _env_float(name: str, default: float) -> float:
@@ -250,10 +281,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     raw_of = {"product_get": "raw_hop", "dashboard": "raw_fanout", "order": "raw_saga",
-              "outbox": "raw_publish", "consumer": "raw_pull_ack"}
+              "outbox": "raw_publish", "consumer": "raw_pull_ack",
+              "outbox_pg": "outbox", "consumer_pg": "consumer"}
     missing = Measured.failed("not run")
+    names = (*SCENARIOS, *PG_SCENARIOS) if run.postgres else SCENARIOS
     pairs = {name: (run.results.get(name, missing), run.results.get(raw_of[name], missing))
-             for name in SCENARIOS}
+             for name in names}
     doc = build_doc(pairs, cold, rss, machine, smoke=args.smoke, seconds=seconds,
                     failures=run.failures, notes=run.notes,
                     wall_s=time.perf_counter() - t_wall)

@@ -98,6 +98,7 @@ class StatusRow:
     uptime: str = "-"
     breakers: str = "-"
     health: str = ""  # known without a probe ("NOT REGISTERED")
+    storage: str = "-"  # the instance's storage backend, from its registry entry
 
 
 def _health(row: StatusRow, timeout: float) -> str:
@@ -157,7 +158,7 @@ def status_rows(topo: Topology, found: Sequence[registry.Instance],
     now = time.time() if now is None else now
     rows = [StatusRow(i.service, i.instance_id, i.addr, http=i.protocol == "http",
                       uptime=format_uptime(now - i.started_at) if i.started_at else "-",
-                      breakers=format_breakers(i.breakers))
+                      breakers=format_breakers(i.breakers), storage=i.storage or "-")
             for i in found]
     keys = {(r.service, r.instance) for r in rows}
     addrs = {r.addr for r in rows}
@@ -199,8 +200,8 @@ def cmd_status(_args: argparse.Namespace) -> int:
                        "elsewhere)")
     if note:
         print(f"shopctl: {note}; showing the configured addresses instead", file=sys.stderr)
-    table = [("SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "UPTIME", "BREAKERS")]
-    table += [(r.service, r.instance, r.addr, h, r.uptime, r.breakers)
+    table = [("SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "UPTIME", "BREAKERS", "STORAGE")]
+    table += [(r.service, r.instance, r.addr, h, r.uptime, r.breakers, r.storage)
               for r, h in zip(rows, healths, strict=True)]
     _print_table(table)
     return 0 if all(h == "SERVING" for h in healths) else 1

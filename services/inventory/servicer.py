@@ -8,11 +8,11 @@ from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 
 from services.inventory import domain
 from services.inventory.convert import reservation_pb, stock_pb
-from services.inventory.store import InventoryStore
+from services.inventory.store import InventoryRepository
 
 
 class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
-    def __init__(self, store: InventoryStore) -> None:
+    def __init__(self, store: InventoryRepository) -> None:
         self.store = store
 
     async def GetStock(self, request: inventory_pb2.GetStockRequest,

@@ -1,9 +1,9 @@
 """Inventory persistence: stock levels, per-order reservations and their outbox events.
 
-Every call is one write transaction (BEGIN IMMEDIATE, so the reads that decide are never
-stale, even with several instances on one file) with few statements: one read of the
-reservation, one of the stock, an executemany for the stock moves, one write of the
-reservation, one outbox row.
+Every call is one unit of work (serialized writers: SQLite's write lock, PostgreSQL's
+SERIALIZABLE, so the reads that decide are never stale, even with several instances) with
+few statements: one read of the reservation, one of the stock, one update per stock move,
+one write of the reservation, one outbox row.
 """
 
 from __future__ import annotations
@@ -11,15 +11,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
-from pathlib import Path
+from typing import Protocol
 
-import aiosqlite
 from shop.inventory.v1 import inventory_pb2
 
-from services.common.db import Database, Tx
 from services.common.errors import NotFound
 from services.common.events import INVENTORY_RELEASED, INVENTORY_RESERVED, INVENTORY_RESTOCKED
-from services.common.migrate import upgrade_table
+from services.common.storage import Row, Storage, Tx
 from services.inventory.convert import reservation_pb
 from services.inventory.domain import (
     Effect,
@@ -34,36 +32,6 @@ from services.inventory.domain import (
 )
 
 SERVICE = "inventory"
-
-# `total` is every unit ever set; the CHECK makes the stock invariant the database's too.
-RESERVATIONS_TABLE = """
-CREATE TABLE IF NOT EXISTS reservations (
-    order_id TEXT PRIMARY KEY,
-    status TEXT NOT NULL
-        CHECK (status IN ('RESERVED', 'REJECTED', 'RELEASED', 'COMMITTED', 'RESTOCKED')),
-    items TEXT NOT NULL,
-    reason TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-) WITHOUT ROWID"""
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS stock (
-    product_id TEXT PRIMARY KEY,
-    available INTEGER NOT NULL CHECK (available >= 0),
-    reserved INTEGER NOT NULL DEFAULT 0 CHECK (reserved >= 0),
-    sold INTEGER NOT NULL DEFAULT 0 CHECK (sold >= 0),
-    total INTEGER NOT NULL,
-    updated_at REAL NOT NULL,
-    CHECK (available + reserved + sold = total)
-) WITHOUT ROWID;
-""" + RESERVATIONS_TABLE + ";\n"
-
-
-def upgrade(path: str | Path) -> None:
-    """A file from before restocking: reservations gain the RESTOCKED status. Run before
-    Database.open."""
-    upgrade_table(path, "reservations", RESERVATIONS_TABLE, "RESTOCKED")
 
 # The guards in WHERE never fail under the write lock; they are there so a bug can
 # only make the rowcount check below roll back, never drive stock negative.
@@ -81,12 +49,12 @@ def _items_json(items: Iterable[Line]) -> str:
     return json.dumps([[li.product_id, li.quantity] for li in items], separators=(",", ":"))
 
 
-def _reservation(row: aiosqlite.Row) -> Reservation:
+def _reservation(row: Row) -> Reservation:
     items = tuple(Line(str(pid), int(qty)) for pid, qty in json.loads(row["items"]))
     return Reservation(row["order_id"], Status(row["status"]), items, row["reason"])
 
 
-def _stock(row: aiosqlite.Row) -> Stock:
+def _stock(row: Row) -> Stock:
     return Stock(row["product_id"], row["available"], row["reserved"], row["sold"])
 
 
@@ -94,39 +62,59 @@ class StockMoveError(RuntimeError):
     """A stock update matched fewer rows than planned: the transaction is rolled back."""
 
 
+class InventoryRepository(Protocol):
+    async def seed(self, stock: Iterable[tuple[str, int]]) -> None: ...
+    async def get_stock(self, product_id: str) -> Stock: ...
+    async def set_stock(self, product_id: str, available: int) -> Stock: ...
+    async def reserve(self, order_id: str, lines: Sequence[Line]) -> Reservation: ...
+    async def release(self, order_id: str) -> Reservation: ...
+    async def commit(self, order_id: str) -> Reservation: ...
+    async def restock(self, order_id: str) -> Reservation: ...
+    async def get_reservation(self, order_id: str) -> Reservation | None: ...
+    async def all_stock(self) -> list[Stock]: ...
+    async def stale_reservations(self, older_than: float, limit: int = 100) -> list[str]: ...
+
+
 class InventoryStore:
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
 
     async def seed(self, stock: Iterable[tuple[str, int]]) -> None:
         """Initial stock for products not yet known (a restart changes nothing)."""
         now = time.time()
-        async with self.db.transaction() as conn:
-            await conn.executemany(
-                "INSERT OR IGNORE INTO stock (product_id, available, total, updated_at)"
-                " VALUES (?, ?, ?, ?)", [(pid, qty, qty, now) for pid, qty in stock])
+        rows = [(pid, qty, qty, now) for pid, qty in stock]
+
+        async def run(tx: Tx) -> None:
+            await tx.run_many(
+                "INSERT INTO stock (product_id, available, total, updated_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (product_id) DO NOTHING", rows)
+
+        await self.storage.write(run)
 
     async def get_stock(self, product_id: str) -> Stock:
-        async with self.db.reader() as conn:
-            cur = await conn.execute(
+        async def run(tx: Tx) -> Row | None:
+            return await tx.fetchrow(
                 "SELECT product_id, available, reserved, sold FROM stock WHERE product_id = ?",
                 (product_id,))
-            row = await cur.fetchone()
+
+        row = await self.storage.read(run)
         if row is None:
             raise NotFound(f"product {product_id} not found")
         return _stock(row)
 
     async def set_stock(self, product_id: str, available: int) -> Stock:
         """Set available (an operator's count); reserved and sold stay as they are."""
-        async with self.db.transaction() as conn:
-            cur = await conn.execute(
+        async def run(tx: Tx) -> Row | None:
+            return await tx.fetchrow(
                 "INSERT INTO stock (product_id, available, total, updated_at)"
-                " VALUES (?1, ?2, ?2, ?3) ON CONFLICT (product_id) DO UPDATE SET"
-                " available = ?2, total = ?2 + reserved + sold, updated_at = ?3"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (product_id) DO UPDATE SET"
+                " available = excluded.available,"
+                " total = excluded.available + stock.reserved + stock.sold,"
+                " updated_at = excluded.updated_at"
                 " RETURNING product_id, available, reserved, sold",
-                (product_id, available, time.time()))
-            row = await cur.fetchone()
-            await cur.close()
+                (product_id, available, available, time.time()))
+
+        row = await self.storage.write(run)
         assert row is not None
         return _stock(row)
 
@@ -136,109 +124,118 @@ class InventoryStore:
         nothing written."""
         lines = tuple(lines)
 
-        def run(tx: Tx) -> Reservation:
-            existing = _get_sync(tx, order_id)
+        async def run(tx: Tx) -> Reservation:
+            existing = await _get(tx, order_id)
             if existing is not None:
                 return existing
             marks = ",".join("?" * len(lines))
-            available = {r[0]: int(r[1]) for r in tx.all(
+            available = {r[0]: int(r[1]) for r in await tx.fetch(
                 f"SELECT product_id, available FROM stock WHERE product_id IN ({marks})",
                 [li.product_id for li in lines])}
             decided = decide_reserve(order_id, lines, available)
             now = time.time()
             if decided.status is Status.RESERVED:
-                _move_sync(tx, _TAKE, decided.items, now)
-            tx.execute(
+                await _move(tx, _TAKE, decided.items, now)
+            await tx.run(
                 "INSERT INTO reservations (order_id, status, items, reason, created_at,"
                 " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (order_id, decided.status.value, _items_json(decided.items), decided.reason,
                  now, now))
             if decided.status is Status.RESERVED:
-                tx.enqueue(INVENTORY_RESERVED,
+                await tx.emit(INVENTORY_RESERVED,
                            inventory_pb2.StockReserved(reservation=reservation_pb(decided)),
                            source=SERVICE, aggregate_id=order_id)
             return decided
 
-        return await self.db.write(run)
+        return await self.storage.write(run)
 
     async def release(self, order_id: str) -> Reservation:
-        def run(tx: Tx) -> Reservation:
-            t = decide_release(order_id, _get_sync(tx, order_id))
+        async def run(tx: Tx) -> Reservation:
+            t = decide_release(order_id, await _get(tx, order_id))
             now = time.time()
             if t.effect is Effect.RETURN:
-                _move_sync(tx, _RETURN, t.reservation.items, now)
-                _set_status_sync(tx, t.reservation, now)
-                tx.enqueue(INVENTORY_RELEASED,
+                await _move(tx, _RETURN, t.reservation.items, now)
+                await _set_status(tx, t.reservation, now)
+                await tx.emit(INVENTORY_RELEASED,
                            inventory_pb2.StockReleased(reservation=reservation_pb(t.reservation)),
                            source=SERVICE, aggregate_id=order_id)
             elif t.effect is Effect.TOMBSTONE:
-                tx.execute(
+                await tx.run(
                     "INSERT INTO reservations (order_id, status, items, reason, created_at,"
                     " updated_at) VALUES (?, ?, '[]', '', ?, ?)",
                     (order_id, t.reservation.status.value, now, now))
             return t.reservation
 
-        return await self.db.write(run)
+        return await self.storage.write(run)
 
     async def commit(self, order_id: str) -> Reservation:
-        def run(tx: Tx) -> Reservation:
-            t = decide_commit(order_id, _get_sync(tx, order_id))
+        async def run(tx: Tx) -> Reservation:
+            t = decide_commit(order_id, await _get(tx, order_id))
             if t.effect is Effect.SELL:
                 now = time.time()
-                _move_sync(tx, _SELL, t.reservation.items, now)
-                _set_status_sync(tx, t.reservation, now)
+                await _move(tx, _SELL, t.reservation.items, now)
+                await _set_status(tx, t.reservation, now)
             return t.reservation
 
-        return await self.db.write(run)
+        return await self.storage.write(run)
 
     async def restock(self, order_id: str) -> Reservation:
         """A committed order's units from sold back to available, with inventory.restocked;
         a repeat changes nothing. FailedPrecondition when nothing was committed."""
-        def run(tx: Tx) -> Reservation:
-            t = decide_restock(order_id, _get_sync(tx, order_id))
+        async def run(tx: Tx) -> Reservation:
+            t = decide_restock(order_id, await _get(tx, order_id))
             if t.effect is Effect.RESTOCK:
                 now = time.time()
-                _move_sync(tx, _RESTOCK, t.reservation.items, now)
-                _set_status_sync(tx, t.reservation, now)
-                tx.enqueue(INVENTORY_RESTOCKED,
+                await _move(tx, _RESTOCK, t.reservation.items, now)
+                await _set_status(tx, t.reservation, now)
+                await tx.emit(INVENTORY_RESTOCKED,
                            inventory_pb2.StockRestocked(reservation=reservation_pb(t.reservation)),
                            source=SERVICE, aggregate_id=order_id)
             return t.reservation
 
-        return await self.db.write(run)
+        return await self.storage.write(run)
 
     async def get_reservation(self, order_id: str) -> Reservation | None:
-        return await self.db.read(lambda tx: _get_sync(tx, order_id))
+        async def run(tx: Tx) -> Reservation | None:
+            return await _get(tx, order_id)
+
+        return await self.storage.read(run)
 
     async def all_stock(self) -> list[Stock]:
-        async with self.db.reader() as conn:
-            cur = await conn.execute(
-                "SELECT product_id, available, reserved, sold FROM stock ORDER BY product_id")
-            return [_stock(r) for r in await cur.fetchall()]
+        async def run(tx: Tx) -> list[Stock]:
+            return [_stock(r) for r in await tx.fetch(
+                "SELECT product_id, available, reserved, sold FROM stock ORDER BY product_id")]
+
+        return await self.storage.read(run)
 
     async def stale_reservations(self, older_than: float, limit: int = 100) -> list[str]:
         """Order ids of reservations still holding stock, made before `older_than`."""
-        return await self.db.read(lambda tx: [str(r[0]) for r in tx.all(
-            "SELECT order_id FROM reservations WHERE status = 'RESERVED' AND created_at < ?"
-            " ORDER BY created_at LIMIT ?", (older_than, limit))])
+        async def run(tx: Tx) -> list[str]:
+            return [str(r[0]) for r in await tx.fetch(
+                "SELECT order_id FROM reservations WHERE status = 'RESERVED' AND created_at < ?"
+                " ORDER BY created_at LIMIT ?", (older_than, limit))]
+
+        return await self.storage.read(run)
 
 
-# --- statements, run on the connection's thread by Database.write/read (one hop each) ----
+# --- statements of the units of work above ----------------------------------------------
 
 
-def _get_sync(tx: Tx, order_id: str) -> Reservation | None:
-    row = tx.one("SELECT order_id, status, items, reason FROM reservations WHERE order_id = ?",
-                 (order_id,))
+async def _get(tx: Tx, order_id: str) -> Reservation | None:
+    row = await tx.fetchrow(
+        "SELECT order_id, status, items, reason FROM reservations WHERE order_id = ?",
+        (order_id,))
     return None if row is None else _reservation(row)
 
 
-def _move_sync(tx: Tx, sql: str, items: Sequence[Line], now: float) -> None:
-    cur = tx.executemany(
-        sql, [(li.quantity, li.quantity, now, li.product_id, li.quantity) for li in items])
-    if cur.rowcount != len(items):
-        raise StockMoveError(f"stock moved for {cur.rowcount} of {len(items)} products")
+async def _move(tx: Tx, sql: str, items: Sequence[Line], now: float) -> None:
+    moved = 0
+    for li in items:
+        moved += await tx.run(sql, (li.quantity, li.quantity, now, li.product_id, li.quantity))
+    if moved != len(items):
+        raise StockMoveError(f"stock moved for {moved} of {len(items)} products")
 
 
-def _set_status_sync(tx: Tx, r: Reservation, now: float) -> None:
-    tx.execute("UPDATE reservations SET status = ?, updated_at = ? WHERE order_id = ?",
-               (r.status.value, now, r.order_id))
+async def _set_status(tx: Tx, r: Reservation, now: float) -> None:
+    await tx.run("UPDATE reservations SET status = ?, updated_at = ? WHERE order_id = ?",
+                 (r.status.value, now, r.order_id))

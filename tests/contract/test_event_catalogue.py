@@ -29,8 +29,9 @@ from shop.events.v1 import envelope_pb2
 from services.cart.domain import ProductInfo
 from services.cart.store import CartStore
 from services.common import events
-from services.common.consumer import Route, after_commit_hooks
+from services.common.consumer import Route
 from services.common.db import Database
+from services.common.schema import service_migrations
 from services.common.settings import SERVICES
 from services.inventory.domain import Line as StockLine
 from services.inventory.store import InventoryStore
@@ -93,6 +94,10 @@ class Published:
 
 
 async def _open(path: Path, service: str) -> Database:
+    migrations = service_migrations(service)
+    if migrations.directory.is_dir():
+        return await Database.open(path / f"{service}.db", migrations=[migrations],
+                                   durable=False)
     store = importlib.import_module(f"services.{service}.store")
     return await Database.open(path / f"{service}.db", schema=store.SCHEMA, durable=False)
 
@@ -279,11 +284,9 @@ def decode_like_consumer(route: Route, published: Published) -> tuple[Envelope, 
 
 async def run_route(db: Database, route: Route, published: Published) -> Envelope:
     env, payload = decode_like_consumer(route, published)
-    with after_commit_hooks() as hooks:  # as the consumer: run once committed
-        async with db.transaction() as conn:
-            await route.handler(conn, env, payload)
-    for hook in hooks:
-        hook()
+    after = await db.write(lambda tx: route.handler(tx, env, payload))
+    if callable(after):
+        after()  # what the consumer runs once the batch committed
     return env
 
 
@@ -447,8 +450,9 @@ def _subjects_enqueued_by(service: str) -> set[str]:
     for path in sorted((ROOT / "services" / service).glob("*.py")):
         tree = ast.parse(path.read_text())
         calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
-        if not any((isinstance(c.func, ast.Name) and c.func.id == "enqueue")
-                   or (isinstance(c.func, ast.Attribute) and c.func.attr == "enqueue")
+        writes = ("enqueue", "emit")
+        if not any((isinstance(c.func, ast.Name) and c.func.id in writes)
+                   or (isinstance(c.func, ast.Attribute) and c.func.attr in writes)
                    for c in calls):
             continue
         for node in ast.walk(tree):

@@ -34,10 +34,12 @@ FP = grpc.StatusCode.FAILED_PRECONDITION
 
 
 @pytest.fixture(scope="module")
-def inventory(nats_server: NatsServer,
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceFactory]:
-    """One inventory process for the module; tests use their own product and order ids."""
-    factory = ServiceFactory(tmp_path_factory.mktemp("inventory"), nats_server.url)
+def inventory(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory,
+              module_db_env: dict[str, str]) -> Iterator[ServiceFactory]:
+    """One inventory process for the module, on each backend in turn; tests use their own
+    product and order ids."""
+    factory = ServiceFactory(tmp_path_factory.mktemp("inventory"), nats_server.url,
+                             module_db_env)
     try:
         factory.start("inventory")
         yield factory

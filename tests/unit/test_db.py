@@ -10,7 +10,6 @@ import pytest
 from shop.user.v1 import user_pb2
 
 from services.common.db import Database, Tx
-from services.common.outbox import enqueue
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -115,15 +114,16 @@ async def test_commit_listener_only_after_outbox_commit(tmp_path: Path) -> None:
         async with db.transaction() as conn:
             await conn.execute("INSERT INTO counter VALUES ('a', 0)")
         assert calls == []
-        with pytest.raises(RuntimeError):
-            async with db.transaction() as conn:
-                await enqueue(conn, "user.created", user_pb2.UserCreated(), source="user",
-                              aggregate_id="u1")
-                raise RuntimeError("rolled back")
-        assert calls == []
-        async with db.transaction() as conn:
-            await enqueue(conn, "user.created", user_pb2.UserCreated(), source="user",
+        async def emit(tx: Tx, fail: bool = False) -> None:
+            await tx.emit("user.created", user_pb2.UserCreated(), source="user",
                           aggregate_id="u1")
+            if fail:
+                raise RuntimeError("rolled back")
+
+        with pytest.raises(RuntimeError):
+            await db.write(lambda tx: emit(tx, fail=True))
+        assert calls == []
+        await db.write(emit)
         assert calls == [1]
         async with db.reader() as conn:
             row = await (await conn.execute("SELECT count(*) FROM outbox")).fetchone()
