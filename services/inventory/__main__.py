@@ -14,7 +14,7 @@ from services.common.settings import Settings
 from services.common.storage import open_storage
 from services.inventory.expiry import ReservationExpiry, reservation_ttl_s
 from services.inventory.servicer import InventoryServicer
-from services.inventory.store import InventoryStore
+from services.inventory.store import InventoryStore, snapshot_every
 
 log = logging.getLogger("shop.inventory")
 
@@ -24,9 +24,9 @@ SERVICE = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"]
 async def build(settings: Settings) -> App:
     # durable: stock is money's twin; a lost commit would break the stock invariant.
     db = await open_storage(settings, service_migrations("inventory"), durable=True)
-    store = InventoryStore(db)
+    store = InventoryStore(db, snapshot_every=snapshot_every())
     await store.seed((p.id, p.stock) for p in CATALOGUE)
-    servicer = InventoryServicer(store)
+    servicer = InventoryServicer(store, db)
     # The relay starts once NATS answers: reservations are served (and their events kept
     # in the outbox) while NATS is down.
     events = EventWorkers(settings, db, relay=True)

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.inventory.ledger import Kind
 
 MAX_ID_LEN = 128
 MAX_ITEMS = 100
@@ -59,6 +60,23 @@ class Reservation:
     status: Status
     items: tuple[Line, ...]
     reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    product_id: str
+    version: int
+    kind: Kind
+    quantity: int
+    order_id: str
+    at: float
+    stock: Stock
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    entries: list[HistoryEntry]  # newest first
+    next_before: int | None  # the version the next page starts below; None: last page
 
 
 class Effect(enum.Enum):

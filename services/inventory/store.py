@@ -1,26 +1,37 @@
-"""Inventory persistence: stock levels, per-order reservations and their outbox events.
+"""Inventory persistence: the stock ledger, per-order reservations and their outbox events.
+
+The ledger (services.inventory.eventstore) is the source of truth for stock: every change
+is an event appended to the product's stream, and the stock row is its projection,
+written in the same unit of work as the events, the reservation row and the outbox event.
+Decisions read the stream heads from the stock rows (the projection is exactly the fold
+of its stream at its version, which `rebuild` proves); a head that moved between read and
+append (another writer) is a VersionConflict, and the whole unit of work runs again on
+fresh state.
 
 Every call is one unit of work (serialized writers: SQLite's write lock, PostgreSQL's
-SERIALIZABLE, so the reads that decide are never stale, even with several instances) with
-few statements: one read of the reservation, one of the stock, one update per stock move,
-one write of the reservation, one outbox row.
+SERIALIZABLE) with few statements: the reservation, the heads it touches, per product one
+guarded stock update and one event row, the reservation row, one outbox row.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Protocol, TypeVar
 
 from shop.inventory.v1 import inventory_pb2
 
-from services.common.errors import NotFound
+from services.common.errors import NotFound, Unavailable
 from services.common.events import INVENTORY_RELEASED, INVENTORY_RESERVED, INVENTORY_RESTOCKED
+from services.common.settings import env_int
 from services.common.storage import Row, Storage, Tx
+from services.inventory import eventstore as es
 from services.inventory.convert import reservation_pb
 from services.inventory.domain import (
     Effect,
+    HistoryEntry,
+    HistoryPage,
     Line,
     Reservation,
     Status,
@@ -30,19 +41,22 @@ from services.inventory.domain import (
     decide_reserve,
     decide_restock,
 )
+from services.inventory.ledger import Event, Kind, Level
 
 SERVICE = "inventory"
+DEFAULT_SNAPSHOT_EVERY = 100
+# A unit of work that keeps meeting moved heads is given up (UNAVAILABLE, retryable).
+_MAX_ATTEMPTS = 32
 
-# The guards in WHERE never fail under the write lock; they are there so a bug can
-# only make the rowcount check below roll back, never drive stock negative.
-_TAKE = ("UPDATE stock SET available = available - ?, reserved = reserved + ?, updated_at = ?"
-         " WHERE product_id = ? AND available >= ?")
-_RETURN = ("UPDATE stock SET available = available + ?, reserved = reserved - ?, updated_at = ?"
-           " WHERE product_id = ? AND reserved >= ?")
-_SELL = ("UPDATE stock SET sold = sold + ?, reserved = reserved - ?, updated_at = ?"
-         " WHERE product_id = ? AND reserved >= ?")
-_RESTOCK = ("UPDATE stock SET available = available + ?, sold = sold - ?, updated_at = ?"
-            " WHERE product_id = ? AND sold >= ?")
+T = TypeVar("T")
+
+
+def snapshot_every() -> int:
+    """INVENTORY_SNAPSHOT_EVERY: a snapshot per stream every this many events (0: none)."""
+    every = env_int("INVENTORY_SNAPSHOT_EVERY", DEFAULT_SNAPSHOT_EVERY)
+    if every < 0:
+        raise ValueError(f"INVENTORY_SNAPSHOT_EVERY must not be negative, got {every}")
+    return every
 
 
 def _items_json(items: Iterable[Line]) -> str:
@@ -58,13 +72,19 @@ def _stock(row: Row) -> Stock:
     return Stock(row["product_id"], row["available"], row["reserved"], row["sold"])
 
 
+def stock_of(product_id: str, level: Level) -> Stock:
+    return Stock(product_id, level.available, level.reserved, level.sold)
+
+
 class StockMoveError(RuntimeError):
-    """A stock update matched fewer rows than planned: the transaction is rolled back."""
+    """A reservation names a product without a stream: the transaction is rolled back."""
 
 
 class InventoryRepository(Protocol):
     async def seed(self, stock: Iterable[tuple[str, int]]) -> None: ...
     async def get_stock(self, product_id: str) -> Stock: ...
+    async def stock_at(self, product_id: str, at: float) -> Stock: ...
+    async def history(self, product_id: str, size: int, before: int | None) -> HistoryPage: ...
     async def set_stock(self, product_id: str, available: int) -> Stock: ...
     async def reserve(self, order_id: str, lines: Sequence[Line]) -> Reservation: ...
     async def release(self, order_id: str) -> Reservation: ...
@@ -76,20 +96,39 @@ class InventoryRepository(Protocol):
 
 
 class InventoryStore:
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, *, snapshot_every: int = DEFAULT_SNAPSHOT_EVERY) -> None:
         self.storage = storage
+        self.snapshot_every = snapshot_every
+        # Units of work run again after a VersionConflict (read by tests and metrics).
+        self.conflicts = 0
+
+    async def _append_unit(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
+        """`fn` in one write unit of work, run again on fresh state while a stream head it
+        read moved before its append."""
+        for _ in range(_MAX_ATTEMPTS):
+            try:
+                return await self.storage.write(fn)
+            except es.VersionConflict:
+                self.conflicts += 1
+        raise Unavailable("stock is changing too fast to record this change; try again")
+
+    async def _append(self, tx: Tx, head: es.Head | None, product_id: str,
+                      events: Sequence[Event], now: float) -> Level:
+        return await es.append(tx, head, product_id, events,
+                               snapshot_every=self.snapshot_every, now=now)
 
     async def seed(self, stock: Iterable[tuple[str, int]]) -> None:
         """Initial stock for products not yet known (a restart changes nothing)."""
-        now = time.time()
-        rows = [(pid, qty, qty, now) for pid, qty in stock]
+        wanted = dict(stock)
 
         async def run(tx: Tx) -> None:
-            await tx.run_many(
-                "INSERT INTO stock (product_id, available, total, updated_at)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (product_id) DO NOTHING", rows)
+            known = await es.heads(tx, list(wanted))
+            now = time.time()
+            for pid, qty in wanted.items():
+                if pid not in known:
+                    await self._append(tx, None, pid, [Event(Kind.STOCK_SET, qty)], now)
 
-        await self.storage.write(run)
+        await self._append_unit(run)
 
     async def get_stock(self, product_id: str) -> Stock:
         async def run(tx: Tx) -> Row | None:
@@ -102,21 +141,54 @@ class InventoryStore:
             raise NotFound(f"product {product_id} not found")
         return _stock(row)
 
+    async def stock_at(self, product_id: str, at: float) -> Stock:
+        """The stock after every event recorded at or before `at` (snapshot + the rest)."""
+        async def run(tx: Tx) -> tuple[Level, bool]:
+            loaded = await es.load(tx, product_id, upto_time=at)
+            if loaded.level.version:
+                return loaded.level, True
+            exists = await tx.fetchval("SELECT 1 FROM stock WHERE product_id = ?",
+                                       (product_id,))
+            return loaded.level, exists is not None
+
+        level, exists = await self.storage.read(run)
+        if not exists:
+            raise NotFound(f"product {product_id} not found")
+        if not level.version:
+            raise NotFound(f"product {product_id} had no stock yet at that time")
+        return stock_of(product_id, level)
+
+    async def history(self, product_id: str, size: int, before: int | None) -> HistoryPage:
+        """Up to `size` events below version `before` (None: the newest), newest first,
+        each with the stock right after it."""
+        async def run(tx: Tx) -> HistoryPage | None:
+            page = await es.newest_first(tx, product_id, before=before, limit=size + 1)
+            if not page:
+                exists = await tx.fetchval("SELECT 1 FROM stock WHERE product_id = ?",
+                                           (product_id,))
+                return None if exists is None else HistoryPage([], None)
+            more = len(page) > size
+            ascending = list(reversed(page[:size]))
+            start = await es.load(tx, product_id, upto_version=ascending[0].version - 1)
+            entries = [HistoryEntry(product_id, r.version, r.event.kind, r.event.quantity,
+                                    r.event.order_id, r.at, stock_of(product_id, level))
+                       for r, level in es.with_levels(start.level, ascending)]
+            entries.reverse()
+            return HistoryPage(entries, ascending[0].version if more else None)
+
+        found = await self.storage.read(run)
+        if found is None:
+            raise NotFound(f"product {product_id} not found")
+        return found
+
     async def set_stock(self, product_id: str, available: int) -> Stock:
         """Set available (an operator's count); reserved and sold stay as they are."""
-        async def run(tx: Tx) -> Row | None:
-            return await tx.fetchrow(
-                "INSERT INTO stock (product_id, available, total, updated_at)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (product_id) DO UPDATE SET"
-                " available = excluded.available,"
-                " total = excluded.available + stock.reserved + stock.sold,"
-                " updated_at = excluded.updated_at"
-                " RETURNING product_id, available, reserved, sold",
-                (product_id, available, available, time.time()))
+        async def run(tx: Tx) -> Level:
+            head = (await es.heads(tx, [product_id])).get(product_id)
+            return await self._append(tx, head, product_id,
+                                      [Event(Kind.STOCK_SET, available)], time.time())
 
-        row = await self.storage.write(run)
-        assert row is not None
-        return _stock(row)
+        return stock_of(product_id, await self._append_unit(run))
 
     async def reserve(self, order_id: str, lines: Sequence[Line]) -> Reservation:
         """The reservation for `order_id`: the stored one if any, else a new RESERVED
@@ -128,14 +200,12 @@ class InventoryStore:
             existing = await _get(tx, order_id)
             if existing is not None:
                 return existing
-            marks = ",".join("?" * len(lines))
-            available = {r[0]: int(r[1]) for r in await tx.fetch(
-                f"SELECT product_id, available FROM stock WHERE product_id IN ({marks})",
-                [li.product_id for li in lines])}
+            heads = await es.heads(tx, [li.product_id for li in lines])
+            available = {pid: h.level.available for pid, h in heads.items()}
             decided = decide_reserve(order_id, lines, available)
             now = time.time()
             if decided.status is Status.RESERVED:
-                await _move(tx, _TAKE, decided.items, now)
+                await self._move(tx, Kind.RESERVED, decided, now, heads)
             await tx.run(
                 "INSERT INTO reservations (order_id, status, items, reason, created_at,"
                 " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -143,22 +213,23 @@ class InventoryStore:
                  now, now))
             if decided.status is Status.RESERVED:
                 await tx.emit(INVENTORY_RESERVED,
-                           inventory_pb2.StockReserved(reservation=reservation_pb(decided)),
-                           source=SERVICE, aggregate_id=order_id)
+                              inventory_pb2.StockReserved(reservation=reservation_pb(decided)),
+                              source=SERVICE, aggregate_id=order_id)
             return decided
 
-        return await self.storage.write(run)
+        return await self._append_unit(run)
 
     async def release(self, order_id: str) -> Reservation:
         async def run(tx: Tx) -> Reservation:
             t = decide_release(order_id, await _get(tx, order_id))
             now = time.time()
             if t.effect is Effect.RETURN:
-                await _move(tx, _RETURN, t.reservation.items, now)
+                await self._move(tx, Kind.RELEASED, t.reservation, now)
                 await _set_status(tx, t.reservation, now)
-                await tx.emit(INVENTORY_RELEASED,
-                           inventory_pb2.StockReleased(reservation=reservation_pb(t.reservation)),
-                           source=SERVICE, aggregate_id=order_id)
+                await tx.emit(
+                    INVENTORY_RELEASED,
+                    inventory_pb2.StockReleased(reservation=reservation_pb(t.reservation)),
+                    source=SERVICE, aggregate_id=order_id)
             elif t.effect is Effect.TOMBSTONE:
                 await tx.run(
                     "INSERT INTO reservations (order_id, status, items, reason, created_at,"
@@ -166,18 +237,18 @@ class InventoryStore:
                     (order_id, t.reservation.status.value, now, now))
             return t.reservation
 
-        return await self.storage.write(run)
+        return await self._append_unit(run)
 
     async def commit(self, order_id: str) -> Reservation:
         async def run(tx: Tx) -> Reservation:
             t = decide_commit(order_id, await _get(tx, order_id))
             if t.effect is Effect.SELL:
                 now = time.time()
-                await _move(tx, _SELL, t.reservation.items, now)
+                await self._move(tx, Kind.COMMITTED, t.reservation, now)
                 await _set_status(tx, t.reservation, now)
             return t.reservation
 
-        return await self.storage.write(run)
+        return await self._append_unit(run)
 
     async def restock(self, order_id: str) -> Reservation:
         """A committed order's units from sold back to available, with inventory.restocked;
@@ -186,14 +257,27 @@ class InventoryStore:
             t = decide_restock(order_id, await _get(tx, order_id))
             if t.effect is Effect.RESTOCK:
                 now = time.time()
-                await _move(tx, _RESTOCK, t.reservation.items, now)
+                await self._move(tx, Kind.RESTOCKED, t.reservation, now)
                 await _set_status(tx, t.reservation, now)
-                await tx.emit(INVENTORY_RESTOCKED,
-                           inventory_pb2.StockRestocked(reservation=reservation_pb(t.reservation)),
-                           source=SERVICE, aggregate_id=order_id)
+                await tx.emit(
+                    INVENTORY_RESTOCKED,
+                    inventory_pb2.StockRestocked(reservation=reservation_pb(t.reservation)),
+                    source=SERVICE, aggregate_id=order_id)
             return t.reservation
 
-        return await self.storage.write(run)
+        return await self._append_unit(run)
+
+    async def _move(self, tx: Tx, kind: Kind, r: Reservation, now: float,
+                    heads: dict[str, es.Head] | None = None) -> None:
+        """One `kind` event per line of `r`, on each product's stream."""
+        if heads is None:
+            heads = await es.heads(tx, [li.product_id for li in r.items])
+        for li in r.items:
+            head = heads.get(li.product_id)
+            if head is None:
+                raise StockMoveError(f"order {r.order_id}: no stock stream for {li.product_id}")
+            await self._append(tx, head, li.product_id,
+                               [Event(kind, li.quantity, r.order_id)], now)
 
     async def get_reservation(self, order_id: str) -> Reservation | None:
         async def run(tx: Tx) -> Reservation | None:
@@ -226,14 +310,6 @@ async def _get(tx: Tx, order_id: str) -> Reservation | None:
         "SELECT order_id, status, items, reason FROM reservations WHERE order_id = ?",
         (order_id,))
     return None if row is None else _reservation(row)
-
-
-async def _move(tx: Tx, sql: str, items: Sequence[Line], now: float) -> None:
-    moved = 0
-    for li in items:
-        moved += await tx.run(sql, (li.quantity, li.quantity, now, li.product_id, li.quantity))
-    if moved != len(items):
-        raise StockMoveError(f"stock moved for {moved} of {len(items)} products")
 
 
 async def _set_status(tx: Tx, r: Reservation, now: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from shop.inventory.v1 import inventory_pb2
 
+from gateway.access import is_public
 from gateway.errors import HttpError
 from gateway.rules import load_rules
 from gateway.transcoder import Binding
@@ -46,3 +47,9 @@ def test_history_pages_by_page_size_and_token() -> None:
     with pytest.raises(HttpError) as info:
         HISTORY.build_request({"product_id": "p1"}, [("pageSize", "many")], b"")
     assert info.value.http_status == 400
+
+
+def test_stock_is_a_public_read_its_history_needs_a_signed_in_caller() -> None:
+    assert is_public("GET", "/api/inventory/{product_id}")
+    assert not is_public("GET", "/api/inventory/{product_id}/history")
+    assert is_public("GET", "/api/products/{id}")
