@@ -105,7 +105,10 @@ async def append(tx: Tx, head: Head | None, product_id: str, events: Sequence[Ev
             (*values, product_id, start.version))
     if changed != 1:
         raise VersionConflict(f"stream {product_id} moved past version {start.version}")
-    await tx.run_many(_INSERT_EVENT, rows)
+    if len(rows) == 1:
+        await tx.run(_INSERT_EVENT, rows[0])  # the usual case: cheaper than executemany
+    else:
+        await tx.run_many(_INSERT_EVENT, rows)
     if ledger.snapshot_due(start.version, level.version, snapshot_every):
         await tx.run(
             "INSERT INTO inventory_snapshots (product_id, version, format, state, recorded_at)"

@@ -66,35 +66,36 @@ async def _served(tx: Tx, product_id: str) -> Level | None:
     return None if head is None else head.level
 
 
-async def _bad_snapshots(tx: Tx, product_id: str) -> list[int]:
-    """The versions of the snapshots (of the current format) that differ from the replay
-    of the stream from its first event."""
+async def _full_replay(tx: Tx, product_id: str) -> tuple[es.Loaded, list[int]]:
+    """The stream replayed from its first event, in one pass that also compares every
+    snapshot (of the current format) with the level at its version; with the versions of
+    the snapshots that differ (or lie past the stream's end)."""
     snaps = {int(r["version"]): str(r["state"]) for r in await tx.fetch(
         "SELECT version, state FROM inventory_snapshots WHERE product_id = ? AND format = ?",
         (product_id, ledger.SNAPSHOT_FORMAT))}
-    if not snaps:
-        return []
     level = ledger.EMPTY
-    bad = [v for v in snaps if v > (await _last_version(tx, product_id))]
-    for r in await es.events_after(tx, product_id, 0, upto_version=max(snaps)):
+    bad: list[int] = []
+    events = await es.events_after(tx, product_id, 0)
+    for r in events:
         level = ledger.apply(level, r.event)
         if level.version in snaps and ledger.from_snapshot(
                 snaps[level.version], level.version, ledger.SNAPSHOT_FORMAT) != level:
             bad.append(level.version)
-    return sorted(bad)
+    bad += [v for v in snaps if v > level.version]
+    at = events[-1].at if events else 0.0
+    return es.Loaded(level, len(events), at), sorted(bad)
 
 
-async def _last_version(tx: Tx, product_id: str) -> int:
-    v = await tx.fetchval("SELECT MAX(version) FROM inventory_events WHERE product_id = ?",
-                          (product_id,))
-    return 0 if v is None else int(v)
+async def _replay(tx: Tx, product_id: str, from_scratch: bool) -> tuple[es.Loaded, list[int]]:
+    if from_scratch:
+        return await _full_replay(tx, product_id)
+    return await es.load(tx, product_id), []
 
 
 async def _check(tx: Tx, product_id: str, from_scratch: bool) -> tuple[int, Difference | None]:
     served = await _served(tx, product_id)
     try:
-        loaded = await es.load(tx, product_id, snapshots=not from_scratch)
-        bad = await _bad_snapshots(tx, product_id) if from_scratch else []
+        loaded, bad = await _replay(tx, product_id, from_scratch)
     except InvalidEvent as err:
         return 0, Difference(product_id, served, None, f"events cannot be replayed: {err}")
     replayed = loaded.level
@@ -117,7 +118,7 @@ async def _fix(storage: Storage, product_id: str, from_scratch: bool) -> bool:
     the same write; False when its stream cannot be replayed."""
     async def run(tx: Tx) -> bool:
         try:
-            loaded = await es.load(tx, product_id, snapshots=not from_scratch)
+            loaded, bad = await _replay(tx, product_id, from_scratch)
         except InvalidEvent:
             return False
         lv = loaded.level
@@ -130,17 +131,12 @@ async def _fix(storage: Storage, product_id: str, from_scratch: bool) -> bool:
             " available = excluded.available, reserved = excluded.reserved,"
             " sold = excluded.sold, total = excluded.total, version = excluded.version,"
             " updated_at = excluded.updated_at", (product_id, *values))
-        if from_scratch:
-            await _drop_bad_snapshots(tx, product_id)
+        for version in bad:
+            await tx.run("DELETE FROM inventory_snapshots WHERE product_id = ? AND version = ?",
+                         (product_id, version))
         return True
 
     return await storage.write(run)
-
-
-async def _drop_bad_snapshots(tx: Tx, product_id: str) -> None:
-    for version in await _bad_snapshots(tx, product_id):
-        await tx.run("DELETE FROM inventory_snapshots WHERE product_id = ? AND version = ?",
-                     (product_id, version))
 
 
 async def rebuild(storage: Storage, *, verify_only: bool, from_scratch: bool,
