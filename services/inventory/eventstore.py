@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from services.common.storage import Row, Tx
 from services.inventory import ledger
@@ -35,8 +36,7 @@ class VersionConflict(RuntimeError):
     """Another writer appended to the stream since it was read."""
 
 
-@dataclass(frozen=True, slots=True)
-class Head:
+class Head(NamedTuple):
     """A stream's head as the stock row holds it: the level at `level.version`, and the
     time of the event that made it."""
 
@@ -45,8 +45,7 @@ class Head:
     at: float
 
 
-@dataclass(frozen=True, slots=True)
-class Recorded:
+class Recorded(NamedTuple):
     """An event as stored: its version and time with it."""
 
     version: int
@@ -54,7 +53,8 @@ class Recorded:
     at: float
 
 
-def _head(row: Row) -> Head:
+def head_of(row: Row) -> Head:
+    """A Head from a row with the stock table's columns."""
     return Head(str(row["product_id"]),
                 Level(int(row["available"]), int(row["reserved"]), int(row["sold"]),
                       int(row["total"]), int(row["version"])), float(row["updated_at"]))
@@ -75,7 +75,7 @@ async def heads(tx: Tx, product_ids: Sequence[str]) -> dict[str, Head]:
         return {}
     rows = await tx.fetch(_HEAD.format(marks=",".join("?" * len(product_ids))),
                           list(product_ids))
-    return {h.product_id: h for h in map(_head, rows)}
+    return {h.product_id: h for h in map(head_of, rows)}
 
 
 async def append(tx: Tx, head: Head | None, product_id: str, events: Sequence[Event], *,

@@ -7,6 +7,8 @@ moves units between available, reserved and sold for one order, so
 available + reserved + sold == total after every event. `apply` refuses an event that
 would drive a count negative, so a fold either yields a valid level or raises.
 
+Events and levels are named tuples: a replay makes one of each per event.
+
 A snapshot is the level at one version, tagged with `SNAPSHOT_FORMAT`: a fold that changes
 bumps the format, and snapshots of another format are ignored (the stream is replayed).
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # Bump when `apply` changes meaning: older snapshots are then ignored, never trusted.
 SNAPSHOT_FORMAT = 1
@@ -39,8 +41,7 @@ class InvalidEvent(ValueError):
     a version skipped, a carried-over level other than first)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """One fact of a product's stream. `quantity`: the units moved, or for STOCK_SET the
     available count set. `carried`: (reserved, sold) of a level recorded before the ledger
     existed, only on a stream's first event (its opening balance)."""
@@ -51,8 +52,7 @@ class Event:
     carried: tuple[int, int] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Level:
+class Level(NamedTuple):
     """A product's stock after `version` events. `total`: the stock ever set."""
 
     available: int = 0
