@@ -34,7 +34,7 @@ from services.order.ports import (
     StepUnknown,
     StepUnwell,
 )
-from services.order.store import HistoryEntry, OrderStore
+from services.order.store import HistoryEntry, OrderRepository
 
 log = logging.getLogger("shop.order.saga")
 
@@ -52,7 +52,7 @@ class SagaConfig:
 
 
 class SagaRunner:
-    def __init__(self, store: OrderStore, ports: SagaPorts, config: SagaConfig) -> None:
+    def __init__(self, store: OrderRepository, ports: SagaPorts, config: SagaConfig) -> None:
         self.store = store
         self.ports = ports
         self.config = config
