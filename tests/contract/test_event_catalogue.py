@@ -94,12 +94,8 @@ class Published:
 
 
 async def _open(path: Path, service: str) -> Database:
-    migrations = service_migrations(service)
-    if migrations.directory.is_dir():
-        return await Database.open(path / f"{service}.db", migrations=[migrations],
-                                   durable=False)
-    store = importlib.import_module(f"services.{service}.store")
-    return await Database.open(path / f"{service}.db", schema=store.SCHEMA, durable=False)
+    return await Database.open(path / f"{service}.db", migrations=[service_migrations(service)],
+                               durable=False)
 
 
 async def _outbox(db: Database, producer: str) -> list[Published]:
