@@ -32,7 +32,6 @@ one transaction (one fsync) per event.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 import time
@@ -52,8 +51,7 @@ from services.common.dlq import dead_letter
 from services.common.events import STREAM
 from services.common.storage import Storage, Tx
 
-__all__ = ["AfterCommit", "ConsumerStats", "EventConsumer", "Handler", "Route", "SkipCheck",
-           "TxHandler"]
+__all__ = ["AfterCommit", "ConsumerStats", "EventConsumer", "Handler", "Route", "SkipCheck"]
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +59,10 @@ Envelope = envelope_pb2.Envelope
 # Run on the event loop after the handler's transaction committed.
 AfterCommit = Callable[[], None]
 # Acts only through `tx` (the consumer's transaction): it may be run again after a
-# rollback when another event of its batch failed. (A plain function returning at once is
-# accepted too, on SQLite only.)
-Handler = Callable[[Tx, Envelope, Any], Awaitable[AfterCommit | None] | AfterCommit | None]
+# rollback when another event of its batch failed.
+Handler = Callable[[Tx, Envelope, Any], Awaitable[AfterCommit | None]]
 # Read-only: True when the event can have no effect now or later.
-SkipCheck = Callable[[Tx, Envelope, Any], Awaitable[bool] | bool]
-TxHandler = Handler
+SkipCheck = Callable[[Tx, Envelope, Any], Awaitable[bool]]
 
 _INBOX_INSERT = "INSERT INTO inbox (consumer, event_id, handled_at) VALUES (?, ?, ?)"
 # Bounded: one prune round never holds the write lock for long (index inbox_handled_at).
@@ -82,20 +78,6 @@ class Route:
     handler: Handler
     # True when the event certainly has no effect (see the module doc); None: always handle.
     skip: SkipCheck | None = None
-
-    @classmethod
-    def tx(cls, subject: str, payload_type: type[Message], fn: Callable[..., Any], *,
-           skip: Callable[..., Any] | None = None) -> Route:
-        """A route whose handler may also be a plain function on SQLite's `db.Tx`."""
-        return cls(subject, payload_type, fn, skip)
-
-    @property
-    def tx_handler(self) -> Handler:
-        return self.handler
-
-
-async def _settle(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
 
 
 @dataclass
@@ -239,7 +221,7 @@ class EventConsumer:
 
         async def run(tx: Tx) -> list[bool]:
             return [d.route.skip is not None and bool(
-                await _settle(d.route.skip(tx, d.env, d.payload))) for d in batch]
+                await d.route.skip(tx, d.env, d.payload)) for d in batch]
 
         try:
             noop = await self.db.read(run)
@@ -303,9 +285,9 @@ class EventConsumer:
                 try:
                     if savepoints:
                         async with tx.savepoint():
-                            after = await _settle(d.route.handler(tx, d.env, d.payload))
+                            after = await d.route.handler(tx, d.env, d.payload)
                     else:
-                        after = await _settle(d.route.handler(tx, d.env, d.payload))
+                        after = await d.route.handler(tx, d.env, d.payload)
                 except Exception as e:
                     if not savepoints:
                         raise _HandlerFailed from e
