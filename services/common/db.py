@@ -78,6 +78,10 @@ class Tx:
     def alive(self) -> bool:
         return self.conn.in_transaction
 
+    @property
+    def for_update(self) -> str:
+        return ""  # BEGIN IMMEDIATE: the one writer already holds the file's write lock
+
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         with _integrity():
             return self.conn.execute(sql, params).fetchall()
@@ -212,11 +216,12 @@ class Database:
         if cb in self._listeners:
             self._listeners.remove(cb)
 
-    async def write(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
+    async def write(self, fn: Callable[[Tx], Awaitable[T]], *, locked: bool = False) -> T:
         """`fn(tx)` in a write transaction, in one thread hop; concurrent writes share one
         BEGIN IMMEDIATE .. COMMIT (group commit), each in its own savepoint. Returns fn's
         result once committed; fn's exception rolls back fn's writes only. `fn` runs on the
-        connection's thread and awaits nothing but `tx`."""
+        connection's thread and awaits nothing but `tx`. (`locked` changes nothing here:
+        writers are serialized by the file's lock.)"""
         result: T = await self._submit("w", fn)
         return result
 

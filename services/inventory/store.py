@@ -1,9 +1,12 @@
 """Inventory persistence: stock levels, per-order reservations and their outbox events.
 
-Every call is one unit of work (serialized writers: SQLite's write lock, PostgreSQL's
-SERIALIZABLE, so the reads that decide are never stale, even with several instances) with
-few statements: one read of the reservation, one of the stock, one update per stock move,
-one write of the reservation, one outbox row.
+Every call is one unit of work with few statements: one read of the reservation, one of
+the stock, one update per stock move, one write of the reservation, one outbox row. Every
+product's stock row is hot (each order of it moves it twice), so the stock moves are
+`locked` units of work: they lock the reservation and the stock rows they decide on
+(`tx.for_update`) and move stock relative to what the row holds, guarded in the WHERE. On
+SQLite the one writer serializes them anyway; on PostgreSQL they run READ COMMITTED and
+wait for each other's row locks rather than fail a serializable check and run again.
 """
 
 from __future__ import annotations
@@ -114,7 +117,7 @@ class InventoryStore:
                 " RETURNING product_id, available, reserved, sold",
                 (product_id, available, available, time.time()))
 
-        row = await self.storage.write(run)
+        row = await self.storage.write(run, locked=True)  # one statement: atomic on its own
         assert row is not None
         return _stock(row)
 
@@ -125,12 +128,14 @@ class InventoryStore:
         lines = tuple(lines)
 
         async def run(tx: Tx) -> Reservation:
-            existing = await _get(tx, order_id)
+            existing = await _get(tx, order_id, lock=True)
             if existing is not None:
                 return existing
             marks = ",".join("?" * len(lines))
+            # Locked in one order (product id), so two reservations never deadlock.
             available = {r[0]: int(r[1]) for r in await tx.fetch(
-                f"SELECT product_id, available FROM stock WHERE product_id IN ({marks})",
+                f"SELECT product_id, available FROM stock WHERE product_id IN ({marks})"
+                f" ORDER BY product_id{tx.for_update}",
                 [li.product_id for li in lines])}
             decided = decide_reserve(order_id, lines, available)
             now = time.time()
@@ -147,11 +152,11 @@ class InventoryStore:
                            source=SERVICE, aggregate_id=order_id)
             return decided
 
-        return await self.storage.write(run)
+        return await self.storage.write(run, locked=True)
 
     async def release(self, order_id: str) -> Reservation:
         async def run(tx: Tx) -> Reservation:
-            t = decide_release(order_id, await _get(tx, order_id))
+            t = decide_release(order_id, await _get(tx, order_id, lock=True))
             now = time.time()
             if t.effect is Effect.RETURN:
                 await _move(tx, _RETURN, t.reservation.items, now)
@@ -166,24 +171,24 @@ class InventoryStore:
                     (order_id, t.reservation.status.value, now, now))
             return t.reservation
 
-        return await self.storage.write(run)
+        return await self.storage.write(run, locked=True)
 
     async def commit(self, order_id: str) -> Reservation:
         async def run(tx: Tx) -> Reservation:
-            t = decide_commit(order_id, await _get(tx, order_id))
+            t = decide_commit(order_id, await _get(tx, order_id, lock=True))
             if t.effect is Effect.SELL:
                 now = time.time()
                 await _move(tx, _SELL, t.reservation.items, now)
                 await _set_status(tx, t.reservation, now)
             return t.reservation
 
-        return await self.storage.write(run)
+        return await self.storage.write(run, locked=True)
 
     async def restock(self, order_id: str) -> Reservation:
         """A committed order's units from sold back to available, with inventory.restocked;
         a repeat changes nothing. FailedPrecondition when nothing was committed."""
         async def run(tx: Tx) -> Reservation:
-            t = decide_restock(order_id, await _get(tx, order_id))
+            t = decide_restock(order_id, await _get(tx, order_id, lock=True))
             if t.effect is Effect.RESTOCK:
                 now = time.time()
                 await _move(tx, _RESTOCK, t.reservation.items, now)
@@ -193,7 +198,7 @@ class InventoryStore:
                            source=SERVICE, aggregate_id=order_id)
             return t.reservation
 
-        return await self.storage.write(run)
+        return await self.storage.write(run, locked=True)
 
     async def get_reservation(self, order_id: str) -> Reservation | None:
         async def run(tx: Tx) -> Reservation | None:
@@ -221,16 +226,18 @@ class InventoryStore:
 # --- statements of the units of work above ----------------------------------------------
 
 
-async def _get(tx: Tx, order_id: str) -> Reservation | None:
+async def _get(tx: Tx, order_id: str, *, lock: bool = False) -> Reservation | None:
+    """The reservation; with `lock`, locked until the commit (a `locked` unit of work: two
+    moves of one order's stock wait for each other)."""
     row = await tx.fetchrow(
-        "SELECT order_id, status, items, reason FROM reservations WHERE order_id = ?",
-        (order_id,))
+        "SELECT order_id, status, items, reason FROM reservations WHERE order_id = ?"
+        + (tx.for_update if lock else ""), (order_id,))
     return None if row is None else _reservation(row)
 
 
 async def _move(tx: Tx, sql: str, items: Sequence[Line], now: float) -> None:
     moved = 0
-    for li in items:
+    for li in sorted(items, key=lambda li: li.product_id):  # the lock order of `reserve`
         moved += await tx.run(sql, (li.quantity, li.quantity, now, li.product_id, li.quantity))
     if moved != len(items):
         raise StockMoveError(f"stock moved for {moved} of {len(items)} products")
