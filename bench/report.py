@@ -16,8 +16,9 @@ __all__ = ["GOALS", "PG_SCENARIOS", "SCENARIOS", "Goal", "append_history", "buil
            "machine_info", "previous_run", "print_report"]
 
 SCENARIOS = ("product_get", "dashboard", "order", "outbox", "consumer")
-# With DB=postgres: the event path on PostgreSQL, its "raw" being the same on SQLite.
-PG_SCENARIOS = ("outbox_pg", "consumer_pg")
+# With DB=postgres: the order saga and the event path on PostgreSQL, each compared with
+# the same scenario on SQLite in the same run.
+PG_SCENARIOS = ("order_pg", "outbox_pg", "consumer_pg")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ GOALS: dict[str, Goal] = {
     "order": Goal("raw saga", 0.50, 2.0),
     "outbox": Goal("raw publish", 0.50),
     "consumer": Goal("raw pull+ack", 0.25),
+    "order_pg": Goal("order on SQLite", 0.80),
     "outbox_pg": Goal("outbox on SQLite", 0.80),
     "consumer_pg": Goal("consumer on SQLite", 0.80),
 }

@@ -26,4 +26,4 @@ async def on_order_confirmed(tx: Tx, envelope: envelope_pb2.Envelope,
 
 
 def routes() -> list[Route]:
-    return [Route.tx(ORDER_CONFIRMED, order_pb2.OrderConfirmed, on_order_confirmed)]
+    return [Route(ORDER_CONFIRMED, order_pb2.OrderConfirmed, on_order_confirmed)]

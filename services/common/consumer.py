@@ -32,7 +32,6 @@ one transaction (one fsync) per event.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 import time
@@ -54,8 +53,7 @@ from services.common.dlq import dead_letter
 from services.common.events import STREAM
 from services.common.storage import Storage, Tx
 
-__all__ = ["AfterCommit", "ConsumerStats", "EventConsumer", "Handler", "Route", "SkipCheck",
-           "TxHandler"]
+__all__ = ["AfterCommit", "ConsumerStats", "EventConsumer", "Handler", "Route", "SkipCheck"]
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +61,10 @@ Envelope = envelope_pb2.Envelope
 # Run on the event loop after the handler's transaction committed.
 AfterCommit = Callable[[], None]
 # Acts only through `tx` (the consumer's transaction): it may be run again after a
-# rollback when another event of its batch failed. (A plain function returning at once is
-# accepted too, on SQLite only.)
-Handler = Callable[[Tx, Envelope, Any], Awaitable[AfterCommit | None] | AfterCommit | None]
+# rollback when another event of its batch failed.
+Handler = Callable[[Tx, Envelope, Any], Awaitable[AfterCommit | None]]
 # Read-only: True when the event can have no effect now or later.
-SkipCheck = Callable[[Tx, Envelope, Any], Awaitable[bool] | bool]
-TxHandler = Handler
+SkipCheck = Callable[[Tx, Envelope, Any], Awaitable[bool]]
 
 _INBOX_INSERT = "INSERT INTO inbox (consumer, event_id, handled_at) VALUES (?, ?, ?)"
 # Bounded: one prune round never holds the write lock for long (index inbox_handled_at).
@@ -84,20 +80,6 @@ class Route:
     handler: Handler
     # True when the event certainly has no effect (see the module doc); None: always handle.
     skip: SkipCheck | None = None
-
-    @classmethod
-    def tx(cls, subject: str, payload_type: type[Message], fn: Callable[..., Any], *,
-           skip: Callable[..., Any] | None = None) -> Route:
-        """A route whose handler may also be a plain function on SQLite's `db.Tx`."""
-        return cls(subject, payload_type, fn, skip)
-
-    @property
-    def tx_handler(self) -> Handler:
-        return self.handler
-
-
-async def _settle(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
 
 
 @dataclass
@@ -134,7 +116,7 @@ async def _handle(d: _Decoded, tx: Tx, durable: str) -> AfterCommit | None:
     """The handler inside the event's scope (request id, CONSUMER span); its after-commit
     hook keeps that scope."""
     with event_scope(d.env, durable):
-        after: AfterCommit | None = await _settle(d.route.handler(tx, d.env, d.payload))
+        after: AfterCommit | None = await d.route.handler(tx, d.env, d.payload)
         _log_handled(durable, d.env)
     return None if after is None else in_scope(after)
 
@@ -265,7 +247,7 @@ class EventConsumer:
 
         async def run(tx: Tx) -> list[bool]:
             return [d.route.skip is not None and bool(
-                await _settle(d.route.skip(tx, d.env, d.payload))) for d in batch]
+                await d.route.skip(tx, d.env, d.payload)) for d in batch]
 
         try:
             noop = await self.db.read(run)

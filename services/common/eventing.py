@@ -1,6 +1,6 @@
 """A service's event side, started in the background: NATS never blocks serving gRPC.
 
-`EventWorkers(settings, db, relay=..., consumers=[ConsumerSpec(...)])` (or `event_tasks`)
+`EventWorkers(settings, db, relay=..., consumers=[ConsumerSpec(...)])`
 gives the composition root one task and one on_stop hook. The task connects the Bus
 (retrying forever with capped back-off; one log line per state change, not per attempt),
 ensures the streams, then runs the outbox relay (one active per SQLite file, see
@@ -29,7 +29,7 @@ from services.common.pg_relay import PgOutboxRelay
 from services.common.settings import Settings, env_float
 from services.common.storage import Storage
 
-__all__ = ["ConsumerSpec", "EventWorkers", "event_tasks", "make_relay"]
+__all__ = ["ConsumerSpec", "EventWorkers", "make_relay"]
 
 log = logging.getLogger("shop.eventing")
 
@@ -181,10 +181,3 @@ def make_relay(db: Storage, bus: Bus, **options: Any) -> OutboxRelay | PgOutboxR
     if isinstance(db, PgDatabase):
         return PgOutboxRelay(db, bus, **options)
     return OutboxRelay(db, bus, **options)
-
-
-def event_tasks(settings: Settings, db: Storage, *, relay: bool,
-                consumers: Sequence[ConsumerSpec] = ()) -> tuple[list[Task], list[Task]]:
-    """(tasks, on_stop) for App: the background event side of one service."""
-    workers = EventWorkers(settings, db, relay=relay, consumers=consumers)
-    return workers.tasks, workers.on_stop

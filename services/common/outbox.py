@@ -1,6 +1,6 @@
 """Transactional outbox: events are written with the state change, a relay publishes them.
 
-`enqueue` runs inside the caller's `db.transaction()`; `OutboxRelay` publishes unsent rows
+`tx.emit(...)` runs inside the caller's unit of work; `OutboxRelay` publishes unsent rows
 in id order (= commit order, as SQLite has one writer at a time) with many acks in
 flight, and marks a row sent only after JetStream acknowledged it. Per aggregate the order
 is strict even across a reconnect: the next event of an aggregate is sent only after the

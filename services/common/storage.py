@@ -85,6 +85,13 @@ class Tx(Protocol):
         """False when the backend has rolled the whole transaction back."""
         ...
 
+    @property
+    def for_update(self) -> str:
+        """The suffix that makes a SELECT lock the rows it returns until the commit
+        (" FOR UPDATE" on PostgreSQL; "" on SQLite, whose single writer needs none): for
+        the reads of a `locked` unit of work."""
+        ...
+
 
 Unit = Callable[[Tx], Awaitable[T]]
 
@@ -98,9 +105,15 @@ class Storage(Protocol):
         """Where the data lives, for status lines (never a password)."""
         ...
 
-    async def write(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
+    async def write(self, fn: Callable[[Tx], Awaitable[T]], *, locked: bool = False) -> T:
         """`fn` in one write transaction; its result once committed. Its exception rolls
-        back its writes (and its events) and is raised here."""
+        back its writes (and its events) and is raised here.
+
+        `locked`: `fn` locks every row its decision reads (`tx.for_update`) and changes
+        rows relative to what they hold, guarded in its WHERE. A PostgreSQL backend then
+        runs it READ COMMITTED, so units of work on one hot row (a product's stock) wait
+        for each other's commit instead of failing and running again; one that loses a
+        race on a unique key runs again and finds the row. Others are SERIALIZABLE."""
         ...
 
     async def read(self, fn: Callable[[Tx], Awaitable[T]]) -> T:

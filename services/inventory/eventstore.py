@@ -24,8 +24,9 @@ from services.common.storage import Row, Tx
 from services.inventory import ledger
 from services.inventory.ledger import Event, Kind, Level
 
+# In product order, locked for a `locked` unit of work (two appends never deadlock).
 _HEAD = ("SELECT product_id, available, reserved, sold, total, version, updated_at"
-         " FROM stock WHERE product_id IN ({marks})")
+         " FROM stock WHERE product_id IN ({marks}) ORDER BY product_id{lock}")
 _INSERT_EVENT = (
     "INSERT INTO inventory_events (product_id, version, kind, order_id, quantity,"
     " carried_reserved, carried_sold, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
@@ -69,12 +70,13 @@ def recorded(row: Row) -> Recorded:
                           carried), float(row["recorded_at"]))
 
 
-async def heads(tx: Tx, product_ids: Sequence[str]) -> dict[str, Head]:
-    """The heads of the streams that exist among `product_ids`."""
+async def heads(tx: Tx, product_ids: Sequence[str], *, lock: bool = True) -> dict[str, Head]:
+    """The heads of the streams that exist among `product_ids`; with `lock` (in a write)
+    locked until the commit on PostgreSQL (`tx.for_update`)."""
     if not product_ids:
         return {}
-    rows = await tx.fetch(_HEAD.format(marks=",".join("?" * len(product_ids))),
-                          list(product_ids))
+    rows = await tx.fetch(_HEAD.format(marks=",".join("?" * len(product_ids)),
+                                       lock=tx.for_update if lock else ""), list(product_ids))
     return {h.product_id: h for h in map(head_of, rows)}
 
 

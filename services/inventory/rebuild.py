@@ -62,7 +62,7 @@ async def _product_ids(tx: Tx, after: str, limit: int) -> list[str]:
 
 
 async def _served(tx: Tx, product_id: str) -> Level | None:
-    head = (await es.heads(tx, [product_id])).get(product_id)
+    head = (await es.heads(tx, [product_id], lock=False)).get(product_id)
     return None if head is None else head.level
 
 

@@ -8,9 +8,14 @@ of its stream at its version, which `rebuild` proves); a head that moved between
 append (another writer) is a VersionConflict, and the whole unit of work runs again on
 fresh state.
 
-Every call is one unit of work (serialized writers: SQLite's write lock, PostgreSQL's
-SERIALIZABLE) with few statements: the reservation, the heads it touches, per product one
-guarded stock update and one event row, the reservation row, one outbox row.
+Every call is one unit of work with few statements: the reservation, the heads it
+touches, per product one guarded stock update and one event row, the reservation row, one
+outbox row. Every product's stock row is hot (each order of it moves it twice), so the
+appends are `locked` units of work: they lock the reservation and the heads they decide on
+(`tx.for_update`, heads in product order, so two never deadlock). On SQLite the one writer
+serializes them anyway; on PostgreSQL they run READ COMMITTED and wait for each other's
+row locks, and the version guard never fires there unless something wrote a stock row
+without its lock.
 """
 
 from __future__ import annotations
@@ -107,7 +112,7 @@ class InventoryStore:
         read moved before its append."""
         for _ in range(_MAX_ATTEMPTS):
             try:
-                return await self.storage.write(fn)
+                return await self.storage.write(fn, locked=True)
             except es.VersionConflict:
                 self.conflicts += 1
         raise Unavailable("stock is changing too fast to record this change; try again")
@@ -221,7 +226,7 @@ class InventoryStore:
 
     async def release(self, order_id: str) -> Reservation:
         async def run(tx: Tx) -> Reservation:
-            t = decide_release(order_id, await _get(tx, order_id))
+            t = decide_release(order_id, await _get(tx, order_id, lock=True))
             now = time.time()
             if t.effect is Effect.RETURN:
                 await self._move(tx, Kind.RELEASED, t.reservation, now)
@@ -241,7 +246,7 @@ class InventoryStore:
 
     async def commit(self, order_id: str) -> Reservation:
         async def run(tx: Tx) -> Reservation:
-            t = decide_commit(order_id, await _get(tx, order_id))
+            t = decide_commit(order_id, await _get(tx, order_id, lock=True))
             if t.effect is Effect.SELL:
                 now = time.time()
                 await self._move(tx, Kind.COMMITTED, t.reservation, now)
@@ -254,7 +259,7 @@ class InventoryStore:
         """A committed order's units from sold back to available, with inventory.restocked;
         a repeat changes nothing. FailedPrecondition when nothing was committed."""
         async def run(tx: Tx) -> Reservation:
-            t = decide_restock(order_id, await _get(tx, order_id))
+            t = decide_restock(order_id, await _get(tx, order_id, lock=True))
             if t.effect is Effect.RESTOCK:
                 now = time.time()
                 await self._move(tx, Kind.RESTOCKED, t.reservation, now)
@@ -305,10 +310,12 @@ class InventoryStore:
 # --- statements of the units of work above ----------------------------------------------
 
 
-async def _get(tx: Tx, order_id: str) -> Reservation | None:
+async def _get(tx: Tx, order_id: str, *, lock: bool = False) -> Reservation | None:
+    """The reservation; with `lock`, locked until the commit (two moves of one order's
+    stock wait for each other)."""
     row = await tx.fetchrow(
-        "SELECT order_id, status, items, reason FROM reservations WHERE order_id = ?",
-        (order_id,))
+        "SELECT order_id, status, items, reason FROM reservations WHERE order_id = ?"
+        + (tx.for_update if lock else ""), (order_id,))
     return None if row is None else _reservation(row)
 
 
@@ -322,7 +329,11 @@ async def _reservation_and_heads(tx: Tx, order_id: str, product_ids: Sequence[st
         "SELECT s.product_id, s.available, s.reserved, s.sold, s.total, s.version,"
         " s.updated_at, r.status AS r_status, r.items AS r_items, r.reason AS r_reason"
         " FROM stock s LEFT JOIN reservations r ON r.order_id = ?"
-        f" WHERE s.product_id IN ({marks})", [order_id, *product_ids])
+        f" WHERE s.product_id IN ({marks}) ORDER BY s.product_id"
+        # Only the heads are locked (PostgreSQL locks no nullable side of an outer join):
+        # a reservation made meanwhile for the same order loses on its key, and the unit
+        # of work runs again and finds it.
+        + (f"{tx.for_update} OF s" if tx.for_update else ""), [order_id, *product_ids])
     if not rows:
         return await _get(tx, order_id), {}
     first = rows[0]

@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiosqlite
 import pytest
 from google.protobuf.message import Message
 from shop.events.v1 import envelope_pb2
@@ -33,10 +32,11 @@ from services.common.consumer import Route
 from services.common.db import Database
 from services.common.schema import service_migrations
 from services.common.settings import SERVICES
+from services.common.storage import Row, Tx
 from services.inventory.domain import Line as StockLine
 from services.inventory.store import InventoryStore
 from services.order.domain import Limits, Line, Order, Outcome, SagaState, advance
-from services.order.store import HistoryEntry, OrderStore, write_saga
+from services.order.store import HistoryEntry, OrderStore
 from services.payment.domain import ChargeRequest
 from services.payment.store import PaymentStore
 from services.user.domain import User
@@ -94,19 +94,12 @@ class Published:
 
 
 async def _open(path: Path, service: str) -> Database:
-    migrations = service_migrations(service)
-    if migrations.directory.is_dir():
-        return await Database.open(path / f"{service}.db", migrations=[migrations],
-                                   durable=False)
-    store = importlib.import_module(f"services.{service}.store")
-    return await Database.open(path / f"{service}.db", schema=store.SCHEMA, durable=False)
+    return await Database.open(path / f"{service}.db", migrations=[service_migrations(service)],
+                               durable=False)
 
 
 async def _outbox(db: Database, producer: str) -> list[Published]:
-    async with db.reader() as conn:
-        cur = await conn.execute(
-            "SELECT event_id, subject, aggregate_id, data FROM outbox ORDER BY id")
-        rows = await cur.fetchall()
+    rows = await _rows(db, "SELECT event_id, subject, aggregate_id, data FROM outbox ORDER BY id")
     return [Published(producer, r["subject"], r["event_id"], r["aggregate_id"], bytes(r["data"]))
             for r in rows]
 
@@ -290,10 +283,11 @@ async def run_route(db: Database, route: Route, published: Published) -> Envelop
     return env
 
 
-async def _rows(db: Database, sql: str, *args: object) -> list[aiosqlite.Row]:
-    async with db.reader() as conn:
-        cur = await conn.execute(sql, args)
-        return list(await cur.fetchall())
+async def _rows(db: Database, sql: str, *args: object) -> list[Row]:
+    async def run(tx: Tx) -> list[Row]:
+        return await tx.fetch(sql, args)
+
+    return await db.read(run)
 
 
 # Per (consumer, subject): a set-up before the handler runs, and the effect check after.
@@ -354,8 +348,8 @@ def _order_at_charge(order_id: str) -> Setup:
     async def setup(db: Database) -> None:
         _, saga = await create_order(db, order_id)
         at_charge = advance(saga, Outcome.SUCCEEDED).state  # stock reserved
-        async with db.transaction() as conn:
-            assert await write_saga(conn, saga, at_charge)
+        assert await OrderStore(db).replace_saga(
+            saga, at_charge, HistoryEntry("reserve_stock", "succeeded", 1, time.time()))
     return setup
 
 

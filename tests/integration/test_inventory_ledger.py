@@ -212,9 +212,10 @@ class _RacingStorage:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def write(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
+    async def write(self, fn: Callable[[Tx], Awaitable[T]], *, locked: bool = False) -> T:
         self.writes += 1
-        return await self.inner.write(lambda tx: fn(_Racing(tx, self.fired)))  # type: ignore[arg-type]
+        return await self.inner.write(lambda tx: fn(_Racing(tx, self.fired)),  # type: ignore[arg-type]
+                                      locked=locked)
 
 
 async def test_a_conflicting_append_is_retried_on_fresh_state_never_lost(

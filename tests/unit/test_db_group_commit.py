@@ -122,3 +122,24 @@ async def test_a_unit_of_work_that_waits_on_something_else_is_refused(tmp_path: 
             assert conn.execute("SELECT count(*) FROM counter").fetchone()[0] == 0
     finally:
         await db.close()
+
+
+async def test_a_failing_write_queued_after_a_read_answers_its_own_caller(
+        tmp_path: Path) -> None:
+    """A read on the writer's thread (its own connection was busy) queued before a lone
+    failing write, in one batch: the read gets its rows, the write its error."""
+    db = await _open(tmp_path)
+    try:
+        await db.write(lambda tx: tx.run("INSERT INTO counter VALUES ('a', 5)"))
+        db._read_conn = None  # every read now goes to the writer's thread, as when busy
+
+        async def fail(tx: Tx) -> None:
+            await tx.run("UPDATE counter SET n = 6 WHERE k = 'a'")
+            raise RuntimeError("this write only")
+
+        read, write = await asyncio.gather(_n(db), db.write(fail), return_exceptions=True)
+        assert read == 5
+        assert isinstance(write, RuntimeError) and str(write) == "this write only"
+        assert await _n(db) == 5 and not db.conn.in_transaction
+    finally:
+        await db.close()

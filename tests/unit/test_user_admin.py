@@ -63,7 +63,7 @@ async def test_ensure_admin_creates_the_account_with_the_role_once(
         assert domain.verify_password(password, stored)
         assert (await store.get(user.id)) == user
         await admin.ensure_admin(store, tmp_path, _hash)
-        rows = await db.read_now(lambda tx: tx.all("SELECT id FROM users"))
+        rows = await db.read(lambda tx: tx.fetch("SELECT id FROM users"))
         assert len(rows) == 1
     finally:
         await db.close()
