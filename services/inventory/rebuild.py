@@ -117,6 +117,7 @@ async def _fix(storage: Storage, product_id: str, from_scratch: bool) -> bool:
     """Rewrite one stock row (and drop the snapshots that disagree) from a replay made in
     the same write; False when its stream cannot be replayed."""
     async def run(tx: Tx) -> bool:
+        await es.heads(tx, [product_id])  # appends to the stream wait for this write
         try:
             loaded, bad = await _replay(tx, product_id, from_scratch)
         except InvalidEvent:
@@ -136,7 +137,7 @@ async def _fix(storage: Storage, product_id: str, from_scratch: bool) -> bool:
                          (product_id, version))
         return True
 
-    return await storage.write(run)
+    return await storage.write(run, locked=True)
 
 
 async def rebuild(storage: Storage, *, verify_only: bool, from_scratch: bool,
