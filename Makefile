@@ -10,6 +10,9 @@ PROTO_FILES := $(shell find proto -name '*.proto')
 GEN_STAMP := gen/.stamp
 BREAKING_IMAGE := proto/released.binpb
 PYTEST_ARGS ?=
+# Storage backend of `make run` / `make bench`: sqlite (files under var/) or postgres
+# (an embedded PostgreSQL under var/pg, unless SHOP_DATABASE_URL names a server).
+DB ?= sqlite
 # make test runs test files on this many workers (pytest-xdist; a file stays on one worker,
 # so module fixtures are shared as before); most of the suite waits on processes, not CPU.
 # TEST_WORKERS=0 runs everything in one process.
@@ -20,7 +23,7 @@ CHROMIUM := /usr/bin/chromium
 .PHONY: run test lint proto proto-deps release-contracts bench chaos clean venv browser-deps deploy deploy-check
 
 run: $(STAMP) $(GEN_STAMP)
-	$(PY) -m ops.run
+	DB=$(DB) $(PY) -m ops.run
 
 test: $(STAMP) $(GEN_STAMP) proto-deps browser-deps deploy-check
 	$(PY) -m pytest -m 'not chaos' -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
@@ -42,9 +45,10 @@ deploy-check: $(STAMP)
 chaos: $(STAMP) $(GEN_STAMP) proto-deps
 	$(PY) -m pytest -m chaos tests/faults $(PYTEST_ARGS)
 
-# PROFILE=1 adds py-spy flame graphs of the order scenario (var/bench/profile/).
+# PROFILE=1 adds py-spy flame graphs of the order scenario (var/bench/profile/);
+# DB=postgres runs the event path and the order saga on PostgreSQL too, beside SQLite.
 bench: $(STAMP) $(GEN_STAMP) $(BENCH_STAMP)
-	$(PY) -m bench $(if $(filter 1 yes true,$(PROFILE)),--profile)
+	DB=$(DB) $(PY) -m bench $(if $(filter 1 yes true,$(PROFILE)),--profile)
 
 lint: $(STAMP) proto-deps
 	$(BIN)/buf lint

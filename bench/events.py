@@ -1,10 +1,11 @@
 """Shop's event path: OutboxRelay publishing an outbox backlog, then an EventConsumer
 (inbox, one INSERT per event) consuming what the relay published.
 
-`python -m bench.events --nats URL --data DIR --seconds S --warmup W` prints one JSON
-line {"outbox": Measured, "consumer": Measured}. Both stores are durable
-(WAL + synchronous=FULL), as the order service's are. The relay is shop's own
-`OutboxRelay.run()`; the bench only subclasses it to time each batch.
+`python -m bench.events --nats URL --data DIR --seconds S --warmup W [--database-url URL]`
+prints one JSON line {"outbox": Measured, "consumer": Measured}. Both stores are durable
+(SQLite: WAL + synchronous=FULL, as the order service's are; PostgreSQL: the server's
+defaults, databases shop_bench_outbox / shop_bench_inbox). The relay is shop's own
+(`OutboxRelay` / `PgOutboxRelay`); the bench only subclasses it to time each batch.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import json
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-import aiosqlite
 import uvloop
 from shop.order.v1 import order_pb2
 
@@ -28,7 +30,11 @@ from services.common.bus import Bus
 from services.common.consumer import EventConsumer, Route
 from services.common.db import Database
 from services.common.events import ORDER_CREATED
-from services.common.outbox import OutboxRelay, enqueue
+from services.common.outbox import OutboxRelay
+from services.common.pg import PgDatabase
+from services.common.pg_relay import PgOutboxRelay
+from services.common.schema import COMMON, MigrationSet
+from services.common.storage import Storage, Tx
 
 __all__ = ["main"]
 
@@ -36,11 +42,24 @@ _FILL_TX = 500  # events per enqueue transaction while filling the backlog
 
 
 class _TimedRelay(OutboxRelay):
-    def __init__(self, db: Database, bus: Bus) -> None:
+    def __init__(self, db: Storage, bus: Bus) -> None:
         super().__init__(db, bus)
         self.batch_ms: list[float] = []
 
     async def relay_once(self) -> bool:
+        t0 = time.perf_counter()
+        more = await super().relay_once()
+        if self.stats.published:
+            self.batch_ms.append((time.perf_counter() - t0) * 1000)
+        return more
+
+
+class _TimedPgRelay(PgOutboxRelay):
+    def __init__(self, db: PgDatabase, bus: Bus) -> None:
+        super().__init__(db, bus)
+        self.batch_ms: list[float] = []
+
+    async def relay_once(self) -> tuple[bool, bool]:
         t0 = time.perf_counter()
         more = await super().relay_once()
         if self.stats.published:
@@ -57,18 +76,22 @@ class _TimedConsumer(EventConsumer):
         self.batch_ms.append((time.perf_counter() - t0) * 1000)
 
 
-async def _fill(db: Database, n: int) -> None:
+async def _fill(db: Storage, n: int) -> None:
     payload = sample_event()
     left = n
     while left > 0:
-        async with db.transaction() as conn:
-            for _ in range(min(left, _FILL_TX)):
-                await enqueue(conn, ORDER_CREATED, payload, source="bench",
+        count = min(left, _FILL_TX)
+
+        async def run(tx: Tx, count: int = count) -> None:
+            for _ in range(count):
+                await tx.emit(ORDER_CREATED, payload, source="bench",
                               aggregate_id=uuid.uuid4().hex, correlation_id=uuid.uuid4().hex)
+
+        await db.write(run)
         left -= _FILL_TX
 
 
-async def _relay_until(relay: _TimedRelay, target: int, cap_s: float) -> float:
+async def _relay_until(relay: _TimedRelay | _TimedPgRelay, target: int, cap_s: float) -> float:
     """Run the relay until `target` events in all are published; the time it took."""
     t0 = time.perf_counter()
     task = asyncio.create_task(relay.run())
@@ -82,16 +105,38 @@ async def _relay_until(relay: _TimedRelay, target: int, cap_s: float) -> float:
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def _effect(conn: aiosqlite.Connection, env: Any, payload: Any) -> None:
-    await conn.execute("INSERT INTO effects (event_id, order_id) VALUES (?, ?)",
-                       (env.id, payload.order.id))
+async def _effect(tx: Tx, env: Any, payload: Any) -> None:
+    await tx.run("INSERT INTO effects (event_id, order_id) VALUES (?, ?)",
+                 (env.id, payload.order.id))
 
 
-async def run(url: str, data_dir: Path, seconds: float, warmup_s: float) -> dict[str, object]:
+def _effects_migrations(data_dir: Path) -> MigrationSet:
+    d = data_dir / "effects-migrations"
+    d.mkdir(parents=True, exist_ok=True)
+    sql = "CREATE TABLE IF NOT EXISTS effects (event_id TEXT PRIMARY KEY, order_id TEXT);\n"
+    for dialect in ("sqlite", "postgres"):
+        (d / f"0001_effects.{dialect}.sql").write_text(sql)
+    return MigrationSet("effects", d)
+
+
+async def _open(data_dir: Path, name: str, server_url: str,
+                migrations: Sequence[MigrationSet]) -> Storage:
+    """SQLite under data_dir, or database `shop_<name>` on the PostgreSQL server."""
+    if server_url:
+        parts = urlsplit(server_url)
+        url = urlunsplit((parts.scheme, parts.netloc, f"/shop_{name}", parts.query, ""))
+        return await PgDatabase.open(url, migrations=[COMMON, *migrations])
+    return await Database.open(data_dir / f"{name}.db", durable=True,
+                               migrations=[COMMON, *migrations])
+
+
+async def run(url: str, data_dir: Path, seconds: float, warmup_s: float,
+              server_url: str = "") -> dict[str, object]:
     bus = await Bus.connect(url, name="bench-events")
     await bus.ensure_streams()
-    out_db = await Database.open(data_dir / "bench-outbox.db", schema="", durable=True)
-    relay = _TimedRelay(out_db, bus)
+    out_db = await _open(data_dir, "bench_outbox", server_url, [])
+    relay = (_TimedPgRelay(out_db, bus) if isinstance(out_db, PgDatabase)
+             else _TimedRelay(out_db, bus))
     # Warm-up: a small backlog, which also tells how big the timed one must be.
     warm = max(100, int(1500 * warmup_s))
     await _fill(out_db, warm)
@@ -108,9 +153,7 @@ async def run(url: str, data_dir: Path, seconds: float, warmup_s: float) -> dict
                       extra={"backlog": n, "failures": relay.stats.failures})
     await out_db.close()
 
-    in_db = await Database.open(
-        data_dir / "bench-inbox.db", durable=True,
-        schema="CREATE TABLE IF NOT EXISTS effects (event_id TEXT PRIMARY KEY, order_id TEXT);")
+    in_db = await _open(data_dir, "bench_inbox", server_url, [_effects_migrations(data_dir)])
     consumer = _TimedConsumer(bus, in_db, durable="bench-consumer", routes=[
         Route(ORDER_CREATED, order_pb2.OrderCreated, _effect)])
     consumer.batch_ms = []
@@ -152,10 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--database-url", default="",
+                        help="a PostgreSQL server URL (SHOP_DATABASE_URL form); default SQLite")
     args = parser.parse_args(argv)
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)
-    result = uvloop.run(run(args.nats, data, args.seconds, args.warmup))
+    result = uvloop.run(run(args.nats, data, args.seconds, args.warmup, args.database_url))
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 

@@ -34,22 +34,25 @@ from ops.mailcatcher import CatcherProcess
 from ops.natsd import NatsServer
 from services.common.bus import Bus, OutMsg, envelope_headers
 from services.common.consumer import EventConsumer
-from services.common.db import Database, Tx
+from services.common.db import Database
 from services.common.events import USER_CREATED
 from services.common.outbox import new_envelope
+from services.common.schema import service_migrations
+from services.common.storage import Storage, Tx
 from services.notification import domain, handlers, store
 from services.notification.mailconfig import MailSettings, parse_smtp_url
 from services.notification.metrics import MailMetrics
 from services.notification.sender import MailSender
-from services.notification.store import SCHEMA, DeliveryStore
+from services.notification.store import DeliveryStore
 
 __all__ = ["main"]
 
 _PUBLISH_CHUNK = 256
+_MIGRATIONS = service_migrations("notification")
 _CAP_S = 120.0
 
 
-def _sender(db: Database, smtp_url: str) -> MailSender:
+def _sender(db: Storage, smtp_url: str) -> MailSender:
     settings = MailSettings(target=parse_smtp_url(smtp_url), backoff_s=0.2, backoff_cap_s=1.0)
     return MailSender(DeliveryStore(db), settings, MailMetrics())
 
@@ -70,10 +73,11 @@ async def _publish_users(bus: Bus, n: int) -> None:
             raise RuntimeError(f"publishing the bench events failed: {failed[0]!r}")
 
 
-async def _count_sent(db: Database) -> int:
-    row = await db.read(lambda tx: tx.one(
-        "SELECT count(*) FROM deliveries WHERE status = 'SENT'"))
-    return int(row[0]) if row is not None else 0
+async def _count_sent(db: Storage) -> int:
+    async def run(tx: Tx) -> int:
+        return int(await tx.fetchval("SELECT count(*) FROM deliveries WHERE status = 'SENT'"))
+
+    return await db.read(run)
 
 
 async def _until(cond: Any, cap_s: float = _CAP_S) -> None:
@@ -86,12 +90,13 @@ async def _until(cond: Any, cap_s: float = _CAP_S) -> None:
 
 async def sender_rate(data: Path, smtp_url: str, m: int) -> Measured:
     """M owed mails drained into the catcher by one MailSender, nothing else running."""
-    db = await Database.open(data / "bench-sender.db", schema=SCHEMA, durable=False)
+    db = await Database.open(data / "bench-sender.db", migrations=[_MIGRATIONS],
+                             durable=False)
 
-    def owe(tx: Tx) -> None:
+    async def owe(tx: Tx) -> None:
         for i in range(m):
-            store.save_recipient_sync(tx, f"u{i}", f"bench-{i}@example.com", f"Bench {i}")
-            store.insert_sync(tx, domain.welcome(f"u{i}", f"Bench {i}"), f"ev-{i}", mail=True)
+            await store.save_recipient(tx, f"u{i}", f"bench-{i}@example.com", f"Bench {i}")
+            await store.insert(tx, domain.welcome(f"u{i}", f"Bench {i}"), f"ev-{i}", mail=True)
 
     await db.write(owe)
     sender = _sender(db, smtp_url)
@@ -121,7 +126,8 @@ async def consumer_rate(bus: Bus, data: Path, name: str, n: int, smtp_url: str |
                         rows: bool) -> Measured:
     """The n events on a fresh durable and database. `rows`: delivery rows written; with
     smtp_url also the sender running (mail on)."""
-    db = await Database.open(data / f"{name}.db", schema=SCHEMA, durable=False)
+    db = await Database.open(data / f"{name}.db", migrations=[_MIGRATIONS],
+                             durable=False)
     tasks: list[asyncio.Task[None]] = []
     sender = None
     if smtp_url is not None:

@@ -30,6 +30,7 @@ from bench.profile import profile_processes
 from bench.raw.http import ORDER_BODY, RawSaga, raw_fanout, raw_hop, raw_saga
 from bench.report import (
     IDLE_RSS_GOAL_MB,
+    PG_SCENARIOS,
     SCENARIOS,
     append_history,
     build_doc,
@@ -39,6 +40,7 @@ from bench.report import (
 )
 from bench.stats import Measured
 from ops.natsd import NatsServer
+from ops.pgserve import EmbeddedPostgres
 from ops.process import REPO_ROOT
 
 __all__ = ["main"]
@@ -63,6 +65,9 @@ class _Run:
         self.profile_dir: Path | None = None  # py-spy flame graphs of the order scenario
         self.curve_rows: list[dict[str, Any]] = []
         self.profile: dict[str, Any] | None = None
+        # DB=postgres: the order saga and the event path run on PostgreSQL too, beside
+        # SQLite.
+        self.postgres = os.environ.get("DB", "").strip().lower() == "postgres"
 
     def measure(self, name: str, fn: Callable[[], Measured]) -> Measured:
         t0 = time.perf_counter()
@@ -151,9 +156,7 @@ def _shop_http(run: _Run, rss: dict[str, Any]) -> None:
             run.measure("raw_saga", lambda: raw_saga(run.logs, run.tmp / "raw", seconds=secs,
                                                      warmup_s=warm))
             settled("order")
-            run.measure("order", lambda: shop_load(
-                f"{base}/api/orders", method="POST", body=ORDER_BODY, headers=auth,
-                connections=16, ok_status=201, seconds=secs, warmup_s=warm))
+            run.measure("order", lambda: _order_load(run, shop_target))
             if run.profile_dir is not None:
                 profile_dir = run.profile_dir
                 settled("the profile")
@@ -202,6 +205,41 @@ def _curve(run: _Run, shop_load: Callable[..., Measured], settled: Callable[[str
     return rows
 
 
+def _order_load(run: _Run, target: shop_mod.ShopTarget) -> Measured:
+    """The order scenario's load (the same for both backends)."""
+    return http_load_cpu(target.pids, f"{target.base_url}/api/orders", method="POST",
+                         body=ORDER_BODY, headers=target.auth, connections=16,
+                         ok_status=201, seconds=run.seconds, warmup_s=run.warmup_s)
+
+
+def _order_on_postgres(run: _Run) -> None:
+    """The order scenario again, every service on an embedded PostgreSQL (a database
+    each), with the SQLite shop stopped: the same box, the same load."""
+    pg_dir = Path(tempfile.mkdtemp(prefix="shop-bench-pg-"))  # the server's user reaches it
+    pg = EmbeddedPostgres(pg_dir)
+    target: shop_mod.ShopTarget | None = None
+    try:
+        pg.start()
+        target = shop_mod.start_shop(run.tmp / "shop-pg",
+                                     env={"SHOP_DATABASE_URL": pg.server_url})
+        shop_mod.prepare(target)
+        time.sleep(min(1.0, 3 * run.seconds))  # let the set-up's events settle
+        shop_mod.wait_ready(target, before="order_pg")
+        pg_target = target
+        run.measure("order_pg", lambda: _order_load(run, pg_target))
+    except Exception as e:
+        why = f"{type(e).__name__}: {e}"[:2000]
+        run.failures["order_pg"] = why
+        run.results["order_pg"] = Measured.failed(why)
+        _say(f"order_pg       FAILED: {why[:300]}")
+    finally:
+        if target is not None:
+            run.notes.extend(f"order_pg: {n}" for n in target.notes)
+            target.stop()
+        pg.stop()
+        shutil.rmtree(pg_dir, ignore_errors=True)
+
+
 def _events(run: _Run) -> None:
     secs, warm = str(run.seconds), str(run.warmup_s)
     raw: dict[str, Any] = {}
@@ -233,6 +271,35 @@ def _events(run: _Run) -> None:
         run.failures["events"] = why
     run.measure("outbox", lambda: Measured.from_json(shop["outbox"]))
     run.measure("consumer", lambda: Measured.from_json(shop["consumer"]))
+    if run.postgres:
+        _events_on_postgres(run)
+
+
+def _events_on_postgres(run: _Run) -> None:
+    """The same relay and consumer on an embedded PostgreSQL (fresh NATS, same sizes)."""
+    secs, warm = str(run.seconds), str(run.warmup_s)
+    pg_dir = Path(tempfile.mkdtemp(prefix="shop-bench-pg-"))  # the server's user reaches it
+    pg = EmbeddedPostgres(pg_dir)
+    shop: dict[str, Any] = {}
+    try:
+        pg.start()
+        # Plain NATS, as on SQLite: the two differ only in the database.
+        with NatsServer(run.tmp / "nats-events-pg", secured=False) as nats:
+            shop = run.subprocess_json([sys.executable, "-m", "bench.events", "--nats", nats.url,
+                                        "--data", str(run.tmp / "events-pg"), "--seconds", secs,
+                                        "--warmup", warm, "--database-url", pg.server_url],
+                                       timeout_s=10 * run.seconds + 120,
+                                       env={"SHOP_MTLS": "off"})
+    except Exception as e:
+        why = f"{type(e).__name__}: {e}"[:2000]
+        shop = {"outbox": Measured.failed(why).to_json(),
+                "consumer": Measured.failed(why).to_json()}
+        run.failures["events_pg"] = why
+    finally:
+        pg.stop()
+        shutil.rmtree(pg_dir, ignore_errors=True)
+    run.measure("outbox_pg", lambda: Measured.from_json(shop["outbox"]))
+    run.measure("consumer_pg", lambda: Measured.from_json(shop["consumer"]))
 
 
 def _env_float(name: str, default: float) -> float:
@@ -290,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"cold_start     FAILED: {run.failures['cold_start'][:300]}")
             cold = {"seconds": 0.0, "reported_s": 0.0}
         _shop_http(run, rss)
+        if run.postgres:
+            _order_on_postgres(run)
         _events(run)
     except KeyboardInterrupt:
         print("interrupted; everything started was stopped", file=sys.stderr)
@@ -300,10 +369,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     raw_of = {"product_get": "raw_hop", "dashboard": "raw_fanout", "order": "raw_saga",
-              "outbox": "raw_publish", "consumer": "raw_pull_ack"}
+              "outbox": "raw_publish", "consumer": "raw_pull_ack",
+              "order_pg": "order", "outbox_pg": "outbox", "consumer_pg": "consumer"}
     missing = Measured.failed("not run")
+    names = (*SCENARIOS, *PG_SCENARIOS) if run.postgres else SCENARIOS
     pairs = {name: (run.results.get(name, missing), run.results.get(raw_of[name], missing))
-             for name in SCENARIOS}
+             for name in names}
     extra: dict[str, Any] = {}
     if run.curve_rows:
         png = out.parent / "curve.png"

@@ -55,13 +55,15 @@ class ShopTarget:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-def start_shop(data_dir: Path, *, timeout_s: float = 60.0) -> ShopTarget:
-    """NATS plus every service and the gateway on free ports under `data_dir`."""
+def start_shop(data_dir: Path, *, timeout_s: float = 60.0,
+               env: dict[str, str] | None = None) -> ShopTarget:
+    """NATS plus every service and the gateway on free ports under `data_dir`; `env` is
+    given to every process (e.g. SHOP_DATABASE_URL: the services on PostgreSQL)."""
     mesh.prepare_pki(data_dir)
     nats = NatsServer(data_dir / "nats").start()
     try:
-        system = start_system(data_dir, nats.url, with_gateway=True, env=BENCH_ENV,
-                              ready_timeout=timeout_s)
+        system = start_system(data_dir, nats.url, with_gateway=True,
+                              env={**BENCH_ENV, **(env or {})}, ready_timeout=timeout_s)
     except BaseException:
         nats.stop()
         raise

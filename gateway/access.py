@@ -8,10 +8,13 @@ _OPEN_EXACT = frozenset(
         ("POST", "/api/users"),
         ("POST", "/api/auth/login"),
         ("GET", "/api/auth/jwks"),
+        # Stock levels (now or at a past time) are public reads; a product's stock history
+        # names the orders that moved it, so it needs a signed-in caller.
+        ("GET", "/api/inventory/{product_id}"),
     }
 )
-# Open by template prefix: the catalogue and stock levels are public reads.
-_OPEN_PREFIXES = (("GET", "/api/products"), ("GET", "/api/inventory/"))
+# Open by template prefix: the catalogue is a public read.
+_OPEN_PREFIXES = (("GET", "/api/products"),)
 
 
 def is_public(method: str, template: str) -> bool:

@@ -16,10 +16,11 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway.errors import bad_request
 from gateway.protojson import to_dict as _to_dict
-from gateway.rules import enum_of
+from gateway.rules import enum_of, message_of
 
 _INT_TYPES = frozenset(
     {
@@ -123,6 +124,19 @@ def parse_into(value: Any, message: Message, *, where: str = "body") -> None:
         raise bad_request(f"invalid {where}: {err}") from None
 
 
+_TIMESTAMP = Timestamp.DESCRIPTOR.full_name
+
+
+def _timestamp(raw: str, name: str) -> Timestamp:
+    ts = Timestamp()
+    try:
+        ts.FromJsonString(raw)
+    except ValueError:
+        raise bad_request(f"parameter {name!r}: invalid time {raw!r}; give an RFC 3339 time"
+                          " such as 2026-01-31T12:00:00Z") from None
+    return ts
+
+
 def scalar_from_string(fd: FieldDescriptor, raw: str, *, name: str) -> Any:
     """A path or query parameter converted to the Python value of field `fd`."""
     t = fd.type
@@ -155,6 +169,8 @@ def scalar_from_string(fd: FieldDescriptor, raw: str, *, name: str) -> Any:
             return number
         if t == FieldDescriptor.TYPE_BYTES:
             return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+        if t == FieldDescriptor.TYPE_MESSAGE and message_of(fd).full_name == _TIMESTAMP:
+            return _timestamp(raw, name)
     except (ValueError, binascii.Error):
         raise bad_request(f"parameter {name!r}: invalid value {raw!r}") from None
     raise bad_request(f"parameter {name!r} cannot be given as a string")

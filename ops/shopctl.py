@@ -6,6 +6,10 @@
     shopctl saga retry ORDER_ID    resume a saga left for manual attention
     shopctl dlq list               dead letters
     shopctl dlq replay ID|--all    re-publish dead letters to their original subjects
+    shopctl inventory rebuild [--verify] [--from-scratch]
+                                   replay every product's stock events (from snapshots, or
+                                   from the first event) and print the products whose
+                                   stock level differs; without --verify rewrite them
     shopctl mail list              the mails the local catcher of `make run` caught
     shopctl mail show ID           one of them: headers and text (ID, a prefix of it, or
                                    the notification id / Message-ID in it)
@@ -98,6 +102,7 @@ class StatusRow:
     uptime: str = "-"
     breakers: str = "-"
     health: str = ""  # known without a probe ("NOT REGISTERED")
+    storage: str = "-"  # the instance's storage backend, from its registry entry
 
 
 def _health(row: StatusRow, timeout: float) -> str:
@@ -157,7 +162,7 @@ def status_rows(topo: Topology, found: Sequence[registry.Instance],
     now = time.time() if now is None else now
     rows = [StatusRow(i.service, i.instance_id, i.addr, http=i.protocol == "http",
                       uptime=format_uptime(now - i.started_at) if i.started_at else "-",
-                      breakers=format_breakers(i.breakers))
+                      breakers=format_breakers(i.breakers), storage=i.storage or "-")
             for i in found]
     keys = {(r.service, r.instance) for r in rows}
     addrs = {r.addr for r in rows}
@@ -199,8 +204,8 @@ def cmd_status(_args: argparse.Namespace) -> int:
                        "elsewhere)")
     if note:
         print(f"shopctl: {note}; showing the configured addresses instead", file=sys.stderr)
-    table = [("SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "UPTIME", "BREAKERS")]
-    table += [(r.service, r.instance, r.addr, h, r.uptime, r.breakers)
+    table = [("SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "UPTIME", "BREAKERS", "STORAGE")]
+    table += [(r.service, r.instance, r.addr, h, r.uptime, r.breakers, r.storage)
               for r, h in zip(rows, healths, strict=True)]
     _print_table(table)
     return 0 if all(h == "SERVING" for h in healths) else 1
@@ -283,6 +288,58 @@ def _saga_timeline(args: argparse.Namespace) -> int:
         rows.append((when, s.step, s.outcome, str(s.attempt), s.error or ""))
     _print_table(rows)
     return 0
+
+
+def _inventory_addr(topo: Topology) -> str:
+    return next(i.addr for i in topo.instances if i.service == "inventory")
+
+
+def cmd_inventory(args: argparse.Namespace) -> int:
+    """RebuildStock as the operator: a line of totals, then each product that differs.
+    Exit 1 when a verify found differences or a rebuild could not fix one."""
+    from shop.inventory.v1 import inventory_pb2
+
+    addr = _inventory_addr(discover())
+    request = inventory_pb2.RebuildStockRequest(verify_only=args.verify,
+                                                from_scratch=args.from_scratch)
+    with tls.open_sync_channel(addr, "inventory", [("grpc.enable_http_proxy", 0)]) as channel:
+        call = channel.unary_unary(
+            "/shop.inventory.v1.InventoryService/RebuildStock",
+            request_serializer=inventory_pb2.RebuildStockRequest.SerializeToString,
+            response_deserializer=inventory_pb2.RebuildStockResponse.FromString,
+        )
+        try:
+            resp: inventory_pb2.RebuildStockResponse = call(request, timeout=args.timeout)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise CliError(f"inventory service not reachable at {addr} within "
+                               f"{args.timeout:g} s (is shop running? `make run`)") from None
+            raise CliError(f"RebuildStock failed: {code.name}: {exc.details()}") from None
+    return print_rebuild(resp, verify=args.verify, from_scratch=args.from_scratch)
+
+
+def print_rebuild(resp: Any, *, verify: bool, from_scratch: bool) -> int:
+    source = "from the first event" if from_scratch else "from snapshots"
+    print(f"replayed {resp.products} products, {resp.events} events ({source})")
+    if not resp.differences:
+        print("no difference")
+        return 0
+    rows = [("PRODUCT", "SERVED", "EVENTS SAY", "PROBLEM")]
+    for d in resp.differences:
+        served = (f"{d.served.available}/{d.served.reserved}/{d.served.sold}"
+                  if d.HasField("served") else "-")
+        replayed = (f"{d.replayed.available}/{d.replayed.reserved}/{d.replayed.sold}"
+                    if d.HasField("replayed") else "-")
+        rows.append((d.product_id, served, replayed, d.problem))
+    _print_table(rows)
+    n = len(resp.differences)
+    if verify:
+        print(f"{n} product{'s' if n != 1 else ''} differ (available/reserved/sold); "
+              "`shopctl inventory rebuild` rewrites them")
+        return 1
+    print(f"rewrote {resp.rewritten} of {n}")
+    return 0 if resp.rewritten == n else 1
 
 
 async def _with_js(url: str, action: str, target: int | str | None) -> int:
@@ -424,6 +481,18 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--file", type=Path, default=None,
                     help="the spans file (default: <SHOP_DATA_DIR>/traces/spans.jsonl)")
     tr.set_defaults(func=cmd_trace)
+    inv = sub.add_parser("inventory", help="the stock ledger")
+    isub = inv.add_subparsers(dest="inventory_cmd", required=True)
+    rb = isub.add_parser("rebuild", help="replay every product's stock events and rewrite"
+                         " the stock levels that differ (--verify: only print them)")
+    rb.add_argument("--verify", action="store_true",
+                    help="only report the products whose stock level differs; write nothing")
+    rb.add_argument("--from-scratch", action="store_true",
+                    help="replay from each stream's first event, not its latest snapshot"
+                         " (and check the snapshots too)")
+    rb.add_argument("--timeout", type=float, default=600.0,
+                    help="seconds to wait for the replay (default 600)")
+    rb.set_defaults(func=cmd_inventory)
     mail = sub.add_parser("mail", help="mails caught by the local mail catcher")
     mail.add_argument("--dir", type=Path, default=None,
                       help="the catcher's directory (default: the one make run uses)")

@@ -67,9 +67,12 @@ class ServiceFactory:
     """Starts single services on free ports; each new one gets `<SERVICE>_ADDR`
     of every service already started, so start downstreams first."""
 
-    def __init__(self, data_dir: Path, nats_url: str) -> None:
+    def __init__(self, data_dir: Path, nats_url: str,
+                 base_env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.nats_url = nats_url
+        # Given to every process (e.g. the storage backend's SHOP_DATABASE_URL).
+        self.base_env = dict(base_env or {})
         self.processes: list[ServiceProcess] = []
 
     def __getitem__(self, name: str) -> ServiceProcess:
@@ -91,7 +94,7 @@ class ServiceFactory:
         proc = ServiceProcess(
             name, data_dir=self.data_dir, nats_url=self.nats_url,
             instance=instance or f"{name}-{count + 1}",
-            env={**TEST_ENV, **self.addr_env(), **env},
+            env={**TEST_ENV, **self.base_env, **self.addr_env(), **env},
         )
         self.processes.append(proc)
         return proc.start()
@@ -109,7 +112,7 @@ class ServiceFactory:
                                 instance=f"{n}-{1 + sum(p.name == n for p in self.processes)}")
                  for n in names]
         self.processes.extend(procs)
-        shared = {**TEST_ENV, **self.addr_env(), **env}
+        shared = {**TEST_ENV, **self.base_env, **self.addr_env(), **env}
         for proc in procs:
             proc.extra_env = dict(shared)
             proc.start()
@@ -132,9 +135,11 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def services(data_dir: Path, fresh_nats: _HasUrl) -> Iterator[ServiceFactory]:
-    """`services.start("inventory")` -> a healthy ServiceProcess; all stopped after."""
-    factory = ServiceFactory(data_dir, fresh_nats.url)
+def services(data_dir: Path, fresh_nats: _HasUrl,
+             db_env: dict[str, str]) -> Iterator[ServiceFactory]:
+    """`services.start("inventory")` -> a healthy ServiceProcess; all stopped after. The
+    processes use the test's `backend` (SQLite unless parametrized)."""
+    factory = ServiceFactory(data_dir, fresh_nats.url, db_env)
     try:
         yield factory
     finally:

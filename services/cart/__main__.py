@@ -9,12 +9,13 @@ from shop.product.v1 import product_pb2_grpc
 
 from services.cart.handlers import DURABLE, routes
 from services.cart.servicer import CartServicer
-from services.cart.store import SCHEMA, CartStore
+from services.cart.store import CartStore
 from services.common.clients import Downstream
-from services.common.db import Database
 from services.common.eventing import ConsumerSpec, EventWorkers
+from services.common.schema import service_migrations
 from services.common.server import App, run_service
 from services.common.settings import Settings
+from services.common.storage import open_storage
 
 log = logging.getLogger("shop.cart")
 
@@ -23,7 +24,7 @@ SERVICE = cart_pb2.DESCRIPTOR.services_by_name["CartService"]
 
 async def build(settings: Settings) -> App:
     # Not durable: a cart lost to a power cut costs a few clicks, not money or stock.
-    db = await Database.open(settings.db_path, schema=SCHEMA, durable=False)
+    db = await open_storage(settings, service_migrations("cart"), durable=False)
     products = Downstream("product", product_pb2_grpc.ProductServiceStub)
     servicer = CartServicer(CartStore(db), products)
     # The order.confirmed consumer starts once NATS answers: the cart serves gRPC while

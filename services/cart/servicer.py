@@ -11,14 +11,14 @@ from shop.product.v1 import product_pb2
 
 from services.cart import domain
 from services.cart.convert import cart_pb
-from services.cart.store import CartStore
+from services.cart.store import CartRepository
 from services.common.clients import Downstream
 from services.common.errors import InvalidArgument, NotFound, Unavailable
 from services.common.identity import resolve_user
 
 
 class CartServicer(cart_pb2_grpc.CartServiceServicer):
-    def __init__(self, store: CartStore, products: Downstream[Any]) -> None:
+    def __init__(self, store: CartRepository, products: Downstream[Any]) -> None:
         self.store = store
         self.products = products
 

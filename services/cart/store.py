@@ -4,75 +4,58 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-
-import aiosqlite
+from typing import Protocol
 
 from services.cart.domain import Cart, CartLine, ProductInfo, add_line, with_line
-from services.common.db import Database, Tx
 from services.common.errors import NotFound
+from services.common.storage import Storage, Tx
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS cart_items (
-    user_id TEXT NOT NULL,
-    product_id TEXT NOT NULL,
-    quantity INTEGER NOT NULL CHECK (quantity BETWEEN 1 AND 99),
-    unit_price_cents INTEGER NOT NULL CHECK (unit_price_cents >= 0),
-    name TEXT NOT NULL,
-    currency TEXT NOT NULL,
-    added_at REAL NOT NULL,
-    PRIMARY KEY (user_id, product_id)
-) WITHOUT ROWID;
-"""
+
+class CartRepository(Protocol):
+    async def get(self, user_id: str) -> Cart: ...
+    async def add(self, user_id: str, product: ProductInfo, quantity: int) -> Cart: ...
+    async def remove(self, user_id: str, product_id: str) -> Cart: ...
+    async def clear(self, user_id: str) -> Cart: ...
+
 
 _SELECT = ("SELECT product_id, quantity, unit_price_cents, name, currency FROM cart_items"
            " WHERE user_id = ? ORDER BY added_at, product_id")
 
 
-async def _load(conn: aiosqlite.Connection, user_id: str) -> Cart:
-    cur = await conn.execute(_SELECT, (user_id,))
-    rows = await cur.fetchall()
+async def _load(tx: Tx, user_id: str) -> Cart:
+    rows = await tx.fetch(_SELECT, (user_id,))
     return Cart(user_id, tuple(CartLine(r[0], r[1], r[2], r[3], r[4]) for r in rows))
 
 
-async def remove_products(conn: aiosqlite.Connection, user_id: str,
-                          product_ids: Sequence[str]) -> int:
-    """Drop these products from the user's cart in the caller's transaction (the
-    order.confirmed handler); returns how many lines went."""
+async def remove_products(tx: Tx, user_id: str, product_ids: Sequence[str]) -> int:
+    """Drop these products from the user's cart in the caller's unit of work (also the
+    order.confirmed handler's); returns how many lines went."""
     if not product_ids:
         return 0
     marks = ",".join("?" * len(product_ids))
-    cur = await conn.execute(
+    return await tx.run(
         f"DELETE FROM cart_items WHERE user_id = ? AND product_id IN ({marks})",
         (user_id, *product_ids))
-    return int(cur.rowcount)
-
-
-def remove_products_sync(tx: Tx, user_id: str, product_ids: Sequence[str]) -> int:
-    """`remove_products` on a write function's Tx (the consumer's single-hop path)."""
-    if not product_ids:
-        return 0
-    marks = ",".join("?" * len(product_ids))
-    cur = tx.execute(f"DELETE FROM cart_items WHERE user_id = ? AND product_id IN ({marks})",
-                     (user_id, *product_ids))
-    return int(cur.rowcount)
 
 
 class CartStore:
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
 
     async def get(self, user_id: str) -> Cart:
-        async with self.db.reader() as conn:
-            return await _load(conn, user_id)
+        async def run(tx: Tx) -> Cart:
+            return await _load(tx, user_id)
+
+        return await self.storage.read(run)
 
     async def add(self, user_id: str, product: ProductInfo, quantity: int) -> Cart:
         """Add `quantity` of `product`; the read and the write share one transaction, so
         concurrent adds of one product never lose a quantity or pass the limit."""
-        async with self.db.transaction() as conn:
-            cart = await _load(conn, user_id)
+        async def run(tx: Tx) -> Cart:
+            cart = await _load(tx, user_id)
             line = add_line(cart, product, quantity)
             # added_at keeps its first value: a line stays where it was in the cart.
-            await conn.execute(
+            await tx.run(
                 "INSERT INTO cart_items (user_id, product_id, quantity, unit_price_cents, name,"
                 " currency, added_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (user_id, product_id) DO UPDATE SET quantity = excluded.quantity,"
@@ -82,13 +65,19 @@ class CartStore:
                  line.currency, time.time()))
             return with_line(cart, line)
 
+        return await self.storage.write(run)
+
     async def remove(self, user_id: str, product_id: str) -> Cart:
-        async with self.db.transaction() as conn:
-            if not await remove_products(conn, user_id, [product_id]):
+        async def run(tx: Tx) -> Cart:
+            if not await remove_products(tx, user_id, [product_id]):
                 raise NotFound(f"product {product_id} is not in the cart")
-            return await _load(conn, user_id)
+            return await _load(tx, user_id)
+
+        return await self.storage.write(run)
 
     async def clear(self, user_id: str) -> Cart:
-        async with self.db.transaction() as conn:
-            await conn.execute("DELETE FROM cart_items WHERE user_id = ?", (user_id,))
+        async def run(tx: Tx) -> None:
+            await tx.run("DELETE FROM cart_items WHERE user_id = ?", (user_id,))
+
+        await self.storage.write(run)
         return Cart(user_id)

@@ -1,27 +1,22 @@
 """Durable JetStream pull consumer with an inbox: each event has its effect exactly once.
 
-Per fetched batch, one SQLite transaction: an event already in the inbox is skipped, any
-other runs its handler inside a SAVEPOINT and gets an inbox row. A handler that raises
-rolls back only its savepoint; that message is nak'ed with back-off, or dead-lettered and
-terminated on its last delivery. Acks go out after the commit, so a crash in between
-means a redelivery that the inbox turns into a no-op.
+Per fetched batch, one unit of work (`storage.write`): an event already in the inbox is
+skipped, any other runs its handler inside a savepoint and gets an inbox row. A handler
+that raises rolls back only its savepoint; that message is nak'ed with back-off, or
+dead-lettered and terminated on its last delivery. Acks go out after the commit, so a
+crash in between means a redelivery that the inbox turns into a no-op. On SQLite the
+batch is one hop on the connection's thread, group-committed with the service's other
+writes, and savepoints cost nothing; on PostgreSQL a batch first runs without them (two
+round trips fewer per event) and is redone with them only when a handler failed.
 
-Two kinds of handler. A *tx handler* (`Route.tx(subject, Payload, fn)`, `fn(tx, env,
-payload)`) is a plain function run on the connection's thread: when every event of a batch
-has one, the whole batch (inbox check, handlers, inbox rows) is ONE `db.write` hop, group-
-committed with the service's other writes. It may return a callable, run on the event loop
-once the batch committed (e.g. waking a saga). An async handler (`Route(subject, Payload,
-handler)`, `await handler(conn, env, payload)`) runs in a `db.transaction()` as before.
-Every Route has an async `handler` (a tx handler gets an adapter), so a caller that runs
-one route by hand in its own transaction works with either kind. The adapter never runs
-the tx handler's after-commit callable itself (the transaction is still open): the
-consumer runs it once the batch committed; a caller running a route by hand collects them
-with `after_commit_hooks()` and runs them after its own commit.
+A handler (`Route(subject, Payload, fn)`, `await fn(tx, env, payload)`) acts only through
+`tx`, the consumer's transaction: it may run again after a rollback. It may return a
+callable, run on the event loop once the batch committed (e.g. waking a saga).
 
-A route may also name a *skip check* (`Route.tx(..., skip=fn)`, `fn(tx, env, payload) ->
-bool`): a read that is True only when the event has no effect now and never will (the state
-it would act on has moved on for good). Events whose check says so are acked after one
-inline read (`db.read_now`), with no write and no inbox row: having no effect, a
+A route may also name a *skip check* (`Route(..., skip=fn)`, `await fn(tx, env, payload)
+-> bool`): a read that is True only when the event has no effect now and never will (the
+state it would act on has moved on for good). Events whose check says so are acked after
+one read (`storage.read`), with no write and no inbox row: having no effect, a
 redelivery runs the same check and is the same no-op. Any other event goes the usual way.
 
 The inbox only has to remember an event as long as the stream could deliver it again: a
@@ -37,16 +32,13 @@ one transaction (one fsync) per event.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
 from google.protobuf.message import Message
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -57,58 +49,28 @@ from shop.events.v1 import envelope_pb2
 from services.common.bus import Bus, inbox_retention_s
 from services.common.consumer_metrics import ConsumerMetrics
 from services.common.correlation import event_scope, in_scope
-from services.common.db import Database, Tx, mark_outbox_dirty
 from services.common.dlq import dead_letter
 from services.common.events import STREAM
+from services.common.storage import Storage, Tx
 
-__all__ = ["AfterCommit", "ConsumerStats", "EventConsumer", "Handler", "Route", "SkipCheck",
-           "TxHandler", "after_commit_hooks"]
+__all__ = ["AfterCommit", "ConsumerStats", "EventConsumer", "Handler", "Route", "SkipCheck"]
 
 log = logging.getLogger(__name__)
 
 Envelope = envelope_pb2.Envelope
-# A handler acts only through `conn` (the consumer's transaction): it may be run again
-# after a rollback when another event of its batch failed.
-Handler = Callable[[aiosqlite.Connection, Envelope, Any], Awaitable[None]]
-# Read-only, on the read connection: True when the event can have no effect now or later.
-SkipCheck = Callable[[Tx, Envelope, Any], bool]
 # Run on the event loop after the handler's transaction committed.
 AfterCommit = Callable[[], None]
-# A handler as a plain function on the connection's thread (no awaits, nothing blocking):
-# acts only through `tx`, may be run again after a rollback, like a Handler.
-TxHandler = Callable[[Tx, Envelope, Any], AfterCommit | None]
+# Acts only through `tx` (the consumer's transaction): it may be run again after a
+# rollback when another event of its batch failed.
+Handler = Callable[[Tx, Envelope, Any], Awaitable[AfterCommit | None]]
+# Read-only: True when the event can have no effect now or later.
+SkipCheck = Callable[[Tx, Envelope, Any], Awaitable[bool]]
 
 _INBOX_INSERT = "INSERT INTO inbox (consumer, event_id, handled_at) VALUES (?, ?, ?)"
-# Bounded: one prune round never holds the write lock for long.
+# Bounded: one prune round never holds the write lock for long (index inbox_handled_at).
 _INBOX_PRUNE = ("DELETE FROM inbox WHERE consumer = ? AND event_id IN (SELECT event_id FROM"
                 " inbox WHERE consumer = ? AND handled_at < ? ORDER BY handled_at LIMIT ?)")
-_INBOX_AGE_INDEX = ("CREATE INDEX IF NOT EXISTS inbox_handled_at ON inbox"
-                    " (consumer, handled_at)")
 _PRUNE_CHUNK = 1000
-
-# The after-commit callables the async adapter collected in the current transaction.
-_pending_afters: contextvars.ContextVar[list[AfterCommit] | None] = contextvars.ContextVar(
-    "shop_pending_afters", default=None)
-
-
-@contextlib.contextmanager
-def after_commit_hooks() -> Iterator[list[AfterCommit]]:
-    """Collect the after-commit callables of routes run by hand inside the block; run
-    them once the transaction committed (they are dropped otherwise)."""
-    hooks: list[AfterCommit] = []
-    token = _pending_afters.set(hooks)
-    try:
-        yield hooks
-    finally:
-        _pending_afters.reset(token)
-
-
-def _run_afters(afters: Sequence[AfterCommit], durable: str) -> None:
-    for after in afters:
-        try:
-            after()
-        except Exception:
-            log.exception("consumer %s: after-commit hook failed", durable)
 
 
 @dataclass
@@ -116,47 +78,8 @@ class Route:
     subject: str
     payload_type: type[Message]
     handler: Handler
-    # Set by Route.tx: the single-hop form of `handler`.
-    tx_handler: TxHandler | None = None
     # True when the event certainly has no effect (see the module doc); None: always handle.
     skip: SkipCheck | None = None
-
-    @classmethod
-    def tx(cls, subject: str, payload_type: type[Message], fn: TxHandler, *,
-           skip: SkipCheck | None = None) -> Route:
-        """A route whose handler runs on the connection's thread (see the module doc)."""
-        return cls(subject, payload_type, _as_async(fn), fn, skip)
-
-
-def _as_async(fn: TxHandler) -> Handler:
-    """`fn` as an async Handler on the caller's open transaction (one thread hop)."""
-
-    async def handler(conn: aiosqlite.Connection, env: Envelope, payload: Any) -> None:
-        def run() -> tuple[bool, AfterCommit | None]:
-            tx = Tx(conn._conn)
-            after = fn(tx, env, payload)
-            # Run inside the caller's event scope: the hook keeps the event's request id.
-            return tx.dirty, None if after is None else in_scope(after)
-
-        ctx = contextvars.copy_context()  # the enqueued envelopes see the caller's ids
-        dirty, after = await conn._execute(ctx.run, run)  # type: ignore[no-untyped-call]
-        if dirty:
-            mark_outbox_dirty(conn)
-        if after is not None:
-            pending = _pending_afters.get()
-            if pending is not None:
-                pending.append(after)  # run by whoever commits, once committed
-            else:
-                log.debug("after-commit hook of %s dropped: nobody collects it", env.subject)
-
-    return handler
-
-
-def _log_handled(durable: str, env: Envelope) -> None:
-    # Inside the event's scope: the line carries the request id that caused it.
-    if log.isEnabledFor(logging.DEBUG):
-        log.debug("event handled", extra={"consumer": durable, "subject": env.subject,
-                                          "event_id": env.id})
 
 
 @dataclass
@@ -171,7 +94,7 @@ class ConsumerStats:
 
 
 class _HandlerFailed(Exception):
-    """Internal: a handler raised on the fast path; redo the batch with savepoints."""
+    """Internal: a handler raised without savepoints; redo the batch with them."""
 
 
 @dataclass
@@ -182,8 +105,24 @@ class _Decoded:
     route: Route
 
 
+def _log_handled(durable: str, env: Envelope) -> None:
+    # Inside the event's scope: the line carries the request id that caused it.
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("event handled", extra={"consumer": durable, "subject": env.subject,
+                                          "event_id": env.id})
+
+
+async def _handle(d: _Decoded, tx: Tx, durable: str) -> AfterCommit | None:
+    """The handler inside the event's scope (request id, CONSUMER span); its after-commit
+    hook keeps that scope."""
+    with event_scope(d.env, durable):
+        after: AfterCommit | None = await d.route.handler(tx, d.env, d.payload)
+        _log_handled(durable, d.env)
+    return None if after is None else in_scope(after)
+
+
 class EventConsumer:
-    def __init__(self, bus: Bus, db: Database, *, durable: str, routes: Sequence[Route],
+    def __init__(self, bus: Bus, db: Storage, *, durable: str, routes: Sequence[Route],
                  max_deliver: int = 5, ack_wait_s: float = 30.0, batch: int = 64,
                  backoff_s: Sequence[float] = (0.2, 1.0, 3.0, 5.0),
                  fetch_timeout_s: float = 1.0, linger_s: float = 0.05,
@@ -303,15 +242,15 @@ class EventConsumer:
             await self._retry_or_dead_letter(d, f"handler failed: {err!r}")
 
     async def _skip_noops(self, batch: list[_Decoded]) -> list[_Decoded]:
-        """Ack the events whose skip check says they have no effect (one inline read for
-        the batch); the rest, to be handled as usual."""
+        """Ack the events whose skip check says they have no effect (one read for the
+        batch); the rest, to be handled as usual."""
 
-        def run(tx: Tx) -> list[bool]:
-            return [d.route.skip is not None and d.route.skip(tx, d.env, d.payload)
-                    for d in batch]
+        async def run(tx: Tx) -> list[bool]:
+            return [d.route.skip is not None and bool(
+                await d.route.skip(tx, d.env, d.payload)) for d in batch]
 
         try:
-            noop = await self.db.read_now(run)
+            noop = await self.db.read(run)
         except Exception:  # the check is an optimisation: handle them all instead
             log.warning("consumer %s: skip check failed", self.durable, exc_info=True)
             return batch
@@ -338,85 +277,26 @@ class EventConsumer:
             return None
         return _Decoded(msg, env, payload, route)
 
-    async def _apply(self, batch: Sequence[_Decoded]) -> tuple[list[Msg], list[tuple[_Decoded,
-                                                                                  Exception]]]:
-        if all(d.route.tx_handler is not None for d in batch):
-            return await self._apply_tx(batch)
-        # Fast path without savepoints (two thread hops fewer per event); if a handler
-        # fails, the whole transaction is redone with a savepoint around each event.
+    async def _apply(self, batch: Sequence[_Decoded]
+                     ) -> tuple[list[Msg], list[tuple[_Decoded, Exception]]]:
+        if self.db.dialect == "sqlite":
+            return await self._apply_with(batch, savepoints=True)
         try:
-            return await self._apply_once(batch, savepoints=False)
+            return await self._apply_with(batch, savepoints=False)
         except _HandlerFailed:
-            return await self._apply_once(batch, savepoints=True)
+            return await self._apply_with(batch, savepoints=True)
 
-    async def _apply_once(self, batch: Sequence[_Decoded], *, savepoints: bool
+    async def _apply_with(self, batch: Sequence[_Decoded], *, savepoints: bool
                           ) -> tuple[list[Msg], list[tuple[_Decoded, Exception]]]:
-        done: list[Msg] = []
-        failed: list[tuple[_Decoded, Exception]] = []
-        afters: list[AfterCommit] = []
-        handled = 0
-        with after_commit_hooks() as pending:
-            handled = await self._run_once(batch, savepoints, done, failed, afters, pending)
-        _run_afters(afters, self.durable)  # committed by now
-        self.stats.handled += handled
-        self.metrics.handled.inc(handled)
-        self.stats.duplicates += len(done) - handled
-        self.stats.failed += len(failed)
-        return done, failed
-
-    async def _run_once(self, batch: Sequence[_Decoded], savepoints: bool, done: list[Msg],
-                        failed: list[tuple[_Decoded, Exception]], afters: list[AfterCommit],
-                        pending: list[AfterCommit]) -> int:
-        """One transaction over the batch; returns how many events it handled. `afters`
-        gets the after-commit callables of the events that stayed in it."""
-        handled = 0
-        durable = self.durable
-        async with self.db.transaction() as conn:
-            seen = await self._in_inbox(conn, [d.env.id for d in batch])
-            now = time.time()
-            rows: list[tuple[str, str, float]] = []
-            for d in batch:
-                if d.env.id in seen:
-                    done.append(d.msg)
-                    continue
-                if savepoints:
-                    await conn.execute("SAVEPOINT event")
-                mark = len(pending)
-                try:
-                    with event_scope(d.env, durable):
-                        await d.route.handler(conn, d.env, d.payload)
-                        _log_handled(durable, d.env)
-                except Exception as e:
-                    del pending[mark:]  # its effect is rolled back: so are its hooks
-                    if not savepoints:
-                        raise _HandlerFailed from e
-                    await conn.execute("ROLLBACK TO event")
-                    await conn.execute("RELEASE event")
-                    failed.append((d, e))
-                    continue
-                if savepoints:
-                    await conn.execute("RELEASE event")
-                seen.add(d.env.id)
-                rows.append((self.durable, d.env.id, now))
-                done.append(d.msg)
-                handled += 1
-            if rows:
-                await conn.executemany(_INBOX_INSERT, rows)
-        afters.extend(pending)
-        return handled
-
-    async def _apply_tx(self, batch: Sequence[_Decoded]
-                        ) -> tuple[list[Msg], list[tuple[_Decoded, Exception]]]:
-        """The batch as one `db.write`: inbox check, every handler in its own savepoint
-        (savepoints cost nothing on the connection's thread), the inbox rows."""
+        """The batch as one unit of work: inbox check, every handler (in its own savepoint
+        when `savepoints`; else the first failure raises _HandlerFailed), the inbox rows."""
         durable = self.durable
 
-        def run(tx: Tx) -> tuple[list[Msg], list[tuple[_Decoded, Exception]],
-                                 list[AfterCommit], int]:
-            conn = tx.conn
+        async def run(tx: Tx) -> tuple[list[Msg], list[tuple[_Decoded, Exception]],
+                                       list[AfterCommit], int]:
             ids = [d.env.id for d in batch]
             marks = ",".join("?" * len(ids))
-            seen = {r[0] for r in conn.execute(
+            seen = {r[0] for r in await tx.fetch(
                 f"SELECT event_id FROM inbox WHERE consumer = ? AND event_id IN ({marks})",
                 (durable, *ids))}
             done: list[Msg] = []
@@ -428,34 +308,34 @@ class EventConsumer:
                 if d.env.id in seen:
                     done.append(d.msg)
                     continue
-                fn = d.route.tx_handler
-                assert fn is not None
-                conn.execute("SAVEPOINT event")
                 try:
-                    with event_scope(d.env, durable):
-                        after = fn(tx, d.env, d.payload)
-                        if after is not None:
-                            after = in_scope(after)
-                        _log_handled(durable, d.env)
+                    if savepoints:
+                        async with tx.savepoint():
+                            after = await _handle(d, tx, durable)
+                    else:
+                        after = await _handle(d, tx, durable)
                 except Exception as e:
-                    if not conn.in_transaction:
-                        raise  # SQLite rolled back the whole transaction: all retried
-                    conn.execute("ROLLBACK TO event")
-                    conn.execute("RELEASE event")
+                    if not savepoints:
+                        raise _HandlerFailed from e
+                    if not tx.alive:
+                        raise  # the backend rolled back the whole transaction: all retried
                     failed.append((d, e))
                     continue
-                conn.execute("RELEASE event")
                 if after is not None:
                     afters.append(after)
                 seen.add(d.env.id)
                 rows.append((durable, d.env.id, now))
                 done.append(d.msg)
             if rows:
-                conn.executemany(_INBOX_INSERT, rows)
+                await tx.run_many(_INBOX_INSERT, rows)
             return done, failed, afters, len(rows)
 
         done, failed, afters, handled = await self.db.write(run)
-        _run_afters(afters, self.durable)
+        for after in afters:
+            try:
+                after()
+            except Exception:
+                log.exception("consumer %s: after-commit hook failed", self.durable)
         self.stats.handled += handled
         self.metrics.handled.inc(handled)
         self.stats.duplicates += len(done) - handled
@@ -473,10 +353,9 @@ class EventConsumer:
         self._pruned_at = now
         cutoff = time.time() - self.inbox_retain_s
         durable = self.durable
-        def prune(tx: Tx) -> int:
-            tx.execute(_INBOX_AGE_INDEX)  # a no-op once it exists
-            return int(tx.execute(_INBOX_PRUNE, (durable, durable, cutoff, _PRUNE_CHUNK))
-                       .rowcount)
+
+        async def prune(tx: Tx) -> int:
+            return await tx.run(_INBOX_PRUNE, (durable, durable, cutoff, _PRUNE_CHUNK))
 
         try:
             n = await self.db.write(prune)
@@ -488,16 +367,11 @@ class EventConsumer:
             self._pruned_at = 0.0  # more left: the next idle moment goes on
 
     async def _handled(self, event_id: str) -> bool:
-        row = await self.db.read(lambda tx: tx.one(
-            "SELECT 1 FROM inbox WHERE consumer = ? AND event_id = ?", (self.durable, event_id)))
-        return row is not None
+        async def run(tx: Tx) -> bool:
+            return await tx.fetchrow("SELECT 1 FROM inbox WHERE consumer = ? AND event_id = ?",
+                                     (self.durable, event_id)) is not None
 
-    async def _in_inbox(self, conn: aiosqlite.Connection, ids: Sequence[str]) -> set[str]:
-        marks = ",".join("?" * len(ids))
-        cur = await conn.execute(
-            f"SELECT event_id FROM inbox WHERE consumer = ? AND event_id IN ({marks})",
-            (self.durable, *ids))
-        return {r[0] for r in await cur.fetchall()}
+        return await self.db.read(run)
 
     async def _retry_or_dead_letter(self, d: _Decoded, reason: str) -> None:
         delivered = d.msg.metadata.num_delivered

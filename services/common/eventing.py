@@ -1,12 +1,12 @@
 """A service's event side, started in the background: NATS never blocks serving gRPC.
 
-`EventWorkers(settings, db, relay=..., consumers=[ConsumerSpec(...)])` (or `event_tasks`)
+`EventWorkers(settings, db, relay=..., consumers=[ConsumerSpec(...)])`
 gives the composition root one task and one on_stop hook. The task connects the Bus
 (retrying forever with capped back-off; one log line per state change, not per attempt),
 ensures the streams, then runs the outbox relay (one active per SQLite file, see
-outbox.py's lease) and every consumer, each restarted on its own with back-off when it
-fails. Meanwhile the service serves: its state changes wait in the outbox, and the
-durable consumers catch up once NATS answers.
+outbox.py's lease; one per PostgreSQL database, see pg_relay.py) and every consumer, each
+restarted on its own with back-off when it fails. Meanwhile the service serves: its state
+changes wait in the outbox, and the durable consumers catch up once NATS answers.
 
 Settings (environment, optional): SHOP_RELAY_LEASE_S, the relay lease (5 s).
 """
@@ -23,11 +23,13 @@ from typing import Any
 
 from services.common.bus import Bus
 from services.common.consumer import EventConsumer, Route
-from services.common.db import Database
 from services.common.outbox import OutboxRelay
+from services.common.pg import PgDatabase
+from services.common.pg_relay import PgOutboxRelay
 from services.common.settings import Settings, env_float
+from services.common.storage import Storage
 
-__all__ = ["ConsumerSpec", "EventWorkers", "event_tasks"]
+__all__ = ["ConsumerSpec", "EventWorkers", "make_relay"]
 
 log = logging.getLogger("shop.eventing")
 
@@ -61,7 +63,7 @@ class _Backoff:
 class EventWorkers:
     """The Bus, the outbox relay and the consumers of one service process."""
 
-    def __init__(self, settings: Settings, db: Database, *, relay: bool,
+    def __init__(self, settings: Settings, db: Storage, *, relay: bool,
                  consumers: Sequence[ConsumerSpec] = (),
                  relay_options: Mapping[str, Any] | None = None,
                  backoff_s: float = 0.5, backoff_cap_s: float = 5.0) -> None:
@@ -76,7 +78,7 @@ class EventWorkers:
         self.backoff_s = backoff_s
         self.backoff_cap_s = backoff_cap_s
         self.bus: Bus | None = None
-        self.relay: OutboxRelay | None = None
+        self.relay: OutboxRelay | PgOutboxRelay | None = None
         self.consumers: list[EventConsumer] = []
         self.connected = asyncio.Event()  # set once the Bus is up and the streams exist
 
@@ -93,8 +95,8 @@ class EventWorkers:
         bus = await self._connect()
         workers: list[tuple[str, Task]] = []
         if self.want_relay:
-            self.relay = OutboxRelay(self.db, bus, owner=self.settings.instance_id,
-                                     **self.relay_options)
+            self.relay = make_relay(self.db, bus, owner=self.settings.instance_id,
+                                    **self.relay_options)
             workers.append(("outbox relay", self.relay.run))
         for spec in self.specs:
             consumer = EventConsumer(bus, self.db, durable=spec.durable, routes=spec.routes,
@@ -174,8 +176,8 @@ class EventWorkers:
             await bus.close()
 
 
-def event_tasks(settings: Settings, db: Database, *, relay: bool,
-                consumers: Sequence[ConsumerSpec] = ()) -> tuple[list[Task], list[Task]]:
-    """(tasks, on_stop) for App: the background event side of one service."""
-    workers = EventWorkers(settings, db, relay=relay, consumers=consumers)
-    return workers.tasks, workers.on_stop
+def make_relay(db: Storage, bus: Bus, **options: Any) -> OutboxRelay | PgOutboxRelay:
+    """The backend's relay: a lease row per SQLite file, an advisory lock on PostgreSQL."""
+    if isinstance(db, PgDatabase):
+        return PgOutboxRelay(db, bus, **options)
+    return OutboxRelay(db, bus, **options)

@@ -1,10 +1,10 @@
 """Transactional outbox: events are written with the state change, a relay publishes them.
 
-`enqueue` runs inside the caller's `db.transaction()`; `OutboxRelay` publishes unsent rows
+`tx.emit(...)` runs inside the caller's unit of work; `OutboxRelay` publishes unsent rows
 in id order (= commit order, as SQLite has one writer at a time) with many acks in
 flight, and marks a row sent only after JetStream acknowledged it. Per aggregate the order
 is strict even across a reconnect: the next event of an aggregate is sent only after the
-one before it was acknowledged (see `relay_once`), so the stream never stores event k+1
+one before it was acknowledged (`publish_in_waves`), so the stream never stores event k+1
 of an aggregate before event k. A crash between the
 ack and the mark publishes the row again; the Nats-Msg-Id (= event id) makes JetStream
 drop that repeat inside its duplicate window.
@@ -33,22 +33,23 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-import aiosqlite
 from google.protobuf.message import Message
 from shop.events.v1 import envelope_pb2
 
 from services.common.bus import Bus, OutMsg, envelope_headers
-from services.common.db import Database, Tx, mark_outbox_dirty
 from services.common.eventtracing import producer_traceparent
 from services.common.metrics import current as current_metrics
+from services.common.storage import Row, Storage, Tx
 
-__all__ = ["LEASE_TABLE", "OutboxRelay", "RelayStats", "enqueue", "new_envelope"]
+__all__ = ["OutboxRelay", "RelayStats", "finish_batch", "new_envelope", "pending", "prune"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def _from_context(name: str) -> str:
@@ -85,22 +86,6 @@ def new_envelope(subject: str, payload: Message, *, source: str, aggregate_id: s
     return env
 
 
-_INSERT = """INSERT INTO outbox (event_id, subject, aggregate_id, correlation_id, traceparent,
-    data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"""
-
-
-async def enqueue(conn: aiosqlite.Connection, subject: str, payload: Message, *, source: str,
-                  aggregate_id: str, correlation_id: str | None = None,
-                  traceparent: str | None = None) -> str:
-    """Add an event to the outbox in the caller's transaction; returns the event id."""
-    env = new_envelope(subject, payload, source=source, aggregate_id=aggregate_id,
-                       correlation_id=correlation_id, traceparent=traceparent)
-    await conn.execute(_INSERT, (env.id, env.subject, env.aggregate_id, env.correlation_id,
-                                 env.traceparent, env.SerializeToString(), time.time()))
-    mark_outbox_dirty(conn)
-    return env.id
-
-
 @dataclass
 class RelayStats:
     published: int = 0
@@ -109,14 +94,6 @@ class RelayStats:
     leases: int = 0  # times this relay became the active one
 
 
-LEASE_TABLE = """CREATE TABLE IF NOT EXISTS outbox_lease (
-    name TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    host TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    acquired_at REAL NOT NULL,
-    expires_at REAL NOT NULL
-)"""
 _LEASE_NAME = "relay"
 _LEASE_SELECT = "SELECT owner, host, pid, expires_at FROM outbox_lease WHERE name = ?"
 _LEASE_RENEW = ("UPDATE outbox_lease SET expires_at = ? WHERE name = ? AND owner = ?"
@@ -126,18 +103,44 @@ _SELECT_UNSENT = ("SELECT id, event_id, subject, correlation_id, traceparent, da
 _MARK_SENT = "UPDATE outbox SET sent_at = ? WHERE id BETWEEN ? AND ? AND sent_at IS NULL"
 
 
-def _waves(rows: list[tuple[int, str, str, str, str, bytes, str]]) -> list[list[int]]:
+def _waves(aggregates: Sequence[str]) -> list[list[int]]:
     """Row indexes grouped so that wave n has the n-th row of each aggregate, in row
     order within a wave. Rows of one aggregate are in different, successive waves."""
     waves: list[list[int]] = []
     seen: dict[str, int] = {}
-    for i, row in enumerate(rows):
-        n = seen.get(row[6], 0)
-        seen[row[6]] = n + 1
+    for i, agg in enumerate(aggregates):
+        n = seen.get(agg, 0)
+        seen[agg] = n + 1
         if n == len(waves):
             waves.append([])
         waves[n].append(i)
     return waves
+
+
+async def publish_in_waves(bus: Bus, rows: Sequence[Row], *, timeout_s: float
+                           ) -> tuple[int, BaseException | None]:
+    """Publish outbox rows (id, event_id, subject, correlation_id, traceparent, data,
+    aggregate_id, ...) in waves: many acks in flight, but one event of an aggregate at a
+    time. The length of the acknowledged prefix, and the first failure (None if none)."""
+    acked = [False] * len(rows)
+    failure: BaseException | None = None
+    for wave in _waves([str(r[6]) for r in rows]):
+        msgs = [OutMsg(str(rows[i][2]), bytes(rows[i][5]),
+                       envelope_headers(str(rows[i][1]), str(rows[i][3]), str(rows[i][4])))
+                for i in wave]
+        results = await bus.publish_batch(msgs, timeout_s=timeout_s)
+        for i, res in zip(wave, results, strict=False):
+            if isinstance(res, BaseException):
+                failure = failure or res
+            else:
+                acked[i] = True
+        if len(results) < len(wave):
+            failure = failure or RuntimeError("publish not attempted")
+        if failure is not None:
+            break  # the next waves would overtake what just failed
+    # Only the acknowledged prefix counts: the rest is retried in order.
+    ok = next((i for i, a in enumerate(acked) if not a), len(rows))
+    return ok, failure
 
 
 def _host_key() -> str:
@@ -163,7 +166,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 class OutboxRelay:
-    def __init__(self, db: Database, bus: Bus, *, batch: int = 256, poll_s: float = 1.0,
+    def __init__(self, db: Storage, bus: Bus, *, batch: int = 256, poll_s: float = 1.0,
                  ack_timeout_s: float = 5.0, retain_s: float = 3600.0,
                  owner: str | None = None, lease_s: float = 5.0,
                  standby_poll_s: float | None = None, linger_s: float = 0.02) -> None:
@@ -189,7 +192,6 @@ class OutboxRelay:
         self._pid = os.getpid()
         self._lease_until = 0.0  # wall clock (time.time(), as in the row); 0 = not held
         self._renewed_at = 0.0  # wall clock of the last successful take or renewal
-        self._table_ready = False
         self.stats = RelayStats()
         self._metrics = current_metrics()
         self._published = self._metrics.outbox_published
@@ -231,7 +233,7 @@ class OutboxRelay:
         while self.active:
             self._wake.clear()
             try:
-                more = await self.relay_once()
+                more = await finish_batch(self.relay_once(), self.ack_timeout_s)
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
@@ -244,8 +246,10 @@ class OutboxRelay:
             if more:
                 continue
             await self._maybe_prune()
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                async with asyncio.timeout(self.poll_s):
+                    await self._wake.wait()
             if self._wake.is_set() and self.linger_s > 0:
                 # Woken by a commit: let the commits right behind it join this batch.
                 await asyncio.sleep(self.linger_s)
@@ -280,22 +284,21 @@ class OutboxRelay:
     async def _try_acquire(self) -> str | None:
         """Take or renew the lease if free, expired, ours, or held by a process of this
         machine that is gone. None when it is ours now, else the holder."""
-        if self._table_ready:
-            # Cheap read first: a standby should not take the write lock every poll.
-            row = await self.db.read(lambda tx: tx.one(_LEASE_SELECT, (_LEASE_NAME,)))
-            if row is not None and not self._takeable(row, time.time()):
-                return str(row[0])
-        create = not self._table_ready
+        async def peek(tx: Tx) -> Row | None:
+            return await tx.fetchrow(_LEASE_SELECT, (_LEASE_NAME,))
 
-        def take(tx: Tx) -> tuple[str | None, float]:
-            if create:
-                tx.execute(LEASE_TABLE)
-            row = tx.one(_LEASE_SELECT, (_LEASE_NAME,))
+        # Cheap read first: a standby should not take the write lock every poll.
+        row = await self.db.read(peek)
+        if row is not None and not self._takeable(row, time.time()):
+            return str(row[0])
+
+        async def take(tx: Tx) -> tuple[str | None, float]:
+            row = await tx.fetchrow(_LEASE_SELECT, (_LEASE_NAME,))
             now = time.time()
             if row is not None and not self._takeable(row, now):
                 return str(row[0]), 0.0
             until = now + self.lease_s
-            tx.execute(
+            await tx.run(
                 "INSERT INTO outbox_lease (name, owner, host, pid, acquired_at, expires_at)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
                 " owner = excluded.owner, host = excluded.host, pid = excluded.pid,"
@@ -304,7 +307,6 @@ class OutboxRelay:
             return None, until
 
         holder, until = await self.db.write(take)
-        self._table_ready = True
         if holder is None:
             self._lease_until = until
             self._renewed_at = until - self.lease_s
@@ -343,13 +345,13 @@ class OutboxRelay:
                 self._lose_lease()
                 return
 
-    def _renew_sync(self, tx: Tx) -> float:
-        """On the connection's thread: extend our lease; the new expiry, 0 when lost."""
+    async def _renew_in(self, tx: Tx) -> float:
+        """Extend our lease in `tx`; the new expiry, 0 when lost."""
         now = time.time()
         until = now + self.lease_s
-        cur = tx.execute(_LEASE_RENEW, (until, _LEASE_NAME, self.owner, self._host, self._pid,
-                                        now))
-        return until if cur.rowcount == 1 else 0.0
+        changed = await tx.run(_LEASE_RENEW, (until, _LEASE_NAME, self.owner, self._host,
+                                              self._pid, now))
+        return until if changed == 1 else 0.0
 
     def _renewed(self, until: float) -> bool:
         if not until:
@@ -363,59 +365,40 @@ class OutboxRelay:
         self._wake.set()
 
     async def _renew(self) -> bool:
-        return self._renewed(await self.db.write(self._renew_sync))
+        return self._renewed(await self.db.write(self._renew_in))
 
     async def _release_lease(self) -> None:
         self._lease_until = 0.0
-        await self.db.write(lambda tx: tx.execute(
-            "DELETE FROM outbox_lease WHERE name = ? AND owner = ? AND host = ? AND pid = ?",
-            (_LEASE_NAME, self.owner, self._host, self._pid)))
+        async def release(tx: Tx) -> None:
+            await tx.run(
+                "DELETE FROM outbox_lease WHERE name = ? AND owner = ? AND host = ? AND pid = ?",
+                (_LEASE_NAME, self.owner, self._host, self._pid))
+
+        await self.db.write(release)
 
     # -- publishing -----------------------------------------------------------------
 
     async def relay_once(self) -> bool:
         """Publish one batch. True when a full batch went out (more may be waiting).
-        Raises when a publish failed, after marking the acknowledged prefix sent.
-
-        The batch goes out in waves: wave n holds the n-th event of each aggregate in the
-        batch, all with their acks in flight at once, and wave n+1 is sent only once every
-        ack of wave n came back. An event of an aggregate is thus never on the wire before
-        the one ahead of it is stored: when a reconnect loses event k, k+1 was not sent
-        (nats-py would otherwise flush k+1 from its buffer after the reconnect, and the
-        stream would store k+1 before the k a retry republishes)."""
+        Raises when a publish failed, after marking the acknowledged prefix sent."""
         batch = self.batch
         # A bounded read along outbox_unsent, inline on the read connection (no thread
         # hop): woken by a commit, it sees every row committed before it.
-        rows: list[tuple[int, str, str, str, str, bytes, str]] = await self.db.read_now(
-            lambda tx: [tuple(r) for r in tx.all(_SELECT_UNSENT, (batch,))])
+        async def select(tx: Tx) -> list[Row]:
+            return await tx.fetch(_SELECT_UNSENT, (batch,))
+
+        rows = await self.db.read(select)
         if not rows:
             return False
-        acked = [False] * len(rows)
-        failure: BaseException | None = None
-        for wave in _waves(rows):
-            msgs = [OutMsg(rows[i][2], rows[i][5], envelope_headers(rows[i][1], rows[i][3],
-                                                                    rows[i][4]))
-                    for i in wave]
-            results = await self.bus.publish_batch(msgs, timeout_s=self.ack_timeout_s)
-            for i, res in zip(wave, results, strict=False):
-                if isinstance(res, BaseException):
-                    failure = failure or res
-                else:
-                    acked[i] = True
-            if len(results) < len(wave):
-                failure = failure or RuntimeError("publish not attempted")
-            if failure is not None:
-                break  # the next waves would overtake what just failed
-        # Only the acknowledged prefix counts: the rest is retried in order.
-        ok = next((i for i, a in enumerate(acked) if not a), len(rows))
+        ok, failure = await publish_in_waves(self.bus, rows, timeout_s=self.ack_timeout_s)
         if ok:
             first, last = rows[0][0], rows[ok - 1][0]
             # The lease rides along once it is a sixth of its life old: no hop of its own.
             renew = time.time() - self._renewed_at >= self.lease_s / 6 and self.active
 
-            def mark(tx: Tx) -> float | None:
-                tx.execute(_MARK_SENT, (time.time(), first, last))
-                return self._renew_sync(tx) if renew else None
+            async def mark(tx: Tx) -> float | None:
+                await tx.run(_MARK_SENT, (time.time(), first, last))
+                return await self._renew_in(tx) if renew else None
 
             until = await self.db.write(mark)
             if until is not None and not self._renewed(until):
@@ -429,8 +412,11 @@ class OutboxRelay:
 
     async def _refresh_backlog(self) -> None:
         """At scrape time: the unsent rows and the age of the oldest (along outbox_unsent)."""
-        row = await self.db.read(lambda tx: tx.one(
-            "SELECT count(*), min(created_at) FROM outbox WHERE sent_at IS NULL"))
+        async def backlog(tx: Tx) -> Row | None:
+            return await tx.fetchrow(
+                "SELECT count(*), min(created_at) FROM outbox WHERE sent_at IS NULL")
+
+        row = await self.db.read(backlog)
         count = int(row[0]) if row else 0
         oldest = float(row[1]) if row and row[1] is not None else None
         self._metrics.outbox_backlog.set(count)
@@ -439,15 +425,45 @@ class OutboxRelay:
 
     async def pending(self) -> int:
         """Rows not yet acknowledged by JetStream."""
-        row = await self.db.read(
-            lambda tx: tx.one("SELECT count(*) FROM outbox WHERE sent_at IS NULL"))
-        return int(row[0]) if row else 0
+        return await pending(self.db)
 
     async def _maybe_prune(self) -> None:
         now = time.time()
         if now - self._last_prune < 60.0:
             return
         self._last_prune = now
-        await self.db.write(lambda tx: tx.execute(
-            "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?",
-            (now - self.retain_s,)))
+        await prune(self.db, now - self.retain_s)
+
+
+# How long a stopping relay waits for the batch it has in flight (a stop must stay quick;
+# a batch cut short is published again by the next relay, and deduplicated).
+FINISH_BATCH_S = 2.0
+
+
+async def finish_batch(step: Awaitable[T], ack_timeout_s: float) -> T:
+    """Run one relay step to its end even when the relay is stopped meanwhile (bounded):
+    a batch published but not marked sent would be published again by the next relay."""
+    task = asyncio.ensure_future(step)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task], timeout=min(ack_timeout_s, FINISH_BATCH_S))
+        if not task.done():
+            task.cancel()
+        raise
+
+
+async def pending(storage: Storage) -> int:
+    """Outbox rows not yet acknowledged by JetStream."""
+    async def run(tx: Tx) -> int:
+        return int(await tx.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"))
+
+    return await storage.read(run)
+
+
+async def prune(storage: Storage, before: float) -> None:
+    """Forget rows sent before `before` (well past the duplicate window)."""
+    async def run(tx: Tx) -> None:
+        await tx.run("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?", (before,))
+
+    await storage.write(run)

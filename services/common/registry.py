@@ -101,6 +101,8 @@ class Instance:
     # "grpc" (a service; discovery routes calls to it) or "http" (the gateway: listed by
     # `shopctl status`, never a call target).
     protocol: str = "grpc"
+    # The storage backend ("sqlite", "postgres"); "" for a process without one.
+    storage: str = ""
 
     @property
     def key(self) -> str:
@@ -117,6 +119,7 @@ class Instance:
                 "pid": self.pid,
                 "breakers": dict(self.breakers),
                 "protocol": self.protocol,
+                "storage": self.storage,
             },
             separators=(",", ":"),
         ).encode()
@@ -146,6 +149,7 @@ class Instance:
                 if isinstance(breakers, dict)
                 else {},
                 protocol=str(data.get("protocol") or "grpc"),
+                storage=str(data.get("storage") or ""),
             )
         except (TypeError, ValueError):
             return None

@@ -157,6 +157,7 @@ class ServiceRunner:
                     version=shop_version(),
                     started_at=time.time(),
                     pid=os.getpid(),
+                    storage="postgres" if s.database_url else "sqlite",
                 ),
             )
             self.registration.start()  # in the background: NATS down never stops serving

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 SERVICES: tuple[str, ...] = (
     "user",
@@ -62,10 +63,12 @@ class Settings:
     instance_id: str = ""
     ready_file: Path | None = None
     grace_s: float = 10.0
+    # A PostgreSQL URL for this service's own database; "" means its SQLite file.
+    database_url: str = ""
 
     @property
     def db_path(self) -> Path:
-        """One file per service, shared by all of its instances."""
+        """One file per service, shared by all of its instances (SQLite)."""
         return self.data_dir / f"{self.service}.db"
 
 
@@ -88,7 +91,30 @@ def load_settings(service: str) -> Settings:
         instance_id=env_str("SHOP_INSTANCE_ID", f"{service}-{uuid.uuid4().hex[:8]}"),
         ready_file=Path(ready) if ready else None,
         grace_s=env_float("SHOP_GRACE_S", 10.0),
+        database_url=database_url(service),
     )
+
+
+def database_url(service: str) -> str:
+    """`<SERVICE>_DATABASE_URL`, else `SHOP_DATABASE_URL` with the database `shop_<service>`
+    put in (a server URL: `postgresql://user[:pw]@host[:port]/`, `?host=/socket/dir` kept),
+    else "" (SQLite)."""
+    own = os.environ.get(f"{_env_prefix(service)}_DATABASE_URL", "").strip()
+    if own:
+        return _checked(f"{_env_prefix(service)}_DATABASE_URL", own)
+    server = os.environ.get("SHOP_DATABASE_URL", "").strip()
+    if not server:
+        return ""
+    parts = urlsplit(_checked("SHOP_DATABASE_URL", server))
+    name = "shop_" + service.replace("-", "_")
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def _checked(name: str, url: str) -> str:
+    if urlsplit(url).scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"{name} must be a postgresql:// URL, got scheme "
+                         f"{urlsplit(url).scheme!r}")
+    return url
 
 
 def downstream_addr(service: str) -> str | None:

@@ -6,14 +6,15 @@ import logging
 
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 
-from services.common.db import Database
 from services.common.demo import CATALOGUE
 from services.common.eventing import EventWorkers
+from services.common.schema import service_migrations
 from services.common.server import App, run_service
 from services.common.settings import Settings
+from services.common.storage import open_storage
 from services.inventory.expiry import ReservationExpiry, reservation_ttl_s
 from services.inventory.servicer import InventoryServicer
-from services.inventory.store import SCHEMA, InventoryStore, upgrade
+from services.inventory.store import InventoryStore, snapshot_every
 
 log = logging.getLogger("shop.inventory")
 
@@ -21,12 +22,11 @@ SERVICE = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"]
 
 
 async def build(settings: Settings) -> App:
-    upgrade(settings.db_path)
     # durable: stock is money's twin; a lost commit would break the stock invariant.
-    db = await Database.open(settings.db_path, schema=SCHEMA, durable=True)
-    store = InventoryStore(db)
+    db = await open_storage(settings, service_migrations("inventory"), durable=True)
+    store = InventoryStore(db, snapshot_every=snapshot_every())
     await store.seed((p.id, p.stock) for p in CATALOGUE)
-    servicer = InventoryServicer(store)
+    servicer = InventoryServicer(store, db)
     # The relay starts once NATS answers: reservations are served (and their events kept
     # in the outbox) while NATS is down.
     events = EventWorkers(settings, db, relay=True)

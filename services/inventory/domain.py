@@ -9,11 +9,16 @@ available + reserved + sold stays equal to the stock ever set.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import datetime as dt
 import enum
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.inventory.ledger import Kind
 
 MAX_ID_LEN = 128
 MAX_ITEMS = 100
@@ -55,6 +60,23 @@ class Reservation:
     status: Status
     items: tuple[Line, ...]
     reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    product_id: str
+    version: int
+    kind: Kind
+    quantity: int
+    order_id: str
+    at: float
+    stock: Stock
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    entries: list[HistoryEntry]  # newest first
+    next_before: int | None  # the version the next page starts below; None: last page
 
 
 class Effect(enum.Enum):
@@ -180,3 +202,53 @@ def decide_restock(order_id: str, existing: Reservation | None) -> Transition:
         return Transition(existing, Effect.NONE)
     what = "no reservation" if existing is None else f"reservation {existing.status.value}"
     raise FailedPrecondition(f"order {order_id} has no committed stock to restock ({what})")
+
+
+# --- the ledger's queries: time travel and history paging --------------------------------
+
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+
+
+def validate_as_of(seconds: int, nanos: int, now: float) -> float:
+    """A requested time as seconds since the epoch: a valid timestamp, not in the future."""
+    if not 0 <= nanos <= 999_999_999:
+        raise InvalidArgument(f"as_of.nanos must be between 0 and 999999999, got {nanos}")
+    # Timestamp's own range: 0001-01-01 to 9999-12-31.
+    if not -62_135_596_800 <= seconds <= 253_402_300_799:
+        raise InvalidArgument(f"as_of.seconds {seconds} is outside 0001-01-01..9999-12-31")
+    at = seconds + nanos / 1e9
+    if at > now:
+        raise InvalidArgument(f"as_of is in the future ({_iso(at)}, now {_iso(now)})")
+    return at
+
+
+def _iso(at: float) -> str:
+    return dt.datetime.fromtimestamp(at, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def page_size(requested: int) -> int:
+    if requested < 0:
+        raise InvalidArgument(f"page_size must not be negative, got {requested}")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def encode_history_token(product_id: str, before_version: int) -> str:
+    raw = json.dumps([product_id, before_version], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_history_token(token: str, product_id: str) -> int | None:
+    """The version a page of `product_id`'s history starts below; None for "" (the newest
+    page). InvalidArgument for a token not made by encode_history_token for this product."""
+    if not token:
+        return None
+    try:
+        pid, before = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (ValueError, TypeError, binascii.Error):
+        raise InvalidArgument("page_token is not valid") from None
+    if not isinstance(before, int) or isinstance(before, bool) or before < 2:
+        raise InvalidArgument("page_token is not valid")
+    if pid != product_id:
+        raise InvalidArgument("page_token was made for a different product_id")
+    return before

@@ -15,7 +15,7 @@ import logging
 import time
 
 from services.common.settings import env_float
-from services.inventory.store import InventoryStore
+from services.inventory.store import InventoryRepository
 
 log = logging.getLogger("shop.inventory.expiry")
 
@@ -29,7 +29,7 @@ def reservation_ttl_s() -> float:
 class ReservationExpiry:
     """The background task releasing stale reservations."""
 
-    def __init__(self, store: InventoryStore, ttl_s: float) -> None:
+    def __init__(self, store: InventoryRepository, ttl_s: float) -> None:
         self.store = store
         self.ttl_s = ttl_s
         # Looked at a few times per TTL, never more often than every second.

@@ -7,16 +7,17 @@ from collections.abc import Awaitable, Callable
 from shop.notification.v1 import notification_pb2, notification_pb2_grpc
 
 from services.common import metrics as shop_metrics
-from services.common.db import Database
 from services.common.eventing import ConsumerSpec, EventWorkers
+from services.common.schema import service_migrations
 from services.common.server import App, run_service
 from services.common.settings import Settings
+from services.common.storage import open_storage
 from services.notification import handlers
 from services.notification.mailconfig import load_mail_settings
 from services.notification.metrics import MailMetrics
 from services.notification.sender import MailSender
 from services.notification.servicer import NotificationServicer
-from services.notification.store import SCHEMA, DeliveryStore, NotificationStore
+from services.notification.store import DeliveryStore, NotificationStore
 
 SERVICE = notification_pb2.DESCRIPTOR.services_by_name["NotificationService"]
 
@@ -24,7 +25,7 @@ SERVICE = notification_pb2.DESCRIPTOR.services_by_name["NotificationService"]
 async def build(settings: Settings) -> App:
     mail = load_mail_settings()
     # Messages are re-creatable from the stream, so NORMAL sync is enough here.
-    db = await Database.open(settings.db_path, schema=SCHEMA, durable=False)
+    db = await open_storage(settings, service_migrations("notification"), durable=False)
     metrics = MailMetrics()
     tasks: list[Callable[[], Awaitable[None]]] = []
     sender = None

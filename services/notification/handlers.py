@@ -1,6 +1,5 @@
-"""Domain events -> notifications. Each handler runs in the consumer's transaction
-(together with the inbox row) and uses only `tx`: tx handlers (`Route.tx`), so a whole
-batch is one hop on the connection's thread.
+"""Domain events -> notifications. Each handler runs in the consumer's unit of work
+(together with the inbox row) and acts only through `tx`, by the store's functions.
 
 With mail on, each new notification also gets its delivery outbox row in that same
 transaction, and the sender is woken once the batch committed: the consumer never waits
@@ -8,7 +7,7 @@ for a mail server."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from google.protobuf.message import Message
@@ -20,7 +19,7 @@ from shop.user.v1 import user_pb2
 
 from services.common import events
 from services.common.consumer import AfterCommit, Route
-from services.common.db import Tx
+from services.common.storage import Tx
 from services.notification import domain, store
 
 DURABLE = "notification-events"
@@ -68,15 +67,15 @@ def order_shipped(msg: shipping_pb2.OrderShipped) -> domain.Draft:
 
 
 def _handler(draft_of: DraftOf, wake: Wake | None,
-             ) -> Callable[[Tx, Envelope, Any], AfterCommit | None]:
+             ) -> Callable[[Tx, Envelope, Any], Awaitable[AfterCommit | None]]:
     """wake: None means mail is off (no delivery rows); else called after the commit."""
 
-    def handle(tx: Tx, env: Envelope, msg: Any) -> AfterCommit | None:
+    async def handle(tx: Tx, env: Envelope, msg: Any) -> AfterCommit | None:
         if isinstance(msg, user_pb2.UserCreated) and msg.user.id and msg.user.email:
             # Before the notification, so the welcome mail finds the address.
-            store.save_recipient_sync(tx, msg.user.id, msg.user.email, msg.user.name)
-        made = store.insert_sync(tx, draft_of(msg), env.id, mail=wake is not None,
-                                 request_id=env.correlation_id)
+            await store.save_recipient(tx, msg.user.id, msg.user.email, msg.user.name)
+        made = await store.insert(tx, draft_of(msg), env.id, mail=wake is not None,
+                                  request_id=env.correlation_id)
         if made is None or wake is None:
             return None
         return lambda: wake(made)
@@ -97,5 +96,5 @@ _ROUTES: list[tuple[str, type[Message], DraftOf]] = [
 
 def routes(wake_sender: Wake | None = None) -> list[Route]:
     """The consumer's routes; `wake_sender` given: every notification is also mailed."""
-    return [Route.tx(subject, payload, _handler(draft_of, wake_sender))
+    return [Route(subject, payload, _handler(draft_of, wake_sender))
             for subject, payload, draft_of in _ROUTES]

@@ -33,7 +33,7 @@ import pybreaker
 from services.notification.delivery import MailFrom, PendingMail, backoff_s, render
 from services.notification.mailconfig import MailSettings, SmtpTarget
 from services.notification.metrics import MailMetrics
-from services.notification.store import DeliveryStore
+from services.notification.store import DeliveryRepository
 
 __all__ = ["MailSender", "Refused", "classify"]
 
@@ -89,7 +89,7 @@ def _reason(exc: BaseException) -> str:
 
 
 class MailSender:
-    def __init__(self, store: DeliveryStore, settings: MailSettings, metrics: MailMetrics,
+    def __init__(self, store: DeliveryRepository, settings: MailSettings, metrics: MailMetrics,
                  *, owner: str = "sender", clock: Callable[[], float] = time.time) -> None:
         if settings.target is None:
             raise ValueError("mail delivery is off (SMTP_URL=off)")

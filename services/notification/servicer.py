@@ -9,11 +9,11 @@ from shop.notification.v1 import notification_pb2_grpc
 from services.common.identity import resolve_user
 from services.notification import domain
 from services.notification.convert import to_proto
-from services.notification.store import NotificationStore
+from services.notification.store import NotificationRepository
 
 
 class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
-    def __init__(self, store: NotificationStore) -> None:
+    def __init__(self, store: NotificationRepository) -> None:
         self.store = store
 
     async def ListNotifications(

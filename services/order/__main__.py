@@ -22,23 +22,23 @@ from shop.shipping.v1 import shipping_pb2_grpc
 from shop.user.v1 import user_pb2_grpc
 
 from services.common.clients import Downstream
-from services.common.db import Database
 from services.common.eventing import ConsumerSpec, EventWorkers
+from services.common.schema import service_migrations
 from services.common.server import App, run_service
 from services.common.settings import Settings, env_float, env_int
+from services.common.storage import open_storage
 from services.order import handlers
 from services.order.domain import Limits
 from services.order.ports import GrpcPorts
 from services.order.saga import SagaConfig, SagaRunner
 from services.order.servicer import OrderServicer, Peers
-from services.order.store import SCHEMA, OrderStore, upgrade
+from services.order.store import OrderStore
 
 SERVICE = order_pb2.DESCRIPTOR.services_by_name["OrderService"]
 
 
 async def build(settings: Settings) -> App:
-    upgrade(settings.db_path)
-    db = await Database.open(settings.db_path, schema=SCHEMA, durable=True)
+    db = await open_storage(settings, service_migrations("order"), durable=True)
     store = OrderStore(db)
     step_timeout = env_float("SHOP_SAGA_STEP_TIMEOUT_S", 3.0)
     inventory = Downstream("inventory", inventory_pb2_grpc.InventoryServiceStub, cap_s=step_timeout)

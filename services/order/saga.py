@@ -36,7 +36,7 @@ from services.order.ports import (
 )
 from services.order.saga_metrics import SagaMetrics
 from services.order.saga_tracing import record_outcome, step_span
-from services.order.store import HistoryEntry, OrderStore
+from services.order.store import HistoryEntry, OrderRepository
 
 log = logging.getLogger("shop.order.saga")
 
@@ -54,7 +54,7 @@ class SagaConfig:
 
 
 class SagaRunner:
-    def __init__(self, store: OrderStore, ports: SagaPorts, config: SagaConfig) -> None:
+    def __init__(self, store: OrderRepository, ports: SagaPorts, config: SagaConfig) -> None:
         self.store = store
         self.ports = ports
         self.config = config

@@ -25,7 +25,7 @@ from services.order import domain
 from services.order.convert import order_pb, status_pb, timestamp
 from services.order.domain import Order, OrderStatus, SagaState, SagaStatus
 from services.order.saga import SagaRunner
-from services.order.store import HistoryEntry, OrderStore
+from services.order.store import HistoryEntry, OrderRepository
 
 # Left for the answer to travel back before the caller's deadline.
 _DEADLINE_MARGIN_S = 0.3
@@ -45,7 +45,7 @@ class Peers:
 
 
 class OrderServicer(order_pb2_grpc.OrderServiceServicer):
-    def __init__(self, store: OrderStore, runner: SagaRunner, peers: Peers, *,
+    def __init__(self, store: OrderRepository, runner: SagaRunner, peers: Peers, *,
                  budget_s: float = 5.0) -> None:
         self.store = store
         self.runner = runner

@@ -11,13 +11,13 @@ from services.common.identity import resolve_user
 from services.payment import domain
 from services.payment.convert import to_proto
 from services.payment.domain import Status
-from services.payment.store import PaymentStore
+from services.payment.store import PaymentRepository
 
 MAX_REASON_LEN = 500
 
 
 class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
-    def __init__(self, store: PaymentStore) -> None:
+    def __init__(self, store: PaymentRepository) -> None:
         self.store = store
 
     async def Charge(

@@ -3,41 +3,31 @@
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
-import aiosqlite
 from shop.payment.v1 import payment_pb2
 
 from services.common import events
-from services.common.db import Database, Tx
+from services.common.storage import Row, Storage, Tx
 from services.payment import domain
 from services.payment.convert import to_proto
 from services.payment.domain import ChargeRequest, Payment, Status
 
 SOURCE = "payment"
 
-# order_id is the primary key: one payment row per order, ever, which is what makes
-# Charge idempotent even when two instances share this file.
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS payments (
-    order_id TEXT PRIMARY KEY,
-    user_id TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('CHARGED', 'DECLINED', 'REFUNDED', 'VOID')),
-    amount_cents INTEGER NOT NULL CHECK (amount_cents >= 0),
-    refunded_cents INTEGER NOT NULL DEFAULT 0
-        CHECK (refunded_cents >= 0 AND refunded_cents <= amount_cents),
-    currency TEXT NOT NULL,
-    decline_reason TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS payments_user ON payments (user_id);
-"""
+
+class PaymentRepository(Protocol):
+    async def get(self, order_id: str) -> Payment | None: ...
+    async def charge(self, req: ChargeRequest) -> Payment: ...
+    async def refund(self, order_id: str, reason: str, caller: str = "") -> Payment: ...
+
 
 _COLUMNS = ("order_id, user_id, status, amount_cents, refunded_cents, currency, "
             "decline_reason, created_at, updated_at")
+_INSERT = f"INSERT INTO payments ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
-def _row_to_payment(row: aiosqlite.Row) -> Payment:
+def _row_to_payment(row: Row) -> Payment:
     return Payment(
         order_id=row["order_id"],
         user_id=row["user_id"],
@@ -51,62 +41,65 @@ def _row_to_payment(row: aiosqlite.Row) -> Payment:
     )
 
 
+def _values(p: Payment) -> tuple[str, str, str, int, int, str, str, float, float]:
+    return (p.order_id, p.user_id, p.status.value, p.amount_cents, p.refunded_cents,
+            p.currency, p.decline_reason, p.created_at, p.updated_at)
+
+
+async def _select(tx: Tx, order_id: str) -> Payment | None:
+    row = await tx.fetchrow(f"SELECT {_COLUMNS} FROM payments WHERE order_id = ?",
+                            (order_id,))
+    return None if row is None else _row_to_payment(row)
+
+
 class PaymentStore:
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
 
     async def get(self, order_id: str) -> Payment | None:
-        return await self.db.read(lambda tx: _select_sync(tx, order_id))
+        async def run(tx: Tx) -> Payment | None:
+            return await _select(tx, order_id)
+
+        return await self.storage.read(run)
 
     async def charge(self, req: ChargeRequest) -> Payment:
         """The payment for the order: a new one (with its event) or the one already there."""
-        def run(tx: Tx) -> Payment:
-            existing = _select_sync(tx, req.order_id)
+        async def run(tx: Tx) -> Payment:
+            existing = await _select(tx, req.order_id)
             decision = domain.decide_charge(req, existing, time.time())
             p = decision.payment
             if decision.is_new:
-                # BEGIN IMMEDIATE serializes writers across processes, so the read above
-                # is current; the primary key would still refuse a second row.
-                tx.execute(
-                    f"INSERT INTO payments ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (p.order_id, p.user_id, p.status.value, p.amount_cents, p.refunded_cents,
-                     p.currency, p.decline_reason, p.created_at, p.updated_at))
+                # Writers are serialized (SQLite's write lock, PostgreSQL's serializable
+                # retry), so the read above is current; the key still refuses a second row.
+                await tx.run(_INSERT, _values(p))
                 if p.status is Status.CHARGED:
-                    tx.enqueue(events.PAYMENT_COMPLETED,
-                               payment_pb2.PaymentCompleted(payment=to_proto(p)),
-                               source=SOURCE, aggregate_id=p.order_id)
+                    await tx.emit(events.PAYMENT_COMPLETED,
+                                  payment_pb2.PaymentCompleted(payment=to_proto(p)),
+                                  source=SOURCE, aggregate_id=p.order_id)
                 else:
-                    tx.enqueue(events.PAYMENT_FAILED,
-                               payment_pb2.PaymentFailed(payment=to_proto(p),
-                                                         reason=p.decline_reason),
-                               source=SOURCE, aggregate_id=p.order_id)
+                    await tx.emit(events.PAYMENT_FAILED,
+                                  payment_pb2.PaymentFailed(payment=to_proto(p),
+                                                            reason=p.decline_reason),
+                                  source=SOURCE, aggregate_id=p.order_id)
             return p
 
-        return await self.db.write(run)
+        return await self.storage.write(run)
 
     async def refund(self, order_id: str, reason: str, caller: str = "") -> Payment:
-        def run(tx: Tx) -> Payment:
-            existing = _select_sync(tx, order_id)
+        async def run(tx: Tx) -> Payment:
+            existing = await _select(tx, order_id)
             decision = domain.decide_refund(order_id, existing, time.time(), caller)
             p = decision.payment
             if decision.changed:
                 # Upsert covers both the CHARGED -> REFUNDED update and a new tombstone.
-                tx.execute(
-                    f"INSERT INTO payments ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (order_id) DO UPDATE SET status = excluded.status,"
+                await tx.run(
+                    f"{_INSERT} ON CONFLICT (order_id) DO UPDATE SET status = excluded.status,"
                     " refunded_cents = excluded.refunded_cents,"
-                    " updated_at = excluded.updated_at",
-                    (p.order_id, p.user_id, p.status.value, p.amount_cents, p.refunded_cents,
-                     p.currency, p.decline_reason, p.created_at, p.updated_at))
+                    " updated_at = excluded.updated_at", _values(p))
             if decision.emit:
-                tx.enqueue(events.PAYMENT_REFUNDED,
-                           payment_pb2.PaymentRefunded(payment=to_proto(p), reason=reason),
-                           source=SOURCE, aggregate_id=p.order_id)
+                await tx.emit(events.PAYMENT_REFUNDED,
+                              payment_pb2.PaymentRefunded(payment=to_proto(p), reason=reason),
+                              source=SOURCE, aggregate_id=p.order_id)
             return p
 
-        return await self.db.write(run)
-
-
-def _select_sync(tx: Tx, order_id: str) -> Payment | None:
-    row = tx.one(f"SELECT {_COLUMNS} FROM payments WHERE order_id = ?", (order_id,))
-    return None if row is None else _row_to_payment(row)
+        return await self.storage.write(run)

@@ -7,13 +7,14 @@ import logging
 
 from shop.product.v1 import product_pb2, product_pb2_grpc
 
-from services.common.db import Database
 from services.common.demo import CATALOGUE as DEMO
+from services.common.schema import service_migrations
 from services.common.server import App, run_service
 from services.common.settings import Settings, env_float
+from services.common.storage import open_storage
 from services.product.domain import Catalogue, Product
 from services.product.servicer import ProductServicer
-from services.product.store import SCHEMA, ProductStore
+from services.product.store import ProductStore
 
 SERVICE = product_pb2.DESCRIPTOR.services_by_name["ProductService"]
 
@@ -26,7 +27,7 @@ DEMO_PRODUCTS = tuple(
 
 async def build(settings: Settings) -> App:
     # Writes are rare (CreateProduct), so a full fsync per commit costs nothing that matters.
-    db = await Database.open(settings.db_path, schema=SCHEMA, durable=True)
+    db = await open_storage(settings, service_migrations("product"), durable=True)
     store = ProductStore(db)
     seeded = await store.seed(DEMO_PRODUCTS)
     servicer = ProductServicer(store, Catalogue())

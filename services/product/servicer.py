@@ -12,19 +12,20 @@ from services.common.errors import NotFound
 from services.product import domain
 from services.product.convert import to_proto
 from services.product.domain import Catalogue, Product
-from services.product.store import ProductStore
+from services.product.store import START, Cursor, ProductRepository
 
 log = logging.getLogger("shop.product")
 
 
 class ProductServicer(product_pb2_grpc.ProductServiceServicer):
-    """Reads come from `catalogue` (no SQLite on the hot path). Products made by other
-    instances sharing the file arrive through `follow()`, or at once on a lookup miss."""
+    """Reads come from `catalogue` (no database on the hot path). Products made by other
+    instances sharing the database arrive through `follow()`, or at once on a lookup miss."""
 
-    def __init__(self, store: ProductStore, catalogue: Catalogue, seq: int = 0) -> None:
+    def __init__(self, store: ProductRepository, catalogue: Catalogue,
+                 cursor: Cursor = START) -> None:
         self.store = store
         self.catalogue = catalogue
-        self._seq = seq  # high-water mark of the rows loaded into the catalogue
+        self._cursor = cursor  # how far the catalogue has loaded the table
         self._lock = asyncio.Lock()
         self._refreshes = 0
         # Responses are immutable once built: GetProduct reuses them per product.
@@ -36,7 +37,7 @@ class ProductServicer(product_pb2_grpc.ProductServiceServicer):
         async with self._lock:
             if self._refreshes != seen:
                 return  # a refresh finished while we waited: it covered our commit too
-            products, self._seq = await self.store.load_since(self._seq)
+            products, self._cursor = await self.store.load_since(self._cursor)
             for p in products:
                 self.catalogue.add(p)
             self._refreshes += 1

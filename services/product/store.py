@@ -3,81 +3,90 @@ reads from an in-memory copy it loads (and follows) through `load_since`."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterable
+from typing import Protocol
 
-import aiosqlite
-
-from services.common.db import Database
 from services.common.errors import AlreadyExists
+from services.common.storage import IntegrityError, Row, Storage, Tx
 from services.product.domain import Product
 
-# `seq` orders rows by commit (SQLite has one writer at a time), so an instance can pick
-# up what others created with "seq > last seen". Products are never updated or deleted.
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS products (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    name TEXT NOT NULL,
-    description TEXT NOT NULL DEFAULT '',
-    category TEXT NOT NULL DEFAULT '',
-    price_cents INTEGER NOT NULL CHECK (price_cents > 0),
-    currency TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-"""
+# Where a follower has read up to, in commit order: (txid, seq) on PostgreSQL, (0, seq)
+# on SQLite (one writer at a time: seq is commit order there).
+Cursor = tuple[int, int]
+START: Cursor = (0, 0)
+
+
+class ProductRepository(Protocol):
+    async def seed(self, products: Iterable[Product]) -> int: ...
+    async def create(self, product: Product) -> Product: ...
+    async def get(self, product_id: str) -> Product | None: ...
+    async def load_since(self, cursor: Cursor) -> tuple[list[Product], Cursor]: ...
+
 
 _COLUMNS = "id, name, description, category, price_cents, currency"
+_INSERT = f"INSERT INTO products ({_COLUMNS}, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_FOLLOW = {
+    "sqlite": f"SELECT 0, seq, {_COLUMNS} FROM products WHERE seq > ? ORDER BY seq",
+    # Only rows of transactions older than every running one: those are all committed,
+    # and any row still to come sorts after them.
+    "postgres": f"SELECT txid, seq, {_COLUMNS} FROM products WHERE (txid, seq) > (?, ?)"
+                " AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+                " ORDER BY txid, seq",
+}
 
 
-def _row_to_product(row: aiosqlite.Row) -> Product:
-    return Product(id=row["id"], name=row["name"], description=row["description"],
-                   category=row["category"], price_cents=int(row["price_cents"]),
-                   currency=row["currency"])
+def _row_to_product(row: Row, at: int = 0) -> Product:
+    return Product(id=row[at], name=row[at + 1], description=row[at + 2],
+                   category=row[at + 3], price_cents=int(row[at + 4]), currency=row[at + 5])
 
 
 def _values(p: Product, now: float) -> tuple[str, str, str, str, int, str, float]:
     return (p.id, p.name, p.description, p.category, p.price_cents, p.currency, now)
 
 
-_INSERT = f"INSERT INTO products ({_COLUMNS}, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-
-
 class ProductStore:
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
 
     async def seed(self, products: Iterable[Product]) -> int:
         """Insert the products whose id is not taken yet; returns how many were new.
         Idempotent, and safe when several instances start at once."""
-        now = time.time()
-        async with self.db.transaction() as conn:
-            before = conn.total_changes
-            await conn.executemany(_INSERT.replace("INSERT", "INSERT OR IGNORE", 1),
-                                   [_values(p, now) for p in products])
-            return conn.total_changes - before
+        rows = [_values(p, time.time()) for p in products]
+
+        async def run(tx: Tx) -> int:
+            before = int(await tx.fetchval("SELECT count(*) FROM products"))
+            await tx.run_many(f"{_INSERT} ON CONFLICT (id) DO NOTHING", rows)
+            return int(await tx.fetchval("SELECT count(*) FROM products")) - before
+
+        return await self.storage.write(run)
 
     async def create(self, product: Product) -> Product:
+        async def run(tx: Tx) -> None:
+            await tx.run(_INSERT, _values(product, time.time()))
+
         try:
-            async with self.db.transaction() as conn:
-                await conn.execute(_INSERT, _values(product, time.time()))
-        except sqlite3.IntegrityError:
+            await self.storage.write(run)
+        except IntegrityError:
             raise AlreadyExists(f"product {product.id} already exists") from None
         return product
 
     async def get(self, product_id: str) -> Product | None:
-        async with self.db.reader() as conn:
-            cur = await conn.execute(f"SELECT {_COLUMNS} FROM products WHERE id = ?",
+        async def run(tx: Tx) -> Row | None:
+            return await tx.fetchrow(f"SELECT {_COLUMNS} FROM products WHERE id = ?",
                                      (product_id,))
-            row = await cur.fetchone()
+
+        row = await self.storage.read(run)
         return None if row is None else _row_to_product(row)
 
-    async def load_since(self, seq: int) -> tuple[list[Product], int]:
-        """Products committed after `seq` in commit order, and the new high-water mark."""
-        async with self.db.reader() as conn:
-            cur = await conn.execute(
-                f"SELECT seq, {_COLUMNS} FROM products WHERE seq > ? ORDER BY seq", (seq,))
-            rows = list(await cur.fetchall())
-        top = int(rows[-1]["seq"]) if rows else seq
-        return [_row_to_product(r) for r in rows], top
+    async def load_since(self, cursor: Cursor) -> tuple[list[Product], Cursor]:
+        """Products committed after `cursor` in commit order, and the new cursor."""
+        sql = _FOLLOW[self.storage.dialect]
+        params = (cursor[1],) if self.storage.dialect == "sqlite" else cursor
+
+        async def run(tx: Tx) -> list[Row]:
+            return await tx.fetch(sql, params)
+
+        rows = await self.storage.read(run)
+        top = (int(rows[-1][0]), int(rows[-1][1])) if rows else cursor
+        return [_row_to_product(r, 2) for r in rows], top

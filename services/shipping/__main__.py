@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from shop.shipping.v1 import shipping_pb2, shipping_pb2_grpc
 
-from services.common.db import Database
 from services.common.eventing import ConsumerSpec, EventWorkers
+from services.common.schema import service_migrations
 from services.common.server import App, run_service
 from services.common.settings import Settings, env_float
-from services.shipping import domain, handlers, store
+from services.common.storage import open_storage
+from services.shipping import domain, handlers
 from services.shipping.dispatcher import Dispatcher
 from services.shipping.servicer import ShippingServicer
-from services.shipping.store import SCHEMA, ShippingStore
+from services.shipping.store import ShippingStore
 
 SERVICE = shipping_pb2.DESCRIPTOR.services_by_name["ShippingService"]
 
@@ -24,9 +25,8 @@ SERVICE = shipping_pb2.DESCRIPTOR.services_by_name["ShippingService"]
 async def build(settings: Settings) -> App:
     delay_s = domain.validate_dispatch_delay(
         env_float("SHIPPING_DISPATCH_DELAY_S", domain.DEFAULT_DISPATCH_DELAY_S))
-    store.upgrade(settings.db_path)
     # durable: a lost commit would re-ship an acknowledged order with a new tracking number.
-    db = await Database.open(settings.db_path, schema=SCHEMA, durable=True)
+    db = await open_storage(settings, service_migrations("shipping"), durable=True)
     shipping = ShippingStore(db)
     dispatcher = Dispatcher(shipping)
     # order.confirmed in, order.shipped out (outbox), both once NATS answers.

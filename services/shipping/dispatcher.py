@@ -12,13 +12,13 @@ import contextlib
 import logging
 import time
 
-from services.shipping.store import ShippingStore
+from services.shipping.store import ShippingRepository
 
 log = logging.getLogger("shop.shipping.dispatcher")
 
 
 class Dispatcher:
-    def __init__(self, store: ShippingStore, *, idle_s: float = 1.0) -> None:
+    def __init__(self, store: ShippingRepository, *, idle_s: float = 1.0) -> None:
         self.store = store
         self.idle_s = idle_s
         self._wake = asyncio.Event()

@@ -1,6 +1,6 @@
 """order.confirmed -> a PENDING shipment (or a CANCELLED one when the order's cancellation
-came first), in the consumer's transaction (a tx handler: the consumer's batch is one hop
-on the connection's thread). The dispatcher publishes order.shipped later."""
+came first), in the consumer's unit of work (with the inbox row). The dispatcher publishes
+order.shipped later."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from shop.order.v1 import order_pb2
 
 from services.common import events
 from services.common.consumer import AfterCommit, Route
-from services.common.db import Tx
+from services.common.storage import Tx
 from services.shipping import domain, store
 
 DURABLE = "shipping-orders"
@@ -22,11 +22,11 @@ def routes(delay_s: float = domain.DEFAULT_DISPATCH_DELAY_S,
            created: Callable[[], None] = lambda: None) -> list[Route]:
     """`created()` runs after the commit of a new shipment (wakes the dispatcher)."""
 
-    def on_order_confirmed(tx: Tx, env: envelope_pb2.Envelope,
-                           msg: order_pb2.OrderConfirmed) -> AfterCommit | None:
+    async def on_order_confirmed(tx: Tx, env: envelope_pb2.Envelope,
+                                 msg: order_pb2.OrderConfirmed) -> AfterCommit | None:
         # An order without ids raises here; the consumer retries, then dead-letters it.
-        made = store.create_shipment_sync(tx, msg.order.id, msg.order.user_id, time.time(),
-                                          delay_s)
+        made = await store.create_shipment(tx, msg.order.id, msg.order.user_id, time.time(),
+                                           delay_s)
         return created if made is not None else None
 
-    return [Route.tx(events.ORDER_CONFIRMED, order_pb2.OrderConfirmed, on_order_confirmed)]
+    return [Route(events.ORDER_CONFIRMED, order_pb2.OrderConfirmed, on_order_confirmed)]

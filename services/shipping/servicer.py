@@ -9,11 +9,11 @@ from services.common.errors import NotFound
 from services.common.identity import resolve_user
 from services.shipping import domain
 from services.shipping.convert import cancelled_before_confirmed, to_proto
-from services.shipping.store import ShippingStore
+from services.shipping.store import ShippingRepository
 
 
 class ShippingServicer(shipping_pb2_grpc.ShippingServiceServicer):
-    def __init__(self, store: ShippingStore) -> None:
+    def __init__(self, store: ShippingRepository) -> None:
         self.store = store
 
     async def GetShipment(

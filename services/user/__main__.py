@@ -9,14 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 from shop.user.v1 import user_pb2, user_pb2_grpc
 
-from services.common.db import Database
 from services.common.eventing import EventWorkers
+from services.common.schema import service_migrations
 from services.common.server import App, run_service
 from services.common.settings import Settings, env_int
+from services.common.storage import open_storage
 from services.user import domain
 from services.user.admin import ensure_admin
 from services.user.servicer import UserServicer
-from services.user.store import SCHEMA, UserStore
+from services.user.store import UserStore
 from services.user.tokens import KeyRing, TokenSettings
 
 SERVICE = user_pb2.DESCRIPTOR.services_by_name["UserService"]
@@ -36,7 +37,7 @@ async def build(settings: Settings) -> App:
     # included: that logger never goes below INFO in this service.
     logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.root.level))
     # Accounts and their events: every commit on disk before CreateUser answers.
-    db = await Database.open(settings.db_path, schema=SCHEMA, durable=True)
+    db = await open_storage(settings, service_migrations("user"), durable=True)
     keys = await asyncio.to_thread(
         KeyRing.load_or_create, settings.data_dir / "keys", TokenSettings.from_env()
     )

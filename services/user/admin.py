@@ -21,7 +21,7 @@ from pathlib import Path
 from services.common.errors import AlreadyExists, InvalidArgument
 from services.common.settings import env_str
 from services.user import domain
-from services.user.store import UserStore
+from services.user.store import UserRepository
 
 log = logging.getLogger("shop.user.admin")
 
@@ -71,7 +71,7 @@ def admin_password(data_dir: Path) -> tuple[str, str]:
     return password, str(path)
 
 
-async def ensure_admin(store: UserStore, data_dir: Path, hash_password: Hasher) -> None:
+async def ensure_admin(store: UserRepository, data_dir: Path, hash_password: Hasher) -> None:
     """Create admin@shop.local with the admin role unless that email exists.
 
     An existing account of that email that lacks the role is left as it is (and said so):

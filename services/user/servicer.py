@@ -17,7 +17,7 @@ from services.common.errors import NotFound, Unauthenticated
 from services.common.identity import resolve_user
 from services.user import domain
 from services.user.convert import to_proto
-from services.user.store import UserStore
+from services.user.store import UserRepository
 from services.user.tokens import TOKEN_TYPE, KeyRing
 
 T = TypeVar("T")
@@ -26,7 +26,7 @@ log = logging.getLogger("shop.user")
 
 
 class UserServicer(user_pb2_grpc.UserServiceServicer):
-    def __init__(self, store: UserStore, keys: KeyRing, hasher: Executor,
+    def __init__(self, store: UserRepository, keys: KeyRing, hasher: Executor,
                  scrypt: domain.ScryptParams = domain.DEFAULT_SCRYPT) -> None:
         self.store = store
         self.keys = keys

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -20,7 +21,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from ops.process import System, start_system
+from ops.process import System, http_ok, start_system
 from tests.fixtures_services import TEST_ENV
 
 CHROMIUM = "/usr/bin/chromium"
@@ -53,6 +54,14 @@ def live(nats_server: _HasUrl, tmp_path_factory: pytest.TempPathFactory) -> Iter
     sysm = start_system(tmp_path_factory.mktemp("browser"), nats_server.url, env=env,
                         with_gateway=True, ready_timeout=60.0)
     try:
+        # Started together, the gateway may be up before a service it routes to: wait
+        # until its /readyz reaches every one (polled slowly: a failed probe counts
+        # against its breaker of that service).
+        deadline = time.monotonic() + 60.0
+        while not http_ok(f"{sysm.base_url}/readyz"):
+            if time.monotonic() > deadline:
+                pytest.fail("gateway /readyz not ready within 60 s")
+            time.sleep(0.5)
         yield sysm
     finally:
         sysm.stop()

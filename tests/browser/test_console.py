@@ -124,6 +124,35 @@ def test_an_admin_opens_a_saga_timeline_and_sees_its_events(
     expect(page.get_by_label("Order id")).to_have_value(order_id)
 
 
+def test_an_admin_reads_a_products_stock_history(new_tab: Any, base_url: str) -> None:
+    order_id, _ = place_order(base_url)
+    tab = new_tab(width=1280)
+    tab.expected = ["status of 404 (Not Found)"]  # the stock before the product had any
+    open_console(tab)
+    page = tab.page
+    page.get_by_label("Product id").fill("novel-dune")
+    page.get_by_role("button", name="Show stock").click()
+    expect(page.locator("#stock-level")).to_contain_text(re.compile(r"\d+ available, 0 reserved"))
+    rows = page.locator("#stock-table tbody tr")
+    # The order's two events, newest first: its units committed after they were reserved.
+    mine = rows.filter(has_text=order_id)
+    expect(mine.locator("td:nth-child(3)")).to_have_text(["committed", "reserved"])
+    # Newest first, a page at a time: down to the stream's first event, the stock set.
+    older = page.get_by_role("button", name="Older events")
+    while older.is_visible():
+        shown = rows.count()
+        older.click()
+        expect(rows).not_to_have_count(shown)
+    expect(rows.last).to_contain_text("stock set")
+    versions = [int(v or 0) for v in rows.evaluate_all(
+        "rs => rs.map(r => r.getAttribute('data-version'))")]
+    assert versions == list(range(len(versions), 0, -1)), versions
+    tab.shot("console-stock")
+    page.get_by_label("As of (optional, your time)").fill("2001-01-01T00:00:00")
+    page.get_by_role("button", name="Show stock").click()
+    expect(page.locator("#stock-result")).to_have_text("No stock for novel-dune at that time.")
+
+
 def test_an_admin_replays_a_dead_letter(new_tab: Any, live: System, base_url: str) -> None:
     rid = f"dlq-{uuid.uuid4().hex[:12]}"
     put_dead_letter(live.nats_url, rid)

@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiosqlite
 import pytest
 from google.protobuf.message import Message
 from shop.events.v1 import envelope_pb2
@@ -29,13 +28,15 @@ from shop.events.v1 import envelope_pb2
 from services.cart.domain import ProductInfo
 from services.cart.store import CartStore
 from services.common import events
-from services.common.consumer import Route, after_commit_hooks
+from services.common.consumer import Route
 from services.common.db import Database
+from services.common.schema import service_migrations
 from services.common.settings import SERVICES
+from services.common.storage import Row, Tx
 from services.inventory.domain import Line as StockLine
 from services.inventory.store import InventoryStore
 from services.order.domain import Limits, Line, Order, Outcome, SagaState, advance
-from services.order.store import HistoryEntry, OrderStore, write_saga
+from services.order.store import HistoryEntry, OrderStore
 from services.payment.domain import ChargeRequest
 from services.payment.store import PaymentStore
 from services.user.domain import User
@@ -93,15 +94,12 @@ class Published:
 
 
 async def _open(path: Path, service: str) -> Database:
-    store = importlib.import_module(f"services.{service}.store")
-    return await Database.open(path / f"{service}.db", schema=store.SCHEMA, durable=False)
+    return await Database.open(path / f"{service}.db", migrations=[service_migrations(service)],
+                               durable=False)
 
 
 async def _outbox(db: Database, producer: str) -> list[Published]:
-    async with db.reader() as conn:
-        cur = await conn.execute(
-            "SELECT event_id, subject, aggregate_id, data FROM outbox ORDER BY id")
-        rows = await cur.fetchall()
+    rows = await _rows(db, "SELECT event_id, subject, aggregate_id, data FROM outbox ORDER BY id")
     return [Published(producer, r["subject"], r["event_id"], r["aggregate_id"], bytes(r["data"]))
             for r in rows]
 
@@ -279,18 +277,17 @@ def decode_like_consumer(route: Route, published: Published) -> tuple[Envelope, 
 
 async def run_route(db: Database, route: Route, published: Published) -> Envelope:
     env, payload = decode_like_consumer(route, published)
-    with after_commit_hooks() as hooks:  # as the consumer: run once committed
-        async with db.transaction() as conn:
-            await route.handler(conn, env, payload)
-    for hook in hooks:
-        hook()
+    after = await db.write(lambda tx: route.handler(tx, env, payload))
+    if callable(after):
+        after()  # what the consumer runs once the batch committed
     return env
 
 
-async def _rows(db: Database, sql: str, *args: object) -> list[aiosqlite.Row]:
-    async with db.reader() as conn:
-        cur = await conn.execute(sql, args)
-        return list(await cur.fetchall())
+async def _rows(db: Database, sql: str, *args: object) -> list[Row]:
+    async def run(tx: Tx) -> list[Row]:
+        return await tx.fetch(sql, args)
+
+    return await db.read(run)
 
 
 # Per (consumer, subject): a set-up before the handler runs, and the effect check after.
@@ -351,8 +348,8 @@ def _order_at_charge(order_id: str) -> Setup:
     async def setup(db: Database) -> None:
         _, saga = await create_order(db, order_id)
         at_charge = advance(saga, Outcome.SUCCEEDED).state  # stock reserved
-        async with db.transaction() as conn:
-            assert await write_saga(conn, saga, at_charge)
+        assert await OrderStore(db).replace_saga(
+            saga, at_charge, HistoryEntry("reserve_stock", "succeeded", 1, time.time()))
     return setup
 
 
@@ -447,8 +444,9 @@ def _subjects_enqueued_by(service: str) -> set[str]:
     for path in sorted((ROOT / "services" / service).glob("*.py")):
         tree = ast.parse(path.read_text())
         calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
-        if not any((isinstance(c.func, ast.Name) and c.func.id == "enqueue")
-                   or (isinstance(c.func, ast.Attribute) and c.func.attr == "enqueue")
+        writes = ("enqueue", "emit")
+        if not any((isinstance(c.func, ast.Name) and c.func.id in writes)
+                   or (isinstance(c.func, ast.Attribute) and c.func.attr in writes)
                    for c in calls):
             continue
         for node in ast.walk(tree):

@@ -336,6 +336,15 @@ def test_readme_tour(system: System, gateway: ServiceProcess, tmp_path: Path) ->
     out = block_with(ran, "shopctl dlq list").output
     assert "no dead letters" in out, out
 
+    # the stock ledger: a past level, a history page, a clean verify
+    r = block_with(ran, "shopctl inventory rebuild --verify")
+    r.find(lambda o: o.get("productId") == "headphones" and "available" in o,
+           "headphones stock as of a time")
+    page = r.find(lambda o: "events" in o, "a page of headphones' history")
+    versions = [int(e["version"]) for e in page["events"]]
+    assert len(versions) == 2 and versions[0] > versions[1] and page["nextPageToken"], page
+    assert r.output.rstrip().endswith("no difference"), r.output
+
     # the API description
     out = block_with(ran, "/openapi.json").output
     assert re.search(r"^shop REST API - \d+ paths$", out, re.M), out

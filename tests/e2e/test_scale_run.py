@@ -65,13 +65,14 @@ def test_scaled_make_run_and_shopctl_status(scaled_run: ShopRun) -> None:
     assert status.returncode == 0, status.stdout + status.stderr
     assert status.stderr == ""  # the registry answered: no fallback note
     header = status.stdout.splitlines()[0].split()
-    assert header == ["SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "UPTIME", "BREAKERS"]
+    assert header == ["SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "UPTIME", "BREAKERS", "STORAGE"]
     found = rows(status.stdout)
     assert set(found) == {*(f"{s}-1" for s in SERVICES), "payment-2", "gateway-1"}
     for inst in payments:
         cells = found[inst["instance"]]
         assert cells[:4] == ["payment", inst["instance"], inst["addr"], "SERVING"], cells
-        assert len(cells) == 6  # uptime and breakers filled in
+        assert len(cells) == 7  # uptime, breakers and storage filled in
+        assert cells[6] == "sqlite"
     assert all(cells[3] == "SERVING" for cells in found.values())
     # The order service calls payment: its breaker is reported (closed: nothing failed).
     assert found["order-1"][5].startswith("closed:") and "payment" in found["order-1"][5]

@@ -19,7 +19,8 @@ from ops.process import System
 from services.common.bus import Bus
 from services.common.db import Database
 from services.common.events import PAYMENT_COMPLETED, STREAM
-from services.common.outbox import OutboxRelay, enqueue
+from services.common.outbox import OutboxRelay
+from services.common.storage import Tx
 from tests.support.invariants import check_invariants
 from tests.support.load import OrderClient, paced, set_stock
 from tests.support.outboxes import unsent_outbox_rows
@@ -29,9 +30,11 @@ pytestmark = pytest.mark.timeout(120)
 
 
 async def _sent_ids(db: Database) -> set[str]:
-    async with db.reader() as conn:
-        cur = await conn.execute("SELECT event_id FROM outbox WHERE sent_at IS NOT NULL")
-        return {r[0] for r in await cur.fetchall()}
+    async def run(tx: Tx) -> set[str]:
+        return {r[0] for r in
+                await tx.fetch("SELECT event_id FROM outbox WHERE sent_at IS NOT NULL")}
+
+    return await db.read(run)
 
 
 async def _stream_ids(bus: Bus) -> list[str]:
@@ -44,7 +47,7 @@ async def _stream_ids(bus: Bus) -> list[str]:
 
 
 async def test_nats_kill_9_and_restart(tmp_path: Path, fresh_nats: NatsServer) -> None:
-    db = await Database.open(tmp_path / "payment.db", schema="", durable=True)
+    db = await Database.open(tmp_path / "payment.db", durable=True)
     bus = await Bus.connect(fresh_nats.url, name="payment")
     await bus.ensure_streams()
     relay = OutboxRelay(db, bus, batch=64, poll_s=0.1, ack_timeout_s=1.0)
@@ -55,10 +58,11 @@ async def test_nats_kill_9_and_restart(tmp_path: Path, fresh_nats: NatsServer) -
     async def produce() -> None:
         i = 0
         while not stop.is_set():
-            async with db.transaction() as conn:
-                enqueued.append(await enqueue(conn, PAYMENT_COMPLETED,
-                                              payment_pb2.PaymentCompleted(), source="payment",
-                                              aggregate_id=f"p{i % 5}"))
+            async def run(tx: Tx, agg: str = f"p{i % 5}") -> str:
+                return await tx.emit(PAYMENT_COMPLETED, payment_pb2.PaymentCompleted(),
+                                     source="payment", aggregate_id=agg)
+
+            enqueued.append(await db.write(run))
             i += 1
             await asyncio.sleep(0.002)
 

@@ -5,8 +5,11 @@ their confirmed orders, before the parcel leaves (the order must end CANCELLED, 
 restocked, its shipment cancelled) and after (refused: the order stays SHIPPED). Afterwards
 the full invariant check (tests/support/invariants.py) holds.
 
-`make test` runs the big run (800 orders over 60 s, ten kills); `make chaos` (-m chaos) a
-longer soak. Every choice comes from one seed, logged at the start and in any failure:
+`make test` runs the big run (800 orders over 60 s, ten kills) on SQLite, and 200 orders
+over 20 s with five kills on PostgreSQL with two order and two payment instances
+(SCALE="order=2 payment=2"), which share nothing but the database server: no data file
+is written; `make chaos` (-m chaos) a longer soak. Every choice comes from one seed,
+logged at the start and in any failure:
 `CHAOS_SEED=<seed> make test PYTEST_ARGS="tests/faults/test_order_chaos.py"` replays the
 same orders, cancels and kills (the interleaving still depends on timing).
 `CHAOS_CANCELS=0` leaves out the cancels before dispatch (the only part that needs
@@ -16,6 +19,7 @@ cancellation after confirmation); cancels after dispatch stay.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -29,9 +33,11 @@ import pytest
 from shop.order.v1 import order_pb2
 
 from ops.natsd import NatsServer
-from ops.process import System, start_system
+from ops.pgserve import EmbeddedPostgres
+from ops.process import ServiceProcess, System, start_system
 from tests.fixtures_services import FAULT_ENV, START_TIMEOUT_S
 from tests.support.invariants import check_invariants
+from tests.support.ledger import ledger_differences
 from tests.support.load import OrderClient, set_stock
 from tests.support.users import create_users
 
@@ -52,7 +58,7 @@ class Plan:
     orders: int
     users: int
     in_flight: int
-    kills: tuple[str, ...]  # victims, in the order they go down
+    kills: tuple[str, ...]  # victims (a service's first instance, or an instance), in order
     scarce_factor: int  # stock of the scarce products multiplied by this
     duration_s: float  # orders are paced over this long, so the kills land mid-run
     cancel_before: float  # share of confirmed orders cancelled at once (before dispatch)
@@ -63,6 +69,12 @@ BIG = Plan(orders=800, users=40, in_flight=32,
            kills=("payment", "inventory", "order", "shipping", "payment", "notification",
                   "inventory", "order", "shipping", "payment"),
            scarce_factor=4, duration_s=60.0, cancel_before=0.10, cancel_after=0.04)
+# On PostgreSQL, scaled out: each order instance takes half the customers, and the kills
+# reach both instances of the scaled services.
+SCALED = Plan(orders=200, users=20, in_flight=16,
+              kills=("payment-2", "order-1", "inventory", "order-2", "payment-1"),
+              scarce_factor=1, duration_s=20.0, cancel_before=0.10, cancel_after=0.04)
+SCALE = {"order": 2, "payment": 2}
 SOAK = Plan(orders=3000, users=80, in_flight=48, kills=BIG.kills * 3, scarce_factor=12,
             duration_s=200.0, cancel_before=0.10, cancel_after=0.04)
 
@@ -84,6 +96,25 @@ def chaos_system(fresh_nats: NatsServer, data_dir: Path) -> Iterator[System]:
         yield sysm
     finally:
         sysm.stop()
+
+
+@pytest.fixture
+def pg_chaos_system(fresh_nats: NatsServer, data_dir: Path,
+                    pg_server: EmbeddedPostgres) -> Iterator[System]:
+    env = {**FAULT_ENV, "SHIPPING_DISPATCH_DELAY_S": str(DISPATCH_DELAY_S),
+           "SHOP_DATABASE_URL": pg_server.server_url}
+    sysm = start_system(data_dir, fresh_nats.url, env=env, scale=SCALE, discovery=True,
+                        ready_timeout=START_TIMEOUT_S)
+    try:
+        yield sysm
+    finally:
+        sysm.stop()
+        pg_server.drop_databases()
+
+
+def _victim(sysm: System, name: str) -> ServiceProcess:
+    """`name` is an instance ("order-2") or a service (its first instance)."""
+    return next((p for p in sysm.processes if p.instance == name), None) or sysm[name]
 
 
 def _seed() -> int:
@@ -119,7 +150,7 @@ async def _chaos(sysm: System, kills: list[tuple[str, float, float]], t0: float,
                  kills_log: list[str]) -> None:
     for victim, at, down_s in kills:
         await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
-        proc = sysm[victim]
+        proc = _victim(sysm, victim)
         proc.kill()
         kills_log.append(f"{victim}@{time.monotonic() - t0:.1f}s")
         await asyncio.sleep(down_s)
@@ -143,7 +174,8 @@ async def _run(sysm: System, plan: Plan) -> None:
     kills_log: list[str] = []
     sem = asyncio.Semaphore(plan.in_flight)
 
-    async def customer(i: int, client: OrderClient) -> None:
+    async def customer(i: int, clients: list[OrderClient]) -> None:
+        client = clients[i % len(clients)]  # one per order instance
         step, user = steps[i], users[i % len(users)]
         await asyncio.sleep(max(0.0, t0 + i * plan.duration_s / plan.orders - time.monotonic()))
         async with sem:
@@ -158,26 +190,33 @@ async def _run(sysm: System, plan: Plan) -> None:
         cancels[answer.order_id] = (step.cancel,
                                     (await client.cancel(user, answer.order_id)).what)
 
-    async with OrderClient(sysm.addr("order"), timeout_s=CLIENT_TIMEOUT_S,
-                           retry_for_s=RETRY_FOR_S) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(
+            OrderClient(p.addr, timeout_s=CLIENT_TIMEOUT_S, retry_for_s=RETRY_FOR_S))
+            for p in sysm.instances("order")]
         t0 = time.monotonic()
         chaos = asyncio.create_task(_chaos(sysm, kills, t0, kills_log))
-        await asyncio.gather(*(customer(i, client) for i in range(plan.orders)))
+        await asyncio.gather(*(customer(i, clients) for i in range(plan.orders)))
         placed_s = time.monotonic() - t0
         await chaos
+    created = set().union(*(c.created for c in clients))
+    answers = sum((c.answers for c in clients), Counter[str]())
+    unexpected = [u for c in clients for u in c.unexpected]
     try:
         assert len(kills_log) == len(plan.kills), kills_log
         for proc in sysm.processes:
             assert proc.running, f"{proc.instance} is down\n{proc.log_tail()}"
-        assert client.unexpected == [], client.unexpected[:10]
+        assert unexpected == [], unexpected[:10]
 
-        report = await check_invariants(sysm, stock_set=stock, created=client.created,
+        report = await check_invariants(sysm, stock_set=stock, created=created,
                                         timeout_s=SETTLE_S)
         outcome = Counter(f"{when}:{answer}" for when, answer in cancels.values())
         log.warning("chaos seed %d: %d orders placed in %.1f s, answers %s; cancels %s; "
-                    "kills %s; %s", seed, plan.orders, placed_s, dict(client.answers),
+                    "kills %s; %s", seed, plan.orders, placed_s, dict(answers),
                     dict(outcome), kills_log, report.summary())
         report.assert_ok()
+        # After the kills, every stock row is still the replay of its product's events.
+        assert await ledger_differences(sysm.addr("inventory")) == []
         final = {o.id: o.status for o in report.orders}
         # The run exercised every path: confirmed, cancelled for stock and for the card.
         assert report.count("CONFIRMED", "SHIPPED") > 0
@@ -215,6 +254,16 @@ async def _run(sysm: System, plan: Plan) -> None:
 @pytest.mark.timeout(600)
 async def test_order_chaos(chaos_system: System) -> None:
     await _run(chaos_system, BIG)
+
+
+@pytest.mark.timeout(420)
+async def test_order_chaos_scaled_out_on_postgres(pg_chaos_system: System) -> None:
+    sysm = pg_chaos_system
+    assert [p.instance for p in sysm.instances("order")] == ["order-1", "order-2"]
+    assert len(sysm.instances("payment")) == 2
+    await _run(sysm, SCALED)  # its invariant check reads the PostgreSQL databases
+    # The instances share nothing but the database server: not one data file was made.
+    assert sorted(p.name for p in sysm.data_dir.glob("*.db*")) == []
 
 
 @pytest.mark.chaos

@@ -17,13 +17,16 @@ import pytest
 from shop.events.v1 import envelope_pb2
 
 from ops.natsd import NatsServer
+from ops.pgserve import EmbeddedPostgres
 from ops.process import System
 from services.common.bus import Bus
 from services.common.events import STREAM
+from services.common.pg import PgDatabase
+from services.common.schema import COMMON
 from tests.fixtures_services import START_TIMEOUT_S
 from tests.support.invariants import check_invariants
 from tests.support.load import OrderClient, paced, set_stock
-from tests.support.outboxes import fill_outbox, unsent_outbox_rows
+from tests.support.outboxes import fill_outbox, fill_storage, unsent_outbox_rows
 from tests.support.users import create_users
 
 pytestmark = pytest.mark.timeout(120)
@@ -32,7 +35,9 @@ ROOT = Path(__file__).resolve().parents[2]
 N_EVENTS = 500
 
 
-def _start(db_path: Path, url: str) -> subprocess.Popen[str]:
+
+
+def _start(db_path: Path | str, url: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen([sys.executable, "-m", "tests.support.relay_worker",
                              str(db_path), url, "5"], cwd=ROOT, stdout=subprocess.PIPE,
                             text=True)
@@ -137,3 +142,66 @@ async def test_payment_relay_killed_five_times_under_orders(fault_system: System
     report.assert_ok()
     assert report.count("SHIPPED") > 0 and report.count("CANCELLED") > 0, report.summary()
     print(f"\nunsent payment events at each kill {unsent_at_kill}; {report.summary()}")
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def test_two_relays_on_postgres_survive_kill_9(fresh_nats: NatsServer,
+                                               pg_server: EmbeddedPostgres) -> None:
+    """Two relay processes on one database (one holds the advisory lock, one waits);
+    one of them is killed -9 at random and replaced, again and again. The waiting one takes
+    over at once; the stream holds every event once, in order per aggregate."""
+    url = pg_server.url("shop_order")
+
+    async def fill() -> list[tuple[str, str]]:
+        db = await PgDatabase.open(url, migrations=[COMMON])
+        try:
+            return await fill_storage(db, N_EVENTS)
+        finally:
+            await db.close()
+
+    def unsent() -> int:
+        [n] = pg_server.psql("SELECT count(*) FROM outbox WHERE sent_at IS NULL", "shop_order")
+        return int(n)
+
+    try:
+        expected = asyncio.run(fill())
+        rng = random.Random(11)
+        procs = [_start(url, fresh_nats.url), _start(url, fresh_nats.url)]
+        kills = 0
+        progress: list[int] = []
+        deadline = time.monotonic() + 90
+        try:
+            while kills < 5:
+                assert time.monotonic() < deadline, "outbox never drained"
+                time.sleep(rng.uniform(0.01, 0.06))
+                victim = procs.pop(rng.randrange(2))
+                victim.kill()  # SIGKILL: its session ends, the lock passes on
+                _stop(victim)
+                kills += 1
+                progress.append(unsent())
+                procs.append(_start(url, fresh_nats.url))
+            for proc in procs:
+                assert proc.wait(60) == 0  # each drains (the outbox empties) and exits
+        finally:
+            for proc in procs:
+                _stop(proc)
+        print("pending after each kill:", progress)
+        assert unsent() == 0
+        assert any(0 < p < N_EVENTS for p in progress), progress  # kills landed mid-drain
+
+        envs = asyncio.run(_stream(fresh_nats.url))
+        assert len(envs) == N_EVENTS, "a duplicate or a loss in the stream"
+        assert {e.id for e in envs} == {eid for eid, _ in expected}
+        for agg in {a for _, a in expected}:
+            want = [eid for eid, a in expected if a == agg]
+            got = [e.id for e in envs if e.aggregate_id == agg]
+            assert got == want, f"order broken for {agg}"
+    finally:
+        pg_server.drop_databases()

@@ -32,10 +32,11 @@ DUNE = BY_ID["novel-dune"]
 
 
 @pytest.fixture(scope="module")
-def shop(nats_server: NatsServer,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceFactory]:
-    """product, then cart (which gets PRODUCT_ADDR); tests use their own user ids."""
-    factory = ServiceFactory(tmp_path_factory.mktemp("cart"), nats_server.url)
+def shop(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory,
+         module_db_env: dict[str, str]) -> Iterator[ServiceFactory]:
+    """product, then cart (which gets PRODUCT_ADDR), on each backend in turn; tests use
+    their own user ids."""
+    factory = ServiceFactory(tmp_path_factory.mktemp("cart"), nats_server.url, module_db_env)
     try:
         factory.start("product")
         factory.start("cart")

@@ -3,33 +3,33 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import pytest
 from shop.events.v1 import envelope_pb2
 from shop.user.v1 import user_pb2
 
 from services.common.bus import Bus
-from services.common.consumer import AfterCommit, EventConsumer, Route, after_commit_hooks
-from services.common.db import Database, Tx
+from services.common.consumer import AfterCommit, EventConsumer, Route
 from services.common.dlq import list_dead_letters
 from services.common.events import DLQ_STREAM, STREAM, USER_CREATED
 from services.common.outbox import new_envelope
+from services.common.storage import Storage, Tx
+from tests.fixtures_storage import OpenStorage, both_backends, table_migrations
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), both_backends]
 
-SCHEMA = "CREATE TABLE IF NOT EXISTS welcome (user_id TEXT NOT NULL, event_id TEXT NOT NULL);"
+WELCOME = ("CREATE TABLE welcome (seq INTEGER NOT NULL, user_id TEXT NOT NULL,"
+           " event_id TEXT NOT NULL);")
 
 
-async def record_welcome(conn: aiosqlite.Connection, env: envelope_pb2.Envelope,
-                         payload: Any) -> None:
-    await conn.execute("INSERT INTO welcome VALUES (?, ?)", (payload.user.id, env.id))
+async def record_welcome(tx: Tx, env: envelope_pb2.Envelope, payload: Any) -> None:
+    seq = int(await tx.fetchval("SELECT count(*) FROM welcome"))
+    await tx.run("INSERT INTO welcome VALUES (?, ?, ?)", (seq, payload.user.id, env.id))
 
 
 def user_event(user_id: str) -> envelope_pb2.Envelope:
@@ -50,25 +50,23 @@ async def wait_for(cond: Callable[[], Awaitable[bool]], timeout_s: float = 10.0)
         await asyncio.sleep(0.02)
 
 
-async def rows(db: Database) -> list[tuple[str, str]]:
-    async with db.reader() as conn:
-        cur = await conn.execute("SELECT user_id, event_id FROM welcome ORDER BY rowid")
-        return [(r[0], r[1]) for r in await cur.fetchall()]
+async def rows(db: Storage) -> list[tuple[str, str]]:
+    async def run(tx: Tx) -> list[tuple[str, str]]:
+        return [(r[0], r[1]) for r in
+                await tx.fetch("SELECT user_id, event_id FROM welcome ORDER BY seq")]
+
+    return await db.read(run)
 
 
 @pytest.fixture
-async def two_dbs(tmp_path: Path) -> AsyncIterator[tuple[Database, Database]]:
-    a = await Database.open(tmp_path / "a.db", schema=SCHEMA, durable=True)
-    b = await Database.open(tmp_path / "b.db", schema=SCHEMA, durable=True)
-    try:
-        yield a, b
-    finally:
-        await a.close()
-        await b.close()
+async def two_dbs(storage_for: OpenStorage, tmp_path: Path) -> tuple[Storage, Storage]:
+    migrations = table_migrations(tmp_path, "welcome", WELCOME)
+    return (await storage_for("a", durable=True, migrations=migrations),
+            await storage_for("b", durable=True, migrations=migrations))
 
 
 async def test_same_event_twice_has_one_effect(events_bus: Bus,
-                                               two_dbs: tuple[Database, Database]) -> None:
+                                               two_dbs: tuple[Storage, Storage]) -> None:
     twice_db, once_db = two_dbs
     events = [user_event(f"u{i}") for i in range(20)]
     for env in events:
@@ -101,7 +99,7 @@ async def _seen(c: EventConsumer, n: int) -> bool:
 
 
 async def test_instances_share_the_work(events_bus: Bus,
-                                        two_dbs: tuple[Database, Database]) -> None:
+                                        two_dbs: tuple[Storage, Storage]) -> None:
     db, _ = two_dbs
     route = [Route(USER_CREATED, user_pb2.UserCreated, record_welcome)]
     a = EventConsumer(events_bus, db, durable="shared", routes=route, batch=8)
@@ -125,15 +123,14 @@ async def _total(a: EventConsumer, b: EventConsumer, n: int) -> bool:
 
 
 async def test_poison_message_goes_to_dlq_after_max_deliver(
-        events_bus: Bus, two_dbs: tuple[Database, Database]) -> None:
+        events_bus: Bus, two_dbs: tuple[Storage, Storage]) -> None:
     db, _ = two_dbs
     poison = user_event("poison")
     calls: dict[str, int] = {}
 
-    async def handler(conn: aiosqlite.Connection, env: envelope_pb2.Envelope,
-                      payload: Any) -> None:
+    async def handler(tx: Tx, env: envelope_pb2.Envelope, payload: Any) -> None:
         calls[env.id] = calls.get(env.id, 0) + 1
-        await record_welcome(conn, env, payload)  # its effect must be rolled back
+        await record_welcome(tx, env, payload)  # its effect must be rolled back
         if env.id == poison.id:
             raise ValueError("cannot welcome this user")
 
@@ -169,17 +166,18 @@ async def _dlq_count(bus: Bus, n: int) -> bool:
     return info.state.messages >= n
 
 
-async def test_skip_check_acks_without_a_write(events_bus: Bus, tmp_path: Path) -> None:
+async def test_skip_check_acks_without_a_write(events_bus: Bus,
+                                               two_dbs: tuple[Storage, Storage]) -> None:
     """Events a route's skip check calls no-ops are acked with no handler run and no inbox
     row (a redelivery is the same no-op); the others are handled with their inbox row."""
-    db = await Database.open(tmp_path / "s.db", schema=SCHEMA, durable=True)
+    db, _ = two_dbs
     handled: list[str] = []
 
-    def on_user(tx: Any, env: envelope_pb2.Envelope, payload: Any) -> None:
-        tx.execute("INSERT INTO welcome VALUES (?, ?)", (payload.user.id, env.id))
+    async def on_user(tx: Tx, env: envelope_pb2.Envelope, payload: Any) -> None:
+        await record_welcome(tx, env, payload)
         handled.append(payload.user.id)
 
-    def is_noop(tx: Any, env: envelope_pb2.Envelope, payload: Any) -> bool:
+    async def is_noop(tx: Tx, env: envelope_pb2.Envelope, payload: Any) -> bool:
         return bool(payload.user.id.startswith("skip"))
 
     events = [user_event(f"skip{i}" if i % 2 else f"u{i}") for i in range(10)]
@@ -187,74 +185,63 @@ async def test_skip_check_acks_without_a_write(events_bus: Bus, tmp_path: Path) 
         await events_bus.publish(env)
     await publish_again(events_bus, events[1])  # a redelivered no-op: skipped again
     consumer = EventConsumer(events_bus, db, durable="skipper", ack_wait_s=2, routes=[
-        Route.tx(USER_CREATED, user_pb2.UserCreated, on_user, skip=is_noop)])
+        Route(USER_CREATED, user_pb2.UserCreated, on_user, skip=is_noop)])
     task = asyncio.create_task(consumer.run())
     try:
         await wait_for(lambda: _done(consumer, 11))
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    try:
-        assert consumer.stats.skipped == 6 and consumer.stats.handled == 5
-        assert sorted(handled) == [f"u{i}" for i in range(0, 10, 2)]
-        assert [r[0] for r in await rows(db)] == [f"u{i}" for i in range(0, 10, 2)]
-        inbox = await db.read(lambda tx: tx.all("SELECT event_id FROM inbox"))
-        assert sorted(r[0] for r in inbox) == sorted(e.id for e in events[::2])
-        info = await events_bus.js.consumer_info(STREAM, "skipper")
-        assert info.num_ack_pending == 0 and info.num_pending == 0
-    finally:
-        await db.close()
+    assert consumer.stats.skipped == 6 and consumer.stats.handled == 5
+    assert sorted(handled) == [f"u{i}" for i in range(0, 10, 2)]
+    assert [r[0] for r in await rows(db)] == [f"u{i}" for i in range(0, 10, 2)]
+
+    async def inbox(tx: Tx) -> list[str]:
+        return [r[0] for r in await tx.fetch("SELECT event_id FROM inbox")]
+
+    assert sorted(await db.read(inbox)) == sorted(e.id for e in events[::2])
+    info = await events_bus.js.consumer_info(STREAM, "skipper")
+    assert info.num_ack_pending == 0 and info.num_pending == 0
 
 
 async def _done(c: EventConsumer, n: int) -> bool:
     return c.stats.handled + c.stats.duplicates + c.stats.skipped >= n
 
 
-async def test_after_commit_hook_of_the_async_adapter_runs_after_the_commit(
-        events_bus: Bus, two_dbs: tuple[Database, Database]) -> None:
-    """A batch with an async route too goes through the adapter of the tx handlers: their
-    after-commit hooks must see the committed effect from another connection."""
+async def test_after_commit_hook_runs_after_the_commit(
+        events_bus: Bus, two_dbs: tuple[Storage, Storage]) -> None:
+    """A handler's after-commit callable runs once the batch committed: a read from
+    another transaction already sees the batch's rows."""
     db, _ = two_dbs
-    seen: list[int] = []
+    reads: list[asyncio.Task[int]] = []
 
-    def on_created(tx: Tx, env: envelope_pb2.Envelope, payload: Any) -> AfterCommit:
-        tx.execute("INSERT INTO welcome VALUES (?, ?)", (payload.user.id, env.id))
+    async def count(tx: Tx) -> int:
+        return int(await tx.fetchval("SELECT count(*) FROM welcome"))
 
-        def after() -> None:  # another connection: sees only what is committed
-            row = sqlite3.connect(db.path).execute("SELECT count(*) FROM welcome").fetchone()
-            seen.append(int(row[0]))
+    async def on_created(tx: Tx, env: envelope_pb2.Envelope, payload: Any) -> AfterCommit:
+        await record_welcome(tx, env, payload)
+
+        def after() -> None:  # a read of its own: sees only what is committed
+            reads.append(asyncio.ensure_future(db.read(count)))
 
         return after
 
-    routes = [Route.tx(USER_CREATED, user_pb2.UserCreated, on_created),
-              Route("order.created", user_pb2.UserCreated, record_welcome)]
+    routes = [Route(USER_CREATED, user_pb2.UserCreated, on_created)]
     consumer = EventConsumer(events_bus, db, durable="hooks", routes=routes)
-    assert consumer.routes[USER_CREATED].tx_handler is not None
-    # One fetch, one batch: the async route's event makes it take the adapter path.
-    await events_bus.publish(new_envelope(
-        "order.created", user_pb2.UserCreated(user=user_pb2.User(id="u-async")),
-        source="order", aggregate_id="u-async"))
-    await events_bus.publish(user_event("u-hook"))
+    await events_bus.publish(user_event("u-hook-1"))
+    await events_bus.publish(user_event("u-hook-2"))
     task = asyncio.create_task(consumer.run())
     try:
         await wait_for(lambda: _seen(consumer, 2))
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    assert seen == [2]  # both rows of the batch's one transaction, committed
-
-    # By hand: the hooks are collected and run by whoever commits.
-    with after_commit_hooks() as hooks:
-        async with db.transaction() as conn:
-            await routes[0].handler(conn, user_event("u-hand"), user_pb2.UserCreated(
-                user=user_pb2.User(id="u-hand")))
-        assert len(hooks) == 1 and seen == [2]
-    hooks[0]()
-    assert seen == [2, 3]
+    seen = [await r for r in reads]
+    assert len(seen) == 2 and all(n >= 1 for n in seen) and seen[-1] == 2
 
 
 async def test_inbox_forgets_events_past_the_stream_horizon(
-        events_bus: Bus, two_dbs: tuple[Database, Database],
+        events_bus: Bus, two_dbs: tuple[Storage, Storage],
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows older than the stream's max age plus the margin go, a bounded chunk per round;
     younger ones (a redelivery could still come) stay."""
@@ -269,9 +256,12 @@ async def test_inbox_forgets_events_past_the_stream_horizon(
     old = [("prune", f"old-{i}", now - 7300 - i) for i in range(1500)]
     young = [("prune", f"young-{i}", now - 7000) for i in range(10)]
     other = [("someone-else", f"old-{i}", now - 9000) for i in range(5)]
-    await db.write(lambda tx: tx.executemany(
-        "INSERT INTO inbox (consumer, event_id, handled_at) VALUES (?, ?, ?)",
-        old + young + other))
+
+    async def fill(tx: Tx) -> None:
+        await tx.run_many("INSERT INTO inbox (consumer, event_id, handled_at) VALUES (?, ?, ?)",
+                          old + young + other)
+
+    await db.write(fill)
     await consumer._maybe_prune()
     assert consumer.stats.pruned == 1000  # one chunk per round
     task = asyncio.create_task(consumer.run())
@@ -280,9 +270,12 @@ async def test_inbox_forgets_events_past_the_stream_horizon(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    left = await db.read(lambda tx: sorted(
-        (str(r[0]), str(r[1])) for r in tx.all("SELECT consumer, event_id FROM inbox")))
-    assert left == sorted([(c, e) for c, e, _ in young + other])
+
+    async def left(tx: Tx) -> list[tuple[str, str]]:
+        return sorted((str(r[0]), str(r[1]))
+                      for r in await tx.fetch("SELECT consumer, event_id FROM inbox"))
+
+    assert await db.read(left) == sorted([(c, e) for c, e, _ in young + other])
 
 
 async def _pruned(c: EventConsumer, n: int) -> bool:

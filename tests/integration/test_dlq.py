@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import pytest
 from shop.events.v1 import envelope_pb2
 from shop.user.v1 import user_pb2
@@ -20,10 +19,12 @@ from services.common.db import Database
 from services.common.dlq import list_dead_letters, replay
 from services.common.events import DLQ_STREAM, STREAM, USER_CREATED
 from services.common.outbox import new_envelope
+from services.common.storage import Tx
+from tests.fixtures_storage import table_migrations
 
 pytestmark = pytest.mark.timeout(60)
 
-SCHEMA = "CREATE TABLE IF NOT EXISTS welcome (user_id TEXT NOT NULL);"
+WELCOME = "CREATE TABLE welcome (user_id TEXT NOT NULL);"
 
 
 async def wait_for(cond: Callable[[], Awaitable[bool]], timeout_s: float = 15.0) -> None:
@@ -38,14 +39,16 @@ async def dlq_has(bus: Bus, n: int) -> bool:
 
 
 async def welcomed(db: Database) -> list[str]:
-    async with db.reader() as conn:
-        cur = await conn.execute("SELECT user_id FROM welcome ORDER BY rowid")
-        return [r[0] for r in await cur.fetchall()]
+    async def run(tx: Tx) -> list[str]:
+        return [r[0] for r in await tx.fetch("SELECT user_id FROM welcome ORDER BY rowid")]
+
+    return await db.read(run)
 
 
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    d = await Database.open(tmp_path / "n.db", schema=SCHEMA, durable=True)
+    d = await Database.open(tmp_path / "n.db", durable=True,
+                            migrations=[table_migrations(tmp_path, "welcome", WELCOME)])
     try:
         yield d
     finally:
@@ -55,7 +58,7 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
 async def test_undecodable_is_dead_lettered_at_once(events_bus: Bus, db: Database) -> None:
     calls = 0
 
-    async def handler(conn: aiosqlite.Connection, env: envelope_pb2.Envelope, p: Any) -> None:
+    async def handler(tx: Tx, env: envelope_pb2.Envelope, p: Any) -> None:
         nonlocal calls
         calls += 1
 
@@ -78,10 +81,10 @@ async def test_undecodable_is_dead_lettered_at_once(events_bus: Bus, db: Databas
 async def test_replay_after_the_fix(events_bus: Bus, db: Database) -> None:
     broken = True
 
-    async def handler(conn: aiosqlite.Connection, env: envelope_pb2.Envelope, p: Any) -> None:
+    async def handler(tx: Tx, env: envelope_pb2.Envelope, p: Any) -> None:
         if broken:
             raise RuntimeError("downstream bug")
-        await conn.execute("INSERT INTO welcome VALUES (?)", (p.user.id,))
+        await tx.run("INSERT INTO welcome VALUES (?)", (p.user.id,))
 
     envs = [new_envelope(USER_CREATED, user_pb2.UserCreated(user=user_pb2.User(id=f"r{i}")),
                          source="user", aggregate_id=f"r{i}") for i in range(2)]
@@ -124,7 +127,7 @@ async def test_advisory_dead_letters_a_message_without_verdict(events_bus: Bus,
                                                                db: Database) -> None:
     """Deliveries that never got an ack or nak (a crashed process) end in the DLQ too."""
 
-    async def handler(conn: aiosqlite.Connection, env: envelope_pb2.Envelope, p: Any) -> None:
+    async def handler(tx: Tx, env: envelope_pb2.Envelope, p: Any) -> None:
         raise AssertionError("not reached")
 
     env = new_envelope(USER_CREATED, user_pb2.UserCreated(user=user_pb2.User(id="crash")),

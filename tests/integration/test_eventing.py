@@ -156,7 +156,7 @@ async def test_two_relays_on_one_file_publish_each_event_once(
         tmp_path: Path, fresh_nats: NatsServer, two_buses: tuple[Bus, Bus]) -> None:
     db_path = tmp_path / "payment.db"
     expected = await fill_outbox(db_path, N_EVENTS)
-    dbs = [await Database.open(db_path, schema="", durable=False) for _ in range(2)]
+    dbs = [await Database.open(db_path, durable=False) for _ in range(2)]
     relays = [OutboxRelay(db, bus, batch=16, poll_s=0.05, owner=f"payment-{i + 1}",
                           lease_s=1.0)
               for i, (db, bus) in enumerate(zip(dbs, two_buses, strict=True))]
@@ -296,7 +296,7 @@ class _SlowRelay(OutboxRelay):
 
 
 async def _worker_main(db_path: str, url: str, owner: str, lease_s: float) -> None:
-    db = await Database.open(db_path, schema="", durable=False)
+    db = await Database.open(db_path, durable=False)
     natsauth.claim_nats_identity(OPERATOR)  # a stand-in relaying any test event
     bus = await Bus.connect(url, name=owner)
     await bus.ensure_streams()

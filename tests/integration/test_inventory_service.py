@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from shop.events.v1 import envelope_pb2
@@ -34,10 +36,12 @@ FP = grpc.StatusCode.FAILED_PRECONDITION
 
 
 @pytest.fixture(scope="module")
-def inventory(nats_server: NatsServer,
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceFactory]:
-    """One inventory process for the module; tests use their own product and order ids."""
-    factory = ServiceFactory(tmp_path_factory.mktemp("inventory"), nats_server.url)
+def inventory(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory,
+              module_db_env: dict[str, str]) -> Iterator[ServiceFactory]:
+    """One inventory process for the module, on each backend in turn; tests use their own
+    product and order ids."""
+    factory = ServiceFactory(tmp_path_factory.mktemp("inventory"), nats_server.url,
+                             module_db_env)
     try:
         factory.start("inventory")
         yield factory
@@ -338,3 +342,92 @@ async def test_serves_while_nats_is_down(tmp_path: Path) -> None:
             assert await stock(stub, "yoga-mat") == (BY_ID["yoga-mat"].stock - 2, 2, 0)
     finally:
         factory.stop_all()
+
+
+def at(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+async def test_stock_as_of_a_past_time(stub: Stub) -> None:
+    pid = await product(stub, 10)
+    before_reserve = time.time()
+    await asyncio.sleep(0.02)
+    await stub.ReserveStock(reserve_req(new_id("o"), (pid, 4)))
+    now = (await stub.GetStock(pb.GetStockRequest(product_id=pid, as_of=at(time.time())))).stock
+    then = (await stub.GetStock(pb.GetStockRequest(product_id=pid,
+                                                   as_of=at(before_reserve)))).stock
+    assert (now.available, now.reserved) == (6, 4)
+    assert (then.available, then.reserved) == (10, 0)
+    msg = await expect_error(stub.GetStock(pb.GetStockRequest(
+        product_id=pid, as_of=at(before_reserve - 3600))), grpc.StatusCode.NOT_FOUND)
+    assert msg == f"product {pid} had no stock yet at that time"
+
+
+async def test_history_pages_through_a_products_events_newest_first(stub: Stub) -> None:
+    pid = await product(stub, 10)
+    orders = [new_id("o") for _ in range(4)]
+    for o in orders:
+        await stub.ReserveStock(reserve_req(o, (pid, 1)))
+    await stub.CommitStock(pb.CommitStockRequest(order_id=orders[0]))
+    got: list[pb.StockEvent] = []
+    token = ""
+    pages = 0
+    while True:
+        reply = await stub.GetStockHistory(pb.GetStockHistoryRequest(
+            product_id=pid, page_size=2, page_token=token))
+        got.extend(reply.events)
+        pages += 1
+        token = reply.next_page_token
+        if not token:
+            break
+    assert pages == 3
+    assert [e.version for e in got] == [6, 5, 4, 3, 2, 1]
+    assert [e.type for e in got] == [pb.STOCK_EVENT_TYPE_COMMITTED,
+                                     *[pb.STOCK_EVENT_TYPE_RESERVED] * 4,
+                                     pb.STOCK_EVENT_TYPE_STOCK_SET]
+    assert [e.order_id for e in got[1:5]] == orders[::-1]
+    assert (got[0].stock.available, got[0].stock.reserved, got[0].stock.sold) == (6, 3, 1)
+    assert (got[-1].quantity, got[-1].stock.available) == (10, 10)
+    assert got[-1].create_time.ToNanoseconds() <= got[0].create_time.ToNanoseconds()
+
+
+async def test_bad_time_travel_and_paging_input_is_invalid_argument(stub: Stub) -> None:
+    pid = await product(stub, 3)
+    other = await product(stub, 3)
+    bad_time = Timestamp(seconds=1, nanos=1_000_000_000)
+    future = at(time.time() + 3600)
+    cases = [
+        (stub.GetStock(pb.GetStockRequest(product_id=pid, as_of=bad_time)), "as_of.nanos"),
+        (stub.GetStock(pb.GetStockRequest(product_id=pid, as_of=future)), "in the future"),
+        (stub.GetStockHistory(pb.GetStockHistoryRequest(product_id=pid, page_size=-1)),
+         "page_size must not be negative"),
+        (stub.GetStockHistory(pb.GetStockHistoryRequest(product_id=pid, page_token="junk")),
+         "page_token is not valid"),
+        (stub.GetStockHistory(pb.GetStockHistoryRequest(product_id="")),
+         "product_id is required"),
+    ]
+    for call, text in cases:
+        assert text in await expect_error(call, grpc.StatusCode.INVALID_ARGUMENT)
+    await stub.ReserveStock(reserve_req(new_id("o"), (other, 1)))
+    page = await stub.GetStockHistory(pb.GetStockHistoryRequest(product_id=other, page_size=1))
+    assert page.next_page_token
+    msg = await expect_error(stub.GetStockHistory(pb.GetStockHistoryRequest(
+        product_id=pid, page_token=page.next_page_token)), grpc.StatusCode.INVALID_ARGUMENT)
+    assert msg == "page_token was made for a different product_id"
+    await expect_error(stub.GetStockHistory(pb.GetStockHistoryRequest(product_id="ghost")),
+                       grpc.StatusCode.NOT_FOUND)
+
+
+async def test_rebuild_verify_is_the_operators_and_finds_nothing_on_a_sound_ledger(
+        inventory: ServiceFactory, stub: Stub) -> None:
+    pid = await product(stub, 4)
+    await stub.ReserveStock(reserve_req(new_id("o"), (pid, 2)))
+    reply = await stub.RebuildStock(pb.RebuildStockRequest(verify_only=True, from_scratch=True))
+    assert reply.differences == [] and reply.rewritten == 0
+    assert reply.products >= len(BY_ID) + 1 and reply.events >= reply.products + 1
+    for identity in ("gateway", "backoffice", "order"):
+        async with mesh.as_identity(identity, inventory["inventory"].addr, "inventory") as ch:
+            await expect_error(inventory_pb2_grpc.InventoryServiceStub(ch).RebuildStock(
+                pb.RebuildStockRequest(verify_only=True)), grpc.StatusCode.PERMISSION_DENIED)

@@ -23,10 +23,11 @@ from services.common import events
 from services.common.bus import Bus
 from services.common.outbox import new_envelope
 from tests.fixtures_services import ServiceFactory
+from tests.fixtures_storage import both_backends
 from tests.support import mesh
 from tests.support.smtp import SmtpServer, Stalled
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), both_backends]
 
 Stub = notification_pb2_grpc.NotificationServiceStub
 

@@ -1,4 +1,4 @@
-"""The mail sender in-process, on a real database and a real SMTP server: the breaker
+"""The mail sender in-process, on a real database (each backend) and a real SMTP server: the breaker
 stops a round without spending attempts and lets one probe through, temporary failures
 end as expired after the give-up time, STARTTLS / implicit TLS with a login work against
 a server whose certificate is checked, and a stopped sender hands its claims back."""
@@ -21,44 +21,47 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from services.common.db import Database
+from services.common.storage import Row, Storage, Tx
 from services.notification import domain, store
 from services.notification.mailconfig import MailSettings, parse_smtp_url
 from services.notification.metrics import MailMetrics
 from services.notification.sender import MailSender
-from services.notification.store import SCHEMA, DeliveryStore
+from services.notification.store import DeliveryStore
+from tests.fixtures_storage import OpenStorage, both_backends
 from tests.support.smtp import SmtpServer, Stalled
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), both_backends]
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "notification.db", schema=SCHEMA, durable=False)
-    try:
-        yield database
-    finally:
-        await database.close()
+async def db(storage_for: OpenStorage) -> AsyncIterator[Storage]:
+    yield await storage_for("notification")  # closed by storage_for
 
 
-async def owe(db: Database, count: int) -> list[str]:
+async def owe(db: Storage, count: int) -> list[str]:
     """`count` welcome notifications, each owing a mail; their ids."""
-    def write(tx: store.Tx) -> list[str]:
+    async def write(tx: Tx) -> list[str]:
         ids = []
         for i in range(count):
-            store.save_recipient_sync(tx, f"u{i}", f"u{i}@example.com", f"U {i}")
-            made = store.insert_sync(tx, domain.welcome(f"u{i}", f"U {i}"), f"ev-{i}",
-                                     mail=True, request_id=f"req-{i}")
+            await store.save_recipient(tx, f"u{i}", f"u{i}@example.com", f"U {i}")
+            made = await store.insert(tx, domain.welcome(f"u{i}", f"U {i}"), f"ev-{i}",
+                                      mail=True, request_id=f"req-{i}")
             assert made is not None
             ids.append(made)
         return ids
     return await db.write(write)
 
 
-async def rows(db: Database) -> dict[str, tuple[str, int, str]]:
+async def select(db: Storage, sql: str) -> list[Row]:
+    async def run(tx: Tx) -> list[Row]:
+        return await tx.fetch(sql)
+
+    return await db.read(run)
+
+
+async def rows(db: Storage) -> dict[str, tuple[str, int, str]]:
     """notification id -> (status, attempts, error)."""
-    got = await db.read(lambda tx: tx.all(
-        "SELECT notification_id, status, attempts, error FROM deliveries"))
+    got = await select(db, "SELECT notification_id, status, attempts, error FROM deliveries")
     return {r[0]: (r[1], int(r[2]), r[3]) for r in got}
 
 
@@ -69,7 +72,7 @@ def settings(url: str, **over: object) -> MailSettings:
     return replace(base, **over)  # type: ignore[arg-type]
 
 
-async def test_breaker_stops_the_round_then_one_probe_goes_first(db: Database) -> None:
+async def test_breaker_stops_the_round_then_one_probe_goes_first(db: Storage) -> None:
     smtp = SmtpServer()  # not started: connection refused
     ids = await owe(db, 5)
     metrics = MailMetrics()
@@ -103,7 +106,7 @@ async def test_breaker_stops_the_round_then_one_probe_goes_first(db: Database) -
         smtp.stop()
 
 
-async def test_temporary_failures_expire_after_the_give_up_time(db: Database) -> None:
+async def test_temporary_failures_expire_after_the_give_up_time(db: Storage) -> None:
     smtp = SmtpServer()  # never up
     [nid] = await owe(db, 1)
     metrics = MailMetrics()
@@ -156,7 +159,7 @@ def _certificates(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
 
 
 @pytest.mark.parametrize(("tls", "login"), [("starttls", ("shop", "s3cret")), ("tls", None)])
-async def test_tls_with_a_checked_certificate(db: Database, tmp_path: Path, tls: str,
+async def test_tls_with_a_checked_certificate(db: Storage, tmp_path: Path, tls: str,
                                               login: tuple[str, str] | None,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     ca_file, server_ctx = _certificates(tmp_path)
@@ -182,7 +185,7 @@ async def test_tls_with_a_checked_certificate(db: Database, tmp_path: Path, tls:
         smtp.stop()
 
 
-async def test_wrong_password_is_retried_not_failed(db: Database, tmp_path: Path,
+async def test_wrong_password_is_retried_not_failed(db: Storage, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     ca_file, server_ctx = _certificates(tmp_path)
     monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
@@ -203,7 +206,7 @@ async def test_wrong_password_is_retried_not_failed(db: Database, tmp_path: Path
         smtp.stop()
 
 
-async def test_a_stopped_sender_hands_its_round_back(db: Database) -> None:
+async def test_a_stopped_sender_hands_its_round_back(db: Storage) -> None:
     hung = Stalled()  # the round hangs on a server that never answers
     try:
         await owe(db, 3)
@@ -212,8 +215,7 @@ async def test_a_stopped_sender_hands_its_round_back(db: Database) -> None:
         task = asyncio.create_task(sender.run())
 
         async def claimed() -> list[tuple[str, float]]:
-            got = await db.read(lambda tx: tx.all(
-                "SELECT claimed_by, next_attempt_at FROM deliveries"))
+            got = await select(db, "SELECT claimed_by, next_attempt_at FROM deliveries")
             return [(r[0], float(r[1])) for r in got]
 
         deadline = time.monotonic() + 20

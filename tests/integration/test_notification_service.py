@@ -25,9 +25,10 @@ from services.common import events
 from services.common.bus import Bus
 from services.common.outbox import new_envelope
 from tests.fixtures_services import ServiceFactory
+from tests.fixtures_storage import both_backends
 from tests.support import mesh
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), both_backends]
 
 Stub = notification_pb2_grpc.NotificationServiceStub
 

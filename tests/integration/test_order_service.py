@@ -1,4 +1,5 @@
-"""The order service and its saga against the real services (all eight processes + NATS)."""
+"""The order service and its saga against the real services (all eight processes + NATS),
+on each storage backend (the module's system runs once on SQLite, once on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import grpc
@@ -23,8 +24,10 @@ from shop.payment.v1 import payment_pb2, payment_pb2_grpc
 from shop.shipping.v1 import shipping_pb2, shipping_pb2_grpc
 from shop.user.v1 import user_pb2, user_pb2_grpc
 
-from ops.process import ServiceProcess, System
+from ops.natsd import NatsServer
+from ops.process import ServiceProcess, System, start_system
 from services.common import natsauth
+from tests.fixtures_services import START_TIMEOUT_S, TEST_ENV
 from tests.support import mesh
 
 OP = order_pb2
@@ -124,6 +127,19 @@ async def until(probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], what
             return got
         assert time.monotonic() < deadline, f"timed out waiting for {what}: last {got}"
         await asyncio.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def system(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory,
+           module_db_env: dict[str, str]) -> Iterator[System]:
+    """All eight services on the module's backend (SQLite files, or a PostgreSQL database
+    per service), shared by the module's tests."""
+    sysm = start_system(tmp_path_factory.mktemp("system"), nats_server.url,
+                        env={**TEST_ENV, **module_db_env}, ready_timeout=START_TIMEOUT_S)
+    try:
+        yield sysm
+    finally:
+        sysm.stop()
 
 
 @pytest.fixture

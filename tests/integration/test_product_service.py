@@ -22,6 +22,7 @@ from shop.product.v1 import product_pb2, product_pb2_grpc
 from ops.process import ServiceProcess, free_port
 from services.common.demo import CATALOGUE as DEMO
 from tests.fixtures_services import TEST_ENV, ServiceFactory
+from tests.fixtures_storage import Query, both_backends
 from tests.support import mesh
 
 pytestmark = pytest.mark.timeout(120)
@@ -34,9 +35,9 @@ def _no_nats() -> str:
     return f"nats://127.0.0.1:{free_port()}"  # nothing listens there
 
 
-def _start(data_dir: Path) -> ServiceProcess:
+def _start(data_dir: Path, db_env: dict[str, str] | None = None) -> ServiceProcess:
     return ServiceProcess("product", data_dir=data_dir, nats_url=_no_nats(),
-                          env=TEST_ENV).start().wait_ready(60)
+                          env={**TEST_ENV, **(db_env or {})}).start().wait_ready(60)
 
 
 @pytest.fixture(scope="module")
@@ -238,15 +239,17 @@ async def test_duplicate_create_is_already_exists(wstub: Stub) -> None:
                        "dup-item")
 
 
-def test_restart_keeps_created_products_and_seeds_nothing_twice(tmp_path: Path) -> None:
-    proc = _start(tmp_path / "data")
+@both_backends
+def test_restart_keeps_created_products_and_seeds_nothing_twice(
+        tmp_path: Path, db_env: dict[str, str], query: Query) -> None:
+    proc = _start(tmp_path / "data", db_env)
     try:
         with mesh.sync_channel(proc.addr) as channel:
             Stub(channel).CreateProduct(product_pb2.CreateProductRequest(
                 product=product_pb2.Product(id="kept", name="Kept", price_cents=5)), timeout=5)
-        assert row_count(proc) == 13
+        assert query(proc.data_dir, "product", "SELECT count(*) FROM products") == [13]
         proc.restart(60)
-        assert row_count(proc) == 13
+        assert query(proc.data_dir, "product", "SELECT count(*) FROM products") == [13]
         with mesh.sync_channel(proc.addr) as channel:
             listed = Stub(channel).ListProducts(product_pb2.ListProductsRequest(page_size=100),
                                                 timeout=5)
@@ -255,8 +258,10 @@ def test_restart_keeps_created_products_and_seeds_nothing_twice(tmp_path: Path) 
         proc.terminate()
 
 
-async def test_instances_sharing_a_file_see_each_others_products(tmp_path: Path) -> None:
-    factory = ServiceFactory(tmp_path / "data", _no_nats())
+@both_backends
+async def test_instances_sharing_a_database_see_each_others_products(
+        tmp_path: Path, db_env: dict[str, str]) -> None:
+    factory = ServiceFactory(tmp_path / "data", _no_nats(), db_env)
     try:
         a, b = factory.start_many("product", "product", PRODUCT_REFRESH_S="0.2")
         async with mesh.channel(a.addr) as ca, mesh.channel(b.addr) as cb:

@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import grpc
 import jwt
@@ -18,10 +19,12 @@ from shop.events.v1 import envelope_pb2
 from shop.user.v1 import user_pb2, user_pb2_grpc
 
 from ops.natsd import NatsServer
+from ops.pgserve import EmbeddedPostgres
 from ops.process import ServiceProcess, free_port
 from services.common.bus import Bus
 from services.common.events import STREAM, USER_CREATED
 from tests.fixtures_services import TEST_ENV, ServiceFactory
+from tests.fixtures_storage import BACKENDS
 from tests.support import mesh
 
 pytestmark = pytest.mark.timeout(120)
@@ -43,6 +46,29 @@ def user_proc(nats_server: NatsServer,
         proc.terminate()
 
 
+@pytest.fixture(scope="module")
+def user_proc_pg(nats_server: NatsServer, pg_server: EmbeddedPostgres,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """The same service on PostgreSQL, for the tests where the backend matters."""
+    proc = ServiceProcess("user", data_dir=tmp_path_factory.mktemp("user-pg"),
+                          nats_url=nats_server.url,
+                          env={**TEST_ENV, "SHOP_DATABASE_URL": pg_server.server_url})
+    try:
+        proc.start().wait_ready(60)
+        yield proc
+    finally:
+        proc.terminate()
+        pg_server.drop_databases()
+
+
+@pytest.fixture(params=BACKENDS)
+def on_backend(request: pytest.FixtureRequest) -> ServiceProcess:
+    """user_proc or user_proc_pg: a test using it runs on both backends."""
+    name = "user_proc" if request.param == "sqlite" else "user_proc_pg"
+    proc: ServiceProcess = request.getfixturevalue(name)
+    return proc
+
+
 @pytest_asyncio.fixture
 async def stub(user_proc: ServiceProcess) -> AsyncIterator[user_pb2_grpc.UserServiceStub]:
     async with mesh.channel(user_proc.addr) as channel:
@@ -50,14 +76,26 @@ async def stub(user_proc: ServiceProcess) -> AsyncIterator[user_pb2_grpc.UserSer
 
 
 def counts(proc: ServiceProcess) -> tuple[int, int]:
-    """(users, outbox rows) straight from the service's file, read-only."""
+    """(users, outbox rows) straight from the service's file or database, read-only."""
+    sql = "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM outbox)"
+    url = proc.extra_env.get("SHOP_DATABASE_URL")
+    if url:
+        socket_dir = parse_qs(urlsplit(url).query)["host"][0]
+        [row] = EmbeddedPostgres(socket_dir).psql(sql, "shop_user")
+        users, events = row.split("|")
+        return int(users), int(events)
     conn = sqlite3.connect(f"file:{proc.data_dir / 'user.db'}?mode=ro", uri=True)
     try:
-        users = conn.execute("SELECT count(*) FROM users").fetchone()[0]
-        events = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        users, events = conn.execute(sql).fetchone()
     finally:
         conn.close()
     return int(users), int(events)
+
+
+@pytest_asyncio.fixture
+async def any_stub(on_backend: ServiceProcess) -> AsyncIterator[user_pb2_grpc.UserServiceStub]:
+    async with mesh.channel(on_backend.addr) as channel:
+        yield user_pb2_grpc.UserServiceStub(channel)
 
 
 def unique_email(prefix: str = "ann") -> str:
@@ -110,7 +148,8 @@ async def test_invalid_input_is_refused_and_nothing_written(
 
 
 async def test_duplicate_email_any_case_is_already_exists(
-        stub: user_pb2_grpc.UserServiceStub, user_proc: ServiceProcess) -> None:
+        any_stub: user_pb2_grpc.UserServiceStub, on_backend: ServiceProcess) -> None:
+    stub, user_proc = any_stub, on_backend
     email = unique_email("dup")
     await create(stub, email)
     before = counts(user_proc)
@@ -123,7 +162,8 @@ async def test_duplicate_email_any_case_is_already_exists(
 
 
 async def test_concurrent_registrations_of_one_email_make_one_user(
-        stub: user_pb2_grpc.UserServiceStub, user_proc: ServiceProcess) -> None:
+        any_stub: user_pb2_grpc.UserServiceStub, on_backend: ServiceProcess) -> None:
+    stub, user_proc = any_stub, on_backend
     email = unique_email("race")
     before = counts(user_proc)
     results = await asyncio.gather(*(create(stub, email) for _ in range(6)),

@@ -88,6 +88,13 @@ class _HasState(Protocol):
     def nats_url(self) -> str: ...
 
 
+def server_url_of(system: object) -> str:
+    """The PostgreSQL server its processes were given (SHOP_DATABASE_URL), "" for SQLite."""
+    envs = [getattr(p, "extra_env", {}) for p in getattr(system, "processes", ())]
+    envs.append(getattr(system, "base_env", {}))
+    return next((str(e["SHOP_DATABASE_URL"]) for e in envs if e.get("SHOP_DATABASE_URL")), "")
+
+
 @dataclass
 class InvariantReport:
     records: Records = field(default_factory=Records)
@@ -431,11 +438,12 @@ async def check_invariants(
     deadline = t0 + timeout_s
     bus = await Bus.connect(system.nats_url, name="invariant-check", connect_for_s=timeout_s)
     report = InvariantReport()
+    server_url = server_url_of(system)
     try:
         stable: Records | None = None
         stable_since = 0.0
         while True:
-            rec = await asyncio.to_thread(read_records, system.data_dir)
+            rec = await asyncio.to_thread(read_records, system.data_dir, server_url)
             try:
                 backlog, dead = await asyncio.wait_for(_nats_state(bus), _NATS_TIMEOUT_S)
                 nats_busy = []

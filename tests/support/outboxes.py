@@ -9,23 +9,31 @@ from shop.order.v1 import order_pb2
 
 from services.common.db import Database
 from services.common.events import ORDER_CREATED
-from services.common.outbox import enqueue
+from services.common.storage import Storage, Tx
 
 
 async def fill_outbox(db_path: Path, n: int, *, start: int = 0,
                       durable: bool = False) -> list[tuple[str, str]]:
     """Enqueue `n` order.created events over 7 aggregates, one transaction each;
     returns (event id, aggregate id) in commit order."""
-    db = await Database.open(db_path, schema="", durable=durable)
-    out = []
+    db = await Database.open(db_path, durable=durable)
     try:
-        for i in range(start, start + n):
-            async with db.transaction() as conn:
-                agg = f"order-{i % 7}"
-                out.append((await enqueue(conn, ORDER_CREATED, order_pb2.OrderCreated(),
-                                          source="order", aggregate_id=agg), agg))
+        return await fill_storage(db, n, start=start)
     finally:
         await db.close()
+
+
+async def fill_storage(db: Storage, n: int, *, start: int = 0) -> list[tuple[str, str]]:
+    """`fill_outbox` on any open storage."""
+    out = []
+    for i in range(start, start + n):
+        agg = f"order-{i % 7}"
+
+        async def run(tx: Tx, agg: str = agg) -> str:
+            return await tx.emit(ORDER_CREATED, order_pb2.OrderCreated(), source="order",
+                                 aggregate_id=agg)
+
+        out.append((await db.write(run), agg))
     return out
 
 

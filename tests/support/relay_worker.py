@@ -1,6 +1,6 @@
 """A relay process for fault tests: drains an outbox file to NATS, then exits 0.
 
-usage: python -m tests.support.relay_worker DB_PATH NATS_URL [BATCH]
+usage: python -m tests.support.relay_worker DB_PATH_OR_POSTGRESQL_URL NATS_URL [BATCH]
 Prints "ready" once connected, "drained" when no unsent row is left.
 """
 
@@ -13,16 +13,21 @@ import sys
 from services.common import natsauth
 from services.common.bus import Bus
 from services.common.db import Database
-from services.common.outbox import OutboxRelay
+from services.common.eventing import make_relay
+from services.common.pg import PgDatabase
 from services.common.pki import OPERATOR
+from services.common.schema import COMMON
+from services.common.storage import Storage
 
 
-async def main(db_path: str, url: str, batch: int) -> None:
-    db = await Database.open(db_path, schema="", durable=True)
+async def main(where: str, url: str, batch: int) -> None:
+    db: Storage = (await PgDatabase.open(where, migrations=[COMMON])
+                   if where.startswith("postgresql://")
+                   else await Database.open(where, durable=True))
     natsauth.claim_nats_identity(OPERATOR)  # a stand-in relaying any test event
     bus = await Bus.connect(url, name="relay-worker")
     await bus.ensure_streams()
-    relay = OutboxRelay(db, bus, batch=batch, poll_s=0.05)
+    relay = make_relay(db, bus, batch=batch, poll_s=0.05)
     print("ready", flush=True)
     task = asyncio.create_task(relay.run())
     try:

@@ -45,14 +45,17 @@ def test_what_was_exposed_is_now_narrow() -> None:
     assert p.allowed("/shop.inventory.v1.InventoryService/ReserveStock") == {"order"}
     assert p.allowed("/shop.inventory.v1.InventoryService/SetStock") == {"backoffice"}
     assert p.allowed("/shop.product.v1.ProductService/CreateProduct") == {"backoffice"}
-    # the operator: health, reflection, saga histories and retries; nothing else
+    # the operator: health, reflection, saga histories and retries, the stock rebuild;
+    # nothing else
     operator = {m for m, who in p.rules.items() if "operator" in who}
     assert operator == {
         "/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch",
         "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         "/shop.order.v1.OrderService/GetSagaHistory",
         "/shop.order.v1.OrderService/RetrySaga",
+        "/shop.inventory.v1.InventoryService/RebuildStock",
     }
+    assert p.allowed("/shop.inventory.v1.InventoryService/RebuildStock") == {"operator"}
 
 
 def test_unlisted_is_denied() -> None:

@@ -18,6 +18,9 @@ _VARS = (
     "SHOP_READY_FILE",
     "SHOP_GRACE_S",
     "ORDER_ADDR",
+    "SHOP_DATABASE_URL",
+    "ORDER_DATABASE_URL",
+    "PAYMENT_DATABASE_URL",
 )
 
 
@@ -87,3 +90,22 @@ def test_env_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.env_float("SHOP_T_FLOAT", 1.0) == 0.25
     assert s.env_str("SHOP_T_EMPTY", "dflt") == "dflt"
     assert s.env_int("SHOP_T_UNSET", 3) == 3
+
+
+def test_database_url_per_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert s.load_settings("order").database_url == ""  # SQLite by default
+    monkeypatch.setenv("SHOP_DATABASE_URL", "postgresql://shop:pw@db.local:5433/")
+    assert s.load_settings("order").database_url == \
+        "postgresql://shop:pw@db.local:5433/shop_order"
+    monkeypatch.setenv("SHOP_DATABASE_URL", "postgresql://postgres@/?host=/run/pg")
+    assert s.load_settings("payment").database_url == \
+        "postgresql://postgres@/shop_payment?host=/run/pg"  # the socket dir is kept
+    monkeypatch.setenv("PAYMENT_DATABASE_URL", "postgresql://pay@elsewhere/payments")
+    assert s.load_settings("payment").database_url == "postgresql://pay@elsewhere/payments"
+    assert s.load_settings("order").database_url.endswith("/shop_order?host=/run/pg")
+
+
+def test_database_url_must_be_postgresql(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOP_DATABASE_URL", "mysql://db/")
+    with pytest.raises(ValueError, match="SHOP_DATABASE_URL must be a postgresql:// URL"):
+        s.load_settings("order")

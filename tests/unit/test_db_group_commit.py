@@ -1,77 +1,145 @@
-"""Database.write/read: one hop per transaction, group commit with per-write savepoints."""
+"""SQLite group commit behind `storage.write`: concurrent units of work share one
+transaction, a failing one is rolled back alone, reads never wait for the writer."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
 from shop.user.v1 import user_pb2
 
-from services.common.db import Database, Tx
+from services.common.db import Database
+from services.common.schema import MigrationSet
+from services.common.storage import IntegrityError, Row, Tx
 
 pytestmark = pytest.mark.timeout(30)
 
-SCHEMA = "CREATE TABLE IF NOT EXISTS counter (k TEXT PRIMARY KEY, n INTEGER NOT NULL);"
+
+def _counter_migrations(root: Path) -> MigrationSet:
+    d = root / "migrations"
+    d.mkdir()
+    sql = "CREATE TABLE counter (k TEXT PRIMARY KEY, n INTEGER NOT NULL CHECK (n >= 0));\n"
+    (d / "0001_counter.sqlite.sql").write_text(sql)
+    (d / "0001_counter.postgres.sql").write_text(sql)
+    return MigrationSet("counter", d)
+
+
+async def _open(tmp_path: Path) -> Database:
+    return await Database.open(tmp_path / "s.db", durable=True,
+                               migrations=[_counter_migrations(tmp_path)])
+
+
+async def _n(db: Database, k: str = "a") -> int | None:
+    async def run(tx: Tx) -> Row | None:
+        return await tx.fetchrow("SELECT n FROM counter WHERE k = ?", (k,))
+
+    row = await db.read(run)
+    return None if row is None else int(row[0])
 
 
 async def test_concurrent_writes_commit_and_failures_stay_alone(tmp_path: Path) -> None:
-    db = await Database.open(tmp_path / "s.db", schema=SCHEMA, durable=True)
-    calls: list[int] = []
-    db.add_commit_listener(lambda: calls.append(1))
+    db = await _open(tmp_path)
     try:
-        await db.write(lambda tx: tx.execute("INSERT INTO counter VALUES ('a', 0)"))
+        async def seed(tx: Tx) -> None:
+            await tx.run("INSERT INTO counter VALUES ('a', 0)")
 
-        def bump(tx: Tx) -> int:
-            row = tx.one("SELECT n FROM counter WHERE k = 'a'")
-            assert row is not None
-            tx.execute("UPDATE counter SET n = ? WHERE k = 'a'", (row[0] + 1,))
-            return int(row[0]) + 1
+        await db.write(seed)
 
-        def bump_then_fail(tx: Tx) -> None:
-            bump(tx)
-            tx.execute("INSERT INTO counter VALUES ('b', 1)")
+        async def bump(tx: Tx) -> int:
+            n = int(await tx.fetchval("SELECT n FROM counter WHERE k = 'a'"))
+            await tx.run("UPDATE counter SET n = ? WHERE k = 'a'", (n + 1,))
+            return n + 1
+
+        calls: list[int] = []
+
+        async def bump_then_fail(tx: Tx) -> None:
+            calls.append(1)
+            await tx.run("INSERT INTO counter VALUES ('b', 1)")
             raise RuntimeError("rolled back alone")
 
-        def with_event(tx: Tx) -> None:
-            tx.enqueue("user.created", user_pb2.UserCreated(), source="user",
-                       aggregate_id="u1")
+        async def with_event(tx: Tx) -> None:
+            await tx.emit("user.created", user_pb2.UserCreated(), source="user",
+                          aggregate_id="u1")
 
-        # Held by an old-style transaction, so everything below queues into one batch.
-        async with db.transaction() as conn:
-            jobs = [asyncio.ensure_future(db.write(bump)) for _ in range(20)]
-            bad = asyncio.ensure_future(db.write(bump_then_fail))
-            evt = asyncio.ensure_future(db.write(with_event))
-            read = asyncio.ensure_future(db.read(lambda tx: tx.one(
-                "SELECT n FROM counter WHERE k = 'a'")))
-            await asyncio.sleep(0.01)
-            await conn.execute("UPDATE counter SET n = n + 100 WHERE k = 'a'")
+        # Queued in one go: the flusher takes them as one batch (one transaction).
+        jobs = [asyncio.ensure_future(db.write(bump)) for _ in range(20)]
+        bad = asyncio.ensure_future(db.write(bump_then_fail))
+        evt = asyncio.ensure_future(db.write(with_event))
+        # A read issued now does not wait for them: it sees the state before the batch.
+        assert await _n(db) == 0
         got = await asyncio.gather(*jobs)
-        assert sorted(got) == list(range(101, 121))
+        assert sorted(got) == list(range(1, 21))
         with pytest.raises(RuntimeError, match="rolled back alone"):
             await bad
         await evt
-        row = await read
-        assert row is not None and row[0] == 120  # reads run after the batch's commit
-        assert await db.read(lambda tx: tx.one("SELECT n FROM counter WHERE k = 'b'")) is None
+        assert await _n(db) == 20  # a read after the commit sees all of it
+        assert await _n(db, "b") is None
         assert calls == [1]
         assert not db.conn.in_transaction
-        count = await db.read(lambda tx: tx.one("SELECT count(*) FROM outbox"))
-        assert count is not None and count[0] == 1
+
+        async def count(tx: Tx) -> int:
+            return int(await tx.fetchval("SELECT count(*) FROM outbox"))
+
+        assert await db.read(count) == 1
     finally:
         await db.close()
 
 
 async def test_single_failing_write_rolls_back(tmp_path: Path) -> None:
-    db = await Database.open(tmp_path / "s.db", schema=SCHEMA, durable=True)
+    db = await _open(tmp_path)
     try:
-        def fail(tx: Tx) -> None:
-            tx.execute("INSERT INTO counter VALUES ('a', 1)")
-            tx.execute("INSERT INTO counter VALUES ('a', 2)")  # primary key
+        async def fail(tx: Tx) -> None:
+            await tx.run("INSERT INTO counter VALUES ('a', 1)")
+            await tx.run("INSERT INTO counter VALUES ('a', 2)")  # primary key
 
-        with pytest.raises(Exception, match="UNIQUE"):
+        with pytest.raises(IntegrityError, match="UNIQUE"):
             await db.write(fail)
-        assert await db.read(lambda tx: tx.one("SELECT n FROM counter")) is None
+
+        async def negative(tx: Tx) -> None:
+            await tx.run("INSERT INTO counter VALUES ('c', -1)")  # CHECK
+
+        with pytest.raises(IntegrityError, match="CHECK"):
+            await db.write(negative)
+        assert await _n(db) is None
         assert not db.conn.in_transaction
+    finally:
+        await db.close()
+
+
+async def test_a_unit_of_work_that_waits_on_something_else_is_refused(tmp_path: Path) -> None:
+    db = await _open(tmp_path)
+    try:
+        async def sleeps(tx: Tx) -> None:
+            await tx.run("INSERT INTO counter VALUES ('a', 1)")
+            await asyncio.sleep(0)  # not the transaction: would stall the writer's thread
+
+        with pytest.raises(RuntimeError, match="awaited something other"):
+            await db.write(sleeps)
+        assert await _n(db) is None
+        with sqlite3.connect(tmp_path / "s.db") as conn:
+            assert conn.execute("SELECT count(*) FROM counter").fetchone()[0] == 0
+    finally:
+        await db.close()
+
+
+async def test_a_failing_write_queued_after_a_read_answers_its_own_caller(
+        tmp_path: Path) -> None:
+    """A read on the writer's thread (its own connection was busy) queued before a lone
+    failing write, in one batch: the read gets its rows, the write its error."""
+    db = await _open(tmp_path)
+    try:
+        await db.write(lambda tx: tx.run("INSERT INTO counter VALUES ('a', 5)"))
+        db._read_conn = None  # every read now goes to the writer's thread, as when busy
+
+        async def fail(tx: Tx) -> None:
+            await tx.run("UPDATE counter SET n = 6 WHERE k = 'a'")
+            raise RuntimeError("this write only")
+
+        read, write = await asyncio.gather(_n(db), db.write(fail), return_exceptions=True)
+        assert read == 5
+        assert isinstance(write, RuntimeError) and str(write) == "this write only"
+        assert await _n(db) == 5 and not db.conn.in_transaction
     finally:
         await db.close()

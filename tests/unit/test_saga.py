@@ -17,11 +17,14 @@ from services.common import breakers
 from services.common.clients import Downstream
 from services.common.db import Database
 from services.common.errors import FailedPrecondition, NotFound
+from services.common.schema import service_migrations
+from services.common.storage import Row, Tx
 from services.order import domain as d
 from services.order import handlers
+from services.order import store as order_store
 from services.order.ports import GrpcPorts, StepRefused, StepUnknown, StepUnwell
 from services.order.saga import SagaConfig, SagaRunner
-from services.order.store import SCHEMA, HistoryEntry, OrderStore
+from services.order.store import HistoryEntry, OrderStore
 
 FAST = d.Limits(reserve=3, charge=3, compensation=4, backoff_base_s=0.005, backoff_max_s=0.02)
 
@@ -70,7 +73,8 @@ class FakePorts:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[OrderStore]:
-    db = await Database.open(tmp_path / "order.db", schema=SCHEMA, durable=False)
+    db = await Database.open(tmp_path / "order.db", migrations=[service_migrations("order")],
+                             durable=False)
     try:
         yield OrderStore(db)
     finally:
@@ -98,10 +102,22 @@ async def run_saga(store: OrderStore, ports: FakePorts) -> tuple[d.Order, list[s
     return stored, history
 
 
+async def rows(store: OrderStore, sql: str, *args: object) -> list[Row]:
+    async def run(tx: Tx) -> list[Row]:
+        return await tx.fetch(sql, args)
+
+    return await store.storage.read(run)
+
+
+async def execute(store: OrderStore, sql: str, *args: object) -> None:
+    async def run(tx: Tx) -> None:
+        await tx.run(sql, args)
+
+    await store.storage.write(run)
+
+
 async def outbox_subjects(store: OrderStore) -> list[str]:
-    async with store.db.reader() as conn:
-        cur = await conn.execute("SELECT subject FROM outbox ORDER BY id")
-        return [r[0] for r in await cur.fetchall()]
+    return [r[0] for r in await rows(store, "SELECT subject FROM outbox ORDER BY id")]
 
 
 async def test_happy_path_confirms_and_publishes(store: OrderStore) -> None:
@@ -173,8 +189,11 @@ async def test_payment_event_reconciles_a_hung_charge(store: OrderStore) -> None
     order, state = await new_order(store, runner)
     task = runner.start(order, state)
     await asyncio.wait_for(ports.charging.wait(), 5)
-    async with store.db.transaction() as conn:
-        moved = await handlers.reconcile_charge(conn, order.id, charged=True, error="")
+    async def reconcile(tx: Tx) -> bool:
+        return await order_store.reconcile_charge(tx, order.id, charged=True, error="",
+                                                  by="payment.completed")
+
+    moved = await store.storage.write(reconcile)
     assert moved
     runner.poke(order.id)
     ports.charge_gate.set()
@@ -203,8 +222,7 @@ async def test_resume_picks_up_an_abandoned_saga(store: OrderStore) -> None:
     """A saga leased by a dead owner (lease run out) is resumed by the scan."""
     dead = SagaRunner(store, FakePorts(), SagaConfig(owner="order-dead", limits=FAST))
     order, _ = await new_order(store, dead)
-    async with store.db.transaction() as conn:
-        await conn.execute("UPDATE sagas SET lease_until = 0 WHERE order_id = ?", (order.id,))
+    await execute(store, "UPDATE sagas SET lease_until = 0 WHERE order_id = ?", order.id)
     ports = FakePorts()
     live = SagaRunner(store, ports, SagaConfig(owner="order-2", limits=FAST,
                                                 resume_every_s=0.05))
@@ -322,7 +340,7 @@ async def _confirmed(store: OrderStore) -> tuple[d.Order, d.SagaState, SagaRunne
 
 def _shipped_handler() -> Any:
     _, shipments = handlers.routes(lambda order_id: None)
-    return shipments[0].tx_handler
+    return shipments[0].handler
 
 
 def _shipped(order_id: str) -> Any:
@@ -336,7 +354,7 @@ async def test_cancel_loses_to_a_shipment_recorded_after_its_read(store: OrderSt
     write must fail (the servicer re-reads and refuses: already shipped) rather than go on
     to refund a SHIPPED order and flip it to CANCELLED."""
     order, state, _ = await _confirmed(store)
-    await store.db.write(lambda tx: _shipped_handler()(tx, None, _shipped(order.id)))
+    await store.storage.write(lambda tx: _shipped_handler()(tx, None, _shipped(order.id)))
     got = await store.get(order.id)
     assert got is not None and got.status is d.OrderStatus.SHIPPED
     entry = HistoryEntry("cancel", "requested", 1, time.time(), "changed my mind")
@@ -354,7 +372,7 @@ async def test_shipment_during_a_cancel_is_decided_by_the_cancel_saga(
     entry = HistoryEntry("cancel", "requested", 1, time.time(), "changed my mind")
     assert await store.replace_saga(state, d.cancel_confirmed(state, "changed my mind"), entry,
                                     owner="order-1", lease_s=5)
-    await store.db.write(lambda tx: _shipped_handler()(tx, None, _shipped(order.id)))
+    await store.storage.write(lambda tx: _shipped_handler()(tx, None, _shipped(order.id)))
     got = await store.get(order.id)
     assert got is not None and got.status is d.OrderStatus.CONFIRMED
     ports = FakePorts(cancel_shipment=[StepRefused("already shipped")])
@@ -376,21 +394,21 @@ async def test_payment_event_skip_check_only_past_the_charge(store: OrderStore) 
     assert skip is not None and all(r.skip is skip for r in payments)
     from shop.payment.v1 import payment_pb2
 
-    assert not await store.db.read_now(lambda tx: skip(tx, None, payment_pb2.PaymentCompleted(
+    assert not await store.storage.read(lambda tx: skip(tx, None, payment_pb2.PaymentCompleted(
         payment=payment_pb2.Payment(order_id="no-such-order"))))
     ports = FakePorts()
     ports.charge_gate = asyncio.Event()
     runner = SagaRunner(store, ports, SagaConfig(owner="order-1", limits=FAST))
     order, state = await new_order(store, runner)
     event = payment_pb2.PaymentCompleted(payment=payment_pb2.Payment(order_id=order.id))
-    assert not await store.db.read_now(lambda tx: skip(tx, None, event))  # at reserve
+    assert not await store.storage.read(lambda tx: skip(tx, None, event))  # at reserve
     task = runner.start(order, state)
     await asyncio.wait_for(ports.charging.wait(), 5)
-    assert not await store.db.read_now(lambda tx: skip(tx, None, event))  # at its charge
+    assert not await store.storage.read(lambda tx: skip(tx, None, event))  # at its charge
     ports.charge_gate.set()
     done = await asyncio.wait_for(task, 5)
     assert done is not None and done.status is d.OrderStatus.CONFIRMED
-    assert await store.db.read_now(lambda tx: skip(tx, None, event))  # ended: a no-op
+    assert await store.storage.read(lambda tx: skip(tx, None, event))  # ended: a no-op
 
 
 async def _cancel_confirmed(store: OrderStore, ports: FakePorts) -> tuple[d.Order, d.Order]:
@@ -433,10 +451,8 @@ async def test_refused_commit_requires_attention_with_its_event(store: OrderStor
     assert order.status is d.OrderStatus.REQUIRES_ATTENTION
     assert ports.calls.count("commit") == 1 and history[-1] == "confirm:refused"
     assert (await outbox_subjects(store))[-1] == "order.requires_attention"
-    async with store.db.reader() as conn:
-        cur = await conn.execute("SELECT data FROM outbox WHERE subject = ?",
-                                 ("order.requires_attention",))
-        row = await cur.fetchone()
+    row = (await rows(store, "SELECT data FROM outbox WHERE subject = ?",
+                      "order.requires_attention"))[0]
     from shop.events.v1 import envelope_pb2
     from shop.order.v1 import order_pb2
     event = order_pb2.OrderRequiresAttention()
@@ -527,12 +543,11 @@ async def test_invalid_card_is_a_typed_refusal(store: OrderStore) -> None:
     assert d.is_invalid_card(got[0])
 
 
-async def test_a_data_file_from_before_the_cancellation_saga_is_upgraded(tmp_path: Path) -> None:
-    """The sagas table of an older file lacks committed/uncertain/waits/refusal: it is
-    rebuilt at start, its rows kept, and the saga reads and advances as before."""
+async def test_a_file_from_before_versioned_migrations_is_adopted(tmp_path: Path) -> None:
+    """A file an earlier release made (its tables created at start, no migration record)
+    keeps its rows: migration 0001 finds its tables, is recorded, and the saga reads and
+    advances as before."""
     import sqlite3
-
-    from services.order.store import upgrade
 
     path = tmp_path / "order.db"
     old = sqlite3.connect(path)
@@ -542,26 +557,28 @@ async def test_a_data_file_from_before_the_cancellation_saga_is_upgraded(tmp_pat
             charged INTEGER NOT NULL DEFAULT 0, cancel_requested INTEGER NOT NULL DEFAULT 0,
             reason TEXT NOT NULL DEFAULT '', card_token TEXT NOT NULL DEFAULT '',
             version INTEGER NOT NULL DEFAULT 0, owner TEXT NOT NULL DEFAULT '',
-            lease_until REAL NOT NULL DEFAULT 0, updated_at REAL NOT NULL);
-        INSERT INTO sagas (order_id, step, status, charged, version, updated_at)
-            VALUES ('o-old', 'done', 'done', 1, 7, 1.0);
+            lease_until REAL NOT NULL DEFAULT 0, updated_at REAL NOT NULL,
+            committed INTEGER NOT NULL DEFAULT 0, uncertain INTEGER NOT NULL DEFAULT 0,
+            waits INTEGER NOT NULL DEFAULT 0, refusal TEXT NOT NULL DEFAULT '');
+        INSERT INTO sagas (order_id, step, status, charged, committed, version, updated_at)
+            VALUES ('o-old', 'done', 'done', 1, 1, 7, 1.0);
     """)
     old.close()
-    upgrade(path)
-    upgrade(path)  # a second start: nothing to do
-    db = await Database.open(path, schema=SCHEMA, durable=False)
+    db = await Database.open(path, migrations=[service_migrations("order")], durable=False)
     try:
-        got = await OrderStore(db).saga("o-old")
+        store = OrderStore(db)
+        got = await store.saga("o-old")
         assert got is not None
         state = got[0]
-        assert (state.step, state.status, state.charged, state.version, state.refusal) == (
-            d.Step.DONE, d.SagaStatus.DONE, True, 7, d.Refusal.NONE)
+        assert (state.step, state.status, state.charged, state.committed, state.version,
+                state.refusal) == (d.Step.DONE, d.SagaStatus.DONE, True, True, 7, d.Refusal.NONE)
         cancelling = d.cancel_confirmed(state, "")
-        async with db.transaction() as conn:
-            from services.order.store import write_saga
-            assert await write_saga(conn, state, cancelling)
-        again = await OrderStore(db).saga("o-old")
+        entry = HistoryEntry("cancel", "requested", 1, time.time())
+        assert await store.replace_saga(state, cancelling, entry, owner="order-1", lease_s=5)
+        again = await store.saga("o-old")
         assert again is not None and again[0].step is d.Step.CANCEL_SHIPMENT
-        assert again[0].committed
+        assert again[0].committed and again[0].version == 8
+        assert [r[0] for r in await rows(store, "SELECT version FROM schema_migrations"
+                                                " WHERE component = 'order'")] == [1]
     finally:
         await db.close()

@@ -237,17 +237,22 @@ async def test_status_reads_the_registry(
             p.name, p.instance, p.addr, "1.0", now - 125, p.pid or 0,
             {"inventory": "open", "payment": "closed", "cart": "closed"}
             if p.instance == "order-1" else {},
-            protocol="http" if p.name == GATEWAY else "grpc")
+            protocol="http" if p.name == GATEWAY else "grpc",
+            storage="" if p.name == GATEWAY else "postgres" if p.name == "order" else "sqlite")
         for p in fake_system.all()]
     keys = await _register(fresh_nats.url, entries)
     assert await asyncio.to_thread(shopctl.main, ["status"]) == 0
     captured = capsys.readouterr()
     assert captured.err == ""
     lines = captured.out.splitlines()
-    assert lines[0].split() == ["SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "UPTIME", "BREAKERS"]
+    assert lines[0].split() == ["SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "UPTIME", "BREAKERS",
+                                "STORAGE"]
     by_instance = {line.split()[1]: line.split() for line in lines[1:]}
     assert set(by_instance) == {p.instance for p in fake_system.all()}
-    assert by_instance["order-1"][3:] == ["SERVING", "2m05s", "open:inventory;closed:cart,payment"]
+    assert by_instance["order-1"][3:] == ["SERVING", "2m05s", "open:inventory;closed:cart,payment",
+                                          "postgres"]
+    assert by_instance["payment-2"][-1] == "sqlite"
+    assert by_instance["gateway-1"][-1] == "-"  # no storage of its own
     assert by_instance["payment-2"][2:4] == [fake_system.instances("payment")[1].addr, "SERVING"]
     assert by_instance["gateway-1"][3] == "SERVING"  # probed over HTTP, not gRPC
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from services.common.db import Database
+from services.common.schema import service_migrations
 from services.user import admin, domain
-from services.user.store import SCHEMA, UserStore
+from services.user.store import UserStore
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,7 +48,8 @@ def test_shop_admin_password_wins_and_writes_no_file(tmp_path: Path,
 async def test_ensure_admin_creates_the_account_with_the_role_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SHOP_ADMIN_PASSWORD", raising=False)
-    db = await Database.open(tmp_path / "user.db", schema=SCHEMA, durable=False)
+    db = await Database.open(tmp_path / "user.db", durable=False,
+                               migrations=[service_migrations("user")])
     try:
         store = UserStore(db)
         # Two instances starting at once: one account, one password.
@@ -61,7 +63,7 @@ async def test_ensure_admin_creates_the_account_with_the_role_once(
         assert domain.verify_password(password, stored)
         assert (await store.get(user.id)) == user
         await admin.ensure_admin(store, tmp_path, _hash)
-        rows = await db.read_now(lambda tx: tx.all("SELECT id FROM users"))
+        rows = await db.read(lambda tx: tx.fetch("SELECT id FROM users"))
         assert len(rows) == 1
     finally:
         await db.close()
@@ -70,7 +72,8 @@ async def test_ensure_admin_creates_the_account_with_the_role_once(
 async def test_a_registered_lookalike_is_never_promoted(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHOP_ADMIN_PASSWORD", "given-password")
-    db = await Database.open(tmp_path / "user.db", schema=SCHEMA, durable=False)
+    db = await Database.open(tmp_path / "user.db", durable=False,
+                               migrations=[service_migrations("user")])
     try:
         store = UserStore(db)
         # Registered through CreateUser (no roles) before the account existed.
@@ -85,7 +88,8 @@ async def test_a_registered_lookalike_is_never_promoted(tmp_path: Path,
 
 
 async def test_ordinary_users_have_no_roles(tmp_path: Path) -> None:
-    db = await Database.open(tmp_path / "user.db", schema=SCHEMA, durable=False)
+    db = await Database.open(tmp_path / "user.db", durable=False,
+                               migrations=[service_migrations("user")])
     try:
         store = UserStore(db)
         user = domain.User(id=uuid.uuid4().hex, email="a@example.com", name="A",

@@ -74,6 +74,53 @@ async function saga(orderId) {
   }
 }
 
+const STOCK_EVENTS = {
+  STOCK_EVENT_TYPE_STOCK_SET: 'stock set', STOCK_EVENT_TYPE_RESERVED: 'reserved',
+  STOCK_EVENT_TYPE_RELEASED: 'released', STOCK_EVENT_TYPE_COMMITTED: 'committed',
+  STOCK_EVENT_TYPE_RESTOCKED: 'restocked',
+};
+const level = (s) => `${s.available} available, ${s.reserved} reserved, ${s.sold} sold`;
+
+// A product's stock (now, or at a past time) and its events, newest first, a page at a time.
+async function stock(productId, asOf) {
+  const box = $('#stock-result');
+  clearError();
+  const id = encodeURIComponent(productId);
+  try {
+    const at = asOf ? new Date(asOf).toISOString() : '';
+    const s = await get(`/api/inventory/${id}${at ? `?asOf=${encodeURIComponent(at)}` : ''}`);
+    const rows = el('tbody', {});
+    const older = el('button', { type: 'button', id: 'stock-older', hidden: true }, 'Older events');
+    let token = '';
+    const page = async () => {
+      const q = `pageSize=20${token ? `&pageToken=${encodeURIComponent(token)}` : ''}`;
+      const h = await get(`/api/inventory/${id}/history?${q}`);
+      rows.append(...h.events.map((e) => el('tr', { 'data-version': e.version },
+        el('td', { class: 'mono' }, when(e.createTime)), el('td', {}, String(e.version)),
+        el('td', {}, STOCK_EVENTS[e.type] || e.type), el('td', {}, String(e.quantity)),
+        el('td', { class: 'mono' }, e.orderId || '-'), el('td', {}, level(e.stock)))));
+      token = h.nextPageToken;
+      older.hidden = !token;
+    };
+    older.addEventListener('click', async () => {
+      older.disabled = true;
+      try { await page(); } catch (err) { showError(`Stock history: ${err.message}`); }
+      older.disabled = false;
+    });
+    await page();
+    box.replaceChildren(
+      el('p', { id: 'stock-level' }, el('span', { class: 'mono' }, s.productId),
+        at ? ` at ${when(at)}: ` : ': ', el('strong', {}, level(s))),
+      el('div', { class: 'scroll' }, el('table', { id: 'stock-table' },
+        el('thead', {}, el('tr', {}, ['Time', 'Version', 'Event', 'Units', 'Order', 'Stock after']
+          .map((t) => el('th', { scope: 'col' }, t)))), rows)),
+      older);
+  } catch (err) {
+    box.replaceChildren(el('p', { class: 'empty' }, err.status === 404
+      ? `No stock for ${productId}${asOf ? ' at that time' : ''}.` : err.message));
+  }
+}
+
 async function deadLetters() {
   try {
     const { deadLetters: rows } = await get('/api/admin/dlq');
@@ -134,6 +181,12 @@ if (!session.isAdmin()) {
     ev.preventDefault();
     const id = String(new FormData(ev.target).get('order') || '').trim();
     if (id) saga(id);
+  });
+  $('#stock-form').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const form = new FormData(ev.target);
+    const id = String(form.get('product') || '').trim();
+    if (id) stock(id, String(form.get('asOf') || ''));
   });
   $('#refresh-instances').addEventListener('click', instances);
   $('#refresh-dlq').addEventListener('click', deadLetters);

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -43,6 +44,40 @@ RESERVATION_STATUS_COMMITTED: ReservationStatus.ValueType  # 4
 RESERVATION_STATUS_RESTOCKED: ReservationStatus.ValueType  # 5
 """Committed, then returned to available stock (a cancelled confirmed order)."""
 Global___ReservationStatus: _TypeAlias = ReservationStatus  # noqa: Y015
+
+class _StockEventType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StockEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StockEventType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STOCK_EVENT_TYPE_UNSPECIFIED: _StockEventType.ValueType  # 0
+    STOCK_EVENT_TYPE_STOCK_SET: _StockEventType.ValueType  # 1
+    """An operator's count set available (or a product's first stock)."""
+    STOCK_EVENT_TYPE_RESERVED: _StockEventType.ValueType  # 2
+    """Available -> reserved for an order."""
+    STOCK_EVENT_TYPE_RELEASED: _StockEventType.ValueType  # 3
+    """Reserved -> available (the order let go of its reservation)."""
+    STOCK_EVENT_TYPE_COMMITTED: _StockEventType.ValueType  # 4
+    """Reserved -> sold."""
+    STOCK_EVENT_TYPE_RESTOCKED: _StockEventType.ValueType  # 5
+    """Sold -> available (a confirmed order cancelled before it shipped)."""
+
+class StockEventType(_StockEventType, metaclass=_StockEventTypeEnumTypeWrapper):
+    """What a stock event did to a product's stream."""
+
+STOCK_EVENT_TYPE_UNSPECIFIED: StockEventType.ValueType  # 0
+STOCK_EVENT_TYPE_STOCK_SET: StockEventType.ValueType  # 1
+"""An operator's count set available (or a product's first stock)."""
+STOCK_EVENT_TYPE_RESERVED: StockEventType.ValueType  # 2
+"""Available -> reserved for an order."""
+STOCK_EVENT_TYPE_RELEASED: StockEventType.ValueType  # 3
+"""Reserved -> available (the order let go of its reservation)."""
+STOCK_EVENT_TYPE_COMMITTED: StockEventType.ValueType  # 4
+"""Reserved -> sold."""
+STOCK_EVENT_TYPE_RESTOCKED: StockEventType.ValueType  # 5
+"""Sold -> available (a confirmed order cancelled before it shipped)."""
+Global___StockEventType: _TypeAlias = StockEventType  # noqa: Y015
 
 @_typing.final
 class Stock(_message.Message):
@@ -129,15 +164,23 @@ class GetStockRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     product_id: _builtins.str
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """Optional: the stock as it was at this time (after every event recorded at or before
+        it). NOT_FOUND when the product had no stock yet; INVALID_ARGUMENT in the future.
+        """
+
     def __init__(
         self,
         *,
         product_id: _builtins.str = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["product_id", b"product_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "product_id", b"product_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -430,3 +473,194 @@ class StockRestocked(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StockRestocked: _TypeAlias = StockRestocked  # noqa: Y015
+
+@_typing.final
+class StockEvent(_message.Message):
+    """One event of a product's stream. Immutable once recorded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    STOCK_FIELD_NUMBER: _builtins.int
+    product_id: _builtins.str
+    version: _builtins.int
+    """1 for the stream's first event, then one more per event."""
+    type: Global___StockEventType.ValueType
+    quantity: _builtins.int
+    """Units moved; for STOCK_SET the available count set."""
+    order_id: _builtins.str
+    """The order the units moved for; empty for STOCK_SET."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def stock(self) -> Global___Stock:
+        """The stock right after this event."""
+
+    def __init__(
+        self,
+        *,
+        product_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        type: Global___StockEventType.ValueType = ...,
+        quantity: _builtins.int = ...,
+        order_id: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        stock: Global___Stock | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "stock", b"stock"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "order_id", b"order_id", "product_id", b"product_id", "quantity", b"quantity", "stock", b"stock", "type", b"type", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StockEvent: _TypeAlias = StockEvent  # noqa: Y015
+
+@_typing.final
+class GetStockHistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    product_id: _builtins.str
+    page_size: _builtins.int
+    """At most 100; 0 means the default of 20."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token, with the same product_id."""
+    def __init__(
+        self,
+        *,
+        product_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "product_id", b"product_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStockHistoryRequest: _TypeAlias = GetStockHistoryRequest  # noqa: Y015
+
+@_typing.final
+class GetStockHistoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___StockEvent]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___StockEvent] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStockHistoryResponse: _TypeAlias = GetStockHistoryResponse  # noqa: Y015
+
+@_typing.final
+class RebuildStockRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERIFY_ONLY_FIELD_NUMBER: _builtins.int
+    FROM_SCRATCH_FIELD_NUMBER: _builtins.int
+    verify_only: _builtins.bool
+    """Only report the differences; write nothing."""
+    from_scratch: _builtins.bool
+    """Replay every stream from its first event, not from its latest snapshot."""
+    def __init__(
+        self,
+        *,
+        verify_only: _builtins.bool = ...,
+        from_scratch: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_scratch", b"from_scratch", "verify_only", b"verify_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RebuildStockRequest: _TypeAlias = RebuildStockRequest  # noqa: Y015
+
+@_typing.final
+class StockDifference(_message.Message):
+    """A product whose served stock level differs from the replay of its events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    SERVED_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    PROBLEM_FIELD_NUMBER: _builtins.int
+    product_id: _builtins.str
+    problem: _builtins.str
+    """In words: which counts differ, or why the stream could not be replayed."""
+    @_builtins.property
+    def served(self) -> Global___Stock:
+        """What GetStock served (empty when the product had no level)."""
+
+    @_builtins.property
+    def replayed(self) -> Global___Stock:
+        """What the events say (empty when they could not be replayed: see problem)."""
+
+    def __init__(
+        self,
+        *,
+        product_id: _builtins.str = ...,
+        served: Global___Stock | None = ...,
+        replayed: Global___Stock | None = ...,
+        problem: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["replayed", b"replayed", "served", b"served"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["problem", b"problem", "product_id", b"product_id", "replayed", b"replayed", "served", b"served"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StockDifference: _TypeAlias = StockDifference  # noqa: Y015
+
+@_typing.final
+class RebuildStockResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRODUCTS_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    DIFFERENCES_FIELD_NUMBER: _builtins.int
+    REWRITTEN_FIELD_NUMBER: _builtins.int
+    products: _builtins.int
+    """Streams and events replayed."""
+    events: _builtins.int
+    rewritten: _builtins.int
+    """Stock levels rewritten from the replay (0 with verify_only)."""
+    @_builtins.property
+    def differences(self) -> _containers.RepeatedCompositeFieldContainer[Global___StockDifference]: ...
+    def __init__(
+        self,
+        *,
+        products: _builtins.int = ...,
+        events: _builtins.int = ...,
+        differences: _abc.Iterable[Global___StockDifference] | None = ...,
+        rewritten: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["differences", b"differences", "events", b"events", "products", b"products", "rewritten", b"rewritten"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RebuildStockResponse: _TypeAlias = RebuildStockResponse  # noqa: Y015

@@ -28,6 +28,8 @@ if _version_not_supported:
 class InventoryServiceStub:
     """InventoryService owns stock levels and per-order reservations.
     Invariant per product: available + reserved + sold == total stock ever set.
+    Per product an append-only stream of stock events is the source of truth; the stock
+    level is a projection of it, written with the events it follows from.
     """
 
     def __init__(self, channel):
@@ -66,15 +68,28 @@ class InventoryServiceStub:
                 request_serializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.RestockStockRequest.SerializeToString,
                 response_deserializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.RestockStockResponse.FromString,
                 _registered_method=True)
+        self.GetStockHistory = channel.unary_unary(
+                '/shop.inventory.v1.InventoryService/GetStockHistory',
+                request_serializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.GetStockHistoryRequest.SerializeToString,
+                response_deserializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.GetStockHistoryResponse.FromString,
+                _registered_method=True)
+        self.RebuildStock = channel.unary_unary(
+                '/shop.inventory.v1.InventoryService/RebuildStock',
+                request_serializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.RebuildStockRequest.SerializeToString,
+                response_deserializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.RebuildStockResponse.FromString,
+                _registered_method=True)
 
 
 class InventoryServiceServicer:
     """InventoryService owns stock levels and per-order reservations.
     Invariant per product: available + reserved + sold == total stock ever set.
+    Per product an append-only stream of stock events is the source of truth; the stock
+    level is a projection of it, written with the events it follows from.
     """
 
     def GetStock(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The stock now, or as it was at `as_of`.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -118,6 +133,22 @@ class InventoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStockHistory(self, request, context):
+        """A product's stock events, newest first (AIP-158 paging).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RebuildStock(self, request, context):
+        """Replays every product's events (from its latest snapshot, or from the first event)
+        and compares the result with the stock levels served; unless `verify_only`, rewrites
+        the levels that differ. The operator's tool; no REST route.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InventoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -151,6 +182,16 @@ def add_InventoryServiceServicer_to_server(servicer, server):
                     request_deserializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.RestockStockRequest.FromString,
                     response_serializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.RestockStockResponse.SerializeToString,
             ),
+            'GetStockHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStockHistory,
+                    request_deserializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.GetStockHistoryRequest.FromString,
+                    response_serializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.GetStockHistoryResponse.SerializeToString,
+            ),
+            'RebuildStock': grpc.unary_unary_rpc_method_handler(
+                    servicer.RebuildStock,
+                    request_deserializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.RebuildStockRequest.FromString,
+                    response_serializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.RebuildStockResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'shop.inventory.v1.InventoryService', rpc_method_handlers)
@@ -162,6 +203,8 @@ def add_InventoryServiceServicer_to_server(servicer, server):
 class InventoryService:
     """InventoryService owns stock levels and per-order reservations.
     Invariant per product: available + reserved + sold == total stock ever set.
+    Per product an append-only stream of stock events is the source of truth; the stock
+    level is a projection of it, written with the events it follows from.
     """
 
     @staticmethod
@@ -316,6 +359,60 @@ class InventoryService:
             '/shop.inventory.v1.InventoryService/RestockStock',
             shop_dot_inventory_dot_v1_dot_inventory__pb2.RestockStockRequest.SerializeToString,
             shop_dot_inventory_dot_v1_dot_inventory__pb2.RestockStockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStockHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.inventory.v1.InventoryService/GetStockHistory',
+            shop_dot_inventory_dot_v1_dot_inventory__pb2.GetStockHistoryRequest.SerializeToString,
+            shop_dot_inventory_dot_v1_dot_inventory__pb2.GetStockHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RebuildStock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.inventory.v1.InventoryService/RebuildStock',
+            shop_dot_inventory_dot_v1_dot_inventory__pb2.RebuildStockRequest.SerializeToString,
+            shop_dot_inventory_dot_v1_dot_inventory__pb2.RebuildStockResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,6 +29,8 @@ GRPC_VERSION: str
 class InventoryServiceStub:
     """InventoryService owns stock levels and per-order reservations.
     Invariant per product: available + reserved + sold == total stock ever set.
+    Per product an append-only stream of stock events is the source of truth; the stock
+    level is a projection of it, written with the events it follows from.
     """
 
     @_typing.overload
@@ -36,6 +38,7 @@ class InventoryServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> InventoryServiceAsyncStub: ...
     GetStock: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.GetStockRequest, _inventory_pb2.GetStockResponse]
+    """The stock now, or as it was at `as_of`."""
     SetStock: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.SetStockRequest, _inventory_pb2.SetStockResponse]
     """Sets the available quantity of a product (an operator's stock count)."""
     ReserveStock: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.ReserveStockRequest, _inventory_pb2.ReserveStockResponse]
@@ -52,15 +55,25 @@ class InventoryServiceStub:
     order's stock was never committed. No REST route: the order service's cancellation
     saga calls it, like Reserve/Release/Commit (stock moves only with an order's saga).
     """
+    GetStockHistory: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.GetStockHistoryRequest, _inventory_pb2.GetStockHistoryResponse]
+    """A product's stock events, newest first (AIP-158 paging)."""
+    RebuildStock: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.RebuildStockRequest, _inventory_pb2.RebuildStockResponse]
+    """Replays every product's events (from its latest snapshot, or from the first event)
+    and compares the result with the stock levels served; unless `verify_only`, rewrites
+    the levels that differ. The operator's tool; no REST route.
+    """
 
 @_typing.type_check_only
 class InventoryServiceAsyncStub(InventoryServiceStub):
     """InventoryService owns stock levels and per-order reservations.
     Invariant per product: available + reserved + sold == total stock ever set.
+    Per product an append-only stream of stock events is the source of truth; the stock
+    level is a projection of it, written with the events it follows from.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetStock: _aio.UnaryUnaryMultiCallable[_inventory_pb2.GetStockRequest, _inventory_pb2.GetStockResponse]  # type: ignore[assignment]
+    """The stock now, or as it was at `as_of`."""
     SetStock: _aio.UnaryUnaryMultiCallable[_inventory_pb2.SetStockRequest, _inventory_pb2.SetStockResponse]  # type: ignore[assignment]
     """Sets the available quantity of a product (an operator's stock count)."""
     ReserveStock: _aio.UnaryUnaryMultiCallable[_inventory_pb2.ReserveStockRequest, _inventory_pb2.ReserveStockResponse]  # type: ignore[assignment]
@@ -77,10 +90,19 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     order's stock was never committed. No REST route: the order service's cancellation
     saga calls it, like Reserve/Release/Commit (stock moves only with an order's saga).
     """
+    GetStockHistory: _aio.UnaryUnaryMultiCallable[_inventory_pb2.GetStockHistoryRequest, _inventory_pb2.GetStockHistoryResponse]  # type: ignore[assignment]
+    """A product's stock events, newest first (AIP-158 paging)."""
+    RebuildStock: _aio.UnaryUnaryMultiCallable[_inventory_pb2.RebuildStockRequest, _inventory_pb2.RebuildStockResponse]  # type: ignore[assignment]
+    """Replays every product's events (from its latest snapshot, or from the first event)
+    and compares the result with the stock levels served; unless `verify_only`, rewrites
+    the levels that differ. The operator's tool; no REST route.
+    """
 
 class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
     """InventoryService owns stock levels and per-order reservations.
     Invariant per product: available + reserved + sold == total stock ever set.
+    Per product an append-only stream of stock events is the source of truth; the stock
+    level is a projection of it, written with the events it follows from.
     """
 
     @_abc_1.abstractmethod
@@ -88,7 +110,8 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _inventory_pb2.GetStockRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_inventory_pb2.GetStockResponse, _abc.Awaitable[_inventory_pb2.GetStockResponse]]: ...
+    ) -> _typing.Union[_inventory_pb2.GetStockResponse, _abc.Awaitable[_inventory_pb2.GetStockResponse]]:
+        """The stock now, or as it was at `as_of`."""
 
     @_abc_1.abstractmethod
     def SetStock(
@@ -134,6 +157,25 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         cancelled before it shipped). Idempotent per order_id. FAILED_PRECONDITION when the
         order's stock was never committed. No REST route: the order service's cancellation
         saga calls it, like Reserve/Release/Commit (stock moves only with an order's saga).
+        """
+
+    @_abc_1.abstractmethod
+    def GetStockHistory(
+        self,
+        request: _inventory_pb2.GetStockHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inventory_pb2.GetStockHistoryResponse, _abc.Awaitable[_inventory_pb2.GetStockHistoryResponse]]:
+        """A product's stock events, newest first (AIP-158 paging)."""
+
+    @_abc_1.abstractmethod
+    def RebuildStock(
+        self,
+        request: _inventory_pb2.RebuildStockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inventory_pb2.RebuildStockResponse, _abc.Awaitable[_inventory_pb2.RebuildStockResponse]]:
+        """Replays every product's events (from its latest snapshot, or from the first event)
+        and compares the result with the stock levels served; unless `verify_only`, rewrites
+        the levels that differ. The operator's tool; no REST route.
         """
 
 def add_InventoryServiceServicer_to_server(servicer: InventoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,13 @@
+CREATE TABLE IF NOT EXISTS payments (
+    order_id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('CHARGED', 'DECLINED', 'REFUNDED', 'VOID')),
+    amount_cents INTEGER NOT NULL CHECK (amount_cents >= 0),
+    refunded_cents INTEGER NOT NULL DEFAULT 0
+        CHECK (refunded_cents >= 0 AND refunded_cents <= amount_cents),
+    currency TEXT NOT NULL,
+    decline_reason TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS payments_user ON payments (user_id);
