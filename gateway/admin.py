@@ -25,10 +25,11 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import nats
+from google.protobuf.message import Message
 from grpc import aio
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -45,9 +46,13 @@ from gateway.errors import HttpError, from_domain_error, from_rpc_error
 from gateway.upstreams import Caller
 from ops.process import grpc_health, http_ok
 from services.common import dlq, natsauth, registry
+from services.common.clients import Rpc
 from services.common.errors import DomainError
 from services.common.events import AGGREGATES, STREAM
 from services.common.settings import env_str, health_name
+
+ReqT = TypeVar("ReqT", bound=Message)
+RespT = TypeVar("RespT", bound=Message)
 
 log = logging.getLogger("shop.gateway.admin")
 
@@ -213,9 +218,9 @@ class AdminConsole:
             for i, h in zip(found, healths, strict=True)
         ]
 
-    async def _call_order(self, method: str, request: Any) -> Any:
+    async def _call_order(self, rpc: Rpc[Any, ReqT, RespT], request: ReqT) -> RespT:
         try:
-            return await self._order().call(method, request, idempotent=True, timeout=5.0)
+            return await self._order().call(rpc, request, idempotent=True, timeout=5.0)
         except aio.AioRpcError as err:
             raise from_rpc_error(err, "order") from None
         except DomainError as err:
@@ -223,7 +228,7 @@ class AdminConsole:
 
     async def saga(self, order_id: str) -> dict[str, Any]:
         reply = await self._call_order(
-            "GetSagaHistory", order_pb2.GetSagaHistoryRequest(order_id=order_id))
+            lambda s: s.GetSagaHistory, order_pb2.GetSagaHistoryRequest(order_id=order_id))
         status = order_pb2.OrderStatus.Name(reply.status)
         return {
             "orderId": reply.order_id, "status": status,
@@ -234,7 +239,7 @@ class AdminConsole:
         }
 
     async def retry(self, order_id: str) -> dict[str, Any]:
-        await self._call_order("RetrySaga", order_pb2.RetrySagaRequest(order_id=order_id))
+        await self._call_order(lambda s: s.RetrySaga, order_pb2.RetrySagaRequest(order_id=order_id))
         return await self.saga(order_id)
 
     async def dead_letters(self) -> list[dict[str, Any]]:

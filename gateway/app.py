@@ -112,7 +112,7 @@ class GatewayState:
 
     async def fetch_jwks(self) -> list[dict[str, str]]:
         reply = await self.upstreams["user"].call(
-            "GetJwks", user_pb2.GetJwksRequest(), idempotent=True, timeout=2.0
+            lambda s: s.GetJwks, user_pb2.GetJwksRequest(), idempotent=True, timeout=2.0
         )
         return [
             {"kty": k.kty, "crv": k.crv, "x": k.x, "kid": k.kid, "alg": k.alg, "use": k.use}
@@ -257,7 +257,7 @@ class ApiHandler:
         with context.bind(request_id=rid, user_id=user_id):
             try:
                 response = await caller.call(
-                    rule.rpc,
+                    rule.method_of,
                     request,
                     idempotent=binding.idempotent,
                     timeout=state.settings.call_timeout_s,
@@ -383,7 +383,7 @@ def _ops_routes(state: GatewayState) -> list[Route]:
         async def check(name: str) -> str:
             try:
                 reply = await state.health[name].call(
-                    "Check", health_pb2.HealthCheckRequest(service=health_name(name)),
+                    lambda s: s.Check, health_pb2.HealthCheckRequest(service=health_name(name)),
                     idempotent=True, timeout=1.0,
                 )
             except aio.AioRpcError as err:

@@ -71,13 +71,14 @@ class Dashboard:
 
     async def _fetch_user(self) -> Any:
         reply = await self._users.call(
-            "GetUser", user_pb2.GetUserRequest(id="me"), idempotent=True, timeout=self._timeout
+            lambda s: s.GetUser, user_pb2.GetUserRequest(id="me"), idempotent=True,
+            timeout=self._timeout,
         )
         return to_dict(reply.user)
 
     async def _fetch_orders(self) -> Any:
         reply = await self._orders.call(
-            "ListOrders",
+            lambda s: s.ListOrders,
             order_pb2.ListOrdersRequest(page_size=RECENT_ORDERS),
             idempotent=True,
             timeout=self._timeout,
@@ -86,7 +87,7 @@ class Dashboard:
 
     async def _fetch_unread(self) -> Any:
         reply = await self._notifications.call(
-            "CountUnread",
+            lambda s: s.CountUnread,
             notification_pb2.CountUnreadRequest(),
             idempotent=True,
             timeout=self._timeout,

@@ -11,7 +11,7 @@ own, and their timeouts must not open the breakers every other route shares.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import pybreaker
 from google.protobuf.message import Message
@@ -19,22 +19,28 @@ from grpc_health.v1 import health_pb2_grpc
 
 from gateway.rules import HttpRule
 from services.common.breakers import new_breaker
-from services.common.clients import Downstream
+from services.common.clients import Downstream, Rpc
 from services.common.errors import Unavailable
 from services.common.settings import SERVICES
 
+ReqT = TypeVar("ReqT", bound=Message)
+RespT = TypeVar("RespT", bound=Message)
+
 
 class Caller(Protocol):
+    """A service's calls, as `Downstream.call`: `lambda s: s.Method` names the method (the
+    gateway's routes build theirs from the proto method, `HttpRule.method_of`)."""
+
     service: str
 
     async def call(
         self,
-        method: str,
-        request: Message,
+        rpc: Rpc[Any, ReqT, RespT],
+        request: ReqT,
         *,
         idempotent: bool,
         timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline, as Downstream
-    ) -> Any: ...
+    ) -> RespT: ...
 
     async def close(self) -> None: ...
 
@@ -100,16 +106,16 @@ class _BreakerCaller:
 
     async def call(
         self,
-        method: str,
-        request: Message,
+        rpc: Rpc[Any, ReqT, RespT],
+        request: ReqT,
         *,
         idempotent: bool,
         timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline, as Downstream
-    ) -> Any:
+    ) -> RespT:
         try:
             with self.breaker.calling():
                 return await self._base.call(
-                    method, request, idempotent=idempotent, timeout=timeout
+                    rpc, request, idempotent=idempotent, timeout=timeout
                 )
         except pybreaker.CircuitBreakerError:
             raise Unavailable(f"{self.service} unavailable: circuit open") from None

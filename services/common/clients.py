@@ -1,7 +1,12 @@
 """Calling another shop service: deadline, metadata, retries, circuit breaker.
 
     products = Downstream("product", product_pb2_grpc.ProductServiceStub)
-    reply = await products.call("GetProduct", req, idempotent=True)
+    reply = await products.call(lambda s: s.GetProduct, req, idempotent=True)
+
+A call names its method by a selector over the generated stub (`lambda s: s.GetProduct`):
+mypy checks the method exists and infers its request and response types from the stub's
+.pyi; the method's name (for metrics, spans and proto/traffic.toml) is read from the
+selector by `rpc_name`, never written as a string.
 
 Errors reach the caller as the downstream's grpc.aio.AioRpcError (the server interceptor
 passes its code on), or errors.Unavailable when the breaker is open, or
@@ -31,6 +36,13 @@ from services.common.settings import default_addr, downstream_addr, health_name
 from services.common.traffic import traffic
 
 StubT = TypeVar("StubT")
+ReqT = TypeVar("ReqT", bound=Message)
+RespT = TypeVar("RespT", bound=Message)
+
+# `lambda s: s.GetProduct`: one unary method of a generated stub. mypy types a Downstream
+# made with `ProductServiceStub` as Downstream[ProductServiceAsyncStub] (the .pyi's stub
+# on an aio channel), whose methods carry their request and response types.
+Rpc = Callable[[StubT], aio.UnaryUnaryMultiCallable[ReqT, RespT]]
 
 Resolver = Callable[[str], str | None]
 
@@ -57,12 +69,41 @@ HEALTH_CHECK_TIMEOUT_S = 0.5
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
+class _NameProbe:
+    """Stands in for a stub: each attribute read answers the attribute's name."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> str:
+        return name
+
+
+_PROBE: Any = _NameProbe()
+
+
+def rpc_name(rpc: Callable[[Any], Any]) -> str:
+    """The method a selector picks (`lambda s: s.GetProduct` -> "GetProduct")."""
+    name = rpc(_PROBE)
+    if not isinstance(name, str):
+        raise TypeError(f"{rpc!r} does not pick a stub method")
+    return name
+
+
 class Endpoint:
     """One address of a service: its channel (made on first use, inside the running loop)
-    and the bound stub methods made on it, cached per (stub class, method)."""
+    and the stubs made on it, cached per stub class."""
 
-    __slots__ = ("_generation", "_methods", "_retiring", "addr", "breaker", "channel", "healthy",
-                 "instance", "service")
+    __slots__ = (
+        "_generation",
+        "_retiring",
+        "_stubs",
+        "addr",
+        "breaker",
+        "channel",
+        "healthy",
+        "instance",
+        "service",
+    )
 
     def __init__(self, service: str, addr: str, instance: str = "") -> None:
         self.service = service
@@ -72,7 +113,7 @@ class Endpoint:
         # A discovered instance's own breaker (set by discovery); None: the Downstream's.
         self.breaker: ShopBreaker | None = None
         self.channel: aio.Channel | None = None
-        self._methods: dict[tuple[Callable[[aio.Channel], Any], str], Any] = {}
+        self._stubs: dict[Callable[[aio.Channel], Any], Any] = {}
         self._generation = 0
         self._retiring: set[asyncio.Task[None]] = set()
 
@@ -99,26 +140,26 @@ class Endpoint:
         """New certificate files: later calls go on a new channel; the old one is closed
         once its calls in flight are done (a live channel cannot change certificates)."""
         old, self.channel = self.channel, None
-        self._methods.clear()
+        self._stubs.clear()
         if old is not None:
             task = asyncio.get_running_loop().create_task(old.close(_RETIRE_GRACE_S))
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
 
-    def method(self, stub_factory: Callable[[aio.Channel], Any], name: str) -> Any:
+    def stub(self, stub_factory: Callable[[aio.Channel], StubT]) -> StubT:
+        """The `stub_factory` stub on this endpoint's current channel."""
         if self.channel is not None and self._generation != tls.generation():
             self._rotate()
-        key = (stub_factory, name)
-        fn = self._methods.get(key)
-        if fn is None:
-            fn = getattr(stub_factory(self.open_channel()), name)
-            self._methods[key] = fn
-        return fn
+        stub: StubT | None = self._stubs.get(stub_factory)
+        if stub is None:
+            stub = stub_factory(self.open_channel())
+            self._stubs[stub_factory] = stub
+        return stub
 
     async def close(self, grace: float | None = None) -> None:
         """Close the channel; with `grace`, calls in flight get that long to finish."""
         channel, self.channel = self.channel, None
-        self._methods.clear()
+        self._stubs.clear()
         if channel is not None:
             await channel.close(grace)
 
@@ -352,12 +393,6 @@ class Downstream(Generic[StubT]):
         else:
             breaker.watch(self._probe)
 
-    @property
-    def stub(self) -> StubT:
-        """A stub on the channel of the next call's instance."""
-        stub: StubT = self._stub_factory(self._endpoint().open_channel())
-        return stub
-
     def _metadata(self, extra: Sequence[tuple[str, str]] | None) -> list[tuple[str, str]]:
         md: list[tuple[str, str]] = []
         rid = context.request_id()
@@ -373,22 +408,23 @@ class Downstream(Generic[StubT]):
 
     async def call(
         self,
-        method: str,
-        request: Message,
+        rpc: Rpc[StubT, ReqT, RespT],
+        request: ReqT,
         *,
         idempotent: bool,
         timeout: float | None = None,  # noqa: ASYNC109 - becomes the gRPC deadline
         metadata: Sequence[tuple[str, str]] | None = None,
-    ) -> Any:
-        """`_call` in a CLIENT span, counted and timed by method and code (retries
-        included)."""
+    ) -> RespT:
+        """`rpc` (`lambda s: s.Method`) with `request`, in a CLIENT span, counted and timed
+        by method and code (retries included)."""
+        method = rpc_name(rpc)
         observe = self._calls.observer(f"{self.service}.{method}")
         started = time.perf_counter()
         code = "OK"
         span = self._spans.start(self._rpc_prefix + method)
         try:
-            return await self._call(method, request, idempotent=idempotent, timeout=timeout,
-                                    metadata=metadata)
+            return await self._call(rpc, method, request, idempotent=idempotent,
+                                    timeout=timeout, metadata=metadata)
         except aio.AioRpcError as err:
             code = err.code().name
             raise
@@ -407,13 +443,14 @@ class Downstream(Generic[StubT]):
 
     async def _call(
         self,
+        rpc: Rpc[StubT, ReqT, RespT],
         method: str,
-        request: Message,
+        request: ReqT,
         *,
         idempotent: bool,
         timeout: float | None = None,  # noqa: ASYNC109 - becomes the gRPC deadline
         metadata: Sequence[tuple[str, str]] | None = None,
-    ) -> Any:
+    ) -> RespT:
         """Call `method` with the caller's remaining deadline capped at `timeout` (or cap_s).
 
         Retries on UNAVAILABLE (and on CANCELLED from a server that was stopping) only
@@ -434,11 +471,13 @@ class Downstream(Generic[StubT]):
         attempt = 0
         while True:
             attempt += 1
-            fn = ep.method(self._stub_factory, method)
+            fn = rpc(ep.stub(self._stub_factory))
             breaker = self.breaker_of(ep)
             try:
                 with breaker.calling():
-                    return await fn(request, timeout=deadline - time.monotonic(), metadata=md)
+                    reply: RespT = await fn(request, timeout=deadline - time.monotonic(),
+                                            metadata=md)
+                    return reply
             except pybreaker.CircuitBreakerError:
                 self._watch_if_open(breaker, ep)
                 raise Unavailable(f"{self.service} unavailable: circuit open") from None

@@ -186,7 +186,7 @@ async def key_exists(nats_url: str, key: str) -> bool:
 async def get(ds: Downstream[Stub], pid: str, rid: str) -> product_pb2.GetProductResponse:
     with context.bind(request_id=rid):
         reply: product_pb2.GetProductResponse = await ds.call(
-            "GetProduct", product_pb2.GetProductRequest(id=pid), idempotent=True
+            lambda s: s.GetProduct, product_pb2.GetProductRequest(id=pid), idempotent=True
         )
     return reply
 

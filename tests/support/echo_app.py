@@ -63,7 +63,7 @@ class EchoProductServicer(product_pb2_grpc.ProductServiceServicer):
             if self.downstream is None:
                 self.downstream = Downstream("product", product_pb2_grpc.ProductServiceStub)
             reply: product_pb2.GetProductResponse = await self.downstream.call(
-                "GetProduct",
+                lambda s: s.GetProduct,
                 product_pb2.GetProductRequest(id=pid.removeprefix("forward:")),
                 idempotent=True,
             )

@@ -64,7 +64,7 @@ def register(d: Discovery, name: str, addr: str, service: str = "echo") -> str:
 
 async def get(ds: Downstream[Stub], pid: str = "x") -> product_pb2.GetProductResponse:
     reply: product_pb2.GetProductResponse = await ds.call(
-        "GetProduct", product_pb2.GetProductRequest(id=pid), idempotent=True
+        lambda s: s.GetProduct, product_pb2.GetProductRequest(id=pid), idempotent=True
     )
     return reply
 

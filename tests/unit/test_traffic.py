@@ -80,7 +80,8 @@ async def test_discovery_splits_payment_style_90_10_between_versions(
     ds = Downstream("echo", Stub, cap_s=2.0)
     try:
         for _ in range(500):
-            await ds.call("GetProduct", product_pb2.GetProductRequest(id="x"),
+            await ds.call(
+                lambda s: s.GetProduct, product_pb2.GetProductRequest(id="x"),
                           idempotent=True)
     finally:
         await ds.close()
@@ -102,16 +103,19 @@ async def test_a_call_rule_sets_the_deadline_and_the_attempts(
     async with running_echo(tmp_path / "echo") as echo:
         ds = Downstream("product", Stub, cap_s=3.0, address=echo.addr)
         try:
-            reply = await ds.call("GetProduct", product_pb2.GetProductRequest(id="whoami"),
+            reply = await ds.call(lambda s: s.GetProduct,
+                                  product_pb2.GetProductRequest(id="whoami"),
                                   idempotent=True)
             assert 2.0 < float(reply.product.category) <= 3.05  # no rule: the 3 s cap
             monkeypatch.setenv("SHOP_TRAFFIC", str(conf))
-            reply = await ds.call("GetProduct", product_pb2.GetProductRequest(id="whoami"),
+            reply = await ds.call(lambda s: s.GetProduct,
+                                  product_pb2.GetProductRequest(id="whoami"),
                                   idempotent=True, timeout=3.0)
             assert float(reply.product.category) <= 0.45  # the rule's 0.4 s
             before = echo.servicer.calls
             with pytest.raises(aio.AioRpcError) as info:
-                await ds.call("GetProduct", product_pb2.GetProductRequest(id="unavailable"),
+                await ds.call(lambda s: s.GetProduct,
+                              product_pb2.GetProductRequest(id="unavailable"),
                               idempotent=True)
             assert info.value.code() is grpc.StatusCode.UNAVAILABLE
             assert echo.servicer.calls == before + 1  # not retried
