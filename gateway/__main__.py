@@ -88,7 +88,7 @@ async def _announce_when_started(
         if server.should_exit:
             return
         await asyncio.sleep(0.005)
-    log.info("gateway serving on http://%s", addr, extra={"addr": addr})
+    log.info("gateway serving", extra={"addr": addr, "url": f"http://{addr}"})
     if registration is not None and not server.should_exit:
         server.registration = registration
         registration.start()  # in the background: NATS down never stops serving

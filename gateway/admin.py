@@ -45,7 +45,7 @@ from gateway.auth import Identity, TokenVerifier, bearer_token
 from gateway.errors import HttpError, from_domain_error, from_rpc_error
 from gateway.upstreams import Caller
 from ops.process import grpc_health, http_ok
-from services.common import dlq, natsauth, registry
+from services.common import dlq, natsauth, registry, timestamps
 from services.common.clients import Rpc
 from services.common.errors import DomainError
 from services.common.events import AGGREGATES, STREAM
@@ -121,7 +121,7 @@ class EventTail:
             env = envelope_pb2.Envelope.FromString(data)
         except Exception:
             env = envelope_pb2.Envelope()
-        when = env.occurred_at.seconds + env.occurred_at.nanos / 1e9 or time.time()
+        when = timestamps.seconds(env.occurred_at) or time.time()
         correlation = env.correlation_id or (headers or {}).get("x-request-id", "")
         self.add_event(TailEvent(0, env.subject or subject, when, correlation, env.source,
                                  env.aggregate_id, env.id))
@@ -280,7 +280,7 @@ class AdminConsole:
         try:
             last = int((await js.stream_info(STREAM)).state.last_seq)
         except Exception as err:
-            log.info("event tail: no stream to seed from: %s", err)
+            log.info("event tail: no stream to seed from", extra={"error": str(err)})
             return
         seen: list[tuple[str, bytes, Mapping[str, str] | None]] = []
         for seq in range(max(1, last - TAIL_SEED + 1), last + 1):
@@ -322,7 +322,7 @@ def admin_routes(console: AdminConsole) -> list[Route]:
             except HttpError as err:
                 return _error(err)
             except grpc.RpcError as err:  # a sync probe's error, never expected here
-                log.warning("admin call failed: %s", err)
+                log.warning("admin call failed", extra={"error": str(err)})
                 return _error(HttpError(503, "UNAVAILABLE", "a downstream call failed"))
         return endpoint
 

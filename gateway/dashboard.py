@@ -102,7 +102,7 @@ class Dashboard:
         except Exception as err:  # any failure of a part degrades only that part
             if self._on_error is not None:
                 self._on_error(name, err)
-            log.info("dashboard part %s degraded: %s", name, err)
+            log.info("dashboard part degraded", extra={"part": name, "error": str(err)})
             return self._last.get((name, user_id), empty), True
         key = (name, user_id)
         last = self._last

@@ -38,7 +38,7 @@ from services.common.settings import env_float, env_int
 __all__ = ["DUPLICATE_WINDOW_S", "Bus", "OutMsg", "envelope_headers", "inbox_retention_s",
            "probe", "stream_max_age_s", "stream_max_bytes"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("shop.bus")
 
 DUPLICATE_WINDOW_S = 120.0
 DEFAULT_MAX_AGE_S = 7 * 24 * 3600.0
@@ -161,7 +161,7 @@ class Bus:
         holder: list[Bus] = []
 
         async def on_error(e: Exception) -> None:
-            log.debug("nats error: %r", e)
+            log.debug("nats error", extra={"error": repr(e)})
 
         async def on_disconnect() -> None:
             if holder and holder[0].closing:
@@ -266,8 +266,8 @@ class Bus:
                 await nc.drain()
                 return
             except Exception as e:
-                log.debug("nats drain failed, closing: %r", e)
+                log.debug("nats drain failed, closing", extra={"error": repr(e)})
         try:
             await nc.close()
         except Exception as e:
-            log.debug("nats close failed: %r", e)
+            log.debug("nats close failed", extra={"error": repr(e)})

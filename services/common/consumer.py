@@ -64,7 +64,7 @@ from services.common.events import STREAM
 __all__ = ["AfterCommit", "ConsumerStats", "EventConsumer", "Handler", "Route", "SkipCheck",
            "TxHandler", "after_commit_hooks"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("shop.consumer")
 
 Envelope = envelope_pb2.Envelope
 # A handler acts only through `conn` (the consumer's transaction): it may be run again
@@ -108,7 +108,7 @@ def _run_afters(afters: Sequence[AfterCommit], durable: str) -> None:
         try:
             after()
         except Exception:
-            log.exception("consumer %s: after-commit hook failed", durable)
+            log.exception("after-commit hook failed", extra={"consumer": durable})
 
 
 @dataclass
@@ -147,7 +147,8 @@ def _as_async(fn: TxHandler) -> Handler:
             if pending is not None:
                 pending.append(after)  # run by whoever commits, once committed
             else:
-                log.debug("after-commit hook of %s dropped: nobody collects it", env.subject)
+                log.debug("after-commit hook dropped: nobody collects it",
+                          extra={"subject": env.subject})
 
     return handler
 
@@ -251,7 +252,8 @@ class EventConsumer:
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:  # disconnected: the client reconnects by itself
-                    log.warning("consumer %s fetch failed: %r", self.durable, e)
+                    log.warning("consumer fetch failed",
+                                extra={"consumer": self.durable, "error": repr(e)})
                     await asyncio.sleep(0.5)
                     continue
                 await self.process(msgs)
@@ -293,7 +295,8 @@ class EventConsumer:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the transaction itself failed (e.g. busy past timeout)
-            log.warning("consumer %s batch rolled back: %r", self.durable, e)
+            log.warning("consumer batch rolled back",
+                        extra={"consumer": self.durable, "error": repr(e)})
             for d in good:
                 await self._retry_or_dead_letter(d, f"transaction failed: {e!r}")
             return
@@ -313,7 +316,8 @@ class EventConsumer:
         try:
             noop = await self.db.read_now(run)
         except Exception:  # the check is an optimisation: handle them all instead
-            log.warning("consumer %s: skip check failed", self.durable, exc_info=True)
+            log.warning("consumer skip check failed", extra={"consumer": self.durable},
+                        exc_info=True)
             return batch
         rest: list[_Decoded] = []
         for d, skip in zip(batch, noop, strict=True):
@@ -481,7 +485,7 @@ class EventConsumer:
         try:
             n = await self.db.write(prune)
         except Exception:
-            log.warning("consumer %s: inbox prune failed", durable, exc_info=True)
+            log.warning("inbox prune failed", extra={"consumer": durable}, exc_info=True)
             return
         self.stats.pruned += n
         if n >= _PRUNE_CHUNK:
@@ -516,13 +520,15 @@ class EventConsumer:
                 correlation_id=correlation_id)
         except Exception as e:
             # Leave it to the redelivery / max-deliveries advisory path.
-            log.warning("consumer %s could not dead-letter: %r", self.durable, e)
+            log.warning("consumer could not dead-letter",
+                        extra={"consumer": self.durable, "error": repr(e)})
             await msg.nak(delay=self.backoff_s[-1])
             return
         self.stats.dead_lettered += 1
         self.metrics.dead_letters.inc()
-        log.error("consumer %s dead-lettered event %s (%s): %s",
-                  self.durable, event_id or "?", msg.subject, reason)
+        log.error("consumer dead-lettered an event",
+                  extra={"consumer": self.durable, "event_id": event_id or "?",
+                         "subject": msg.subject, "reason": reason})
         await msg.term()
 
     async def _on_max_deliveries(self, adv: Msg) -> None:
@@ -538,7 +544,7 @@ class EventConsumer:
                 env = Envelope.FromString(data)
                 event_id, correlation_id = env.id, env.correlation_id
             except Exception:
-                log.debug("advisory message %d undecodable", seq)
+                log.debug("advisory message undecodable", extra={"seq": seq})
             if event_id and await self._handled(event_id):
                 return  # handled; only the ack was lost
             await dead_letter(
@@ -548,4 +554,5 @@ class EventConsumer:
             self.stats.dead_lettered += 1
             self.metrics.dead_letters.inc()
         except Exception:
-            log.exception("consumer %s: max-deliveries advisory not handled", self.durable)
+            log.exception("max-deliveries advisory not handled",
+                          extra={"consumer": self.durable})

@@ -41,7 +41,7 @@ __all__ = ["SHARED_SCHEMA", "CommitListener", "Database", "Tx", "mark_outbox_dir
 
 T = TypeVar("T")
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("shop.db")
 
 CommitListener = Callable[[], None]
 
@@ -178,7 +178,7 @@ class Database:
         try:
             read_conn = _open_read_conn(path)
         except sqlite3.Error:  # read_now falls back to read(): slower, same answers
-            log.warning("no read connection for %s", path, exc_info=True)
+            log.warning("no read connection", extra={"path": str(path)}, exc_info=True)
             read_conn = None
         return cls(conn, path, read_conn)
 

@@ -128,10 +128,10 @@ class EventWorkers:
                 state = type(e).__name__
                 if state != failing:  # once per state change, not per attempt
                     failing = state
-                    log.warning("NATS not available (%r); serving without events, "
-                                "retrying up to every %.1fs", e, self.backoff_cap_s)
+                    log.warning("NATS not available; serving without events, retrying",
+                                extra={"error": repr(e), "retry_max_s": self.backoff_cap_s})
                 else:
-                    log.debug("NATS still not available: %r", e)
+                    log.debug("NATS still not available", extra={"error": repr(e)})
                 if self.bus is not None and self.bus.nc.is_closed:
                     self.bus = None
                 await backoff.sleep()
@@ -158,13 +158,15 @@ class EventWorkers:
                 state = repr(e)
                 if state != failing:
                     failing = state
-                    log.warning("%s stopped (%s); restarting with back-off", name, state)
+                    log.warning("background task stopped; restarting with back-off",
+                                extra={"task": name, "error": state})
                 else:
-                    log.debug("%s still failing: %s", name, state)
+                    log.debug("background task still failing",
+                              extra={"task": name, "error": state})
                 await backoff.sleep()
                 continue
             # run() methods only return by failing; treat a return the same way.
-            log.warning("%s returned; restarting", name)
+            log.warning("background task returned; restarting", extra={"task": name})
             await backoff.sleep()
 
     async def close(self) -> None:

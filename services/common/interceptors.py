@@ -91,7 +91,7 @@ def _wrap(method: str, behavior: UnaryBehavior, observe: Observer,
             raise
         except Exception:
             code = "INTERNAL"
-            log.exception("unhandled error in %s", method, extra={"method": method})
+            log.exception("unhandled error", extra={"method": method})
             await ctx.abort(grpc.StatusCode.INTERNAL, "internal error")
         finally:
             observe(code, perf() - started)

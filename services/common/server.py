@@ -300,7 +300,7 @@ def run_service(service: str, build: Callable[[Settings], Awaitable[App]]) -> No
     try:
         code = uvloop.run(_main(service, build))
     except Exception:
-        logging.getLogger("shop.server").exception("service failed")
+        log.exception("service failed")
         code = 1
     sys.exit(code)
 

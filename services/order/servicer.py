@@ -21,8 +21,9 @@ from services.common import context
 from services.common.clients import Downstream
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from services.common.identity import resolve_user
+from services.common.timestamps import timestamp
 from services.order import domain
-from services.order.convert import order_pb, status_pb, timestamp
+from services.order.convert import order_pb, status_pb
 from services.order.domain import Order, OrderStatus, SagaState, SagaStatus
 from services.order.saga import SagaRunner
 from services.order.store import HistoryEntry, OrderStore

@@ -79,8 +79,8 @@ async def ensure_admin(store: UserStore, data_dir: Path, hash_password: Hasher) 
     found = await store.credentials(domain.ADMIN_EMAIL)
     if found is not None:
         if domain.ADMIN_ROLE not in found[0].roles:
-            log.warning("%s exists without the admin role; not granting it",
-                        domain.ADMIN_EMAIL)
+            log.warning("the admin account exists without the admin role; not granting it",
+                        extra={"email": domain.ADMIN_EMAIL})
         return
     password, source = admin_password(data_dir)
     user = domain.User(id=uuid.uuid4().hex, email=domain.ADMIN_EMAIL, name=domain.ADMIN_NAME,

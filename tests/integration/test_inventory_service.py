@@ -28,6 +28,7 @@ from services.common.events import (
 )
 from tests.fixtures_services import ServiceFactory
 from tests.support import mesh
+from tests.support.rpc_errors import expect_error
 
 Stub = inventory_pb2_grpc.InventoryServiceStub
 FP = grpc.StatusCode.FAILED_PRECONDITION
@@ -69,13 +70,6 @@ async def stock(stub: Stub, pid: str) -> tuple[int, int, int]:
 def reserve_req(order_id: str, *items: tuple[str, int]) -> pb.ReserveStockRequest:
     return pb.ReserveStockRequest(
         order_id=order_id, items=[pb.StockItem(product_id=p, quantity=q) for p, q in items])
-
-
-async def expect_error(call: object, code: grpc.StatusCode) -> str:
-    with pytest.raises(aio.AioRpcError) as info:
-        await call
-    assert info.value.code() == code, info.value.details()
-    return info.value.details() or ""
 
 
 async def test_demo_catalogue_is_seeded(stub: Stub) -> None:

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import grpc
 import pytest
 from google.protobuf.message import Message
-from grpc import aio
 from shop.events.v1 import envelope_pb2
 from shop.notification.v1 import notification_pb2 as pb
 from shop.notification.v1 import notification_pb2_grpc
@@ -26,6 +25,7 @@ from services.common.bus import Bus
 from services.common.outbox import new_envelope
 from tests.fixtures_services import ServiceFactory
 from tests.support import mesh
+from tests.support.rpc_errors import expect_error
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -85,13 +85,6 @@ async def list_all(stub: Stub, user_id: str) -> list[pb.Notification]:
     resp = await stub.ListNotifications(
         pb.ListNotificationsRequest(user_id=user_id, page_size=100))
     return list(resp.notifications)
-
-
-async def expect_error(call: Awaitable[object], code: grpc.StatusCode, message: str) -> None:
-    with pytest.raises(aio.AioRpcError) as err:
-        await call
-    assert err.value.code() == code, err.value
-    assert message in (err.value.details() or ""), err.value.details()
 
 
 async def test_every_event_makes_exactly_one_notification(stub: Stub, bus: Bus) -> None:

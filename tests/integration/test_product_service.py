@@ -16,13 +16,13 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from grpc import aio
 from shop.product.v1 import product_pb2, product_pb2_grpc
 
 from ops.process import ServiceProcess, free_port
 from services.common.demo import CATALOGUE as DEMO
 from tests.fixtures_services import TEST_ENV, ServiceFactory
 from tests.support import mesh
+from tests.support.rpc_errors import expect_error
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -91,14 +91,6 @@ async def walk(stub: Stub, page_size: int, query: str = "",
         if not token:
             return out
     raise AssertionError("pagination did not end")
-
-
-async def expect_error(call: object, code: grpc.StatusCode, *fragments: str) -> None:
-    with pytest.raises(aio.AioRpcError) as err:
-        await call  # type: ignore[misc]
-    assert err.value.code() == code, err.value.details()
-    for fragment in fragments:
-        assert fragment in (err.value.details() or "")
 
 
 async def test_get_demo_product(stub: Stub) -> None:
