@@ -25,7 +25,7 @@ import uvloop
 
 from gateway.app import GatewayState, create_app
 from gateway.config import GatewaySettings, load_gateway_settings
-from services.common import discovery, tls
+from services.common import discovery, envvars, tls
 from services.common.logging import configure_logging
 from services.common.pki import GATEWAY
 from services.common.readyfile import write_ready_file
@@ -36,7 +36,7 @@ from services.common.registry import (
     registry_enabled,
     shop_version,
 )
-from services.common.settings import SERVICES, downstream_addr, env_float, env_str, load_settings
+from services.common.settings import SERVICES, downstream_addr, load_settings
 from services.common.tracing import setup_tracing
 
 log = logging.getLogger("shop.gateway")
@@ -98,7 +98,7 @@ async def _announce_when_started(
 
 def _advertised(host: str, port: int) -> str:
     # SHOP_ADVERTISE_HOST: the name other machines reach this one by (as the services).
-    host = os.environ.get("SHOP_ADVERTISE_HOST", "").strip() or host
+    host = envvars.SHOP_ADVERTISE_HOST.get() or host
     if host in ("", "0.0.0.0", "::", "[::]"):
         host = "127.0.0.1"
     return f"{host}:{port}"
@@ -108,7 +108,7 @@ async def _start_discovery(link: RegistryLink) -> None:
     """The process's discovery. Waits for the registry's first read only when some
     service is not pinned by `<SERVICE>_ADDR` (the lifespan's first call needs it)."""
     pinned = all(downstream_addr(name) for name in SERVICES)
-    wait_s = 0.0 if pinned else env_float("SHOP_DISCOVERY_WAIT_S", 2.0)
+    wait_s = 0.0 if pinned else envvars.SHOP_DISCOVERY_WAIT_S.get()
     try:
         await discovery.start_discovery(link=link, wait_s=wait_s)
     except Exception:
@@ -150,7 +150,7 @@ async def serve(settings: GatewaySettings, instance: str, nats_url: str | None =
         loop="uvloop",
         lifespan="on",
         access_log=False,
-        log_level=env_str("SHOP_LOG_LEVEL", "INFO").lower(),
+        log_level=envvars.SHOP_LOG_LEVEL.get().lower(),
         timeout_graceful_shutdown=10,
         # uvicorn would believe X-Forwarded-For from 127.0.0.1 (where the gateway binds)
         # and rewrite the client address with it; the gateway reads proxy headers itself,
@@ -176,6 +176,7 @@ async def serve(settings: GatewaySettings, instance: str, nats_url: str | None =
 
 
 def main() -> None:
+    envvars.read_once("gateway")  # every later read sees the environment of the start
     process = load_settings("gateway")
     configure_logging(process)
     tls.claim_identity(GATEWAY)  # its certificate for every call it makes

@@ -45,11 +45,11 @@ from gateway.auth import Identity, TokenVerifier, bearer_token
 from gateway.errors import HttpError, from_domain_error, from_rpc_error
 from gateway.upstreams import Caller
 from ops.process import grpc_health, http_ok
-from services.common import dlq, natsauth, registry, timestamps
+from services.common import dlq, envvars, natsauth, registry, timestamps
 from services.common.clients import Rpc
 from services.common.errors import DomainError
 from services.common.events import AGGREGATES, STREAM
-from services.common.settings import env_str, health_name
+from services.common.settings import health_name
 
 ReqT = TypeVar("ReqT", bound=Message)
 RespT = TypeVar("RespT", bound=Message)
@@ -152,7 +152,7 @@ class AdminConsole:
                  nats_url: str | None = None) -> None:
         self.verifier = verifier
         self._order = order
-        self.nats_url = nats_url or env_str("NATS_URL", "nats://127.0.0.1:4222")
+        self.nats_url = nats_url or envvars.NATS_URL.get()
         self.tail = EventTail()
         self._nc: Client | None = None
         self._lock = asyncio.Lock()

@@ -15,14 +15,13 @@ anonymous peers reach health checks only.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from grpc import aio
 
-from services.common import tls
+from services.common import envvars, tls
 from services.common.pki import GATEWAY
 from services.common.policy import CallPolicy, load_policy
 
@@ -120,8 +119,7 @@ def interceptors() -> list[aio.ServerInterceptor]:
 
 def probe_port(service: str) -> int | None:
     """The plaintext health-only port, if one is configured."""
-    raw = (os.environ.get(f"{service.upper().replace('-', '_')}_PROBE_PORT", "").strip()
-           or os.environ.get("SHOP_PROBE_PORT", "").strip())
+    raw = envvars.SERVICE_PROBE_PORT.get(service) or envvars.SHOP_PROBE_PORT.get()
     if not raw:
         return None
     if not raw.isdigit():

@@ -30,10 +30,9 @@ from nats.js.api import DiscardPolicy, PubAck, RetentionPolicy, StorageType, Str
 from nats.js.errors import NotFoundError
 from shop.events.v1 import envelope_pb2
 
-from services.common import natsauth
+from services.common import envvars, natsauth
 from services.common.events import AGGREGATES, DLQ_STREAM, STREAM
 from services.common.natsurl import nats_servers, stream_replicas
-from services.common.settings import env_float, env_int
 
 __all__ = ["DUPLICATE_WINDOW_S", "Bus", "OutMsg", "envelope_headers", "inbox_retention_s",
            "probe", "stream_max_age_s", "stream_max_bytes"]
@@ -50,7 +49,7 @@ INBOX_MARGIN_S = 3600.0
 
 def stream_max_age_s() -> float:
     """SHOP_STREAM_MAX_AGE_S: how long the events stream keeps an event (0: for ever)."""
-    value = env_float("SHOP_STREAM_MAX_AGE_S", DEFAULT_MAX_AGE_S)
+    value = envvars.SHOP_STREAM_MAX_AGE_S.get()
     if value < 0:
         raise ValueError(f"SHOP_STREAM_MAX_AGE_S must be >= 0, got {value}")
     if 0 < value < DUPLICATE_WINDOW_S:
@@ -61,7 +60,7 @@ def stream_max_age_s() -> float:
 
 def stream_max_bytes() -> int:
     """SHOP_STREAM_MAX_BYTES: the events stream's size limit (0: none)."""
-    value = env_int("SHOP_STREAM_MAX_BYTES", DEFAULT_MAX_BYTES)
+    value = envvars.SHOP_STREAM_MAX_BYTES.get()
     if value < 0:
         raise ValueError(f"SHOP_STREAM_MAX_BYTES must be >= 0, got {value}")
     return value
@@ -70,8 +69,8 @@ def stream_max_bytes() -> int:
 def inbox_retention_s() -> float:
     """How long an inbox row is kept: SHOP_INBOX_RETAIN_S, else the stream's max age plus
     INBOX_MARGIN_S; 0 (a stream without max age) keeps them for ever."""
-    explicit = env_float("SHOP_INBOX_RETAIN_S", -1.0)
-    if explicit >= 0:
+    explicit = envvars.SHOP_INBOX_RETAIN_S.get()
+    if explicit is not None and explicit >= 0:
         return explicit
     age = stream_max_age_s()
     return age + INBOX_MARGIN_S if age > 0 else 0.0

@@ -29,10 +29,10 @@ from typing import Any
 
 import nats.errors
 
+from services.common import envvars
 from services.common.breakers import breaker_for
 from services.common.clients import Endpoint, set_picker
 from services.common.registry import Instance, RegistryLink, bucket_ttl
-from services.common.settings import env_float
 from services.common.traffic import WeightedRing, traffic
 
 __all__ = [
@@ -126,13 +126,13 @@ class Discovery:
     ) -> None:
         self.link = link
         self.health_every_s = (
-            env_float("SHOP_DISCOVERY_HEALTH_S", 5.0) if health_every_s is None else health_every_s
+            envvars.SHOP_DISCOVERY_HEALTH_S.get() if health_every_s is None else health_every_s
         )
         self.recheck_s = (
-            env_float("SHOP_DISCOVERY_RECHECK_S", 0.25) if recheck_s is None else recheck_s
+            envvars.SHOP_DISCOVERY_RECHECK_S.get() if recheck_s is None else recheck_s
         )
         self.check_timeout_s = (
-            env_float("SHOP_DISCOVERY_CHECK_TIMEOUT_S", 0.5)
+            envvars.SHOP_DISCOVERY_CHECK_TIMEOUT_S.get()
             if check_timeout_s is None
             else check_timeout_s
         )

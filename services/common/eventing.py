@@ -21,11 +21,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common import envvars
 from services.common.bus import Bus
 from services.common.consumer import EventConsumer, Route
 from services.common.db import Database
 from services.common.outbox import OutboxRelay
-from services.common.settings import Settings, env_float
+from services.common.settings import Settings
 
 __all__ = ["ConsumerSpec", "EventWorkers", "event_tasks"]
 
@@ -72,7 +73,7 @@ class EventWorkers:
         self.want_relay = relay
         self.specs = list(consumers)
         self.relay_options: dict[str, Any] = {
-            "lease_s": env_float("SHOP_RELAY_LEASE_S", 5.0), **(relay_options or {})}
+            "lease_s": envvars.SHOP_RELAY_LEASE_S.get(), **(relay_options or {})}
         self.backoff_s = backoff_s
         self.backoff_cap_s = backoff_cap_s
         self.bus: Bus | None = None

@@ -29,7 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from services.common import authz, discovery, tls
+from services.common import authz, discovery, envvars, tls
 from services.common.interceptors import ServerInterceptor
 from services.common.logging import configure_logging
 from services.common.metrics import MetricsServer, ShopMetrics, bind_process, metrics_port
@@ -42,7 +42,7 @@ from services.common.registry import (
     registry_enabled,
     shop_version,
 )
-from services.common.settings import Settings, env_float, health_name, load_settings
+from services.common.settings import Settings, health_name, load_settings
 from services.common.tracing import setup_tracing
 
 log = logging.getLogger("shop.server")
@@ -91,7 +91,7 @@ class App:
 
 def _advertised(host: str, port: int) -> str:
     # SHOP_ADVERTISE_HOST: the name other machines reach this one by (a pod IP, ...).
-    host = os.environ.get("SHOP_ADVERTISE_HOST", "").strip() or host
+    host = envvars.SHOP_ADVERTISE_HOST.get() or host
     if host in ("", "0.0.0.0", "::", "[::]"):
         host = "127.0.0.1"
     return f"{host}:{port}"
@@ -169,7 +169,7 @@ class ServiceRunner:
         self.link.start()
         try:
             self.discovery = await discovery.start_discovery(
-                link=self.link, wait_s=env_float("SHOP_DISCOVERY_WAIT_S", 2.0)
+                link=self.link, wait_s=envvars.SHOP_DISCOVERY_WAIT_S.get()
             )
         except Exception:
             log.exception("discovery failed to start; using fixed/default addresses")
@@ -194,9 +194,9 @@ class ServiceRunner:
         await self.health.enter_graceful_shutdown()
         # Lets health checkers and discovery notice NOT_SERVING (and the deleted key)
         # before the port closes.
-        drain_delay = env_float("SHOP_DRAIN_DELAY_S", 0.0)
+        drain_delay = envvars.SHOP_DRAIN_DELAY_S.get()
         if deregistered:
-            drain_delay = max(drain_delay, env_float("SHOP_DEREGISTER_WAIT_S", 0.25))
+            drain_delay = max(drain_delay, envvars.SHOP_DEREGISTER_WAIT_S.get())
         drain_delay = min(drain_delay, grace)
         if drain_delay > 0:
             await asyncio.sleep(drain_delay)
@@ -251,6 +251,7 @@ async def serve_app(
 
 
 async def _main(service: str, build: Callable[[Settings], Awaitable[App]]) -> int:
+    envvars.read_once(service)  # every later read sees the environment of the start
     settings = load_settings(service)
     configure_logging(settings)
     tls.claim_identity(service)  # build() may already reach NATS or other services

@@ -21,11 +21,12 @@ from shop.product.v1 import product_pb2_grpc
 from shop.shipping.v1 import shipping_pb2_grpc
 from shop.user.v1 import user_pb2_grpc
 
+from services.common import envvars
 from services.common.clients import Downstream
 from services.common.db import Database
 from services.common.eventing import ConsumerSpec, EventWorkers
 from services.common.server import App, run_service
-from services.common.settings import Settings, env_float, env_int
+from services.common.settings import Settings
 from services.order import handlers
 from services.order.domain import Limits
 from services.order.ports import GrpcPorts
@@ -40,7 +41,7 @@ async def build(settings: Settings) -> App:
     upgrade(settings.db_path)
     db = await Database.open(settings.db_path, schema=SCHEMA, durable=True)
     store = OrderStore(db)
-    step_timeout = env_float("SHOP_SAGA_STEP_TIMEOUT_S", 3.0)
+    step_timeout = envvars.SHOP_SAGA_STEP_TIMEOUT_S.get()
     inventory = Downstream("inventory", inventory_pb2_grpc.InventoryServiceStub, cap_s=step_timeout)
     payment = Downstream("payment", payment_pb2_grpc.PaymentServiceStub, cap_s=step_timeout)
     shipping = Downstream("shipping", shipping_pb2_grpc.ShippingServiceStub, cap_s=step_timeout)
@@ -50,18 +51,18 @@ async def build(settings: Settings) -> App:
         carts=Downstream("cart", cart_pb2_grpc.CartServiceStub, cap_s=2.0),
     )
     limits = Limits(
-        reserve=env_int("SHOP_SAGA_RESERVE_ATTEMPTS", 8),
-        charge=env_int("SHOP_SAGA_CHARGE_ATTEMPTS", 8),
-        compensation=env_int("SHOP_SAGA_COMPENSATION_ATTEMPTS", 8),
+        reserve=envvars.SHOP_SAGA_RESERVE_ATTEMPTS.get(),
+        charge=envvars.SHOP_SAGA_CHARGE_ATTEMPTS.get(),
+        compensation=envvars.SHOP_SAGA_COMPENSATION_ATTEMPTS.get(),
     )
     # The instance id is the lease owner: a restarted instance resumes its own sagas at once.
     config = SagaConfig(
-        owner=settings.instance_id, limits=limits, lease_s=env_float("SHOP_SAGA_LEASE_S", 10.0)
+        owner=settings.instance_id, limits=limits, lease_s=envvars.SHOP_SAGA_LEASE_S.get()
     )
     ports = GrpcPorts(inventory, payment, shipping, step_timeout_s=step_timeout)
     runner = SagaRunner(store, ports, config)
     servicer = OrderServicer(
-        store, runner, peers, budget_s=env_float("SHOP_ORDER_SAGA_BUDGET_S", 5.0)
+        store, runner, peers, budget_s=envvars.SHOP_ORDER_SAGA_BUDGET_S.get()
     )
     payment_routes, shipment_routes = handlers.routes(runner.poke)
     events = EventWorkers(

@@ -7,10 +7,11 @@ import logging
 
 from shop.product.v1 import product_pb2, product_pb2_grpc
 
+from services.common import envvars
 from services.common.db import Database
 from services.common.demo import CATALOGUE as DEMO
 from services.common.server import App, run_service
-from services.common.settings import Settings, env_float
+from services.common.settings import Settings
 from services.product.domain import Catalogue, Product
 from services.product.servicer import ProductServicer
 from services.product.store import SCHEMA, ProductStore
@@ -32,7 +33,7 @@ async def build(settings: Settings) -> App:
     servicer = ProductServicer(store, Catalogue())
     await servicer.catch_up()
     log.info("catalogue loaded", extra={"products": len(servicer.catalogue), "seeded": seeded})
-    refresh_s = env_float("PRODUCT_REFRESH_S", 1.0)
+    refresh_s = envvars.PRODUCT_REFRESH_S.get()
 
     async def follow() -> None:
         await servicer.follow(refresh_s)

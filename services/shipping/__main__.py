@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from shop.shipping.v1 import shipping_pb2, shipping_pb2_grpc
 
+from services.common import envvars
 from services.common.db import Database
 from services.common.eventing import ConsumerSpec, EventWorkers
 from services.common.server import App, run_service
-from services.common.settings import Settings, env_float
+from services.common.settings import Settings
 from services.shipping import domain, handlers, store
 from services.shipping.dispatcher import Dispatcher
 from services.shipping.servicer import ShippingServicer
@@ -23,7 +24,7 @@ SERVICE = shipping_pb2.DESCRIPTOR.services_by_name["ShippingService"]
 
 async def build(settings: Settings) -> App:
     delay_s = domain.validate_dispatch_delay(
-        env_float("SHIPPING_DISPATCH_DELAY_S", domain.DEFAULT_DISPATCH_DELAY_S))
+        envvars.SHIPPING_DISPATCH_DELAY_S.get())
     store.upgrade(settings.db_path)
     # durable: a lost commit would re-ship an acknowledged order with a new tracking number.
     db = await Database.open(settings.db_path, schema=SCHEMA, durable=True)

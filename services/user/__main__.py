@@ -9,10 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from shop.user.v1 import user_pb2, user_pb2_grpc
 
+from services.common import envvars
 from services.common.db import Database
 from services.common.eventing import EventWorkers
 from services.common.server import App, run_service
-from services.common.settings import Settings, env_int
+from services.common.settings import Settings
 from services.user import domain
 from services.user.admin import ensure_admin
 from services.user.servicer import UserServicer
@@ -28,7 +29,7 @@ def scrypt_params() -> domain.ScryptParams:
     """SHOP_SCRYPT_N (default 2^17, OWASP's minimum): the cost of new password hashes.
     Lower it only for test runs that sign up many users; stored hashes keep their own
     parameters, and those below the setting are re-hashed at their next login."""
-    return domain.ScryptParams(n=env_int("SHOP_SCRYPT_N", domain.SCRYPT_N))
+    return domain.ScryptParams(n=envvars.SHOP_SCRYPT_N.get())
 
 
 async def build(settings: Settings) -> App:

@@ -18,8 +18,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from services.common import envvars
 from services.common.errors import AlreadyExists, InvalidArgument
-from services.common.settings import env_str
 from services.user import domain
 from services.user.store import UserStore
 
@@ -56,7 +56,7 @@ def _write_exclusive(path: Path, text: str) -> bool:
 
 def admin_password(data_dir: Path) -> tuple[str, str]:
     """(password, where it came from) for the admin account."""
-    given = env_str("SHOP_ADMIN_PASSWORD", "")
+    given = envvars.SHOP_ADMIN_PASSWORD.get()
     if given:
         try:
             domain.check_password_rules(given)
