@@ -183,44 +183,23 @@ class Picker(Protocol):
         ...
 
 
-_resolver: Resolver | None = None
-_picker: Picker | None = None
-
-
-def set_resolver(resolver: Resolver | None) -> None:
-    """Plug in a static resolver: `resolver(service)` returns "host:port" or None (fall back).
-
-    Consulted once per Downstream, when no picker knows the service."""
-    global _resolver
-    _resolver = resolver
-
-
-def set_picker(picker: Picker | None) -> None:
-    """Plug in discovery for the whole process (run_service does it when NATS is there)."""
-    global _picker
-    _picker = picker
-
-
-def current_picker() -> Picker | None:
-    return _picker
-
-
-def resolve_addr(service: str) -> str:
+def resolve_addr(service: str, picker: Picker | None = None,
+                 resolver: Resolver | None = None) -> str:
     """`<SERVICE>_ADDR`, else the picker's next instance, else the resolver, else the
     default local port."""
     fixed = downstream_addr(service)
     if fixed:
         return fixed
-    if _picker is not None:
-        ep = _picker.pick(service)
+    if picker is not None:
+        ep = picker.pick(service)
         if ep is not None:
             return ep.addr
-    return _fallback_addr(service)
+    return _fallback_addr(service, resolver)
 
 
-def _fallback_addr(service: str) -> str:
-    if _resolver is not None:
-        found = _resolver(service)
+def _fallback_addr(service: str, resolver: Resolver | None) -> str:
+    if resolver is not None:
+        found = resolver(service)
         if found:
             return found
     return default_addr(service)
@@ -235,9 +214,10 @@ class Downstream(Generic[StubT]):
     """One downstream service and its breakers.
 
     Where calls go: an explicit `address` or `<SERVICE>_ADDR` pins one address (its own
-    channel); otherwise every call asks the process's picker (discovery) for the next
-    live instance (channels shared per instance), and without one falls back to the
-    resolver or `127.0.0.1:<default port>` on a channel of its own.
+    channel); otherwise every call asks `picker` (the process's discovery, handed in by
+    the composition root) for the next live instance (channels shared per instance), and
+    without one falls back to `resolver` or `127.0.0.1:<default port>` on a channel of
+    its own.
 
     Breakers: a call to a discovered instance goes through that instance's breaker (one
     per instance per process: an unwell instance is skipped by the picker while the others
@@ -255,8 +235,12 @@ class Downstream(Generic[StubT]):
         address: str | None = None,
         breaker: pybreaker.CircuitBreaker | None = None,
         speaks_for_users: bool = False,
+        picker: Picker | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         self.service = service
+        self.picker = picker
+        self._resolver = resolver
         # Only the gateway passes the caller's `x-user-id` on (servers refuse it from
         # anyone else); a service calling another names the user in the request.
         self.speaks_for_users = speaks_for_users
@@ -296,6 +280,8 @@ class Downstream(Generic[StubT]):
             cap_s=base.cap_s if cap_s is None else cap_s,
             breaker=breaker or base.breaker,
             speaks_for_users=base.speaks_for_users,
+            picker=base.picker,
+            resolver=base._resolver,
         )
         twin._own_breaker = breaker is not None or base._own_breaker
         twin._source = base
@@ -320,12 +306,12 @@ class Downstream(Generic[StubT]):
                 self._fixed = self._own(fixed)
         if self._fixed is not None:
             return self._fixed
-        if _picker is not None:
-            ep = _picker.pick(self.service)
+        if self.picker is not None:
+            ep = self.picker.pick(self.service)
             if ep is not None:
                 return ep
         if self._fallback is None:
-            self._fallback = self._own(_fallback_addr(self.service))
+            self._fallback = self._own(_fallback_addr(self.service, self._resolver))
         return self._fallback
 
     @property
@@ -337,7 +323,7 @@ class Downstream(Generic[StubT]):
             return self._address
         if self._fixed is not None:
             return self._fixed.addr
-        return resolve_addr(self.service)
+        return resolve_addr(self.service, self.picker, self._resolver)
 
     def breaker_of(self, ep: Endpoint) -> pybreaker.CircuitBreaker:
         """The breaker a call to `ep` goes through."""
@@ -362,8 +348,8 @@ class Downstream(Generic[StubT]):
             return self._source._candidates()
         if self._fixed is not None:
             return [self._fixed]
-        if _picker is not None:
-            known = _picker.endpoints(self.service)
+        if self.picker is not None:
+            known = self.picker.endpoints(self.service)
             if known:
                 return known
         return [self._fallback] if self._fallback is not None else []
@@ -381,7 +367,7 @@ class Downstream(Generic[StubT]):
 
     async def _probe_instance(self, ep: Endpoint) -> bool | None:
         """The health watch of one instance's breaker; None once it left discovery."""
-        if _picker is None or ep not in _picker.endpoints(ep.service):
+        if self.picker is None or ep not in self.picker.endpoints(ep.service):
             return None
         return await ep.check_health()
 
@@ -484,8 +470,8 @@ class Downstream(Generic[StubT]):
             except aio.AioRpcError as err:
                 self._watch_if_open(breaker, ep)
                 unavailable = err.code() == grpc.StatusCode.UNAVAILABLE
-                if unavailable and ep.instance and _picker is not None:
-                    _picker.mark_down(ep)
+                if unavailable and ep.instance and self.picker is not None:
+                    self.picker.mark_down(ep)
                 # A call that reaches a server in its graceful stop can end CANCELLED before
                 # a handler runs (our own cancellation is asyncio's, never an AioRpcError).
                 retryable = unavailable or err.code() == grpc.StatusCode.CANCELLED

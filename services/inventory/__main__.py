@@ -11,6 +11,7 @@ from services.common.demo import CATALOGUE
 from services.common.eventing import EventWorkers
 from services.common.server import App, run_service
 from services.common.settings import Settings
+from services.common.wiring import Wiring
 from services.inventory.expiry import ReservationExpiry, reservation_ttl_s
 from services.inventory.servicer import InventoryServicer
 from services.inventory.store import SCHEMA, InventoryStore, upgrade
@@ -20,7 +21,7 @@ log = logging.getLogger("shop.inventory")
 SERVICE = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"]
 
 
-async def build(settings: Settings) -> App:
+async def build(settings: Settings, wiring: Wiring) -> App:
     upgrade(settings.db_path)
     # durable: stock is money's twin; a lost commit would break the stock invariant.
     db = await Database.open(settings.db_path, schema=SCHEMA, durable=True)
@@ -38,7 +39,7 @@ async def build(settings: Settings) -> App:
         inventory_pb2_grpc.add_InventoryServiceServicer_to_server,
         servicer,
         tasks=[*events.tasks, *expiry],
-        on_stop=[*events.on_stop, db.close],
+        closers=[db.close, *events.on_stop],
     )
 
 

@@ -22,11 +22,11 @@ from shop.shipping.v1 import shipping_pb2_grpc
 from shop.user.v1 import user_pb2_grpc
 
 from services.common import envvars
-from services.common.clients import Downstream
 from services.common.db import Database
 from services.common.eventing import ConsumerSpec, EventWorkers
 from services.common.server import App, run_service
 from services.common.settings import Settings
+from services.common.wiring import Wiring
 from services.order import handlers
 from services.order.domain import Limits
 from services.order.ports import GrpcPorts
@@ -37,18 +37,21 @@ from services.order.store import SCHEMA, OrderStore, upgrade
 SERVICE = order_pb2.DESCRIPTOR.services_by_name["OrderService"]
 
 
-async def build(settings: Settings) -> App:
+async def build(settings: Settings, wiring: Wiring) -> App:
     upgrade(settings.db_path)
     db = await Database.open(settings.db_path, schema=SCHEMA, durable=True)
     store = OrderStore(db)
     step_timeout = envvars.SHOP_SAGA_STEP_TIMEOUT_S.get()
-    inventory = Downstream("inventory", inventory_pb2_grpc.InventoryServiceStub, cap_s=step_timeout)
-    payment = Downstream("payment", payment_pb2_grpc.PaymentServiceStub, cap_s=step_timeout)
-    shipping = Downstream("shipping", shipping_pb2_grpc.ShippingServiceStub, cap_s=step_timeout)
+    inventory = wiring.downstream("inventory", inventory_pb2_grpc.InventoryServiceStub,
+                                  cap_s=step_timeout)
+    payment = wiring.downstream("payment", payment_pb2_grpc.PaymentServiceStub,
+                                cap_s=step_timeout)
+    shipping = wiring.downstream("shipping", shipping_pb2_grpc.ShippingServiceStub,
+                                 cap_s=step_timeout)
     peers = Peers(
-        users=Downstream("user", user_pb2_grpc.UserServiceStub, cap_s=2.0),
-        products=Downstream("product", product_pb2_grpc.ProductServiceStub, cap_s=2.0),
-        carts=Downstream("cart", cart_pb2_grpc.CartServiceStub, cap_s=2.0),
+        users=wiring.downstream("user", user_pb2_grpc.UserServiceStub, cap_s=2.0),
+        products=wiring.downstream("product", product_pb2_grpc.ProductServiceStub, cap_s=2.0),
+        carts=wiring.downstream("cart", cart_pb2_grpc.CartServiceStub, cap_s=2.0),
     )
     limits = Limits(
         reserve=envvars.SHOP_SAGA_RESERVE_ATTEMPTS.get(),
@@ -87,7 +90,7 @@ async def build(settings: Settings) -> App:
         order_pb2_grpc.add_OrderServiceServicer_to_server,
         servicer,
         tasks=[*events.tasks, runner.resume_loop, runner.heartbeat_loop],
-        on_stop=[stop],
+        closers=[stop],
     )
 
 

@@ -12,6 +12,7 @@ from services.common.db import Database
 from services.common.demo import CATALOGUE as DEMO
 from services.common.server import App, run_service
 from services.common.settings import Settings
+from services.common.wiring import Wiring
 from services.product.domain import Catalogue, Product
 from services.product.servicer import ProductServicer
 from services.product.store import SCHEMA, ProductStore
@@ -25,7 +26,7 @@ DEMO_PRODUCTS = tuple(
 )
 
 
-async def build(settings: Settings) -> App:
+async def build(settings: Settings, wiring: Wiring) -> App:
     # Writes are rare (CreateProduct), so a full fsync per commit costs nothing that matters.
     db = await Database.open(settings.db_path, schema=SCHEMA, durable=True)
     store = ProductStore(db)
@@ -43,7 +44,7 @@ async def build(settings: Settings) -> App:
         product_pb2_grpc.add_ProductServiceServicer_to_server,
         servicer,
         tasks=[follow],
-        on_stop=[db.close],
+        closers=[db.close],
     )
 
 

@@ -14,6 +14,7 @@ from services.common.db import Database
 from services.common.eventing import ConsumerSpec, EventWorkers
 from services.common.server import App, run_service
 from services.common.settings import Settings
+from services.common.wiring import Wiring
 from services.shipping import domain, handlers, store
 from services.shipping.dispatcher import Dispatcher
 from services.shipping.servicer import ShippingServicer
@@ -22,7 +23,7 @@ from services.shipping.store import SCHEMA, ShippingStore
 SERVICE = shipping_pb2.DESCRIPTOR.services_by_name["ShippingService"]
 
 
-async def build(settings: Settings) -> App:
+async def build(settings: Settings, wiring: Wiring) -> App:
     delay_s = domain.validate_dispatch_delay(
         envvars.SHIPPING_DISPATCH_DELAY_S.get())
     store.upgrade(settings.db_path)
@@ -42,7 +43,7 @@ async def build(settings: Settings) -> App:
         shipping_pb2_grpc.add_ShippingServiceServicer_to_server,
         servicer,
         tasks=[*events.tasks, dispatcher.run],
-        on_stop=[*events.on_stop, db.close],
+        closers=[db.close, *events.on_stop],
     )
 
 

@@ -14,6 +14,7 @@ from services.common.db import Database
 from services.common.eventing import EventWorkers
 from services.common.server import App, run_service
 from services.common.settings import Settings
+from services.common.wiring import Wiring
 from services.user import domain
 from services.user.admin import ensure_admin
 from services.user.servicer import UserServicer
@@ -32,7 +33,7 @@ def scrypt_params() -> domain.ScryptParams:
     return domain.ScryptParams(n=envvars.SHOP_SCRYPT_N.get())
 
 
-async def build(settings: Settings) -> App:
+async def build(settings: Settings, wiring: Wiring) -> App:
     # aiosqlite logs every statement with its parameters at DEBUG, password hashes
     # included: that logger never goes below INFO in this service.
     logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.root.level))
@@ -64,8 +65,8 @@ async def build(settings: Settings) -> App:
         user_pb2_grpc.add_UserServiceServicer_to_server,
         servicer,
         tasks=events.tasks,
-        # The event task (relay, lease handed back) is already cancelled when on_stop runs.
-        on_stop=[stop_hasher, *events.on_stop, db.close],
+        # The event task (relay, lease handed back) is already cancelled when these run.
+        closers=[db.close, *events.on_stop, stop_hasher],
     )
 
 

@@ -143,7 +143,7 @@ def test_every_setting_set_is_one_the_code_reads(prod: list[dict[str, Any]],
 
 def _downstreams_in_code(service: str) -> set[str]:
     text = "\n".join(p.read_text() for p in (ROOT / "services" / service).glob("*.py"))
-    return set(re.findall(r'Downstream\("(\w+)"', text))
+    return set(re.findall(r'(?:Downstream|downstream)\("(\w+)"', text))
 
 
 def test_call_edges_are_the_code_s(prod: list[dict[str, Any]]) -> None:

@@ -26,13 +26,15 @@ from services.common.errors import NotFound, Unavailable
 from services.common.pki import GATEWAY, OPERATOR
 from services.common.server import App, run_service
 from services.common.settings import Settings
+from services.common.wiring import Wiring
 
 SERVICE_NAME = product_pb2.DESCRIPTOR.services_by_name["ProductService"].full_name
 
 
 class EchoProductServicer(product_pb2_grpc.ProductServiceServicer):
-    def __init__(self, slow_s: float = 1.0) -> None:
+    def __init__(self, slow_s: float = 1.0, wiring: Wiring | None = None) -> None:
         self.slow_s = slow_s
+        self.wiring = wiring or Wiring()
         self.calls = 0
         self.downstream: Downstream[product_pb2_grpc.ProductServiceStub] | None = None
 
@@ -61,7 +63,8 @@ class EchoProductServicer(product_pb2_grpc.ProductServiceServicer):
             )
         elif pid.startswith("forward:"):
             if self.downstream is None:
-                self.downstream = Downstream("product", product_pb2_grpc.ProductServiceStub)
+                self.downstream = self.wiring.downstream(
+                    "product", product_pb2_grpc.ProductServiceStub)
             reply: product_pb2.GetProductResponse = await self.downstream.call(
                 lambda s: s.GetProduct,
                 product_pb2.GetProductRequest(id=pid.removeprefix("forward:")),
@@ -98,12 +101,12 @@ def make_app(servicer: EchoProductServicer) -> App:
         register=lambda server: product_pb2_grpc.add_ProductServiceServicer_to_server(
             servicer, server
         ),
-        on_stop=[close_downstream],
+        closers=[close_downstream],
     )
 
 
-async def build(settings: Settings) -> App:
-    return make_app(EchoProductServicer(float(os.environ.get("ECHO_SLOW_S", "1.0"))))
+async def build(settings: Settings, wiring: Wiring) -> App:
+    return make_app(EchoProductServicer(float(os.environ.get("ECHO_SLOW_S", "1.0")), wiring))
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from grpc import aio
 from shop.product.v1 import product_pb2, product_pb2_grpc
 
 from services.common import breakers, context
-from services.common.clients import Downstream, resolve_addr, rpc_name, set_resolver
+from services.common.clients import Downstream, resolve_addr, rpc_name
 from services.common.errors import DeadlineExceeded, Unavailable
 from tests.support.inprocess import RunningEcho, running_echo
 
@@ -156,13 +156,10 @@ async def test_unreachable_downstream_is_unavailable() -> None:
 def test_address_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CART_ADDR", raising=False)
     assert resolve_addr("cart") == "127.0.0.1:50053"
-    set_resolver(lambda service: f"{service}.found:1")
-    try:
-        assert resolve_addr("cart") == "cart.found:1"
-        monkeypatch.setenv("CART_ADDR", "fixed:2")
-        assert resolve_addr("cart") == "fixed:2"
-    finally:
-        set_resolver(None)
+    found = lambda service: f"{service}.found:1"  # noqa: E731
+    assert resolve_addr("cart", resolver=found) == "cart.found:1"
+    monkeypatch.setenv("CART_ADDR", "fixed:2")
+    assert resolve_addr("cart", resolver=found) == "fixed:2"
 
 
 async def _open(ds: Downstream[Stub]) -> None:

@@ -14,7 +14,7 @@ from grpc import aio
 from shop.product.v1 import product_pb2, product_pb2_grpc
 
 from services.common import breakers, traffic
-from services.common.clients import Downstream, set_picker
+from services.common.clients import Downstream
 from services.common.discovery import Discovery
 from services.common.registry import Instance, RegistryLink
 from services.common.traffic import TrafficError, WeightedRing, parse_traffic
@@ -65,19 +65,17 @@ async def versions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     async with AsyncExitStack() as stack:
         yield {v: [await stack.enter_async_context(running_echo(tmp_path / f"{v}-{i}"))
                    for i in range(2)] for v in ("v1", "v2")}
-    set_picker(None)
     breakers.reset_breakers()
 
 
 async def test_discovery_splits_payment_style_90_10_between_versions(
         versions: dict[str, list[RunningEcho]]) -> None:
     disc = Discovery(RegistryLink("nats://127.0.0.1:1", name="unit", ttl_s=5))
-    set_picker(disc)
     for version, echoes in versions.items():
         for n, echo in enumerate(echoes):
             info = Instance("echo", f"echo-{version}-{n}", echo.addr, version, 1.0, 1, {})
             disc._upsert(info.key, info)
-    ds = Downstream("echo", Stub, cap_s=2.0)
+    ds = Downstream("echo", Stub, cap_s=2.0, picker=disc)
     try:
         for _ in range(500):
             await ds.call(
