@@ -16,8 +16,7 @@ from ops import deploydesc as d
 from ops import deploygen
 from ops.deploycheck import problems
 from ops.entry import PROCESSES as ENTRY_PROCESSES
-from services.common.clients import health_name
-from services.common.settings import DEFAULT_PORTS, SERVICES
+from services.common.settings import DEFAULT_PORTS, SERVICES, health_name
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

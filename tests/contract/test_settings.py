@@ -48,7 +48,8 @@ def _touches_environ(node: ast.AST) -> bool:
 
 
 def test_only_envvars_reads_the_environment() -> None:
-    found = [f"{p.relative_to(ROOT)}:{n.lineno}" for p in _sources() if not _allowed(p)
+    found = [f"{p.relative_to(ROOT)}:{getattr(n, 'lineno', 0)}" for p in _sources()
+             if not _allowed(p)
              for n in ast.walk(ast.parse(p.read_text())) if _touches_environ(n)]
     assert not found, (f"os.environ read outside services/common/envvars.py: {found}; "
                        "declare the variable there and read it with its Var")
@@ -70,7 +71,7 @@ def _literal_names(path: Path) -> list[tuple[str, int]]:
         elif isinstance(node, ast.Subscript) and _touches_environ(node.value):
             arg = node.slice
         if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-            out.append((arg.value, node.lineno))
+            out.append((arg.value, getattr(node, "lineno", 0)))
     return out
 
 

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -24,7 +25,10 @@ from tests.fixtures_services import ServiceFactory
 from tests.support import mesh
 from tests.support.rpc_errors import expect_error
 
-Stub = cart_pb2_grpc.CartServiceStub
+if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
+    Stub = cart_pb2_grpc.CartServiceAsyncStub
+else:
+    Stub = cart_pb2_grpc.CartServiceStub
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 ESPRESSO = BY_ID["espresso-machine"]
 GRINDER = BY_ID["coffee-grinder"]

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import grpc
 import nats
@@ -31,7 +31,10 @@ from services.common.discovery import Discovery
 from services.common.registry import BUCKET, RegistryLink, list_instances
 
 ROOT = Path(__file__).resolve().parents[2]
-Stub = product_pb2_grpc.ProductServiceStub
+if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
+    Stub = product_pb2_grpc.ProductServiceAsyncStub
+else:
+    Stub = product_pb2_grpc.ProductServiceStub
 
 
 @dataclass

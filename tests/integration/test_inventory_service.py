@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -30,7 +31,10 @@ from tests.fixtures_services import ServiceFactory
 from tests.support import mesh
 from tests.support.rpc_errors import expect_error
 
-Stub = inventory_pb2_grpc.InventoryServiceStub
+if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
+    Stub = inventory_pb2_grpc.InventoryServiceAsyncStub
+else:
+    Stub = inventory_pb2_grpc.InventoryServiceStub
 FP = grpc.StatusCode.FAILED_PRECONDITION
 
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from services.common.db import Database
+from services.common.db import Database, Tx
 from services.notification import domain, store
 from services.notification.mailconfig import MailSettings, parse_smtp_url
 from services.notification.metrics import MailMetrics
@@ -43,7 +43,7 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
 
 async def owe(db: Database, count: int) -> list[str]:
     """`count` welcome notifications, each owing a mail; their ids."""
-    def write(tx: store.Tx) -> list[str]:
+    def write(tx: Tx) -> list[str]:
         ids = []
         for i in range(count):
             store.save_recipient_sync(tx, f"u{i}", f"u{i}@example.com", f"U {i}")

@@ -7,6 +7,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -29,7 +30,10 @@ from tests.support.rpc_errors import expect_error
 
 pytestmark = pytest.mark.timeout(120)
 
-Stub = notification_pb2_grpc.NotificationServiceStub
+if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
+    Stub = notification_pb2_grpc.NotificationServiceAsyncStub
+else:
+    Stub = notification_pb2_grpc.NotificationServiceStub
 
 
 @pytest.fixture

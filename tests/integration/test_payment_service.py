@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -22,7 +23,10 @@ from tests.support.streams import events_on
 
 pytestmark = pytest.mark.timeout(120)
 
-Stub = payment_pb2_grpc.PaymentServiceStub
+if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
+    Stub = payment_pb2_grpc.PaymentServiceAsyncStub
+else:
+    Stub = payment_pb2_grpc.PaymentServiceStub
 
 
 @pytest.fixture

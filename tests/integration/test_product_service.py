@@ -12,6 +12,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -27,7 +28,10 @@ from tests.support.rpc_errors import expect_error
 pytestmark = pytest.mark.timeout(120)
 
 DEMO_IDS = {p.id for p in DEMO}
-Stub = product_pb2_grpc.ProductServiceStub
+if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
+    Stub = product_pb2_grpc.ProductServiceAsyncStub
+else:
+    Stub = product_pb2_grpc.ProductServiceStub
 
 
 def _no_nats() -> str:
@@ -240,8 +244,9 @@ def test_restart_keeps_created_products_and_seeds_nothing_twice(tmp_path: Path) 
         proc.restart(60)
         assert row_count(proc) == 13
         with mesh.sync_channel(proc.addr) as channel:
-            listed = Stub(channel).ListProducts(product_pb2.ListProductsRequest(page_size=100),
-                                                timeout=5)
+            sync_stub = product_pb2_grpc.ProductServiceStub(channel)
+            listed = sync_stub.ListProducts(product_pb2.ListProductsRequest(page_size=100),
+                                            timeout=5)
         assert sorted(p.id for p in listed.products) == sorted([*DEMO_IDS, "kept"])
     finally:
         proc.terminate()

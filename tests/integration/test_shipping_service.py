@@ -9,6 +9,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -29,7 +30,10 @@ from tests.support.streams import events_on
 
 pytestmark = pytest.mark.timeout(120)
 
-Stub = shipping_pb2_grpc.ShippingServiceStub
+if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
+    Stub = shipping_pb2_grpc.ShippingServiceAsyncStub
+else:
+    Stub = shipping_pb2_grpc.ShippingServiceStub
 
 
 DELAY_S = 0.5

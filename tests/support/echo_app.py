@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Any
 
 from grpc import aio
 from shop.product.v1 import product_pb2, product_pb2_grpc
@@ -36,10 +37,10 @@ class EchoProductServicer(product_pb2_grpc.ProductServiceServicer):
         self.slow_s = slow_s
         self.wiring = wiring or Wiring()
         self.calls = 0
-        self.downstream: Downstream[product_pb2_grpc.ProductServiceStub] | None = None
+        self.downstream: Downstream[product_pb2_grpc.ProductServiceAsyncStub] | None = None
 
     async def GetProduct(
-        self, request: product_pb2.GetProductRequest, context_: aio.ServicerContext
+        self, request: product_pb2.GetProductRequest, context_: aio.ServicerContext[Any, Any]
     ) -> product_pb2.GetProductResponse:
         self.calls += 1
         pid = request.id
@@ -74,19 +75,19 @@ class EchoProductServicer(product_pb2_grpc.ProductServiceServicer):
         return product_pb2.GetProductResponse(product=product_pb2.Product(id=pid, name="echo"))
 
     async def ListProducts(
-        self, request: product_pb2.ListProductsRequest, context_: aio.ServicerContext
+        self, request: product_pb2.ListProductsRequest, context_: aio.ServicerContext[Any, Any]
     ) -> product_pb2.ListProductsResponse:
         return product_pb2.ListProductsResponse()
 
     async def BatchGetProducts(
-        self, request: product_pb2.BatchGetProductsRequest, context_: aio.ServicerContext
+        self, request: product_pb2.BatchGetProductsRequest, context_: aio.ServicerContext[Any, Any]
     ) -> product_pb2.BatchGetProductsResponse:
         return product_pb2.BatchGetProductsResponse(
             products=[product_pb2.Product(id=pid) for pid in request.ids]
         )
 
     async def CreateProduct(
-        self, request: product_pb2.CreateProductRequest, context_: aio.ServicerContext
+        self, request: product_pb2.CreateProductRequest, context_: aio.ServicerContext[Any, Any]
     ) -> product_pb2.CreateProductResponse:
         return product_pb2.CreateProductResponse(product=request.product)
 

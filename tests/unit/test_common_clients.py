@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -16,7 +17,10 @@ from services.common.clients import Downstream, resolve_addr, rpc_name
 from services.common.errors import DeadlineExceeded, Unavailable
 from tests.support.inprocess import RunningEcho, running_echo
 
-Stub = product_pb2_grpc.ProductServiceStub
+if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
+    Stub = product_pb2_grpc.ProductServiceAsyncStub
+else:
+    Stub = product_pb2_grpc.ProductServiceStub
 
 
 @pytest.fixture(autouse=True)

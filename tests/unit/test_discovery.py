@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nats.errors
 import pytest
@@ -20,7 +20,10 @@ from services.common.discovery import Discovery
 from services.common.registry import Instance, RegistryLink
 from tests.support.inprocess import RunningEcho, running_echo
 
-Stub = product_pb2_grpc.ProductServiceStub
+if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
+    Stub = product_pb2_grpc.ProductServiceAsyncStub
+else:
+    Stub = product_pb2_grpc.ProductServiceStub
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,7 @@ import itertools
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -20,7 +21,10 @@ from services.common.registry import Instance, RegistryLink
 from services.common.traffic import TrafficError, WeightedRing, parse_traffic
 from tests.support.inprocess import RunningEcho, running_echo
 
-Stub = product_pb2_grpc.ProductServiceStub
+if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
+    Stub = product_pb2_grpc.ProductServiceAsyncStub
+else:
+    Stub = product_pb2_grpc.ProductServiceStub
 
 
 def test_the_shipped_configuration_parses_and_names_the_canary() -> None:
