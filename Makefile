@@ -36,6 +36,7 @@ deploy: $(STAMP)
 # valid against the pinned Kubernetes schemas, compose against the compose-spec, the
 # Dockerfile linted.
 deploy-check: $(STAMP)
+	@echo "==> deploy-check: deploy/ fresh and valid (offline)"
 	$(PY) -m ops.deploygen --check
 	$(PY) -m ops.deploycheck
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec deploy/compose/compose.yaml
@@ -59,15 +60,22 @@ venv: $(STAMP)
 
 # The bench's own extras (plot, profiler), only for `make bench`.
 $(BENCH_STAMP): requirements-bench.lock $(STAMP)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements-bench.lock
-	touch $@
+	@echo "==> pip install: the bench's extras (requirements-bench.lock: plot, profiler)"
+	$(PY) -m pip install --disable-pip-version-check --progress-bar on -r requirements-bench.lock
+	@touch $@
 
-# The venv is rebuilt only when the pinned set or the project metadata change.
+# The venv is rebuilt only when the pinned set or the project metadata change. The first
+# build takes a few minutes: each step says what it does first (`==> ...`), and pip shows
+# its own progress, so a fresh machine never sits on a silent terminal.
 $(STAMP): requirements.lock pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	@echo "==> venv: $(VENV) ($(PYTHON) -m venv)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "==> pip install: the pinned dependencies of requirements.lock into $(VENV)"
+	$(PY) -m pip install --disable-pip-version-check --progress-bar on -r requirements.lock
+	@echo "==> pip install: shop itself, editable"
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
-	touch $@
+	@echo "==> nats-server: $$($(PY) -c 'from ops.natsd import find_binary; print(find_binary())')"
+	@touch $@
 
 # The browser tests (tests/browser) drive Debian's chromium through playwright; playwright's
 # own browser download is never used. Only `make test` needs it, never `make run`.
@@ -77,21 +85,23 @@ browser-deps:
 	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO=sudo; \
 	  else echo "browser tests need $(CHROMIUM): run 'apt-get install -y chromium' as root" \
 	    "(tests/browser fail without it)" >&2; exit 0; fi; \
-	  echo "installing Debian's chromium for the browser tests"; \
-	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null || \
+	  echo "==> chromium: installing Debian's package for the browser tests (apt-get)"; \
+	  $$SUDO apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y chromium || \
 	  echo "could not install chromium; tests/browser will fail until $(CHROMIUM) exists" >&2; \
 	fi
 
 # buf reads google/api protos from the installed googleapis-common-protos.
 proto-deps: $(STAMP)
+	@test -e proto_deps/google/api || echo "==> proto-deps: linking googleapis' protos for buf"
 	@mkdir -p proto_deps/google
 	@ln -sfn "$$($(PY) -c 'import google.api.annotations_pb2 as a, os; print(os.path.dirname(a.__file__))')" proto_deps/google/api
 
 # Generated code is committed; it is rebuilt only when a contract changed.
 $(GEN_STAMP): $(PROTO_FILES) | $(STAMP)
+	@echo "==> proto: generating gen/ from proto/ (a contract changed)"
 	$(PY) -m ops.protogen
-	touch $@
+	@touch $@
 
 proto: $(STAMP)
 	$(PY) -m ops.protogen

@@ -54,8 +54,9 @@ class _Run:
         self.failed = 0
 
 
-async def _worker(orders: order_pb2_grpc.OrderServiceStub, req: order_pb2.CreateOrderRequest,
-                  md: list[tuple[str, str]], run: _Run) -> None:
+async def _worker(orders: order_pb2_grpc.OrderServiceAsyncStub,
+                  req: order_pb2.CreateOrderRequest, md: tuple[tuple[str, str], ...],
+                  run: _Run) -> None:
     while time.monotonic() < run.stop_at:
         if run.interval:
             slot = run.next_at = max(run.next_at + run.interval, time.monotonic() - 0.05)
@@ -76,8 +77,9 @@ async def _worker(orders: order_pb2_grpc.OrderServiceStub, req: order_pb2.Create
                 run.failed += 1
 
 
-async def _level(orders: order_pb2_grpc.OrderServiceStub, req: order_pb2.CreateOrderRequest,
-                 md: list[tuple[str, str]], conc: int, seconds: float,
+async def _level(orders: order_pb2_grpc.OrderServiceAsyncStub,
+                 req: order_pb2.CreateOrderRequest,
+                 md: tuple[tuple[str, str], ...], conc: int, seconds: float,
                  warmup_s: float, pids: dict[str, int], settle_s: float,
                  rate: float) -> dict[str, object]:
     run = _Run(time.monotonic() + warmup_s + seconds, rate)
@@ -120,7 +122,7 @@ async def _drive(system: System, levels: list[int], seconds: float, warmup_s: fl
     user = reply.user.id
     await stock.SetStock(inventory_pb2.SetStockRequest(product_id=PRODUCT,
                                                        available=10_000_000), timeout=10)
-    md = [("x-user-id", user)]
+    md = (("x-user-id", user),)
     req = order_pb2.CreateOrderRequest(
         items=[order_pb2.CreateOrderItem(product_id=PRODUCT, quantity=1)],
         card_token="tok_visa")

@@ -4,9 +4,10 @@ GATEWAY_PORT=0 takes any free port; with SHOP_READY_FILE set, the JSON
 {"service": "gateway", "instance", "addr", "pid"} is written there once serving.
 
 Unless SHOP_REGISTRY=off, the gateway also starts the process's discovery before it
-serves (its Downstreams then follow the registry; a `<SERVICE>_ADDR` still pins), puts
-itself in the registry as service "gateway" (protocol "http", its breakers' states) once
-serving, and deletes its key first thing on a graceful stop.
+serves (handed to its Downstreams; a `<SERVICE>_ADDR` still pins), puts itself in the
+registry as service "gateway" (protocol "http", its breakers' states) once serving, and
+deletes its key first thing on a graceful stop: the services' lifecycle
+(services/common/lifecycle.py, `start_discovery` of services/common/server.py).
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 
 import uvicorn
 import uvloop
 
 from gateway.app import GatewayState, create_app
 from gateway.config import GatewaySettings, load_gateway_settings
-from services.common import discovery, tls
+from services.common import envvars, tls
+from services.common.discovery import Discovery
+from services.common.lifecycle import Lifecycle, advertised
 from services.common.logging import configure_logging
 from services.common.pki import GATEWAY
 from services.common.readyfile import write_ready_file
@@ -36,7 +39,8 @@ from services.common.registry import (
     registry_enabled,
     shop_version,
 )
-from services.common.settings import SERVICES, downstream_addr, env_float, env_str, load_settings
+from services.common.server import start_discovery
+from services.common.settings import SERVICES, downstream_addr, load_settings
 from services.common.tracing import setup_tracing
 
 log = logging.getLogger("shop.gateway")
@@ -88,31 +92,12 @@ async def _announce_when_started(
         if server.should_exit:
             return
         await asyncio.sleep(0.005)
-    log.info("gateway serving on http://%s", addr, extra={"addr": addr})
+    log.info("gateway serving", extra={"addr": addr, "url": f"http://{addr}"})
     if registration is not None and not server.should_exit:
         server.registration = registration
         registration.start()  # in the background: NATS down never stops serving
     if settings.ready_file is not None:
         write_ready_file(settings.ready_file, "gateway", instance, addr)
-
-
-def _advertised(host: str, port: int) -> str:
-    # SHOP_ADVERTISE_HOST: the name other machines reach this one by (as the services).
-    host = os.environ.get("SHOP_ADVERTISE_HOST", "").strip() or host
-    if host in ("", "0.0.0.0", "::", "[::]"):
-        host = "127.0.0.1"
-    return f"{host}:{port}"
-
-
-async def _start_discovery(link: RegistryLink) -> None:
-    """The process's discovery. Waits for the registry's first read only when some
-    service is not pinned by `<SERVICE>_ADDR` (the lifespan's first call needs it)."""
-    pinned = all(downstream_addr(name) for name in SERVICES)
-    wait_s = 0.0 if pinned else env_float("SHOP_DISCOVERY_WAIT_S", 2.0)
-    try:
-        await discovery.start_discovery(link=link, wait_s=wait_s)
-    except Exception:
-        log.exception("discovery failed to start; using fixed/default addresses")
 
 
 def _breakers_of(app: object) -> Mapping[str, str]:
@@ -121,61 +106,80 @@ def _breakers_of(app: object) -> Mapping[str, str]:
 
 
 async def serve(settings: GatewaySettings, instance: str, nats_url: str | None = None) -> None:
+    """The gateway's life, as a service's (services/common/lifecycle.py): the socket, the
+    registry link and discovery, the app (uvicorn runs its lifespan and drains), the
+    registration once serving; stopped in reverse."""
     sock = _bind(settings)
     port = sock.getsockname()[1]
     addr = f"{'127.0.0.1' if settings.host in ('', '0.0.0.0', '::') else settings.host}:{port}"
-    link: RegistryLink | None = None
-    registration: Registration | None = None
-    app = create_app(settings)
-    if nats_url and registry_enabled():
-        link = RegistryLink(nats_url, name=instance)
-        link.start()
-        await _start_discovery(link)
-        registration = Registration(
-            link,
-            Instance(
-                service="gateway",
-                instance_id=instance,
-                addr=_advertised(settings.host, port),
-                version=shop_version(),
-                started_at=time.time(),
-                pid=os.getpid(),
-                protocol="http",
-            ),
-            breakers=lambda: _breakers_of(app),
-        )
-    config = uvicorn.Config(
-        app,
-        http="httptools",
-        loop="uvloop",
-        lifespan="on",
-        access_log=False,
-        log_level=env_str("SHOP_LOG_LEVEL", "INFO").lower(),
-        timeout_graceful_shutdown=10,
-        # uvicorn would believe X-Forwarded-For from 127.0.0.1 (where the gateway binds)
-        # and rewrite the client address with it; the gateway reads proxy headers itself,
-        # from GATEWAY_TRUSTED_PROXIES only (gateway.clientaddr).
-        proxy_headers=False,
-        forwarded_allow_ips="",
-    )
-    server = _Server(config)
-    announcer = asyncio.create_task(
-        _announce_when_started(server, settings, addr, instance, registration)
-    )
-    try:
-        await server.serve(sockets=[sock])
-    finally:
-        announcer.cancel()
-        sock.close()
-        if server.registration is not None:  # serve() ended without a shutdown()
-            await server.registration.stop(timeout=2.0)
-        if discovery.shared_discovery() is not None:
-            await discovery.stop_discovery(close_link=False)
+    async with Lifecycle() as life:
+        life.push("socket", _closer(sock))
+        link: RegistryLink | None = None
+        picker: Discovery | None = None
+        if nats_url and registry_enabled():
+            # Waits for the registry's first read only when some service is not pinned by
+            # `<SERVICE>_ADDR` (the lifespan's first call needs it).
+            pinned = all(downstream_addr(name) for name in SERVICES)
+            link, picker = await start_discovery(life, nats_url, instance,
+                                                 wait_s=0.0 if pinned else None)
+        app = create_app(settings, picker=picker)
+        registration: Registration | None = None
         if link is not None:
-            await link.close()
+            registration = Registration(
+                link,
+                Instance(
+                    service="gateway",
+                    instance_id=instance,
+                    addr=advertised(settings.host, port),
+                    version=shop_version(),
+                    started_at=time.time(),
+                    pid=os.getpid(),
+                    protocol="http",
+                ),
+                breakers=lambda: _breakers_of(app),
+            )
+        config = uvicorn.Config(
+            app,
+            http="httptools",
+            loop="uvloop",
+            lifespan="on",
+            access_log=False,
+            log_level=envvars.SHOP_LOG_LEVEL.get().lower(),
+            timeout_graceful_shutdown=10,
+            # uvicorn would believe X-Forwarded-For from 127.0.0.1 (where the gateway
+            # binds) and rewrite the client address with it; the gateway reads proxy
+            # headers itself, from GATEWAY_TRUSTED_PROXIES only (gateway.clientaddr).
+            proxy_headers=False,
+            forwarded_allow_ips="",
+        )
+        server = _Server(config)
+
+        async def deregister() -> None:
+            if server.registration is not None:  # serve() ended without a shutdown()
+                await server.registration.stop(timeout=2.0)
+
+        life.push("registration", deregister)
+        announcer = asyncio.create_task(
+            _announce_when_started(server, settings, addr, instance, registration)
+        )
+        life.push("announcer", _canceller(announcer))
+        await server.serve(sockets=[sock])
+
+
+def _closer(sock: socket.socket) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        sock.close()
+    return close
+
+
+def _canceller(task: asyncio.Task[None]) -> Callable[[], Awaitable[None]]:
+    async def cancel() -> None:
+        task.cancel()
+    return cancel
 
 
 def main() -> None:
+    envvars.read_once("gateway")  # every later read sees the environment of the start
     process = load_settings("gateway")
     configure_logging(process)
     tls.claim_identity(GATEWAY)  # its certificate for every call it makes

@@ -25,10 +25,11 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import nats
+from google.protobuf.message import Message
 from grpc import aio
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -44,10 +45,14 @@ from gateway.auth import Identity, TokenVerifier, bearer_token
 from gateway.errors import HttpError, from_domain_error, from_rpc_error
 from gateway.upstreams import Caller
 from ops.process import grpc_health, http_ok
-from services.common import dlq, natsauth, registry
+from services.common import dlq, envvars, natsauth, registry, timestamps
+from services.common.clients import Rpc
 from services.common.errors import DomainError
 from services.common.events import AGGREGATES, STREAM
-from services.common.settings import env_str, health_name
+from services.common.settings import health_name
+
+ReqT = TypeVar("ReqT", bound=Message)
+RespT = TypeVar("RespT", bound=Message)
 
 log = logging.getLogger("shop.gateway.admin")
 
@@ -116,7 +121,7 @@ class EventTail:
             env = envelope_pb2.Envelope.FromString(data)
         except Exception:
             env = envelope_pb2.Envelope()
-        when = env.occurred_at.seconds + env.occurred_at.nanos / 1e9 or time.time()
+        when = timestamps.seconds(env.occurred_at) or time.time()
         correlation = env.correlation_id or (headers or {}).get("x-request-id", "")
         self.add_event(TailEvent(0, env.subject or subject, when, correlation, env.source,
                                  env.aggregate_id, env.id))
@@ -147,7 +152,7 @@ class AdminConsole:
                  nats_url: str | None = None) -> None:
         self.verifier = verifier
         self._order = order
-        self.nats_url = nats_url or env_str("NATS_URL", "nats://127.0.0.1:4222")
+        self.nats_url = nats_url or envvars.NATS_URL.get()
         self.tail = EventTail()
         self._nc: Client | None = None
         self._lock = asyncio.Lock()
@@ -213,9 +218,9 @@ class AdminConsole:
             for i, h in zip(found, healths, strict=True)
         ]
 
-    async def _call_order(self, method: str, request: Any) -> Any:
+    async def _call_order(self, rpc: Rpc[Any, ReqT, RespT], request: ReqT) -> RespT:
         try:
-            return await self._order().call(method, request, idempotent=True, timeout=5.0)
+            return await self._order().call(rpc, request, idempotent=True, timeout=5.0)
         except aio.AioRpcError as err:
             raise from_rpc_error(err, "order") from None
         except DomainError as err:
@@ -223,7 +228,7 @@ class AdminConsole:
 
     async def saga(self, order_id: str) -> dict[str, Any]:
         reply = await self._call_order(
-            "GetSagaHistory", order_pb2.GetSagaHistoryRequest(order_id=order_id))
+            lambda s: s.GetSagaHistory, order_pb2.GetSagaHistoryRequest(order_id=order_id))
         status = order_pb2.OrderStatus.Name(reply.status)
         return {
             "orderId": reply.order_id, "status": status,
@@ -234,7 +239,7 @@ class AdminConsole:
         }
 
     async def retry(self, order_id: str) -> dict[str, Any]:
-        await self._call_order("RetrySaga", order_pb2.RetrySagaRequest(order_id=order_id))
+        await self._call_order(lambda s: s.RetrySaga, order_pb2.RetrySagaRequest(order_id=order_id))
         return await self.saga(order_id)
 
     async def dead_letters(self) -> list[dict[str, Any]]:
@@ -275,7 +280,7 @@ class AdminConsole:
         try:
             last = int((await js.stream_info(STREAM)).state.last_seq)
         except Exception as err:
-            log.info("event tail: no stream to seed from: %s", err)
+            log.info("event tail: no stream to seed from", extra={"error": str(err)})
             return
         seen: list[tuple[str, bytes, Mapping[str, str] | None]] = []
         for seq in range(max(1, last - TAIL_SEED + 1), last + 1):
@@ -317,7 +322,7 @@ def admin_routes(console: AdminConsole) -> list[Route]:
             except HttpError as err:
                 return _error(err)
             except grpc.RpcError as err:  # a sync probe's error, never expected here
-                log.warning("admin call failed: %s", err)
+                log.warning("admin call failed", extra={"error": str(err)})
                 return _error(HttpError(503, "UNAVAILABLE", "a downstream call failed"))
         return endpoint
 

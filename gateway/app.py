@@ -59,6 +59,7 @@ from gateway.upstreams import (
 )
 from gateway.web import ADMIN_PREFIX, AdminConsole, admin_routes, web_routes
 from services.common import context
+from services.common.clients import Picker
 from services.common.errors import DomainError
 from services.common.httptracing import HttpSpans
 from services.common.settings import health_name
@@ -89,19 +90,13 @@ class ApiRoute:
 
 
 @dataclass
-class GatewayState:
-    settings: GatewaySettings
-    rules: list[HttpRule]
-    bindings: list[Binding]
-    router: Router[ApiRoute]
-    admission: Admission
-    client_address: ClientAddress
-    metrics: GatewayMetrics
-    verifier: TokenVerifier
-    openapi_json: bytes
+class Callers:
+    """The gateway's clients of the services, made in the lifespan (inside the running
+    loop). Made before the state, so the metrics (breaker states) and the token verifier
+    (the JWKS) are given them directly."""
+
     upstreams: dict[str, Caller] = field(default_factory=dict)
     health: dict[str, Caller] = field(default_factory=dict)
-    dashboard: Dashboard | None = None
     # "dashboard.<service>" -> that part's caller, with a breaker of its own.
     dashboard_parts: dict[str, Caller] = field(default_factory=dict)
 
@@ -112,12 +107,38 @@ class GatewayState:
 
     async def fetch_jwks(self) -> list[dict[str, str]]:
         reply = await self.upstreams["user"].call(
-            "GetJwks", user_pb2.GetJwksRequest(), idempotent=True, timeout=2.0
+            lambda s: s.GetJwks, user_pb2.GetJwksRequest(), idempotent=True, timeout=2.0
         )
         return [
             {"kty": k.kty, "crv": k.crv, "x": k.x, "kid": k.kid, "alg": k.alg, "use": k.use}
             for k in reply.keys
         ]
+
+
+@dataclass
+class GatewayState:
+    settings: GatewaySettings
+    rules: list[HttpRule]
+    bindings: list[Binding]
+    router: Router[ApiRoute]
+    admission: Admission
+    client_address: ClientAddress
+    metrics: GatewayMetrics
+    verifier: TokenVerifier
+    openapi_json: bytes
+    callers: Callers
+    dashboard: Dashboard | None = None
+
+    @property
+    def upstreams(self) -> dict[str, Caller]:
+        return self.callers.upstreams
+
+    @property
+    def health(self) -> dict[str, Caller]:
+        return self.callers.health
+
+    def breaker_states(self) -> dict[str, str]:
+        return self.callers.breaker_states()
 
 
 class ApiHandler:
@@ -257,7 +278,7 @@ class ApiHandler:
         with context.bind(request_id=rid, user_id=user_id):
             try:
                 response = await caller.call(
-                    rule.rpc,
+                    rule.method_of,
                     request,
                     idempotent=binding.idempotent,
                     timeout=state.settings.call_timeout_s,
@@ -346,8 +367,8 @@ def _build_state(settings: GatewaySettings) -> GatewayState:
         is_public=is_public,
         dashboard=(user_pb2.User.DESCRIPTOR, order_pb2.Order.DESCRIPTOR),
     )
-    holder: dict[str, GatewayState] = {}
-    state = GatewayState(
+    callers = Callers()
+    return GatewayState(
         settings=settings,
         rules=rules,
         bindings=bindings,
@@ -359,18 +380,17 @@ def _build_state(settings: GatewaySettings) -> GatewayState:
             login_email=settings.login_email_rate_limit,
         ),
         client_address=ClientAddress(parse_networks(settings.trusted_proxies)),
-        metrics=GatewayMetrics(lambda: holder["state"].breaker_states()),
+        metrics=GatewayMetrics(callers.breaker_states),
         verifier=TokenVerifier(
-            lambda: holder["state"].fetch_jwks(),
+            callers.fetch_jwks,
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
             refetch_interval_s=settings.jwks_refetch_s,
             cache_ttl_s=settings.token_cache_ttl_s,
         ),
         openapi_json=json.dumps(spec, separators=(",", ":")).encode(),
+        callers=callers,
     )
-    holder["state"] = state
-    return state
 
 
 def _ops_routes(state: GatewayState) -> list[Route]:
@@ -383,7 +403,7 @@ def _ops_routes(state: GatewayState) -> list[Route]:
         async def check(name: str) -> str:
             try:
                 reply = await state.health[name].call(
-                    "Check", health_pb2.HealthCheckRequest(service=health_name(name)),
+                    lambda s: s.Check, health_pb2.HealthCheckRequest(service=health_name(name)),
                     idempotent=True, timeout=1.0,
                 )
             except aio.AioRpcError as err:
@@ -432,8 +452,10 @@ def create_app(
     *,
     upstreams: Mapping[str, Caller] | None = None,
     health: Mapping[str, Caller] | None = None,
+    picker: Picker | None = None,
 ) -> Starlette:
-    """The gateway. `upstreams`/`health` replace the real Downstreams (tests)."""
+    """The gateway. `upstreams`/`health` replace the real Downstreams (tests); `picker`
+    (the process's discovery) is where the real ones pick their instances."""
     settings = settings or load_gateway_settings()
     state = _build_state(settings)
     # The storefront, the console and /api/admin/* (gateway/web.py, gateway/admin.py).
@@ -443,25 +465,26 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Channels are made here, inside the running loop, and reused for the process.
         made: list[dict[str, Caller]] = []
-        state.upstreams = (
+        callers = state.callers
+        callers.upstreams = (
             dict(upstreams)
             if upstreams is not None
-            else api_downstreams(state.rules, cap_s=settings.call_timeout_s)
+            else api_downstreams(state.rules, cap_s=settings.call_timeout_s, picker=picker)
         )
         if upstreams is None:
-            made.append(state.upstreams)
-        state.health = (dict(health) if health is not None
-                        else health_downstreams(state.upstreams))
+            made.append(callers.upstreams)
+        callers.health = (dict(health) if health is not None
+                          else health_downstreams(callers.upstreams, picker=picker))
         if health is None:
-            made.append(state.health)
+            made.append(callers.health)
         # The dashboard's parts reuse the same channels under breakers of their own, so
         # its short part deadlines never open the breakers the other routes share.
         parts = dashboard_callers(
-            state.upstreams,
+            callers.upstreams,
             fail_max=settings.dashboard_breaker_fail_max,
             reset_s=settings.dashboard_breaker_reset_s,
         )
-        state.dashboard_parts = parts
+        callers.dashboard_parts = parts
         state.dashboard = Dashboard(
             parts["dashboard.user"],
             parts["dashboard.order"],

@@ -115,7 +115,7 @@ class TokenVerifier:
             try:
                 jwks = await self._fetch_jwks()
             except Exception as err:
-                log.warning("could not fetch the JWKS: %s", err)
+                log.warning("could not fetch the JWKS", extra={"error": str(err)})
                 return False
             keys: dict[str, Any] = {}
             for jwk in jwks:
@@ -125,7 +125,7 @@ class TokenVerifier:
                 try:
                     keys[kid] = jwt.PyJWK(dict(jwk), algorithm=ALGORITHM).key
                 except jwt.PyJWTError as err:
-                    log.warning("skipping an unusable JWK %s: %s", kid, err)
+                    log.warning("skipping an unusable JWK", extra={"kid": kid, "error": str(err)})
             self._keys = keys
             return True
 

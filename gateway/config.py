@@ -1,8 +1,8 @@
-"""Gateway settings, all from the environment with working defaults."""
+"""Gateway settings, from the environment (services/common/envvars.py declares each
+variable and its default)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +12,7 @@ from gateway.ratelimit import (
     DEFAULT_LOGIN_EMAIL_LIMIT,
     DEFAULT_LOGIN_LIMIT,
 )
-from services.common.settings import env_float, env_int, env_str
+from services.common import envvars
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,27 +53,25 @@ class GatewaySettings:
 
 
 def load_gateway_settings() -> GatewaySettings:
-    ready = os.environ.get("SHOP_READY_FILE", "")
+    ready = envvars.SHOP_READY_FILE.get()
     return GatewaySettings(
-        host=env_str("SHOP_HOST", "127.0.0.1"),
-        port=env_int("GATEWAY_PORT", 8080),
-        rate_limit=os.environ.get("GATEWAY_RATE_LIMIT", DEFAULT_LIMIT),
-        anon_rate_limit=os.environ.get("GATEWAY_ANON_RATE_LIMIT", DEFAULT_ANON_LIMIT),
-        login_rate_limit=os.environ.get("GATEWAY_LOGIN_RATE_LIMIT", DEFAULT_LOGIN_LIMIT),
-        login_email_rate_limit=os.environ.get(
-            "GATEWAY_LOGIN_EMAIL_RATE_LIMIT", DEFAULT_LOGIN_EMAIL_LIMIT
-        ),
-        trusted_proxies=os.environ.get("GATEWAY_TRUSTED_PROXIES", ""),
-        jwt_issuer=env_str("SHOP_JWT_ISSUER", "shop-user"),
-        jwt_audience=env_str("SHOP_JWT_AUDIENCE", "shop-api"),
-        max_body_bytes=env_int("GATEWAY_MAX_BODY_BYTES", 64 * 1024),
-        drain_max_bytes=env_int("GATEWAY_DRAIN_MAX_BYTES", 16 * 1024 * 1024),
-        drain_timeout_s=env_float("GATEWAY_DRAIN_TIMEOUT_S", 10.0),
-        call_timeout_s=env_float("GATEWAY_CALL_TIMEOUT_S", 10.0),
-        dashboard_part_timeout_s=env_float("GATEWAY_DASHBOARD_TIMEOUT_S", 0.6),
-        dashboard_breaker_fail_max=env_int("GATEWAY_DASHBOARD_BREAKER_FAIL_MAX", 5),
-        dashboard_breaker_reset_s=env_float("GATEWAY_DASHBOARD_BREAKER_RESET_S", 5.0),
-        jwks_refetch_s=env_float("GATEWAY_JWKS_REFETCH_S", 5.0),
-        token_cache_ttl_s=env_float("GATEWAY_TOKEN_CACHE_TTL_S", 30.0),
+        host=envvars.SHOP_HOST.get(),
+        port=envvars.GATEWAY_PORT.get(),
+        rate_limit=envvars.GATEWAY_RATE_LIMIT.get(),
+        anon_rate_limit=envvars.GATEWAY_ANON_RATE_LIMIT.get(),
+        login_rate_limit=envvars.GATEWAY_LOGIN_RATE_LIMIT.get(),
+        login_email_rate_limit=envvars.GATEWAY_LOGIN_EMAIL_RATE_LIMIT.get(),
+        trusted_proxies=envvars.GATEWAY_TRUSTED_PROXIES.get(),
+        jwt_issuer=envvars.SHOP_JWT_ISSUER.get(),
+        jwt_audience=envvars.SHOP_JWT_AUDIENCE.get(),
+        max_body_bytes=envvars.GATEWAY_MAX_BODY_BYTES.get(),
+        drain_max_bytes=envvars.GATEWAY_DRAIN_MAX_BYTES.get(),
+        drain_timeout_s=envvars.GATEWAY_DRAIN_TIMEOUT_S.get(),
+        call_timeout_s=envvars.GATEWAY_CALL_TIMEOUT_S.get(),
+        dashboard_part_timeout_s=envvars.GATEWAY_DASHBOARD_TIMEOUT_S.get(),
+        dashboard_breaker_fail_max=envvars.GATEWAY_DASHBOARD_BREAKER_FAIL_MAX.get(),
+        dashboard_breaker_reset_s=envvars.GATEWAY_DASHBOARD_BREAKER_RESET_S.get(),
+        jwks_refetch_s=envvars.GATEWAY_JWKS_REFETCH_S.get(),
+        token_cache_ttl_s=envvars.GATEWAY_TOKEN_CACHE_TTL_S.get(),
         ready_file=Path(ready) if ready else None,
     )

@@ -71,13 +71,14 @@ class Dashboard:
 
     async def _fetch_user(self) -> Any:
         reply = await self._users.call(
-            "GetUser", user_pb2.GetUserRequest(id="me"), idempotent=True, timeout=self._timeout
+            lambda s: s.GetUser, user_pb2.GetUserRequest(id="me"), idempotent=True,
+            timeout=self._timeout,
         )
         return to_dict(reply.user)
 
     async def _fetch_orders(self) -> Any:
         reply = await self._orders.call(
-            "ListOrders",
+            lambda s: s.ListOrders,
             order_pb2.ListOrdersRequest(page_size=RECENT_ORDERS),
             idempotent=True,
             timeout=self._timeout,
@@ -86,7 +87,7 @@ class Dashboard:
 
     async def _fetch_unread(self) -> Any:
         reply = await self._notifications.call(
-            "CountUnread",
+            lambda s: s.CountUnread,
             notification_pb2.CountUnreadRequest(),
             idempotent=True,
             timeout=self._timeout,
@@ -101,7 +102,7 @@ class Dashboard:
         except Exception as err:  # any failure of a part degrades only that part
             if self._on_error is not None:
                 self._on_error(name, err)
-            log.info("dashboard part %s degraded: %s", name, err)
+            log.info("dashboard part degraded", extra={"part": name, "error": str(err)})
             return self._last.get((name, user_id), empty), True
         key = (name, user_id)
         last = self._last

@@ -13,8 +13,9 @@ regex tries.
 from __future__ import annotations
 
 import importlib
+import operator
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -211,6 +212,12 @@ class HttpRule:
     @property
     def key(self) -> str:
         return f"{self.http_method} {self.template.raw}"
+
+    @property
+    def method_of(self) -> Callable[[Any], Any]:
+        """The selector of this rule's method on its stub (`Downstream.call`'s first
+        argument), from the proto method the rule was read from."""
+        return operator.attrgetter(self.rpc)
 
 
 def _pattern_of(rule: http_pb2.HttpRule) -> tuple[str, str]:

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -22,8 +22,11 @@ from google.protobuf.message import Message
 from starlette.applications import Starlette
 
 from services.common import context
+from services.common.clients import Rpc, rpc_name
 
 Handler = Callable[[Message], Awaitable[Message] | Message]
+ReqT = TypeVar("ReqT", bound=Message)
+RespT = TypeVar("RespT", bound=Message)
 
 
 @dataclass
@@ -38,7 +41,8 @@ class Call:
 
 @dataclass
 class FakeCaller:
-    """A downstream whose methods are Python callables; records every call."""
+    """A downstream whose methods are Python callables (keyed by the method's name, as
+    `rpc_name` reads it from a call's selector); records every call."""
 
     service: str
     handlers: dict[str, Handler] = field(default_factory=dict)
@@ -47,12 +51,13 @@ class FakeCaller:
 
     async def call(
         self,
-        method: str,
-        request: Message,
+        rpc: Rpc[Any, ReqT, RespT],
+        request: ReqT,
         *,
         idempotent: bool,
         timeout: float | None = None,  # noqa: ASYNC109 - mirrors Downstream.call
-    ) -> Any:
+    ) -> RespT:
+        method = rpc_name(rpc)
         self.calls.append(
             Call(method, request, context.user_id(), context.request_id(), idempotent, timeout)
         )
@@ -62,7 +67,8 @@ class FakeCaller:
         result = handler(request)
         if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
             result = await result
-        return result
+        reply: RespT = result  # type: ignore[assignment] # the handler answers the method
+        return reply
 
     async def close(self) -> None:
         return None

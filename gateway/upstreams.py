@@ -11,7 +11,7 @@ own, and their timeouts must not open the breakers every other route shares.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import pybreaker
 from google.protobuf.message import Message
@@ -19,38 +19,46 @@ from grpc_health.v1 import health_pb2_grpc
 
 from gateway.rules import HttpRule
 from services.common.breakers import new_breaker
-from services.common.clients import Downstream
+from services.common.clients import Downstream, Picker, Rpc
 from services.common.errors import Unavailable
 from services.common.settings import SERVICES
 
+ReqT = TypeVar("ReqT", bound=Message)
+RespT = TypeVar("RespT", bound=Message)
+
 
 class Caller(Protocol):
+    """A service's calls, as `Downstream.call`: `lambda s: s.Method` names the method (the
+    gateway's routes build theirs from the proto method, `HttpRule.method_of`)."""
+
     service: str
 
     async def call(
         self,
-        method: str,
-        request: Message,
+        rpc: Rpc[Any, ReqT, RespT],
+        request: ReqT,
         *,
         idempotent: bool,
         timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline, as Downstream
-    ) -> Any: ...
+    ) -> RespT: ...
 
     async def close(self) -> None: ...
 
 
-def api_downstreams(rules: Iterable[HttpRule], *, cap_s: float) -> dict[str, Caller]:
+def api_downstreams(rules: Iterable[HttpRule], *, cap_s: float,
+                    picker: Picker | None = None) -> dict[str, Caller]:
     """One Downstream per service that serves a route (its stub from the rules)."""
     out: dict[str, Caller] = {}
     for rule in rules:
         if rule.service not in out and rule.stub_class is not None:
             out[rule.service] = Downstream(rule.service, rule.stub_class, cap_s=cap_s,
-                                           speaks_for_users=True)
+                                           speaks_for_users=True, picker=picker)
     return out
 
 
 def health_downstreams(upstreams: Mapping[str, Caller] | None = None,
-                       services: Iterable[str] = SERVICES) -> dict[str, Caller]:
+                       services: Iterable[str] = SERVICES, *,
+                       picker: Picker | None = None) -> dict[str, Caller]:
     """grpc.health.v1 clients for /readyz (they share each service's breaker). On the
     channels of the routes' Downstream where there is one: a ready gateway then has the
     very channels its routes call on connected."""
@@ -59,7 +67,8 @@ def health_downstreams(upstreams: Mapping[str, Caller] | None = None,
         base = (upstreams or {}).get(name)
         out[name] = (Downstream.sharing(base, cap_s=1.0, stub_factory=health_pb2_grpc.HealthStub)
                      if isinstance(base, Downstream)
-                     else Downstream(name, health_pb2_grpc.HealthStub, cap_s=1.0))
+                     else Downstream(name, health_pb2_grpc.HealthStub, cap_s=1.0,
+                                     picker=picker))
     return out
 
 
@@ -100,16 +109,16 @@ class _BreakerCaller:
 
     async def call(
         self,
-        method: str,
-        request: Message,
+        rpc: Rpc[Any, ReqT, RespT],
+        request: ReqT,
         *,
         idempotent: bool,
         timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline, as Downstream
-    ) -> Any:
+    ) -> RespT:
         try:
             with self.breaker.calling():
                 return await self._base.call(
-                    method, request, idempotent=idempotent, timeout=timeout
+                    rpc, request, idempotent=idempotent, timeout=timeout
                 )
         except pybreaker.CircuitBreakerError:
             raise Unavailable(f"{self.service} unavailable: circuit open") from None

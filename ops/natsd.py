@@ -239,18 +239,20 @@ def _jetstream_ready(host: str, port: int, pki: Path | None = None) -> bool:
             if not info.startswith(b"INFO"):
                 return False
             sock = _tls_upgrade(raw, pki) if pki is not None else raw
-            f = sock.makefile("rb")
-            sock.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n'
-                         b"SUB _natsd.ready 1\r\nPUB $JS.API.INFO _natsd.ready 0\r\n\r\nPING\r\n")
-            while True:
-                line = f.readline()
-                if not line:
-                    return False
-                if line.startswith(b"MSG"):
-                    size = int(line.split()[-1])
-                    body = f.read(size + 2)
-                    return b'"error"' not in body
-                if line.startswith(b"-ERR"):
-                    return False
+            # The TLS socket is a socket of its own: closed with `raw`, or it leaks.
+            with sock, sock.makefile("rb") as f:
+                sock.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n'
+                             b"SUB _natsd.ready 1\r\nPUB $JS.API.INFO _natsd.ready 0\r\n"
+                             b"\r\nPING\r\n")
+                while True:
+                    line = f.readline()
+                    if not line:
+                        return False
+                    if line.startswith(b"MSG"):
+                        size = int(line.split()[-1])
+                        body = f.read(size + 2)
+                        return b'"error"' not in body
+                    if line.startswith(b"-ERR"):
+                        return False
     except OSError:
         return False

@@ -386,10 +386,12 @@ def main() -> int:
             nats_url = external_nats
             log(f"using external NATS at {nats_url}")
         else:
+            log(f"starting NATS (JetStream) on port {nats_port}")
             nats = embedded_nats(data_dir / "nats", port=nats_port, nodes=nats_nodes,
                                  route_port=route_port).spawn()
             nats_url = nats.url
         precompile()
+        log("starting the services and the gateway; waiting until each reports healthy")
         timeout = float(os.environ.get("SHOP_START_TIMEOUT_S") or 60)
         mail_env = {}
         if traces is not None:

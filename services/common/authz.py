@@ -15,27 +15,26 @@ anonymous peers reach health checks only.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from grpc import aio
 
-from services.common import tls
+from services.common import envvars, tls
 from services.common.pki import GATEWAY
 from services.common.policy import CallPolicy, load_policy
 
 log = logging.getLogger("shop.authz")
 
-Check = Callable[[aio.ServicerContext], Awaitable[None]]
+Check = Callable[[aio.ServicerContext[Any, Any]], Awaitable[None]]
 
 
 def _checker(method: str, allowed: frozenset[str], speaks_for_user: bool) -> Check:
     peer_identity = tls.peer_identity
     deny = grpc.StatusCode.PERMISSION_DENIED
 
-    async def check(ctx: aio.ServicerContext) -> None:
+    async def check(ctx: aio.ServicerContext[Any, Any]) -> None:
         caller = peer_identity(ctx)
         if speaks_for_user and caller != GATEWAY:
             log.warning("refused x-user-id", extra={"caller": caller, "method": method})
@@ -55,7 +54,7 @@ def _guard(handler: Any, check: Check) -> Any:
     if handler.unary_unary is not None:
         inner_uu = handler.unary_unary
 
-        async def unary_unary(request: Any, ctx: aio.ServicerContext) -> Any:
+        async def unary_unary(request: Any, ctx: aio.ServicerContext[Any, Any]) -> Any:
             await check(ctx)
             return await inner_uu(request, ctx)
 
@@ -63,14 +62,14 @@ def _guard(handler: Any, check: Check) -> Any:
     if handler.stream_unary is not None:
         inner_su = handler.stream_unary
 
-        async def stream_unary(requests: Any, ctx: aio.ServicerContext) -> Any:
+        async def stream_unary(requests: Any, ctx: aio.ServicerContext[Any, Any]) -> Any:
             await check(ctx)
             return await inner_su(requests, ctx)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, **ser)
     streaming = handler.unary_stream or handler.stream_stream
 
-    async def respond(request: Any, ctx: aio.ServicerContext) -> AsyncIterator[Any]:
+    async def respond(request: Any, ctx: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         await check(ctx)
         result = streaming(request, ctx)
         if hasattr(result, "__aiter__"):
@@ -84,7 +83,7 @@ def _guard(handler: Any, check: Check) -> Any:
     return grpc.stream_stream_rpc_method_handler(respond, **ser)
 
 
-class AuthzInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
+class AuthzInterceptor(aio.ServerInterceptor):
     """Default deny: the policy's identities only, and x-user-id from the gateway only."""
 
     def __init__(self, policy: CallPolicy) -> None:
@@ -120,8 +119,7 @@ def interceptors() -> list[aio.ServerInterceptor]:
 
 def probe_port(service: str) -> int | None:
     """The plaintext health-only port, if one is configured."""
-    raw = (os.environ.get(f"{service.upper().replace('-', '_')}_PROBE_PORT", "").strip()
-           or os.environ.get("SHOP_PROBE_PORT", "").strip())
+    raw = envvars.SERVICE_PROBE_PORT.get(service) or envvars.SHOP_PROBE_PORT.get()
     if not raw:
         return None
     if not raw.isdigit():

@@ -30,8 +30,7 @@ import grpc
 import pybreaker
 from grpc import aio
 
-from services.common import context
-from services.common.settings import env_float, env_int
+from services.common import context, envvars
 
 log = logging.getLogger("shop.breaker")
 
@@ -106,7 +105,7 @@ class ShopBreaker(pybreaker.CircuitBreaker):
             # Callers see the real error of the call that tripped it, not a generic one.
             throw_new_error_on_trip=False,
         )
-        self.probe_every_s = (env_float("SHOP_BREAKER_PROBE_S", 0.25)
+        self.probe_every_s = (envvars.SHOP_BREAKER_PROBE_S.get()
                               if probe_every_s is None else probe_every_s)
         self._probing = False  # a half-open probe call is in flight
         self.used = False  # a call went through it (breaker_states skips unused ones)
@@ -251,8 +250,8 @@ def breaker_for(service: str, instance: str = "") -> ShopBreaker:
     if breaker is None:
         breaker = new_breaker(
             key,
-            fail_max=env_int("SHOP_BREAKER_FAIL_MAX", 5),
-            reset_timeout=env_float("SHOP_BREAKER_RESET_S", 30.0),
+            fail_max=envvars.SHOP_BREAKER_FAIL_MAX.get(),
+            reset_timeout=envvars.SHOP_BREAKER_RESET_S.get(),
         )
         _registry[key] = breaker
     return breaker

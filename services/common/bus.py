@@ -30,15 +30,14 @@ from nats.js.api import DiscardPolicy, PubAck, RetentionPolicy, StorageType, Str
 from nats.js.errors import NotFoundError
 from shop.events.v1 import envelope_pb2
 
-from services.common import natsauth
+from services.common import envvars, natsauth
 from services.common.events import AGGREGATES, DLQ_STREAM, STREAM
 from services.common.natsurl import nats_servers, stream_replicas
-from services.common.settings import env_float, env_int
 
 __all__ = ["DUPLICATE_WINDOW_S", "Bus", "OutMsg", "envelope_headers", "inbox_retention_s",
            "probe", "stream_max_age_s", "stream_max_bytes"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("shop.bus")
 
 DUPLICATE_WINDOW_S = 120.0
 DEFAULT_MAX_AGE_S = 7 * 24 * 3600.0
@@ -50,7 +49,7 @@ INBOX_MARGIN_S = 3600.0
 
 def stream_max_age_s() -> float:
     """SHOP_STREAM_MAX_AGE_S: how long the events stream keeps an event (0: for ever)."""
-    value = env_float("SHOP_STREAM_MAX_AGE_S", DEFAULT_MAX_AGE_S)
+    value = envvars.SHOP_STREAM_MAX_AGE_S.get()
     if value < 0:
         raise ValueError(f"SHOP_STREAM_MAX_AGE_S must be >= 0, got {value}")
     if 0 < value < DUPLICATE_WINDOW_S:
@@ -61,7 +60,7 @@ def stream_max_age_s() -> float:
 
 def stream_max_bytes() -> int:
     """SHOP_STREAM_MAX_BYTES: the events stream's size limit (0: none)."""
-    value = env_int("SHOP_STREAM_MAX_BYTES", DEFAULT_MAX_BYTES)
+    value = envvars.SHOP_STREAM_MAX_BYTES.get()
     if value < 0:
         raise ValueError(f"SHOP_STREAM_MAX_BYTES must be >= 0, got {value}")
     return value
@@ -70,8 +69,8 @@ def stream_max_bytes() -> int:
 def inbox_retention_s() -> float:
     """How long an inbox row is kept: SHOP_INBOX_RETAIN_S, else the stream's max age plus
     INBOX_MARGIN_S; 0 (a stream without max age) keeps them for ever."""
-    explicit = env_float("SHOP_INBOX_RETAIN_S", -1.0)
-    if explicit >= 0:
+    explicit = envvars.SHOP_INBOX_RETAIN_S.get()
+    if explicit is not None and explicit >= 0:
         return explicit
     age = stream_max_age_s()
     return age + INBOX_MARGIN_S if age > 0 else 0.0
@@ -161,7 +160,7 @@ class Bus:
         holder: list[Bus] = []
 
         async def on_error(e: Exception) -> None:
-            log.debug("nats error: %r", e)
+            log.debug("nats error", extra={"error": repr(e)})
 
         async def on_disconnect() -> None:
             if holder and holder[0].closing:
@@ -266,8 +265,8 @@ class Bus:
                 await nc.drain()
                 return
             except Exception as e:
-                log.debug("nats drain failed, closing: %r", e)
+                log.debug("nats drain failed, closing", extra={"error": repr(e)})
         try:
             await nc.close()
         except Exception as e:
-            log.debug("nats close failed: %r", e)
+            log.debug("nats close failed", extra={"error": repr(e)})

@@ -1,7 +1,12 @@
 """Calling another shop service: deadline, metadata, retries, circuit breaker.
 
     products = Downstream("product", product_pb2_grpc.ProductServiceStub)
-    reply = await products.call("GetProduct", req, idempotent=True)
+    reply = await products.call(lambda s: s.GetProduct, req, idempotent=True)
+
+A call names its method by a selector over the generated stub (`lambda s: s.GetProduct`):
+mypy checks the method exists and infers its request and response types from the stub's
+.pyi; the method's name (for metrics, spans and proto/traffic.toml) is read from the
+selector by `rpc_name`, never written as a string.
 
 Errors reach the caller as the downstream's grpc.aio.AioRpcError (the server interceptor
 passes its code on), or errors.Unavailable when the breaker is open, or
@@ -31,6 +36,13 @@ from services.common.settings import default_addr, downstream_addr, health_name
 from services.common.traffic import traffic
 
 StubT = TypeVar("StubT")
+ReqT = TypeVar("ReqT", bound=Message)
+RespT = TypeVar("RespT", bound=Message)
+
+# `lambda s: s.GetProduct`: one unary method of a generated stub. mypy types a Downstream
+# made with `ProductServiceStub` as Downstream[ProductServiceAsyncStub] (the .pyi's stub
+# on an aio channel), whose methods carry their request and response types.
+Rpc = Callable[[StubT], aio.UnaryUnaryMultiCallable[ReqT, RespT]]
 
 Resolver = Callable[[str], str | None]
 
@@ -57,12 +69,41 @@ HEALTH_CHECK_TIMEOUT_S = 0.5
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
+class _NameProbe:
+    """Stands in for a stub: each attribute read answers the attribute's name."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> str:
+        return name
+
+
+_PROBE: Any = _NameProbe()
+
+
+def rpc_name(rpc: Callable[[Any], Any]) -> str:
+    """The method a selector picks (`lambda s: s.GetProduct` -> "GetProduct")."""
+    name = rpc(_PROBE)
+    if not isinstance(name, str):
+        raise TypeError(f"{rpc!r} does not pick a stub method")
+    return name
+
+
 class Endpoint:
     """One address of a service: its channel (made on first use, inside the running loop)
-    and the bound stub methods made on it, cached per (stub class, method)."""
+    and the stubs made on it, cached per stub class."""
 
-    __slots__ = ("_generation", "_methods", "_retiring", "addr", "breaker", "channel", "healthy",
-                 "instance", "service")
+    __slots__ = (
+        "_generation",
+        "_retiring",
+        "_stubs",
+        "addr",
+        "breaker",
+        "channel",
+        "healthy",
+        "instance",
+        "service",
+    )
 
     def __init__(self, service: str, addr: str, instance: str = "") -> None:
         self.service = service
@@ -72,7 +113,7 @@ class Endpoint:
         # A discovered instance's own breaker (set by discovery); None: the Downstream's.
         self.breaker: ShopBreaker | None = None
         self.channel: aio.Channel | None = None
-        self._methods: dict[tuple[Callable[[aio.Channel], Any], str], Any] = {}
+        self._stubs: dict[Callable[[aio.Channel], Any], Any] = {}
         self._generation = 0
         self._retiring: set[asyncio.Task[None]] = set()
 
@@ -99,26 +140,26 @@ class Endpoint:
         """New certificate files: later calls go on a new channel; the old one is closed
         once its calls in flight are done (a live channel cannot change certificates)."""
         old, self.channel = self.channel, None
-        self._methods.clear()
+        self._stubs.clear()
         if old is not None:
             task = asyncio.get_running_loop().create_task(old.close(_RETIRE_GRACE_S))
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
 
-    def method(self, stub_factory: Callable[[aio.Channel], Any], name: str) -> Any:
+    def stub(self, stub_factory: Callable[[aio.Channel], StubT]) -> StubT:
+        """The `stub_factory` stub on this endpoint's current channel."""
         if self.channel is not None and self._generation != tls.generation():
             self._rotate()
-        key = (stub_factory, name)
-        fn = self._methods.get(key)
-        if fn is None:
-            fn = getattr(stub_factory(self.open_channel()), name)
-            self._methods[key] = fn
-        return fn
+        stub: StubT | None = self._stubs.get(stub_factory)
+        if stub is None:
+            stub = stub_factory(self.open_channel())
+            self._stubs[stub_factory] = stub
+        return stub
 
     async def close(self, grace: float | None = None) -> None:
         """Close the channel; with `grace`, calls in flight get that long to finish."""
         channel, self.channel = self.channel, None
-        self._methods.clear()
+        self._stubs.clear()
         if channel is not None:
             await channel.close(grace)
 
@@ -142,44 +183,23 @@ class Picker(Protocol):
         ...
 
 
-_resolver: Resolver | None = None
-_picker: Picker | None = None
-
-
-def set_resolver(resolver: Resolver | None) -> None:
-    """Plug in a static resolver: `resolver(service)` returns "host:port" or None (fall back).
-
-    Consulted once per Downstream, when no picker knows the service."""
-    global _resolver
-    _resolver = resolver
-
-
-def set_picker(picker: Picker | None) -> None:
-    """Plug in discovery for the whole process (run_service does it when NATS is there)."""
-    global _picker
-    _picker = picker
-
-
-def current_picker() -> Picker | None:
-    return _picker
-
-
-def resolve_addr(service: str) -> str:
+def resolve_addr(service: str, picker: Picker | None = None,
+                 resolver: Resolver | None = None) -> str:
     """`<SERVICE>_ADDR`, else the picker's next instance, else the resolver, else the
     default local port."""
     fixed = downstream_addr(service)
     if fixed:
         return fixed
-    if _picker is not None:
-        ep = _picker.pick(service)
+    if picker is not None:
+        ep = picker.pick(service)
         if ep is not None:
             return ep.addr
-    return _fallback_addr(service)
+    return _fallback_addr(service, resolver)
 
 
-def _fallback_addr(service: str) -> str:
-    if _resolver is not None:
-        found = _resolver(service)
+def _fallback_addr(service: str, resolver: Resolver | None) -> str:
+    if resolver is not None:
+        found = resolver(service)
         if found:
             return found
     return default_addr(service)
@@ -194,9 +214,10 @@ class Downstream(Generic[StubT]):
     """One downstream service and its breakers.
 
     Where calls go: an explicit `address` or `<SERVICE>_ADDR` pins one address (its own
-    channel); otherwise every call asks the process's picker (discovery) for the next
-    live instance (channels shared per instance), and without one falls back to the
-    resolver or `127.0.0.1:<default port>` on a channel of its own.
+    channel); otherwise every call asks `picker` (the process's discovery, handed in by
+    the composition root) for the next live instance (channels shared per instance), and
+    without one falls back to `resolver` or `127.0.0.1:<default port>` on a channel of
+    its own.
 
     Breakers: a call to a discovered instance goes through that instance's breaker (one
     per instance per process: an unwell instance is skipped by the picker while the others
@@ -214,8 +235,12 @@ class Downstream(Generic[StubT]):
         address: str | None = None,
         breaker: pybreaker.CircuitBreaker | None = None,
         speaks_for_users: bool = False,
+        picker: Picker | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         self.service = service
+        self.picker = picker
+        self._resolver = resolver
         # Only the gateway passes the caller's `x-user-id` on (servers refuse it from
         # anyone else); a service calling another names the user in the request.
         self.speaks_for_users = speaks_for_users
@@ -255,6 +280,8 @@ class Downstream(Generic[StubT]):
             cap_s=base.cap_s if cap_s is None else cap_s,
             breaker=breaker or base.breaker,
             speaks_for_users=base.speaks_for_users,
+            picker=base.picker,
+            resolver=base._resolver,
         )
         twin._own_breaker = breaker is not None or base._own_breaker
         twin._source = base
@@ -279,12 +306,12 @@ class Downstream(Generic[StubT]):
                 self._fixed = self._own(fixed)
         if self._fixed is not None:
             return self._fixed
-        if _picker is not None:
-            ep = _picker.pick(self.service)
+        if self.picker is not None:
+            ep = self.picker.pick(self.service)
             if ep is not None:
                 return ep
         if self._fallback is None:
-            self._fallback = self._own(_fallback_addr(self.service))
+            self._fallback = self._own(_fallback_addr(self.service, self._resolver))
         return self._fallback
 
     @property
@@ -296,7 +323,7 @@ class Downstream(Generic[StubT]):
             return self._address
         if self._fixed is not None:
             return self._fixed.addr
-        return resolve_addr(self.service)
+        return resolve_addr(self.service, self.picker, self._resolver)
 
     def breaker_of(self, ep: Endpoint) -> pybreaker.CircuitBreaker:
         """The breaker a call to `ep` goes through."""
@@ -321,8 +348,8 @@ class Downstream(Generic[StubT]):
             return self._source._candidates()
         if self._fixed is not None:
             return [self._fixed]
-        if _picker is not None:
-            known = _picker.endpoints(self.service)
+        if self.picker is not None:
+            known = self.picker.endpoints(self.service)
             if known:
                 return known
         return [self._fallback] if self._fallback is not None else []
@@ -340,7 +367,7 @@ class Downstream(Generic[StubT]):
 
     async def _probe_instance(self, ep: Endpoint) -> bool | None:
         """The health watch of one instance's breaker; None once it left discovery."""
-        if _picker is None or ep not in _picker.endpoints(ep.service):
+        if self.picker is None or ep not in self.picker.endpoints(ep.service):
             return None
         return await ep.check_health()
 
@@ -351,12 +378,6 @@ class Downstream(Generic[StubT]):
             breaker.watch(lambda: self._probe_instance(ep))
         else:
             breaker.watch(self._probe)
-
-    @property
-    def stub(self) -> StubT:
-        """A stub on the channel of the next call's instance."""
-        stub: StubT = self._stub_factory(self._endpoint().open_channel())
-        return stub
 
     def _metadata(self, extra: Sequence[tuple[str, str]] | None) -> list[tuple[str, str]]:
         md: list[tuple[str, str]] = []
@@ -373,22 +394,23 @@ class Downstream(Generic[StubT]):
 
     async def call(
         self,
-        method: str,
-        request: Message,
+        rpc: Rpc[StubT, ReqT, RespT],
+        request: ReqT,
         *,
         idempotent: bool,
         timeout: float | None = None,  # noqa: ASYNC109 - becomes the gRPC deadline
         metadata: Sequence[tuple[str, str]] | None = None,
-    ) -> Any:
-        """`_call` in a CLIENT span, counted and timed by method and code (retries
-        included)."""
+    ) -> RespT:
+        """`rpc` (`lambda s: s.Method`) with `request`, in a CLIENT span, counted and timed
+        by method and code (retries included)."""
+        method = rpc_name(rpc)
         observe = self._calls.observer(f"{self.service}.{method}")
         started = time.perf_counter()
         code = "OK"
         span = self._spans.start(self._rpc_prefix + method)
         try:
-            return await self._call(method, request, idempotent=idempotent, timeout=timeout,
-                                    metadata=metadata)
+            return await self._call(rpc, method, request, idempotent=idempotent,
+                                    timeout=timeout, metadata=metadata)
         except aio.AioRpcError as err:
             code = err.code().name
             raise
@@ -407,13 +429,14 @@ class Downstream(Generic[StubT]):
 
     async def _call(
         self,
+        rpc: Rpc[StubT, ReqT, RespT],
         method: str,
-        request: Message,
+        request: ReqT,
         *,
         idempotent: bool,
         timeout: float | None = None,  # noqa: ASYNC109 - becomes the gRPC deadline
         metadata: Sequence[tuple[str, str]] | None = None,
-    ) -> Any:
+    ) -> RespT:
         """Call `method` with the caller's remaining deadline capped at `timeout` (or cap_s).
 
         Retries on UNAVAILABLE (and on CANCELLED from a server that was stopping) only
@@ -434,19 +457,21 @@ class Downstream(Generic[StubT]):
         attempt = 0
         while True:
             attempt += 1
-            fn = ep.method(self._stub_factory, method)
+            fn = rpc(ep.stub(self._stub_factory))
             breaker = self.breaker_of(ep)
             try:
                 with breaker.calling():
-                    return await fn(request, timeout=deadline - time.monotonic(), metadata=md)
+                    reply: RespT = await fn(request, timeout=deadline - time.monotonic(),
+                                            metadata=md)
+                    return reply
             except pybreaker.CircuitBreakerError:
                 self._watch_if_open(breaker, ep)
                 raise Unavailable(f"{self.service} unavailable: circuit open") from None
             except aio.AioRpcError as err:
                 self._watch_if_open(breaker, ep)
                 unavailable = err.code() == grpc.StatusCode.UNAVAILABLE
-                if unavailable and ep.instance and _picker is not None:
-                    _picker.mark_down(ep)
+                if unavailable and ep.instance and self.picker is not None:
+                    self.picker.mark_down(ep)
                 # A call that reaches a server in its graceful stop can end CANCELLED before
                 # a handler runs (our own cancellation is asyncio's, never an AioRpcError).
                 retryable = unavailable or err.code() == grpc.StatusCode.CANCELLED

@@ -55,7 +55,7 @@ from services.common.storage import Storage, Tx
 
 __all__ = ["AfterCommit", "ConsumerStats", "EventConsumer", "Handler", "Route", "SkipCheck"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("shop.consumer")
 
 Envelope = envelope_pb2.Envelope
 # Run on the event loop after the handler's transaction committed.
@@ -190,7 +190,8 @@ class EventConsumer:
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:  # disconnected: the client reconnects by itself
-                    log.warning("consumer %s fetch failed: %r", self.durable, e)
+                    log.warning("consumer fetch failed",
+                                extra={"consumer": self.durable, "error": repr(e)})
                     await asyncio.sleep(0.5)
                     continue
                 await self.process(msgs)
@@ -232,7 +233,8 @@ class EventConsumer:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the transaction itself failed (e.g. busy past timeout)
-            log.warning("consumer %s batch rolled back: %r", self.durable, e)
+            log.warning("consumer batch rolled back",
+                        extra={"consumer": self.durable, "error": repr(e)})
             for d in good:
                 await self._retry_or_dead_letter(d, f"transaction failed: {e!r}")
             return
@@ -252,7 +254,8 @@ class EventConsumer:
         try:
             noop = await self.db.read(run)
         except Exception:  # the check is an optimisation: handle them all instead
-            log.warning("consumer %s: skip check failed", self.durable, exc_info=True)
+            log.warning("consumer skip check failed", extra={"consumer": self.durable},
+                        exc_info=True)
             return batch
         rest: list[_Decoded] = []
         for d, skip in zip(batch, noop, strict=True):
@@ -335,7 +338,7 @@ class EventConsumer:
             try:
                 after()
             except Exception:
-                log.exception("consumer %s: after-commit hook failed", self.durable)
+                log.exception("after-commit hook failed", extra={"consumer": self.durable})
         self.stats.handled += handled
         self.metrics.handled.inc(handled)
         self.stats.duplicates += len(done) - handled
@@ -360,7 +363,7 @@ class EventConsumer:
         try:
             n = await self.db.write(prune)
         except Exception:
-            log.warning("consumer %s: inbox prune failed", durable, exc_info=True)
+            log.warning("inbox prune failed", extra={"consumer": durable}, exc_info=True)
             return
         self.stats.pruned += n
         if n >= _PRUNE_CHUNK:
@@ -390,13 +393,15 @@ class EventConsumer:
                 correlation_id=correlation_id)
         except Exception as e:
             # Leave it to the redelivery / max-deliveries advisory path.
-            log.warning("consumer %s could not dead-letter: %r", self.durable, e)
+            log.warning("consumer could not dead-letter",
+                        extra={"consumer": self.durable, "error": repr(e)})
             await msg.nak(delay=self.backoff_s[-1])
             return
         self.stats.dead_lettered += 1
         self.metrics.dead_letters.inc()
-        log.error("consumer %s dead-lettered event %s (%s): %s",
-                  self.durable, event_id or "?", msg.subject, reason)
+        log.error("consumer dead-lettered an event",
+                  extra={"consumer": self.durable, "event_id": event_id or "?",
+                         "subject": msg.subject, "reason": reason})
         await msg.term()
 
     async def _on_max_deliveries(self, adv: Msg) -> None:
@@ -412,7 +417,7 @@ class EventConsumer:
                 env = Envelope.FromString(data)
                 event_id, correlation_id = env.id, env.correlation_id
             except Exception:
-                log.debug("advisory message %d undecodable", seq)
+                log.debug("advisory message undecodable", extra={"seq": seq})
             if event_id and await self._handled(event_id):
                 return  # handled; only the ack was lost
             await dead_letter(
@@ -422,4 +427,5 @@ class EventConsumer:
             self.stats.dead_lettered += 1
             self.metrics.dead_letters.inc()
         except Exception:
-            log.exception("consumer %s: max-deliveries advisory not handled", self.durable)
+            log.exception("max-deliveries advisory not handled",
+                          extra={"consumer": self.durable})

@@ -43,7 +43,7 @@ __all__ = ["CommitListener", "Database", "Tx", "migrate"]
 
 T = TypeVar("T")
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("shop.db")
 
 CommitListener = Callable[[], None]
 
@@ -199,7 +199,7 @@ class Database:
         try:
             read_conn = _open_read_conn(path)
         except sqlite3.Error:  # reads fall back to the writer's thread: slower, same answers
-            log.warning("no read connection for %s", path, exc_info=True)
+            log.warning("no read connection", extra={"path": str(path)}, exc_info=True)
             read_conn = None
         return cls(conn, thread, path, read_conn)
 
@@ -404,7 +404,8 @@ def migrate(path: Path, sets: Sequence[MigrationSet]) -> list[tuple[str, int]]:
     finally:
         conn.close()
     for component, version in applied:
-        log.info("migrated %s: %s %04d", path.name, component, version)
+        log.info("migrated", extra={"database": path.name, "component": component,
+                                     "version": version})
     return applied
 
 

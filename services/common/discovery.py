@@ -10,9 +10,11 @@ instance is health-checked now and then, a down one often. One
 channel per instance, shared by every Downstream of the process, closed (after its calls
 in flight finish) when the instance leaves the registry.
 
-    disc = await start_discovery(settings.nats_url)   # once per process; sets the picker
+    disc = Discovery(link)            # one per process, made at the composition root
+    orders = Downstream("order", OrderServiceStub, picker=disc)
+    await disc.start(wait_s)          # the process lifecycle starts it and stops it
     ...
-    await stop_discovery()
+    await disc.stop()
 
 Settings: SHOP_DISCOVERY_HEALTH_S (check every instance, default 5 s),
 SHOP_DISCOVERY_RECHECK_S (check a down one, 0.25 s), SHOP_DISCOVERY_CHECK_TIMEOUT_S (0.5 s).
@@ -29,19 +31,13 @@ from typing import Any
 
 import nats.errors
 
+from services.common import envvars
 from services.common.breakers import breaker_for
-from services.common.clients import Endpoint, set_picker
+from services.common.clients import Endpoint
 from services.common.registry import Instance, RegistryLink, bucket_ttl
-from services.common.settings import env_float
 from services.common.traffic import WeightedRing, traffic
 
-__all__ = [
-    "Discovery",
-    "InstanceView",
-    "shared_discovery",
-    "start_discovery",
-    "stop_discovery",
-]
+__all__ = ["Discovery", "InstanceView"]
 
 log = logging.getLogger("shop.discovery")
 
@@ -126,13 +122,13 @@ class Discovery:
     ) -> None:
         self.link = link
         self.health_every_s = (
-            env_float("SHOP_DISCOVERY_HEALTH_S", 5.0) if health_every_s is None else health_every_s
+            envvars.SHOP_DISCOVERY_HEALTH_S.get() if health_every_s is None else health_every_s
         )
         self.recheck_s = (
-            env_float("SHOP_DISCOVERY_RECHECK_S", 0.25) if recheck_s is None else recheck_s
+            envvars.SHOP_DISCOVERY_RECHECK_S.get() if recheck_s is None else recheck_s
         )
         self.check_timeout_s = (
-            env_float("SHOP_DISCOVERY_CHECK_TIMEOUT_S", 0.5)
+            envvars.SHOP_DISCOVERY_CHECK_TIMEOUT_S.get()
             if check_timeout_s is None
             else check_timeout_s
         )
@@ -362,50 +358,3 @@ class Discovery:
             )
         else:
             self.mark_down(endpoint)
-
-
-_shared: Discovery | None = None
-
-
-def shared_discovery() -> Discovery | None:
-    """The process's Discovery, if one was started."""
-    return _shared
-
-
-async def start_discovery(
-    nats_url: str | None = None,
-    *,
-    link: RegistryLink | None = None,
-    name: str = "shop",
-    wait_s: float = 2.0,
-) -> Discovery:
-    """Start the process's one Discovery (idempotent) and route Downstream calls through it.
-
-    Give `link` to share the registration's NATS connection, else `nats_url`.
-    Waits up to `wait_s` for the first read of the bucket; an unreachable NATS only
-    means calls fall back (`<SERVICE>_ADDR`, default port) until it is reachable.
-    """
-    global _shared
-    if _shared is not None:
-        return _shared
-    if link is None:
-        if nats_url is None:
-            raise ValueError("start_discovery needs nats_url or link")
-        link = RegistryLink(nats_url, name=name)
-    disc = Discovery(link)
-    _shared = disc
-    set_picker(disc)
-    await disc.start(wait_s)
-    return disc
-
-
-async def stop_discovery(*, close_link: bool = True) -> None:
-    """Stop the process's Discovery, unplug it from Downstream, close its channels."""
-    global _shared
-    disc, _shared = _shared, None
-    if disc is None:
-        return
-    set_picker(None)
-    await disc.stop()
-    if close_link:
-        await disc.link.close()

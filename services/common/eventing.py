@@ -21,12 +21,13 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common import envvars
 from services.common.bus import Bus
 from services.common.consumer import EventConsumer, Route
 from services.common.outbox import OutboxRelay
 from services.common.pg import PgDatabase
 from services.common.pg_relay import PgOutboxRelay
-from services.common.settings import Settings, env_float
+from services.common.settings import Settings
 from services.common.storage import Storage
 
 __all__ = ["ConsumerSpec", "EventWorkers", "make_relay"]
@@ -74,7 +75,7 @@ class EventWorkers:
         self.want_relay = relay
         self.specs = list(consumers)
         self.relay_options: dict[str, Any] = {
-            "lease_s": env_float("SHOP_RELAY_LEASE_S", 5.0), **(relay_options or {})}
+            "lease_s": envvars.SHOP_RELAY_LEASE_S.get(), **(relay_options or {})}
         self.backoff_s = backoff_s
         self.backoff_cap_s = backoff_cap_s
         self.bus: Bus | None = None
@@ -130,10 +131,10 @@ class EventWorkers:
                 state = type(e).__name__
                 if state != failing:  # once per state change, not per attempt
                     failing = state
-                    log.warning("NATS not available (%r); serving without events, "
-                                "retrying up to every %.1fs", e, self.backoff_cap_s)
+                    log.warning("NATS not available; serving without events, retrying",
+                                extra={"error": repr(e), "retry_max_s": self.backoff_cap_s})
                 else:
-                    log.debug("NATS still not available: %r", e)
+                    log.debug("NATS still not available", extra={"error": repr(e)})
                 if self.bus is not None and self.bus.nc.is_closed:
                     self.bus = None
                 await backoff.sleep()
@@ -160,13 +161,15 @@ class EventWorkers:
                 state = repr(e)
                 if state != failing:
                     failing = state
-                    log.warning("%s stopped (%s); restarting with back-off", name, state)
+                    log.warning("background task stopped; restarting with back-off",
+                                extra={"task": name, "error": state})
                 else:
-                    log.debug("%s still failing: %s", name, state)
+                    log.debug("background task still failing",
+                              extra={"task": name, "error": state})
                 await backoff.sleep()
                 continue
             # run() methods only return by failing; treat a return the same way.
-            log.warning("%s returned; restarting", name)
+            log.warning("background task returned; restarting", extra={"task": name})
             await backoff.sleep()
 
     async def close(self) -> None:

@@ -26,7 +26,7 @@ log = logging.getLogger("shop.rpc")
 
 _STATUS_BY_NAME: dict[str, grpc.StatusCode] = {code.name: code for code in grpc.StatusCode}
 
-UnaryBehavior = Callable[[Any, aio.ServicerContext], Awaitable[Any]]
+UnaryBehavior = Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
 def status_of(error: DomainError) -> grpc.StatusCode:
@@ -44,12 +44,13 @@ def _wrap(method: str, behavior: UnaryBehavior, observe: Observer,
     perf = time.perf_counter
     new_id = context.new_request_id
 
-    async def handle(request: Any, ctx: aio.ServicerContext) -> Any:
+    async def handle(request: Any, ctx: aio.ServicerContext[Any, Any]) -> Any:
         started = perf()
         rid = ""
         uid = ""
         tp = ts = ""
-        for key, value in ctx.invocation_metadata() or ():
+        for key, raw in ctx.invocation_metadata() or ():
+            value = raw if isinstance(raw, str) else raw.decode("latin-1")
             if key == "x-request-id":
                 rid = value
             elif key == "x-user-id":
@@ -90,7 +91,7 @@ def _wrap(method: str, behavior: UnaryBehavior, observe: Observer,
             raise
         except Exception:
             code = "INTERNAL"
-            log.exception("unhandled error in %s", method, extra={"method": method})
+            log.exception("unhandled error", extra={"method": method})
             await ctx.abort(grpc.StatusCode.INTERNAL, "internal error")
         finally:
             observe(code, perf() - started)
@@ -110,7 +111,7 @@ def _wrap(method: str, behavior: UnaryBehavior, observe: Observer,
     return handle
 
 
-class ServerInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
+class ServerInterceptor(aio.ServerInterceptor):
     """Wraps every unary-unary handler once per method and caches the wrapper."""
 
     def __init__(self) -> None:

@@ -61,7 +61,3 @@ def configure_logging(settings: Settings) -> None:
     # hashes and card tokens must never reach a log line.
     logging.getLogger("aiosqlite").setLevel(logging.INFO)
     _configured = True
-
-
-def get_logger(name: str) -> logging.Logger:
-    return logging.getLogger(name)

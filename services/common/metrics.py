@@ -29,8 +29,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from services.common import envvars
 from services.common.breakers import breaker_states
-from services.common.settings import Settings, env_int
+from services.common.settings import Settings
 
 __all__ = ["MetricsServer", "ShopMetrics", "bind", "current", "metrics_port"]
 
@@ -160,8 +161,8 @@ def bind_process(metrics: ShopMetrics) -> None:
 def metrics_port(settings: Settings) -> int:
     """`<SERVICE>_METRICS_PORT`; by default the gRPC port + 1000 (0 with a port of 0)."""
     default = settings.port + 1000 if 0 < settings.port <= 64535 else 0
-    prefix = settings.service.upper().replace("-", "_")
-    return env_int(f"{prefix}_METRICS_PORT", default)
+    port = envvars.SERVICE_METRICS_PORT.get(settings.service)
+    return default if port is None else port
 
 
 class MetricsServer:

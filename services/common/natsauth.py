@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import ssl
 from pathlib import Path
 from typing import Any
 
-from services.common import tls
+from services.common import envvars, tls
 from services.common.events import CATALOGUE, DLQ_STREAM, STREAM
 from services.common.pki import GATEWAY, IDENTITIES, NATS, OPERATOR, dns_name
 
@@ -64,7 +63,7 @@ def claim_nats_identity(identity: str) -> None:
 
 
 def nats_identity() -> str:
-    return (os.environ.get("SHOP_NATS_IDENTITY", "").strip() or _claim.identity
+    return (envvars.SHOP_NATS_IDENTITY.get() or _claim.identity
             or tls.process_identity())
 
 

@@ -11,7 +11,7 @@ Stdlib only: the `make run` supervisor imports it before nats-py.
 
 from __future__ import annotations
 
-import os
+from services.common import envvars
 
 __all__ = ["MAX_AUTO_REPLICAS", "nats_servers", "stream_replicas"]
 
@@ -25,7 +25,7 @@ def nats_servers(url: str) -> list[str]:
 
 def stream_replicas(url: str) -> int:
     """SHOP_NATS_REPLICAS (1..5), else min(3, servers named in `url`)."""
-    raw = os.environ.get("SHOP_NATS_REPLICAS", "").strip()
+    raw = envvars.SHOP_NATS_REPLICAS.raw()
     if raw and raw != "0":
         if not raw.isdigit() or not 1 <= int(raw) <= 5:
             raise ValueError(f"SHOP_NATS_REPLICAS must be 1 to 5 (JetStream's limit), "

@@ -47,7 +47,7 @@ from services.common.storage import Row, Storage, Tx
 
 __all__ = ["OutboxRelay", "RelayStats", "finish_batch", "new_envelope", "pending", "prune"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("shop.outbox")
 
 T = TypeVar("T")
 
@@ -219,7 +219,7 @@ class OutboxRelay:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await heartbeat
                 self._lease_until = 0.0
-                log.warning("outbox relay %s: lease lost; standing by", self.owner)
+                log.warning("outbox relay: lease lost; standing by", extra={"owner": self.owner})
         finally:
             self._metrics.remove_refresher(self._refresh_backlog)
             self.db.remove_commit_listener(wake)
@@ -239,7 +239,8 @@ class OutboxRelay:
                 raise
             except Exception as e:
                 self.stats.failures += 1
-                log.warning("outbox relay: %r; retrying in %.1fs", e, backoff)
+                log.warning("outbox relay failed; retrying",
+                            extra={"error": repr(e), "retry_in_s": backoff})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
@@ -267,18 +268,20 @@ class OutboxRelay:
                 raise
             except Exception as e:
                 self.stats.failures += 1
-                log.warning("outbox relay %s: lease check failed: %r", self.owner, e)
+                log.warning("outbox relay: lease check failed",
+                            extra={"owner": self.owner, "error": repr(e)})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
             backoff = 0.1
             if holder is None:
                 self.stats.leases += 1
-                log.info("outbox relay %s: active (lease %.1fs)", self.owner, self.lease_s)
+                log.info("outbox relay: active",
+                         extra={"owner": self.owner, "lease_s": self.lease_s})
                 return
             if holder != waiting_for:
                 waiting_for = holder
-                log.info("outbox relay %s: standby, %s holds the lease", self.owner, holder)
+                log.info("outbox relay: standby", extra={"owner": self.owner, "holder": holder})
             await asyncio.sleep(self.standby_poll_s)
 
     async def _try_acquire(self) -> str | None:
@@ -335,7 +338,8 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # e.g. busy: retried; the local expiry still holds
-                log.warning("outbox relay %s: lease renewal failed: %r", self.owner, e)
+                log.warning("outbox relay: lease renewal failed",
+                            extra={"owner": self.owner, "error": repr(e)})
                 if not self.active:
                     self._wake.set()
                     return

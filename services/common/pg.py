@@ -39,8 +39,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from services.common import envvars
 from services.common.schema import RECORD_TABLE, MigrationSet
-from services.common.settings import env_int
 from services.common.storage import CommitListener, Dialect, IntegrityError, Row
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ __all__ = ["PgDatabase", "PgTx", "redact", "to_dollar"]
 
 T = TypeVar("T")
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("shop.pg")
 
 # A pooled connection or one of its own.
 Conn = asyncpg.Connection | PoolConnectionProxy
@@ -216,7 +216,7 @@ class PgDatabase:
         """The service's database at `url` (created if missing), migrated, with a pool."""
         await ensure_database(url)
         pool = await asyncpg.create_pool(
-            url, min_size=1, max_size=env_int("SHOP_DB_POOL_MAX", 6),
+            url, min_size=1, max_size=envvars.SHOP_DB_POOL_MAX.get(),
             max_inactive_connection_lifetime=60.0, reset=_keep_session)
         try:
             async with pool.acquire() as conn:
@@ -317,7 +317,7 @@ async def ensure_database(url: str) -> None:
     try:
         quoted = '"' + name.replace('"', '""') + '"'
         await conn.execute(f"CREATE DATABASE {quoted}")
-        log.info("created database %s", name)
+        log.info("created database", extra={"database": name})
     except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
         pass  # another instance created it first
     finally:
@@ -345,5 +345,5 @@ async def migrate(conn: Conn, sets: Sequence[MigrationSet]
                     time.time())
                 applied.append((mset.component, m.version))
     for component, version in applied:
-        log.info("migrated %s %04d", component, version)
+        log.info("migrated", extra={"component": component, "version": version})
     return applied

@@ -45,7 +45,7 @@ from services.common.pg import PgDatabase
 
 __all__ = ["RELAY_LOCK", "PgOutboxRelay"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("shop.outbox")
 
 # The advisory lock key of the relay (advisory locks are per database).
 RELAY_LOCK = 0x6F7574626F78  # "outbox"
@@ -102,8 +102,9 @@ class PgOutboxRelay:
                 raise
             except Exception as e:  # the session died (server restart, network): again
                 self.stats.failures += 1
-                log.warning("outbox relay %s: %r; reconnecting in %.1fs", self.owner, e,
-                            backoff)
+                log.warning("outbox relay session failed; reconnecting",
+                            extra={"owner": self.owner, "error": repr(e),
+                                   "retry_in_s": backoff})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             else:
@@ -116,7 +117,7 @@ class PgOutboxRelay:
             await conn.execute("SELECT pg_advisory_lock($1)", RELAY_LOCK)
             self._active = True
             self.stats.leases += 1
-            log.info("outbox relay %s: active", self.owner)
+            log.info("outbox relay active", extra={"owner": self.owner})
             await conn.add_listener(CHANNEL, self._on_notify)
             await self._publish_while_active()
         finally:
@@ -127,7 +128,7 @@ class PgOutboxRelay:
             try:
                 await asyncio.shield(conn.close(timeout=2.0))
             except BaseException as e:  # not raised: the body's own exception goes on
-                log.debug("relay session closed abruptly: %r", e)
+                log.debug("relay session closed abruptly", extra={"error": repr(e)})
                 conn.terminate()
 
     async def _publish_while_active(self) -> None:
@@ -140,7 +141,8 @@ class PgOutboxRelay:
                 raise  # the session is in doubt: start a new one
             except Exception as e:  # a publish failed (NATS): keep the lock, retry
                 self.stats.failures += 1
-                log.warning("outbox relay: %r; retrying in %.1fs", e, backoff)
+                log.warning("outbox relay failed; retrying", extra={"error": repr(e),
+                                                                 "retry_in_s": backoff})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue

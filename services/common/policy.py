@@ -7,11 +7,12 @@ lists of identities or `@group`s from its `[groups]` table.
 
 from __future__ import annotations
 
-import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from services.common import envvars
 
 POLICY_FILE = Path(__file__).resolve().parents[2] / "proto" / "call_policy.toml"
 
@@ -68,7 +69,7 @@ def parse_policy(text: str) -> CallPolicy:
 
 
 def load_policy(path: Path | None = None) -> CallPolicy:
-    explicit = os.environ.get("SHOP_CALL_POLICY", "").strip()
+    explicit = envvars.SHOP_CALL_POLICY.get()
     where = path or (Path(explicit) if explicit else POLICY_FILE)
     return parse_policy(where.read_text())
 

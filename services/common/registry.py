@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -38,10 +37,9 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyValueLimitMarkerTTLNotSupportedError
 from nats.js.kv import KeyValue
 
-from services.common import natsauth
+from services.common import envvars, natsauth
 from services.common.breakers import breaker_states
 from services.common.natsurl import nats_servers, stream_replicas
-from services.common.settings import env_float, env_str
 
 __all__ = [
     "BUCKET",
@@ -64,16 +62,16 @@ _KEY_UNSAFE = re.compile(r"[^-/_=a-zA-Z0-9]")
 
 def registry_ttl_s() -> float:
     """The bucket TTL (SHOP_REGISTRY_TTL_S, default 10 s, at least 1 s)."""
-    return max(1.0, env_float("SHOP_REGISTRY_TTL_S", DEFAULT_TTL_S))
+    return max(1.0, envvars.SHOP_REGISTRY_TTL_S.get())
 
 
 def registry_enabled() -> bool:
     """SHOP_REGISTRY=off (or 0/false/no) turns registration and discovery off."""
-    return env_str("SHOP_REGISTRY", "on").strip().lower() not in ("0", "off", "false", "no")
+    return envvars.SHOP_REGISTRY.get()
 
 
 def shop_version() -> str:
-    env = os.environ.get("SHOP_VERSION", "").strip()
+    env = envvars.SHOP_VERSION.get()
     if env:
         return env
     try:

@@ -3,10 +3,13 @@
 `run_service(name, build)` is what every `services/<svc>/__main__.py` calls.
 `ServiceRunner` and `serve_app` run the same thing inside an existing loop (tests).
 
-With `registry=True` (run_service's default; SHOP_REGISTRY=off turns it off) the runner
-also starts the process's discovery before serving (Downstream calls then spread over the
-registered instances) and registers this instance in the `shop_registry` KV bucket once
-serving; on a graceful stop the key is deleted first, then the server drains.
+The process's life (services/common/lifecycle.py), in order of start: the registry link
+and the process's `Discovery` (unless SHOP_REGISTRY=off; made before `build`, which
+gets it as `Wiring`, so Downstream calls spread over the registered instances), the
+app's resources (`App.closers`), its background tasks, the gRPC server, and the
+registration in the `shop_registry` KV bucket once serving. A graceful stop undoes them
+in reverse: the key goes first, then the server drains, the tasks stop, the resources
+close, discovery and the link last.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from services.common import authz, discovery, tls
+from services.common import authz, envvars, tls
+from services.common.discovery import Discovery
 from services.common.interceptors import ServerInterceptor
+from services.common.lifecycle import Lifecycle, advertised
 from services.common.logging import configure_logging
 from services.common.metrics import MetricsServer, ShopMetrics, bind_process, metrics_port
 from services.common.metrics import current as current_metrics
@@ -42,8 +47,9 @@ from services.common.registry import (
     registry_enabled,
     shop_version,
 )
-from services.common.settings import Settings, env_float, health_name, load_settings
+from services.common.settings import Settings, health_name, load_settings
 from services.common.tracing import setup_tracing
+from services.common.wiring import Wiring
 
 log = logging.getLogger("shop.server")
 
@@ -63,12 +69,16 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 
 @dataclass
 class App:
-    """What a service's `build(settings)` hands to the runtime."""
+    """What a service's `build(settings, wiring)` hands to the runtime.
+
+    `closers`: how to close what `build` opened, in the order it opened them (the
+    database first, ...); the runner closes them in reverse, after the server drained
+    and the background tasks stopped."""
 
     grpc_services: list[str]
     register: Callable[[aio.Server], None]
     tasks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @classmethod
     def serving(
@@ -78,7 +88,7 @@ class App:
         servicer: object,
         *,
         tasks: Sequence[Callable[[], Awaitable[None]]] = (),
-        on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
+        closers: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> App:
         """The App of a service with one gRPC servicer: `add_to_server` is the generated
         `add_<Name>Servicer_to_server`, `service` its descriptor (health, reflection)."""
@@ -86,40 +96,51 @@ class App:
         def register(server: aio.Server) -> None:
             add_to_server(servicer, server)
 
-        return cls([service.full_name], register, list(tasks), list(on_stop))
-
-
-def _advertised(host: str, port: int) -> str:
-    # SHOP_ADVERTISE_HOST: the name other machines reach this one by (a pod IP, ...).
-    host = os.environ.get("SHOP_ADVERTISE_HOST", "").strip() or host
-    if host in ("", "0.0.0.0", "::", "[::]"):
-        host = "127.0.0.1"
-    return f"{host}:{port}"
+        return cls([service.full_name], register, list(tasks), list(closers))
 
 
 class ServiceRunner:
-    """One started service: server, health, background tasks. start() then stop()."""
+    """One started service: server, health, background tasks. start() then stop().
 
-    def __init__(self, settings: Settings, app: App, *, registry: bool = False) -> None:
+    `life` carries what the composition root started before (the registry link and
+    discovery): stopped after everything the runner starts. `link` given: the instance
+    registers once serving."""
+
+    def __init__(self, settings: Settings, app: App, *, life: Lifecycle | None = None,
+                 link: RegistryLink | None = None) -> None:
         self.settings = settings
         self.app = app
-        self.use_registry = registry
         tls.claim_identity(settings.service)  # before the registry link connects to NATS
-        self.link: RegistryLink | None = None
+        self.life = life or Lifecycle()
+        self.link = link
         self.registration: Registration | None = None
-        self.discovery: discovery.Discovery | None = None
         self.health = HealthServicer()
         self.server: aio.Server | None = None
         self.addr = ""
         self.port = 0
         self.failed = asyncio.Event()  # set when a background task dies
         self._tasks: list[asyncio.Future[None]] = []
+        self._grace = settings.grace_s
+        self._deregistered = False
 
     async def start(self) -> str:
-        """Bind, serve, start background tasks; returns the advertised address."""
+        """Start the app's parts in order, each pushing its stop; returns the advertised
+        address. A failed start stops what it had started."""
+        try:
+            return await self._start()
+        except BaseException:
+            await self.life.stop()
+            raise
+
+    async def _start(self) -> str:
         s = self.settings
-        if self.use_registry:
-            await self._start_discovery()
+        for close in self.app.closers:
+            self.life.push("app resource", close)
+        for factory in self.app.tasks:
+            task: asyncio.Future[None] = asyncio.ensure_future(factory())
+            task.add_done_callback(self._task_done)
+            self._tasks.append(task)
+        self.life.push("background tasks", self._stop_tasks)
         server = aio.server(interceptors=[*authz.interceptors(), ServerInterceptor()],
                             options=SERVER_OPTIONS)
         self.app.register(server)
@@ -135,18 +156,15 @@ class ServiceRunner:
             raise RuntimeError(f"cannot listen on {s.host}:{s.port}")
         await server.start()
         self.server = server
+        self.life.push("grpc server", self._drain)
         self.port = port
-        self.addr = _advertised(s.host, port)
+        self.addr = advertised(s.host, port)
         serving = health_pb2.HealthCheckResponse.SERVING
         # Also under the name callers ask for (`health_name`): the same as the servicer's
         # for every shop service; a stand-in serving another contract still answers.
         names = dict.fromkeys(("", health_name(s.service), *self.app.grpc_services))
         for name in names:
             await self.health.set(name, serving)
-        for factory in self.app.tasks:
-            task: asyncio.Future[None] = asyncio.ensure_future(factory())
-            task.add_done_callback(self._task_done)
-            self._tasks.append(task)
         if self.link is not None:
             self.registration = Registration(
                 self.link,
@@ -161,19 +179,9 @@ class ServiceRunner:
                 ),
             )
             self.registration.start()  # in the background: NATS down never stops serving
+            self.life.push("registration", self._deregister)
         log.info("serving", extra={"addr": self.addr, "services": self.app.grpc_services})
         return self.addr
-
-    async def _start_discovery(self) -> None:
-        s = self.settings
-        self.link = RegistryLink(s.nats_url, name=s.instance_id)
-        self.link.start()
-        try:
-            self.discovery = await discovery.start_discovery(
-                link=self.link, wait_s=env_float("SHOP_DISCOVERY_WAIT_S", 2.0)
-            )
-        except Exception:
-            log.exception("discovery failed to start; using fixed/default addresses")
 
     def _task_done(self, task: asyncio.Future[None]) -> None:
         if task.cancelled():
@@ -186,24 +194,36 @@ class ServiceRunner:
         self.failed.set()
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """NOT_SERVING at once, drain in-flight calls, stop tasks, run on_stop."""
-        grace = self.settings.grace_s if grace_s is None else grace_s
-        deregistered = False
+        """Stop in reverse order of start: out of the registry, NOT_SERVING and drain the
+        calls in flight, stop the tasks, close the app's resources, then what the
+        composition root started (discovery, the registry link)."""
+        self._grace = self.settings.grace_s if grace_s is None else grace_s
+        await self.life.stop()
+        log.info("stopped")
+
+    async def _deregister(self) -> None:
         if self.registration is not None:
             # Out of the registry first, so callers stop choosing this instance at once.
-            deregistered = await self.registration.stop(timeout=min(2.0, max(grace, 0.1)))
+            self._deregistered = await self.registration.stop(
+                timeout=min(2.0, max(self._grace, 0.1)))
+
+    async def _drain(self) -> None:
+        grace = self._grace
         await self.health.enter_graceful_shutdown()
         # Lets health checkers and discovery notice NOT_SERVING (and the deleted key)
         # before the port closes.
-        drain_delay = env_float("SHOP_DRAIN_DELAY_S", 0.0)
-        if deregistered:
-            drain_delay = max(drain_delay, env_float("SHOP_DEREGISTER_WAIT_S", 0.25))
+        drain_delay = envvars.SHOP_DRAIN_DELAY_S.get()
+        if self._deregistered:
+            drain_delay = max(drain_delay, envvars.SHOP_DEREGISTER_WAIT_S.get())
         drain_delay = min(drain_delay, grace)
         if drain_delay > 0:
             await asyncio.sleep(drain_delay)
         if self.server is not None:
             await self.server.stop(grace)
         log.debug("grpc server stopped; stopping background tasks")
+
+    async def _stop_tasks(self) -> None:
+        grace = self._grace
         for task in self._tasks:
             task.remove_done_callback(self._task_done)
             task.cancel()
@@ -216,24 +236,15 @@ class ServiceRunner:
         for task in self._tasks:
             if task.done() and not task.cancelled():
                 task.exception()  # retrieved: no "never retrieved" warning
-        log.debug("background tasks stopped; running on_stop hooks")
-        for hook in self.app.on_stop:
-            try:
-                await hook()
-            except Exception:
-                log.exception("on_stop hook failed")
-        if self.discovery is not None and discovery.shared_discovery() is self.discovery:
-            await discovery.stop_discovery(close_link=False)
-        if self.link is not None:
-            await self.link.close()
-        log.info("stopped")
+        log.debug("background tasks stopped; closing the app's resources")
 
 
 async def serve_app(
-    settings: Settings, app: App, stop: asyncio.Event, *, registry: bool = False
+    settings: Settings, app: App, stop: asyncio.Event, *, life: Lifecycle | None = None,
+    link: RegistryLink | None = None,
 ) -> int:
     """Serve `app` until `stop` is set (or a background task dies); returns an exit code."""
-    runner = ServiceRunner(settings, app, registry=registry)
+    runner = ServiceRunner(settings, app, life=life, link=link)
     addr = await runner.start()
     scrape = MetricsServer(current_metrics(), settings.host, metrics_port(settings))
     scrape_port = await scrape.start()
@@ -251,7 +262,29 @@ async def serve_app(
     return code
 
 
-async def _main(service: str, build: Callable[[Settings], Awaitable[App]]) -> int:
+Build = Callable[[Settings, Wiring], Awaitable[App]]
+
+
+async def start_discovery(life: Lifecycle, nats_url: str, instance_id: str, *,
+                          wait_s: float | None = None) -> tuple[RegistryLink, Discovery]:
+    """The registry link and the process's Discovery, started (waiting up to `wait_s`,
+    default SHOP_DISCOVERY_WAIT_S, for the registry's first read), their stops in `life`.
+    An unreachable NATS only means calls fall back (`<SERVICE>_ADDR`, the default port)
+    until it is reachable. The services and the gateway start theirs here."""
+    link = RegistryLink(nats_url, name=instance_id)
+    link.start()
+    life.push("registry link", link.close)
+    disc = Discovery(link)
+    life.push("discovery", disc.stop)
+    try:
+        await disc.start(envvars.SHOP_DISCOVERY_WAIT_S.get() if wait_s is None else wait_s)
+    except Exception:
+        log.exception("discovery failed to start; using fixed/default addresses")
+    return link, disc
+
+
+async def _main(service: str, build: Build) -> int:
+    envvars.read_once(service)  # every later read sees the environment of the start
     settings = load_settings(service)
     configure_logging(settings)
     tls.claim_identity(service)  # build() may already reach NATS or other services
@@ -262,8 +295,18 @@ async def _main(service: str, build: Callable[[Settings], Awaitable[App]]) -> in
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    app = await build(settings)
-    code = await serve_app(settings, app, stop, registry=registry_enabled())
+    life = Lifecycle()
+    link: RegistryLink | None = None
+    wiring = Wiring()
+    if registry_enabled():
+        link, disc = await start_discovery(life, settings.nats_url, settings.instance_id)
+        wiring = Wiring(picker=disc)
+    try:
+        app = await build(settings, wiring)
+    except BaseException:
+        await life.stop()
+        raise
+    code = await serve_app(settings, app, stop, life=life, link=link)
     # Spans still buffered go out now; an unreachable collector costs at most this wait.
     with contextlib.suppress(Exception):
         await asyncio.wait_for(asyncio.to_thread(flush_traces), TRACE_FLUSH_S)
@@ -294,16 +337,17 @@ def _exit_watchdog(code: int, after_s: float) -> None:
     timer.start()
 
 
-def run_service(service: str, build: Callable[[Settings], Awaitable[App]]) -> None:
+def run_service(service: str, build: Build) -> None:
     """The whole life of a service process; exits 0 after a graceful stop."""
     import uvloop
 
     try:
         code = uvloop.run(_main(service, build))
     except Exception:
-        logging.getLogger("shop.server").exception("service failed")
+        log.exception("service failed")
         code = 1
     sys.exit(code)
 
 
-__all__ = ["App", "ServiceRunner", "run_service", "serve_app", "write_ready_file"]
+__all__ = ["App", "Build", "ServiceRunner", "run_service", "serve_app", "start_discovery",
+           "write_ready_file"]

@@ -18,7 +18,6 @@ called service's DNS SAN (`<service>.shop.local`), whatever address it was diall
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from grpc import aio
 
+from services.common import envvars
 from services.common.pki import dns_name, identity_of_spiffe
 
 log = logging.getLogger("shop.tls")
@@ -40,19 +40,18 @@ _OFF = ("0", "off", "false", "no")
 
 
 def mtls_enabled() -> bool:
-    return os.environ.get("SHOP_MTLS", "on").strip().lower() not in _OFF
+    return envvars.SHOP_MTLS.get()
 
 
 def pki_dir() -> Path:
-    explicit = os.environ.get("SHOP_PKI_DIR", "").strip()
+    explicit = envvars.SHOP_PKI_DIR.get()
     if explicit:
         return Path(explicit)
-    return Path(os.environ.get("SHOP_DATA_DIR", "").strip() or "var") / "pki"
+    return Path(envvars.SHOP_DATA_DIR.get()) / "pki"
 
 
 def _reload_every_s() -> float:
-    raw = os.environ.get("SHOP_TLS_RELOAD_S", "").strip()
-    return float(raw) if raw else 1.0
+    return envvars.SHOP_TLS_RELOAD_S.get()
 
 
 @dataclass(frozen=True)
@@ -224,7 +223,7 @@ def claim_identity(identity: str) -> None:
 
 
 def process_identity() -> str:
-    return os.environ.get("SHOP_IDENTITY", "").strip() or _process.claimed
+    return envvars.SHOP_IDENTITY.get() or _process.claimed
 
 
 def process_mesh() -> Mesh | None:

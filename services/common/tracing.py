@@ -14,7 +14,6 @@ headers (`rpctracing.py`, `eventtracing.py`).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 
 from opentelemetry import trace
@@ -23,6 +22,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from services.common import envvars
 from services.common.registry import shop_version
 
 __all__ = ["PROPAGATOR", "current_trace_id", "setup_tracing"]
@@ -34,20 +34,21 @@ PROTOCOLS = ("http/protobuf", "grpc")
 PROPAGATOR = TraceContextTextMapPropagator()
 
 
-def _env(*names: str) -> str:
-    for name in names:
-        value = os.environ.get(name, "").strip()
+def _env(*names: envvars.Var[str]) -> str:
+    for var in names:
+        value = var.get()
         if value:
             return value
     return ""
 
 
 def _exporter() -> SpanExporter | None:
-    endpoint = _env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+    endpoint = _env(envvars.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+                    envvars.OTEL_EXPORTER_OTLP_ENDPOINT)
     if not endpoint:
         return None
-    protocol = _env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-                    "OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
+    protocol = _env(envvars.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+                    envvars.OTEL_EXPORTER_OTLP_PROTOCOL) or "http/protobuf"
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
             OTLPSpanExporter as GrpcExporter,
@@ -64,10 +65,10 @@ def _exporter() -> SpanExporter | None:
 
 def setup_tracing(service: str, instance_id: str) -> Callable[[], None]:
     """Install the process's tracer provider; returns its shutdown (flushes the exporter)."""
-    if _env("OTEL_SDK_DISABLED").lower() == "true":
+    if envvars.OTEL_SDK_DISABLED.get().lower() == "true":
         return lambda: None
     attributes = {"service.instance.id": instance_id, "service.version": shop_version()}
-    if not _env("OTEL_SERVICE_NAME"):
+    if not envvars.OTEL_SERVICE_NAME.get():
         attributes["service.name"] = f"shop-{service}"
     # Resource.create adds OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME; the sampler
     # comes from OTEL_TRACES_SAMPLER (TracerProvider's default reads it).

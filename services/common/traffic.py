@@ -20,12 +20,13 @@ versions it does not name get nothing, unless none it names has a healthy instan
 from __future__ import annotations
 
 import functools
-import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
+
+from services.common import envvars
 
 TRAFFIC_FILE = Path(__file__).resolve().parents[2] / "proto" / "traffic.toml"
 
@@ -93,7 +94,7 @@ def _load(path: str) -> Traffic:
 
 def traffic() -> Traffic:
     """The process's traffic configuration (read once per file)."""
-    explicit = os.environ.get("SHOP_TRAFFIC", "").strip()
+    explicit = envvars.SHOP_TRAFFIC.get()
     return _load(explicit or str(TRAFFIC_FILE))
 
 

@@ -12,6 +12,7 @@ from services.common.schema import service_migrations
 from services.common.server import App, run_service
 from services.common.settings import Settings
 from services.common.storage import open_storage
+from services.common.wiring import Wiring
 from services.inventory.expiry import ReservationExpiry, reservation_ttl_s
 from services.inventory.servicer import InventoryServicer
 from services.inventory.store import InventoryStore, snapshot_every
@@ -21,7 +22,7 @@ log = logging.getLogger("shop.inventory")
 SERVICE = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"]
 
 
-async def build(settings: Settings) -> App:
+async def build(settings: Settings, wiring: Wiring) -> App:
     # durable: stock is money's twin; a lost commit would break the stock invariant.
     db = await open_storage(settings, service_migrations("inventory"), durable=True)
     store = InventoryStore(db, snapshot_every=snapshot_every())
@@ -38,7 +39,7 @@ async def build(settings: Settings) -> App:
         inventory_pb2_grpc.add_InventoryServiceServicer_to_server,
         servicer,
         tasks=[*events.tasks, *expiry],
-        on_stop=[*events.on_stop, db.close],
+        closers=[db.close, *events.on_stop],
     )
 
 

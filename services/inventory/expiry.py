@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 
-from services.common.settings import env_float
+from services.common import envvars
 from services.inventory.store import InventoryRepository
 
 log = logging.getLogger("shop.inventory.expiry")
@@ -23,7 +23,7 @@ DEFAULT_TTL_S = 900.0
 
 
 def reservation_ttl_s() -> float:
-    return env_float("INVENTORY_RESERVATION_TTL_S", DEFAULT_TTL_S)
+    return envvars.INVENTORY_RESERVATION_TTL_S.get()
 
 
 class ReservationExpiry:

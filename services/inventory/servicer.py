@@ -4,6 +4,7 @@ server interceptor."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from grpc import aio
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
@@ -22,7 +23,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         self.storage = storage
 
     async def GetStock(self, request: inventory_pb2.GetStockRequest,
-                       context: aio.ServicerContext) -> inventory_pb2.GetStockResponse:
+                       context: aio.ServicerContext[Any, Any]) -> inventory_pb2.GetStockResponse:
         product_id = domain.validate_product_id(request.product_id)
         if request.HasField("as_of"):
             at = domain.validate_as_of(request.as_of.seconds, request.as_of.nanos, time.time())
@@ -33,7 +34,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
 
     async def GetStockHistory(
             self, request: inventory_pb2.GetStockHistoryRequest,
-            context: aio.ServicerContext) -> inventory_pb2.GetStockHistoryResponse:
+            context: aio.ServicerContext[Any, Any]) -> inventory_pb2.GetStockHistoryResponse:
         product_id = domain.validate_product_id(request.product_id)
         size = domain.page_size(request.page_size)
         before = domain.decode_history_token(request.page_token, product_id)
@@ -43,8 +44,9 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         return inventory_pb2.GetStockHistoryResponse(
             events=[history_pb(e) for e in page.entries], next_page_token=token)
 
-    async def RebuildStock(self, request: inventory_pb2.RebuildStockRequest,
-                           context: aio.ServicerContext) -> inventory_pb2.RebuildStockResponse:
+    async def RebuildStock(
+            self, request: inventory_pb2.RebuildStockRequest,
+            context: aio.ServicerContext[Any, Any]) -> inventory_pb2.RebuildStockResponse:
         report = await rebuild(self.storage, verify_only=request.verify_only,
                                from_scratch=request.from_scratch)
         return inventory_pb2.RebuildStockResponse(
@@ -55,13 +57,14 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
                 replayed=level_pb(d.product_id, d.replayed)) for d in report.differences])
 
     async def SetStock(self, request: inventory_pb2.SetStockRequest,
-                       context: aio.ServicerContext) -> inventory_pb2.SetStockResponse:
+                       context: aio.ServicerContext[Any, Any]) -> inventory_pb2.SetStockResponse:
         product_id, available = domain.validate_set_stock(request.product_id, request.available)
         stock = await self.store.set_stock(product_id, available)
         return inventory_pb2.SetStockResponse(stock=stock_pb(stock))
 
     async def ReserveStock(self, request: inventory_pb2.ReserveStockRequest,
-                           context: aio.ServicerContext) -> inventory_pb2.ReserveStockResponse:
+                           context: aio.ServicerContext[Any, Any],
+                           ) -> inventory_pb2.ReserveStockResponse:
         lines = domain.validate_reserve(
             request.order_id, ((i.product_id, i.quantity) for i in request.items))
         # A REJECTED or RELEASED outcome is stored first, then refused (FAILED_PRECONDITION).
@@ -69,19 +72,22 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         return inventory_pb2.ReserveStockResponse(reservation=reservation_pb(reservation))
 
     async def ReleaseStock(self, request: inventory_pb2.ReleaseStockRequest,
-                           context: aio.ServicerContext) -> inventory_pb2.ReleaseStockResponse:
+                           context: aio.ServicerContext[Any, Any],
+                           ) -> inventory_pb2.ReleaseStockResponse:
         order_id = domain.validate_order_id(request.order_id)
         reservation = await self.store.release(order_id)
         return inventory_pb2.ReleaseStockResponse(reservation=reservation_pb(reservation))
 
     async def CommitStock(self, request: inventory_pb2.CommitStockRequest,
-                          context: aio.ServicerContext) -> inventory_pb2.CommitStockResponse:
+                          context: aio.ServicerContext[Any, Any],
+                          ) -> inventory_pb2.CommitStockResponse:
         order_id = domain.validate_order_id(request.order_id)
         reservation = await self.store.commit(order_id)
         return inventory_pb2.CommitStockResponse(reservation=reservation_pb(reservation))
 
     async def RestockStock(self, request: inventory_pb2.RestockStockRequest,
-                           context: aio.ServicerContext) -> inventory_pb2.RestockStockResponse:
+                           context: aio.ServicerContext[Any, Any],
+                           ) -> inventory_pb2.RestockStockResponse:
         order_id = domain.validate_order_id(request.order_id)
         reservation = await self.store.restock(order_id)
         return inventory_pb2.RestockStockResponse(reservation=reservation_pb(reservation))

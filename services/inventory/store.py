@@ -27,9 +27,9 @@ from typing import Protocol, TypeVar
 
 from shop.inventory.v1 import inventory_pb2
 
+from services.common import envvars
 from services.common.errors import NotFound, Unavailable
 from services.common.events import INVENTORY_RELEASED, INVENTORY_RESERVED, INVENTORY_RESTOCKED
-from services.common.settings import env_int
 from services.common.storage import Row, Storage, Tx
 from services.inventory import eventstore as es
 from services.inventory.convert import reservation_pb
@@ -58,7 +58,7 @@ T = TypeVar("T")
 
 def snapshot_every() -> int:
     """INVENTORY_SNAPSHOT_EVERY: a snapshot per stream every this many events (0: none)."""
-    every = env_int("INVENTORY_SNAPSHOT_EVERY", DEFAULT_SNAPSHOT_EVERY)
+    every = envvars.INVENTORY_SNAPSHOT_EVERY.get()
     if every < 0:
         raise ValueError(f"INVENTORY_SNAPSHOT_EVERY must not be negative, got {every}")
     return every

@@ -12,6 +12,7 @@ from services.common.schema import service_migrations
 from services.common.server import App, run_service
 from services.common.settings import Settings
 from services.common.storage import open_storage
+from services.common.wiring import Wiring
 from services.notification import handlers
 from services.notification.mailconfig import load_mail_settings
 from services.notification.metrics import MailMetrics
@@ -22,7 +23,7 @@ from services.notification.store import DeliveryStore, NotificationStore
 SERVICE = notification_pb2.DESCRIPTOR.services_by_name["NotificationService"]
 
 
-async def build(settings: Settings) -> App:
+async def build(settings: Settings, wiring: Wiring) -> App:
     mail = load_mail_settings()
     # Messages are re-creatable from the stream, so NORMAL sync is enough here.
     db = await open_storage(settings, service_migrations("notification"), durable=False)
@@ -45,7 +46,7 @@ async def build(settings: Settings) -> App:
         notification_pb2_grpc.add_NotificationServiceServicer_to_server,
         servicer,
         tasks=[*events.tasks, *tasks],
-        on_stop=[*events.on_stop, db.close],
+        closers=[db.close, *events.on_stop],
     )
 
 

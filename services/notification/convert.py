@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from shop.notification.v1 import notification_pb2 as pb
 
+from services.common.timestamps import set_timestamp
 from services.notification.delivery import DeliveryStatus
 from services.notification.domain import Kind, Notification
 
@@ -37,7 +38,5 @@ def to_proto(n: Notification) -> pb.Notification:
         delivery=_DELIVERY[n.delivery],
         delivery_error=n.delivery_error,
     )
-    # Set in place (= Timestamp.FromNanoseconds): one built apart would be copied in.
-    msg.create_time.seconds, msg.create_time.nanos = divmod(
-        int(n.created_at * 1_000_000_000), 1_000_000_000)
+    set_timestamp(msg.create_time, n.created_at)
     return msg

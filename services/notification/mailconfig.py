@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from services.common.settings import env_float, env_int, env_str
+from services.common import envvars
 
 __all__ = ["DEFAULT_SMTP_URL", "MailSettings", "SmtpTarget", "load_mail_settings",
            "parse_smtp_url"]
@@ -98,17 +98,17 @@ class MailSettings:
 
 def load_mail_settings() -> MailSettings:
     """SMTP_URL, SMTP_FROM and the SHOP_MAIL_* tuning variables."""
-    raw = env_str("SMTP_URL", DEFAULT_SMTP_URL).strip()
+    raw = envvars.SMTP_URL.get()
     target = None if raw.lower() in ("off", "none", "disabled") else parse_smtp_url(raw)
     return MailSettings(
         target=target,
-        sender=env_str("SMTP_FROM", DEFAULT_FROM),
-        attempt_timeout_s=env_float("SHOP_MAIL_TIMEOUT_S", 10.0),
-        backoff_s=env_float("SHOP_MAIL_BACKOFF_S", 1.0),
-        backoff_cap_s=env_float("SHOP_MAIL_BACKOFF_CAP_S", 60.0),
-        give_up_after_s=env_float("SHOP_MAIL_GIVE_UP_S", 24 * 3600.0),
-        breaker_fail_max=env_int("SHOP_MAIL_BREAKER_FAIL_MAX", 5),
-        breaker_reset_s=env_float("SHOP_MAIL_BREAKER_RESET_S", 15.0),
-        concurrency=max(1, env_int("SHOP_MAIL_CONCURRENCY", 4)),
-        batch=max(1, env_int("SHOP_MAIL_BATCH", 32)),
+        sender=envvars.SMTP_FROM.get(),
+        attempt_timeout_s=envvars.SHOP_MAIL_TIMEOUT_S.get(),
+        backoff_s=envvars.SHOP_MAIL_BACKOFF_S.get(),
+        backoff_cap_s=envvars.SHOP_MAIL_BACKOFF_CAP_S.get(),
+        give_up_after_s=envvars.SHOP_MAIL_GIVE_UP_S.get(),
+        breaker_fail_max=envvars.SHOP_MAIL_BREAKER_FAIL_MAX.get(),
+        breaker_reset_s=envvars.SHOP_MAIL_BREAKER_RESET_S.get(),
+        concurrency=max(1, envvars.SHOP_MAIL_CONCURRENCY.get()),
+        batch=max(1, envvars.SHOP_MAIL_BATCH.get()),
     )

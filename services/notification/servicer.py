@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from grpc import aio
 from shop.notification.v1 import notification_pb2 as pb
 from shop.notification.v1 import notification_pb2_grpc
@@ -17,7 +19,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         self.store = store
 
     async def ListNotifications(
-        self, request: pb.ListNotificationsRequest, context: aio.ServicerContext
+        self, request: pb.ListNotificationsRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.ListNotificationsResponse:
         user_id = resolve_user(request.user_id, for_read=True)
         size = domain.page_size(request.page_size)
@@ -30,7 +32,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
             notifications=[to_proto(n) for n in page.items], next_page_token=token)
 
     async def MarkRead(
-        self, request: pb.MarkReadRequest, context: aio.ServicerContext
+        self, request: pb.MarkReadRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.MarkReadResponse:
         notification_id = domain.validate_id(request.id)
         # for_read: naming another user gives NOT_FOUND, like another user's notification.
@@ -39,7 +41,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         return pb.MarkReadResponse(notification=to_proto(note))
 
     async def GetNotification(
-        self, request: pb.GetNotificationRequest, context: aio.ServicerContext
+        self, request: pb.GetNotificationRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.GetNotificationResponse:
         notification_id = domain.validate_id(request.id)
         user_id = resolve_user(request.user_id, for_read=True)
@@ -48,7 +50,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         return pb.GetNotificationResponse(notification=to_proto(found))
 
     async def CountUnread(
-        self, request: pb.CountUnreadRequest, context: aio.ServicerContext
+        self, request: pb.CountUnreadRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.CountUnreadResponse:
         user_id = resolve_user(request.user_id, for_read=True)
         return pb.CountUnreadResponse(count=await self.store.count_unread(user_id))

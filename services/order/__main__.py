@@ -21,12 +21,13 @@ from shop.product.v1 import product_pb2_grpc
 from shop.shipping.v1 import shipping_pb2_grpc
 from shop.user.v1 import user_pb2_grpc
 
-from services.common.clients import Downstream
+from services.common import envvars
 from services.common.eventing import ConsumerSpec, EventWorkers
 from services.common.schema import service_migrations
 from services.common.server import App, run_service
-from services.common.settings import Settings, env_float, env_int
+from services.common.settings import Settings
 from services.common.storage import open_storage
+from services.common.wiring import Wiring
 from services.order import handlers
 from services.order.domain import Limits
 from services.order.ports import GrpcPorts
@@ -37,31 +38,34 @@ from services.order.store import OrderStore
 SERVICE = order_pb2.DESCRIPTOR.services_by_name["OrderService"]
 
 
-async def build(settings: Settings) -> App:
+async def build(settings: Settings, wiring: Wiring) -> App:
     db = await open_storage(settings, service_migrations("order"), durable=True)
     store = OrderStore(db)
-    step_timeout = env_float("SHOP_SAGA_STEP_TIMEOUT_S", 3.0)
-    inventory = Downstream("inventory", inventory_pb2_grpc.InventoryServiceStub, cap_s=step_timeout)
-    payment = Downstream("payment", payment_pb2_grpc.PaymentServiceStub, cap_s=step_timeout)
-    shipping = Downstream("shipping", shipping_pb2_grpc.ShippingServiceStub, cap_s=step_timeout)
+    step_timeout = envvars.SHOP_SAGA_STEP_TIMEOUT_S.get()
+    inventory = wiring.downstream("inventory", inventory_pb2_grpc.InventoryServiceStub,
+                                  cap_s=step_timeout)
+    payment = wiring.downstream("payment", payment_pb2_grpc.PaymentServiceStub,
+                                cap_s=step_timeout)
+    shipping = wiring.downstream("shipping", shipping_pb2_grpc.ShippingServiceStub,
+                                 cap_s=step_timeout)
     peers = Peers(
-        users=Downstream("user", user_pb2_grpc.UserServiceStub, cap_s=2.0),
-        products=Downstream("product", product_pb2_grpc.ProductServiceStub, cap_s=2.0),
-        carts=Downstream("cart", cart_pb2_grpc.CartServiceStub, cap_s=2.0),
+        users=wiring.downstream("user", user_pb2_grpc.UserServiceStub, cap_s=2.0),
+        products=wiring.downstream("product", product_pb2_grpc.ProductServiceStub, cap_s=2.0),
+        carts=wiring.downstream("cart", cart_pb2_grpc.CartServiceStub, cap_s=2.0),
     )
     limits = Limits(
-        reserve=env_int("SHOP_SAGA_RESERVE_ATTEMPTS", 8),
-        charge=env_int("SHOP_SAGA_CHARGE_ATTEMPTS", 8),
-        compensation=env_int("SHOP_SAGA_COMPENSATION_ATTEMPTS", 8),
+        reserve=envvars.SHOP_SAGA_RESERVE_ATTEMPTS.get(),
+        charge=envvars.SHOP_SAGA_CHARGE_ATTEMPTS.get(),
+        compensation=envvars.SHOP_SAGA_COMPENSATION_ATTEMPTS.get(),
     )
     # The instance id is the lease owner: a restarted instance resumes its own sagas at once.
     config = SagaConfig(
-        owner=settings.instance_id, limits=limits, lease_s=env_float("SHOP_SAGA_LEASE_S", 10.0)
+        owner=settings.instance_id, limits=limits, lease_s=envvars.SHOP_SAGA_LEASE_S.get()
     )
     ports = GrpcPorts(inventory, payment, shipping, step_timeout_s=step_timeout)
     runner = SagaRunner(store, ports, config)
     servicer = OrderServicer(
-        store, runner, peers, budget_s=env_float("SHOP_ORDER_SAGA_BUDGET_S", 5.0)
+        store, runner, peers, budget_s=envvars.SHOP_ORDER_SAGA_BUDGET_S.get()
     )
     payment_routes, shipment_routes = handlers.routes(runner.poke)
     events = EventWorkers(
@@ -86,7 +90,7 @@ async def build(settings: Settings) -> App:
         order_pb2_grpc.add_OrderServiceServicer_to_server,
         servicer,
         tasks=[*events.tasks, runner.resume_loop, runner.heartbeat_loop],
-        on_stop=[stop],
+        closers=[stop],
     )
 
 

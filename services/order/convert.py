@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from shop.order.v1 import order_pb2
 
+from services.common.timestamps import set_timestamp, timestamp
 from services.order.domain import Order, OrderStatus
+
+__all__ = ["STATUS_BY_VALUE", "order_pb", "set_timestamp", "status_pb", "timestamp"]
 
 _STATUS = {s: order_pb2.OrderStatus.Value(f"ORDER_STATUS_{s.value}") for s in OrderStatus}
 # By the stored text of the status (OrderStatus.value), for messages built from rows.
 STATUS_BY_VALUE: dict[str, order_pb2.OrderStatus.ValueType] = {
     s.value: v for s, v in _STATUS.items()}
 
-_NS = 1_000_000_000
-
-
 def status_pb(status: OrderStatus) -> order_pb2.OrderStatus.ValueType:
     return _STATUS[status]
-
-
-def timestamp(seconds: float) -> Timestamp:
-    ts = Timestamp()
-    ts.seconds, ts.nanos = divmod(int(seconds * 1e9), _NS)  # = FromNanoseconds
-    return ts
-
-
-def set_timestamp(ts: Timestamp, seconds: float) -> None:
-    """`ts` (a message's own field, set in place: no copy) = `seconds` since the epoch."""
-    ts.seconds, ts.nanos = divmod(int(seconds * 1e9), _NS)
 
 
 def order_pb(order: Order) -> order_pb2.Order:

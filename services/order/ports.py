@@ -2,7 +2,7 @@
 state machine knows: succeeded (returns), refused (StepRefused, with its kind), unknown
 (StepUnknown), unwell (StepUnwell), not attempted (StepDeferred).
 
-REFUSALS is the one place that says which codes really mean "refused", per call; every
+REFUSALS is the one place that says which codes really mean "refused", per step; every
 other code leaves the outcome unknown (the call may have taken effect), so the step is
 retried, and a step that was ever unknown is compensated even if it is refused later.
 """
@@ -10,30 +10,36 @@ retried, and a step that was ever unknown is compensated even if it is refused l
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from grpc import aio
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.payment.v1 import payment_pb2, payment_pb2_grpc
 from shop.shipping.v1 import shipping_pb2, shipping_pb2_grpc
 
 from services.common.breakers import FAILURE_CODES
-from services.common.clients import Downstream
+from services.common.clients import Downstream, Rpc, rpc_name
 from services.common.errors import DomainError
-from services.order.domain import Order, Refusal
+from services.order.domain import Order, Refusal, Step
+
+StubT = TypeVar("StubT")
+ReqT = TypeVar("ReqT", bound=Message)
+RespT = TypeVar("RespT", bound=Message)
 
 _FP = grpc.StatusCode.FAILED_PRECONDITION
 
-# Per downstream method: the codes that are a business "no", and what kind of no.
-REFUSALS: Mapping[str, Mapping[grpc.StatusCode, Refusal]] = {
-    "ReserveStock": {_FP: Refusal.OUT_OF_STOCK},  # short of stock, or released already
-    "Charge": {_FP: Refusal.DECLINED, grpc.StatusCode.INVALID_ARGUMENT: Refusal.INVALID_CARD},
-    "CommitStock": {_FP: Refusal.COMMIT_REFUSED},  # no (or a released) reservation
-    "Refund": {},  # payment always accepts a refund (a tombstone if nothing was charged)
-    "ReleaseStock": {_FP: Refusal.COMMITTED},  # the stock is sold: restock it instead
-    "CancelShipment": {_FP: Refusal.ALREADY_SHIPPED},
-    "RestockStock": {_FP: Refusal.NOT_COMMITTED},
+# Per saga step (one downstream call each): the codes that are a business "no", and what
+# kind of no.
+REFUSALS: Mapping[Step, Mapping[grpc.StatusCode, Refusal]] = {
+    Step.RESERVE: {_FP: Refusal.OUT_OF_STOCK},  # ReserveStock: short, or released already
+    Step.CHARGE: {_FP: Refusal.DECLINED, grpc.StatusCode.INVALID_ARGUMENT: Refusal.INVALID_CARD},
+    Step.CONFIRM: {_FP: Refusal.COMMIT_REFUSED},  # CommitStock: no (or a released) reservation
+    Step.REFUND: {},  # payment always accepts a refund (a tombstone if nothing was charged)
+    Step.RELEASE: {_FP: Refusal.COMMITTED},  # ReleaseStock: sold, restock it instead
+    Step.CANCEL_SHIPMENT: {_FP: Refusal.ALREADY_SHIPPED},
+    Step.RESTOCK: {_FP: Refusal.NOT_COMMITTED},  # RestockStock
 }
 
 
@@ -68,11 +74,11 @@ class SagaPorts(Protocol):
     async def restock(self, order_id: str) -> None: ...
 
 
-def classify(method: str, err: aio.AioRpcError, where: str) -> Exception:
-    """The step exception for an error answer of `method`."""
+def classify(step: Step, err: aio.AioRpcError, where: str) -> Exception:
+    """The step exception for an error answer of `step`'s call."""
     code = err.code()
     detail = err.details() or code.name
-    kind = REFUSALS[method].get(code)
+    kind = REFUSALS[step].get(code)
     if kind is not None:
         return StepRefused(detail, kind)
     text = f"{where}: {code.name}: {detail}"
@@ -82,50 +88,51 @@ def classify(method: str, err: aio.AioRpcError, where: str) -> Exception:
 
 
 class GrpcPorts:
-    def __init__(self, inventory: Downstream[inventory_pb2_grpc.InventoryServiceStub],
-                 payment: Downstream[payment_pb2_grpc.PaymentServiceStub],
-                 shipping: Downstream[shipping_pb2_grpc.ShippingServiceStub], *,
+    def __init__(self, inventory: Downstream[inventory_pb2_grpc.InventoryServiceAsyncStub],
+                 payment: Downstream[payment_pb2_grpc.PaymentServiceAsyncStub],
+                 shipping: Downstream[shipping_pb2_grpc.ShippingServiceAsyncStub], *,
                  step_timeout_s: float = 3.0) -> None:
         self.inventory = inventory
         self.payment = payment
         self.shipping = shipping
         self.timeout = step_timeout_s
 
-    async def _call(self, ds: Downstream[Any], method: str, request: Any) -> Any:
+    async def _call(self, step: Step, ds: Downstream[StubT], rpc: Rpc[StubT, ReqT, RespT],
+                    request: ReqT) -> RespT:
         try:
-            return await ds.call(method, request, idempotent=True, timeout=self.timeout)
+            return await ds.call(rpc, request, idempotent=True, timeout=self.timeout)
         except aio.AioRpcError as err:
-            raise classify(method, err, f"{ds.service}.{method}") from None
+            raise classify(step, err, f"{ds.service}.{rpc_name(rpc)}") from None
         except DomainError as err:  # breaker open, no time left: never sent
-            raise StepDeferred(f"{ds.service}.{method}: {err}") from None
+            raise StepDeferred(f"{ds.service}.{rpc_name(rpc)}: {err}") from None
 
     async def reserve(self, order: Order) -> None:
-        await self._call(self.inventory, "ReserveStock", inventory_pb2.ReserveStockRequest(
-            order_id=order.id,
-            items=[inventory_pb2.StockItem(product_id=ln.product_id, quantity=ln.quantity)
-                   for ln in order.items]))
+        items = [inventory_pb2.StockItem(product_id=ln.product_id, quantity=ln.quantity)
+                 for ln in order.items]
+        await self._call(Step.RESERVE, self.inventory, lambda s: s.ReserveStock,
+                         inventory_pb2.ReserveStockRequest(order_id=order.id, items=items))
 
     async def charge(self, order: Order, card_token: str) -> None:
-        await self._call(self.payment, "Charge", payment_pb2.ChargeRequest(
+        await self._call(Step.CHARGE, self.payment, lambda s: s.Charge, payment_pb2.ChargeRequest(
             order_id=order.id, user_id=order.user_id, amount_cents=order.total_cents,
             currency=order.currency, card_token=card_token))
 
     async def commit(self, order_id: str) -> None:
-        await self._call(self.inventory, "CommitStock",
+        await self._call(Step.CONFIRM, self.inventory, lambda s: s.CommitStock,
                          inventory_pb2.CommitStockRequest(order_id=order_id))
 
     async def refund(self, order_id: str, reason: str) -> None:
-        await self._call(self.payment, "Refund",
+        await self._call(Step.REFUND, self.payment, lambda s: s.Refund,
                          payment_pb2.RefundRequest(order_id=order_id, reason=reason))
 
     async def release(self, order_id: str) -> None:
-        await self._call(self.inventory, "ReleaseStock",
+        await self._call(Step.RELEASE, self.inventory, lambda s: s.ReleaseStock,
                          inventory_pb2.ReleaseStockRequest(order_id=order_id))
 
     async def cancel_shipment(self, order_id: str) -> None:
-        await self._call(self.shipping, "CancelShipment",
+        await self._call(Step.CANCEL_SHIPMENT, self.shipping, lambda s: s.CancelShipment,
                          shipping_pb2.CancelShipmentRequest(order_id=order_id))
 
     async def restock(self, order_id: str) -> None:
-        await self._call(self.inventory, "RestockStock",
+        await self._call(Step.RESTOCK, self.inventory, lambda s: s.RestockStock,
                          inventory_pb2.RestockStockRequest(order_id=order_id))

@@ -162,7 +162,7 @@ class SagaRunner:
             return None
         state, lease = got
         if lease.owner != self.config.owner:
-            log.info("saga taken over by %s", lease.owner, extra={"order_id": order_id})
+            log.info("saga taken over", extra={"order_id": order_id, "owner": lease.owner})
             return None
         return state
 
@@ -205,8 +205,8 @@ class SagaRunner:
         except asyncio.CancelledError:
             raise
         except Exception as err:  # a bug or a transport oddity: retried like an unknown
-            log.exception("saga step %s failed unexpectedly", step,
-                          extra={"order_id": order.id})
+            log.exception("saga step failed unexpectedly",
+                          extra={"order_id": order.id, "step": str(step)})
             return Outcome.UNKNOWN, repr(err), Refusal.NONE
         return Outcome.SUCCEEDED, "", Refusal.NONE
 

@@ -8,7 +8,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from grpc import aio
@@ -21,8 +21,9 @@ from services.common import context
 from services.common.clients import Downstream
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from services.common.identity import resolve_user
+from services.common.timestamps import timestamp
 from services.order import domain
-from services.order.convert import order_pb, status_pb, timestamp
+from services.order.convert import order_pb, status_pb
 from services.order.domain import Order, OrderStatus, SagaState, SagaStatus
 from services.order.saga import SagaRunner
 from services.order.store import HistoryEntry, OrderRepository
@@ -39,9 +40,9 @@ B = TypeVar("B")
 
 @dataclasses.dataclass(frozen=True)
 class Peers:
-    users: Downstream[user_pb2_grpc.UserServiceStub]
-    products: Downstream[product_pb2_grpc.ProductServiceStub]
-    carts: Downstream[cart_pb2_grpc.CartServiceStub]
+    users: Downstream[user_pb2_grpc.UserServiceAsyncStub]
+    products: Downstream[product_pb2_grpc.ProductServiceAsyncStub]
+    carts: Downstream[cart_pb2_grpc.CartServiceAsyncStub]
 
 
 class OrderServicer(order_pb2_grpc.OrderServiceServicer):
@@ -85,7 +86,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         if user_id in self._known_users:
             self._known_users.move_to_end(user_id)
             return
-        await self.peers.users.call("GetUser", user_pb2.GetUserRequest(id=user_id),
+        await self.peers.users.call(lambda s: s.GetUser, user_pb2.GetUserRequest(id=user_id),
                                     idempotent=True)
         self._known_users[user_id] = None
         if len(self._known_users) > _KNOWN_USERS_MAX:
@@ -93,7 +94,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
 
     async def _cart_lines(self, user_id: str) -> tuple[domain.Line, ...]:
         reply = await self.peers.carts.call(
-            "GetCart", cart_pb2.GetCartRequest(user_id=user_id), idempotent=True)
+            lambda s: s.GetCart, cart_pb2.GetCartRequest(user_id=user_id), idempotent=True)
         items = reply.cart.items
         if not items:
             raise InvalidArgument("no items given and the cart is empty")
@@ -102,7 +103,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
     async def _catalogue(self, lines: tuple[domain.Line, ...]) -> dict[str, tuple[int, str]]:
         try:
             reply = await self.peers.products.call(
-                "BatchGetProducts",
+                lambda s: s.BatchGetProducts,
                 product_pb2.BatchGetProductsRequest(ids=[ln.product_id for ln in lines]),
                 idempotent=True)
         except aio.AioRpcError as err:
@@ -112,7 +113,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         return {p.id: (p.price_cents, p.currency) for p in reply.products}
 
     async def CreateOrder(self, request: order_pb2.CreateOrderRequest,
-                          context_: aio.ServicerContext) -> order_pb2.CreateOrderResponse:
+                          context_: aio.ServicerContext[Any, Any]) -> order_pb2.CreateOrderResponse:
         user_id = resolve_user(request.user_id, for_read=False)
         token = domain.validate_card_token(request.card_token)
         key = request.idempotency_key.strip()
@@ -153,7 +154,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         return await self._respond(result, context_)
 
     async def _respond(self, order: Order,
-                       ctx: aio.ServicerContext) -> order_pb2.CreateOrderResponse:
+                       ctx: aio.ServicerContext[Any, Any]) -> order_pb2.CreateOrderResponse:
         """CONFIRMED or still PENDING: the order. Refused: an error naming the reason, with
         the (CANCELLED, readable) order's id in the message and in `x-order-id`."""
         if order.status in (OrderStatus.CANCELLED, OrderStatus.REQUIRES_ATTENTION):
@@ -168,11 +169,11 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         return order_pb2.CreateOrderResponse(order=order_pb(order))
 
     async def GetOrder(self, request: order_pb2.GetOrderRequest,
-                       context_: aio.ServicerContext) -> order_pb2.GetOrderResponse:
+                       context_: aio.ServicerContext[Any, Any]) -> order_pb2.GetOrderResponse:
         return order_pb2.GetOrderResponse(order=order_pb(await self._owned(request.id)))
 
     async def ListOrders(self, request: order_pb2.ListOrdersRequest,
-                         context_: aio.ServicerContext) -> order_pb2.ListOrdersResponse:
+                         context_: aio.ServicerContext[Any, Any]) -> order_pb2.ListOrdersResponse:
         user_id = resolve_user(request.user_id)
         size = domain.page_size(request.page_size)
         after = domain.decode_page_token(request.page_token)
@@ -181,7 +182,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         return order_pb2.ListOrdersResponse(orders=orders, next_page_token=token)
 
     async def CancelOrder(self, request: order_pb2.CancelOrderRequest,
-                          context_: aio.ServicerContext) -> order_pb2.CancelOrderResponse:
+                          context_: aio.ServicerContext[Any, Any]) -> order_pb2.CancelOrderResponse:
         order = await self._owned(request.id)
         reason = request.reason.strip()[:_MAX_REASON] or domain.REASON_CUSTOMER
         for _ in range(5):  # retried only when the saga moved between read and write
@@ -215,7 +216,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         raise Unavailable(f"order {order.id} is changing too fast to cancel; try again")
 
     async def RetrySaga(self, request: order_pb2.RetrySagaRequest,
-                        context_: aio.ServicerContext) -> order_pb2.RetrySagaResponse:
+                        context_: aio.ServicerContext[Any, Any]) -> order_pb2.RetrySagaResponse:
         if context.user_id():
             raise PermissionDenied("RetrySaga is an operator's call, not a user's")
         order_id = request.order_id.strip()
@@ -231,7 +232,8 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         return order_pb2.RetrySagaResponse(order=order_pb(final))
 
     async def GetSagaHistory(self, request: order_pb2.GetSagaHistoryRequest,
-                             context_: aio.ServicerContext) -> order_pb2.GetSagaHistoryResponse:
+                             context_: aio.ServicerContext[Any, Any],
+                             ) -> order_pb2.GetSagaHistoryResponse:
         order = await self._owned(request.order_id)
         steps = [order_pb2.SagaStep(step=h.step, outcome=h.outcome, attempt=h.attempt,
                                     time=timestamp(h.time), error=h.error)

@@ -9,13 +9,14 @@ from services.common.schema import service_migrations
 from services.common.server import App, run_service
 from services.common.settings import Settings
 from services.common.storage import open_storage
+from services.common.wiring import Wiring
 from services.payment.servicer import PaymentServicer
 from services.payment.store import PaymentStore
 
 SERVICE = payment_pb2.DESCRIPTOR.services_by_name["PaymentService"]
 
 
-async def build(settings: Settings) -> App:
+async def build(settings: Settings, wiring: Wiring) -> App:
     # Money: synchronous=FULL, every commit is on disk before Charge answers.
     db = await open_storage(settings, service_migrations("payment"), durable=True)
     servicer = PaymentServicer(PaymentStore(db))
@@ -27,8 +28,8 @@ async def build(settings: Settings) -> App:
         payment_pb2_grpc.add_PaymentServiceServicer_to_server,
         servicer,
         tasks=events.tasks,
-        # The event task (relay, lease handed back) is already cancelled when on_stop runs.
-        on_stop=[*events.on_stop, db.close],
+        # The event task (relay, lease handed back) is already cancelled when these run.
+        closers=[db.close, *events.on_stop],
     )
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from shop.payment.v1 import payment_pb2
 
+from services.common.timestamps import timestamp
 from services.payment.domain import Payment, Status
 
 _STATUS: dict[Status, payment_pb2.PaymentStatus.ValueType] = {
@@ -14,12 +14,6 @@ _STATUS: dict[Status, payment_pb2.PaymentStatus.ValueType] = {
     # A tombstone is no payment at all: nothing was charged, nothing refunded.
     Status.VOID: payment_pb2.PAYMENT_STATUS_UNSPECIFIED,
 }
-
-
-def timestamp(seconds: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1_000_000_000))
-    return ts
 
 
 def to_proto(p: Payment) -> payment_pb2.Payment:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from grpc import aio
 from shop.payment.v1 import payment_pb2, payment_pb2_grpc
 
@@ -21,7 +23,7 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
         self.store = store
 
     async def Charge(
-        self, request: payment_pb2.ChargeRequest, context_: aio.ServicerContext
+        self, request: payment_pb2.ChargeRequest, context_: aio.ServicerContext[Any, Any]
     ) -> payment_pb2.ChargeResponse:
         user_id = resolve_user(request.user_id, for_read=False)
         req = domain.validate_charge(request.order_id, user_id, request.amount_cents,
@@ -32,7 +34,7 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
         return payment_pb2.ChargeResponse(payment=to_proto(payment))
 
     async def Refund(
-        self, request: payment_pb2.RefundRequest, context_: aio.ServicerContext
+        self, request: payment_pb2.RefundRequest, context_: aio.ServicerContext[Any, Any]
     ) -> payment_pb2.RefundResponse:
         """Always OK for an order id (it is the saga's compensation). An order that was
         never charged gets a tombstone and answers status UNSPECIFIED, amount 0: nothing
@@ -43,7 +45,7 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
         return payment_pb2.RefundResponse(payment=to_proto(payment))
 
     async def GetPayment(
-        self, request: payment_pb2.GetPaymentRequest, context_: aio.ServicerContext
+        self, request: payment_pb2.GetPaymentRequest, context_: aio.ServicerContext[Any, Any]
     ) -> payment_pb2.GetPaymentResponse:
         order_id = domain.validate_order_id(request.order_id)
         missing = NotFound(f"payment for order {order_id} not found")

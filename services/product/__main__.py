@@ -7,11 +7,13 @@ import logging
 
 from shop.product.v1 import product_pb2, product_pb2_grpc
 
+from services.common import envvars
 from services.common.demo import CATALOGUE as DEMO
 from services.common.schema import service_migrations
 from services.common.server import App, run_service
-from services.common.settings import Settings, env_float
+from services.common.settings import Settings
 from services.common.storage import open_storage
+from services.common.wiring import Wiring
 from services.product.domain import Catalogue, Product
 from services.product.servicer import ProductServicer
 from services.product.store import ProductStore
@@ -25,7 +27,7 @@ DEMO_PRODUCTS = tuple(
 )
 
 
-async def build(settings: Settings) -> App:
+async def build(settings: Settings, wiring: Wiring) -> App:
     # Writes are rare (CreateProduct), so a full fsync per commit costs nothing that matters.
     db = await open_storage(settings, service_migrations("product"), durable=True)
     store = ProductStore(db)
@@ -33,7 +35,7 @@ async def build(settings: Settings) -> App:
     servicer = ProductServicer(store, Catalogue())
     await servicer.catch_up()
     log.info("catalogue loaded", extra={"products": len(servicer.catalogue), "seeded": seeded})
-    refresh_s = env_float("PRODUCT_REFRESH_S", 1.0)
+    refresh_s = envvars.PRODUCT_REFRESH_S.get()
 
     async def follow() -> None:
         await servicer.follow(refresh_s)
@@ -43,7 +45,7 @@ async def build(settings: Settings) -> App:
         product_pb2_grpc.add_ProductServiceServicer_to_server,
         servicer,
         tasks=[follow],
-        on_stop=[db.close],
+        closers=[db.close],
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from grpc import aio
 from shop.product.v1 import product_pb2, product_pb2_grpc
@@ -67,7 +68,7 @@ class ProductServicer(product_pb2_grpc.ProductServiceServicer):
         return [known[pid] for pid in ids]
 
     async def GetProduct(
-        self, request: product_pb2.GetProductRequest, context_: aio.ServicerContext
+        self, request: product_pb2.GetProductRequest, context_: aio.ServicerContext[Any, Any]
     ) -> product_pb2.GetProductResponse:
         p = self.catalogue.get(request.id)
         if p is None:
@@ -75,7 +76,7 @@ class ProductServicer(product_pb2_grpc.ProductServiceServicer):
         return product_pb2.GetProductResponse(product=self._proto(p))
 
     async def ListProducts(
-        self, request: product_pb2.ListProductsRequest, context_: aio.ServicerContext
+        self, request: product_pb2.ListProductsRequest, context_: aio.ServicerContext[Any, Any]
     ) -> product_pb2.ListProductsResponse:
         query = domain.parse_list_request(request.page_size, request.page_token,
                                           request.query, request.category)
@@ -84,13 +85,13 @@ class ProductServicer(product_pb2_grpc.ProductServiceServicer):
                                                 next_page_token=token)
 
     async def BatchGetProducts(
-        self, request: product_pb2.BatchGetProductsRequest, context_: aio.ServicerContext
+        self, request: product_pb2.BatchGetProductsRequest, context_: aio.ServicerContext[Any, Any]
     ) -> product_pb2.BatchGetProductsResponse:
         products = await self._lookup(domain.validate_batch(list(request.ids)))
         return product_pb2.BatchGetProductsResponse(products=[self._proto(p) for p in products])
 
     async def CreateProduct(
-        self, request: product_pb2.CreateProductRequest, context_: aio.ServicerContext
+        self, request: product_pb2.CreateProductRequest, context_: aio.ServicerContext[Any, Any]
     ) -> product_pb2.CreateProductResponse:
         m = request.product
         product = domain.validate_new_product(

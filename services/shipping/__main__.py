@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from shop.shipping.v1 import shipping_pb2, shipping_pb2_grpc
 
+from services.common import envvars
 from services.common.eventing import ConsumerSpec, EventWorkers
 from services.common.schema import service_migrations
 from services.common.server import App, run_service
-from services.common.settings import Settings, env_float
+from services.common.settings import Settings
 from services.common.storage import open_storage
+from services.common.wiring import Wiring
 from services.shipping import domain, handlers
 from services.shipping.dispatcher import Dispatcher
 from services.shipping.servicer import ShippingServicer
@@ -22,9 +24,9 @@ from services.shipping.store import ShippingStore
 SERVICE = shipping_pb2.DESCRIPTOR.services_by_name["ShippingService"]
 
 
-async def build(settings: Settings) -> App:
+async def build(settings: Settings, wiring: Wiring) -> App:
     delay_s = domain.validate_dispatch_delay(
-        env_float("SHIPPING_DISPATCH_DELAY_S", domain.DEFAULT_DISPATCH_DELAY_S))
+        envvars.SHIPPING_DISPATCH_DELAY_S.get())
     # durable: a lost commit would re-ship an acknowledged order with a new tracking number.
     db = await open_storage(settings, service_migrations("shipping"), durable=True)
     shipping = ShippingStore(db)
@@ -41,7 +43,7 @@ async def build(settings: Settings) -> App:
         shipping_pb2_grpc.add_ShippingServiceServicer_to_server,
         servicer,
         tasks=[*events.tasks, dispatcher.run],
-        on_stop=[*events.on_stop, db.close],
+        closers=[db.close, *events.on_stop],
     )
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from shop.shipping.v1 import shipping_pb2
 
+from services.common.timestamps import set_timestamp
 from services.shipping.domain import Shipment, Status
 
 _STATUS: dict[Status, shipping_pb2.ShipmentStatus.ValueType] = {
@@ -16,12 +16,6 @@ _STATUS: dict[Status, shipping_pb2.ShipmentStatus.ValueType] = {
 }
 
 
-def _ts(seconds: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1_000_000_000))
-    return ts
-
-
 def to_proto(s: Shipment) -> shipping_pb2.Shipment:
     msg = shipping_pb2.Shipment(
         order_id=s.order_id,
@@ -29,10 +23,10 @@ def to_proto(s: Shipment) -> shipping_pb2.Shipment:
         tracking_number=s.tracking_number,
         status=_STATUS[s.status],
         carrier=s.carrier,
-        create_time=_ts(s.created_at),
     )
+    set_timestamp(msg.create_time, s.created_at)
     if s.dispatch_at:
-        msg.dispatch_time.CopyFrom(_ts(s.dispatch_at))
+        set_timestamp(msg.dispatch_time, s.dispatch_at)
     return msg
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from grpc import aio
 from shop.shipping.v1 import shipping_pb2, shipping_pb2_grpc
 
@@ -17,7 +19,7 @@ class ShippingServicer(shipping_pb2_grpc.ShippingServiceServicer):
         self.store = store
 
     async def GetShipment(
-        self, request: shipping_pb2.GetShipmentRequest, context: aio.ServicerContext
+        self, request: shipping_pb2.GetShipmentRequest, context: aio.ServicerContext[Any, Any]
     ) -> shipping_pb2.GetShipmentResponse:
         order_id = domain.validate_order_id(request.order_id)
         missing = NotFound(f"shipment for order {order_id} not found")
@@ -32,7 +34,7 @@ class ShippingServicer(shipping_pb2_grpc.ShippingServiceServicer):
         return shipping_pb2.GetShipmentResponse(shipment=to_proto(shipment))
 
     async def CancelShipment(
-        self, request: shipping_pb2.CancelShipmentRequest, context: aio.ServicerContext
+        self, request: shipping_pb2.CancelShipmentRequest, context: aio.ServicerContext[Any, Any]
     ) -> shipping_pb2.CancelShipmentResponse:
         order_id = domain.validate_order_id(request.order_id)
         shipment = await self.store.cancel(order_id)

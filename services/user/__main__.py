@@ -9,11 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from shop.user.v1 import user_pb2, user_pb2_grpc
 
+from services.common import envvars
 from services.common.eventing import EventWorkers
 from services.common.schema import service_migrations
 from services.common.server import App, run_service
-from services.common.settings import Settings, env_int
+from services.common.settings import Settings
 from services.common.storage import open_storage
+from services.common.wiring import Wiring
 from services.user import domain
 from services.user.admin import ensure_admin
 from services.user.servicer import UserServicer
@@ -29,10 +31,10 @@ def scrypt_params() -> domain.ScryptParams:
     """SHOP_SCRYPT_N (default 2^17, OWASP's minimum): the cost of new password hashes.
     Lower it only for test runs that sign up many users; stored hashes keep their own
     parameters, and those below the setting are re-hashed at their next login."""
-    return domain.ScryptParams(n=env_int("SHOP_SCRYPT_N", domain.SCRYPT_N))
+    return domain.ScryptParams(n=envvars.SHOP_SCRYPT_N.get())
 
 
-async def build(settings: Settings) -> App:
+async def build(settings: Settings, wiring: Wiring) -> App:
     # aiosqlite logs every statement with its parameters at DEBUG, password hashes
     # included: that logger never goes below INFO in this service.
     logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.root.level))
@@ -64,8 +66,8 @@ async def build(settings: Settings) -> App:
         user_pb2_grpc.add_UserServiceServicer_to_server,
         servicer,
         tasks=events.tasks,
-        # The event task (relay, lease handed back) is already cancelled when on_stop runs.
-        on_stop=[stop_hasher, *events.on_stop, db.close],
+        # The event task (relay, lease handed back) is already cancelled when these run.
+        closers=[db.close, *events.on_stop, stop_hasher],
     )
 
 

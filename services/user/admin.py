@@ -18,8 +18,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from services.common import envvars
 from services.common.errors import AlreadyExists, InvalidArgument
-from services.common.settings import env_str
 from services.user import domain
 from services.user.store import UserRepository
 
@@ -56,7 +56,7 @@ def _write_exclusive(path: Path, text: str) -> bool:
 
 def admin_password(data_dir: Path) -> tuple[str, str]:
     """(password, where it came from) for the admin account."""
-    given = env_str("SHOP_ADMIN_PASSWORD", "")
+    given = envvars.SHOP_ADMIN_PASSWORD.get()
     if given:
         try:
             domain.check_password_rules(given)
@@ -79,8 +79,8 @@ async def ensure_admin(store: UserRepository, data_dir: Path, hash_password: Has
     found = await store.credentials(domain.ADMIN_EMAIL)
     if found is not None:
         if domain.ADMIN_ROLE not in found[0].roles:
-            log.warning("%s exists without the admin role; not granting it",
-                        domain.ADMIN_EMAIL)
+            log.warning("the admin account exists without the admin role; not granting it",
+                        extra={"email": domain.ADMIN_EMAIL})
         return
     password, source = admin_password(data_dir)
     user = domain.User(id=uuid.uuid4().hex, email=domain.ADMIN_EMAIL, name=domain.ADMIN_NAME,

@@ -42,7 +42,7 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         return domain.hash_password(password, params=self.scrypt)
 
     async def CreateUser(
-        self, request: user_pb2.CreateUserRequest, context_: aio.ServicerContext
+        self, request: user_pb2.CreateUserRequest, context_: aio.ServicerContext[Any, Any]
     ) -> user_pb2.CreateUserResponse:
         reg = domain.validate_registration(request.email, request.name, request.password)
         password_hash = await self._hash_work(self._hash, reg.password)
@@ -52,7 +52,7 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         return user_pb2.CreateUserResponse(user=to_proto(user))
 
     async def GetUser(
-        self, request: user_pb2.GetUserRequest, context_: aio.ServicerContext
+        self, request: user_pb2.GetUserRequest, context_: aio.ServicerContext[Any, Any]
     ) -> user_pb2.GetUserResponse:
         user_id = domain.validate_user_id(resolve_user(request.id))
         user = await self.store.get(user_id)
@@ -61,7 +61,7 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         return user_pb2.GetUserResponse(user=to_proto(user))
 
     async def Login(
-        self, request: user_pb2.LoginRequest, context_: aio.ServicerContext
+        self, request: user_pb2.LoginRequest, context_: aio.ServicerContext[Any, Any]
     ) -> user_pb2.LoginResponse:
         email, password = domain.validate_login(request.email, request.password)
         found = await self.store.credentials(email)
@@ -88,7 +88,7 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
             log.exception("could not upgrade a password hash", extra={"user_id": user_id})
 
     async def GetJwks(
-        self, request: user_pb2.GetJwksRequest, context_: aio.ServicerContext
+        self, request: user_pb2.GetJwksRequest, context_: aio.ServicerContext[Any, Any]
     ) -> user_pb2.GetJwksResponse:
         # Rare (verifiers cache the keys), so a look at the keys dir costs nothing.
         await asyncio.to_thread(self.keys.reload)

@@ -27,7 +27,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from services.common.settings import env_int, env_str
+from services.common import envvars
 
 __all__ = ["ALGORITHM", "KeyRing", "SigningKey", "TokenSettings", "claims_for", "kid_of"]
 
@@ -46,11 +46,11 @@ class TokenSettings:
 
     @classmethod
     def from_env(cls) -> TokenSettings:
-        ttl = env_int("SHOP_TOKEN_TTL_S", 3600)
+        ttl = envvars.SHOP_TOKEN_TTL_S.get()
         if ttl <= 0:
             raise ValueError(f"SHOP_TOKEN_TTL_S must be positive, got {ttl}")
-        return cls(ttl_s=ttl, issuer=env_str("SHOP_JWT_ISSUER", "shop-user"),
-                   audience=env_str("SHOP_JWT_AUDIENCE", "shop-api"))
+        return cls(ttl_s=ttl, issuer=envvars.SHOP_JWT_ISSUER.get(),
+                   audience=envvars.SHOP_JWT_AUDIENCE.get())
 
 
 def _b64url(data: bytes) -> str:

@@ -16,8 +16,7 @@ from ops import deploydesc as d
 from ops import deploygen
 from ops.deploycheck import problems
 from ops.entry import PROCESSES as ENTRY_PROCESSES
-from services.common.clients import health_name
-from services.common.settings import DEFAULT_PORTS, SERVICES
+from services.common.settings import DEFAULT_PORTS, SERVICES, health_name
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -143,7 +142,7 @@ def test_every_setting_set_is_one_the_code_reads(prod: list[dict[str, Any]],
 
 def _downstreams_in_code(service: str) -> set[str]:
     text = "\n".join(p.read_text() for p in (ROOT / "services" / service).glob("*.py"))
-    return set(re.findall(r'Downstream\("(\w+)"', text))
+    return set(re.findall(r'(?:Downstream|downstream)\("(\w+)"', text))
 
 
 def test_call_edges_are_the_code_s(prod: list[dict[str, Any]]) -> None:

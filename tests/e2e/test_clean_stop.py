@@ -2,7 +2,7 @@
 once without SCALE first), by the terminal's Ctrl-C (SIGINT to the supervisor's whole
 process group, NATS included) or by SIGTERM. Each time the supervisor exits 0 within 5 s of
 the signal (the system is idle: no call in flight), every process it started is gone, and
-no log has an error: no failed on_stop hook, no NATS connection reconnecting under a
+no log has an error: no failed stop hook, no NATS connection reconnecting under a
 closing client, no uvloop "handler is closed", no warning after the stop began, no forced
 exit."""
 
@@ -30,7 +30,7 @@ RUNS = 10
 STOP_BOUND_S = 5.0
 WORST_STOP_S = 8.0
 SCALE = "order=2 payment=2"
-BAD_TEXT = re.compile(r"Traceback|on_stop hook failed|reconnecting|handler is closed|"
+BAD_TEXT = re.compile(r"Traceback|stop hook failed|reconnecting|handler is closed|"
                       r"exit blocked|ignored cancellation")
 
 

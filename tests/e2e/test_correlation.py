@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ def test_request_id_reaches_every_service_of_an_order(api: httpx.Client,
     assert r.headers["x-request-id"] == rid
 
     # Each service's log must show the id; the consumers on the lines of their handlers.
-    expect = {
+    expect: dict[str, Callable[[list[dict[str, Any]]], bool]] = {
         "order": lambda ls: bool(ls) and _handled(ls, "order.shipped"),
         "inventory": bool,
         "payment": bool,

@@ -38,7 +38,7 @@ def _free_run(n: int) -> int:
                 sock = socket.socket()
                 socks.append(sock)
                 sock.bind(("127.0.0.1", port))
-            return first
+            return int(first)
         except OSError:
             continue
         finally:

@@ -238,6 +238,7 @@ async def test_every_event_delivered_twice_changes_nothing(system: System,
             "inventory.reserved", "inventory.released"} <= set(subjects)
     assert set(subjects) <= set(CATALOGUE)
     first = await js.get_msg(STREAM, (await js.stream_info(STREAM)).state.last_seq)
+    assert first.data is not None
     assert envelope_pb2.Envelope.FromString(first.data).id  # same bytes, same event id
 
     await settle(js, system, EXPECTED_DURABLES)

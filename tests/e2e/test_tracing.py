@@ -136,17 +136,17 @@ def test_one_order_is_one_trace(traced: System, receiver: OtlpReceiver) -> None:
     spans = _wait_trace(receiver, _order_root, complete)
     trace_id = spans[0].span.trace_id
     counts: dict[str, int] = {}
-    for r in spans:
-        counts[r.service] = counts.get(r.service, 0) + 1
+    for got in spans:
+        counts[got.service] = counts.get(got.service, 0) + 1
     print(f"spans in one order's trace so far: {len(spans)} {sorted(counts.items())}")
-    assert all(r.span.trace_id == trace_id for r in spans)
+    assert all(got.span.trace_id == trace_id for got in spans)
     root = next(r for r in spans if not r.span.parent_span_id)
     assert root.service == "shop-gateway" and root.span.kind == SERVER
     assert attr(root.span, "http.response.status_code") in (201, 202)
     # Every span hangs off the root (nothing dangling, one tree).
-    for r in spans:
-        if r is not root:
-            assert _ancestors(spans, r)[-1] is root
+    for got in spans:
+        if got is not root:
+            assert _ancestors(spans, got)[-1] is root
 
     # gRPC hops: gateway client -> order server; saga step -> order client -> server.
     create = _one(spans, "shop-order", "shop.order.v1.OrderService/CreateOrder", SERVER)

@@ -27,7 +27,7 @@ from shop.cart.v1 import cart_pb2, cart_pb2_grpc
 
 from ops.process import ServiceProcess
 from services.common.registry import list_instances
-from tests.fixtures_services import FAULT_ENV, ServiceFactory
+from tests.fixtures_services import FAULT_ENV, START_TIMEOUT_S, ServiceFactory
 from tests.support import mesh
 from tests.support.faultproxy import FaultProxy, Mode
 from tests.support.invariants import check_invariants
@@ -64,7 +64,7 @@ def _opened(proc: ServiceProcess) -> int:
     return count
 
 
-def _add(stub: cart_pb2_grpc.CartServiceStub, user: str,
+def _add(stub: cart_pb2_grpc.CartServiceAsyncStub, user: str,
          timeout: float) -> tuple[grpc.StatusCode, float, str]:
     t0 = time.monotonic()
     try:
@@ -75,7 +75,7 @@ def _add(stub: cart_pb2_grpc.CartServiceStub, user: str,
         return err.code(), time.monotonic() - t0, err.details() or ""
 
 
-def _assert_open(stub: cart_pb2_grpc.CartServiceStub, proxy: FaultProxy, user: str) -> None:
+def _assert_open(stub: cart_pb2_grpc.CartServiceAsyncStub, proxy: FaultProxy, user: str) -> None:
     """While open: fast UNAVAILABLE, and nothing reaches the product side."""
     before = proxy.stats()
     for _ in range(20):
@@ -88,7 +88,7 @@ def _assert_open(stub: cart_pb2_grpc.CartServiceStub, proxy: FaultProxy, user: s
     assert after.requests_seen == before.requests_seen, "calls reached the product side"
 
 
-def _recover(stub: cart_pb2_grpc.CartServiceStub, proxy: FaultProxy, user: str,
+def _recover(stub: cart_pb2_grpc.CartServiceAsyncStub, proxy: FaultProxy, user: str,
              opened_at: float) -> None:
     """Proxy back to pass; calls keep failing fast, untouched, until the reset timeout has
     passed; then one probe goes through and closes it."""
@@ -207,10 +207,10 @@ async def _payment_breaker_states(nats_url: str) -> set[str]:
 async def test_dead_payment_under_order_load_opens_breaker_then_orders_end_consistent(
         services: ServiceFactory) -> None:
     services.start_many("user", "product", "inventory", "payment", "shipping", "notification",
-                        "cart", **FAULT_ENV)
+                        "cart", timeout=START_TIMEOUT_S, **FAULT_ENV)
     with FaultProxy(services["payment"].addr, tls=mesh.proxy_tls("payment", "order")) as proxy:
         services.start("order", PAYMENT_ADDR=proxy.addr, SHOP_BREAKER_FAIL_MAX=str(FAIL_MAX),
-                       **FAULT_ENV)
+                       timeout=START_TIMEOUT_S, **FAULT_ENV)
         users = await create_users(services["user"].addr, 6, "dead-payment")
         await set_stock(services["inventory"].addr, ORDER_STOCK)
         seen: set[str] = set()

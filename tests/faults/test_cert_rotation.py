@@ -76,7 +76,7 @@ async def test_rotation_under_load_fails_no_call(
                 i += 1
                 pid = "slow" if (i + n) % 5 == 0 else f"p-{n}-{i}"
                 try:
-                    await ds.call("GetProduct", product_pb2.GetProductRequest(id=pid),
+                    await ds.call(lambda s: s.GetProduct, product_pb2.GetProductRequest(id=pid),
                                   idempotent=False)  # no retry may hide a failure
                     ok += 1
                 except Exception as err:  # every failure is counted

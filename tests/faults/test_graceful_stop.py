@@ -55,7 +55,7 @@ class CallRecord:
 
 @dataclass
 class Load:
-    stub: inv_grpc.InventoryServiceStub
+    stub: inv_grpc.InventoryServiceAsyncStub
     records: list[CallRecord] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 

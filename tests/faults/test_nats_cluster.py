@@ -158,8 +158,8 @@ async def test_node_kill_9_under_orders(cluster: NatsCluster, cluster_system: Sy
         await asyncio.sleep(kill_at_s)
         info = await watch_bus.js.stream_info(STREAM)
         assert info.cluster is not None and info.config.num_replicas == NODES, info
-        leader = info.cluster.leader or ""
-        followers = sorted(p.name for p in info.cluster.replicas or [])
+        leader: str = info.cluster.leader or ""
+        followers = sorted(p.name for p in info.cluster.replicas or [] if p.name)
         name = leader if victim == "leader" else followers[0]
         survivors = ",".join(n.url for n in cluster.nodes if n is not cluster.node(name))
         watch = LeaderWatch(await Bus.connect(survivors, name="leader-watch"))

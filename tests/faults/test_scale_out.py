@@ -121,7 +121,7 @@ async def test_kill_one_payment_instance_under_order_load(scaled: System) -> Non
     sem = asyncio.Semaphore(IN_FLIGHT)
     t0 = time.monotonic()
 
-    async def place(stub: order_pb2_grpc.OrderServiceStub, i: int) -> None:
+    async def place(stub: order_pb2_grpc.OrderServiceAsyncStub, i: int) -> None:
         await asyncio.sleep(max(0.0, t0 + i * RUN_S / ORDERS - time.monotonic()))
         req = order_pb2.CreateOrderRequest(
             items=[order_pb2.CreateOrderItem(product_id=PRODUCT, quantity=1)],

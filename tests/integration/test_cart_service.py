@@ -6,11 +6,11 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
 import pytest_asyncio
-from grpc import aio
 from shop.cart.v1 import cart_pb2 as pb
 from shop.cart.v1 import cart_pb2_grpc
 from shop.order.v1 import order_pb2
@@ -23,8 +23,12 @@ from services.common.events import ORDER_CONFIRMED
 from services.common.outbox import new_envelope
 from tests.fixtures_services import ServiceFactory
 from tests.support import mesh
+from tests.support.rpc_errors import expect_error
 
-Stub = cart_pb2_grpc.CartServiceStub
+if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
+    Stub = cart_pb2_grpc.CartServiceAsyncStub
+else:
+    Stub = cart_pb2_grpc.CartServiceStub
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 ESPRESSO = BY_ID["espresso-machine"]
 GRINDER = BY_ID["coffee-grinder"]
@@ -71,13 +75,6 @@ async def add(stub: Stub, user: str, product_id: str, quantity: int) -> pb.Cart:
 
 async def get(stub: Stub, user: str) -> pb.Cart:
     return (await stub.GetCart(pb.GetCartRequest(), metadata=as_user(user))).cart
-
-
-async def expect_error(call: Awaitable[object], code: grpc.StatusCode) -> str:
-    with pytest.raises(aio.AioRpcError) as info:
-        await call
-    assert info.value.code() == code, info.value.details()
-    return info.value.details() or ""
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 15.0) -> None:

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import grpc
 import nats
@@ -27,11 +27,14 @@ from shop.product.v1 import product_pb2, product_pb2_grpc
 from ops.natsd import NatsServer
 from services.common import breakers, context, natsauth
 from services.common.clients import Downstream
-from services.common.discovery import Discovery, start_discovery, stop_discovery
+from services.common.discovery import Discovery
 from services.common.registry import BUCKET, RegistryLink, list_instances
 
 ROOT = Path(__file__).resolve().parents[2]
-Stub = product_pb2_grpc.ProductServiceStub
+if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
+    Stub = product_pb2_grpc.ProductServiceAsyncStub
+else:
+    Stub = product_pb2_grpc.ProductServiceStub
 
 
 @dataclass
@@ -139,14 +142,22 @@ def fleet(tmp_path: Path, fresh_nats: NatsServer) -> Iterator[EchoFleet]:
 
 
 @contextlib.asynccontextmanager
-async def discovery_on(nats_url: str, ttl_s: float) -> AsyncIterator[Discovery]:
-    """This process's discovery; the first to touch the bucket creates it with `ttl_s`."""
+async def discovery_on(nats_url: str, ttl_s: float,
+                       *clients: Downstream[Stub]) -> AsyncIterator[Discovery]:
+    """A discovery, the picker of `clients`; the first to touch the bucket creates it with
+    `ttl_s`."""
     link = RegistryLink(nats_url, name="test-caller", ttl_s=ttl_s)
-    d = await start_discovery(link=link, wait_s=5)
+    d = Discovery(link)
+    for client in clients:
+        client.picker = d
     try:
+        await d.start(wait_s=5)
         yield d
     finally:
-        await stop_discovery()
+        for client in clients:
+            client.picker = None
+        await d.stop()
+        await link.close()
 
 
 @pytest.fixture
@@ -186,7 +197,7 @@ async def key_exists(nats_url: str, key: str) -> bool:
 async def get(ds: Downstream[Stub], pid: str, rid: str) -> product_pb2.GetProductResponse:
     with context.bind(request_id=rid):
         reply: product_pb2.GetProductResponse = await ds.call(
-            "GetProduct", product_pb2.GetProductRequest(id=pid), idempotent=True
+            lambda s: s.GetProduct, product_pb2.GetProductRequest(id=pid), idempotent=True
         )
     return reply
 
@@ -239,7 +250,7 @@ async def test_two_instances_register_and_share_calls_round_robin(
     ]
     assert all(i.version and 0 < time.time() - i.started_at < 60 for i in listed)
 
-    async with discovery_on(fresh_nats.url, 5.0) as disc:
+    async with discovery_on(fresh_nats.url, 5.0, echo_ds) as disc:
         assert sorted(disc.healthy_addrs("echo")) == sorted([a.addr, b.addr])
         rids = [f"rr-{i}" for i in range(20)]
         for rid in rids:
@@ -287,7 +298,7 @@ async def test_breaker_states_travel_in_the_registry_value(
 async def test_kill9_instance_expires_and_calls_keep_succeeding(
     fleet: EchoFleet, fresh_nats: NatsServer, echo_ds: Downstream[Stub]
 ) -> None:
-    async with discovery_on(fresh_nats.url, 2.0) as disc:
+    async with discovery_on(fresh_nats.url, 2.0, echo_ds) as disc:
         ttl = 2.0
         a = fleet.start("echo-a", ttl_s=ttl)
         b = fleet.start("echo-b", ttl_s=ttl)
@@ -330,7 +341,7 @@ async def _not(aw: Awaitable[bool]) -> bool:
 async def test_sigterm_deregisters_at_once_with_no_failed_calls(
     fleet: EchoFleet, fresh_nats: NatsServer, echo_ds: Downstream[Stub]
 ) -> None:
-    async with discovery_on(fresh_nats.url, 30.0) as disc:
+    async with discovery_on(fresh_nats.url, 30.0, echo_ds) as disc:
         a = fleet.start("echo-a", ttl_s=30)  # long TTL: only the delete can remove the key fast
         b = fleet.start("echo-b", ttl_s=30)
         await wait_for(lambda: len(disc.healthy_addrs("echo")) == 2, 5, "two live instances")
@@ -388,7 +399,7 @@ async def test_killed_instance_restarted_on_its_port_is_used_again_within_second
     """kill -9 of one of two instances: no call fails (the other takes them all), and once
     it is back on its port (the supervisor's restart) and SERVING, it gets calls again
     within seconds: taken out of the ring, never out of reach."""
-    async with discovery_on(fresh_nats.url, 10.0) as disc:
+    async with discovery_on(fresh_nats.url, 10.0, echo_ds) as disc:
         a = fleet.start("echo-a", ttl_s=10)
         b = fleet.start("echo-b", ttl_s=10)
         await wait_for(lambda: len(disc.healthy_addrs("echo")) == 2, 5, "two live instances")

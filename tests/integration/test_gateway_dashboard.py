@@ -86,10 +86,11 @@ async def rig() -> AsyncIterator[Rig]:
     minter = TokenMinter()
     switches = Switches()
     server = aio.server()
-    user_pb2_grpc.add_UserServiceServicer_to_server(_Users(minter), server)
-    order_pb2_grpc.add_OrderServiceServicer_to_server(_Orders(switches), server)
+    # Stand-ins serving only the calls the dashboard makes.
+    user_pb2_grpc.add_UserServiceServicer_to_server(_Users(minter), server)  # type: ignore[abstract]
+    order_pb2_grpc.add_OrderServiceServicer_to_server(_Orders(switches), server)  # type: ignore[abstract]
     notification_pb2_grpc.add_NotificationServiceServicer_to_server(
-        _Notifications(switches), server
+        _Notifications(switches), server  # type: ignore[abstract]
     )
     port = mesh.add_port(server, "127.0.0.1:0", "user", "order", "notification")
     await server.start()

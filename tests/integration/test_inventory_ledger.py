@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import pytest
@@ -97,13 +98,17 @@ async def test_a_repeat_finds_its_events_and_appends_none(storage_for: OpenStora
         await storage.write(duplicate)
 
 
+async def _run_sql(sql: str, tx: Tx) -> int:
+    return await tx.run(sql)
+
+
 async def test_events_are_immutable(storage_for: OpenStorage) -> None:
     storage = await storage_for("inventory")
     await InventoryStore(storage).set_stock("mug", 10)
     for sql in ("UPDATE inventory_events SET quantity = 99",
                 "DELETE FROM inventory_events"):
         with pytest.raises(IntegrityError, match="immutable"):
-            await storage.write(lambda tx, sql=sql: tx.run(sql))
+            await storage.write(partial(_run_sql, sql))
     assert await events_of(storage, "mug") == [(1, "stock_set", "", 10)]
 
 
@@ -214,7 +219,7 @@ class _RacingStorage:
 
     async def write(self, fn: Callable[[Tx], Awaitable[T]], *, locked: bool = False) -> T:
         self.writes += 1
-        return await self.inner.write(lambda tx: fn(_Racing(tx, self.fired)),  # type: ignore[arg-type]
+        return await self.inner.write(lambda tx: fn(_Racing(tx, self.fired)),
                                       locked=locked)
 
 
@@ -223,7 +228,7 @@ async def test_a_conflicting_append_is_retried_on_fresh_state_never_lost(
     inner = await storage_for("inventory")
     await InventoryStore(inner).set_stock("mug", 10)
     racing = _RacingStorage(inner)
-    store = InventoryStore(racing)  # type: ignore[arg-type]
+    store = InventoryStore(racing)
     r = await store.reserve("o1", [Line("mug", 3)])
     assert r.status is Status.RESERVED
     assert store.conflicts == 1 and racing.writes == 2

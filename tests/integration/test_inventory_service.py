@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -30,8 +31,12 @@ from services.common.events import (
 )
 from tests.fixtures_services import ServiceFactory
 from tests.support import mesh
+from tests.support.rpc_errors import expect_error
 
-Stub = inventory_pb2_grpc.InventoryServiceStub
+if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
+    Stub = inventory_pb2_grpc.InventoryServiceAsyncStub
+else:
+    Stub = inventory_pb2_grpc.InventoryServiceStub
 FP = grpc.StatusCode.FAILED_PRECONDITION
 
 
@@ -73,13 +78,6 @@ async def stock(stub: Stub, pid: str) -> tuple[int, int, int]:
 def reserve_req(order_id: str, *items: tuple[str, int]) -> pb.ReserveStockRequest:
     return pb.ReserveStockRequest(
         order_id=order_id, items=[pb.StockItem(product_id=p, quantity=q) for p, q in items])
-
-
-async def expect_error(call: object, code: grpc.StatusCode) -> str:
-    with pytest.raises(aio.AioRpcError) as info:
-        await call
-    assert info.value.code() == code, info.value.details()
-    return info.value.details() or ""
 
 
 async def test_demo_catalogue_is_seeded(stub: Stub) -> None:
@@ -398,7 +396,7 @@ async def test_bad_time_travel_and_paging_input_is_invalid_argument(stub: Stub) 
     other = await product(stub, 3)
     bad_time = Timestamp(seconds=1, nanos=1_000_000_000)
     future = at(time.time() + 3600)
-    cases = [
+    cases: list[tuple[Awaitable[object], str]] = [
         (stub.GetStock(pb.GetStockRequest(product_id=pid, as_of=bad_time)), "as_of.nanos"),
         (stub.GetStock(pb.GetStockRequest(product_id=pid, as_of=future)), "in the future"),
         (stub.GetStockHistory(pb.GetStockHistoryRequest(product_id=pid, page_size=-1)),

@@ -9,6 +9,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import pytest
 from shop.events.v1 import envelope_pb2
@@ -22,14 +23,17 @@ from ops.process import ServiceProcess, free_port
 from services.common import events
 from services.common.bus import Bus
 from services.common.outbox import new_envelope
-from tests.fixtures_services import ServiceFactory
+from tests.fixtures_services import START_TIMEOUT_S, ServiceFactory
 from tests.fixtures_storage import both_backends
 from tests.support import mesh
 from tests.support.smtp import SmtpServer, Stalled
 
 pytestmark = [pytest.mark.timeout(120), both_backends]
 
-Stub = notification_pb2_grpc.NotificationServiceStub
+if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
+    Stub = notification_pb2_grpc.NotificationServiceAsyncStub
+else:
+    Stub = notification_pb2_grpc.NotificationServiceStub
 
 # Quick retries, so a test waits seconds, not the production minutes.
 FAST_RETRY = {
@@ -101,7 +105,7 @@ def scrape(port: int) -> dict[str, float]:
 
 
 def start_notification(services: ServiceFactory, smtp_url: str, **env: str) -> ServiceProcess:
-    return services.start("notification", SMTP_URL=smtp_url, **env)
+    return services.start("notification", SMTP_URL=smtp_url, timeout=START_TIMEOUT_S, **env)
 
 
 async def test_one_welcome_mail_despite_redelivery_and_a_kill_before_sending(

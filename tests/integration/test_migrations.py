@@ -8,6 +8,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import asyncpg
 import pytest
 from shop.payment.v1 import payment_pb2
 
@@ -85,7 +86,7 @@ async def test_instances_starting_together_apply_each_migration_once(
         pg: EmbeddedPostgres = request.getfixturevalue("pg_server")
         url = pg.url("shop_payment")
         await pg_backend.ensure_database(url)
-        conns = [await pg_backend.asyncpg.connect(url) for _ in range(4)]
+        conns = [await asyncpg.connect(url) for _ in range(4)]
         try:
             runs = await asyncio.gather(*[pg_backend.migrate(c, sets) for c in conns])
         finally:

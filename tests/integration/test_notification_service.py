@@ -7,11 +7,11 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
 from google.protobuf.message import Message
-from grpc import aio
 from shop.events.v1 import envelope_pb2
 from shop.notification.v1 import notification_pb2 as pb
 from shop.notification.v1 import notification_pb2_grpc
@@ -27,10 +27,14 @@ from services.common.outbox import new_envelope
 from tests.fixtures_services import ServiceFactory
 from tests.fixtures_storage import both_backends
 from tests.support import mesh
+from tests.support.rpc_errors import expect_error
 
 pytestmark = [pytest.mark.timeout(120), both_backends]
 
-Stub = notification_pb2_grpc.NotificationServiceStub
+if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
+    Stub = notification_pb2_grpc.NotificationServiceAsyncStub
+else:
+    Stub = notification_pb2_grpc.NotificationServiceStub
 
 
 @pytest.fixture
@@ -86,13 +90,6 @@ async def list_all(stub: Stub, user_id: str) -> list[pb.Notification]:
     resp = await stub.ListNotifications(
         pb.ListNotificationsRequest(user_id=user_id, page_size=100))
     return list(resp.notifications)
-
-
-async def expect_error(call: Awaitable[object], code: grpc.StatusCode, message: str) -> None:
-    with pytest.raises(aio.AioRpcError) as err:
-        await call
-    assert err.value.code() == code, err.value
-    assert message in (err.value.details() or ""), err.value.details()
 
 
 async def test_every_event_makes_exactly_one_notification(stub: Stub, bus: Bus) -> None:

@@ -152,7 +152,7 @@ async def client(system: System) -> AsyncIterator[Client]:
 
 
 def order_id_of(err: aio.AioRpcError) -> str:
-    return dict(err.trailing_metadata() or ()).get("x-order-id", "")
+    return str(dict(err.trailing_metadata() or ()).get("x-order-id", ""))
 
 
 async def test_happy_path_confirms_moves_stock_and_charges(client: Client,

@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import pytest
 from nats.js.api import PubAck
@@ -182,7 +183,7 @@ async def test_two_relays_never_double_publish_nor_reorder(
     other = await storage_for("order", durable=True, migrations=table_migrations(
         tmp_path, "orders", "CREATE TABLE orders (id TEXT PRIMARY KEY, n INTEGER NOT NULL);"))
     publishes: list[str] = []  # every Nats-Msg-Id either relay sent, repeats included
-    bus = _CountingBus(events_bus, publishes)
+    bus = cast(Bus, _CountingBus(events_bus, publishes))  # what the relays use of a Bus
     relays: list[Relay] = [make_relay(db, bus, batch=8, poll_s=0.5, lease_s=1.0, owner="r1"),
                            make_relay(other, bus, batch=8, poll_s=0.5, lease_s=1.0,
                                       owner="r2")]

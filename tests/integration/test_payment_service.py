@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -18,11 +19,15 @@ from services.common.bus import Bus
 from tests.fixtures_services import ServiceFactory
 from tests.fixtures_storage import both_backends
 from tests.support import mesh
+from tests.support.rpc_errors import expect_error
 from tests.support.streams import events_on
 
 pytestmark = [pytest.mark.timeout(120), both_backends]
 
-Stub = payment_pb2_grpc.PaymentServiceStub
+if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
+    Stub = payment_pb2_grpc.PaymentServiceAsyncStub
+else:
+    Stub = payment_pb2_grpc.PaymentServiceStub
 
 
 @pytest.fixture
@@ -52,13 +57,6 @@ def charge(order_id: str, *, amount: int = 2500, currency: str = "USD",
            token: str = "tok_visa", user_id: str = "u1") -> pb.ChargeRequest:
     return pb.ChargeRequest(order_id=order_id, user_id=user_id, amount_cents=amount,
                             currency=currency, card_token=token)
-
-
-async def expect_error(call: Awaitable[object], code: grpc.StatusCode, message: str) -> None:
-    with pytest.raises(aio.AioRpcError) as err:
-        await call
-    assert err.value.code() == code, err.value
-    assert message in (err.value.details() or ""), err.value.details()
 
 
 async def test_charge_is_idempotent_and_emits_one_completed_event(stub: Stub, bus: Bus) -> None:

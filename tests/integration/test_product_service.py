@@ -12,11 +12,11 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
 import pytest_asyncio
-from grpc import aio
 from shop.product.v1 import product_pb2, product_pb2_grpc
 
 from ops.process import ServiceProcess, free_port
@@ -24,11 +24,15 @@ from services.common.demo import CATALOGUE as DEMO
 from tests.fixtures_services import TEST_ENV, ServiceFactory
 from tests.fixtures_storage import Query, both_backends
 from tests.support import mesh
+from tests.support.rpc_errors import expect_error
 
 pytestmark = pytest.mark.timeout(120)
 
 DEMO_IDS = {p.id for p in DEMO}
-Stub = product_pb2_grpc.ProductServiceStub
+if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
+    Stub = product_pb2_grpc.ProductServiceAsyncStub
+else:
+    Stub = product_pb2_grpc.ProductServiceStub
 
 
 def _no_nats() -> str:
@@ -92,14 +96,6 @@ async def walk(stub: Stub, page_size: int, query: str = "",
         if not token:
             return out
     raise AssertionError("pagination did not end")
-
-
-async def expect_error(call: object, code: grpc.StatusCode, *fragments: str) -> None:
-    with pytest.raises(aio.AioRpcError) as err:
-        await call  # type: ignore[misc]
-    assert err.value.code() == code, err.value.details()
-    for fragment in fragments:
-        assert fragment in (err.value.details() or "")
 
 
 async def test_get_demo_product(stub: Stub) -> None:
@@ -251,8 +247,9 @@ def test_restart_keeps_created_products_and_seeds_nothing_twice(
         proc.restart(60)
         assert query(proc.data_dir, "product", "SELECT count(*) FROM products") == [13]
         with mesh.sync_channel(proc.addr) as channel:
-            listed = Stub(channel).ListProducts(product_pb2.ListProductsRequest(page_size=100),
-                                                timeout=5)
+            sync_stub = product_pb2_grpc.ProductServiceStub(channel)
+            listed = sync_stub.ListProducts(product_pb2.ListProductsRequest(page_size=100),
+                                            timeout=5)
         assert sorted(p.id for p in listed.products) == sorted([*DEMO_IDS, "kept"])
     finally:
         proc.terminate()

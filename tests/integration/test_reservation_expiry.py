@@ -16,7 +16,7 @@ from tests.fixtures_services import ServiceFactory
 from tests.support import mesh
 
 
-async def _stock(stub: inventory_pb2_grpc.InventoryServiceStub, pid: str) -> tuple[int, int]:
+async def _stock(stub: inventory_pb2_grpc.InventoryServiceAsyncStub, pid: str) -> tuple[int, int]:
     s = (await stub.GetStock(pb.GetStockRequest(product_id=pid), timeout=5)).stock
     return s.available, s.reserved
 

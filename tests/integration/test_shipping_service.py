@@ -8,7 +8,8 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -25,11 +26,15 @@ from services.common.outbox import new_envelope
 from tests.fixtures_services import ServiceFactory
 from tests.fixtures_storage import both_backends
 from tests.support import mesh
+from tests.support.rpc_errors import expect_error
 from tests.support.streams import events_on
 
 pytestmark = [pytest.mark.timeout(120), both_backends]
 
-Stub = shipping_pb2_grpc.ShippingServiceStub
+if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
+    Stub = shipping_pb2_grpc.ShippingServiceAsyncStub
+else:
+    Stub = shipping_pb2_grpc.ShippingServiceStub
 
 
 DELAY_S = 0.5
@@ -93,13 +98,6 @@ async def get_shipment(stub: Stub, order_id: str, timeout_s: float = 20.0,
             assert err.code() == grpc.StatusCode.NOT_FOUND, err
         assert time.monotonic() < deadline, f"no shipment for {order_id} (status {status})"
         await asyncio.sleep(0.05)
-
-
-async def expect_error(call: Awaitable[object], code: grpc.StatusCode, message: str) -> None:
-    with pytest.raises(aio.AioRpcError) as err:
-        await call
-    assert err.value.code() == code, err.value
-    assert message in (err.value.details() or ""), err.value.details()
 
 
 async def test_confirmed_order_ships_once_however_often_delivered(stub: Stub, bus: Bus) -> None:

@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 import grpc
@@ -26,6 +27,11 @@ from services.common.events import STREAM, USER_CREATED
 from tests.fixtures_services import TEST_ENV, ServiceFactory
 from tests.fixtures_storage import BACKENDS
 from tests.support import mesh
+
+if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
+    Stub = user_pb2_grpc.UserServiceAsyncStub
+else:
+    Stub = user_pb2_grpc.UserServiceStub
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -70,7 +76,7 @@ def on_backend(request: pytest.FixtureRequest) -> ServiceProcess:
 
 
 @pytest_asyncio.fixture
-async def stub(user_proc: ServiceProcess) -> AsyncIterator[user_pb2_grpc.UserServiceStub]:
+async def stub(user_proc: ServiceProcess) -> AsyncIterator[Stub]:
     async with mesh.channel(user_proc.addr) as channel:
         yield user_pb2_grpc.UserServiceStub(channel)
 
@@ -102,7 +108,7 @@ def unique_email(prefix: str = "ann") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}@example.com"
 
 
-async def create(stub: user_pb2_grpc.UserServiceStub, email: str, name: str = "Ann",
+async def create(stub: Stub, email: str, name: str = "Ann",
                  password: str = PASSWORD) -> user_pb2.User:
     resp: user_pb2.CreateUserResponse = await stub.CreateUser(
         user_pb2.CreateUserRequest(email=email, name=name, password=password), timeout=10)
@@ -110,7 +116,7 @@ async def create(stub: user_pb2_grpc.UserServiceStub, email: str, name: str = "A
 
 
 async def test_create_user_normalizes_and_returns_no_secret(
-        stub: user_pb2_grpc.UserServiceStub) -> None:
+        stub: Stub) -> None:
     email = unique_email("Mixed")
     before = time.time()
     user = await create(stub, f"  {email.upper()} ", name="  Ann   Smith ")
@@ -137,7 +143,7 @@ async def test_create_user_normalizes_and_returns_no_secret(
     ],
 )
 async def test_invalid_input_is_refused_and_nothing_written(
-        stub: user_pb2_grpc.UserServiceStub, user_proc: ServiceProcess,
+        stub: Stub, user_proc: ServiceProcess,
         email: str, name: str, password: str, message: str) -> None:
     before = counts(user_proc)
     with pytest.raises(aio.AioRpcError) as err:
@@ -148,7 +154,7 @@ async def test_invalid_input_is_refused_and_nothing_written(
 
 
 async def test_duplicate_email_any_case_is_already_exists(
-        any_stub: user_pb2_grpc.UserServiceStub, on_backend: ServiceProcess) -> None:
+        any_stub: Stub, on_backend: ServiceProcess) -> None:
     stub, user_proc = any_stub, on_backend
     email = unique_email("dup")
     await create(stub, email)
@@ -162,7 +168,7 @@ async def test_duplicate_email_any_case_is_already_exists(
 
 
 async def test_concurrent_registrations_of_one_email_make_one_user(
-        any_stub: user_pb2_grpc.UserServiceStub, on_backend: ServiceProcess) -> None:
+        any_stub: Stub, on_backend: ServiceProcess) -> None:
     stub, user_proc = any_stub, on_backend
     email = unique_email("race")
     before = counts(user_proc)
@@ -175,7 +181,7 @@ async def test_concurrent_registrations_of_one_email_make_one_user(
     assert counts(user_proc) == (before[0] + 1, before[1] + 1)
 
 
-async def test_get_user_me_and_another_users_id(stub: user_pb2_grpc.UserServiceStub) -> None:
+async def test_get_user_me_and_another_users_id(stub: Stub) -> None:
     ann = await create(stub, unique_email("me"))
     bob = await create(stub, unique_email("bob"))
     meta = (("x-user-id", ann.id),)
@@ -188,7 +194,7 @@ async def test_get_user_me_and_another_users_id(stub: user_pb2_grpc.UserServiceS
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_get_user_unknown_and_missing_ids(stub: user_pb2_grpc.UserServiceStub) -> None:
+async def test_get_user_unknown_and_missing_ids(stub: Stub) -> None:
     with pytest.raises(aio.AioRpcError) as err:
         await stub.GetUser(user_pb2.GetUserRequest(id="nope"), timeout=5)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
@@ -198,7 +204,7 @@ async def test_get_user_unknown_and_missing_ids(stub: user_pb2_grpc.UserServiceS
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_login_token_verifies_with_the_jwks(stub: user_pb2_grpc.UserServiceStub) -> None:
+async def test_login_token_verifies_with_the_jwks(stub: Stub) -> None:
     email = unique_email("login")
     user = await create(stub, email)
     resp = await stub.Login(user_pb2.LoginRequest(email=email.upper(), password=PASSWORD),
@@ -223,7 +229,7 @@ async def test_login_token_verifies_with_the_jwks(stub: user_pb2_grpc.UserServic
 
 
 @pytest.mark.parametrize("case", ["wrong password", "unknown email"])
-async def test_login_failures_look_the_same(stub: user_pb2_grpc.UserServiceStub,
+async def test_login_failures_look_the_same(stub: Stub,
                                             case: str) -> None:
     email = unique_email("fail")
     await create(stub, email)
@@ -239,7 +245,7 @@ async def test_login_failures_look_the_same(stub: user_pb2_grpc.UserServiceStub,
     assert time.perf_counter() - started > 0.01
 
 
-async def test_login_without_credentials_is_invalid(stub: user_pb2_grpc.UserServiceStub) -> None:
+async def test_login_without_credentials_is_invalid(stub: Stub) -> None:
     with pytest.raises(aio.AioRpcError) as err:
         await stub.Login(user_pb2.LoginRequest(email="", password=""), timeout=5)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -269,7 +275,7 @@ async def _user_created_events(url: str, user_id: str,
 
 
 async def test_user_created_event_lands_in_the_stream(
-        stub: user_pb2_grpc.UserServiceStub, nats_server: NatsServer) -> None:
+        stub: Stub, nats_server: NatsServer) -> None:
     user = await create(stub, unique_email("event"))
     events = await _user_created_events(nats_server.url, user.id)
     assert len(events) == 1
@@ -313,7 +319,7 @@ def test_instances_share_one_signing_key(tmp_path: Path, nats_server: NatsServer
         factory.stop_all()
 
 
-async def test_no_password_or_hash_in_the_logs(stub: user_pb2_grpc.UserServiceStub,
+async def test_no_password_or_hash_in_the_logs(stub: Stub,
                                                user_proc: ServiceProcess) -> None:
     email = unique_email("logs")
     await create(stub, email, password="log-secret-pw")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Any
 
 from grpc import aio
 from shop.product.v1 import product_pb2, product_pb2_grpc
@@ -26,18 +27,20 @@ from services.common.errors import NotFound, Unavailable
 from services.common.pki import GATEWAY, OPERATOR
 from services.common.server import App, run_service
 from services.common.settings import Settings
+from services.common.wiring import Wiring
 
 SERVICE_NAME = product_pb2.DESCRIPTOR.services_by_name["ProductService"].full_name
 
 
 class EchoProductServicer(product_pb2_grpc.ProductServiceServicer):
-    def __init__(self, slow_s: float = 1.0) -> None:
+    def __init__(self, slow_s: float = 1.0, wiring: Wiring | None = None) -> None:
         self.slow_s = slow_s
+        self.wiring = wiring or Wiring()
         self.calls = 0
-        self.downstream: Downstream[product_pb2_grpc.ProductServiceStub] | None = None
+        self.downstream: Downstream[product_pb2_grpc.ProductServiceAsyncStub] | None = None
 
     async def GetProduct(
-        self, request: product_pb2.GetProductRequest, context_: aio.ServicerContext
+        self, request: product_pb2.GetProductRequest, context_: aio.ServicerContext[Any, Any]
     ) -> product_pb2.GetProductResponse:
         self.calls += 1
         pid = request.id
@@ -61,9 +64,10 @@ class EchoProductServicer(product_pb2_grpc.ProductServiceServicer):
             )
         elif pid.startswith("forward:"):
             if self.downstream is None:
-                self.downstream = Downstream("product", product_pb2_grpc.ProductServiceStub)
+                self.downstream = self.wiring.downstream(
+                    "product", product_pb2_grpc.ProductServiceStub)
             reply: product_pb2.GetProductResponse = await self.downstream.call(
-                "GetProduct",
+                lambda s: s.GetProduct,
                 product_pb2.GetProductRequest(id=pid.removeprefix("forward:")),
                 idempotent=True,
             )
@@ -71,19 +75,19 @@ class EchoProductServicer(product_pb2_grpc.ProductServiceServicer):
         return product_pb2.GetProductResponse(product=product_pb2.Product(id=pid, name="echo"))
 
     async def ListProducts(
-        self, request: product_pb2.ListProductsRequest, context_: aio.ServicerContext
+        self, request: product_pb2.ListProductsRequest, context_: aio.ServicerContext[Any, Any]
     ) -> product_pb2.ListProductsResponse:
         return product_pb2.ListProductsResponse()
 
     async def BatchGetProducts(
-        self, request: product_pb2.BatchGetProductsRequest, context_: aio.ServicerContext
+        self, request: product_pb2.BatchGetProductsRequest, context_: aio.ServicerContext[Any, Any]
     ) -> product_pb2.BatchGetProductsResponse:
         return product_pb2.BatchGetProductsResponse(
             products=[product_pb2.Product(id=pid) for pid in request.ids]
         )
 
     async def CreateProduct(
-        self, request: product_pb2.CreateProductRequest, context_: aio.ServicerContext
+        self, request: product_pb2.CreateProductRequest, context_: aio.ServicerContext[Any, Any]
     ) -> product_pb2.CreateProductResponse:
         return product_pb2.CreateProductResponse(product=request.product)
 
@@ -98,12 +102,12 @@ def make_app(servicer: EchoProductServicer) -> App:
         register=lambda server: product_pb2_grpc.add_ProductServiceServicer_to_server(
             servicer, server
         ),
-        on_stop=[close_downstream],
+        closers=[close_downstream],
     )
 
 
-async def build(settings: Settings) -> App:
-    return make_app(EchoProductServicer(float(os.environ.get("ECHO_SLOW_S", "1.0"))))
+async def build(settings: Settings, wiring: Wiring) -> App:
+    return make_app(EchoProductServicer(float(os.environ.get("ECHO_SLOW_S", "1.0")), wiring))
 
 
 def main() -> None:

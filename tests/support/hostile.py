@@ -73,5 +73,5 @@ def raw_bodies(draw: st.DrawFn, names: Sequence[str]) -> bytes:
         return b'{"' + name.encode() + b'": ' + _long_number(draw) + b"}"
     depth = draw(st.integers(min_value=1, max_value=30_000))
     opener, closer = draw(st.sampled_from([(b"[", b"]"), (b'{"a":', b"}")]))
-    name = draw(st.sampled_from(names)).encode()
-    return b'{"' + name + b'": ' + opener * depth + b"1" + closer * depth + b"}"
+    name_bytes = draw(st.sampled_from(names)).encode()
+    return b'{"' + name_bytes + b'": ' + opener * depth + b"1" + closer * depth + b"}"

@@ -72,7 +72,7 @@ class OrderClient:
             await self._chan.close()
 
     @property
-    def stub(self) -> order_pb2_grpc.OrderServiceStub:
+    def stub(self) -> order_pb2_grpc.OrderServiceAsyncStub:
         assert self._chan is not None, "use `async with OrderClient(...)`"
         return order_pb2_grpc.OrderServiceStub(self._chan)
 

@@ -17,7 +17,7 @@ import functools
 import ssl
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from grpc import aio
@@ -175,9 +175,10 @@ class SyncPolicyChannel(_PolicyChannelBase):
 
 
 def channel(addr: str, *, server: str | None = None,
-            options: Sequence[tuple[str, Any]] = ()) -> Any:
-    """Drop-in for `aio.insecure_channel(addr)` in tests (typed Any: stubs take it)."""
-    return PolicyChannel(addr, server, options)
+            options: Sequence[tuple[str, Any]] = ()) -> aio.Channel:
+    """Drop-in for `aio.insecure_channel(addr)` in tests (typed as one, so a stub made on
+    it is the .pyi's async stub)."""
+    return cast(aio.Channel, PolicyChannel(addr, server, options))
 
 
 def sync_channel(addr: str, *, server: str | None = None,

@@ -7,13 +7,14 @@ import threading
 
 from services.common.server import App, run_service
 from services.common.settings import Settings
+from services.common.wiring import Wiring
 from tests.support.echo_app import build as echo_build
 
 
-async def build(settings: Settings) -> App:
+async def build(settings: Settings, wiring: Wiring) -> App:
     never = threading.Event()
     threading.Thread(target=never.wait, name="leftover-worker", daemon=False).start()
-    return await echo_build(settings)
+    return await echo_build(settings, wiring)
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -12,11 +13,14 @@ from grpc import aio
 from shop.product.v1 import product_pb2, product_pb2_grpc
 
 from services.common import breakers, context
-from services.common.clients import Downstream, resolve_addr, set_resolver
+from services.common.clients import Downstream, resolve_addr, rpc_name
 from services.common.errors import DeadlineExceeded, Unavailable
 from tests.support.inprocess import RunningEcho, running_echo
 
-Stub = product_pb2_grpc.ProductServiceStub
+if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
+    Stub = product_pb2_grpc.ProductServiceAsyncStub
+else:
+    Stub = product_pb2_grpc.ProductServiceStub
 
 
 @pytest.fixture(autouse=True)
@@ -47,12 +51,12 @@ def req(pid: str) -> product_pb2.GetProductRequest:
 
 async def test_metadata_and_capped_deadline_are_passed_on(ds: Downstream[Stub]) -> None:
     with context.bind(request_id="rid-7", user_id="u-7", timeout=1.0):
-        reply = await ds.call("GetProduct", req("whoami"), idempotent=True)
+        reply = await ds.call(lambda s: s.GetProduct, req("whoami"), idempotent=True)
     assert reply.product.name == "u-7"
     assert reply.product.description == "rid-7"
     # the caller's 1 s, not the 2 s cap (grpc-timeout may round up by a few ms)
     assert 0.5 < float(reply.product.category) <= 1.05
-    reply = await ds.call("GetProduct", req("whoami"), idempotent=True, timeout=0.3)
+    reply = await ds.call(lambda s: s.GetProduct, req("whoami"), idempotent=True, timeout=0.3)
     assert float(reply.product.category) <= 0.35
 
 
@@ -61,7 +65,7 @@ async def test_a_service_does_not_pass_the_user_on(echo: RunningEcho) -> None:
     internal = Downstream("product", Stub, cap_s=2.0, address=echo.addr)
     try:
         with context.bind(request_id="rid-8", user_id="u-8"):
-            reply = await internal.call("GetProduct", req("whoami"), idempotent=True)
+            reply = await internal.call(lambda s: s.GetProduct, req("whoami"), idempotent=True)
     finally:
         await internal.close()
     assert reply.product.name == ""
@@ -70,14 +74,14 @@ async def test_a_service_does_not_pass_the_user_on(echo: RunningEcho) -> None:
 
 async def test_no_time_left_fails_without_calling(ds: Downstream[Stub], echo: RunningEcho) -> None:
     with context.bind(timeout=-0.1), pytest.raises(DeadlineExceeded):
-        await ds.call("GetProduct", req("x"), idempotent=True)
+        await ds.call(lambda s: s.GetProduct, req("x"), idempotent=True)
     assert echo.servicer.calls == 0
 
 
 async def test_business_errors_do_not_count(ds: Downstream[Stub]) -> None:
     for _ in range(8):
         with pytest.raises(aio.AioRpcError) as info:
-            await ds.call("GetProduct", req("missing"), idempotent=False)
+            await ds.call(lambda s: s.GetProduct, req("missing"), idempotent=False)
         assert info.value.code() is grpc.StatusCode.NOT_FOUND
     assert ds.breaker_state == "closed"
     assert ds.breaker.fail_counter == 0
@@ -88,17 +92,17 @@ async def test_five_failures_open_then_half_open_success_closes(
 ) -> None:
     for _ in range(5):
         with pytest.raises(aio.AioRpcError) as info:
-            await ds.call("GetProduct", req("unavailable"), idempotent=False)
+            await ds.call(lambda s: s.GetProduct, req("unavailable"), idempotent=False)
         assert info.value.code() is grpc.StatusCode.UNAVAILABLE
     assert ds.breaker_state == "open"
     assert breakers.breaker_states() == {"product": "open"}
     for _ in range(3):
         with pytest.raises(Unavailable, match="product unavailable: circuit open"):
-            await ds.call("GetProduct", req("ok"), idempotent=True)
+            await ds.call(lambda s: s.GetProduct, req("ok"), idempotent=True)
     assert echo.servicer.calls == 5  # nothing reached the server while open
 
     await asyncio.sleep(0.35)
-    reply = await ds.call("GetProduct", req("ok"), idempotent=True)
+    reply = await ds.call(lambda s: s.GetProduct, req("ok"), idempotent=True)
     assert reply.product.id == "ok"
     assert ds.breaker_state == "closed"
 
@@ -106,18 +110,18 @@ async def test_five_failures_open_then_half_open_success_closes(
 async def test_failed_probe_reopens(ds: Downstream[Stub], echo: RunningEcho) -> None:
     for _ in range(5):
         with pytest.raises(aio.AioRpcError):
-            await ds.call("GetProduct", req("boom"), idempotent=False)  # INTERNAL counts
+            await ds.call(lambda s: s.GetProduct, req("boom"), idempotent=False)  # INTERNAL counts
     assert ds.breaker_state == "open"
     await asyncio.sleep(0.35)
     with pytest.raises(aio.AioRpcError):
-        await ds.call("GetProduct", req("unavailable"), idempotent=False)
+        await ds.call(lambda s: s.GetProduct, req("unavailable"), idempotent=False)
     assert ds.breaker_state == "open"
     assert echo.servicer.calls == 6
 
 
 async def test_deadline_exceeded_counts_as_failure(ds: Downstream[Stub]) -> None:
     with pytest.raises(aio.AioRpcError) as info:
-        await ds.call("GetProduct", req("slow"), idempotent=True, timeout=0.05)
+        await ds.call(lambda s: s.GetProduct, req("slow"), idempotent=True, timeout=0.05)
     assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert ds.breaker.fail_counter == 1
 
@@ -130,15 +134,15 @@ async def test_retries_only_idempotent_calls_on_unavailable(
     ds.breaker = breakers.breaker_for("product")
 
     with pytest.raises(aio.AioRpcError):
-        await ds.call("GetProduct", req("unavailable"), idempotent=False)
+        await ds.call(lambda s: s.GetProduct, req("unavailable"), idempotent=False)
     assert echo.servicer.calls == 1
 
     with pytest.raises(aio.AioRpcError):
-        await ds.call("GetProduct", req("unavailable"), idempotent=True)
+        await ds.call(lambda s: s.GetProduct, req("unavailable"), idempotent=True)
     assert echo.servicer.calls == 1 + 3
 
     with pytest.raises(aio.AioRpcError):
-        await ds.call("GetProduct", req("missing"), idempotent=True)
+        await ds.call(lambda s: s.GetProduct, req("missing"), idempotent=True)
     assert echo.servicer.calls == 1 + 3 + 1  # business codes are never retried
 
 
@@ -146,7 +150,7 @@ async def test_unreachable_downstream_is_unavailable() -> None:
     client = Downstream("shipping", Stub, cap_s=1.0, address="127.0.0.1:1")
     try:
         with pytest.raises(aio.AioRpcError) as info:
-            await client.call("GetProduct", req("x"), idempotent=True)
+            await client.call(lambda s: s.GetProduct, req("x"), idempotent=True)
         assert info.value.code() is grpc.StatusCode.UNAVAILABLE
         assert client.breaker.fail_counter == 3  # each attempt counts
     finally:
@@ -156,19 +160,16 @@ async def test_unreachable_downstream_is_unavailable() -> None:
 def test_address_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CART_ADDR", raising=False)
     assert resolve_addr("cart") == "127.0.0.1:50053"
-    set_resolver(lambda service: f"{service}.found:1")
-    try:
-        assert resolve_addr("cart") == "cart.found:1"
-        monkeypatch.setenv("CART_ADDR", "fixed:2")
-        assert resolve_addr("cart") == "fixed:2"
-    finally:
-        set_resolver(None)
+    found = lambda service: f"{service}.found:1"  # noqa: E731
+    assert resolve_addr("cart", resolver=found) == "cart.found:1"
+    monkeypatch.setenv("CART_ADDR", "fixed:2")
+    assert resolve_addr("cart", resolver=found) == "fixed:2"
 
 
 async def _open(ds: Downstream[Stub]) -> None:
     for _ in range(5):
         with pytest.raises(aio.AioRpcError):
-            await ds.call("GetProduct", req("unavailable"), idempotent=False)
+            await ds.call(lambda s: s.GetProduct, req("unavailable"), idempotent=False)
     assert ds.breaker_state == "open"
 
 
@@ -178,14 +179,14 @@ async def test_half_open_probe_cancelled_early_does_not_close(ds: Downstream[Stu
     await _open(ds)
     await asyncio.sleep(0.35)
     with context.bind(timeout=5.0):
-        probe = asyncio.create_task(ds.call("GetProduct", req("slow"), idempotent=True))
+        probe = asyncio.create_task(ds.call(lambda s: s.GetProduct, req("slow"), idempotent=True))
         await asyncio.sleep(0.1)
         probe.cancel()
         with pytest.raises(asyncio.CancelledError):
             await probe
     assert ds.breaker_state == "half-open"
     with pytest.raises(aio.AioRpcError):  # the next probe fails: open again, not closed
-        await ds.call("GetProduct", req("unavailable"), idempotent=False)
+        await ds.call(lambda s: s.GetProduct, req("unavailable"), idempotent=False)
     assert ds.breaker_state == "open"
 
 
@@ -215,10 +216,10 @@ async def test_non_grpc_exception_is_no_verdict() -> None:
 async def test_half_open_lets_one_probe_through_at_a_time(ds: Downstream[Stub]) -> None:
     await _open(ds)
     await asyncio.sleep(0.35)
-    probe = asyncio.create_task(ds.call("GetProduct", req("slow"), idempotent=True))
+    probe = asyncio.create_task(ds.call(lambda s: s.GetProduct, req("slow"), idempotent=True))
     await asyncio.sleep(0.1)
     with pytest.raises(Unavailable, match="circuit open"):
-        await ds.call("GetProduct", req("ok"), idempotent=True)
+        await ds.call(lambda s: s.GetProduct, req("ok"), idempotent=True)
     await probe
     assert ds.breaker_state == "closed"
 
@@ -239,11 +240,11 @@ async def test_open_breaker_half_opens_when_the_instance_serves_again(
     async with running_echo(tmp_path / "a") as first:
         port = first.runner.port
         client = Downstream("product", Stub, cap_s=1.0, address=first.addr)
-        await client.call("GetProduct", req("ok"), idempotent=True)
+        await client.call(lambda s: s.GetProduct, req("ok"), idempotent=True)
         await first.runner.stop(grace_s=0)
         for _ in range(2):  # three attempts each, all refused: open after the fifth
             with pytest.raises((aio.AioRpcError, Unavailable)):
-                await client.call("GetProduct", req("ok"), idempotent=True)
+                await client.call(lambda s: s.GetProduct, req("ok"), idempotent=True)
         assert client.breaker_state == "open"
         await asyncio.sleep(0.6)  # the watch sees it down
         settings = Settings(service="echo", port=port, data_dir=tmp_path, grace_s=1)
@@ -253,7 +254,7 @@ async def test_open_breaker_half_opens_when_the_instance_serves_again(
         try:
             while True:
                 try:
-                    await client.call("GetProduct", req("ok"), idempotent=True)
+                    await client.call(lambda s: s.GetProduct, req("ok"), idempotent=True)
                     break
                 except Unavailable:
                     assert time.monotonic() - serving_at < 3.0, "still open"
@@ -262,3 +263,11 @@ async def test_open_breaker_half_opens_when_the_instance_serves_again(
         finally:
             await client.close()
             await again.stop(grace_s=0)
+
+
+def test_a_call_names_its_method_through_the_stub() -> None:
+    # The selector is what mypy checks against the stub's .pyi; its name labels metrics,
+    # spans and the traffic rules.
+    assert rpc_name(lambda s: s.BatchGetProducts) == "BatchGetProducts"
+    with pytest.raises(TypeError):
+        rpc_name(lambda s: 42)

@@ -8,19 +8,22 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nats.errors
 import pytest
 from shop.product.v1 import product_pb2, product_pb2_grpc
 
 from services.common import breakers
-from services.common.clients import Downstream, current_picker, resolve_addr, set_picker
+from services.common.clients import Downstream, resolve_addr
 from services.common.discovery import Discovery
 from services.common.registry import Instance, RegistryLink
 from tests.support.inprocess import RunningEcho, running_echo
 
-Stub = product_pb2_grpc.ProductServiceStub
+if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
+    Stub = product_pb2_grpc.ProductServiceAsyncStub
+else:
+    Stub = product_pb2_grpc.ProductServiceStub
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +33,6 @@ def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("SHOP_BREAKER_FAIL_MAX", "50")
     breakers.reset_breakers()
     yield
-    set_picker(None)
     breakers.reset_breakers()
 
 
@@ -38,7 +40,6 @@ def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 async def disc() -> AsyncIterator[Discovery]:
     # Never started: the tests feed it registry entries by hand.
     d = Discovery(RegistryLink("nats://127.0.0.1:1", name="unit", ttl_s=5), recheck_s=0.05)
-    set_picker(d)
     yield d
     await d.stop()
 
@@ -64,7 +65,7 @@ def register(d: Discovery, name: str, addr: str, service: str = "echo") -> str:
 
 async def get(ds: Downstream[Stub], pid: str = "x") -> product_pb2.GetProductResponse:
     reply: product_pb2.GetProductResponse = await ds.call(
-        "GetProduct", product_pb2.GetProductRequest(id=pid), idempotent=True
+        lambda s: s.GetProduct, product_pb2.GetProductRequest(id=pid), idempotent=True
     )
     return reply
 
@@ -86,7 +87,7 @@ async def test_round_robin_over_registered_instances(
 ) -> None:
     for n, e in enumerate(echoes):
         register(disc, f"echo-{n}", e.addr)
-    ds = Downstream("echo", Stub, cap_s=2.0)
+    ds = Downstream("echo", Stub, cap_s=2.0, picker=disc)
     try:
         for _ in range(30):
             await get(ds)
@@ -104,7 +105,7 @@ async def test_unavailable_instance_is_skipped_and_retry_goes_elsewhere(
     async with running_echo(tmp_path / "a") as a, running_echo(tmp_path / "b") as b:
         register(disc, "echo-a", a.addr)
         register(disc, "echo-b", b.addr)
-        ds = Downstream("echo", Stub, cap_s=2.0)
+        ds = Downstream("echo", Stub, cap_s=2.0, picker=disc)
         try:
             await a.runner.stop(grace_s=0)  # a dies without leaving the registry
             for _ in range(6):
@@ -157,7 +158,7 @@ async def test_fixed_addr_overrides_discovery(
     register(disc, "echo-0", echoes[0].addr)
     register(disc, "echo-1", echoes[1].addr)
     monkeypatch.setenv("ECHO_ADDR", echoes[2].addr)
-    ds = Downstream("echo", Stub, cap_s=2.0)
+    ds = Downstream("echo", Stub, cap_s=2.0, picker=disc)
     try:
         for _ in range(4):
             await get(ds)
@@ -222,11 +223,12 @@ async def test_stale_entries_are_swept(disc: Discovery) -> None:
     assert [v.instance_id for v in disc.instances()] == ["fresh"]
 
 
-def test_picker_is_process_wide() -> None:
-    assert current_picker() is None
+def test_a_downstream_picks_through_the_discovery_it_is_given() -> None:
     d = Discovery(RegistryLink("nats://127.0.0.1:1", name="unit"))
-    set_picker(d)
-    assert current_picker() is d
+    register(d, "product-0", "h:1", service="product")
+    assert Downstream("product", Stub, picker=d).address == "h:1"
+    # Nothing ambient: without one it never asks a discovery.
+    assert Downstream("product", Stub).address == "127.0.0.1:50052"
 
 
 async def test_health_check_asks_for_the_expected_service(
@@ -269,7 +271,7 @@ async def test_hung_instance_is_ejected_alone_and_back_once_it_serves(
     with FaultProxy(a.addr) as proxy:
         register(disc, "echo-a", proxy.addr)
         register(disc, "echo-b", b.addr)
-        ds = Downstream("echo", Stub, cap_s=0.3)
+        ds = Downstream("echo", Stub, cap_s=0.3, picker=disc)
         try:
             for _ in range(4):
                 await get(ds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from shop.user.v1 import user_pb2
 
 from gateway.admin import TAIL_SIZE, AdminConsole, EventTail
 from gateway.errors import HttpError
+from services.common.clients import rpc_name
 from services.common.errors import NotFound
 from services.common.outbox import new_envelope
 
@@ -57,9 +59,9 @@ class _Order:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
 
-    async def call(self, method: str, request: Any, *, idempotent: bool,
+    async def call(self, rpc: Callable[[Any], Any], request: Any, *, idempotent: bool,
                    timeout: float | None = None) -> Any:  # noqa: ASYNC109
-        self.calls.append((method, request))
+        self.calls.append((rpc_name(rpc), request))
         if request.order_id != "o1":
             raise NotFound(f"order {request.order_id} not found")
         step = order_pb2.SagaStep(step="refund", outcome="failed", attempt=8, error="boom")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -114,9 +115,11 @@ async def test_a_known_user_is_limited_as_that_user_not_by_address() -> None:
 async def test_a_bad_token_on_a_public_route_is_ignored_but_counted() -> None:
     minter = TokenMinter()
     fakes = _fakes(minter)
-    fakes["user"].handlers["CreateUser"] = lambda r: user_pb2.CreateUserResponse(
-        user=user_pb2.User(id="u-2", email=r.email, name=r.name)
-    )
+    def create_user(r: Any) -> user_pb2.CreateUserResponse:  # a CreateUserRequest
+        return user_pb2.CreateUserResponse(user=user_pb2.User(id="u-2", email=r.email,
+                                                              name=r.name))
+
+    fakes["user"].handlers["CreateUser"] = create_user
     async for client in _client(minter, fakes, anon_rate_limit="2/minute"):
         body = {"email": "c@example.com", "name": "C", "password": "pw-123456"}
         bad = {"Authorization": "Bearer not-a-token"}

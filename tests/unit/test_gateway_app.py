@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import grpc
 import httpx
 import pytest
+from google.protobuf.message import Message
 from grpc import aio
 from grpc_health.v1 import health_pb2
 from openapi_spec_validator import validate
@@ -154,7 +155,7 @@ async def test_405_says_which_methods_are_allowed(gw: Harness) -> None:
 
 
 async def test_downstream_errors_map_to_http(gw: Harness) -> None:
-    def refuse(_: object) -> object:
+    def refuse(_: Message) -> Message:
         raise aio.AioRpcError(
             grpc.StatusCode.FAILED_PRECONDITION, aio.Metadata(), aio.Metadata(), "out of stock: p1"
         )
@@ -195,7 +196,7 @@ async def test_dashboard_in_parallel_with_a_hung_part_degrades_fast(gw: Harness)
     assert len(body["recentOrders"]) == 5
     assert gw.fakes["order"].calls[-1].request.page_size == 5  # type: ignore[attr-defined]
 
-    async def hang(_: object) -> object:
+    async def hang(_: Message) -> Message:
         await asyncio.sleep(10)
         raise AssertionError("unreachable")
 

@@ -174,7 +174,7 @@ _INT_LIMITS = {
 }
 
 
-def _scalar(fd: FieldDescriptor, rng: random.Random) -> Any:
+def _scalar(fd: Any, rng: random.Random) -> Any:  # a FieldDescriptor (either runtime)
     cpp = fd.cpp_type
     if cpp in _INT_LIMITS:
         low, high = _INT_LIMITS[cpp]
@@ -201,12 +201,13 @@ def _scalar(fd: FieldDescriptor, rng: random.Random) -> Any:
             ]
         )
     if cpp == F.CPPTYPE_ENUM:
+        assert fd.enum_type is not None
         numbers = [v.number for v in fd.enum_type.values]
         return rng.choice([*numbers, 0, 97])  # 97: an unknown value of an open enum
     raise AssertionError(fd)
 
 
-def _fill(msg: Message, rng: random.Random, depth: int = 0) -> None:
+def _fill(msg: Any, rng: random.Random, depth: int = 0) -> None:  # any message type
     name = msg.DESCRIPTOR.full_name
     if name == "google.protobuf.Timestamp":
         msg.seconds = rng.choice([0, 1, 1_700_000_000, rng.randint(0, 253_402_300_799)])

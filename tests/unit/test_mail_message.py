@@ -34,7 +34,7 @@ def _parse(raw: bytes) -> EmailMessage:
 def _text(msg: EmailMessage, kind: str) -> str:
     part = msg.get_body((kind,))
     assert part is not None, kind
-    return str(part.get_content())  # type: ignore[attr-defined]
+    return str(part.get_content())
 
 
 def test_message_has_text_and_html_and_stable_headers() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import grpc
 import pybreaker
 import pytest
 from grpc import aio
+from shop.events.v1 import envelope_pb2
 
 from services.common import breakers
 from services.common.clients import Downstream
@@ -26,6 +27,8 @@ from services.order.ports import GrpcPorts, StepRefused, StepUnknown, StepUnwell
 from services.order.saga import SagaConfig, SagaRunner
 from services.order.store import HistoryEntry, OrderStore
 
+# The skip check reads only the payload.
+NO_ENVELOPE = envelope_pb2.Envelope()
 FAST = d.Limits(reserve=3, charge=3, compensation=4, backoff_base_s=0.005, backoff_max_s=0.02)
 
 
@@ -263,8 +266,14 @@ class _ScriptedStub:
         return call
 
 
+def _scripted(failures: dict[str, list[grpc.StatusCode]],
+              calls: dict[str, int]) -> Callable[[aio.Channel], Any]:
+    """A stub factory for Downstream: the scripted stand-in stands for any service."""
+    return lambda channel: _ScriptedStub(failures, calls)
+
+
 def _no_shipping() -> Downstream[Any]:
-    return Downstream("shipping", lambda ch: _ScriptedStub({}, {}), address="127.0.0.1:9",
+    return Downstream("shipping", _scripted({}, {}), address="127.0.0.1:9",
                       breaker=pybreaker.CircuitBreaker(fail_max=50, name="ship"))
 
 
@@ -279,10 +288,10 @@ async def test_open_breaker_does_not_use_up_compensation_attempts(store: OrderSt
     pay_fail = {"Charge": [grpc.StatusCode.FAILED_PRECONDITION]}  # declined: release next
     opts: dict[str, Any] = {"exclude": [breakers._not_a_failure],
                             "throw_new_error_on_trip": False}
-    inventory = Downstream("inventory", lambda ch: _ScriptedStub(inv_fail, calls),
+    inventory = Downstream("inventory", _scripted(inv_fail, calls),
                            address="127.0.0.1:9", breaker=pybreaker.CircuitBreaker(
                                fail_max=2, reset_timeout=0.5, name="inv", **opts))
-    payment = Downstream("payment", lambda ch: _ScriptedStub(pay_fail, calls),
+    payment = Downstream("payment", _scripted(pay_fail, calls),
                          address="127.0.0.1:9", breaker=pybreaker.CircuitBreaker(
                              fail_max=2, reset_timeout=0.5, name="pay", **opts))
     ports = GrpcPorts(inventory, payment, _no_shipping(), step_timeout_s=1.0)
@@ -307,10 +316,10 @@ async def test_release_refused_for_another_reason_is_retried_not_skipped(
     calls: dict[str, int] = {}
     inv_fail = {"ReleaseStock": [grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.NOT_FOUND]}
     pay_fail = {"Charge": [grpc.StatusCode.FAILED_PRECONDITION]}  # declined: release next
-    inventory = Downstream("inventory", lambda ch: _ScriptedStub(inv_fail, calls),
+    inventory = Downstream("inventory", _scripted(inv_fail, calls),
                            address="127.0.0.1:9",
                            breaker=pybreaker.CircuitBreaker(fail_max=50, name="inv2"))
-    payment = Downstream("payment", lambda ch: _ScriptedStub(pay_fail, calls),
+    payment = Downstream("payment", _scripted(pay_fail, calls),
                          address="127.0.0.1:9",
                          breaker=pybreaker.CircuitBreaker(fail_max=50, name="pay2"))
     runner = SagaRunner(store, GrpcPorts(inventory, payment, _no_shipping(),
@@ -394,21 +403,21 @@ async def test_payment_event_skip_check_only_past_the_charge(store: OrderStore) 
     assert skip is not None and all(r.skip is skip for r in payments)
     from shop.payment.v1 import payment_pb2
 
-    assert not await store.storage.read(lambda tx: skip(tx, None, payment_pb2.PaymentCompleted(
-        payment=payment_pb2.Payment(order_id="no-such-order"))))
+    unknown = payment_pb2.PaymentCompleted(payment=payment_pb2.Payment(order_id="no-such-order"))
+    assert not await store.storage.read(lambda tx: skip(tx, NO_ENVELOPE, unknown))
     ports = FakePorts()
     ports.charge_gate = asyncio.Event()
     runner = SagaRunner(store, ports, SagaConfig(owner="order-1", limits=FAST))
     order, state = await new_order(store, runner)
     event = payment_pb2.PaymentCompleted(payment=payment_pb2.Payment(order_id=order.id))
-    assert not await store.storage.read(lambda tx: skip(tx, None, event))  # at reserve
+    assert not await store.storage.read(lambda tx: skip(tx, NO_ENVELOPE, event))  # at reserve
     task = runner.start(order, state)
     await asyncio.wait_for(ports.charging.wait(), 5)
-    assert not await store.storage.read(lambda tx: skip(tx, None, event))  # at its charge
+    assert not await store.storage.read(lambda tx: skip(tx, NO_ENVELOPE, event))  # at its charge
     ports.charge_gate.set()
     done = await asyncio.wait_for(task, 5)
     assert done is not None and done.status is d.OrderStatus.CONFIRMED
-    assert await store.storage.read(lambda tx: skip(tx, None, event))  # ended: a no-op
+    assert await store.storage.read(lambda tx: skip(tx, NO_ENVELOPE, event))  # ended: a no-op
 
 
 async def _cancel_confirmed(store: OrderStore, ports: FakePorts) -> tuple[d.Order, d.Order]:
@@ -453,9 +462,9 @@ async def test_refused_commit_requires_attention_with_its_event(store: OrderStor
     assert (await outbox_subjects(store))[-1] == "order.requires_attention"
     row = (await rows(store, "SELECT data FROM outbox WHERE subject = ?",
                       "order.requires_attention"))[0]
-    from shop.events.v1 import envelope_pb2
     from shop.order.v1 import order_pb2
     event = order_pb2.OrderRequiresAttention()
+    assert row is not None
     assert envelope_pb2.Envelope.FromString(row[0]).payload.Unpack(event)
     assert event.step == "confirm"  # the step that needs the operator, not "done"
 
@@ -495,10 +504,10 @@ async def test_uncertain_step_refused_later_is_compensated(
     timed out is compensated once it is finally refused."""
     calls: dict[str, int] = {}
     fails = {method: list(codes)}
-    inventory = Downstream("inventory", lambda ch: _ScriptedStub(fails, calls),
+    inventory = Downstream("inventory", _scripted(fails, calls),
                            address="127.0.0.1:9",
                            breaker=pybreaker.CircuitBreaker(fail_max=50, name="inv3"))
-    payment = Downstream("payment", lambda ch: _ScriptedStub(fails, calls),
+    payment = Downstream("payment", _scripted(fails, calls),
                          address="127.0.0.1:9",
                          breaker=pybreaker.CircuitBreaker(fail_max=50, name="pay3"))
     limits = d.Limits(reserve=8, charge=8, compensation=4, backoff_base_s=0.005,
@@ -522,10 +531,10 @@ async def test_uncertain_step_refused_later_is_compensated(
 async def test_invalid_card_is_a_typed_refusal(store: OrderStore) -> None:
     calls: dict[str, int] = {}
     fails = {"Charge": [grpc.StatusCode.INVALID_ARGUMENT]}
-    inventory = Downstream("inventory", lambda ch: _ScriptedStub({}, calls),
+    inventory = Downstream("inventory", _scripted({}, calls),
                            address="127.0.0.1:9",
                            breaker=pybreaker.CircuitBreaker(fail_max=50, name="inv4"))
-    payment = Downstream("payment", lambda ch: _ScriptedStub(fails, calls),
+    payment = Downstream("payment", _scripted(fails, calls),
                          address="127.0.0.1:9",
                          breaker=pybreaker.CircuitBreaker(fail_max=50, name="pay4"))
     runner = SagaRunner(store, GrpcPorts(inventory, payment, _no_shipping(),

@@ -7,6 +7,7 @@ import itertools
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -14,13 +15,16 @@ from grpc import aio
 from shop.product.v1 import product_pb2, product_pb2_grpc
 
 from services.common import breakers, traffic
-from services.common.clients import Downstream, set_picker
+from services.common.clients import Downstream
 from services.common.discovery import Discovery
 from services.common.registry import Instance, RegistryLink
 from services.common.traffic import TrafficError, WeightedRing, parse_traffic
 from tests.support.inprocess import RunningEcho, running_echo
 
-Stub = product_pb2_grpc.ProductServiceStub
+if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
+    Stub = product_pb2_grpc.ProductServiceAsyncStub
+else:
+    Stub = product_pb2_grpc.ProductServiceStub
 
 
 def test_the_shipped_configuration_parses_and_names_the_canary() -> None:
@@ -65,22 +69,21 @@ async def versions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     async with AsyncExitStack() as stack:
         yield {v: [await stack.enter_async_context(running_echo(tmp_path / f"{v}-{i}"))
                    for i in range(2)] for v in ("v1", "v2")}
-    set_picker(None)
     breakers.reset_breakers()
 
 
 async def test_discovery_splits_payment_style_90_10_between_versions(
         versions: dict[str, list[RunningEcho]]) -> None:
     disc = Discovery(RegistryLink("nats://127.0.0.1:1", name="unit", ttl_s=5))
-    set_picker(disc)
     for version, echoes in versions.items():
         for n, echo in enumerate(echoes):
             info = Instance("echo", f"echo-{version}-{n}", echo.addr, version, 1.0, 1, {})
             disc._upsert(info.key, info)
-    ds = Downstream("echo", Stub, cap_s=2.0)
+    ds = Downstream("echo", Stub, cap_s=2.0, picker=disc)
     try:
         for _ in range(500):
-            await ds.call("GetProduct", product_pb2.GetProductRequest(id="x"),
+            await ds.call(
+                lambda s: s.GetProduct, product_pb2.GetProductRequest(id="x"),
                           idempotent=True)
     finally:
         await ds.close()
@@ -102,16 +105,19 @@ async def test_a_call_rule_sets_the_deadline_and_the_attempts(
     async with running_echo(tmp_path / "echo") as echo:
         ds = Downstream("product", Stub, cap_s=3.0, address=echo.addr)
         try:
-            reply = await ds.call("GetProduct", product_pb2.GetProductRequest(id="whoami"),
+            reply = await ds.call(lambda s: s.GetProduct,
+                                  product_pb2.GetProductRequest(id="whoami"),
                                   idempotent=True)
             assert 2.0 < float(reply.product.category) <= 3.05  # no rule: the 3 s cap
             monkeypatch.setenv("SHOP_TRAFFIC", str(conf))
-            reply = await ds.call("GetProduct", product_pb2.GetProductRequest(id="whoami"),
+            reply = await ds.call(lambda s: s.GetProduct,
+                                  product_pb2.GetProductRequest(id="whoami"),
                                   idempotent=True, timeout=3.0)
             assert float(reply.product.category) <= 0.45  # the rule's 0.4 s
             before = echo.servicer.calls
             with pytest.raises(aio.AioRpcError) as info:
-                await ds.call("GetProduct", product_pb2.GetProductRequest(id="unavailable"),
+                await ds.call(lambda s: s.GetProduct,
+                              product_pb2.GetProductRequest(id="unavailable"),
                               idempotent=True)
             assert info.value.code() is grpc.StatusCode.UNAVAILABLE
             assert echo.servicer.calls == before + 1  # not retried
