@@ -146,6 +146,46 @@ async def latest_snapshot(tx: Tx, product_id: str, *, upto_version: int | None =
     return None
 
 
+async def latest_snapshots(tx: Tx, product_ids: Sequence[str]) -> dict[str, Snapshot]:
+    """`latest_snapshot` of several streams in one query (the three newest of each, so a
+    damaged newest one falls back to the one before)."""
+    if not product_ids:
+        return {}
+    marks = ",".join("?" * len(product_ids))
+    rows = await tx.fetch(
+        "SELECT product_id, version, state, recorded_at FROM (SELECT product_id, version,"
+        " state, recorded_at, ROW_NUMBER() OVER (PARTITION BY product_id"
+        " ORDER BY version DESC) AS n FROM inventory_snapshots"
+        f" WHERE format = ? AND product_id IN ({marks})) AS newest WHERE n <= 3"
+        " ORDER BY product_id, version DESC", [ledger.SNAPSHOT_FORMAT, *product_ids])
+    out: dict[str, Snapshot] = {}
+    for row in rows:
+        pid = str(row["product_id"])
+        if pid in out:
+            continue
+        level = ledger.from_snapshot(str(row["state"]), int(row["version"]), ledger.SNAPSHOT_FORMAT)
+        if level is not None:
+            out[pid] = Snapshot(level, float(row["recorded_at"]))
+    return out
+
+
+async def events_after_many(tx: Tx, starts: dict[str, int]) -> dict[str, list[Recorded]]:
+    """Per stream its events after the version given for it, in one query (a range of
+    the primary key each)."""
+    if not starts:
+        return {}
+    one = (f"SELECT product_id, {_EVENT_COLUMNS} FROM inventory_events"
+           " WHERE product_id = ? AND version > ?")
+    params: list[object] = []
+    for pid, version in starts.items():
+        params += [pid, version]
+    out: dict[str, list[Recorded]] = {pid: [] for pid in starts}
+    for row in await tx.fetch(" UNION ALL ".join([one] * len(starts))
+                              + " ORDER BY product_id, version", params):
+        out[str(row["product_id"])].append(recorded(row))
+    return out
+
+
 async def events_after(tx: Tx, product_id: str, version: int, *,
                        upto_version: int | None = None,
                        upto_time: float | None = None) -> list[Recorded]:
