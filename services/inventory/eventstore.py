@@ -61,13 +61,15 @@ def head_of(row: Row) -> Head:
                       int(row["total"]), int(row["version"])), float(row["updated_at"]))
 
 
+_KIND_OF = {k.value: k for k in Kind}  # a dict lookup: a replay converts a row per event
+
+
 def recorded(row: Row) -> Recorded:
-    carried = None
-    if row["carried_reserved"] is not None:
-        carried = (int(row["carried_reserved"]), int(row["carried_sold"] or 0))
-    return Recorded(int(row["version"]),
-                    Event(Kind(row["kind"]), int(row["quantity"]), str(row["order_id"]),
-                          carried), float(row["recorded_at"]))
+    """An event row (the columns of _EVENT_COLUMNS, in order) as a Recorded."""
+    version, kind, order_id, quantity, carried_r, carried_s, at = row
+    carried = None if carried_r is None else (int(carried_r), int(carried_s or 0))
+    return Recorded(int(version), Event(_KIND_OF[kind], int(quantity), str(order_id), carried),
+                    float(at))
 
 
 async def heads(tx: Tx, product_ids: Sequence[str], *, lock: bool = True) -> dict[str, Head]:
@@ -166,23 +168,6 @@ async def latest_snapshots(tx: Tx, product_ids: Sequence[str]) -> dict[str, Snap
         level = ledger.from_snapshot(str(row["state"]), int(row["version"]), ledger.SNAPSHOT_FORMAT)
         if level is not None:
             out[pid] = Snapshot(level, float(row["recorded_at"]))
-    return out
-
-
-async def events_after_many(tx: Tx, starts: dict[str, int]) -> dict[str, list[Recorded]]:
-    """Per stream its events after the version given for it, in one query (a range of
-    the primary key each)."""
-    if not starts:
-        return {}
-    one = (f"SELECT product_id, {_EVENT_COLUMNS} FROM inventory_events"
-           " WHERE product_id = ? AND version > ?")
-    params: list[object] = []
-    for pid, version in starts.items():
-        params += [pid, version]
-    out: dict[str, list[Recorded]] = {pid: [] for pid in starts}
-    for row in await tx.fetch(" UNION ALL ".join([one] * len(starts))
-                              + " ORDER BY product_id, version", params):
-        out[str(row["product_id"])].append(recorded(row))
     return out
 
 

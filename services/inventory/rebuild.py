@@ -126,18 +126,17 @@ async def _check(tx: Tx, product_id: str, from_scratch: bool) -> tuple[int, Diff
 
 
 async def _check_from_snapshots(tx: Tx, ids: list[str]) -> list[tuple[int, Difference | None]]:
-    """`_check` of a batch of streams from their snapshots, in three queries for all."""
+    """`_check` of a batch of streams from their snapshots: their heads and newest
+    snapshots in one query each, then one range of events per stream."""
     heads = await es.heads(tx, ids, lock=False)
     snaps = await es.latest_snapshots(tx, ids)
-    rest = await es.events_after_many(
-        tx, {pid: snaps[pid].level.version if pid in snaps else 0 for pid in ids})
     out: list[tuple[int, Difference | None]] = []
     for pid in ids:
         head = heads.get(pid)
         served = None if head is None else head.level
         snap = snaps.get(pid)
         start, at = (snap.level, snap.at) if snap is not None else (ledger.EMPTY, 0.0)
-        events = rest[pid]
+        events = await es.events_after(tx, pid, start.version)
         try:
             level = ledger.fold((r.event for r in events), start)
         except InvalidEvent as err:
