@@ -1,9 +1,10 @@
 """Rebuild and verify: replay every stream of the stock ledger and compare with the stock
 rows served.
 
-Streams are read a batch of products per read (a short read: SQLite serves reads on its
-writer's connection), each from its latest snapshot, or from its first event with
-`from_scratch` (which then also checks every stored snapshot against the replay). A
+Streams are read a batch of products per read, each from its latest snapshot, or from its
+first event with `from_scratch` (which then also checks every stored snapshot against the
+replay). Reads are short and the loop is given back between them: on SQLite a read runs
+inline on the event loop, so one long read would stall the service's calls. A
 product whose row differs is fixed in a write unit of its own that replays its stream
 again: the row then matches the stream as it is at that commit, appends made meanwhile
 included.
@@ -11,6 +12,7 @@ included.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from services.common.storage import Storage, Tx
@@ -191,6 +193,7 @@ async def rebuild(storage: Storage, *, verify_only: bool, from_scratch: bool,
         ids, checked = await storage.read(step)
         if not ids:
             return report
+        await asyncio.sleep(0)  # the service's calls go on between batches
         after = ids[-1]
         for replayed, diff in checked:
             report.products += 1
