@@ -52,7 +52,8 @@ _INSERT_RESERVATION = ("INSERT INTO reservations (order_id, status, items, reaso
 
 class PlainReserve:
     """ReserveStock as the stock table did it before the ledger: the same reads and
-    decision, then an UPDATE per line instead of an append."""
+    decision (locked, as a `locked` unit of work), then an UPDATE per line instead of an
+    append."""
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
@@ -62,13 +63,13 @@ class PlainReserve:
 
         async def run(tx: Tx) -> Reservation:
             row = await tx.fetchrow("SELECT order_id, status, items, reason FROM reservations"
-                                    " WHERE order_id = ?", (order_id,))
+                                    " WHERE order_id = ?" + tx.for_update, (order_id,))
             if row is not None:
                 return Reservation(order_id, Status(row["status"]), lines, row["reason"])
             marks = ",".join("?" * len(lines))
             available = {r[0]: int(r[1]) for r in await tx.fetch(
-                f"SELECT product_id, available FROM stock WHERE product_id IN ({marks})",
-                [li.product_id for li in lines])}
+                f"SELECT product_id, available FROM stock WHERE product_id IN ({marks})"
+                f" ORDER BY product_id{tx.for_update}", [li.product_id for li in lines])}
             decided = decide_reserve(order_id, lines, available)
             now = time.time()
             if decided.status is Status.RESERVED:
@@ -85,7 +86,7 @@ class PlainReserve:
                               source="inventory", aggregate_id=order_id)
             return decided
 
-        return await self.storage.write(run)
+        return await self.storage.write(run, locked=True)
 
 
 Reserve = Callable[[str, Sequence[Line]], Awaitable[Reservation]]
@@ -98,18 +99,23 @@ class Backend:
         self.kind = kind
         self.root = root
         self._pg: Any = None
+        self._pg_dir = root
         self._n = 0
 
     def __enter__(self) -> Backend:
         if self.kind == "postgres":
             from ops.pgserve import EmbeddedPostgres
 
-            self._pg = EmbeddedPostgres(self.root / "pg").start()
+            # Right under the system temp dir: the server runs as its own user (as root),
+            # which must be able to reach its data dir.
+            self._pg_dir = Path(tempfile.mkdtemp(prefix="shop-bench-pg-"))
+            self._pg = EmbeddedPostgres(self._pg_dir).start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._pg is not None:
             self._pg.stop()
+            shutil.rmtree(self._pg_dir, ignore_errors=True)
 
     async def fresh(self) -> Storage:
         self._n += 1

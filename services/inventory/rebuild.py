@@ -1,9 +1,10 @@
 """Rebuild and verify: replay every stream of the stock ledger and compare with the stock
 rows served.
 
-Streams are read a batch of products per read (a short read: SQLite serves reads on its
-writer's connection), each from its latest snapshot, or from its first event with
-`from_scratch` (which then also checks every stored snapshot against the replay). A
+Streams are read a batch of products per read, each from its latest snapshot, or from its
+first event with `from_scratch` (which then also checks every stored snapshot against the
+replay). Reads are short and the loop is given back between them: on SQLite a read runs
+inline on the event loop, so one long read would stall the service's calls. A
 product whose row differs is fixed in a write unit of its own that replays its stream
 again: the row then matches the stream as it is at that commit, appends made meanwhile
 included.
@@ -11,6 +12,7 @@ included.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from services.common.storage import Storage, Tx
@@ -46,18 +48,19 @@ def _describe(served: Level, replayed: Level) -> str:
 
 async def _product_ids(tx: Tx, after: str, limit: int) -> list[str]:
     """The next `limit` product ids after `after` that have a stock row or a stream; the
-    streams are walked by index seeks (one per product), not by a scan of every event."""
+    streams are walked by index seeks (a loose index scan, one query), not by a scan of
+    every event."""
     rows = await tx.fetch("SELECT product_id FROM stock WHERE product_id > ?"
                           " ORDER BY product_id LIMIT ?", (after, limit))
     ids = {str(r[0]) for r in rows}
-    cursor = after
-    for _ in range(limit):
-        nxt = await tx.fetchval(
-            "SELECT MIN(product_id) FROM inventory_events WHERE product_id > ?", (cursor,))
-        if nxt is None:
-            break
-        cursor = str(nxt)
-        ids.add(cursor)
+    streams = await tx.fetch(
+        "WITH RECURSIVE streams(pid, n) AS ("
+        " SELECT MIN(product_id), 1 FROM inventory_events WHERE product_id > ?"
+        " UNION ALL SELECT (SELECT MIN(product_id) FROM inventory_events"
+        " WHERE product_id > streams.pid), n + 1 FROM streams"
+        " WHERE streams.pid IS NOT NULL AND n < ?)"
+        " SELECT pid FROM streams WHERE pid IS NOT NULL", (after, limit))
+    ids.update(str(r[0]) for r in streams)
     return sorted(ids)[:limit]
 
 
@@ -92,12 +95,9 @@ async def _replay(tx: Tx, product_id: str, from_scratch: bool) -> tuple[es.Loade
     return await es.load(tx, product_id), []
 
 
-async def _check(tx: Tx, product_id: str, from_scratch: bool) -> tuple[int, Difference | None]:
-    served = await _served(tx, product_id)
-    try:
-        loaded, bad = await _replay(tx, product_id, from_scratch)
-    except InvalidEvent as err:
-        return 0, Difference(product_id, served, None, f"events cannot be replayed: {err}")
+def _verdict(product_id: str, served: Level | None, loaded: es.Loaded,
+             bad: list[int]) -> tuple[int, Difference | None]:
+    """(events replayed, what differs or None) for one stream."""
     replayed = loaded.level
     if served is None:
         return loaded.replayed, Difference(product_id, None, replayed, "no stock row")
@@ -111,6 +111,42 @@ async def _check(tx: Tx, product_id: str, from_scratch: bool) -> tuple[int, Diff
             product_id, served, replayed,
             f"snapshot at version {', '.join(map(str, bad))} differs from the replay")
     return loaded.replayed, None
+
+
+def _unreplayable(product_id: str, served: Level | None,
+                  err: InvalidEvent) -> tuple[int, Difference]:
+    return 0, Difference(product_id, served, None, f"events cannot be replayed: {err}")
+
+
+async def _check(tx: Tx, product_id: str, from_scratch: bool) -> tuple[int, Difference | None]:
+    served = await _served(tx, product_id)
+    try:
+        loaded, bad = await _replay(tx, product_id, from_scratch)
+    except InvalidEvent as err:
+        return _unreplayable(product_id, served, err)
+    return _verdict(product_id, served, loaded, bad)
+
+
+async def _check_from_snapshots(tx: Tx, ids: list[str]) -> list[tuple[int, Difference | None]]:
+    """`_check` of a batch of streams from their snapshots: their heads and newest
+    snapshots in one query each, then one range of events per stream."""
+    heads = await es.heads(tx, ids, lock=False)
+    snaps = await es.latest_snapshots(tx, ids)
+    out: list[tuple[int, Difference | None]] = []
+    for pid in ids:
+        head = heads.get(pid)
+        served = None if head is None else head.level
+        snap = snaps.get(pid)
+        start, at = (snap.level, snap.at) if snap is not None else (ledger.EMPTY, 0.0)
+        events = await es.events_after(tx, pid, start.version)
+        try:
+            level = ledger.fold((r.event for r in events), start)
+        except InvalidEvent as err:
+            out.append(_unreplayable(pid, served, err))
+            continue
+        loaded = es.Loaded(level, len(events), events[-1].at if events else at)
+        out.append(_verdict(pid, served, loaded, []))
+    return out
 
 
 async def _fix(storage: Storage, product_id: str, from_scratch: bool) -> bool:
@@ -150,11 +186,14 @@ async def rebuild(storage: Storage, *, verify_only: bool, from_scratch: bool,
         async def step(tx: Tx, after: str = after) -> tuple[list[str], list[tuple[
                 int, Difference | None]]]:
             ids = await _product_ids(tx, after, batch)
+            if not from_scratch:
+                return ids, await _check_from_snapshots(tx, ids)
             return ids, [await _check(tx, pid, from_scratch) for pid in ids]
 
         ids, checked = await storage.read(step)
         if not ids:
             return report
+        await asyncio.sleep(0)  # the service's calls go on between batches
         after = ids[-1]
         for replayed, diff in checked:
             report.products += 1

@@ -358,3 +358,30 @@ async def test_from_scratch_finds_a_bad_snapshot_and_rebuild_drops_it(
     assert await rows(storage, "SELECT version FROM inventory_snapshots ORDER BY version") == [
         (4,)]
     assert (await rebuild(storage, verify_only=True, from_scratch=True)).differences == []
+
+
+async def test_verify_names_a_stream_that_cannot_be_replayed_and_rebuild_leaves_it(
+        storage_for: OpenStorage) -> None:
+    storage = await storage_for("inventory")
+    store = InventoryStore(storage, snapshot_every=2)
+    await store.set_stock("a", 3)
+    await store.set_stock("b", 3)
+    for i in range(3):
+        await store.reserve(f"o{i}", [Line("a", 1)])  # snapshot of a at 2 and 4
+
+    async def bad_event(tx: Tx) -> None:  # appended behind the store's back: it cannot fold
+        await tx.run("INSERT INTO inventory_events (product_id, version, kind, order_id,"
+                     " quantity, recorded_at) VALUES ('a', 5, 'released', 'o9', 99, ?)",
+                     (time.time(),))
+        # and the newest snapshot damaged: loading falls back to the one before it
+        await tx.run("UPDATE inventory_snapshots SET state = 'garbage' WHERE product_id = 'a'"
+                     " AND version = 4")
+
+    await storage.write(bad_event)
+    for from_scratch in (False, True):
+        report = await rebuild(storage, verify_only=False, from_scratch=from_scratch)
+        assert [(d.product_id, d.replayed) for d in report.differences] == [("a", None)]
+        assert report.differences[0].problem.startswith(
+            "events cannot be replayed: release 99 with 3 reserved")
+        assert report.rewritten == 0  # nothing to rewrite it from
+    assert await projection(storage, "a") == (0, 3, 0, 3, 4)
