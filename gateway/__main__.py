@@ -7,7 +7,7 @@ Unless SHOP_REGISTRY=off, the gateway also starts the process's discovery before
 serves (handed to its Downstreams; a `<SERVICE>_ADDR` still pins), puts itself in the
 registry as service "gateway" (protocol "http", its breakers' states) once serving, and
 deletes its key first thing on a graceful stop: the services' lifecycle
-(services/common/lifecycle.py, `start_discovery` of services/common/server.py).
+(services/common/lifecycle.py, `new_discovery`, `start_discovery` of services/common/server.py).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from services.common.registry import (
     registry_enabled,
     shop_version,
 )
-from services.common.server import start_discovery
+from services.common.server import new_discovery, start_discovery
 from services.common.settings import SERVICES, downstream_addr, load_settings
 from services.common.tracing import setup_tracing
 
@@ -117,12 +117,13 @@ async def serve(settings: GatewaySettings, instance: str, nats_url: str | None =
         link: RegistryLink | None = None
         picker: Discovery | None = None
         if nats_url and registry_enabled():
+            link, picker = new_discovery(nats_url, instance)
+        app = create_app(settings, picker=picker)
+        if link is not None and picker is not None:
             # Waits for the registry's first read only when some service is not pinned by
             # `<SERVICE>_ADDR` (the lifespan's first call needs it).
             pinned = all(downstream_addr(name) for name in SERVICES)
-            link, picker = await start_discovery(life, nats_url, instance,
-                                                 wait_s=0.0 if pinned else None)
-        app = create_app(settings, picker=picker)
+            await start_discovery(life, link, picker, wait_s=0.0 if pinned else None)
         registration: Registration | None = None
         if link is not None:
             registration = Registration(

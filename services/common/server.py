@@ -5,7 +5,8 @@
 
 The process's life (services/common/lifecycle.py), in order of start: the registry link
 and the process's `Discovery` (unless SHOP_REGISTRY=off; made before `build`, which
-gets it as `Wiring`, so Downstream calls spread over the registered instances), the
+gets it as `Wiring`, so Downstream calls spread over the registered instances, and
+started once `build` returned), the
 app's resources (`App.closers`), its background tasks, the gRPC server, and the
 registration in the `shop_registry` KV bucket once serving. A graceful stop undoes them
 in reverse: the key goes first, then the server drains, the tasks stop, the resources
@@ -265,22 +266,26 @@ async def serve_app(
 Build = Callable[[Settings, Wiring], Awaitable[App]]
 
 
-async def start_discovery(life: Lifecycle, nats_url: str, instance_id: str, *,
-                          wait_s: float | None = None) -> tuple[RegistryLink, Discovery]:
-    """The registry link and the process's Discovery, started (waiting up to `wait_s`,
-    default SHOP_DISCOVERY_WAIT_S, for the registry's first read), their stops in `life`.
-    An unreachable NATS only means calls fall back (`<SERVICE>_ADDR`, the default port)
-    until it is reachable. The services and the gateway start theirs here."""
+def new_discovery(nats_url: str, instance_id: str) -> tuple[RegistryLink, Discovery]:
+    """The process's registry link and Discovery, not started yet: the composition root
+    hands the Discovery to what it builds, then starts both (`start_discovery`)."""
     link = RegistryLink(nats_url, name=instance_id)
+    return link, Discovery(link)
+
+
+async def start_discovery(life: Lifecycle, link: RegistryLink, disc: Discovery, *,
+                          wait_s: float | None = None) -> None:
+    """Start the registry link and the Discovery (waiting up to `wait_s`, default
+    SHOP_DISCOVERY_WAIT_S, for the registry's first read), their stops in `life`. An
+    unreachable NATS only means calls fall back (`<SERVICE>_ADDR`, the default port)
+    until it is reachable. The services and the gateway start theirs here."""
     link.start()
     life.push("registry link", link.close)
-    disc = Discovery(link)
     life.push("discovery", disc.stop)
     try:
         await disc.start(envvars.SHOP_DISCOVERY_WAIT_S.get() if wait_s is None else wait_s)
     except Exception:
         log.exception("discovery failed to start; using fixed/default addresses")
-    return link, disc
 
 
 async def _main(service: str, build: Build) -> int:
@@ -297,12 +302,16 @@ async def _main(service: str, build: Build) -> int:
         loop.add_signal_handler(sig, stop.set)
     life = Lifecycle()
     link: RegistryLink | None = None
+    disc: Discovery | None = None
     wiring = Wiring()
     if registry_enabled():
-        link, disc = await start_discovery(life, settings.nats_url, settings.instance_id)
+        link, disc = new_discovery(settings.nats_url, settings.instance_id)
         wiring = Wiring(picker=disc)
     try:
         app = await build(settings, wiring)
+        if link is not None and disc is not None:
+            # Started once the app is built, just before it serves.
+            await start_discovery(life, link, disc)
     except BaseException:
         await life.stop()
         raise
@@ -349,5 +358,5 @@ def run_service(service: str, build: Build) -> None:
     sys.exit(code)
 
 
-__all__ = ["App", "Build", "ServiceRunner", "run_service", "serve_app", "start_discovery",
-           "write_ready_file"]
+__all__ = ["App", "Build", "ServiceRunner", "new_discovery", "run_service", "serve_app",
+           "start_discovery", "write_ready_file"]

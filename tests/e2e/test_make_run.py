@@ -111,6 +111,10 @@ class ShopRun:
         for pid in pids:
             if not pid_gone(pid):
                 os.kill(pid, signal.SIGKILL)
+        # The reader ends with the pipe; then the pipe is closed here, not left to the GC.
+        self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 @pytest.fixture
