@@ -211,16 +211,14 @@ MAX_PAGE_SIZE = 100
 
 
 def validate_as_of(seconds: int, nanos: int, now: float) -> float:
-    """A requested time as seconds since the epoch: a valid timestamp, not in the future."""
+    """A requested time as seconds since the epoch (a valid timestamp). A time still to
+    come reads as now: the stock then is, as far as anyone can know, the stock now."""
     if not 0 <= nanos <= 999_999_999:
         raise InvalidArgument(f"as_of.nanos must be between 0 and 999999999, got {nanos}")
     # Timestamp's own range: 0001-01-01 to 9999-12-31.
     if not -62_135_596_800 <= seconds <= 253_402_300_799:
         raise InvalidArgument(f"as_of.seconds {seconds} is outside 0001-01-01..9999-12-31")
-    at = seconds + nanos / 1e9
-    if at > now:
-        raise InvalidArgument(f"as_of is in the future ({_iso(at)}, now {_iso(now)})")
-    return at
+    return min(seconds + nanos / 1e9, now)
 
 
 def _iso(at: float) -> str:

@@ -40,7 +40,8 @@ from typing import Any
 import pytest
 
 from ops.natsd import NatsServer
-from ops.process import REPO_ROOT, ServiceProcess, System, env_prefix, start_system
+from ops.otlp import OtlpReceiver
+from ops.process import GATEWAY, REPO_ROOT, ServiceProcess, System, env_prefix, start_system
 from services.common.settings import DEFAULT_PORTS, SERVICES
 from services.common.tls import pki_dir
 from tests.fixtures_services import START_TIMEOUT_S, TEST_ENV
@@ -175,16 +176,50 @@ class Session:
 # --- the live system ---------------------------------------------------------------
 
 
+@dataclass
+class Traced:
+    """A data dir whose spans land where `make run` keeps them (traces/spans.jsonl), so
+    the tour's `shopctl trace` finds them, and the environment that sends them there."""
+
+    root: Path
+    env: dict[str, str]
+
+
 @pytest.fixture(scope="module")
-def system(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory,
+def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traced]:
+    root = tmp_path_factory.mktemp("system")
+    receiver = OtlpReceiver(root / "traces" / "spans.jsonl").start()
+    try:
+        yield Traced(root, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                            "OTEL_BSP_SCHEDULE_DELAY": "100"})
+    finally:
+        receiver.stop()
+
+
+@pytest.fixture(scope="module")
+def system(nats_server: NatsServer, traced: Traced,
            module_db_env: dict[str, str]) -> Iterator[System]:
     """All eight services, once on SQLite and once on PostgreSQL: the tour runs on both."""
-    sysm = start_system(tmp_path_factory.mktemp("system"), nats_server.url,
-                        env={**TEST_ENV, **module_db_env}, ready_timeout=START_TIMEOUT_S)
+    sysm = start_system(traced.root, nats_server.url,
+                        env={**TEST_ENV, **module_db_env, **traced.env},
+                        ready_timeout=START_TIMEOUT_S)
     try:
         yield sysm
     finally:
         sysm.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(system: System, traced: Traced) -> Iterator[ServiceProcess]:
+    """The gateway in front of `system`, its spans sent with the services' ones."""
+    proc = ServiceProcess(GATEWAY, data_dir=system.data_dir, nats_url=system.nats_url,
+                          env={**TEST_ENV, **system.addr_env(), **traced.env})
+    try:
+        proc.start().wait_ready(START_TIMEOUT_S)
+        yield proc
+    finally:
+        proc.terminate()
 
 
 def tour_env(system: System, gateway: ServiceProcess, workdir: Path) -> dict[str, str]:
@@ -340,6 +375,10 @@ def test_readme_tour(system: System, gateway: ServiceProcess, tmp_path: Path) ->
     out = block_with(ran, "shopctl status").output
     for name in (*SERVICES, "gateway"):
         assert re.search(rf"^{name}\s+\S+\s+\S+\s+SERVING\b", out, re.M), out
+    tree = block_with(ran, "shopctl trace $ORDER_ID").output
+    for part in ("POST /api/orders", "saga reserve_stock", "saga charge",
+                 "process order.confirmed  [shop-shipping consumer]"):
+        assert part in tree, tree
     out = block_with(ran, "shopctl saga $ORDER_ID").output
     assert f"order {order_id}: ORDER_STATUS_SHIPPED" in out, out
     assert re.search(r"reserve_stock\s+succeeded.*\n.*charge\s+succeeded.*\n.*confirm\s+succeeded",
