@@ -106,6 +106,9 @@ FIELDS: dict[str, Schema] = {
     # payment, inventory, shipping
     "shop.payment.v1.GetPaymentRequest.order_id": _ID,
     "shop.inventory.v1.GetStockRequest.product_id": _ID,
+    "shop.inventory.v1.GetStockHistoryRequest.product_id": _ID,
+    "shop.inventory.v1.GetStockHistoryRequest.page_size": _PAGE_SIZE,
+    "shop.inventory.v1.GetStockHistoryRequest.page_token": _PAGE_TOKEN,
     "shop.shipping.v1.GetShipmentRequest.order_id": _ID,
     # notification
     "shop.notification.v1.ListNotificationsRequest.page_size": _PAGE_SIZE,
