@@ -12,10 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from services.common.settings import SERVICES
 from tests.e2e.test_make_run import START_TIMEOUT_S, ShopRun, pid_gone, shopctl
-
-# The services whose stores run on the storage seam (and so on PostgreSQL).
-ON_POSTGRES = ("user", "product", "cart", "payment", "shipping", "inventory")
 
 
 @pytest.fixture
@@ -45,9 +43,10 @@ def test_make_run_on_postgres(pg_run: ShopRun) -> None:
     status = shopctl(pg_run, "status")
     assert status.returncode == 0, status.stdout + status.stderr
     storage = {line.split()[0]: line.split()[-1] for line in status.stdout.splitlines()[1:]}
-    for name in ON_POSTGRES:
+    for name in SERVICES:
         assert storage[name] == "postgres", status.stdout
-        assert not (pg_run.data_dir / f"{name}.db").exists(), name
+    # Every service keeps its data in PostgreSQL: not one SQLite file was made.
+    assert sorted(p.name for p in pg_run.data_dir.glob("*.db*")) == []
     assert pg_run.interrupt() == 0, pg_run.output
     assert pid_gone(postmaster), "PostgreSQL left running"
     assert "stopped" in pg_run.output

@@ -32,16 +32,18 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ops.process import REPO_ROOT, ServiceProcess, System, env_prefix
+from ops.natsd import NatsServer
+from ops.process import REPO_ROOT, ServiceProcess, System, env_prefix, start_system
 from services.common.settings import DEFAULT_PORTS, SERVICES
 from services.common.tls import pki_dir
+from tests.fixtures_services import START_TIMEOUT_S, TEST_ENV
 
 README = REPO_ROOT / "README.md"
 OPERATOR_FLAGS = "-cacert var/pki/ca.pem -cert var/pki/operator.pem -key var/pki/operator.key"
@@ -171,6 +173,18 @@ class Session:
 
 
 # --- the live system ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def system(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory,
+           module_db_env: dict[str, str]) -> Iterator[System]:
+    """All eight services, once on SQLite and once on PostgreSQL: the tour runs on both."""
+    sysm = start_system(tmp_path_factory.mktemp("system"), nats_server.url,
+                        env={**TEST_ENV, **module_db_env}, ready_timeout=START_TIMEOUT_S)
+    try:
+        yield sysm
+    finally:
+        sysm.stop()
 
 
 def tour_env(system: System, gateway: ServiceProcess, workdir: Path) -> dict[str, str]:
