@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime as dt
 import enum
 import json
 from collections.abc import Iterable, Mapping
@@ -210,19 +209,15 @@ DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 
 
-def validate_as_of(seconds: int, nanos: int, now: float) -> float:
+def validate_as_of(seconds: int, nanos: int) -> float:
     """A requested time as seconds since the epoch (a valid timestamp). A time still to
-    come reads as now: the stock then is, as far as anyone can know, the stock now."""
+    come is answered with what is known now: the stock after every event so far."""
     if not 0 <= nanos <= 999_999_999:
         raise InvalidArgument(f"as_of.nanos must be between 0 and 999999999, got {nanos}")
     # Timestamp's own range: 0001-01-01 to 9999-12-31.
     if not -62_135_596_800 <= seconds <= 253_402_300_799:
         raise InvalidArgument(f"as_of.seconds {seconds} is outside 0001-01-01..9999-12-31")
-    return min(seconds + nanos / 1e9, now)
-
-
-def _iso(at: float) -> str:
-    return dt.datetime.fromtimestamp(at, dt.UTC).isoformat(timespec="milliseconds")
+    return seconds + nanos / 1e9
 
 
 def page_size(requested: int) -> int:

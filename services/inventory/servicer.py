@@ -3,7 +3,6 @@ server interceptor."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from grpc import aio
@@ -26,7 +25,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
                        context: aio.ServicerContext[Any, Any]) -> inventory_pb2.GetStockResponse:
         product_id = domain.validate_product_id(request.product_id)
         if request.HasField("as_of"):
-            at = domain.validate_as_of(request.as_of.seconds, request.as_of.nanos, time.time())
+            at = domain.validate_as_of(request.as_of.seconds, request.as_of.nanos)
             stock = await self.store.stock_at(product_id, at)
         else:
             stock = await self.store.get_stock(product_id)

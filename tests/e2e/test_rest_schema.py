@@ -232,7 +232,7 @@ def _known_requests(w: World) -> list[tuple[str, str, dict[str, Any]]]:
         ("GET", f"/api/products/{pid}", {}),
         ("GET", "/api/products:batchGet", {"params": {"ids": [pid]}}),
         ("GET", f"/api/inventory/{pid}", {}),
-        ("GET", f"/api/inventory/{pid}", {"params": {"asOf": "2026-01-01T00:00:00Z"}}),
+        ("GET", f"/api/inventory/{pid}", {"params": {"asOf": "2020-01-01T00:00:00Z"}}),
         ("GET", f"/api/inventory/{pid}/history", {**b, "params": {"pageSize": 2}}),
         ("POST", "/api/cart/items", {**b, "json": {"productId": pid, "quantity": 2}}),
         ("GET", "/api/cart", b),

@@ -82,8 +82,7 @@ def test_history_needs_a_signed_in_caller(api: httpx.Client) -> None:
     ("/api/inventory/headphones", {"asOf": "yesterday"}, False, "RFC 3339"),
     ("/api/inventory/headphones/history", {"pageToken": "junk"}, True,
      "page_token is not valid"),
-    ("/api/inventory/headphones/history", {"pageSize": "-1"}, True,
-     "pageSize must be at least 0"),
+    ("/api/inventory/headphones/history", {"pageSize": "-1"}, True, "pageSize"),
     ("/api/inventory/headphones/history", {"pageSize": "lots"}, True, "pageSize"),
 ])
 def test_bad_as_of_or_page_input_is_400_with_a_clear_message(

@@ -169,7 +169,7 @@ class GetStockRequest(_message.Message):
     @_builtins.property
     def as_of(self) -> _timestamp_pb2.Timestamp:
         """Optional: the stock as it was at this time (after every event recorded at or before
-        it). NOT_FOUND when the product had no stock yet; INVALID_ARGUMENT in the future.
+        it; a time still to come: the stock now). NOT_FOUND when the product had no stock yet.
         """
 
     def __init__(
