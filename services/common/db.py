@@ -32,6 +32,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from services.common.dbtracing import write_span
 from services.common.metrics import current as current_metrics
 from services.common.schema import COMMON, RECORD_TABLE, MigrationSet, split_statements
 from services.common.storage import Dialect, IntegrityError, Row
@@ -225,7 +226,8 @@ class Database:
         result once committed; fn's exception rolls back fn's writes only. `fn` runs on the
         connection's thread and awaits nothing but `tx`. (`locked` changes nothing here:
         writers are serialized by the file's lock.)"""
-        result: T = await self._submit("w", fn)
+        with write_span("sqlite", self.path.stem):
+            result: T = await self._submit("w", fn)
         return result
 
     async def read(self, fn: Callable[[Tx], Awaitable[T]]) -> T:

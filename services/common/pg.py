@@ -40,6 +40,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from services.common import envvars
+from services.common.dbtracing import write_span
 from services.common.schema import RECORD_TABLE, MigrationSet
 from services.common.storage import CommitListener, Dialect, IntegrityError, Row
 
@@ -242,6 +243,10 @@ class PgDatabase:
             self._listeners.remove(cb)
 
     async def write(self, fn: Callable[[PgTx], Awaitable[T]], *, locked: bool = False) -> T:
+        with write_span("postgresql", urlsplit(self.url).path.lstrip("/")):
+            return await self._write(fn, locked)
+
+    async def _write(self, fn: Callable[[PgTx], Awaitable[T]], locked: bool) -> T:
         isolation: Literal["read_committed", "serializable"] = (
             "read_committed" if locked else "serializable")
         raced = 0

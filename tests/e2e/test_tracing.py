@@ -166,6 +166,14 @@ def test_one_order_is_one_trace(traced: System, receiver: OtlpReceiver) -> None:
         assert attr(saga.span, "shop.saga.attempt") == 1
         assert attr(saga.span, "shop.saga.outcome") == "succeeded"
 
+    # Each unit of work that writes is a CLIENT span under the call that made it.
+    reserve = _one(spans, "shop-inventory", "shop.inventory.v1.InventoryService/ReserveStock",
+                   SERVER)
+    writes = [r for r in spans if r.service == "shop-inventory" and r.span.kind == CLIENT
+              and attr(r.span, "db.system") == "sqlite"]
+    assert any(reserve in _ancestors(spans, w) for w in writes), "no write under ReserveStock"
+    assert all(w.span.name == "write inventory" for w in writes)
+
     # Events: a PRODUCER span per enqueued event, each delivery's CONSUMER span its child
     # and linked to it.
     producer = _one(spans, "shop-order", "create order.confirmed", PRODUCER)
