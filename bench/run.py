@@ -42,6 +42,7 @@ from bench.stats import Measured
 from ops.natsd import NatsServer
 from ops.pgserve import EmbeddedPostgres
 from ops.process import REPO_ROOT
+from services.common import envvars
 
 __all__ = ["main"]
 
@@ -67,7 +68,7 @@ class _Run:
         self.profile: dict[str, Any] | None = None
         # DB=postgres: the order saga and the event path run on PostgreSQL too, beside
         # SQLite.
-        self.postgres = os.environ.get("DB", "").strip().lower() == "postgres"
+        self.postgres = envvars.DB.get().lower() == "postgres"
 
     def measure(self, name: str, fn: Callable[[], Measured]) -> Measured:
         t0 = time.perf_counter()
@@ -96,7 +97,7 @@ class _Run:
 
 
 def _shop_http(run: _Run, rss: dict[str, Any]) -> None:
-    url = os.environ.get("SHOP_BENCH_URL", "").strip()
+    url = envvars.SHOP_BENCH_URL.get()
     target: shop_mod.ShopTarget | None = None
     try:
         try:
@@ -302,11 +303,6 @@ def _events_on_postgres(run: _Run) -> None:
     run.measure("consumer_pg", lambda: Measured.from_json(shop["consumer"]))
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    return float(raw) if raw else default
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--smoke", action="store_true",
@@ -326,9 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         seconds, warmup_s = args.seconds or 0.3, 0.2
     else:
-        seconds = args.seconds or _env_float("SHOP_BENCH_SECONDS", 5.0)
+        seconds = args.seconds or envvars.SHOP_BENCH_SECONDS.get()
         warmup_s = min(1.0, seconds)
-    out = args.out or Path(os.environ.get("SHOP_BENCH_OUT") or DEFAULT_OUT)
+    out = args.out or Path(envvars.SHOP_BENCH_OUT.get() or DEFAULT_OUT)
     history = out.parent / "history.jsonl"
 
     def on_term(signum: int, _frame: FrameType | None) -> None:
@@ -343,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     t_wall = time.perf_counter()
     run = _Run(seconds, warmup_s, tmp)
     run.curve = not args.no_curve
-    if args.profile or os.environ.get("SHOP_BENCH_PROFILE", "").strip() in ("1", "true", "yes"):
+    if args.profile or envvars.SHOP_BENCH_PROFILE.get():
         run.profile_dir = out.parent / "profile"
     cold: dict[str, float] = {}
     rss: dict[str, Any] = {"goal_mb": IDLE_RSS_GOAL_MB, "met": False}

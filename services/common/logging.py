@@ -57,7 +57,4 @@ def configure_logging(settings: Settings) -> None:
     root.handlers[:] = [handler]
     # grpc and asyncio chatter is noise at INFO.
     logging.getLogger("asyncio").setLevel(logging.WARNING)
-    # aiosqlite logs every statement with its parameters at DEBUG: password
-    # hashes and card tokens must never reach a log line.
-    logging.getLogger("aiosqlite").setLevel(logging.INFO)
     _configured = True

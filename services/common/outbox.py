@@ -196,7 +196,7 @@ class OutboxRelay:
         self._metrics = current_metrics()
         self._published = self._metrics.outbox_published
         self._wake = asyncio.Event()
-        self._last_prune = 0.0
+        self._pruning = SentPruning(db, retain_s)
 
     @property
     def active(self) -> bool:
@@ -246,7 +246,7 @@ class OutboxRelay:
                 continue
             if more:
                 continue
-            await self._maybe_prune()
+            await self._pruning.maybe()
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_s):
@@ -431,12 +431,6 @@ class OutboxRelay:
         """Rows not yet acknowledged by JetStream."""
         return await pending(self.db)
 
-    async def _maybe_prune(self) -> None:
-        now = time.time()
-        if now - self._last_prune < 60.0:
-            return
-        self._last_prune = now
-        await prune(self.db, now - self.retain_s)
 
 
 # How long a stopping relay waits for the batch it has in flight (a stop must stay quick;
@@ -463,6 +457,23 @@ async def pending(storage: Storage) -> int:
         return int(await tx.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"))
 
     return await storage.read(run)
+
+
+class SentPruning:
+    """Forgets sent rows older than `retain_s`, at most once a minute (both relays)."""
+
+    def __init__(self, storage: Storage, retain_s: float, every_s: float = 60.0) -> None:
+        self.storage = storage
+        self.retain_s = retain_s
+        self.every_s = every_s
+        self._last = 0.0
+
+    async def maybe(self) -> None:
+        now = time.time()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        await prune(self.storage, now - self.retain_s)
 
 
 async def prune(storage: Storage, before: float) -> None:

@@ -40,7 +40,13 @@ from typing import Any
 import asyncpg
 
 from services.common.bus import Bus
-from services.common.outbox import RelayStats, finish_batch, pending, prune, publish_in_waves
+from services.common.outbox import (
+    RelayStats,
+    SentPruning,
+    finish_batch,
+    pending,
+    publish_in_waves,
+)
 from services.common.pg import PgDatabase
 
 __all__ = ["RELAY_LOCK", "PgOutboxRelay"]
@@ -81,7 +87,7 @@ class PgOutboxRelay:
         self._wake = asyncio.Event()
         self._conn: asyncpg.Connection | None = None
         self._active = False
-        self._last_prune = 0.0
+        self._pruning = SentPruning(db, retain_s)
 
     @property
     def active(self) -> bool:
@@ -149,7 +155,7 @@ class PgOutboxRelay:
             backoff = 0.1
             if more:
                 continue
-            await self._maybe_prune()
+            await self._pruning.maybe()
             if held_back:
                 await asyncio.sleep(max(self.linger_s, 0.005))
                 continue
@@ -187,9 +193,3 @@ class PgOutboxRelay:
     async def pending(self) -> int:
         return await pending(self.db)
 
-    async def _maybe_prune(self) -> None:
-        now = time.time()
-        if now - self._last_prune < 60.0:
-            return
-        self._last_prune = now
-        await prune(self.db, now - self.retain_s)

@@ -35,9 +35,6 @@ def scrypt_params() -> domain.ScryptParams:
 
 
 async def build(settings: Settings, wiring: Wiring) -> App:
-    # aiosqlite logs every statement with its parameters at DEBUG, password hashes
-    # included: that logger never goes below INFO in this service.
-    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.root.level))
     # Accounts and their events: every commit on disk before CreateUser answers.
     db = await open_storage(settings, service_migrations("user"), durable=True)
     keys = await asyncio.to_thread(

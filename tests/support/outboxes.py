@@ -37,6 +37,21 @@ async def fill_storage(db: Storage, n: int, *, start: int = 0) -> list[tuple[str
     return out
 
 
+async def fill_storage_at_once(db: Storage, n: int, *,
+                               start: int = 0) -> list[tuple[str, str]]:
+    """`n` events over 7 aggregates committed in one unit of work: a relay finds them all
+    at once and needs n / batch rounds to drain them."""
+    async def run(tx: Tx) -> list[tuple[str, str]]:
+        out = []
+        for i in range(start, start + n):
+            agg = f"order-{i % 7}"
+            out.append((await tx.emit(ORDER_CREATED, order_pb2.OrderCreated(), source="order",
+                                      aggregate_id=agg), agg))
+        return out
+
+    return await db.write(run)
+
+
 def unsent_outbox_rows(db_path: Path) -> int:
     """Rows not yet marked sent (read-only: never disturbs the writer)."""
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10) as conn:
