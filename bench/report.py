@@ -175,6 +175,7 @@ def print_report(doc: dict[str, Any], previous: dict[str, Any] | None) -> None:
         if s.get("raw_leaves_out"):
             print(f"    {name:<12} {s['raw_leaves_out']}")
     _print_curve(doc.get("curve"))
+    _print_grown(doc.get("grown"))
     _print_profile(doc.get("profile"))
     print("  cpu/op: CPU time of every server process (not the load tool) over the timed "
           "window per successful request; rps on a shared box swings, this holds up better")
@@ -220,6 +221,24 @@ def _print_curve(curve: dict[str, Any] | None) -> None:
               f"{one['goal']:g}x) " + ("met" if one["met"] else "MISSED"))
     print(f"    plot: {curve['plot']}" if curve.get("plot") else
           f"    no plot: {curve.get('plot_error', '')}")
+
+
+def _print_grown(grown: dict[str, Any] | None) -> None:
+    """The empty system beside the grown one (bench.grown)."""
+    if not grown or not grown.get("rows"):
+        return
+    sz, fill = grown["sizes"], grown.get("fill", {})
+    how = ("kept copy reused" if fill.get("reused")
+           else f"filled now in {fill.get('fill_s', 0):.0f} s")
+    print(f"\n  cost as the data grows ({sz['orders']:,} orders, {sz['users']:,} users, "
+          f"{sz['inbox']:,} inbox rows, {sz['events']:,} events; {how}; copied in "
+          f"{grown.get('clone_s', 0):.1f} s; {grown.get('wall_s', 0):.0f} s in all):")
+    print(f"    {'figure':<38} {'empty':>9} {'filled':>9}  ratio  {'goal':<15}")
+    for r in grown["rows"]:
+        print(f"    {r['what']:<38} {r['empty']:>9,.2f} {r['filled']:>9,.2f}  "
+              f"{r['ratio']:>5.2f}  {r['goal']:<15} " + ("met" if r["met"] else "MISSED"))
+    for note in grown.get("notes", []):
+        print(f"    note: {note}")
 
 
 def _print_profile(profile: dict[str, Any] | None) -> None:

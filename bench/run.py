@@ -25,6 +25,8 @@ from typing import Any
 from bench import shop as shop_mod
 from bench.coldstart import cold_start
 from bench.curve import curve_rows, one_connection_goal, plot_curve
+from bench.fill_plan import FULL, SMOKE, FillSizes
+from bench.grown import grown
 from bench.load import http_load_cpu, loader_name
 from bench.profile import profile_processes
 from bench.raw.http import ORDER_BODY, RawSaga, raw_fanout, raw_hop, raw_saga
@@ -65,6 +67,8 @@ class _Run:
         self.curve = True  # the order saga at 1, 4, 16 and 64 connections
         self.profile_dir: Path | None = None  # py-spy flame graphs of the order scenario
         self.curve_rows: list[dict[str, Any]] = []
+        self.grown = True  # the same figures on an empty and on a grown system
+        self.grown_doc: dict[str, Any] | None = None
         self.profile: dict[str, Any] | None = None
         # DB=postgres: the order saga and the event path run on PostgreSQL too, beside
         # SQLite.
@@ -241,6 +245,22 @@ def _order_on_postgres(run: _Run) -> None:
         shutil.rmtree(pg_dir, ignore_errors=True)
 
 
+def _grown(run: _Run, sizes: FillSizes) -> None:
+    """The empty system beside the grown one (bench.grown); a failure is reported."""
+    t0 = time.perf_counter()
+    try:
+        run.grown_doc = grown(run.tmp, sizes, seconds=run.seconds, warmup_s=run.warmup_s,
+                              say=_say)
+    except Exception as e:
+        run.failures["grown"] = f"{type(e).__name__}: {e}"[:2000]
+        _say(f"grown          FAILED after {time.perf_counter() - t0:.1f} s: "
+             f"{run.failures['grown'][:300]}")
+        return
+    for r in run.grown_doc["rows"]:
+        _say(f"grown {r['figure']:<17} empty {r['empty']:,.2f} filled {r['filled']:,.2f} "
+             f"ratio {r['ratio']:.2f} ({r['goal']}) " + ("met" if r["met"] else "MISSED"))
+
+
 def _events(run: _Run) -> None:
     secs, warm = str(run.seconds), str(run.warmup_s)
     raw: dict[str, Any] = {}
@@ -315,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
     parser.add_argument("--no-curve", action="store_true",
                         help="skip the order saga at 1, 4, 16 and 64 connections")
+    parser.add_argument("--no-grown", action="store_true",
+                        help="skip the empty-versus-grown scenario (1,000,000 orders filled "
+                             "once into var/bench/filled/; --smoke: a small fill)")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy flame graphs of the order scenario per process "
                              "(env SHOP_BENCH_PROFILE=1; make bench PROFILE=1)")
@@ -339,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     t_wall = time.perf_counter()
     run = _Run(seconds, warmup_s, tmp)
     run.curve = not args.no_curve
+    run.grown = not args.no_grown
     if args.profile or envvars.SHOP_BENCH_PROFILE.get():
         run.profile_dir = out.parent / "profile"
     cold: dict[str, float] = {}
@@ -355,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         _shop_http(run, rss)
         if run.postgres:
             _order_on_postgres(run)
+        if run.grown:
+            _grown(run, SMOKE if args.smoke else FULL)
         _events(run)
     except KeyboardInterrupt:
         print("interrupted; everything started was stopped", file=sys.stderr)
@@ -379,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
             run.curve_rows), "plot": "" if why else str(png), "plot_error": why}
     if run.profile is not None:
         extra["profile"] = run.profile
+    if run.grown_doc is not None:
+        extra["grown"] = run.grown_doc
     doc = build_doc(pairs, cold, rss, machine, smoke=args.smoke, seconds=seconds,
                     failures=run.failures, notes=run.notes,
                     wall_s=time.perf_counter() - t_wall, extra=extra)
