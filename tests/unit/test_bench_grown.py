@@ -1,0 +1,41 @@
+"""The grown scenario's goals and its table in the report."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.grown import _row
+from bench.report import _print_grown
+
+
+def test_throughput_goal_is_a_share_of_the_empty_systems() -> None:
+    assert _row("orders_per_s", 300.0, 280.0)["met"]
+    missed = _row("orders_per_s", 300.0, 260.0)
+    assert not missed["met"] and missed["ratio"] == pytest.approx(0.867, abs=1e-3)
+    assert not _row("orders_per_s", 0.0, 280.0)["met"]  # no empty figure: nothing to compare
+
+
+def test_latency_goals_bound_the_p99_against_the_empty_systems() -> None:
+    assert _row("list_p99_ms", 10.0, 11.9)["met"]
+    assert not _row("list_p99_ms", 10.0, 12.5)["met"]
+    assert not _row("dashboard_p99_ms", 10.0, 0.0)["met"]  # not measured is not met
+
+
+def test_cold_start_goal_is_an_absolute_bound() -> None:
+    assert _row("cold_start_s", 1.0, 2.9)["met"]
+    assert not _row("cold_start_s", 1.0, 3.1)["met"]
+
+
+def test_the_report_prints_each_figure_with_its_goal(capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [_row("orders_per_s", 300.0, 290.0), _row("cold_start_s", 1.5, 3.5)]
+    _print_grown({"sizes": {"orders": 1_000_000, "users": 100_000, "inbox": 1_000_000,
+                            "events": 1_000_000},
+                  "fill": {"reused": False, "fill_s": 120.0}, "clone_s": 3.2, "wall_s": 80,
+                  "rows": rows, "notes": ["grown filled: waited"]})
+    out = capsys.readouterr().out
+    assert "1,000,000 orders, 100,000 users" in out and "filled now in 120 s" in out
+    lines = [ln for ln in out.splitlines() if "orders/s" in ln or "cold start" in ln]
+    assert len(lines) == 2
+    assert lines[0].rstrip().endswith("met") and "0.97" in lines[0]
+    assert lines[1].rstrip().endswith("MISSED")
+    assert "note: grown filled: waited" in out
