@@ -109,17 +109,17 @@ def _sides(tmp: Path, copy: Path, seconds: float, warmup_s: float, notes: list[s
     return sides[0].to_json(), sides[1].to_json()
 
 
-def _cold_starts(tmp: Path, kept: Path, copy: Path, say: Say
+def _cold_starts(tmp: Path, kept: Path, copy: Path, say: Say, rounds: int
                  ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Cold starts, empty and grown in turn, `COLD_ROUNDS` of each, each on data no process
+    """Cold starts, empty and grown in turn, `rounds` of each, each on data no process
     has opened yet (a fresh dir; a fresh copy of the fill, the last one being `copy`, which
     the load then uses). The best of each is the figure: on a shared box one start can
     be slowed by others' work, never sped up."""
     empty: list[float] = []
     filled: list[float] = []
-    for i in range(COLD_ROUNDS):
+    for i in range(rounds):
         empty.append(cold_start(tmp / f"grown-cold-empty-{i}")["seconds"])
-        target = copy if i == COLD_ROUNDS - 1 else tmp / f"grown-cold-filled-{i}"
+        target = copy if i == rounds - 1 else tmp / f"grown-cold-filled-{i}"
         if target != copy:
             clone(kept, target)
         filled.append(cold_start(target)["seconds"])
@@ -145,7 +145,8 @@ def _row(name: str, empty: float, filled: float) -> dict[str, Any]:
 
 
 def grown(tmp: Path, sizes: FillSizes, *, seconds: float, warmup_s: float,
-          say: Say, kept_root: Path = KEPT_ROOT) -> dict[str, Any]:
+          say: Say, kept_root: Path = KEPT_ROOT,
+          cold_rounds: int = COLD_ROUNDS) -> dict[str, Any]:
     """The scenario's figures, ratios and goals (for latest.json's `grown`)."""
     t_all = time.perf_counter()
     filled = ensure_filled(sizes, kept_root, say=say)
@@ -154,7 +155,8 @@ def grown(tmp: Path, sizes: FillSizes, *, seconds: float, warmup_s: float,
     say(f"grown: copied the filled data ({filled.manifest.get('bytes', 0) / 1e9:.2f} GB) "
         f"in {clone_s:.1f} s")
     notes: list[str] = []
-    cold_empty, cold_filled = _cold_starts(tmp, filled.dir, copy, say)
+    cold_empty, cold_filled = _cold_starts(tmp, filled.dir, copy, say,
+                                           max(1, cold_rounds))
     empty, full = _sides(tmp, copy, seconds, warmup_s, notes, say)
     rows = [
         _row("orders_per_s", empty["order"]["rps"], full["order"]["rps"]),

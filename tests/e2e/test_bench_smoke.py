@@ -1,4 +1,5 @@
-"""`python -m bench --smoke` runs every scenario and writes the JSON report.
+"""`python -m bench --smoke` runs every scenario and writes the JSON report (with the
+empty-versus-grown scenario on a small fill).
 
 Every scenario and its raw baseline must really have run (no failure recorded, operations
 done, a rate measured): a scenario that failed is written with zeros and must fail this
@@ -26,7 +27,7 @@ def _number(value: object) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(210)
 def test_bench_smoke_writes_every_scenario(tmp_path: Path) -> None:
     out = tmp_path / "bench" / "latest.json"
     env = {k: v for k, v in os.environ.items() if k != "SHOP_BENCH_URL"}
@@ -36,7 +37,7 @@ def test_bench_smoke_writes_every_scenario(tmp_path: Path) -> None:
     # as a dashboard served. `make bench` keeps the production budget.
     env["GATEWAY_DASHBOARD_TIMEOUT_S"] = "5"
     proc = subprocess.run([sys.executable, "-m", "bench", "--smoke"], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=140)
+                          capture_output=True, text=True, timeout=200)
     assert out.exists(), f"no report written:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     doc = json.loads(out.read_text())
     assert doc["run"]["failures"] == {}, doc["run"]["failures"]
@@ -50,5 +51,14 @@ def test_bench_smoke_writes_every_scenario(tmp_path: Path) -> None:
     assert _number(doc["cold_start_s"]) and doc["cold_start_s"] > 0
     assert isinstance(doc["rss_mb"], dict)
     assert isinstance(doc["machine"], dict)
+    # The empty-versus-grown scenario ran on a small fill (kept beside the figures).
+    grown = doc["grown"]
+    assert grown["fill"]["counts"]["orders"] == grown["sizes"]["orders"] > 0
+    assert {r["figure"] for r in grown["rows"]} == {
+        "orders_per_s", "list_p99_ms", "dashboard_p99_ms", "cold_start_s"}
+    for r in grown["rows"]:
+        assert _number(r["empty"]) and r["empty"] > 0, r
+        assert _number(r["filled"]) and r["filled"] > 0, r
+    assert (out.parent / "filled" / grown["fill"]["dir"].rsplit("/", 1)[-1]).is_dir()
     history = (out.parent / "history.jsonl").read_text().splitlines()
     assert len(history) == 1
