@@ -1,11 +1,13 @@
 """A grown shop on disk: the services' SQLite files and the NATS store, filled in bulk.
 
-`fill(data_dir, sizes)` writes straight into the files the services open: each one made
-by the project's migration runner (`services.common.db.migrate`, so the schema is exactly
-the services'), then rows added with executemany in large transactions (no journal while
-filling, WAL again at the end, as the services leave it), then the events published into
-a JetStream store under `<data_dir>/nats` (bench.fill_stream). The layout is the one
-`ops.run` and the bench's shop use: `<data_dir>/<service>.db`, `<data_dir>/nats/`.
+`fill(data_dir, sizes)` writes straight into the files the services open (users, orders
+with sagas and history, the notifications and sent mails their events made, inbox rows):
+each file made by the project's migration runner (`services.common.db.migrate`, so the
+schema is exactly the services'), then rows added with executemany in large transactions
+(no journal while filling, WAL again at the end, as the services leave it), then the
+events published into a JetStream store under `<data_dir>/nats` (bench.fill_stream). The
+layout is the one `ops.run` and the bench's shop use: `<data_dir>/<service>.db`,
+`<data_dir>/nats/`.
 
 `ensure_filled(sizes)` keeps one filled copy per size under `var/bench/filled/`, reused
 while its manifest (fill format, schema versions, sizes, nats-server version) matches and
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import sqlite3
 import subprocess
@@ -40,7 +43,7 @@ __all__ = ["KEPT_ROOT", "MAX_AGE_S", "Filled", "clone", "count_rows", "ensure_fi
 KEPT_ROOT = REPO_ROOT / "var" / "bench" / "filled"
 MANIFEST = "filled.json"
 # Bumped whenever what a fill writes changes: an older kept copy is then filled again.
-FORMAT = 1
+FORMAT = 2
 # A kept copy older than this is filled again: its newest inbox rows are two days old at
 # the fill, and the inboxes forget rows past the stream's max age (7 days) plus a margin.
 MAX_AGE_S = 4 * 86400.0
@@ -66,6 +69,11 @@ _INSERT_USER = ("INSERT INTO users (id, email, name, password_hash, create_time)
                 " VALUES (?, ?, ?, ?, ?)")
 _INSERT_RECIPIENT = "INSERT INTO recipients (user_id, email, name) VALUES (?, ?, ?)"
 _INSERT_INBOX = "INSERT INTO inbox (consumer, event_id, handled_at) VALUES (?, ?, ?)"
+_INSERT_NOTE = ("INSERT INTO notifications (id, user_id, kind, subject, body, read, created_at,"
+                " event_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT_DELIVERY = ("INSERT INTO deliveries (notification_id, recipient, name, status, attempts,"
+                    " next_attempt_at, request_id, created_at, done_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 @dataclass(frozen=True)
@@ -128,18 +136,31 @@ def _insert(conn: sqlite3.Connection, sql: str, rows: Iterable[Sequence[Any]]) -
     return n
 
 
-def _fill_orders(conn: sqlite3.Connection, planner: Planner) -> list[OrderPlan]:
-    """Orders, sagas and history rows, oldest first; returns the newest orders (those
-    whose events the stream still holds)."""
+def _notes(conn: sqlite3.Connection,
+           rows: Iterable[tuple[tuple[Any, ...], tuple[Any, ...]]]) -> None:
+    pairs = list(rows)
+    conn.executemany(_INSERT_NOTE, [n for n, _ in pairs])
+    conn.executemany(_INSERT_DELIVERY, [d for _, d in pairs])
+
+
+def _fill_orders(conn: sqlite3.Connection, notes: sqlite3.Connection,
+                 planner: Planner) -> list[OrderPlan]:
+    """Orders, sagas and history rows (order.db) and the notifications their events made
+    (notification.db), oldest first; returns the newest orders (those whose events the
+    stream still holds)."""
     recent: list[OrderPlan] = []
     first_recent = planner.sizes.orders - planner.recent
+    rng = random.Random(planner.seed + 3)
     for batch in _chunks(planner.orders(), _ORDERS_PER_TX):
         conn.execute("BEGIN")
+        notes.execute("BEGIN")
         for part in _chunks(batch):
             conn.executemany(_INSERT_ORDER, [planner.order_row(o) for o in part])
             conn.executemany(_INSERT_SAGA, [planner.saga_row(o) for o in part])
             conn.executemany(_INSERT_HISTORY,
                              [h for o in part for h in planner.history_rows(o)])
+            _notes(notes, (r for o in part for r in planner.notification_rows(o, rng)))
+        notes.execute("COMMIT")
         conn.execute("COMMIT")
         recent.extend(o for o in batch if o.index >= first_recent)
     return recent
@@ -161,6 +182,8 @@ def count_rows(data_dir: Path) -> dict[str, int]:
         "sagas": one("order", "SELECT count(*) FROM sagas"),
         "saga_history": one("order", "SELECT count(*) FROM saga_history"),
         "recipients": one("notification", "SELECT count(*) FROM recipients"),
+        "notifications": one("notification", "SELECT count(*) FROM notifications"),
+        "deliveries": one("notification", "SELECT count(*) FROM deliveries"),
         "inbox": inbox,
     }
 
@@ -184,17 +207,21 @@ def fill(data_dir: Path, sizes: FillSizes, *, now: float | None = None,
     conn = _bulk(data_dir / "user.db")
     _insert(conn, _INSERT_USER, planner.user_rows(hash_password(PASSWORD)))
     _finish(conn)
-    conn = _bulk(data_dir / "notification.db")
-    _insert(conn, _INSERT_RECIPIENT, planner.recipient_rows())
-    _finish(conn)
+    notes = _bulk(data_dir / "notification.db")
+    _insert(notes, _INSERT_RECIPIENT, planner.recipient_rows())
+    notes.execute("BEGIN")
+    for part in _chunks(planner.welcome_rows(random.Random(planner.seed + 4))):
+        _notes(notes, part)
+    notes.execute("COMMIT")
     timings["users_s"] = time.perf_counter() - t0
     say(f"filled {sizes.users:,} users in {timings['users_s']:.1f} s")
 
     t0 = time.perf_counter()
     conn = _bulk(data_dir / "order.db")
-    recent = _fill_orders(conn, planner)
+    recent = _fill_orders(conn, notes, planner)
+    _finish(notes)
     timings["orders_s"] = time.perf_counter() - t0
-    say(f"filled {sizes.orders:,} orders with their sagas and history in "
+    say(f"filled {sizes.orders:,} orders with their sagas, history and notifications in "
         f"{timings['orders_s']:.1f} s")
 
     t0 = time.perf_counter()

@@ -15,6 +15,7 @@ events, newest first, up to the size asked for.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Iterator
@@ -30,9 +31,10 @@ from shop.shipping.v1 import shipping_pb2
 
 from services.common import events as ev
 from services.common.demo import CATALOGUE
+from services.notification import domain as notes
 
 __all__ = ["CONSUMERS", "FATES", "FULL", "PASSWORD", "SMOKE", "Event", "Fate", "FillSizes",
-           "OrderPlan", "Planner", "inbox_rows", "user_email"]
+           "OrderPlan", "Planner", "event_id", "inbox_rows", "user_email", "user_name"]
 
 
 @dataclass(frozen=True)
@@ -127,10 +129,21 @@ def user_email(i: int) -> str:
     return f"customer{i}@grown.example.com"
 
 
+def user_name(i: int) -> str:
+    return f"Customer {i}"
+
+
+def event_id(aggregate_id: str, k: int) -> str:
+    """The id of the `k`-th event of an aggregate: derived, so the notification an event
+    made and the consumers' inbox rows name the same event without a lookup."""
+    return hashlib.blake2b(f"{aggregate_id}:{k}".encode(), digest_size=16).hexdigest()
+
+
 @dataclass(frozen=True)
 class OrderPlan:
     index: int
     id: str
+    user_index: int
     user_id: str
     fate: Fate
     items: tuple[tuple[str, int, int], ...]
@@ -189,8 +202,9 @@ class Planner:
             total = sum(q * c for _, q, c in lines)
             tracking = (f"SHP{rng.getrandbits(60):012X}"[:15] if fate.status == "SHIPPED"
                         else "")
-            yield OrderPlan(i, f"{rng.getrandbits(128):032x}", users[rng.randrange(len(users))],
-                            fate, tuple(lines), total, t, t + 2.0 + rng.random() * 3600, tracking)
+            u = rng.randrange(len(users))
+            yield OrderPlan(i, f"{rng.getrandbits(128):032x}", u, users[u], fate, tuple(lines),
+                            total, t, t + 2.0 + rng.random() * 3600, tracking)
 
     # --- rows ---------------------------------------------------------------------------
 
@@ -212,16 +226,59 @@ class Planner:
         for k, (step, outcome, attempt, error) in enumerate(o.fate.history):
             yield (o.id, step, outcome, attempt, o.create_time + 0.005 * (k + 1), error)
 
-    def user_rows(self, password_hash: str) -> Iterator[tuple[Any, ...]]:
-        start = self.now - (_HISTORY_DAYS + 30) * _DAY
+    def _user_time(self, i: int) -> float:
+        """Users signed up over the months before the first order."""
         step = (_HISTORY_DAYS * _DAY) / max(1, len(self.user_ids))
+        return self.now - (_HISTORY_DAYS + 30) * _DAY + i * step
+
+    def user_rows(self, password_hash: str) -> Iterator[tuple[Any, ...]]:
         for i, uid in enumerate(self.user_ids):
-            yield (uid, user_email(i), f"Customer {i}", password_hash,
-                   start + i * step)
+            yield (uid, user_email(i), user_name(i), password_hash, self._user_time(i))
 
     def recipient_rows(self) -> Iterator[tuple[Any, ...]]:
         for i, uid in enumerate(self.user_ids):
-            yield (uid, user_email(i), f"Customer {i}")
+            yield (uid, user_email(i), user_name(i))
+
+    def notification_rows(self, o: OrderPlan, rng: random.Random
+                          ) -> Iterator[tuple[tuple[Any, ...], tuple[Any, ...]]]:
+        """(notification, delivery) rows of the notifications order `o`'s events made, as
+        the notification consumer writes them (mail sent); the older ones partly read."""
+        for k, subject in enumerate(o.fate.events):
+            draft = self._draft(o, subject)
+            if draft is None:
+                continue
+            t = o.create_time + 0.005 * (k + 1) + 0.05
+            read = int(t < self.now - _RECENT_DAYS * _DAY and rng.random() < 0.6)
+            yield self._note(draft, event_id(o.id, k), t, read, o.user_index, rng)
+
+    def welcome_rows(self, rng: random.Random
+                     ) -> Iterator[tuple[tuple[Any, ...], tuple[Any, ...]]]:
+        for i, uid in enumerate(self.user_ids):
+            yield self._note(notes.welcome(uid, user_name(i)), event_id(uid, 0),
+                             self._user_time(i) + 0.05, int(rng.random() < 0.8), i, rng)
+
+    @staticmethod
+    def _note(draft: notes.Draft, ev_id: str, t: float, read: int, user_index: int,
+              rng: random.Random) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        nid = f"{rng.getrandbits(128):032x}"
+        return ((nid, draft.user_id, draft.kind.value, draft.subject, draft.body, read, t,
+                 ev_id),
+                (nid, user_email(user_index), user_name(user_index), "SENT", 1, t,
+                 f"{rng.getrandbits(128):032x}", t, t + 0.5))
+
+    @staticmethod
+    def _draft(o: OrderPlan, subject: str) -> notes.Draft | None:
+        if subject == ev.PAYMENT_COMPLETED:
+            return notes.receipt(o.user_id, o.id, o.total_cents, "USD")
+        if subject == ev.PAYMENT_FAILED:
+            return notes.payment_failed(o.user_id, o.id, o.total_cents, "USD", _DECLINED)
+        if subject == ev.ORDER_CONFIRMED:
+            return notes.order_confirmed(o.user_id, o.id, o.total_cents, "USD")
+        if subject == ev.ORDER_CANCELLED:
+            return notes.order_cancelled(o.user_id, o.id, o.fate.reason)
+        if subject == ev.ORDER_SHIPPED:
+            return notes.shipped(o.user_id, o.id, o.tracking, "shop-post")
+        return None
 
     # --- events -------------------------------------------------------------------------
 
@@ -274,14 +331,13 @@ class Planner:
             payload = shipping_pb2.OrderShipped(shipment=ship)
         else:  # pragma: no cover - every fate's subjects are above
             raise ValueError(f"no payload for {subject}")
-        event_id = f"{rng.getrandbits(128):032x}"
         env = envelope_pb2.Envelope(
-            id=event_id, type=payload.DESCRIPTOR.full_name, subject=subject, source=source,
+            id=event_id(o.id, k), type=payload.DESCRIPTOR.full_name, subject=subject, source=source,
             correlation_id=f"{rng.getrandbits(128):032x}", aggregate_id=o.id,
             traceparent=f"00-{rng.getrandbits(128):032x}-{rng.getrandbits(64):016x}-01")
         env.occurred_at.FromNanoseconds(int(t * 1e9))
         env.payload.Pack(payload)
-        return Event(event_id, subject, env.SerializeToString(), env.correlation_id,
+        return Event(env.id, subject, env.SerializeToString(), env.correlation_id,
                      env.traceparent, t)
 
     def events(self, orders: list[OrderPlan]) -> Iterator[Event]:

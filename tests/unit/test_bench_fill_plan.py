@@ -3,6 +3,7 @@ against the consumers the services declare."""
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 
 from shop.events.v1 import envelope_pb2
@@ -38,6 +39,23 @@ def test_the_plan_has_the_sizes_asked_for_and_valid_ids() -> None:
     assert sum(len(rows) for rows in by_db.values()) == SIZES.inbox
     ids = {e.id for e in events}
     assert all(event_id in ids for rows in by_db.values() for _, event_id, _ in rows)
+
+
+def test_notifications_name_the_events_that_made_them() -> None:
+    planner = Planner(SIZES, NOW)
+    orders = list(planner.orders())
+    recent = [o for o in orders if o.index >= SIZES.orders - planner.recent]
+    consumed = next(set(s) for _, d, s in CONSUMERS if d == notification.DURABLE)
+    by_id = {e.id: e for e in planner.events(recent)}
+    rng = random.Random(1)
+    notes = [n for o in recent for n, _ in planner.notification_rows(o, rng)]
+    assert notes
+    in_stream = [n for n in notes if n[7] in by_id]
+    assert in_stream and all(by_id[n[7]].subject in consumed for n in in_stream)
+    welcome = list(planner.welcome_rows(rng))
+    assert len(welcome) == SIZES.users
+    assert {n[1] for n, _ in welcome} == set(planner.user_ids)
+    assert all(d[0] == n[0] and d[3] == "SENT" for n, d in welcome)
 
 
 def test_statuses_spread_over_every_fate_and_no_saga_is_left_in_flight() -> None:
