@@ -15,6 +15,7 @@ events, newest first, up to the size asked for.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import random
@@ -162,24 +163,27 @@ class Planner:
         self.seed = seed
         rng = random.Random(seed)
         self.user_ids = [f"{rng.getrandbits(128):032x}" for _ in range(sizes.users)]
-        self.recent = self._recent_orders()
-        self._cum = []
+        cum: list[float] = []
         acc = 0.0
         for f in FATES:
             acc += f.weight
-            self._cum.append(acc)
+            cum.append(acc)
+        draw = random.Random(seed + 5)
+        # Each order's fate, drawn first: how many of the newest orders the stream's
+        # events cover is then known exactly.
+        self.fates = [FATES[min(bisect.bisect_right(cum, draw.random()), len(FATES) - 1)]
+                      for _ in range(sizes.orders)]
+        self.recent = self._recent_orders()
 
     def _recent_orders(self) -> int:
-        """How many of the newest orders have their events in the stream: enough for
-        `sizes.events` (the average fate causes ~4.6 events)."""
-        per = sum(f.weight * len(f.events) for f in FATES)
-        return min(self.sizes.orders, int(self.sizes.events / per) + 64)
-
-    def _fate(self, r: float) -> Fate:
-        for f, c in zip(FATES, self._cum, strict=True):
-            if r < c:
-                return f
-        return FATES[-1]
+        """How many of the newest orders have their events in the stream: the fewest
+        whose events are at least `sizes.events`."""
+        total = 0
+        for n, fate in enumerate(reversed(self.fates), 1):
+            total += len(fate.events)
+            if total >= self.sizes.events:
+                return n
+        return len(self.fates)
 
     def orders(self) -> Iterator[OrderPlan]:
         """Every order, oldest first (the order the service would have written them)."""
@@ -194,7 +198,7 @@ class Planner:
                 t = start_old + (i / max(1, old)) * (_HISTORY_DAYS - _RECENT_DAYS) * _DAY
             else:
                 t = start_recent + ((i - old) / max(1, self.recent)) * _RECENT_DAYS * _DAY
-            fate = self._fate(rng.random())
+            fate = self.fates[i]
             lines = []
             for _ in range(1 + (rng.random() < 0.3)):
                 pid, price = _PRODUCTS[rng.randrange(len(_PRODUCTS))]

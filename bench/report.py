@@ -233,10 +233,17 @@ def _print_grown(grown: dict[str, Any] | None) -> None:
     print(f"\n  cost as the data grows ({sz['orders']:,} orders, {sz['users']:,} users, "
           f"{sz['inbox']:,} inbox rows, {sz['events']:,} events; {how}; copied in "
           f"{grown.get('clone_s', 0):.1f} s; {grown.get('wall_s', 0):.0f} s in all):")
-    print(f"    {'figure':<38} {'empty':>9} {'filled':>9}  ratio  {'goal':<15}")
+    print(f"    {'figure':<38} {'empty':>9} {'filled':>9}  ratio  {'goal':<15} {'':<6}  "
+          "cpu/op empty, filled")
     for r in grown["rows"]:
+        cpu = r.get("cpu_ms_per_op")
+        cpu_text = (f"{_ms(cpu['empty'])}, {_ms(cpu['filled'])} ({cpu['ratio']:.2f}x)"
+                    if cpu else "")
         print(f"    {r['what']:<38} {r['empty']:>9,.2f} {r['filled']:>9,.2f}  "
-              f"{r['ratio']:>5.2f}  {r['goal']:<15} " + ("met" if r["met"] else "MISSED"))
+              f"{r['ratio']:>5.2f}  {r['goal']:<15} {'met' if r['met'] else 'MISSED':<6}  "
+              f"{cpu_text}".rstrip())
+    print("    (each figure the best of its rounds on each side; the two shops ran side by "
+          "side)")
     for note in grown.get("notes", []):
         print(f"    note: {note}")
 

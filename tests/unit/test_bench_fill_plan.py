@@ -8,7 +8,7 @@ from collections import Counter
 
 from shop.events.v1 import envelope_pb2
 
-from bench.fill_plan import CONSUMERS, FATES, FillSizes, Planner, inbox_rows
+from bench.fill_plan import CONSUMERS, FATES, FULL, FillSizes, Planner, inbox_rows
 from services.cart import handlers as cart
 from services.common import events as ev
 from services.inventory import handlers as inventory
@@ -39,6 +39,13 @@ def test_the_plan_has_the_sizes_asked_for_and_valid_ids() -> None:
     assert sum(len(rows) for rows in by_db.values()) == SIZES.inbox
     ids = {e.id for e in events}
     assert all(event_id in ids for rows in by_db.values() for _, event_id, _ in rows)
+
+
+def test_the_full_fill_covers_exactly_the_events_asked_for() -> None:
+    planner = Planner(FULL, NOW)
+    newest = planner.fates[len(planner.fates) - planner.recent:]
+    covered = sum(len(f.events) for f in newest)
+    assert covered >= FULL.events > covered - len(newest[0].events)
 
 
 def test_notifications_name_the_events_that_made_them() -> None:

@@ -21,13 +21,19 @@ def test_latency_goals_bound_the_p99_against_the_empty_systems() -> None:
     assert not _row("dashboard_p99_ms", 10.0, 0.0)["met"]  # not measured is not met
 
 
+def test_cpu_per_request_is_reported_beside_the_figure() -> None:
+    row = _row("list_p99_ms", 10.0, 11.0, (2.0, 2.2))
+    assert row["cpu_ms_per_op"] == {"empty": 2.0, "filled": 2.2, "ratio": 1.1}
+    assert "cpu_ms_per_op" not in _row("cold_start_s", 1.0, 1.1)
+
+
 def test_cold_start_goal_is_an_absolute_bound() -> None:
     assert _row("cold_start_s", 1.0, 2.9)["met"]
     assert not _row("cold_start_s", 1.0, 3.1)["met"]
 
 
 def test_the_report_prints_each_figure_with_its_goal(capsys: pytest.CaptureFixture[str]) -> None:
-    rows = [_row("orders_per_s", 300.0, 290.0), _row("cold_start_s", 1.5, 3.5)]
+    rows = [_row("orders_per_s", 300.0, 290.0, (10.0, 11.0)), _row("cold_start_s", 1.5, 3.5)]
     _print_grown({"sizes": {"orders": 1_000_000, "users": 100_000, "inbox": 1_000_000,
                             "events": 1_000_000},
                   "fill": {"reused": False, "fill_s": 120.0}, "clone_s": 3.2, "wall_s": 80,
@@ -36,6 +42,7 @@ def test_the_report_prints_each_figure_with_its_goal(capsys: pytest.CaptureFixtu
     assert "1,000,000 orders, 100,000 users" in out and "filled now in 120 s" in out
     lines = [ln for ln in out.splitlines() if "orders/s" in ln or "cold start" in ln]
     assert len(lines) == 2
-    assert lines[0].rstrip().endswith("met") and "0.97" in lines[0]
+    assert " met " in lines[0] and "0.97" in lines[0]
+    assert lines[0].rstrip().endswith("10.00 ms, 11.00 ms (1.10x)")
     assert lines[1].rstrip().endswith("MISSED")
     assert "note: grown filled: waited" in out
