@@ -18,6 +18,7 @@ run never changes the kept copy.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -26,6 +27,7 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -38,7 +40,8 @@ from ops.process import REPO_ROOT
 from services.common.db import migrate
 from services.common.schema import COMMON, MigrationSet, service_migrations
 
-__all__ = ["KEPT_ROOT", "MAX_AGE_S", "Filled", "clone", "count_rows", "ensure_filled", "fill"]
+__all__ = ["KEPT_ROOT", "MAX_AGE_S", "Filled", "checkout", "clone", "count_rows", "ensure_filled",
+           "fill"]
 
 KEPT_ROOT = REPO_ROOT / "var" / "bench" / "filled"
 MANIFEST = "filled.json"
@@ -306,6 +309,28 @@ def ensure_filled(sizes: FillSizes, root: Path = KEPT_ROOT, *,
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return Filled(kept, manifest, reused=False)
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """One bench at a time fills, replaces or copies the kept fills under `root` (two runs
+    at once would otherwise fill the same dir, or copy one being replaced)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def checkout(sizes: FillSizes, run_dir: Path, root: Path = KEPT_ROOT, *,
+             say: Say = _say_nothing) -> tuple[Filled, float]:
+    """`ensure_filled`, then `clone` into `run_dir`, holding the kept fills' lock; the
+    fill and the seconds the copy took."""
+    with _locked(root):
+        filled = ensure_filled(sizes, root, say=say)
+        return filled, clone(filled.dir, run_dir)
 
 
 def clone(kept: Path, run_dir: Path) -> float:

@@ -25,7 +25,7 @@ from typing import Any
 
 from bench import shop as shop_mod
 from bench.coldstart import cold_start
-from bench.fill import KEPT_ROOT, clone, ensure_filled
+from bench.fill import KEPT_ROOT, checkout, clone
 from bench.fill_plan import FillSizes
 from bench.load import http_load_cpu
 from bench.raw.http import ORDER_BODY
@@ -126,7 +126,7 @@ def _sides(tmp: Path, copy: Path, seconds: float, warmup_s: float, notes: list[s
     return sides[0].to_json(), sides[1].to_json()
 
 
-def _cold_starts(tmp: Path, kept: Path, copy: Path, say: Say, rounds: int
+def _cold_starts(tmp: Path, copy: Path, say: Say, rounds: int
                  ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Cold starts, empty and grown in turn, `rounds` of each, each on data no process
     has opened yet (a fresh dir; a fresh copy of the fill, the last one being `copy`, which
@@ -138,7 +138,7 @@ def _cold_starts(tmp: Path, kept: Path, copy: Path, say: Say, rounds: int
         empty.append(cold_start(tmp / f"grown-cold-empty-{i}")["seconds"])
         target = copy if i == rounds - 1 else tmp / f"grown-cold-filled-{i}"
         if target != copy:
-            clone(kept, target)
+            clone(copy, target)  # the run's copy, not opened yet: the kept one is not read
         filled.append(cold_start(target)["seconds"])
         if target != copy:
             shutil.rmtree(target, ignore_errors=True)
@@ -173,13 +173,12 @@ def grown(tmp: Path, sizes: FillSizes, *, seconds: float, warmup_s: float,
           cold_rounds: int = 1, rounds: int = ROUNDS) -> dict[str, Any]:
     """The scenario's figures, ratios and goals (for latest.json's `grown`)."""
     t_all = time.perf_counter()
-    filled = ensure_filled(sizes, kept_root, say=say)
     copy = tmp / "grown-filled"
-    clone_s = clone(filled.dir, copy)
+    filled, clone_s = checkout(sizes, copy, kept_root, say=say)
     say(f"grown: copied the filled data ({filled.manifest.get('bytes', 0) / 1e9:.2f} GB) "
         f"in {clone_s:.1f} s")
     notes: list[str] = []
-    cold_empty, cold_filled = _cold_starts(tmp, filled.dir, copy, say,
+    cold_empty, cold_filled = _cold_starts(tmp, copy, say,
                                            max(1, cold_rounds))
     empty, full = _sides(tmp, copy, seconds, warmup_s, notes, say, max(1, rounds))
     e, f = ({n: side[n]["best"] for n in ("order", "list", "dashboard")}

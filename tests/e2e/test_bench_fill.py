@@ -18,7 +18,7 @@ import nats
 import pytest
 
 from bench import shop as shop_mod
-from bench.fill import MANIFEST, clone, count_rows, ensure_filled
+from bench.fill import MANIFEST, checkout, count_rows, ensure_filled
 from bench.fill_plan import CONSUMERS, FillSizes
 from bench.fill_stream import FillNats
 from services.common.events import STREAM
@@ -88,12 +88,11 @@ def test_fill_has_the_sizes_and_a_shop_on_it_serves_the_bench_users_orders(
     assert events == 1_000
     assert pending == {d: 0 for _, d, _ in CONSUMERS}
 
-    again = ensure_filled(SIZES, kept_root)
-    assert again.reused and again.dir == filled.dir
     before = _files(filled.dir)
-
     run_dir = tmp_path / "run"
-    clone(filled.dir, run_dir)
+    again, _ = checkout(SIZES, run_dir, kept_root)  # what a bench run does: reuse, copy
+    assert again.reused and again.dir == filled.dir
+    assert _files(run_dir).keys() >= {"order.db", "user.db", "notification.db"}
     target = shop_mod.start_shop(run_dir)
     try:
         shop_mod.prepare(target, orders=3)
