@@ -1,7 +1,8 @@
 """The bench run: every scenario beside its raw baseline, then the report.
 
 Order: cold start (nothing else running); shop started (or attached) with each HTTP
-scenario right after its raw baseline, so both see the same box; shop stopped; then
+scenario right after its raw baseline, so both see the same box; shop stopped; an
+empty and a grown shop side by side (bench.grown, kept fill under var/bench/filled/); then
 the event path (raw JetStream, then shop's outbox relay and consumer) on fresh NATS
 servers. Every process started here is stopped here, by PID.
 """
