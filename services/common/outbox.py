@@ -46,6 +46,7 @@ from shop.events.v1 import envelope_pb2
 
 from services.common.bus import Bus, OutMsg, envelope_headers
 from services.common.eventtracing import producer_traceparent
+from services.common.ids import new_id
 from services.common.metrics import current as current_metrics
 from services.common.storage import Row, Storage, Tx
 
@@ -73,7 +74,7 @@ def _from_context(name: str) -> str:
 def new_envelope(subject: str, payload: Message, *, source: str, aggregate_id: str,
                  correlation_id: str | None = None,
                  traceparent: str | None = None) -> envelope_pb2.Envelope:
-    event_id = uuid.uuid4().hex
+    event_id = new_id()
     env = envelope_pb2.Envelope(
         id=event_id,
         type=payload.DESCRIPTOR.full_name,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-import uuid
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -20,6 +19,7 @@ from services.common import context
 from services.common.clients import Downstream
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from services.common.identity import resolve_user
+from services.common.ids import new_id
 from services.common.timestamps import timestamp
 from services.order import domain
 from services.order.convert import order_pb, status_pb
@@ -149,7 +149,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
                 _, catalogue = await _gather(self._check_user(user_id), self._catalogue(lines))
         priced, total, currency = domain.price_lines(lines, catalogue)
         now = time.time()
-        order = Order(id=uuid.uuid4().hex, user_id=user_id, items=priced, total_cents=total,
+        order = Order(id=new_id(), user_id=user_id, items=priced, total_cents=total,
                       currency=currency, create_time=now, update_time=now,
                       from_cart=from_cart, idempotency_key=key)
         state = SagaState(order.id, card_token=token)
