@@ -25,6 +25,7 @@ from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from bench import mesh
 from bench.procs import rss_kb
 from ops.natsd import NatsServer
+from ops.otlp import OtlpReceiver
 from ops.process import System, start_system
 from services.common.pki import BACKOFFICE
 from services.common.settings import DEFAULT_PORTS
@@ -35,6 +36,17 @@ PRODUCT_ID = "espresso-machine"
 BENCH_STOCK = 1_000_000_000
 # The gateway must never throttle the bench.
 BENCH_ENV = {"GATEWAY_RATE_LIMIT": "1000000/second"}
+# Traces as a deployment keeps them: a 10 % parent-based ratio (the gateway's root span
+# decides for the whole order), exported over OTLP/HTTP to a local receiver that only
+# counts them (a collector's work is not shop's).
+TRACE_RATIO = 0.1
+
+
+def tracing_env(endpoint: str) -> dict[str, str]:
+    return {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": str(TRACE_RATIO)}
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -60,12 +72,15 @@ def start_shop(data_dir: Path, *, timeout_s: float = 60.0,
     """NATS plus every service and the gateway on free ports under `data_dir`; `env` is
     given to every process (e.g. SHOP_DATABASE_URL: the services on PostgreSQL)."""
     mesh.prepare_pki(data_dir)
+    traces = OtlpReceiver(keep=False).start()
     nats = NatsServer(data_dir / "nats").start()
     try:
         system = start_system(data_dir, nats.url, with_gateway=True,
-                              env={**BENCH_ENV, **(env or {})}, ready_timeout=timeout_s)
+                              env={**BENCH_ENV, **tracing_env(traces.endpoint), **(env or {})},
+                              ready_timeout=timeout_s)
     except BaseException:
         nats.stop()
+        traces.stop()
         raise
 
     def stop() -> None:
@@ -73,10 +88,13 @@ def start_shop(data_dir: Path, *, timeout_s: float = 60.0,
             system.stop()
         finally:
             nats.stop()
+            traces.stop()
 
     pids = _system_pids(system)
     pids["nats"] = nats.pid
-    return ShopTarget(system.base_url, system.addr("inventory"), pids, stop)
+    return ShopTarget(system.base_url, system.addr("inventory"), pids, stop, notes=[
+        f"traces: {TRACE_RATIO:.0%} of requests sampled (parent-based ratio) and exported "
+        "over OTLP/HTTP to a local receiver, mTLS on every hop, as a deployment runs"])
 
 
 def _system_pids(system: System) -> dict[str, int]:

@@ -5,7 +5,9 @@ Each part has its own short deadline and goes through a breaker of its own
 breaker the other routes share, so a dashboard part timing out under load cannot make
 POST /api/orders or login fail. A part that fails answers with the last good value for
 that user (or an empty one) and is named in `degraded`, so one slow or dead service never
-turns the dashboard into a 5xx.
+turns the dashboard into a 5xx. A user never changes (the user service has no call that
+changes one), so the user part, once fetched, is answered from memory: a dashboard of a
+user seen before costs two calls, not three.
 """
 
 from __future__ import annotations
@@ -51,12 +53,20 @@ class Dashboard:
         self._last: dict[tuple[str, str], Any] = {}
 
     async def build(self, user_id: str) -> dict[str, Any]:
-        user, orders, unread = await asyncio.gather(
-            self._part("user", user_id, self._fetch_user, {"id": user_id, "email": "", "name": "",
-                                                              "roles": []}),
-            self._part("order", user_id, self._fetch_orders, []),
-            self._part("notification", user_id, self._fetch_unread, 0),
-        )
+        known = self._last.get(("user", user_id))
+        if known is not None:
+            orders, unread = await asyncio.gather(
+                self._part("order", user_id, self._fetch_orders, []),
+                self._part("notification", user_id, self._fetch_unread, 0),
+            )
+            user: tuple[Any, bool] = (known, False)
+        else:
+            user, orders, unread = await asyncio.gather(
+                self._part("user", user_id, self._fetch_user,
+                           {"id": user_id, "email": "", "name": "", "roles": []}),
+                self._part("order", user_id, self._fetch_orders, []),
+                self._part("notification", user_id, self._fetch_unread, 0),
+            )
         degraded = [
             name
             for name, (_, failed) in (("user", user), ("order", orders), ("notification", unread))
@@ -98,7 +108,9 @@ class Dashboard:
         self, name: str, user_id: str, fetch: Callable[[], Awaitable[Any]], empty: Any
     ) -> tuple[Any, bool]:
         try:
-            value = await asyncio.wait_for(fetch(), self._timeout + _GUARD_S)
+            # asyncio.timeout, not wait_for: no task of its own per part
+            async with asyncio.timeout(self._timeout + _GUARD_S):
+                value = await fetch()
         except Exception as err:  # any failure of a part degrades only that part
             if self._on_error is not None:
                 self._on_error(name, err)

@@ -17,11 +17,15 @@ it expired, or at once when its holder was a process of this machine that is gon
 anyone may take over; a stopped relay hands the lease back.
 
 A relay woken by a commit lingers `linger_s` (20 ms) first, so a busy service publishes
-in batches rather than one select/publish/mark round per commit. Every database step is a
-single hop (`db.read` / `db.write`, group-committed with the
-service's own writes): the select of a batch, its mark-sent. While batches flow, the
-mark-sent write also renews the lease (one more statement, no extra hop) once the lease is
-a sixth of `lease_s` old, so the heartbeat only writes on its own when the relay is idle.
+in batches rather than one select/publish round per commit. Every database step is a
+single hop (`db.read` / `db.write`, group-committed with the service's own writes): the
+select of a batch, the mark-sent. What was acknowledged is marked sent at most every
+`mark_every_s` (0.25 s) rather than after each batch: the relay remembers how far it
+published (the next select starts past it), so a busy service writes one mark for many
+batches. A crash before the mark publishes those rows again, which the Nats-Msg-Id
+deduplicates as above; a relay that stops or loses its lease writes its mark first. The
+mark also renews the lease (one more statement, no extra hop) once the lease is a sixth of
+`lease_s` old, so the heartbeat only writes on its own when the relay is idle.
 """
 
 from __future__ import annotations
@@ -42,10 +46,12 @@ from shop.events.v1 import envelope_pb2
 
 from services.common.bus import Bus, OutMsg, envelope_headers
 from services.common.eventtracing import producer_traceparent
+from services.common.ids import new_id
 from services.common.metrics import current as current_metrics
 from services.common.storage import Row, Storage, Tx
 
-__all__ = ["OutboxRelay", "RelayStats", "finish_batch", "new_envelope", "pending", "prune"]
+__all__ = ["MARK_EVERY_S", "OutboxRelay", "RelayStats", "finish_batch", "new_envelope", "pending",
+           "prune"]
 
 log = logging.getLogger("shop.outbox")
 
@@ -68,7 +74,7 @@ def _from_context(name: str) -> str:
 def new_envelope(subject: str, payload: Message, *, source: str, aggregate_id: str,
                  correlation_id: str | None = None,
                  traceparent: str | None = None) -> envelope_pb2.Envelope:
-    event_id = uuid.uuid4().hex
+    event_id = new_id()
     env = envelope_pb2.Envelope(
         id=event_id,
         type=payload.DESCRIPTOR.full_name,
@@ -94,12 +100,15 @@ class RelayStats:
     leases: int = 0  # times this relay became the active one
 
 
+# How often at most a relay marks what was acknowledged as sent (see the module's doc).
+MARK_EVERY_S = 0.25
+
 _LEASE_NAME = "relay"
 _LEASE_SELECT = "SELECT owner, host, pid, expires_at FROM outbox_lease WHERE name = ?"
 _LEASE_RENEW = ("UPDATE outbox_lease SET expires_at = ? WHERE name = ? AND owner = ?"
                 " AND host = ? AND pid = ? AND expires_at > ?")
 _SELECT_UNSENT = ("SELECT id, event_id, subject, correlation_id, traceparent, data, aggregate_id"
-                  " FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?")
+                  " FROM outbox WHERE sent_at IS NULL AND id > ? ORDER BY id LIMIT ?")
 _MARK_SENT = "UPDATE outbox SET sent_at = ? WHERE id BETWEEN ? AND ? AND sent_at IS NULL"
 
 
@@ -169,7 +178,8 @@ class OutboxRelay:
     def __init__(self, db: Storage, bus: Bus, *, batch: int = 256, poll_s: float = 1.0,
                  ack_timeout_s: float = 5.0, retain_s: float = 3600.0,
                  owner: str | None = None, lease_s: float = 5.0,
-                 standby_poll_s: float | None = None, linger_s: float = 0.02) -> None:
+                 standby_poll_s: float | None = None, linger_s: float = 0.02,
+                 mark_every_s: float = MARK_EVERY_S) -> None:
         self.db = db
         self.bus = bus
         self.batch = batch
@@ -178,6 +188,8 @@ class OutboxRelay:
         # After a commit wakes an idle relay, it waits this long so one select, one
         # publish round and one mark-sent carry the commits of that moment, not one each.
         self.linger_s = linger_s
+        # Acknowledged rows are marked sent at most this often (see the module's doc).
+        self.mark_every_s = mark_every_s
         self.ack_timeout_s = ack_timeout_s
         # Sent rows are kept this long (well past the duplicate window), then pruned.
         self.retain_s = retain_s
@@ -197,6 +209,10 @@ class OutboxRelay:
         self._published = self._metrics.outbox_published
         self._wake = asyncio.Event()
         self._pruning = SentPruning(db, retain_s)
+        # Rows up to `_acked_through` are acknowledged; up to `_marked_through` marked sent.
+        self._acked_through = 0
+        self._marked_through = 0
+        self._marked_at = 0.0  # monotonic
 
     @property
     def active(self) -> bool:
@@ -219,10 +235,17 @@ class OutboxRelay:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await heartbeat
                 self._lease_until = 0.0
+                with contextlib.suppress(Exception):
+                    await self._mark_acked()
+                # Another relay may publish from here on: select from the first unsent.
+                self._acked_through = self._marked_through = 0
                 log.warning("outbox relay: lease lost; standing by", extra={"owner": self.owner})
         finally:
             self._metrics.remove_refresher(self._refresh_backlog)
             self.db.remove_commit_listener(wake)
+            # What was acknowledged is marked before anyone else may take over.
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self._mark_acked())
             if self._lease_until:
                 # Hand over at once rather than after the expiry (also when cancelled).
                 with contextlib.suppress(BaseException):
@@ -247,10 +270,16 @@ class OutboxRelay:
             if more:
                 continue
             await self._pruning.maybe()
+            wait_s = self.poll_s
+            if self._acked_through > self._marked_through:
+                wait_s = min(wait_s, max(0.0, self._marked_at + self.mark_every_s
+                                         - time.monotonic()))
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_s):
+                async with asyncio.timeout(wait_s):
                     await self._wake.wait()
+            if not self._wake.is_set() and self._acked_through > self._marked_through:
+                await self._mark_acked()  # quiet since the last batch: mark what went out
             if self._wake.is_set() and self.linger_s > 0:
                 # Woken by a commit: let the commits right behind it join this batch.
                 await asyncio.sleep(self.linger_s)
@@ -388,37 +417,51 @@ class OutboxRelay:
         batch = self.batch
         # A bounded read along outbox_unsent, inline on the read connection (no thread
         # hop): woken by a commit, it sees every row committed before it.
+        after = self._acked_through
+
         async def select(tx: Tx) -> list[Row]:
-            return await tx.fetch(_SELECT_UNSENT, (batch,))
+            return await tx.fetch(_SELECT_UNSENT, (after, batch))
 
         rows = await self.db.read(select)
         if not rows:
             return False
         ok, failure = await publish_in_waves(self.bus, rows, timeout_s=self.ack_timeout_s)
         if ok:
-            first, last = rows[0][0], rows[ok - 1][0]
-            # The lease rides along once it is a sixth of its life old: no hop of its own.
-            renew = time.time() - self._renewed_at >= self.lease_s / 6 and self.active
-
-            async def mark(tx: Tx) -> float | None:
-                await tx.run(_MARK_SENT, (time.time(), first, last))
-                return await self._renew_in(tx) if renew else None
-
-            until = await self.db.write(mark)
-            if until is not None and not self._renewed(until):
-                self._lose_lease()
+            self._acked_through = int(rows[ok - 1][0])
             self.stats.published += ok
             self._published.inc(ok)
             self.stats.batches += 1
+            if failure is not None or time.monotonic() - self._marked_at >= self.mark_every_s:
+                await self._mark_acked()
         if ok < len(rows):
             raise failure or RuntimeError("publish not acknowledged")
         return len(rows) == self.batch
 
+    async def _mark_acked(self) -> None:
+        """Mark the acknowledged rows sent, in one write that also renews the lease once
+        it is a sixth of its life old (no hop of its own)."""
+        first, last = self._marked_through + 1, self._acked_through
+        if last < first:
+            return
+        renew = time.time() - self._renewed_at >= self.lease_s / 6 and self.active
+
+        async def mark(tx: Tx) -> float | None:
+            await tx.run(_MARK_SENT, (time.time(), first, last))
+            return await self._renew_in(tx) if renew else None
+
+        until = await self.db.write(mark)
+        self._marked_through = max(self._marked_through, last)
+        self._marked_at = time.monotonic()
+        if until is not None and not self._renewed(until):
+            self._lose_lease()
+
     async def _refresh_backlog(self) -> None:
         """At scrape time: the unsent rows and the age of the oldest (along outbox_unsent)."""
+        through = self._acked_through  # acknowledged, only waiting for their mark
+
         async def backlog(tx: Tx) -> Row | None:
-            return await tx.fetchrow(
-                "SELECT count(*), min(created_at) FROM outbox WHERE sent_at IS NULL")
+            return await tx.fetchrow("SELECT count(*), min(created_at) FROM outbox"
+                                     " WHERE sent_at IS NULL AND id > ?", (through,))
 
         row = await self.db.read(backlog)
         count = int(row[0]) if row else 0
@@ -428,8 +471,15 @@ class OutboxRelay:
                                             else max(0.0, time.time() - oldest))
 
     async def pending(self) -> int:
-        """Rows not yet acknowledged by JetStream."""
-        return await pending(self.db)
+        """Rows not yet acknowledged by JetStream (acknowledged ones may wait for their
+        mark up to `mark_every_s`)."""
+        through = self._acked_through
+
+        async def run(tx: Tx) -> int:
+            return int(await tx.fetchval(
+                "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND id > ?", (through,)))
+
+        return await self.db.read(run)
 
 
 

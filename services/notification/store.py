@@ -10,11 +10,11 @@ side of the delivery outbox) are units of work on the storage seam; `insert` and
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from services.common.ids import new_id
 from services.common.storage import Row, Storage, Tx
 from services.notification import domain
 from services.notification.delivery import DeliveryStatus, PendingMail
@@ -89,7 +89,7 @@ async def insert(tx: Tx, draft: Draft, event_id: str, *, mail: bool = False,
                  request_id: str = "") -> str | None:
     """Store the notification an event caused and, with `mail`, its delivery outbox row.
     Returns the new notification's id, None when that event already made one."""
-    notification_id = uuid.uuid4().hex
+    notification_id = new_id()
     now = time.time()
     made = await tx.run(
         "INSERT INTO notifications (id, user_id, kind, subject, body, created_at, event_id)"

@@ -67,7 +67,7 @@ async def build(settings: Settings, wiring: Wiring) -> App:
     servicer = OrderServicer(
         store, runner, peers, budget_s=envvars.SHOP_ORDER_SAGA_BUDGET_S.get()
     )
-    payment_routes, shipment_routes = handlers.routes(runner.poke)
+    payment_routes, shipment_routes = handlers.routes(runner.poke, runner.driving)
     events = EventWorkers(
         settings,
         db,

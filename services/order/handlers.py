@@ -27,9 +27,13 @@ PAYMENTS_DURABLE = "order-payments"
 SHIPMENTS_DURABLE = "order-shipments"
 
 
-def routes(poke: Callable[[str], None]) -> tuple[list[Route], list[Route]]:
+def routes(poke: Callable[[str], None],
+           driving: Callable[[str], bool] = lambda order_id: False,
+           ) -> tuple[list[Route], list[Route]]:
     """(payment routes, shipment routes); `poke(order_id)` wakes the saga's driver (after
-    the commit, so the driver reads the reconciled saga)."""
+    the commit, so the driver reads the reconciled saga); `driving(order_id)`: this process
+    is in the saga's own calls, whose answers settle the charge (the event is acked without
+    a write, rather than moving the saga under its driver's feet)."""
 
     async def on_completed(tx: Tx, envelope: Any,
                            payload: payment_pb2.PaymentCompleted) -> AfterCommit | None:
@@ -50,7 +54,8 @@ def routes(poke: Callable[[str], None]) -> tuple[list[Route], list[Route]]:
 
     async def settled(tx: Tx, envelope: Any,
                       payload: payment_pb2.PaymentCompleted | payment_pb2.PaymentFailed) -> bool:
-        return await store.charge_settled(tx, payload.payment.order_id)
+        order_id = payload.payment.order_id
+        return driving(order_id) or await store.charge_settled(tx, order_id)
 
     async def on_shipped(tx: Tx, envelope: Any, payload: shipping_pb2.OrderShipped) -> None:
         await store.record_shipment(tx, payload.shipment.order_id,

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -21,10 +19,12 @@ from services.common import context
 from services.common.clients import Downstream
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from services.common.identity import resolve_user
+from services.common.ids import new_id
 from services.common.timestamps import timestamp
 from services.order import domain
 from services.order.convert import order_pb, status_pb
 from services.order.domain import Order, OrderStatus, SagaState, SagaStatus
+from services.order.known import Known
 from services.order.saga import SagaRunner
 from services.order.store import HistoryEntry, OrderRepository
 
@@ -33,6 +33,7 @@ _DEADLINE_MARGIN_S = 0.3
 _MAX_KEY = 200
 _MAX_REASON = 500
 _KNOWN_USERS_MAX = 100_000
+_KNOWN_PRODUCTS_MAX = 100_000
 
 A = TypeVar("A")
 B = TypeVar("B")
@@ -52,8 +53,9 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         self.runner = runner
         self.peers = peers
         self.budget_s = budget_s
-        # Users already confirmed by the user service (bounded, least recently used out).
-        self._known_users: OrderedDict[str, None] = OrderedDict()
+        # What peers told us that cannot change (see known.py).
+        self._known_users: Known[str, bool] = Known(_KNOWN_USERS_MAX)
+        self._prices: Known[str, tuple[int, str]] = Known(_KNOWN_PRODUCTS_MAX)
 
     def _budget(self) -> float:
         left = context.remaining()
@@ -83,14 +85,11 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         """The user must exist (an unknown one is NOT_FOUND, with or without `x-user-id`).
         Users are never deleted (the user service has no such call), so a user seen once
         stays valid: known ids skip the GetUser hop. Only positive answers are cached."""
-        if user_id in self._known_users:
-            self._known_users.move_to_end(user_id)
+        if self._known_users.get(user_id):
             return
         await self.peers.users.call(lambda s: s.GetUser, user_pb2.GetUserRequest(id=user_id),
                                     idempotent=True)
-        self._known_users[user_id] = None
-        if len(self._known_users) > _KNOWN_USERS_MAX:
-            self._known_users.popitem(last=False)
+        self._known_users.put(user_id, True)
 
     async def _cart_lines(self, user_id: str) -> tuple[domain.Line, ...]:
         reply = await self.peers.carts.call(
@@ -101,16 +100,31 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         return domain.validate_lines([(i.product_id, i.quantity) for i in items])
 
     async def _catalogue(self, lines: tuple[domain.Line, ...]) -> dict[str, tuple[int, str]]:
+        """Price and currency per product of `lines`. A product's price never changes (the
+        product service creates products and never updates them), so prices seen once are
+        kept and only products not seen yet cost a BatchGetProducts hop."""
+        prices: dict[str, tuple[int, str]] = {}
+        missing: list[str] = []
+        for ln in lines:
+            known = self._prices.get(ln.product_id)
+            if known is None:
+                missing.append(ln.product_id)
+            else:
+                prices[ln.product_id] = known
+        if not missing:
+            return prices
         try:
             reply = await self.peers.products.call(
                 lambda s: s.BatchGetProducts,
-                product_pb2.BatchGetProductsRequest(ids=[ln.product_id for ln in lines]),
-                idempotent=True)
+                product_pb2.BatchGetProductsRequest(ids=missing), idempotent=True)
         except aio.AioRpcError as err:
             if err.code() is grpc.StatusCode.NOT_FOUND:
                 raise NotFound(err.details() or "product not found") from None
             raise
-        return {p.id: (p.price_cents, p.currency) for p in reply.products}
+        for p in reply.products:
+            prices[p.id] = (p.price_cents, p.currency)
+            self._prices.put(p.id, prices[p.id])
+        return prices
 
     async def CreateOrder(self, request: order_pb2.CreateOrderRequest,
                           context_: aio.ServicerContext[Any, Any]) -> order_pb2.CreateOrderResponse:
@@ -129,14 +143,13 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
             # Validated before any call (bad input costs nothing downstream); the user check
             # and the pricing then go out at once.
             lines = domain.validate_lines([(i.product_id, i.quantity) for i in request.items])
-            if user_id in self._known_users:  # the usual case: no GetUser, no tasks
-                self._known_users.move_to_end(user_id)
+            if self._known_users.get(user_id):  # the usual case: no GetUser, no tasks
                 catalogue = await self._catalogue(lines)
             else:
                 _, catalogue = await _gather(self._check_user(user_id), self._catalogue(lines))
         priced, total, currency = domain.price_lines(lines, catalogue)
         now = time.time()
-        order = Order(id=uuid.uuid4().hex, user_id=user_id, items=priced, total_cents=total,
+        order = Order(id=new_id(), user_id=user_id, items=priced, total_cents=total,
                       currency=currency, create_time=now, update_time=now,
                       from_cart=from_cart, idempotency_key=key)
         state = SagaState(order.id, card_token=token)

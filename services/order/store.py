@@ -89,7 +89,7 @@ class OrderRepository(Protocol):
     async def renew(self, owner: str, order_ids: Sequence[str], lease_s: float) -> None: ...
     async def resumable(self, owner: str, limit: int = 500) -> list[str]: ...
     async def record(self, order: Order, old: SagaState, new: SagaState,
-                     entry: HistoryEntry, *, owner: str, lease_s: float,
+                     entries: Sequence[HistoryEntry], *, owner: str, lease_s: float,
                      final_status: OrderStatus | None) -> Order | None: ...
     async def replace_saga(self, old: SagaState, new: SagaState, entry: HistoryEntry, *,
                            owner: str | None = None, lease_s: float = 0.0) -> bool: ...
@@ -379,12 +379,12 @@ class OrderStore:
         return await self.storage.read(run)
 
     async def record(self, order: Order, old: SagaState, new: SagaState,
-                     entry: HistoryEntry, *, owner: str, lease_s: float,
+                     entries: Sequence[HistoryEntry], *, owner: str, lease_s: float,
                      final_status: OrderStatus | None) -> Order | None:
-        """One saga transition in one transaction: history row, saga row (fenced by the
-        version and the lease) and, when the saga ended, the order's status and its event.
-        None when the saga changed under us (the history row is kept: the attempt did
-        happen)."""
+        """The saga from `old` (as persisted) to `new` in one transaction: its history rows
+        (the attempts since `old`), the saga row (fenced by the version and the lease) and,
+        when the saga ended, the order's status and its event. None when the saga changed
+        under us (the history rows are kept: the attempts did happen)."""
         now = time.time()
         ended: Order | None = None
         payload: tuple[str, Message] | None = None
@@ -396,7 +396,8 @@ class OrderStore:
             payload = _final_event(ended, new)
 
         async def run(tx: Tx) -> Order | None:
-            await _add_history(tx, order.id, entry)
+            for entry in entries:
+                await _add_history(tx, order.id, entry)
             if not await _update_saga(tx, new, version=old.version, held_by=owner,
                                       lease_until=now + lease_s):
                 return None

@@ -142,7 +142,7 @@ async def finish_order(db: Database, order_id: str, outcomes: list[tuple[str, st
         state, final = t.state, t.final_status
     assert final is not None, f"saga of {order_id} did not end"
     ended = await OrderStore(db).record(
-        order, saga, state, HistoryEntry(state.step.value, "test", 1, time.time()),
+        order, saga, state, [HistoryEntry(state.step.value, "test", 1, time.time())],
         owner=OWNER, lease_s=60, final_status=final)
     assert ended is not None
     return ended.status.value

@@ -34,16 +34,22 @@ from tests.support import mesh
 class Switches:
     hang_orders: bool = False
     hang_notifications: bool = False
+    hang_users: bool = False
+    user_calls: int = 0
 
 
 class _Users(user_pb2_grpc.UserServiceServicer):
-    def __init__(self, minter: TokenMinter) -> None:
+    def __init__(self, minter: TokenMinter, switches: Switches) -> None:
         self.minter = minter
+        self.switches = switches
 
     async def GetJwks(self, request: Any, context: Any) -> user_pb2.GetJwksResponse:
         return user_pb2.GetJwksResponse(keys=[user_pb2.Jwk(**self.minter.jwk)])
 
     async def GetUser(self, request: Any, context: Any) -> user_pb2.GetUserResponse:
+        self.switches.user_calls += 1
+        if self.switches.hang_users:
+            await asyncio.sleep(5)
         return user_pb2.GetUserResponse(user=user_pb2.User(id="u-1", email="a@example.com"))
 
 
@@ -87,7 +93,7 @@ async def rig() -> AsyncIterator[Rig]:
     switches = Switches()
     server = aio.server()
     # Stand-ins serving only the calls the dashboard makes.
-    user_pb2_grpc.add_UserServiceServicer_to_server(_Users(minter), server)  # type: ignore[abstract]
+    user_pb2_grpc.add_UserServiceServicer_to_server(_Users(minter, switches), server)  # type: ignore[abstract]
     order_pb2_grpc.add_OrderServiceServicer_to_server(_Orders(switches), server)  # type: ignore[abstract]
     notification_pb2_grpc.add_NotificationServiceServicer_to_server(
         _Notifications(switches), server  # type: ignore[abstract]
@@ -169,3 +175,18 @@ async def test_degraded_dashboard_leaves_the_shared_breakers_and_other_routes_al
     metrics = (await rig.client.get("/metrics")).text
     assert 'shop_gateway_breaker_state{service="dashboard.order"} 2.0' in metrics
     assert 'shop_gateway_breaker_state{service="order"} 0.0' in metrics
+
+
+async def test_a_user_seen_before_is_answered_from_memory(rig: Rig) -> None:
+    """Users never change: the second dashboard of a user makes no GetUser call, so even
+    a hung user service leaves it whole and fast."""
+    first = await rig.client.get("/api/dashboard", headers=rig.auth)
+    assert first.json()["degraded"] == [] and rig.switches.user_calls == 1
+    rig.switches.hang_users = True
+    for _ in range(3):
+        started = time.monotonic()
+        r = await rig.client.get("/api/dashboard", headers=rig.auth)
+        assert time.monotonic() - started < 0.2
+        assert r.json()["degraded"] == []
+        assert r.json()["user"] == first.json()["user"]
+    assert rig.switches.user_calls == 1

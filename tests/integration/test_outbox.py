@@ -230,3 +230,4 @@ class _CountingBus:
     async def publish_batch(self, msgs: list[OutMsg], *, timeout_s: float) -> list[object]:
         self.seen.extend(m.headers["Nats-Msg-Id"] for m in msgs)
         return list(await self.bus.publish_batch(msgs, timeout_s=timeout_s))
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -591,3 +592,101 @@ async def test_a_file_from_before_versioned_migrations_is_adopted(tmp_path: Path
                                                 " WHERE component = 'order'")] == [1]
     finally:
         await db.close()
+
+
+class GatedCommit(FakePorts):
+    """Holds the commit call until `commit_gate` is set."""
+
+    def __init__(self, **script: list[Exception | None]) -> None:
+        super().__init__(**script)
+        self.commit_gate = asyncio.Event()
+        self.committing = asyncio.Event()
+
+    async def commit(self, order_id: str) -> None:
+        self.committing.set()
+        await self.commit_gate.wait()
+        await super().commit(order_id)
+
+
+async def _saga_row(store: OrderStore, order_id: str) -> tuple[str, int]:
+    got = await store.saga(order_id)
+    assert got is not None
+    return got[0].step.value, got[0].version
+
+
+async def test_a_charge_that_succeeded_is_written_with_the_commit(store: OrderStore) -> None:
+    """One write less per order: while the commit is in flight the saga row still says
+    charge (so a restart or a cancel starts from there), and the charge's history row
+    comes with the commit's, in order."""
+    ports = GatedCommit()
+    runner = SagaRunner(store, ports, SagaConfig(owner="order-1", limits=FAST))
+    order, state = await new_order(store, runner)
+    task = runner.start(order, state)
+    await asyncio.wait_for(ports.committing.wait(), 5)
+    step, version = await _saga_row(store, order.id)
+    assert step == "charge"
+    assert [h.step for h in await store.history(order.id)] == ["reserve_stock"]
+    assert runner.driving(order.id)
+    ports.commit_gate.set()
+    result = await asyncio.wait_for(task, 5)
+    assert result is not None and result.status is d.OrderStatus.CONFIRMED
+    assert await _saga_row(store, order.id) == ("done", version + 1)
+    assert [f"{h.step}:{h.outcome}" for h in await store.history(order.id)] == [
+        "reserve_stock:succeeded", "charge:succeeded", "confirm:succeeded"]
+    assert not runner.driving(order.id)
+
+
+async def test_cancel_during_the_commit_refunds_and_restocks(store: OrderStore) -> None:
+    """A customer's cancel lands while the commit is in flight and the charge is not
+    written yet: the driver's write loses to it, and the saga compensates from the charge
+    step: refund, then a release the committed units refuse, then a restock. Nobody keeps
+    the money or the goods."""
+    ports = GatedCommit(release=[StepRefused("already committed", d.Refusal.COMMITTED)])
+    runner = SagaRunner(store, ports, SagaConfig(owner="order-1", limits=FAST))
+    order, state = await new_order(store, runner)
+    task = runner.start(order, state)
+    await asyncio.wait_for(ports.committing.wait(), 5)
+    got = await store.saga(order.id)
+    assert got is not None
+    current = got[0]
+    assert current.step is d.Step.CHARGE
+    entry = HistoryEntry("cancel", "requested", 1, time.time(), "changed my mind")
+    assert await store.replace_saga(current, dataclasses.replace(
+        current, cancel_requested=True, reason="changed my mind"), entry)
+    ports.commit_gate.set()
+    result = await asyncio.wait_for(task, 5)
+    assert result is not None and result.status is d.OrderStatus.CANCELLED
+    assert ports.calls == ["reserve", "charge", "commit", "refund", "release", "restock"]
+    assert "order.confirmed" not in await outbox_subjects(store)
+
+
+async def test_payment_event_is_acked_without_a_write_while_the_driver_is_in_its_call(
+        store: OrderStore) -> None:
+    """The payments consumer leaves the saga to its driver while the driver waits for the
+    Charge answer itself; once the driver waits out a back-off the event settles it."""
+    from shop.payment.v1 import payment_pb2
+
+    ports = FakePorts(charge=[StepUnknown("timeout")])
+    ports.charge_gate = asyncio.Event()
+    runner = SagaRunner(store, ports, SagaConfig(owner="order-1", limits=d.Limits(
+        reserve=3, charge=3, compensation=4, backoff_base_s=30, backoff_max_s=30)))
+    payments, _ = handlers.routes(runner.poke, runner.driving)
+    skip = payments[0].skip
+    assert skip is not None
+    order, state = await new_order(store, runner)
+    event = payment_pb2.PaymentCompleted(payment=payment_pb2.Payment(order_id=order.id))
+    task = runner.start(order, state)
+    await asyncio.wait_for(ports.charging.wait(), 5)
+    assert await store.storage.read(lambda tx: skip(tx, NO_ENVELOPE, event))  # in its call
+    ports.charge_gate.set()
+    deadline = time.monotonic() + 5
+    while runner.driving(order.id):  # the unknown answer: a 30 s back-off begins
+        assert time.monotonic() < deadline, "the driver never paused"
+        await asyncio.sleep(0.01)
+    assert not await store.storage.read(lambda tx: skip(tx, NO_ENVELOPE, event))
+    moved = await store.storage.write(lambda tx: order_store.reconcile_charge(
+        tx, order.id, charged=True, error="", by="payment.completed"))
+    assert moved
+    runner.poke(order.id)  # what the handler does after its commit: no 30 s wait
+    result = await asyncio.wait_for(task, 5)
+    assert result is not None and result.status is d.OrderStatus.CONFIRMED
