@@ -109,6 +109,8 @@ _LEASE_RENEW = ("UPDATE outbox_lease SET expires_at = ? WHERE name = ? AND owner
                 " AND host = ? AND pid = ? AND expires_at > ?")
 _SELECT_UNSENT = ("SELECT id, event_id, subject, correlation_id, traceparent, data, aggregate_id"
                   " FROM outbox WHERE sent_at IS NULL AND id > ? ORDER BY id LIMIT ?")
+# Along the index outbox_sent (migration 0004): never a scan of the whole table.
+PRUNE_SENT = "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?"
 _MARK_SENT = "UPDATE outbox SET sent_at = ? WHERE id BETWEEN ? AND ? AND sent_at IS NULL"
 
 
@@ -529,6 +531,6 @@ class SentPruning:
 async def prune(storage: Storage, before: float) -> None:
     """Forget rows sent before `before` (well past the duplicate window)."""
     async def run(tx: Tx) -> None:
-        await tx.run("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?", (before,))
+        await tx.run(PRUNE_SENT, (before,))
 
     await storage.write(run)

@@ -19,6 +19,9 @@ from services.common.schema import COMMON, MigrationSet, service_migrations
 from services.common.storage import IntegrityError, Storage, Tx
 from tests.fixtures_storage import OpenStorage, both_backends
 
+# The shared set's migrations: outbox and inbox, relay lease, inbox by age, sent by time.
+ALL_COMMON = [("common", 1), ("common", 2), ("common", 3), ("common", 4)]
+
 pytestmark = [pytest.mark.timeout(60), both_backends]
 
 PAYMENT = service_migrations("payment")
@@ -53,7 +56,7 @@ async def test_an_older_database_with_data_is_upgraded(storage_for: OpenStorage)
     await old.close()
 
     new = await storage_for("payment")  # today's migration sets
-    assert await _versions(new) == [("common", 1), ("common", 2), ("common", 3), ("payment", 1)]
+    assert await _versions(new) == [*ALL_COMMON, ("payment", 1)]
 
     async def kept(tx: Tx) -> tuple[int, int]:
         return (int(await tx.fetchval("SELECT amount_cents FROM payments WHERE order_id = ?",
@@ -93,7 +96,7 @@ async def test_instances_starting_together_apply_each_migration_once(
             for c in conns:
                 await c.close()
     applied = sorted(v for run in runs for v in run)
-    assert applied == [("common", 1), ("common", 2), ("common", 3), ("payment", 1)]
+    assert applied == [*ALL_COMMON, ("payment", 1)]
     assert sum(1 for run in runs if run) == 1  # one instance did all of it, the rest waited
 
 
