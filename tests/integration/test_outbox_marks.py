@@ -44,6 +44,12 @@ async def _stream_ids(bus: Bus) -> list[str]:
         for seq in range(info.state.first_seq, info.state.last_seq + 1)]
 
 
+async def _published(relay: OutboxRelay, count: int, deadline: float) -> None:
+    while relay.stats.published < count:
+        assert time.monotonic() < deadline, f"relay published {relay.stats.published} of {count}"
+        await asyncio.sleep(0.005)
+
+
 async def _marks(db: Database) -> int:
     async def run(tx: Tx) -> int:
         return int(await tx.fetchval(
@@ -59,9 +65,7 @@ async def test_many_batches_share_one_mark_and_a_quiet_relay_marks_the_rest(
     task = asyncio.create_task(relay.run())
     try:
         t0 = time.monotonic()
-        while relay.stats.published < len(ids):
-            assert time.monotonic() < t0 + 15, "relay did not publish everything"
-            await asyncio.sleep(0.005)
+        await _published(relay, len(ids), t0 + 15)
         busy_s = time.monotonic() - t0
         assert await relay.pending() == 0  # acknowledged, whether marked yet or not
         t1 = time.monotonic()
@@ -84,15 +88,11 @@ async def test_a_stopping_relay_marks_what_was_acknowledged(
     relay = OutboxRelay(db, events_bus, batch=256, poll_s=30.0, mark_every_s=3600.0)
     task = asyncio.create_task(relay.run())
     try:
-        t0 = time.monotonic()
-        while relay.stats.published < len(ids):
-            assert time.monotonic() < t0 + 15, "relay did not publish everything"
-            await asyncio.sleep(0.005)
+        deadline = time.monotonic() + 15
+        await _published(relay, len(ids), deadline)
         # The first batch is marked at once (no mark yet); the next waits for an hour.
         ids.append(await _emit(db, "late"))
-        while relay.stats.published < len(ids):
-            assert time.monotonic() < t0 + 15, "relay did not publish the late event"
-            await asyncio.sleep(0.005)
+        await _published(relay, len(ids), deadline)
         assert await pending(db) == 1 and await relay.pending() == 0
     finally:
         task.cancel()
