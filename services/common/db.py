@@ -381,7 +381,7 @@ def migrate(path: Path, sets: Sequence[MigrationSet]) -> list[tuple[str, int]]:
     recorded). Returns what was applied."""
     conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
+        _enter_wal(conn)
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute(RECORD_TABLE["sqlite"])
@@ -411,6 +411,22 @@ def migrate(path: Path, sets: Sequence[MigrationSet]) -> list[tuple[str, int]]:
     return applied
 
 
+def _enter_wal(conn: sqlite3.Connection, within_s: float = 30.0) -> None:
+    """WAL mode, waiting for instances opening the same new file at the same moment: the
+    switch needs the file to itself, and SQLite answers "locked" at once (no busy wait)
+    while another connection is switching it or migrating."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if (getattr(e, "sqlite_errorcode", 0) & 0xFF) not in _BUSY_CODES \
+                    or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _open_write_conn(path: Path, durable: bool) -> sqlite3.Connection:
     """The writer, opened on its own thread. isolation_level=None: the sqlite3 module never
     opens transactions behind our back (every BEGIN is ours)."""
@@ -418,7 +434,7 @@ def _open_write_conn(path: Path, durable: bool) -> sqlite3.Connection:
     try:
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute("PRAGMA journal_mode=WAL")
+        _enter_wal(conn)
         # FULL: fsync the WAL at every commit (money, stock). NORMAL may lose the last
         # commits on power loss but never corrupts.
         conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")

@@ -150,3 +150,4 @@ async def test_shipments_gain_pending_and_dispatch_at_keeping_their_rows(
     assert [r[:2] for r in await new.read(rows)] == [("o1", "SHIPPED"), ("o2", "PENDING")]
     with pytest.raises(IntegrityError):
         await new.write(lambda tx: tx.run("UPDATE shipments SET status = 'LOST'"))
+
