@@ -26,6 +26,7 @@ from shop.order.v1 import order_pb2
 
 from bench.raw.jetstream import sample_event
 from bench.stats import Measured, percentile
+from ops.process import operator_nats
 from services.common.bus import Bus
 from services.common.consumer import EventConsumer, Route
 from services.common.db import Database
@@ -132,7 +133,7 @@ async def _open(data_dir: Path, name: str, server_url: str,
 
 async def run(url: str, data_dir: Path, seconds: float, warmup_s: float,
               server_url: str = "") -> dict[str, object]:
-    bus = await Bus.connect(url, name="bench-events")
+    bus = await Bus.connect(url, name="bench-events", auth=operator_nats())
     await bus.ensure_streams()
     out_db = await _open(data_dir, "bench_outbox", server_url, [])
     relay = (_TimedPgRelay(out_db, bus) if isinstance(out_db, PgDatabase)

@@ -32,6 +32,7 @@ from shop.user.v1 import user_pb2
 from bench.stats import Measured
 from ops.mailcatcher import CatcherProcess
 from ops.natsd import NatsServer
+from ops.process import operator_nats
 from services.common.bus import Bus, OutMsg, envelope_headers
 from services.common.consumer import EventConsumer
 from services.common.db import Database
@@ -167,7 +168,7 @@ async def run(data: Path, n: int, m: int, rounds: int) -> dict[str, Any]:
         catcher.wait_ready(30)
         sender = await sender_rate(data, catcher.smtp_url, m)
         sender.extra["caught_files"] = len(list((data / "catcher" / "mail").glob("*.eml")))
-        bus = await Bus.connect(nats.url, name="bench-mail")
+        bus = await Bus.connect(nats.url, name="bench-mail", auth=operator_nats())
         try:
             await bus.ensure_streams()
             await _publish_users(bus, n)

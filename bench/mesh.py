@@ -18,27 +18,25 @@ import grpc
 from grpc import aio
 
 from services.common import tls
-from services.common.pki import OPERATOR, ensure_pki
+from services.common.pki import ensure_pki
+from services.common.settings import load_tls_config
 
 
 def prepare_pki(data_dir: Path) -> None:
-    if not tls.mtls_enabled():
+    if not load_tls_config().enabled:
         return
     pki = Path(os.environ.get("SHOP_PKI_DIR") or data_dir / "pki")
-    os.environ["SHOP_PKI_DIR"] = str(pki)
+    os.environ["SHOP_PKI_DIR"] = str(pki)  # the readiness probes are the operator's
     ensure_pki(pki)
-    tls.claim_identity(OPERATOR)  # the readiness probes
 
 
 def aio_channel(addr: str, service: str, identity: str,
                 options: Sequence[tuple[str, Any]] = ()) -> aio.Channel:
-    if not tls.mtls_enabled():
-        return aio.insecure_channel(addr, options=options)
-    return tls.Mesh(identity).aio_channel(addr, service, options)
+    return tls.Transport.of(load_tls_config(), identity, warn=False).open_channel(
+        addr, service, options)
 
 
 def sync_channel(addr: str, service: str, identity: str,
                  options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
-    if not tls.mtls_enabled():
-        return grpc.insecure_channel(addr, options=options)
-    return tls.Mesh(identity).sync_channel(addr, service, options)
+    return tls.Transport.of(load_tls_config(), identity, warn=False).open_sync_channel(
+        addr, service, options)

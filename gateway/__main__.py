@@ -3,11 +3,13 @@
 GATEWAY_PORT=0 takes any free port; with SHOP_READY_FILE set, the JSON
 {"service": "gateway", "instance", "addr", "pid"} is written there once serving.
 
-Unless SHOP_REGISTRY=off, the gateway also starts the process's discovery before it
-serves (handed to its Downstreams; a `<SERVICE>_ADDR` still pins), puts itself in the
-registry as service "gateway" (protocol "http", its breakers' states) once serving, and
-deletes its key first thing on a graceful stop: the services' lifecycle
-(services/common/lifecycle.py, `new_discovery`, `start_discovery` of services/common/server.py).
+Composed as a service is: its settings (`load_gateway_settings`, read once), its wiring
+(`Wiring.of(settings.process, identity="gateway")`: its certificate, breakers and
+discovery), then its lifecycle. Unless SHOP_REGISTRY=off, the gateway starts the
+process's discovery before it serves (handed to its Downstreams; a `<SERVICE>_ADDR`
+still pins), puts itself in the registry as service "gateway" (protocol "http", its
+breakers' states) once serving, and deletes its key first thing on a graceful stop: the
+services' lifecycle (services/common/lifecycle.py, `Wiring.start`).
 """
 
 from __future__ import annotations
@@ -26,22 +28,15 @@ import uvloop
 
 from gateway.app import GatewayState, create_app
 from gateway.config import GatewaySettings, load_gateway_settings
-from services.common import envvars, tls
-from services.common.discovery import Discovery
+from services.common import envvars
 from services.common.lifecycle import Lifecycle, advertised
 from services.common.logging import configure_logging
 from services.common.pki import GATEWAY
 from services.common.readyfile import write_ready_file
-from services.common.registry import (
-    Instance,
-    Registration,
-    RegistryLink,
-    registry_enabled,
-    shop_version,
-)
-from services.common.server import new_discovery, start_discovery
-from services.common.settings import SERVICES, downstream_addr, load_settings
+from services.common.registry import Instance, Registration
+from services.common.settings import SERVICES
 from services.common.tracing import setup_tracing
+from services.common.wiring import Wiring
 
 log = logging.getLogger("shop.gateway")
 
@@ -105,34 +100,31 @@ def _breakers_of(app: object) -> Mapping[str, str]:
     return state.breaker_states() if isinstance(state, GatewayState) else {}
 
 
-async def serve(settings: GatewaySettings, instance: str, nats_url: str | None = None) -> None:
+async def serve(settings: GatewaySettings, wiring: Wiring) -> None:
     """The gateway's life, as a service's (services/common/lifecycle.py): the socket, the
     registry link and discovery, the app (uvicorn runs its lifespan and drains), the
     registration once serving; stopped in reverse."""
+    process = settings.process
+    instance = process.instance_id
     sock = _bind(settings)
     port = sock.getsockname()[1]
     addr = f"{'127.0.0.1' if settings.host in ('', '0.0.0.0', '::') else settings.host}:{port}"
     async with Lifecycle() as life:
         life.push("socket", _closer(sock))
-        link: RegistryLink | None = None
-        picker: Discovery | None = None
-        if nats_url and registry_enabled():
-            link, picker = new_discovery(nats_url, instance)
-        app = create_app(settings, picker=picker)
-        if link is not None and picker is not None:
-            # Waits for the registry's first read only when some service is not pinned by
-            # `<SERVICE>_ADDR` (the lifespan's first call needs it).
-            pinned = all(downstream_addr(name) for name in SERVICES)
-            await start_discovery(life, link, picker, wait_s=0.0 if pinned else None)
+        app = create_app(settings, wiring=wiring)
+        # Waits for the registry's first read only when some service is not pinned by
+        # `<SERVICE>_ADDR` (the lifespan's first call needs it).
+        pinned = all(name in wiring.pinned for name in SERVICES)
+        await wiring.start(life, wait_s=0.0 if pinned else None)
         registration: Registration | None = None
-        if link is not None:
+        if wiring.link is not None:
             registration = Registration(
-                link,
+                wiring.link,
                 Instance(
                     service="gateway",
                     instance_id=instance,
-                    addr=advertised(settings.host, port),
-                    version=shop_version(),
+                    addr=advertised(settings.host, port, process.serving.advertise_host),
+                    version=process.version,
                     started_at=time.time(),
                     pid=os.getpid(),
                     protocol="http",
@@ -145,7 +137,7 @@ async def serve(settings: GatewaySettings, instance: str, nats_url: str | None =
             loop="uvloop",
             lifespan="on",
             access_log=False,
-            log_level=envvars.SHOP_LOG_LEVEL.get().lower(),
+            log_level=process.log_level.lower(),
             timeout_graceful_shutdown=10,
             # uvicorn would believe X-Forwarded-For from 127.0.0.1 (where the gateway
             # binds) and rewrite the client address with it; the gateway reads proxy
@@ -180,14 +172,17 @@ def _canceller(task: asyncio.Task[None]) -> Callable[[], Awaitable[None]]:
 
 
 def main() -> None:
-    envvars.read_once("gateway")  # every later read sees the environment of the start
-    process = load_settings("gateway")
+    envvars.read_once(GATEWAY)  # every variable the gateway reads is checked now
+    settings = load_gateway_settings()
+    process = settings.process
     configure_logging(process)
-    tls.claim_identity(GATEWAY)  # its certificate for every call it makes
-    tls.process_mesh()  # fails now if the PKI is missing; warns if SHOP_MTLS=off
-    flush_traces = setup_tracing("gateway", process.instance_id)
+    # Its certificate for every call it makes (fails now if the PKI is missing; warns if
+    # SHOP_MTLS=off), its breakers, its discovery.
+    wiring = Wiring.of(process, identity=GATEWAY)
+    flush_traces = setup_tracing(GATEWAY, process.instance_id, process.tracing,
+                                 process.version)
     try:
-        uvloop.run(serve(load_gateway_settings(), process.instance_id, process.nats_url))
+        uvloop.run(serve(settings, wiring))
     finally:
         flush_traces()
 

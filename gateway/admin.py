@@ -45,11 +45,13 @@ from gateway.auth import Identity, TokenVerifier, bearer_token
 from gateway.errors import HttpError, from_domain_error, from_rpc_error
 from gateway.upstreams import Caller
 from ops.process import grpc_health, http_ok
-from services.common import dlq, envvars, natsauth, registry, timestamps
+from services.common import dlq, registry, timestamps
 from services.common.clients import Rpc
 from services.common.errors import DomainError
 from services.common.events import AGGREGATES, STREAM
+from services.common.natsauth import NatsAuth
 from services.common.settings import health_name
+from services.common.tls import Transport
 
 ReqT = TypeVar("ReqT", bound=Message)
 RespT = TypeVar("RespT", bound=Message)
@@ -148,11 +150,16 @@ class EventTail:
 class AdminConsole:
     """The state behind /api/admin/*: one NATS connection, the event tail."""
 
-    def __init__(self, verifier: TokenVerifier, order: Callable[[], Caller],
-                 nats_url: str | None = None) -> None:
+    def __init__(self, verifier: TokenVerifier, order: Callable[[], Caller], nats_url: str,
+                 *, auth: NatsAuth | None = None, transport: Transport | None = None,
+                 registry_ttl_s: float = registry.DEFAULT_TTL_S) -> None:
         self.verifier = verifier
         self._order = order
-        self.nats_url = nats_url or envvars.NATS_URL.get()
+        self.nats_url = nats_url
+        # Who the console is on NATS and on the mesh (the gateway's own identity).
+        self.auth = auth or NatsAuth.plaintext()
+        self.transport = transport or Transport.plaintext()
+        self.registry_ttl_s = registry_ttl_s
         self.tail = EventTail()
         self._nc: Client | None = None
         self._lock = asyncio.Lock()
@@ -171,7 +178,7 @@ class AdminConsole:
                     nats.connect(self.nats_url, name="shop-gateway-console",
                                  connect_timeout=2, max_reconnect_attempts=-1,
                                  reconnect_time_wait=0.5, error_cb=quiet,
-                                 **natsauth.connect_options()),
+                                 **self.auth.options()),
                     timeout=4)
             except Exception as err:
                 raise HttpError(503, "UNAVAILABLE",
@@ -193,7 +200,7 @@ class AdminConsole:
     async def instances(self) -> list[dict[str, Any]]:
         nc = await self._connection()
         try:
-            kv = await registry.open_bucket(nc, ttl_s=registry.registry_ttl_s(), create=False)
+            kv = await registry.open_bucket(nc, ttl_s=self.registry_ttl_s, create=False)
             found = [inst for _, inst in await registry.read_all(kv, timeout=2.0)]
         except BucketNotFoundError:
             found = []
@@ -205,7 +212,8 @@ class AdminConsole:
                 ok = await asyncio.to_thread(http_ok, f"http://{inst.addr}/healthz", 1.0)
                 return "SERVING" if ok else "UNREACHABLE"
             return await asyncio.to_thread(grpc_health, inst.addr, 1.0,
-                                           health_name(inst.service), server=inst.service)
+                                           health_name(inst.service), server=inst.service,
+                                           transport=self.transport)
 
         healths = await asyncio.gather(*(health(i) for i in found))
         return [

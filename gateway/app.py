@@ -38,7 +38,7 @@ from gateway.admission import Admission
 from gateway.auth import TokenVerifier, bearer_token
 from gateway.body import RequestBody
 from gateway.clientaddr import ClientAddress, parse_networks
-from gateway.config import GatewaySettings, load_gateway_settings
+from gateway.config import GatewaySettings
 from gateway.dashboard import Dashboard
 from gateway.docs_page import DOCS_HTML
 from gateway.errors import HttpError, error_body, from_domain_error, from_rpc_error
@@ -59,10 +59,12 @@ from gateway.upstreams import (
 )
 from gateway.web import ADMIN_PREFIX, AdminConsole, admin_routes, web_routes
 from services.common import context
-from services.common.clients import Picker
 from services.common.errors import DomainError
 from services.common.httptracing import HttpSpans
+from services.common.natsauth import NatsAuth
 from services.common.settings import health_name
+from services.common.tls import Transport
+from services.common.wiring import Wiring
 
 log = logging.getLogger("shop.gateway")
 
@@ -447,19 +449,33 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
+def _needed(wiring: Wiring | None) -> Wiring:
+    if wiring is None:  # create_app checked it
+        raise ValueError("no wiring to make Downstreams with")
+    return wiring
+
+
 def create_app(
-    settings: GatewaySettings | None = None,
+    settings: GatewaySettings,
     *,
+    wiring: Wiring | None = None,
     upstreams: Mapping[str, Caller] | None = None,
     health: Mapping[str, Caller] | None = None,
-    picker: Picker | None = None,
 ) -> Starlette:
-    """The gateway. `upstreams`/`health` replace the real Downstreams (tests); `picker`
-    (the process's discovery) is where the real ones pick their instances."""
-    settings = settings or load_gateway_settings()
+    """The gateway. `wiring` (the process's transport, breakers and discovery) is what the
+    real Downstreams are made with; `upstreams`/`health` replace them (tests), and then
+    no wiring is needed."""
+    if wiring is None and (upstreams is None or health is None):
+        raise ValueError("create_app makes Downstreams: give it the process's wiring")
     state = _build_state(settings)
+    process = settings.process
     # The storefront, the console and /api/admin/* (gateway/web.py, gateway/admin.py).
-    console = AdminConsole(state.verifier, lambda: state.upstreams["order"])
+    console = AdminConsole(
+        state.verifier, lambda: state.upstreams["order"], process.nats_url,
+        auth=wiring.nats if wiring is not None else NatsAuth(process.nats_identity,
+                                                              process.tls),
+        transport=wiring.transport if wiring is not None else Transport.plaintext(),
+        registry_ttl_s=process.discovery.ttl_s)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -469,12 +485,13 @@ def create_app(
         callers.upstreams = (
             dict(upstreams)
             if upstreams is not None
-            else api_downstreams(state.rules, cap_s=settings.call_timeout_s, picker=picker)
+            else api_downstreams(state.rules, cap_s=settings.call_timeout_s,
+                                 wiring=_needed(wiring))
         )
         if upstreams is None:
             made.append(callers.upstreams)
         callers.health = (dict(health) if health is not None
-                          else health_downstreams(callers.upstreams, picker=picker))
+                          else health_downstreams(callers.upstreams, wiring=_needed(wiring)))
         if health is None:
             made.append(callers.health)
         # The dashboard's parts reuse the same channels under breakers of their own, so
@@ -483,6 +500,7 @@ def create_app(
             callers.upstreams,
             fail_max=settings.dashboard_breaker_fail_max,
             reset_s=settings.dashboard_breaker_reset_s,
+            probe_s=process.breaker.probe_s,
         )
         callers.dashboard_parts = parts
         state.dashboard = Dashboard(

@@ -1,9 +1,11 @@
 """Gateway settings, from the environment (services/common/envvars.py declares each
-variable and its default)."""
+variable and its default): the gateway's own, and `process`, the settings every process
+has (services/common/settings.py: TLS, NATS, breakers, discovery, ...), read once at
+start by `load_gateway_settings`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.ratelimit import (
@@ -13,6 +15,8 @@ from gateway.ratelimit import (
     DEFAULT_LOGIN_LIMIT,
 )
 from services.common import envvars
+from services.common.pki import GATEWAY
+from services.common.settings import Settings, load_settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +54,16 @@ class GatewaySettings:
     jwks_refetch_s: float = 5.0
     token_cache_ttl_s: float = 30.0
     ready_file: Path | None = None
+    # What every process reads (TLS, NATS, breakers, discovery, logging, tracing, ...).
+    process: Settings = field(default_factory=lambda: Settings(service=GATEWAY))
 
 
 def load_gateway_settings() -> GatewaySettings:
-    ready = envvars.SHOP_READY_FILE.get()
+    """The gateway's settings from the environment; a malformed value raises ValueError
+    naming its variable."""
+    process = load_settings(GATEWAY)
     return GatewaySettings(
-        host=envvars.SHOP_HOST.get(),
+        host=process.host,
         port=envvars.GATEWAY_PORT.get(),
         rate_limit=envvars.GATEWAY_RATE_LIMIT.get(),
         anon_rate_limit=envvars.GATEWAY_ANON_RATE_LIMIT.get(),
@@ -73,5 +81,6 @@ def load_gateway_settings() -> GatewaySettings:
         dashboard_breaker_reset_s=envvars.GATEWAY_DASHBOARD_BREAKER_RESET_S.get(),
         jwks_refetch_s=envvars.GATEWAY_JWKS_REFETCH_S.get(),
         token_cache_ttl_s=envvars.GATEWAY_TOKEN_CACHE_TTL_S.get(),
-        ready_file=Path(ready) if ready else None,
+        ready_file=process.ready_file,
+        process=process,
     )

@@ -19,9 +19,11 @@ from grpc_health.v1 import health_pb2_grpc
 
 from gateway.rules import HttpRule
 from services.common.breakers import new_breaker
-from services.common.clients import Downstream, Picker, Rpc
+from services.common.clients import Downstream, Rpc
+from services.common.config import BreakerConfig
 from services.common.errors import Unavailable
 from services.common.settings import SERVICES
+from services.common.wiring import Wiring
 
 ReqT = TypeVar("ReqT", bound=Message)
 RespT = TypeVar("RespT", bound=Message)
@@ -46,19 +48,19 @@ class Caller(Protocol):
 
 
 def api_downstreams(rules: Iterable[HttpRule], *, cap_s: float,
-                    picker: Picker | None = None) -> dict[str, Caller]:
+                    wiring: Wiring) -> dict[str, Caller]:
     """One Downstream per service that serves a route (its stub from the rules)."""
     out: dict[str, Caller] = {}
     for rule in rules:
         if rule.service not in out and rule.stub_class is not None:
-            out[rule.service] = Downstream(rule.service, rule.stub_class, cap_s=cap_s,
-                                           speaks_for_users=True, picker=picker)
+            out[rule.service] = wiring.downstream(rule.service, rule.stub_class, cap_s=cap_s,
+                                                  speaks_for_users=True)
     return out
 
 
 def health_downstreams(upstreams: Mapping[str, Caller] | None = None,
                        services: Iterable[str] = SERVICES, *,
-                       picker: Picker | None = None) -> dict[str, Caller]:
+                       wiring: Wiring) -> dict[str, Caller]:
     """grpc.health.v1 clients for /readyz (they share each service's breaker). On the
     channels of the routes' Downstream where there is one: a ready gateway then has the
     very channels its routes call on connected."""
@@ -67,8 +69,7 @@ def health_downstreams(upstreams: Mapping[str, Caller] | None = None,
         base = (upstreams or {}).get(name)
         out[name] = (Downstream.sharing(base, cap_s=1.0, stub_factory=health_pb2_grpc.HealthStub)
                      if isinstance(base, Downstream)
-                     else Downstream(name, health_pb2_grpc.HealthStub, cap_s=1.0,
-                                     picker=picker))
+                     else wiring.downstream(name, health_pb2_grpc.HealthStub, cap_s=1.0))
     return out
 
 
@@ -89,10 +90,11 @@ async def close_all(*groups: Mapping[str, Caller]) -> None:
 DASHBOARD_PARTS = ("user", "order", "notification")
 
 
-def part_breaker(name: str, *, fail_max: int, reset_s: float) -> pybreaker.CircuitBreaker:
+def part_breaker(name: str, *, fail_max: int, reset_s: float,
+                 probe_s: float) -> pybreaker.CircuitBreaker:
     """A breaker of its own for one dashboard part ("dashboard.<service>"): the part's
     short deadline trips only this one, never the service breaker every route shares."""
-    return new_breaker(name, fail_max=fail_max, reset_timeout=reset_s)
+    return new_breaker(name, fail_max=fail_max, reset_timeout=reset_s, probe_every_s=probe_s)
 
 
 class _BreakerCaller:
@@ -128,14 +130,15 @@ class _BreakerCaller:
 
 
 def dashboard_callers(
-    upstreams: Mapping[str, Caller], *, fail_max: int, reset_s: float
+    upstreams: Mapping[str, Caller], *, fail_max: int, reset_s: float,
+    probe_s: float = BreakerConfig().probe_s,
 ) -> dict[str, Caller]:
     """ "dashboard.<service>" -> a caller of that service with its own breaker."""
     out: dict[str, Caller] = {}
     for service in DASHBOARD_PARTS:
         base = upstreams[service]
         name = f"dashboard.{service}"
-        breaker = part_breaker(name, fail_max=fail_max, reset_s=reset_s)
+        breaker = part_breaker(name, fail_max=fail_max, reset_s=reset_s, probe_s=probe_s)
         out[name] = (
             Downstream.sharing(base, breaker=breaker)
             if isinstance(base, Downstream)

@@ -43,7 +43,7 @@ class NatsServer:
                  secured: bool | None = None, pki: Path | None = None) -> None:
         self.data_dir = Path(data_dir)
         # secured: TLS and per-identity users; default: on with SHOP_MTLS. `pki`: where
-        # the certificates are (default tls.pki_dir()).
+        # the certificates are (default: SHOP_PKI_DIR, else $SHOP_DATA_DIR/pki).
         self._secured = secured
         self._pki = pki
         self.host = host
@@ -79,15 +79,15 @@ class NatsServer:
     @property
     def secured(self) -> bool:
         """TLS with client certificates and per-identity users (SHOP_MTLS on)."""
-        from services.common.tls import mtls_enabled
+        from services.common.settings import load_tls_config
 
-        return mtls_enabled() if self._secured is None else self._secured
+        return load_tls_config().enabled if self._secured is None else self._secured
 
     @property
     def pki(self) -> Path:
-        from services.common.tls import pki_dir
+        from services.common.settings import load_tls_config
 
-        return (self._pki or pki_dir()).resolve()
+        return (self._pki or load_tls_config().pki_dir).resolve()
 
     def _security(self) -> str:
         if not self.secured:

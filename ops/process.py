@@ -27,6 +27,9 @@ from services.common.settings import DEFAULT_PORTS, SERVICES, health_name
 if TYPE_CHECKING:
     import urllib.request
 
+    from services.common.natsauth import NatsAuth
+    from services.common.tls import Transport
+
 # grpc and urllib are imported on first use, not here: `make run` spawns every child
 # before it needs either, so their import (~0.1 s) is off the start-up path.
 
@@ -40,6 +43,8 @@ __all__ = [
     "free_port",
     "grpc_health",
     "http_ok",
+    "operator_nats",
+    "operator_transport",
     "port_in_use",
     "precompile",
     "start_system",
@@ -148,15 +153,36 @@ def precompile(root: Path = REPO_ROOT) -> None:
                 compileall.compile_dir(root / pkg, quiet=2, workers=1)
 
 
-def grpc_health(addr: str, timeout: float = 1.0, service: str = "", *, server: str) -> str:
+def operator_transport() -> Transport:
+    """The tools' transport: mTLS as the operator (SHOP_IDENTITY wins) unless SHOP_MTLS=off,
+    from the environment as it is now."""
+    from services.common.pki import OPERATOR
+    from services.common.settings import load_tls_config
+    from services.common.tls import Transport
+
+    return Transport.of(load_tls_config(), OPERATOR, warn=False)
+
+
+def operator_nats() -> NatsAuth:
+    """The tools' NATS identity: the operator (SHOP_NATS_IDENTITY, SHOP_IDENTITY win)."""
+    from services.common.natsauth import NatsAuth
+    from services.common.pki import OPERATOR
+    from services.common.settings import load_nats_config, load_tls_config
+
+    config = load_tls_config()
+    return NatsAuth(load_nats_config().identity or config.identity_of(OPERATOR), config)
+
+
+def grpc_health(addr: str, timeout: float = 1.0, service: str = "", *, server: str,
+                transport: Transport | None = None) -> str:
     """The grpc.health.v1 status name at `addr` (the process of service `server`, whose
-    identity mTLS checks), or UNREACHABLE / an error code name."""
+    identity mTLS checks), or UNREACHABLE / an error code name. `transport`: whose
+    certificate calls (default: the operator's, `operator_transport`)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from services.common.tls import open_sync_channel
-
-    with open_sync_channel(addr, server, [("grpc.enable_http_proxy", 0)]) as channel:
+    via = transport or operator_transport()
+    with via.open_sync_channel(addr, server, [("grpc.enable_http_proxy", 0)]) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)

@@ -47,8 +47,7 @@ from ops.process import (
     wait_all_ready,
 )
 from services.common.pki import OPERATOR, ensure_pki
-from services.common.settings import DEFAULT_PORTS, SERVICES
-from services.common.tls import claim_identity, mtls_enabled, pki_dir
+from services.common.settings import DEFAULT_PORTS, SERVICES, load_tls_config
 
 __all__ = [
     "BACKOFF_CAP_S",
@@ -69,6 +68,14 @@ DEFAULT_NATS_PORT = 4222
 PKI_CHECK_S = 60.0  # how often certificates past half their life are renewed
 
 
+def mtls_enabled() -> bool:
+    return load_tls_config().enabled
+
+
+def pki_dir() -> Path:
+    return load_tls_config().pki_dir
+
+
 def _pki_flags() -> str:
     pki = pki_dir()
     if not pki.is_absolute():
@@ -83,7 +90,6 @@ def prepare_pki() -> list[str]:
         log("WARNING: SHOP_MTLS=off: every gRPC hop and NATS are PLAINTEXT and "
             "unauthenticated, the call policy is not enforced; for experiments only")
         return []
-    claim_identity(OPERATOR)  # the supervisor's health probes
     issued = ensure_pki(pki_dir())
     if issued:
         log(f"certificates issued under {pki_dir()}: {', '.join(issued)}")

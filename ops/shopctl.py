@@ -32,9 +32,15 @@ from typing import Any
 
 import grpc
 
-from ops.process import GATEWAY, env_prefix, grpc_health, http_ok
-from services.common import natsauth, registry, tls
-from services.common.pki import OPERATOR
+from ops.process import (
+    GATEWAY,
+    env_prefix,
+    grpc_health,
+    http_ok,
+    operator_nats,
+    operator_transport,
+)
+from services.common import registry
 from services.common.settings import DEFAULT_PORTS, SERVICES
 
 __all__ = ["Instance", "StatusRow", "Topology", "discover", "main", "status_rows"]
@@ -149,7 +155,8 @@ def breaker_states(inst: Instance) -> str:
 def _registry_instances(url: str, timeout: float) -> list[registry.Instance]:
     async def read() -> list[registry.Instance]:
         # nats-py may retry the first connect on its own: bound the whole read.
-        return await asyncio.wait_for(registry.list_instances(url, timeout=timeout),
+        return await asyncio.wait_for(registry.list_instances(
+            url, timeout=timeout, auth=operator_nats()),
                                       timeout + 1.0)
 
     return asyncio.run(read())
@@ -238,7 +245,8 @@ def _call_order(rpc: str, request: Any, reply_type: Any, *, order_id: str, timeo
     """One OrderService call as the operator; its failures said in words (CliError).
     `refused`: what a FAILED_PRECONDITION means for this call."""
     addr = _order_addr(discover())
-    with tls.open_sync_channel(addr, "order", [("grpc.enable_http_proxy", 0)]) as channel:
+    no_proxy = [("grpc.enable_http_proxy", 0)]
+    with operator_transport().open_sync_channel(addr, "order", no_proxy) as channel:
         # A bare method handle: the generated stub's .pyi does not pass mypy strict.
         call = channel.unary_unary(
             f"/shop.order.v1.OrderService/{rpc}",
@@ -302,7 +310,8 @@ def cmd_inventory(args: argparse.Namespace) -> int:
     addr = _inventory_addr(discover())
     request = inventory_pb2.RebuildStockRequest(verify_only=args.verify,
                                                 from_scratch=args.from_scratch)
-    with tls.open_sync_channel(addr, "inventory", [("grpc.enable_http_proxy", 0)]) as channel:
+    no_proxy = [("grpc.enable_http_proxy", 0)]
+    with operator_transport().open_sync_channel(addr, "inventory", no_proxy) as channel:
         call = channel.unary_unary(
             "/shop.inventory.v1.InventoryService/RebuildStock",
             request_serializer=inventory_pb2.RebuildStockRequest.SerializeToString,
@@ -357,7 +366,7 @@ async def _with_js(url: str, action: str, target: int | str | None) -> int:
         nc = await asyncio.wait_for(
             nats.connect(nats_servers(url), connect_timeout=2, allow_reconnect=False,
                          max_reconnect_attempts=1, error_cb=quiet,
-                         **natsauth.connect_options()), timeout=4)
+                         **operator_nats().options()), timeout=4)
     except Exception as exc:  # nats-py raises several unrelated types here
         why = str(exc) or type(exc).__name__
         raise CliError(f"NATS not reachable at {url} (is shop running?): {why}") from None
@@ -507,8 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Every gRPC call presents the operator certificate (<SHOP_DATA_DIR>/pki/operator.*).
-    tls.claim_identity(OPERATOR)
+    # Every gRPC call presents the operator certificate (<SHOP_DATA_DIR>/pki/operator.*):
+    # operator_transport, operator_nats.
     try:
         code: int = args.func(args)
     except (CliError, FileNotFoundError) as exc:  # FileNotFoundError: no certificate

@@ -11,6 +11,7 @@ import pytest_asyncio
 from ops.natsd import NatsServer
 from services.common.bus import Bus
 from services.common.events import DLQ_STREAM, STREAM
+from tests.support.mesh import nats_auth
 
 __all__ = ["events_bus", "fresh_nats", "nats_server"]
 
@@ -38,7 +39,7 @@ def fresh_nats(tmp_path: Path) -> Iterator[NatsServer]:
 @pytest_asyncio.fixture
 async def events_bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
     """A Bus on the module's server with SHOP_EVENTS and SHOP_DLQ created and emptied."""
-    bus = await Bus.connect(nats_server.url, name="test")
+    bus = await Bus.connect(nats_server.url, name="test", auth=nats_auth())
     try:
         await bus.ensure_streams()
         await bus.js.purge_stream(STREAM)

@@ -1,8 +1,8 @@
 """The test session's PKI: made once before any fixture runs, in a temp dir that
 SHOP_PKI_DIR names for this process and every process it spawns; removed at the end.
 
-The pytest process itself calls gRPC as the gateway (tls.claim_identity), like the
-in-process gateways it hosts, and NATS as the operator."""
+The pytest process itself calls gRPC as the gateway (tests.support.mesh.transport), like
+the in-process gateways it hosts, and NATS as the operator (mesh.nats_auth)."""
 
 from __future__ import annotations
 
@@ -13,16 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from services.common import natsauth, tls
-from services.common.pki import GATEWAY, OPERATOR
 from tests.support.mesh import make_session_pki
 
 _MADE = "_SHOP_TEST_PKI_MADE"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    tls.claim_identity(GATEWAY)
-    natsauth.claim_nats_identity(OPERATOR)  # tests set up streams and publish any event
     if os.environ.get("SHOP_PKI_DIR"):
         return  # given from outside (or a nested pytest): use it
     directory = Path(tempfile.mkdtemp(prefix="shop-pki-"))

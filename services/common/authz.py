@@ -6,22 +6,24 @@ certificate (tls.peer_identity); the call goes on only if the call policy names 
 identity for the RPC, and `x-user-id` is accepted only from the gateway. Anything else
 is PERMISSION_DENIED with a message naming the caller and the RPC.
 
-`listen(server, addr, identity)` binds the service port (mTLS with the identity's
-certificate, or plaintext with SHOP_MTLS=off) and, when `<SERVICE>_PROBE_PORT` or
-`SHOP_PROBE_PORT` is set, a plaintext port for Kubernetes probes where the policy lets
-anonymous peers reach health checks only.
+`listen(server, addr, identity, config, probe_port)` binds the service port (mTLS with
+the identity's certificate, or plaintext with SHOP_MTLS=off) and, when a probe port is
+given (`<SERVICE>_PROBE_PORT` or `SHOP_PROBE_PORT`), a plaintext port for Kubernetes
+probes where the policy lets anonymous peers reach health checks only.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc import aio
 
-from services.common import envvars, tls
+from services.common import tls
+from services.common.config import TlsConfig
 from services.common.pki import GATEWAY
 from services.common.policy import CallPolicy, load_policy
 
@@ -110,36 +112,28 @@ class AuthzInterceptor(aio.ServerInterceptor):
         return guarded
 
 
-def interceptors() -> list[aio.ServerInterceptor]:
-    """The authorization interceptors a server runs first ([] with SHOP_MTLS=off)."""
-    if tls.process_mesh() is None:
+def interceptors(secured: bool, policy: Path | None = None) -> list[aio.ServerInterceptor]:
+    """The authorization interceptors a server runs first ([] in plaintext, SHOP_MTLS=off):
+    the call policy in `policy` (SHOP_CALL_POLICY), else proto/call_policy.toml."""
+    if not secured:
         return []
-    return [AuthzInterceptor(load_policy())]
+    return [AuthzInterceptor(load_policy(policy))]
 
 
-def probe_port(service: str) -> int | None:
-    """The plaintext health-only port, if one is configured."""
-    raw = envvars.SERVICE_PROBE_PORT.get(service) or envvars.SHOP_PROBE_PORT.get()
-    if not raw:
-        return None
-    if not raw.isdigit():
-        raise ValueError(f"probe port must be a port number, got {raw!r}")
-    return int(raw)
-
-
-def listen(server: aio.Server, addr: str, identity: str) -> int:
-    """Bind `addr` (mTLS as `identity`, or plaintext with SHOP_MTLS=off); returns the
-    port, 0 when it could not be bound."""
-    if tls.process_mesh() is None:
+def listen(server: aio.Server, addr: str, identity: str, config: TlsConfig,
+           probe_port: int | None = None) -> int:
+    """Bind `addr` (mTLS as `identity`, or plaintext with SHOP_MTLS=off), and the
+    plaintext health-only `probe_port` if there is one; returns the port, 0 when it could
+    not be bound."""
+    if not config.enabled:
         return int(server.add_insecure_port(addr))
-    creds = tls.Mesh(identity).server_credentials()
+    creds = tls.Mesh(identity, config.pki_dir, reload_s=config.reload_s).server_credentials()
     port = int(server.add_secure_port(addr, creds))
-    probe = probe_port(identity)
-    if probe is not None:
+    if probe_port is not None:
         host = addr.rpartition(":")[0]
-        bound = server.add_insecure_port(f"{host}:{probe}")
+        bound = server.add_insecure_port(f"{host}:{probe_port}")
         log.info("plaintext probe port (health checks only)", extra={"port": bound})
     return port
 
 
-__all__ = ["AuthzInterceptor", "interceptors", "listen", "probe_port"]
+__all__ = ["AuthzInterceptor", "interceptors", "listen"]

@@ -1,7 +1,9 @@
 """Circuit breakers, shared by every client in the process: one per discovered instance of
 a downstream service (so one unwell instance is skipped while the others serve), one per
-service for a pinned or default address; and the registry `shopctl status` and metrics
-read (per service, see `breaker_states`).
+service for a pinned or default address. They live in the process's `Breakers`, made once
+by the composition root (services/common/wiring.py) and handed to discovery, every
+Downstream, the metrics and the registry value `shopctl status` reads (per service, see
+`Breakers.states`).
 
 `ShopBreaker` is a pybreaker breaker with shop's accounting. A call ends in one of three
 verdicts: a *failure* (the downstream is unwell: `FAILURE_CODES`, or a cancellation at the
@@ -11,10 +13,10 @@ status): that last kind neither counts toward opening nor closes a half-open bre
 While half-open, one probe call is let through at a time; the others fail fast.
 
 Recovery does not have to wait out the reset timeout: `watch(probe)` (the client calls it
-when the breaker opens) checks the instance's health every `SHOP_BREAKER_PROBE_S`
-(0.25 s) and half-opens the breaker once the instance reports SERVING after it was seen
-not serving. An instance that keeps reporting SERVING while its calls fail (or that never
-comes back) waits the full reset timeout, as before.
+when the breaker opens) checks the instance's health every `probe_every_s`
+(SHOP_BREAKER_PROBE_S, 0.25 s) and half-opens the breaker once the instance reports
+SERVING after it was seen not serving. An instance that keeps reporting SERVING while
+its calls fail (or that never comes back) waits the full reset timeout, as before.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import grpc
 import pybreaker
 from grpc import aio
 
-from services.common import context, envvars
+from services.common import context
+from services.common.config import BreakerConfig
 
 log = logging.getLogger("shop.breaker")
 
@@ -44,9 +47,6 @@ FAILURE_CODES = frozenset(
         grpc.StatusCode.UNKNOWN,
     }
 )
-
-_registry: dict[str, ShopBreaker] = {}
-
 
 # A cancellation this close to the caller's deadline means the downstream did not
 # answer in the time it was given: the same verdict as DEADLINE_EXCEEDED.
@@ -96,7 +96,7 @@ class ShopBreaker(pybreaker.CircuitBreaker):
     and a health watch that half-opens it when the instance is back."""
 
     def __init__(self, *, name: str, fail_max: int, reset_timeout: float,
-                 probe_every_s: float | None = None) -> None:
+                 probe_every_s: float = BreakerConfig().probe_s) -> None:
         super().__init__(
             fail_max=fail_max,
             reset_timeout=reset_timeout,
@@ -105,8 +105,7 @@ class ShopBreaker(pybreaker.CircuitBreaker):
             # Callers see the real error of the call that tripped it, not a generic one.
             throw_new_error_on_trip=False,
         )
-        self.probe_every_s = (envvars.SHOP_BREAKER_PROBE_S.get()
-                              if probe_every_s is None else probe_every_s)
+        self.probe_every_s = probe_every_s
         self._probing = False  # a half-open probe call is in flight
         self.used = False  # a call went through it (breaker_states skips unused ones)
         self._watch: asyncio.Task[None] | None = None
@@ -239,24 +238,6 @@ class _StateLogger(pybreaker.CircuitBreakerListener):
         )
 
 
-def breaker_for(service: str, instance: str = "") -> ShopBreaker:
-    """The process-wide breaker for `service` (a pinned or default address), or for one
-    of its discovered instances; made on first use.
-
-    Thresholds: SHOP_BREAKER_FAIL_MAX (5 consecutive failures), SHOP_BREAKER_RESET_S (30 s).
-    """
-    key = f"{service}/{instance}" if instance else service
-    breaker = _registry.get(key)
-    if breaker is None:
-        breaker = new_breaker(
-            key,
-            fail_max=envvars.SHOP_BREAKER_FAIL_MAX.get(),
-            reset_timeout=envvars.SHOP_BREAKER_RESET_S.get(),
-        )
-        _registry[key] = breaker
-    return breaker
-
-
 def combined_state(states: Iterable[str]) -> str:
     """The state of a service whose calls go through several breakers (one per instance):
     "closed" while one is closed, else "half-open" while one is, else "open"."""
@@ -267,27 +248,48 @@ def combined_state(states: Iterable[str]) -> str:
     return pybreaker.STATE_CLOSED
 
 
-def new_breaker(name: str, *, fail_max: int, reset_timeout: float) -> ShopBreaker:
+def new_breaker(name: str, *, fail_max: int, reset_timeout: float,
+                probe_every_s: float = BreakerConfig().probe_s) -> ShopBreaker:
     """A breaker with shop's rules (what counts as a failure, state changes logged), outside
     the per-service registry: for a caller that needs one of its own (a dashboard part)."""
-    return ShopBreaker(name=name, fail_max=fail_max, reset_timeout=reset_timeout)
+    return ShopBreaker(name=name, fail_max=fail_max, reset_timeout=reset_timeout,
+                       probe_every_s=probe_every_s)
 
 
-def breaker_states() -> dict[str, str]:
-    """Downstream service -> "closed" | "open" | "half-open" (its instances' breakers
-    combined, see `combined_state`)."""
-    by_service: dict[str, list[ShopBreaker]] = {}
-    for key, b in _registry.items():
-        by_service.setdefault(key.partition("/")[0], []).append(b)
-    out: dict[str, str] = {}
-    for name, found in sorted(by_service.items()):
-        used = [b for b in found if b.used] or found  # a breaker never called is no news
-        out[name] = combined_state(str(b.current_state) for b in used)
-    return out
+class Breakers:
+    """The breakers of one process by name: one per downstream service (a pinned or
+    default address) and one per discovered instance, made on first use with `config`'s
+    thresholds (SHOP_BREAKER_FAIL_MAX, SHOP_BREAKER_RESET_S, SHOP_BREAKER_PROBE_S)."""
 
+    def __init__(self, config: BreakerConfig | None = None) -> None:
+        self.config = config or BreakerConfig()
+        self._by_name: dict[str, ShopBreaker] = {}
 
-def reset_breakers() -> None:
-    """Forget every breaker (tests; a new one is made on next use)."""
-    for breaker in _registry.values():
-        breaker.stop_watch()
-    _registry.clear()
+    def breaker_for(self, service: str, instance: str = "") -> ShopBreaker:
+        """The breaker of `service` (a pinned or default address), or of one of its
+        discovered instances."""
+        key = f"{service}/{instance}" if instance else service
+        breaker = self._by_name.get(key)
+        if breaker is None:
+            c = self.config
+            breaker = new_breaker(key, fail_max=c.fail_max, reset_timeout=c.reset_s,
+                                  probe_every_s=c.probe_s)
+            self._by_name[key] = breaker
+        return breaker
+
+    def states(self) -> dict[str, str]:
+        """Downstream service -> "closed" | "open" | "half-open" (its instances' breakers
+        combined, see `combined_state`)."""
+        by_service: dict[str, list[ShopBreaker]] = {}
+        for key, b in self._by_name.items():
+            by_service.setdefault(key.partition("/")[0], []).append(b)
+        out: dict[str, str] = {}
+        for name, found in sorted(by_service.items()):
+            used = [b for b in found if b.used] or found  # a breaker never called is no news
+            out[name] = combined_state(str(b.current_state) for b in used)
+        return out
+
+    def stop_watches(self) -> None:
+        """Stop every breaker's health watch (the process is stopping)."""
+        for breaker in self._by_name.values():
+            breaker.stop_watch()

@@ -1,10 +1,11 @@
 """The NATS connection every process shares: JetStream streams and event publishing.
 
 The events stream keeps an event `SHOP_STREAM_MAX_AGE_S` (7 days) and at most
-`SHOP_STREAM_MAX_BYTES` (1 GiB, the oldest go first); 0 means no limit. Both are applied
-whenever a process creates or updates the stream. The max age is the stream's horizon:
-no event older than it can be delivered again, so the consumers' inboxes forget events
-after it plus a margin (`inbox_retention_s`, or `SHOP_INBOX_RETAIN_S`).
+`SHOP_STREAM_MAX_BYTES` (1 GiB, the oldest go first); 0 means no limit (a `NatsConfig`
+handed to `Bus.connect`). Both are applied whenever a process creates or updates the
+stream. The max age is the stream's horizon: no event older than it can be delivered
+again, so the consumers' inboxes forget events after it plus a margin
+(`inbox_retention_s`, or `SHOP_INBOX_RETAIN_S`).
 
 On a JetStream cluster (`NATS_URL` naming several servers) both streams keep
 `stream_replicas()` copies (3 by default): an acknowledged publish is then on a majority
@@ -30,16 +31,17 @@ from nats.js.api import DiscardPolicy, PubAck, RetentionPolicy, StorageType, Str
 from nats.js.errors import NotFoundError
 from shop.events.v1 import envelope_pb2
 
-from services.common import envvars, natsauth
+from services.common.config import NatsConfig
 from services.common.events import AGGREGATES, DLQ_STREAM, STREAM
+from services.common.natsauth import NatsAuth
 from services.common.natsurl import nats_servers, stream_replicas
+from services.common.settings import DUPLICATE_WINDOW_S
 
 __all__ = ["DUPLICATE_WINDOW_S", "Bus", "OutMsg", "envelope_headers", "inbox_retention_s",
-           "probe", "stream_max_age_s", "stream_max_bytes"]
+           "probe"]
 
 log = logging.getLogger("shop.bus")
 
-DUPLICATE_WINDOW_S = 120.0
 DEFAULT_MAX_AGE_S = 7 * 24 * 3600.0
 DEFAULT_MAX_BYTES = 1024**3
 # Past the stream's horizon, an inbox row is kept this much longer (clock skew, a
@@ -47,32 +49,13 @@ DEFAULT_MAX_BYTES = 1024**3
 INBOX_MARGIN_S = 3600.0
 
 
-def stream_max_age_s() -> float:
-    """SHOP_STREAM_MAX_AGE_S: how long the events stream keeps an event (0: for ever)."""
-    value = envvars.SHOP_STREAM_MAX_AGE_S.get()
-    if value < 0:
-        raise ValueError(f"SHOP_STREAM_MAX_AGE_S must be >= 0, got {value}")
-    if 0 < value < DUPLICATE_WINDOW_S:
-        raise ValueError(f"SHOP_STREAM_MAX_AGE_S must be 0 or at least the duplicate "
-                         f"window ({DUPLICATE_WINDOW_S:g} s), got {value:g}")
-    return value
-
-
-def stream_max_bytes() -> int:
-    """SHOP_STREAM_MAX_BYTES: the events stream's size limit (0: none)."""
-    value = envvars.SHOP_STREAM_MAX_BYTES.get()
-    if value < 0:
-        raise ValueError(f"SHOP_STREAM_MAX_BYTES must be >= 0, got {value}")
-    return value
-
-
-def inbox_retention_s() -> float:
+def inbox_retention_s(config: NatsConfig) -> float:
     """How long an inbox row is kept: SHOP_INBOX_RETAIN_S, else the stream's max age plus
     INBOX_MARGIN_S; 0 (a stream without max age) keeps them for ever."""
-    explicit = envvars.SHOP_INBOX_RETAIN_S.get()
+    explicit = config.inbox_retain_s
     if explicit is not None and explicit >= 0:
         return explicit
-    age = stream_max_age_s()
+    age = config.stream_max_age_s
     return age + INBOX_MARGIN_S if age > 0 else 0.0
 
 
@@ -94,7 +77,8 @@ def envelope_headers(event_id: str, correlation_id: str, traceparent: str) -> di
     return hdrs
 
 
-def events_stream_config(replicas: int = 1) -> StreamConfig:
+def events_stream_config(replicas: int = 1, limits: NatsConfig | None = None) -> StreamConfig:
+    limits = limits or NatsConfig()
     return StreamConfig(
         name=STREAM,
         num_replicas=replicas,
@@ -102,8 +86,8 @@ def events_stream_config(replicas: int = 1) -> StreamConfig:
         storage=StorageType.FILE,
         retention=RetentionPolicy.LIMITS,
         duplicate_window=DUPLICATE_WINDOW_S,
-        max_age=stream_max_age_s(),  # nats-py: seconds; 0 = no limit
-        max_bytes=stream_max_bytes() or -1,
+        max_age=limits.stream_max_age_s,  # nats-py: seconds; 0 = no limit
+        max_bytes=limits.stream_max_bytes or -1,
         discard=DiscardPolicy.OLD,
     )
 
@@ -144,18 +128,24 @@ DRAIN_TIMEOUT_S = 2
 
 
 class Bus:
-    def __init__(self, nc: Client, name: str, *, replicas: int = 1) -> None:
+    def __init__(self, nc: Client, name: str, *, replicas: int = 1,
+                 config: NatsConfig | None = None) -> None:
         self.nc = nc
         self.name = name
         self.replicas = replicas  # copies of each stream this process creates
+        # The streams' limits and the inboxes' retention (SHOP_STREAM_*, SHOP_INBOX_*).
+        self.config = config or NatsConfig()
         self.js: JetStreamContext = nc.jetstream()
         self.closing = False  # set by close(): a disconnect is then expected
 
     @classmethod
-    async def connect(cls, url: str, *, name: str, connect_for_s: float = 10.0) -> Bus:
-        """Connect (retrying for `connect_for_s`, then raising), then reconnect forever
-        with a short wait. `connect_for_s=0`: one attempt. `url` may list several
-        servers (a cluster): the client knows them all and moves to a live one."""
+    async def connect(cls, url: str, *, name: str, auth: NatsAuth,
+                      config: NatsConfig | None = None, connect_for_s: float = 10.0) -> Bus:
+        """Connect as `auth`'s identity (retrying for `connect_for_s`, then raising), then
+        reconnect forever with a short wait. `connect_for_s=0`: one attempt. `url` may
+        list several servers (a cluster): the client knows them all and moves to a live
+        one. `config`: the streams' limits and replicas (default: shop's defaults)."""
+        config = config or NatsConfig()
 
         holder: list[Bus] = []
 
@@ -184,9 +174,10 @@ class Bus:
                     # Publishes made while reconnecting are buffered up to this size.
                     pending_size=16 * 1024 * 1024,
                     drain_timeout=DRAIN_TIMEOUT_S,
-                    **natsauth.connect_options(),  # TLS as this identity (SHOP_MTLS)
+                    **auth.options(),  # TLS as this identity (SHOP_MTLS)
                 )
-                bus = cls(nc, name, replicas=stream_replicas(url))
+                bus = cls(nc, name, replicas=stream_replicas(url, config.replicas),
+                          config=config)
                 holder.append(bus)
                 return bus
             except (TimeoutError, NoServersError, OSError):
@@ -196,7 +187,8 @@ class Bus:
 
     async def ensure_streams(self) -> None:
         """Create or update SHOP_EVENTS and SHOP_DLQ; safe when instances race."""
-        for config in (events_stream_config(self.replicas), dlq_stream_config(self.replicas)):
+        for config in (events_stream_config(self.replicas, self.config),
+                       dlq_stream_config(self.replicas)):
             await self._ensure_stream(config)
 
     async def _ensure_stream(self, config: StreamConfig) -> None:

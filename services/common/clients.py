@@ -27,13 +27,14 @@ from google.protobuf.message import Message
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common import context, tls
-from services.common.breakers import ShopBreaker, breaker_for, combined_state
+from services.common import context
+from services.common.breakers import Breakers, ShopBreaker, combined_state
 from services.common.errors import DeadlineExceeded, DomainError, Unavailable
 from services.common.rpcmetrics import client_calls
 from services.common.rpctracing import ClientSpans
-from services.common.settings import default_addr, downstream_addr, health_name
-from services.common.traffic import traffic
+from services.common.settings import default_addr, health_name
+from services.common.tls import Transport
+from services.common.traffic import Traffic, load_traffic
 
 StubT = TypeVar("StubT")
 ReqT = TypeVar("ReqT", bound=Message)
@@ -103,10 +104,13 @@ class Endpoint:
         "healthy",
         "instance",
         "service",
+        "transport",
     )
 
-    def __init__(self, service: str, addr: str, instance: str = "") -> None:
+    def __init__(self, service: str, addr: str, instance: str = "", *,
+                 transport: Transport) -> None:
         self.service = service
+        self.transport = transport
         self.addr = addr
         self.instance = instance
         self.healthy = True
@@ -120,8 +124,9 @@ class Endpoint:
     def open_channel(self) -> aio.Channel:
         if self.channel is None:
             # mTLS (checking the server is `service`) unless SHOP_MTLS=off.
-            self._generation = tls.generation()
-            self.channel = tls.open_channel(self.addr, self.service, CHANNEL_OPTIONS)
+            self._generation = self.transport.generation()
+            self.channel = self.transport.open_channel(self.addr, self.service,
+                                                       CHANNEL_OPTIONS)
         return self.channel
 
     async def check_health(self, timeout: float = HEALTH_CHECK_TIMEOUT_S) -> bool:  # noqa: ASYNC109
@@ -148,7 +153,7 @@ class Endpoint:
 
     def stub(self, stub_factory: Callable[[aio.Channel], StubT]) -> StubT:
         """The `stub_factory` stub on this endpoint's current channel."""
-        if self.channel is not None and self._generation != tls.generation():
+        if self.channel is not None and self._generation != self.transport.generation():
             self._rotate()
         stub: StubT | None = self._stubs.get(stub_factory)
         if stub is None:
@@ -185,11 +190,7 @@ class Picker(Protocol):
 
 def resolve_addr(service: str, picker: Picker | None = None,
                  resolver: Resolver | None = None) -> str:
-    """`<SERVICE>_ADDR`, else the picker's next instance, else the resolver, else the
-    default local port."""
-    fixed = downstream_addr(service)
-    if fixed:
-        return fixed
+    """The picker's next instance, else the resolver, else the default local port."""
     if picker is not None:
         ep = picker.pick(service)
         if ep is not None:
@@ -213,17 +214,20 @@ def _backoff(attempt: int) -> float:
 class Downstream(Generic[StubT]):
     """One downstream service and its breakers.
 
-    Where calls go: an explicit `address` or `<SERVICE>_ADDR` pins one address (its own
-    channel); otherwise every call asks `picker` (the process's discovery, handed in by
-    the composition root) for the next live instance (channels shared per instance), and
-    without one falls back to `resolver` or `127.0.0.1:<default port>` on a channel of
-    its own.
+    Where calls go: an explicit `address` (`<SERVICE>_ADDR`, handed in by the
+    composition root's Wiring) pins one address (its own channel); otherwise every call
+    asks `picker` (the process's discovery, handed in by the composition root) for the
+    next live instance (channels shared per instance), and without one falls back to
+    `resolver` or `127.0.0.1:<default port>` on a channel of its own.
 
     Breakers: a call to a discovered instance goes through that instance's breaker (one
     per instance per process: an unwell instance is skipped by the picker while the others
-    serve); a pinned or default address through the service's process-wide breaker
-    (`self.breaker`). `breaker=` gives it one breaker of its own for every call instead;
-    `Downstream.sharing(base, breaker=...)` calls over `base`'s endpoints and channels.
+    serve); a pinned or default address through the service's breaker in `breakers`
+    (the process's, shared by every Downstream of the service; without one, a registry
+    of its own) (`self.breaker`). `breaker=` gives it one breaker of its own for every
+    call instead; `Downstream.sharing(base, breaker=...)` calls over `base`'s endpoints
+    and channels. Channels are made by `transport` (mTLS or plaintext); per-RPC deadlines
+    and attempts come from `traffic` (default: proto/traffic.toml).
     """
 
     def __init__(
@@ -237,9 +241,15 @@ class Downstream(Generic[StubT]):
         speaks_for_users: bool = False,
         picker: Picker | None = None,
         resolver: Resolver | None = None,
+        transport: Transport,
+        breakers: Breakers | None = None,
+        traffic: Traffic | None = None,
     ) -> None:
         self.service = service
         self.picker = picker
+        self.transport = transport
+        self.breakers = breakers if breakers is not None else Breakers()
+        self.traffic = traffic if traffic is not None else load_traffic()
         self._resolver = resolver
         # Only the gateway passes the caller's `x-user-id` on (servers refuse it from
         # anyone else); a service calling another names the user in the request.
@@ -252,8 +262,8 @@ class Downstream(Generic[StubT]):
         self._pinned: bool | None = None  # decided on first use
         self._source: Downstream[Any] | None = None  # set by sharing(): its endpoints
         self._closed = False
-        # The process-wide breaker of the service unless one of its own is given.
-        self.breaker: pybreaker.CircuitBreaker = breaker or breaker_for(service)
+        # The service's breaker in the process's registry unless one of its own is given.
+        self.breaker: pybreaker.CircuitBreaker = breaker or self.breakers.breaker_for(service)
         self._own_breaker = breaker is not None
         self._calls = client_calls()
         self._spans = ClientSpans()
@@ -282,6 +292,9 @@ class Downstream(Generic[StubT]):
             speaks_for_users=base.speaks_for_users,
             picker=base.picker,
             resolver=base._resolver,
+            transport=base.transport,
+            breakers=base.breakers,
+            traffic=base.traffic,
         )
         twin._own_breaker = breaker is not None or base._own_breaker
         twin._source = base
@@ -293,14 +306,14 @@ class Downstream(Generic[StubT]):
         return self._source
 
     def _own(self, addr: str) -> Endpoint:
-        return Endpoint(self.service, addr)
+        return Endpoint(self.service, addr, transport=self.transport)
 
     def _endpoint(self) -> Endpoint:
         """Where the next call goes; O(1), no awaits."""
         if self._source is not None:
             return self._source._endpoint()
         if self._pinned is None:
-            fixed = self._address or downstream_addr(self.service)
+            fixed = self._address or None
             self._pinned = fixed is not None
             if fixed is not None:
                 self._fixed = self._own(fixed)
@@ -442,7 +455,7 @@ class Downstream(Generic[StubT]):
         Retries on UNAVAILABLE (and on CANCELLED from a server that was stopping) only
         when `idempotent`, at most MAX_ATTEMPTS in all and never past the deadline.
         """
-        rule = traffic().rule(self.service, method)  # proto/traffic.toml
+        rule = self.traffic.rule(self.service, method)  # proto/traffic.toml
         budget = rule.timeout_s or (timeout if timeout is not None else self.cap_s)
         max_attempts = rule.attempts or MAX_ATTEMPTS
         left = context.remaining()

@@ -143,7 +143,8 @@ class EventConsumer:
         # After a partial batch, wait this long before fetching again (batches, not trickles).
         self.linger_s = linger_s
         # 0: keep every inbox row (the stream keeps its events for ever).
-        self.inbox_retain_s = inbox_retention_s() if inbox_retain_s is None else inbox_retain_s
+        self.inbox_retain_s = (inbox_retention_s(bus.config) if inbox_retain_s is None
+                               else inbox_retain_s)
         self.prune_every_s = prune_every_s
         self._pruned_at = 0.0
         self.stats = ConsumerStats()

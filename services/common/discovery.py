@@ -10,14 +10,17 @@ instance is health-checked now and then, a down one often. One
 channel per instance, shared by every Downstream of the process, closed (after its calls
 in flight finish) when the instance leaves the registry.
 
-    disc = Discovery(link)            # one per process, made at the composition root
-    orders = Downstream("order", OrderServiceStub, picker=disc)
+    disc = Discovery(link, transport=transport, breakers=breakers)  # the composition root's
+    orders = Downstream("order", OrderServiceStub, picker=disc, transport=transport,
+                        breakers=breakers)  # (services/common/wiring.py does both)
     await disc.start(wait_s)          # the process lifecycle starts it and stops it
     ...
     await disc.stop()
 
-Settings: SHOP_DISCOVERY_HEALTH_S (check every instance, default 5 s),
-SHOP_DISCOVERY_RECHECK_S (check a down one, 0.25 s), SHOP_DISCOVERY_CHECK_TIMEOUT_S (0.5 s).
+Settings (a `DiscoveryConfig`): SHOP_DISCOVERY_HEALTH_S (check every instance, default
+5 s), SHOP_DISCOVERY_RECHECK_S (check a down one, 0.25 s), SHOP_DISCOVERY_CHECK_TIMEOUT_S
+(0.5 s). Each instance's breaker is in the process's `Breakers`; its channel is made by
+the process's `Transport`; weighted routes come from its `Traffic`.
 """
 
 from __future__ import annotations
@@ -31,11 +34,12 @@ from typing import Any
 
 import nats.errors
 
-from services.common import envvars
-from services.common.breakers import breaker_for
+from services.common.breakers import Breakers
 from services.common.clients import Endpoint
+from services.common.config import DiscoveryConfig
 from services.common.registry import Instance, RegistryLink, bucket_ttl
-from services.common.traffic import WeightedRing, traffic
+from services.common.tls import Transport
+from services.common.traffic import Traffic, WeightedRing, load_traffic
 
 __all__ = ["Discovery", "InstanceView"]
 
@@ -69,10 +73,11 @@ class _Known:
 class _Pool:
     """The instances of one service and the ring picks go round."""
 
-    __slots__ = ("everyone", "known", "n", "ring", "service", "split")
+    __slots__ = ("everyone", "known", "n", "ring", "service", "split", "traffic")
 
-    def __init__(self, service: str = "") -> None:
+    def __init__(self, service: str, traffic: Traffic) -> None:
         self.service = service
+        self.traffic = traffic
         self.known: dict[str, _Known] = {}
         self.everyone: list[Endpoint] = []
         self.ring: list[Endpoint] = []
@@ -83,7 +88,7 @@ class _Pool:
         self.everyone = [k.endpoint for k in self.known.values()]
         self.ring = [ep for ep in self.everyone if ep.healthy]
         # A weighted route between versions (proto/traffic.toml), over the healthy ones.
-        weights = traffic().routes.get(self.service)
+        weights = self.traffic.routes.get(self.service)
         self.split = None
         if weights:
             split = WeightedRing(weights, [(k.info.version, k.endpoint)
@@ -116,22 +121,22 @@ class Discovery:
         self,
         link: RegistryLink,
         *,
+        transport: Transport,
+        breakers: Breakers,
+        traffic: Traffic | None = None,
+        config: DiscoveryConfig | None = None,
         health_every_s: float | None = None,
         recheck_s: float | None = None,
         check_timeout_s: float | None = None,
     ) -> None:
+        c = config or DiscoveryConfig()
         self.link = link
-        self.health_every_s = (
-            envvars.SHOP_DISCOVERY_HEALTH_S.get() if health_every_s is None else health_every_s
-        )
-        self.recheck_s = (
-            envvars.SHOP_DISCOVERY_RECHECK_S.get() if recheck_s is None else recheck_s
-        )
-        self.check_timeout_s = (
-            envvars.SHOP_DISCOVERY_CHECK_TIMEOUT_S.get()
-            if check_timeout_s is None
-            else check_timeout_s
-        )
+        self.transport = transport
+        self.breakers = breakers
+        self.traffic = traffic if traffic is not None else load_traffic()
+        self.health_every_s = c.health_s if health_every_s is None else health_every_s
+        self.recheck_s = c.recheck_s if recheck_s is None else recheck_s
+        self.check_timeout_s = c.check_timeout_s if check_timeout_s is None else check_timeout_s
         self.ttl_s = link.ttl_s
         self.synced = asyncio.Event()  # the bucket's content has been read once
         self._pools: dict[str, _Pool] = {}
@@ -219,11 +224,13 @@ class Discovery:
             return
         if known is not None:
             self._remove(key)  # same instance id, new address: a new channel
-        ep = Endpoint(info.service, info.addr, info.instance_id)
-        ep.breaker = breaker_for(info.service, info.instance_id)
+        ep = Endpoint(info.service, info.addr, info.instance_id, transport=self.transport)
+        ep.breaker = self.breakers.breaker_for(info.service, info.instance_id)
         known = _Known(key, info, ep)
         self._by_key[key] = known
-        pool = self._pools.setdefault(info.service, _Pool(info.service))
+        pool = self._pools.get(info.service)
+        if pool is None:
+            pool = self._pools[info.service] = _Pool(info.service, self.traffic)
         pool.known[key] = known
         pool.rebuild()
         log.info(

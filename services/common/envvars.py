@@ -1,20 +1,23 @@
 """Every environment variable shop reads: one typed table, each with its default and
 meaning, and the only code that looks at the environment.
 
-A variable is a `Var` constant named as the variable itself; code reads it with
+A variable is a `Var` constant named as the variable itself, read with
 `SHOP_BREAKER_FAIL_MAX.get()` (typed, the default from here, a malformed value an error
-naming the variable), a per-service one with `SERVICE_PORT.get("order")`. A new variable
-is one line below: the README's table (between the `settings` markers) is rendered from
-this one (`python -m ops.settingsdoc`), and tests/contract/test_settings.py fails while
-the two differ, while code reads `os.environ` anywhere else, or names a variable this
-table does not declare.
+naming the variable), a per-service one with `SERVICE_PORT.get("order")`. In a service
+or the gateway only the settings loaders read them (`settings.load_settings`,
+`gateway.config.load_gateway_settings`): they gather what the process reads into its one
+`Settings`, and the composition root hands the values on. Tools (ops/, bench/) may read
+a `Var` where they use it. A new variable is one line below plus its field in the
+loader: the README's table (between the `settings` markers) is rendered from this one
+(`python -m ops.settingsdoc`), and tests/contract/test_settings.py fails while the two
+differ, while code reads `os.environ` anywhere else or a `Var` outside the loaders, or
+names a variable this table does not declare.
 
 Read once at start: a process's entry point (`run_service`, the gateway's `main`) calls
 `read_once()`, which checks every variable the process may read and binds a snapshot of
-the environment for the rest of the process (its tasks inherit it): a variable read at
-stop time has the value it had at start, and a malformed one stops the start, not the
-stop. Without a snapshot (tests running parts in-process) reads see `os.environ` as it
-is now, so `monkeypatch.setenv` keeps working.
+the environment for the rest of the process (its tasks inherit it), then loads its
+settings from it. Without a snapshot (tests running parts in-process) reads see
+`os.environ` as it is now, so `monkeypatch.setenv` keeps working.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ outbox.py's lease; one per PostgreSQL database, see pg_relay.py) and every consu
 restarted on its own with back-off when it fails. Meanwhile the service serves: its state
 changes wait in the outbox, and the durable consumers catch up once NATS answers.
 
-Settings (environment, optional): SHOP_RELAY_LEASE_S, the relay lease (5 s).
+Settings (`settings.nats`): SHOP_RELAY_LEASE_S, the relay lease (5 s), and the streams'
+limits; NATS is connected to as `settings.nats_identity`.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common import envvars
 from services.common.bus import Bus
 from services.common.consumer import EventConsumer, Route
+from services.common.natsauth import NatsAuth
 from services.common.outbox import OutboxRelay
 from services.common.pg import PgDatabase
 from services.common.pg_relay import PgOutboxRelay
@@ -75,7 +76,8 @@ class EventWorkers:
         self.want_relay = relay
         self.specs = list(consumers)
         self.relay_options: dict[str, Any] = {
-            "lease_s": envvars.SHOP_RELAY_LEASE_S.get(), **(relay_options or {})}
+            "lease_s": settings.nats.relay_lease_s, **(relay_options or {})}
+        self.auth = NatsAuth(settings.nats_identity, settings.tls)
         self.backoff_s = backoff_s
         self.backoff_cap_s = backoff_cap_s
         self.bus: Bus | None = None
@@ -123,6 +125,7 @@ class EventWorkers:
             try:
                 if self.bus is None:
                     self.bus = await Bus.connect(s.nats_url, name=s.instance_id,
+                                                 auth=self.auth, config=s.nats,
                                                  connect_for_s=0.0)
                 await self.bus.ensure_streams()
             except asyncio.CancelledError:

@@ -19,8 +19,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 
-from services.common import envvars
-
 log = logging.getLogger("shop.lifecycle")
 
 Stop = Callable[[], Awaitable[object]]
@@ -56,10 +54,10 @@ class Lifecycle:
         await self.stop()
 
 
-def advertised(host: str, port: int) -> str:
-    """The address other processes reach this one at: SHOP_ADVERTISE_HOST (a pod IP, ...)
-    or the listen host, a wildcard one as 127.0.0.1."""
-    host = envvars.SHOP_ADVERTISE_HOST.get() or host
+def advertised(host: str, port: int, advertise_host: str = "") -> str:
+    """The address other processes reach this one at: `advertise_host`
+    (SHOP_ADVERTISE_HOST: a pod IP, ...) or the listen host, a wildcard one as 127.0.0.1."""
+    host = advertise_host or host
     if host in ("", "0.0.0.0", "::", "[::]"):
         host = "127.0.0.1"
     return f"{host}:{port}"

@@ -17,9 +17,6 @@ _STANDARD_ATTRS = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
 )
 
-_configured = False
-
-
 class JsonFormatter(logging.Formatter):
     def __init__(self, service: str, instance: str) -> None:
         super().__init__()
@@ -46,15 +43,14 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(settings: Settings) -> None:
-    """Route all logging to stderr as JSON; later calls only change the level."""
-    global _configured
+    """Route all logging to stderr as JSON (the entry point calls it once); a later call
+    only changes the level: the root logger already has a JSON handler then."""
     root = logging.getLogger()
     root.setLevel(settings.log_level.upper())
-    if _configured:
+    if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(settings.service, settings.instance_id))
     root.handlers[:] = [handler]
     # grpc and asyncio chatter is noise at INFO.
     logging.getLogger("asyncio").setLevel(logging.WARNING)
-    _configured = True

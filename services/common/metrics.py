@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 
 from prometheus_client import (
@@ -29,8 +29,6 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from services.common import envvars
-from services.common.breakers import breaker_states
 from services.common.settings import Settings
 
 __all__ = ["MetricsServer", "ShopMetrics", "bind", "current", "metrics_port"]
@@ -52,14 +50,17 @@ _current: ContextVar[ShopMetrics | None] = ContextVar("shop_metrics", default=No
 
 
 class _BreakerCollector(Collector):
-    """Read at scrape time: the breakers live in breakers.py's per-process registry."""
+    """Read at scrape time from the process's breakers (its `Breakers.states`)."""
+
+    def __init__(self, states: Callable[[], Mapping[str, str]]) -> None:
+        self._states = states
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         family = GaugeMetricFamily(
             "shop_breaker_state",
             "Circuit breaker per downstream service: 0 closed, 1 half-open, 2 open.",
             labels=["downstream"])
-        for service, state in breaker_states().items():
+        for service, state in self._states().items():
             family.add_metric([service], BREAKER_VALUE.get(state, -1.0))
         yield family
 
@@ -67,11 +68,12 @@ class _BreakerCollector(Collector):
 class ShopMetrics:
     """Every series a shop service process exports (see docs/metrics.md)."""
 
-    def __init__(self, service: str = "") -> None:
+    def __init__(self, service: str = "",
+                 breaker_states: Callable[[], Mapping[str, str]] = dict) -> None:
         self.service = service
         r = self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes
-        r.register(_BreakerCollector())
+        r.register(_BreakerCollector(breaker_states))
         self.rpc_server = Histogram(
             "shop_rpc_server_duration_seconds",
             "Handled gRPC calls by full method and status code (the _count is the calls).",
@@ -161,7 +163,7 @@ def bind_process(metrics: ShopMetrics) -> None:
 def metrics_port(settings: Settings) -> int:
     """`<SERVICE>_METRICS_PORT`; by default the gRPC port + 1000 (0 with a port of 0)."""
     default = settings.port + 1000 if 0 < settings.port <= 64535 else 0
-    port = envvars.SERVICE_METRICS_PORT.get(settings.service)
+    port = settings.serving.metrics_port
     return default if port is None else port
 
 

@@ -10,8 +10,10 @@ messages come to inboxes). A service publishing another's subject is refused by 
 server. The operator (shopctl, tests) may do everything: it replays dead letters to
 any subject and manages streams.
 
-`connect_options()` are the nats.connect keyword arguments of this process: its
-certificate (the identity `SHOP_NATS_IDENTITY`, else the process identity).
+`NatsAuth(identity, tls).options()` are the nats.connect keyword arguments of a
+process: its certificate (the identity `SHOP_NATS_IDENTITY`, else the process identity,
+see `Settings.nats_identity`). The composition root makes it once and hands it to every
+connection (the Bus, the registry link, the console).
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.common import envvars, tls
+from services.common import tls
+from services.common.config import TlsConfig
 from services.common.events import CATALOGUE, DLQ_STREAM, STREAM
 from services.common.pki import GATEWAY, IDENTITIES, NATS, OPERATOR, dns_name
 
@@ -47,24 +51,6 @@ _JS_CLIENT = [
     "$JS.ACK.>",
     "$JS.FC.>",
 ]
-
-
-class _Claim:
-    def __init__(self) -> None:
-        self.identity = ""
-
-
-_claim = _Claim()
-
-
-def claim_nats_identity(identity: str) -> None:
-    """Connect to NATS as `identity` rather than the process identity (tests)."""
-    _claim.identity = identity
-
-
-def nats_identity() -> str:
-    return (envvars.SHOP_NATS_IDENTITY.get() or _claim.identity
-            or tls.process_identity())
 
 
 def user_name(identity: str) -> str:
@@ -95,9 +81,10 @@ class _RenewingContext(ssl.SSLContext):
         return super().wrap_socket(*args, **kwargs)
 
 
-def client_context(identity: str, directory: Path | None = None) -> ssl.SSLContext:
+def client_context(identity: str, directory: Path, *,
+                   reload_s: float = TlsConfig().reload_s) -> ssl.SSLContext:
     ctx = _RenewingContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.files = tls.IdentityFiles(directory or tls.pki_dir(), identity)
+    ctx.files = tls.IdentityFiles(directory, identity, reload_s=reload_s)
     ctx.loaded = 0
     ctx.refresh()
     return ctx
@@ -117,15 +104,31 @@ def _quiet_ssl_eof() -> None:
         asyncio_log.addFilter(_SslEofNoise())
 
 
-def connect_options(identity: str | None = None) -> dict[str, Any]:
+def connect_options(identity: str, config: TlsConfig) -> dict[str, Any]:
     """nats.connect(**...) arguments: the certificate, and the server must be NATS."""
-    if not tls.mtls_enabled():
+    if not config.enabled:
         return {}
     _quiet_ssl_eof()
-    who = identity or nats_identity()
-    if not who:
+    if not identity:
         raise RuntimeError("SHOP_MTLS=on but this process has no identity for NATS")
-    return {"tls": client_context(who), "tls_hostname": dns_name(NATS)}
+    return {"tls": client_context(identity, config.pki_dir, reload_s=config.reload_s),
+            "tls_hostname": dns_name(NATS)}
+
+
+@dataclass(frozen=True, slots=True)
+class NatsAuth:
+    """Who a process is on NATS: the identity its connections present (with mTLS on)."""
+
+    identity: str
+    tls: TlsConfig
+
+    @classmethod
+    def plaintext(cls) -> NatsAuth:
+        return cls("", TlsConfig(enabled=False))
+
+    def options(self) -> dict[str, Any]:
+        """nats.connect(**...) arguments (a new TLS context per call)."""
+        return connect_options(self.identity, self.tls)
 
 
 def permissions(identity: str) -> dict[str, Any]:
@@ -164,10 +167,9 @@ def server_config(directory: Path) -> str:
 
 
 __all__ = [
-    "claim_nats_identity",
+    "NatsAuth",
     "client_context",
     "connect_options",
-    "nats_identity",
     "permissions",
     "server_config",
     "user_name",

@@ -11,8 +11,6 @@ Stdlib only: the `make run` supervisor imports it before nats-py.
 
 from __future__ import annotations
 
-from services.common import envvars
-
 __all__ = ["MAX_AUTO_REPLICAS", "nats_servers", "stream_replicas"]
 
 MAX_AUTO_REPLICAS = 3
@@ -23,12 +21,9 @@ def nats_servers(url: str) -> list[str]:
     return [part.strip() for part in url.split(",") if part.strip()]
 
 
-def stream_replicas(url: str) -> int:
-    """SHOP_NATS_REPLICAS (1..5), else min(3, servers named in `url`)."""
-    raw = envvars.SHOP_NATS_REPLICAS.raw()
-    if raw and raw != "0":
-        if not raw.isdigit() or not 1 <= int(raw) <= 5:
-            raise ValueError(f"SHOP_NATS_REPLICAS must be 1 to 5 (JetStream's limit), "
-                             f"got {raw!r}")
-        return int(raw)
+def stream_replicas(url: str, configured: int = 0) -> int:
+    """`configured` (SHOP_NATS_REPLICAS, 1..5, checked by the settings), else (0)
+    min(3, servers named in `url`)."""
+    if configured:
+        return configured
     return max(1, min(MAX_AUTO_REPLICAS, len(nats_servers(url))))

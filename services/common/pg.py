@@ -39,7 +39,6 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from services.common import envvars
 from services.common.dbtracing import write_span
 from services.common.schema import RECORD_TABLE, MigrationSet
 from services.common.storage import CommitListener, Dialect, IntegrityError, Row
@@ -52,6 +51,9 @@ __all__ = ["PgDatabase", "PgTx", "redact", "to_dollar"]
 T = TypeVar("T")
 
 log = logging.getLogger("shop.pg")
+
+# PostgreSQL connections per process at most (SHOP_DB_POOL_MAX's default).
+POOL_MAX = 6
 
 # A pooled connection or one of its own.
 Conn = asyncpg.Connection | PoolConnectionProxy
@@ -213,11 +215,13 @@ class PgDatabase:
         self.retries = 0  # units of work run again after a serialization failure
 
     @classmethod
-    async def open(cls, url: str, *, migrations: Sequence[MigrationSet] = ()) -> PgDatabase:
-        """The service's database at `url` (created if missing), migrated, with a pool."""
+    async def open(cls, url: str, *, migrations: Sequence[MigrationSet] = (),
+                   pool_max: int = POOL_MAX) -> PgDatabase:
+        """The service's database at `url` (created if missing), migrated, with a pool of
+        at most `pool_max` connections (SHOP_DB_POOL_MAX)."""
         await ensure_database(url)
         pool = await asyncpg.create_pool(
-            url, min_size=1, max_size=envvars.SHOP_DB_POOL_MAX.get(),
+            url, min_size=1, max_size=pool_max,
             max_inactive_connection_lifetime=60.0, reset=_keep_session)
         try:
             async with pool.acquire() as conn:

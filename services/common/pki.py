@@ -1,8 +1,8 @@
 """The development PKI: one CA and one short-lived certificate per identity.
 
-Files under the PKI directory (`tls.pki_dir()`, default `$SHOP_DATA_DIR/pki`):
-`ca.pem` (+ `ca.key`, which only this module reads) and `<identity>.pem` /
-`<identity>.key` for every identity. A certificate names its identity twice:
+Files under the PKI directory (`TlsConfig.pki_dir`: `SHOP_PKI_DIR`, default
+`$SHOP_DATA_DIR/pki`): `ca.pem` (+ `ca.key`, which only this module reads) and
+`<identity>.pem` / `<identity>.key` for every identity. A certificate names its identity twice:
 once as the one URI SAN `spiffe://shop.local/<identity>` (what the call policy reads,
 X509-SVID style: exactly one URI SAN), once as the DNS SAN `<identity>.shop.local`
 (what a client checks the server against, and what NATS maps users by).

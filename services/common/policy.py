@@ -12,8 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common import envvars
-
 POLICY_FILE = Path(__file__).resolve().parents[2] / "proto" / "call_policy.toml"
 
 
@@ -69,9 +67,8 @@ def parse_policy(text: str) -> CallPolicy:
 
 
 def load_policy(path: Path | None = None) -> CallPolicy:
-    explicit = envvars.SHOP_CALL_POLICY.get()
-    where = path or (Path(explicit) if explicit else POLICY_FILE)
-    return parse_policy(where.read_text())
+    """The policy in `path` (SHOP_CALL_POLICY), else proto/call_policy.toml."""
+    return parse_policy((path or POLICY_FILE).read_text())
 
 
 __all__ = ["POLICY_FILE", "CallPolicy", "PolicyError", "load_policy", "parse_policy"]

@@ -6,16 +6,16 @@ once when one of its circuit breakers changes state), and deletes it on a gracef
 a killed instance's key expires after the bucket's TTL (max age), and the server then
 leaves a MaxAge marker that watchers see as a purge.
 
-    link = RegistryLink(settings.nats_url, name=settings.instance_id)
+    link = RegistryLink(settings.nats_url, name=settings.instance_id, auth=auth)
     link.start()
-    reg = Registration(link, instance)      # refresh loop in the background
+    reg = Registration(link, instance, breakers=breakers.states)  # refreshed in the background
     reg.start()
     ...
     await reg.stop()                         # deletes the key
     await link.close()
 
 Nothing here ever raises into a service: NATS being down only delays registration.
-`list_instances(nats_url)` is the read side for `shopctl status`.
+`list_instances(nats_url, auth=...)` is the read side for `shopctl status`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from importlib import metadata
 from typing import Any
 
 import nats
@@ -37,8 +36,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyValueLimitMarkerTTLNotSupportedError
 from nats.js.kv import KeyValue
 
-from services.common import envvars, natsauth
-from services.common.breakers import breaker_states
+from services.common.natsauth import NatsAuth
 from services.common.natsurl import nats_servers, stream_replicas
 
 __all__ = [
@@ -48,9 +46,6 @@ __all__ = [
     "RegistryLink",
     "list_instances",
     "open_bucket",
-    "registry_enabled",
-    "registry_ttl_s",
-    "shop_version",
 ]
 
 log = logging.getLogger("shop.registry")
@@ -58,26 +53,6 @@ log = logging.getLogger("shop.registry")
 BUCKET = "shop_registry"
 DEFAULT_TTL_S = 10.0
 _KEY_UNSAFE = re.compile(r"[^-/_=a-zA-Z0-9]")
-
-
-def registry_ttl_s() -> float:
-    """The bucket TTL (SHOP_REGISTRY_TTL_S, default 10 s, at least 1 s)."""
-    return max(1.0, envvars.SHOP_REGISTRY_TTL_S.get())
-
-
-def registry_enabled() -> bool:
-    """SHOP_REGISTRY=off (or 0/false/no) turns registration and discovery off."""
-    return envvars.SHOP_REGISTRY.get()
-
-
-def shop_version() -> str:
-    env = envvars.SHOP_VERSION.get()
-    if env:
-        return env
-    try:
-        return metadata.version("shop")
-    except metadata.PackageNotFoundError:
-        return "dev"
 
 
 def key_part(text: str) -> str:
@@ -153,7 +128,8 @@ class Instance:
             return None
 
 
-async def _connect(url: str, *, name: str, connect_timeout: float = 2.0) -> Client:
+async def _connect(url: str, *, name: str, auth: NatsAuth,
+                   connect_timeout: float = 2.0) -> Client:
     """Connect, retrying (also the first connect) and reconnecting forever.
 
     Logs one warning per outage, not one line per attempt."""
@@ -180,7 +156,7 @@ async def _connect(url: str, *, name: str, connect_timeout: float = 2.0) -> Clie
         connect_timeout=connect_timeout,
         error_cb=on_error,
         reconnected_cb=on_connected,
-        **natsauth.connect_options(),  # TLS as this identity (SHOP_MTLS)
+        **auth.options(),  # TLS as this identity (SHOP_MTLS)
     )
 
 
@@ -231,10 +207,13 @@ class RegistryLink:
     (a NATS restart loses the memory-stored bucket; the next put re-creates it).
     """
 
-    def __init__(self, url: str, *, name: str, ttl_s: float | None = None) -> None:
+    def __init__(self, url: str, *, name: str, auth: NatsAuth, ttl_s: float = DEFAULT_TTL_S,
+                 replicas: int = 0) -> None:
         self.url = url
         self.name = name
-        self.ttl_s = registry_ttl_s() if ttl_s is None else ttl_s
+        self.auth = auth
+        self.ttl_s = ttl_s  # SHOP_REGISTRY_TTL_S
+        self.replicas = replicas  # SHOP_NATS_REPLICAS (0: from the servers in `url`)
         self._nc: Client | None = None
         self._kv: KeyValue | None = None
         self._ready = asyncio.Event()
@@ -265,7 +244,8 @@ class RegistryLink:
         pause = 0.2
         while self._nc is None:
             try:
-                self._nc = await _connect(self.url, name=f"{self.name}-registry")
+                self._nc = await _connect(self.url, name=f"{self.name}-registry",
+                                          auth=self.auth)
             except Exception as err:  # a bad URL, ...: nats-py retries the rest itself
                 log.warning("registry: cannot connect", extra={"url": self.url, "error": repr(err)})
                 await asyncio.sleep(pause)
@@ -278,7 +258,7 @@ class RegistryLink:
         while True:
             try:
                 self._kv = await open_bucket(self._nc, ttl_s=self.ttl_s,
-                                             replicas=stream_replicas(self.url))
+                                             replicas=stream_replicas(self.url, self.replicas))
                 self._ready.set()
                 return
             except Exception as err:
@@ -316,7 +296,7 @@ class Registration:
         link: RegistryLink,
         instance: Instance,
         *,
-        breakers: Callable[[], Mapping[str, str]] = breaker_states,
+        breakers: Callable[[], Mapping[str, str]],
     ) -> None:
         self.link = link
         self.instance = instance
@@ -415,7 +395,8 @@ async def read_all(kv: KeyValue, *, timeout: float = 2.0) -> list[tuple[str, Ins
     return out
 
 
-async def list_instances(nats_url: str, *, timeout: float = 3.0) -> list[Instance]:  # noqa: ASYNC109
+async def list_instances(nats_url: str, *, auth: NatsAuth, timeout: float = 3.0,  # noqa: ASYNC109
+                         ttl_s: float = DEFAULT_TTL_S) -> list[Instance]:
     """Every registered instance, sorted by service then instance id ([] without a bucket).
 
     Each carries its process's breaker states (`breakers`, downstream -> state) as of its
@@ -432,11 +413,11 @@ async def list_instances(nats_url: str, *, timeout: float = 3.0) -> list[Instanc
         allow_reconnect=False,
         name="shop-registry-reader",
         error_cb=quiet,
-        **natsauth.connect_options(),  # TLS as this identity (SHOP_MTLS)
+        **auth.options(),  # TLS as this identity (SHOP_MTLS)
     )
     try:
         try:
-            kv = await open_bucket(nc, ttl_s=registry_ttl_s(), create=False)
+            kv = await open_bucket(nc, ttl_s=ttl_s, create=False)
         except BucketNotFoundError:
             return []
         found = [inst for _, inst in await read_all(kv, timeout=timeout)]

@@ -3,11 +3,12 @@
 `run_service(name, build)` is what every `services/<svc>/__main__.py` calls.
 `ServiceRunner` and `serve_app` run the same thing inside an existing loop (tests).
 
-The process's life (services/common/lifecycle.py), in order of start: the registry link
-and the process's `Discovery` (unless SHOP_REGISTRY=off; made before `build`, which
-gets it as `Wiring`, so Downstream calls spread over the registered instances, and
-started once `build` returned), the
-app's resources (`App.closers`), its background tasks, the gRPC server, and the
+A process is composed in three steps: its settings (`load_settings`: every variable,
+read once), its wiring (`Wiring.of(settings)`: transport, breakers, discovery, made once
+and handed to `build`), then its lifecycle (services/common/lifecycle.py), in order of
+start: the registry link and the process's `Discovery` (unless SHOP_REGISTRY=off;
+started once `build` returned, so Downstream calls spread over the registered
+instances), the app's resources (`App.closers`), its background tasks, the gRPC server, and the
 registration in the `shop_registry` KV bucket once serving. A graceful stop undoes them
 in reverse: the key goes first, then the server drains, the tasks stop, the resources
 close, discovery and the link last.
@@ -33,21 +34,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from services.common import authz, envvars, tls
-from services.common.discovery import Discovery
+from services.common import authz, envvars
 from services.common.interceptors import ServerInterceptor
 from services.common.lifecycle import Lifecycle, advertised
 from services.common.logging import configure_logging
 from services.common.metrics import MetricsServer, ShopMetrics, bind_process, metrics_port
 from services.common.metrics import current as current_metrics
 from services.common.readyfile import write_ready_file
-from services.common.registry import (
-    Instance,
-    Registration,
-    RegistryLink,
-    registry_enabled,
-    shop_version,
-)
+from services.common.registry import Instance, Registration
 from services.common.settings import Settings, health_name, load_settings
 from services.common.tracing import setup_tracing
 from services.common.wiring import Wiring
@@ -104,16 +98,15 @@ class ServiceRunner:
     """One started service: server, health, background tasks. start() then stop().
 
     `life` carries what the composition root started before (the registry link and
-    discovery): stopped after everything the runner starts. `link` given: the instance
-    registers once serving."""
+    discovery): stopped after everything the runner starts. `wiring` with a registry
+    link: the instance registers once serving, with its breakers' states."""
 
     def __init__(self, settings: Settings, app: App, *, life: Lifecycle | None = None,
-                 link: RegistryLink | None = None) -> None:
+                 wiring: Wiring | None = None) -> None:
         self.settings = settings
         self.app = app
-        tls.claim_identity(settings.service)  # before the registry link connects to NATS
         self.life = life or Lifecycle()
-        self.link = link
+        self.wiring = wiring
         self.registration: Registration | None = None
         self.health = HealthServicer()
         self.server: aio.Server | None = None
@@ -142,15 +135,18 @@ class ServiceRunner:
             task.add_done_callback(self._task_done)
             self._tasks.append(task)
         self.life.push("background tasks", self._stop_tasks)
-        server = aio.server(interceptors=[*authz.interceptors(), ServerInterceptor()],
-                            options=SERVER_OPTIONS)
+        server = aio.server(
+            interceptors=[*authz.interceptors(s.tls.enabled, s.serving.call_policy),
+                          ServerInterceptor()],
+            options=SERVER_OPTIONS)
         self.app.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [*self.app.grpc_services, HEALTH_SERVICE, reflection.SERVICE_NAME], server
         )
         try:
-            port = authz.listen(server, f"{s.host}:{s.port}", s.service)
+            port = authz.listen(server, f"{s.host}:{s.port}", s.service, s.tls,
+                                s.serving.probe_port)
         except RuntimeError as err:
             raise RuntimeError(f"cannot listen on {s.host}:{s.port}: {err}") from err
         if port == 0:
@@ -159,25 +155,26 @@ class ServiceRunner:
         self.server = server
         self.life.push("grpc server", self._drain)
         self.port = port
-        self.addr = advertised(s.host, port)
+        self.addr = advertised(s.host, port, s.serving.advertise_host)
         serving = health_pb2.HealthCheckResponse.SERVING
         # Also under the name callers ask for (`health_name`): the same as the servicer's
         # for every shop service; a stand-in serving another contract still answers.
         names = dict.fromkeys(("", health_name(s.service), *self.app.grpc_services))
         for name in names:
             await self.health.set(name, serving)
-        if self.link is not None:
+        if self.wiring is not None and self.wiring.link is not None:
             self.registration = Registration(
-                self.link,
+                self.wiring.link,
                 Instance(
                     service=s.service,
                     instance_id=s.instance_id,
                     addr=self.addr,
-                    version=shop_version(),
+                    version=s.version,
                     started_at=time.time(),
                     pid=os.getpid(),
                     storage="postgres" if s.database_url else "sqlite",
                 ),
+                breakers=self.wiring.breakers.states,
             )
             self.registration.start()  # in the background: NATS down never stops serving
             self.life.push("registration", self._deregister)
@@ -213,9 +210,9 @@ class ServiceRunner:
         await self.health.enter_graceful_shutdown()
         # Lets health checkers and discovery notice NOT_SERVING (and the deleted key)
         # before the port closes.
-        drain_delay = envvars.SHOP_DRAIN_DELAY_S.get()
+        drain_delay = self.settings.serving.drain_delay_s
         if self._deregistered:
-            drain_delay = max(drain_delay, envvars.SHOP_DEREGISTER_WAIT_S.get())
+            drain_delay = max(drain_delay, self.settings.serving.deregister_wait_s)
         drain_delay = min(drain_delay, grace)
         if drain_delay > 0:
             await asyncio.sleep(drain_delay)
@@ -242,10 +239,10 @@ class ServiceRunner:
 
 async def serve_app(
     settings: Settings, app: App, stop: asyncio.Event, *, life: Lifecycle | None = None,
-    link: RegistryLink | None = None,
+    wiring: Wiring | None = None,
 ) -> int:
     """Serve `app` until `stop` is set (or a background task dies); returns an exit code."""
-    runner = ServiceRunner(settings, app, life=life, link=link)
+    runner = ServiceRunner(settings, app, life=life, wiring=wiring)
     addr = await runner.start()
     scrape = MetricsServer(current_metrics(), settings.host, metrics_port(settings))
     scrape_port = await scrape.start()
@@ -266,56 +263,29 @@ async def serve_app(
 Build = Callable[[Settings, Wiring], Awaitable[App]]
 
 
-def new_discovery(nats_url: str, instance_id: str) -> tuple[RegistryLink, Discovery]:
-    """The process's registry link and Discovery, not started yet: the composition root
-    hands the Discovery to what it builds, then starts both (`start_discovery`)."""
-    link = RegistryLink(nats_url, name=instance_id)
-    return link, Discovery(link)
-
-
-async def start_discovery(life: Lifecycle, link: RegistryLink, disc: Discovery, *,
-                          wait_s: float | None = None) -> None:
-    """Start the registry link and the Discovery (waiting up to `wait_s`, default
-    SHOP_DISCOVERY_WAIT_S, for the registry's first read), their stops in `life`. An
-    unreachable NATS only means calls fall back (`<SERVICE>_ADDR`, the default port)
-    until it is reachable. The services and the gateway start theirs here."""
-    link.start()
-    life.push("registry link", link.close)
-    life.push("discovery", disc.stop)
-    try:
-        await disc.start(envvars.SHOP_DISCOVERY_WAIT_S.get() if wait_s is None else wait_s)
-    except Exception:
-        log.exception("discovery failed to start; using fixed/default addresses")
-
-
 async def _main(service: str, build: Build) -> int:
-    envvars.read_once(service)  # every later read sees the environment of the start
+    envvars.read_once(service)  # every variable the process reads is checked now
     settings = load_settings(service)
     configure_logging(settings)
-    tls.claim_identity(service)  # build() may already reach NATS or other services
-    # One registry for the process: everything built below counts into it.
-    bind_process(ShopMetrics(service))
-    flush_traces = setup_tracing(service, settings.instance_id)
+    # The process's transport, breakers and discovery: build() may already call out.
+    wiring = Wiring.of(settings)
+    # One metrics registry for the process: everything built below counts into it.
+    bind_process(ShopMetrics(service, wiring.breakers.states))
+    flush_traces = setup_tracing(service, settings.instance_id, settings.tracing,
+                                 settings.version)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     life = Lifecycle()
-    link: RegistryLink | None = None
-    disc: Discovery | None = None
-    wiring = Wiring()
-    if registry_enabled():
-        link, disc = new_discovery(settings.nats_url, settings.instance_id)
-        wiring = Wiring(picker=disc)
     try:
         app = await build(settings, wiring)
-        if link is not None and disc is not None:
-            # Started once the app is built, just before it serves.
-            await start_discovery(life, link, disc)
+        # Started once the app is built, just before it serves.
+        await wiring.start(life)
     except BaseException:
         await life.stop()
         raise
-    code = await serve_app(settings, app, stop, life=life, link=link)
+    code = await serve_app(settings, app, stop, life=life, wiring=wiring)
     # Spans still buffered go out now; an unreachable collector costs at most this wait.
     with contextlib.suppress(Exception):
         await asyncio.wait_for(asyncio.to_thread(flush_traces), TRACE_FLUSH_S)
@@ -358,5 +328,4 @@ def run_service(service: str, build: Build) -> None:
     sys.exit(code)
 
 
-__all__ = ["App", "Build", "ServiceRunner", "new_discovery", "run_service", "serve_app",
-           "start_discovery", "write_ready_file"]
+__all__ = ["App", "Build", "ServiceRunner", "run_service", "serve_app", "write_ready_file"]

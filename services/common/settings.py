@@ -1,14 +1,36 @@
-"""Process settings, all from the environment, read once at start-up."""
+"""Process settings, all from the environment, read once at start-up: `load_settings`
+is, with the gateway's `gateway.config.load_gateway_settings`, the only code of the
+services and the gateway that reads a variable (tests/contract/test_settings.py)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from services.common import envvars
+from services.common.config import (
+    BreakerConfig,
+    DiscoveryConfig,
+    MailConfig,
+    NatsConfig,
+    OrderConfig,
+    ServingConfig,
+    StockConfig,
+    TlsConfig,
+    TracingConfig,
+    UserConfig,
+)
+
+T = TypeVar("T")
+
+# JetStream's duplicate window of the events stream (services.common.bus): a max age
+# below it would drop ids the window still needs.
+DUPLICATE_WINDOW_S = 120.0
 
 SERVICES: tuple[str, ...] = (
     "user",
@@ -48,6 +70,9 @@ def env_float(name: str, default: float) -> float:
 
 @dataclass(frozen=True)
 class Settings:
+    """Everything one process reads from the environment, read once at its start
+    (`load_settings`); the composition root hands each part the values it needs."""
+
     service: str
     host: str = "127.0.0.1"
     port: int = 0
@@ -59,31 +84,221 @@ class Settings:
     grace_s: float = 10.0
     # A PostgreSQL URL for this service's own database; "" means its SQLite file.
     database_url: str = ""
+    db_pool_max: int = envvars.SHOP_DB_POOL_MAX.default
+    # The version the instance registers with (SHOP_VERSION, else the package's).
+    version: str = "dev"
+    # `<SERVICE>_ADDR`: services whose calls all go to one fixed address (no discovery).
+    pinned: Mapping[str, str] = field(default_factory=dict)
+    # SHOP_TRAFFIC: the per-RPC deadlines and routes; None: proto/traffic.toml.
+    traffic_file: Path | None = None
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    nats: NatsConfig = field(default_factory=NatsConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+    # One service's own settings (the defaults for the others).
+    user: UserConfig = field(default_factory=UserConfig)
+    order: OrderConfig = field(default_factory=OrderConfig)
+    mail: MailConfig = field(default_factory=MailConfig)
+    stock: StockConfig = field(default_factory=StockConfig)
+    shipping_dispatch_delay_s: float = envvars.SHIPPING_DISPATCH_DELAY_S.default
+    product_refresh_s: float = envvars.PRODUCT_REFRESH_S.default
 
     @property
     def db_path(self) -> Path:
         """One file per service, shared by all of its instances (SQLite)."""
         return self.data_dir / f"{self.service}.db"
 
+    @property
+    def identity(self) -> str:
+        """Who the process is on the mesh: SHOP_IDENTITY, else its service's name."""
+        return self.tls.identity_of(self.service)
+
+    @property
+    def nats_identity(self) -> str:
+        """Who the process is on NATS: SHOP_NATS_IDENTITY, else its identity."""
+        return self.nats.identity or self.identity
+
+
+class _Reader:
+    """Reads the variables one process reads (`envvars.read_by`); the others keep their
+    defaults, so a variable malformed for another process never stops this one."""
+
+    def __init__(self, process: str) -> None:
+        self.process = process
+
+    def __call__(self, var: envvars.Var[T]) -> T:
+        if envvars.read_by(var, self.process):
+            return var.get(self.process)
+        return var.default
+
+
+def _read_any(var: envvars.Var[T]) -> T:
+    return var.get()
+
 
 def load_settings(service: str) -> Settings:
-    """Settings for `service` from the environment; creates the data dir."""
-    data_dir = Path(envvars.SHOP_DATA_DIR.get())
+    """Settings for `service` (or "gateway") from the environment; creates the data dir.
+    A malformed value raises ValueError naming its variable."""
+    get = _Reader(service)
+    data_dir = Path(get(envvars.SHOP_DATA_DIR))
     data_dir.mkdir(parents=True, exist_ok=True)
-    ready = envvars.SHOP_READY_FILE.get()
-    port = envvars.SERVICE_PORT.get(service)
+    ready = get(envvars.SHOP_READY_FILE)
+    port = get(envvars.SERVICE_PORT)
+    traffic_file = get(envvars.SHOP_TRAFFIC)
     return Settings(
         service=service,
-        host=envvars.SHOP_HOST.get(),
+        host=get(envvars.SHOP_HOST),
         port=DEFAULT_PORTS.get(service, 0) if port is None else port,
         data_dir=data_dir,
-        nats_url=envvars.NATS_URL.get(),
-        log_level=envvars.SHOP_LOG_LEVEL.get().upper(),
-        instance_id=envvars.SHOP_INSTANCE_ID.get() or f"{service}-{uuid.uuid4().hex[:8]}",
+        nats_url=get(envvars.NATS_URL),
+        log_level=get(envvars.SHOP_LOG_LEVEL).upper(),
+        instance_id=get(envvars.SHOP_INSTANCE_ID) or f"{service}-{uuid.uuid4().hex[:8]}",
         ready_file=Path(ready) if ready else None,
-        grace_s=envvars.SHOP_GRACE_S.get(),
-        database_url=database_url(service),
+        grace_s=get(envvars.SHOP_GRACE_S),
+        database_url=database_url(service) if envvars.read_by(
+            envvars.SHOP_DATABASE_URL, service) else "",
+        db_pool_max=get(envvars.SHOP_DB_POOL_MAX),
+        version=get(envvars.SHOP_VERSION) or package_version(),
+        pinned={name: addr for name in SERVICES
+                if (addr := envvars.SERVICE_ADDR.get(name))},
+        traffic_file=Path(traffic_file) if traffic_file else None,
+        breaker=BreakerConfig(
+            fail_max=get(envvars.SHOP_BREAKER_FAIL_MAX),
+            reset_s=get(envvars.SHOP_BREAKER_RESET_S),
+            probe_s=get(envvars.SHOP_BREAKER_PROBE_S),
+        ),
+        tls=_tls(get),
+        nats=_nats(get),
+        discovery=DiscoveryConfig(
+            enabled=get(envvars.SHOP_REGISTRY),
+            ttl_s=max(1.0, get(envvars.SHOP_REGISTRY_TTL_S)),
+            wait_s=get(envvars.SHOP_DISCOVERY_WAIT_S),
+            health_s=get(envvars.SHOP_DISCOVERY_HEALTH_S),
+            recheck_s=get(envvars.SHOP_DISCOVERY_RECHECK_S),
+            check_timeout_s=get(envvars.SHOP_DISCOVERY_CHECK_TIMEOUT_S),
+        ),
+        serving=_serving(get, service),
+        tracing=_tracing(get),
+        user=UserConfig(
+            token_ttl_s=get(envvars.SHOP_TOKEN_TTL_S),
+            jwt_issuer=get(envvars.SHOP_JWT_ISSUER),
+            jwt_audience=get(envvars.SHOP_JWT_AUDIENCE),
+            scrypt_n=get(envvars.SHOP_SCRYPT_N),
+            admin_password=get(envvars.SHOP_ADMIN_PASSWORD),
+        ),
+        order=OrderConfig(
+            step_timeout_s=get(envvars.SHOP_SAGA_STEP_TIMEOUT_S),
+            reserve_attempts=get(envvars.SHOP_SAGA_RESERVE_ATTEMPTS),
+            charge_attempts=get(envvars.SHOP_SAGA_CHARGE_ATTEMPTS),
+            compensation_attempts=get(envvars.SHOP_SAGA_COMPENSATION_ATTEMPTS),
+            saga_lease_s=get(envvars.SHOP_SAGA_LEASE_S),
+            saga_budget_s=get(envvars.SHOP_ORDER_SAGA_BUDGET_S),
+        ),
+        mail=MailConfig(
+            smtp_url=get(envvars.SMTP_URL),
+            sender=get(envvars.SMTP_FROM),
+            timeout_s=get(envvars.SHOP_MAIL_TIMEOUT_S),
+            backoff_s=get(envvars.SHOP_MAIL_BACKOFF_S),
+            backoff_cap_s=get(envvars.SHOP_MAIL_BACKOFF_CAP_S),
+            give_up_s=get(envvars.SHOP_MAIL_GIVE_UP_S),
+            breaker_fail_max=get(envvars.SHOP_MAIL_BREAKER_FAIL_MAX),
+            breaker_reset_s=get(envvars.SHOP_MAIL_BREAKER_RESET_S),
+            concurrency=get(envvars.SHOP_MAIL_CONCURRENCY),
+            batch=get(envvars.SHOP_MAIL_BATCH),
+        ),
+        stock=StockConfig(
+            reservation_ttl_s=get(envvars.INVENTORY_RESERVATION_TTL_S),
+            snapshot_every=get(envvars.INVENTORY_SNAPSHOT_EVERY),
+        ),
+        shipping_dispatch_delay_s=get(envvars.SHIPPING_DISPATCH_DELAY_S),
+        product_refresh_s=get(envvars.PRODUCT_REFRESH_S),
     )
+
+
+def _tls(get: Callable[[envvars.Var[Any]], Any]) -> TlsConfig:
+    explicit = get(envvars.SHOP_PKI_DIR)
+    return TlsConfig(
+        enabled=get(envvars.SHOP_MTLS),
+        pki_dir=Path(explicit) if explicit else Path(get(envvars.SHOP_DATA_DIR)) / "pki",
+        reload_s=get(envvars.SHOP_TLS_RELOAD_S),
+        identity=get(envvars.SHOP_IDENTITY),
+    )
+
+
+def load_tls_config() -> TlsConfig:
+    """The TLS settings alone, for tools (shopctl, make run, the tests' own calls)."""
+    return _tls(_read_any)
+
+
+def _nats(get: Callable[[envvars.Var[Any]], Any]) -> NatsConfig:
+    replicas = get(envvars.SHOP_NATS_REPLICAS) or 0
+    if not 0 <= replicas <= 5:
+        raise ValueError(f"SHOP_NATS_REPLICAS must be 1 to 5 (JetStream's limit), "
+                         f"got {envvars.SHOP_NATS_REPLICAS.raw()!r}")
+    age = get(envvars.SHOP_STREAM_MAX_AGE_S)
+    if age < 0:
+        raise ValueError(f"SHOP_STREAM_MAX_AGE_S must be >= 0, got {age}")
+    if 0 < age < DUPLICATE_WINDOW_S:
+        raise ValueError(f"SHOP_STREAM_MAX_AGE_S must be 0 or at least the duplicate "
+                         f"window ({DUPLICATE_WINDOW_S:g} s), got {age:g}")
+    size = get(envvars.SHOP_STREAM_MAX_BYTES)
+    if size < 0:
+        raise ValueError(f"SHOP_STREAM_MAX_BYTES must be >= 0, got {size}")
+    return NatsConfig(
+        identity=get(envvars.SHOP_NATS_IDENTITY),
+        replicas=replicas,
+        stream_max_age_s=age,
+        stream_max_bytes=size,
+        inbox_retain_s=get(envvars.SHOP_INBOX_RETAIN_S),
+        relay_lease_s=get(envvars.SHOP_RELAY_LEASE_S),
+    )
+
+
+def load_nats_config() -> NatsConfig:
+    """The NATS settings alone, for tools."""
+    return _nats(_read_any)
+
+
+def _serving(get: Callable[[envvars.Var[Any]], Any], service: str) -> ServingConfig:
+    probe: str = get(envvars.SERVICE_PROBE_PORT) or get(envvars.SHOP_PROBE_PORT)
+    if probe and not probe.isdigit():
+        raise ValueError(f"probe port must be a port number, got {probe!r}")
+    policy = get(envvars.SHOP_CALL_POLICY)
+    return ServingConfig(
+        advertise_host=get(envvars.SHOP_ADVERTISE_HOST),
+        drain_delay_s=get(envvars.SHOP_DRAIN_DELAY_S),
+        deregister_wait_s=get(envvars.SHOP_DEREGISTER_WAIT_S),
+        probe_port=int(probe) if probe else None,
+        metrics_port=get(envvars.SERVICE_METRICS_PORT),
+        call_policy=Path(policy) if policy else None,
+    )
+
+
+def _tracing(get: Callable[[envvars.Var[Any]], Any]) -> TracingConfig:
+    def first(*names: envvars.Var[str]) -> str:
+        for var in names:
+            value: str = get(var)
+            if value:
+                return value
+        return ""
+
+    return TracingConfig(
+        disabled=get(envvars.OTEL_SDK_DISABLED).lower() == "true",
+        service_named=bool(get(envvars.OTEL_SERVICE_NAME)),
+        endpoint=first(envvars.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+                       envvars.OTEL_EXPORTER_OTLP_ENDPOINT),
+        protocol=first(envvars.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+                       envvars.OTEL_EXPORTER_OTLP_PROTOCOL) or "http/protobuf",
+    )
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("shop")
+    except metadata.PackageNotFoundError:
+        return "dev"
 
 
 def database_url(service: str) -> str:
@@ -106,11 +321,6 @@ def _checked(name: str, url: str) -> str:
         raise ValueError(f"{name} must be a postgresql:// URL, got scheme "
                          f"{urlsplit(url).scheme!r}")
     return url
-
-
-def downstream_addr(service: str) -> str | None:
-    """A fixed address for `service` (`<SERVICE>_ADDR`), overriding discovery."""
-    return envvars.SERVICE_ADDR.get(service) or None
 
 
 def default_addr(service: str) -> str:

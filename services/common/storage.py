@@ -142,7 +142,8 @@ async def open_storage(settings: Settings, migrations: MigrationSet, *, durable:
     if url:
         from services.common.pg import PgDatabase
 
-        return await PgDatabase.open(url, migrations=(common, migrations))
+        return await PgDatabase.open(url, migrations=(common, migrations),
+                                     pool_max=settings.db_pool_max)
     from services.common.db import Database
 
     return await Database.open(settings.db_path, migrations=(common, migrations),

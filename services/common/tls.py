@@ -2,8 +2,12 @@
 
 `SHOP_MTLS` is on unless set to off/0/false/no. With it on, a process is one identity
 (`SHOP_IDENTITY`, else what its entry point claims: the service name, `gateway`,
-`operator`) and reads `<identity>.pem`, `<identity>.key` and `ca.pem` from `pki_dir()`
-(`SHOP_PKI_DIR`, else `$SHOP_DATA_DIR/pki`).
+`operator`) and reads `<identity>.pem`, `<identity>.key` and `ca.pem` from its
+`TlsConfig.pki_dir` (`SHOP_PKI_DIR`, else `$SHOP_DATA_DIR/pki`).
+
+The composition root makes the process's one `Transport` (`Transport.of(config,
+identity)`: its Mesh, or plaintext with SHOP_MTLS=off, said once, loudly) and hands it to
+everything that opens a channel (discovery, every Downstream).
 
 Rotation: the files are looked at (stat) at most every `SHOP_TLS_RELOAD_S` (1 s).
 Servers use grpc's dynamic server credentials, whose fetcher runs per new connection
@@ -30,28 +34,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from grpc import aio
 
-from services.common import envvars
+from services.common.config import TlsConfig
 from services.common.pki import dns_name, identity_of_spiffe
 
 log = logging.getLogger("shop.tls")
 
 ANONYMOUS = "anonymous"  # a peer without a verified certificate (the probe port)
-_OFF = ("0", "off", "false", "no")
-
-
-def mtls_enabled() -> bool:
-    return envvars.SHOP_MTLS.get()
-
-
-def pki_dir() -> Path:
-    explicit = envvars.SHOP_PKI_DIR.get()
-    if explicit:
-        return Path(explicit)
-    return Path(envvars.SHOP_DATA_DIR.get()) / "pki"
-
-
-def _reload_every_s() -> float:
-    return envvars.SHOP_TLS_RELOAD_S.get()
+_RELOAD_S = TlsConfig().reload_s
 
 
 @dataclass(frozen=True)
@@ -77,12 +66,12 @@ def _matches(cert_pem: bytes, key_pem: bytes) -> bool:
 class IdentityFiles:
     """The certificate, key and CA of one identity, reloaded when they change on disk."""
 
-    def __init__(self, directory: Path, identity: str, *, reload_s: float | None = None) -> None:
+    def __init__(self, directory: Path, identity: str, *, reload_s: float = _RELOAD_S) -> None:
         self.directory = directory
         self.identity = identity
         self.paths = (directory / "ca.pem", directory / f"{identity}.pem",
                       directory / f"{identity}.key")
-        self.reload_s = _reload_every_s() if reload_s is None else reload_s
+        self.reload_s = reload_s
         self._lock = threading.Lock()
         self._stamp: tuple[tuple[int, int, int], ...] | None = None
         self._next_look = 0.0
@@ -171,9 +160,9 @@ def target_options(service: str) -> list[tuple[str, str]]:
 class Mesh:
     """This process's side of mTLS: its identity, its files, its channel credentials."""
 
-    def __init__(self, identity: str, directory: Path | None = None) -> None:
+    def __init__(self, identity: str, directory: Path, *, reload_s: float = _RELOAD_S) -> None:
         self.identity = identity
-        self.files = IdentityFiles(directory or pki_dir(), identity)
+        self.files = IdentityFiles(directory, identity, reload_s=reload_s)
         self._creds: tuple[int, grpc.ChannelCredentials] | None = None
 
     @property
@@ -203,69 +192,56 @@ class Mesh:
                                    options=[*options, *target_options(service)])
 
 
-class _Process:
-    """Who this process is on the mesh; one per process (like clients' picker)."""
+class Transport:
+    """How one process's gRPC channels are made: mTLS as its identity (its `Mesh`), or
+    plaintext with SHOP_MTLS=off. One per process, made by its composition root."""
 
-    def __init__(self) -> None:
-        self.claimed = ""
-        self.mesh: Mesh | None = None
-        self.warned = False
+    def __init__(self, mesh: Mesh | None) -> None:
+        self.mesh = mesh
 
+    @classmethod
+    def of(cls, config: TlsConfig, identity: str, *, warn: bool = True) -> Transport:
+        """The transport of a process claiming `identity` (SHOP_IDENTITY wins); a
+        plaintext one with SHOP_MTLS=off, said loudly (unless `warn` is off: a tool
+        making one per call)."""
+        if not config.enabled:
+            if warn:
+                log.warning("SHOP_MTLS=off: gRPC runs in PLAINTEXT, callers are not "
+                            "authenticated and the call policy is NOT enforced; "
+                            "for experiments only")
+            return cls(None)
+        who = config.identity_of(identity)
+        if not who:
+            raise RuntimeError("SHOP_MTLS=on but this process has no identity "
+                               "(set SHOP_IDENTITY)")
+        return cls(Mesh(who, config.pki_dir, reload_s=config.reload_s))
 
-_process = _Process()
+    @classmethod
+    def plaintext(cls) -> Transport:
+        return cls(None)
 
+    @property
+    def identity(self) -> str:
+        return "" if self.mesh is None else self.mesh.identity
 
-def claim_identity(identity: str) -> None:
-    """The entry point's identity (service name, gateway, operator); `SHOP_IDENTITY`
-    wins, and the first claim stays (a test process hosting several keeps its first)."""
-    if not _process.claimed:
-        _process.claimed = identity
+    def generation(self) -> int:
+        """The credential generation (0 in plaintext): channels made at another one are
+        to be replaced."""
+        return 0 if self.mesh is None else self.mesh.generation
 
+    def open_channel(self, addr: str, service: str,
+                     options: Sequence[tuple[str, Any]]) -> aio.Channel:
+        """The one place a service-to-service channel is made: mTLS unless SHOP_MTLS=off."""
+        if self.mesh is None:
+            return aio.insecure_channel(addr, options=options)
+        return self.mesh.aio_channel(addr, service, options)
 
-def process_identity() -> str:
-    return envvars.SHOP_IDENTITY.get() or _process.claimed
-
-
-def process_mesh() -> Mesh | None:
-    """This process's Mesh, None with SHOP_MTLS=off (said once, loudly)."""
-    if not mtls_enabled():
-        if not _process.warned:
-            _process.warned = True
-            log.warning("SHOP_MTLS=off: gRPC runs in PLAINTEXT, callers are not "
-                        "authenticated and the call policy is NOT enforced; "
-                        "for experiments only")
-        return None
-    identity = process_identity()
-    if not identity:
-        raise RuntimeError("SHOP_MTLS=on but this process has no identity "
-                           "(set SHOP_IDENTITY or call tls.claim_identity)")
-    mesh = _process.mesh
-    if mesh is None or mesh.identity != identity:
-        mesh = _process.mesh = Mesh(identity)
-    return mesh
-
-
-def generation() -> int:
-    """The process's credential generation (0 with mTLS off)."""
-    mesh = process_mesh()
-    return 0 if mesh is None else mesh.generation
-
-
-def open_channel(addr: str, service: str, options: Sequence[tuple[str, Any]]) -> aio.Channel:
-    """The one place a service-to-service channel is made: mTLS unless SHOP_MTLS=off."""
-    mesh = process_mesh()
-    if mesh is None:
-        return aio.insecure_channel(addr, options=options)
-    return mesh.aio_channel(addr, service, options)
-
-
-def open_sync_channel(addr: str, service: str,
-                      options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
-    """The blocking twin of open_channel (supervisor health probes, shopctl)."""
-    mesh = process_mesh()
-    if mesh is None:
-        return grpc.insecure_channel(addr, options=options)
-    return mesh.sync_channel(addr, service, options)
+    def open_sync_channel(self, addr: str, service: str,
+                          options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+        """The blocking twin of open_channel (supervisor health probes, shopctl)."""
+        if self.mesh is None:
+            return grpc.insecure_channel(addr, options=options)
+        return self.mesh.sync_channel(addr, service, options)
 
 
 def peer_identity(ctx: Any) -> str:
@@ -285,15 +261,8 @@ __all__ = [
     "IdentityFiles",
     "Material",
     "Mesh",
-    "claim_identity",
-    "generation",
-    "mtls_enabled",
-    "open_channel",
-    "open_sync_channel",
+    "Transport",
     "peer_identity",
-    "pki_dir",
-    "process_identity",
-    "process_mesh",
     "server_credentials",
     "target_options",
 ]

@@ -22,8 +22,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from services.common import envvars
-from services.common.registry import shop_version
+from services.common.config import TracingConfig
 
 __all__ = ["PROPAGATOR", "current_trace_id", "setup_tracing"]
 
@@ -34,21 +33,10 @@ PROTOCOLS = ("http/protobuf", "grpc")
 PROPAGATOR = TraceContextTextMapPropagator()
 
 
-def _env(*names: envvars.Var[str]) -> str:
-    for var in names:
-        value = var.get()
-        if value:
-            return value
-    return ""
-
-
-def _exporter() -> SpanExporter | None:
-    endpoint = _env(envvars.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
-                    envvars.OTEL_EXPORTER_OTLP_ENDPOINT)
-    if not endpoint:
+def _exporter(config: TracingConfig) -> SpanExporter | None:
+    if not config.endpoint:
         return None
-    protocol = _env(envvars.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
-                    envvars.OTEL_EXPORTER_OTLP_PROTOCOL) or "http/protobuf"
+    protocol = config.protocol
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
             OTLPSpanExporter as GrpcExporter,
@@ -63,17 +51,18 @@ def _exporter() -> SpanExporter | None:
                      f" got {protocol!r}")
 
 
-def setup_tracing(service: str, instance_id: str) -> Callable[[], None]:
+def setup_tracing(service: str, instance_id: str, config: TracingConfig,
+                  version: str) -> Callable[[], None]:
     """Install the process's tracer provider; returns its shutdown (flushes the exporter)."""
-    if envvars.OTEL_SDK_DISABLED.get().lower() == "true":
+    if config.disabled:
         return lambda: None
-    attributes = {"service.instance.id": instance_id, "service.version": shop_version()}
-    if not envvars.OTEL_SERVICE_NAME.get():
+    attributes = {"service.instance.id": instance_id, "service.version": version}
+    if not config.service_named:
         attributes["service.name"] = f"shop-{service}"
     # Resource.create adds OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME; the sampler
     # comes from OTEL_TRACES_SAMPLER (TracerProvider's default reads it).
     provider = TracerProvider(resource=Resource.create(attributes))
-    exporter = _exporter()
+    exporter = _exporter(config)
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
         log.info("traces exported", extra={"exporter": type(exporter).__module__})

@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from services.common import envvars
-
 TRAFFIC_FILE = Path(__file__).resolve().parents[2] / "proto" / "traffic.toml"
 
 T = TypeVar("T")
@@ -92,10 +90,10 @@ def _load(path: str) -> Traffic:
     return parse_traffic(Path(path).read_text())
 
 
-def traffic() -> Traffic:
-    """The process's traffic configuration (read once per file)."""
-    explicit = envvars.SHOP_TRAFFIC.get()
-    return _load(explicit or str(TRAFFIC_FILE))
+def load_traffic(path: Path | None = None) -> Traffic:
+    """The traffic configuration in `path` (SHOP_TRAFFIC), else proto/traffic.toml; each
+    file is read once. The composition root hands it to discovery and the Downstreams."""
+    return _load(str(path or TRAFFIC_FILE))
 
 
 class WeightedRing(Generic[T]):
@@ -136,6 +134,6 @@ __all__ = [
     "Traffic",
     "TrafficError",
     "WeightedRing",
+    "load_traffic",
     "parse_traffic",
-    "traffic",
 ]

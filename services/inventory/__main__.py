@@ -13,7 +13,7 @@ from services.common.server import App, run_service
 from services.common.settings import Settings
 from services.common.storage import open_storage
 from services.common.wiring import Wiring
-from services.inventory.expiry import ReservationExpiry, reservation_ttl_s
+from services.inventory.expiry import ReservationExpiry
 from services.inventory.servicer import InventoryServicer
 from services.inventory.store import InventoryStore, snapshot_every
 
@@ -25,13 +25,13 @@ SERVICE = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"]
 async def build(settings: Settings, wiring: Wiring) -> App:
     # durable: stock is money's twin; a lost commit would break the stock invariant.
     db = await open_storage(settings, service_migrations("inventory"), durable=True)
-    store = InventoryStore(db, snapshot_every=snapshot_every())
+    store = InventoryStore(db, snapshot_every=snapshot_every(settings.stock.snapshot_every))
     await store.seed((p.id, p.stock) for p in CATALOGUE)
     servicer = InventoryServicer(store, db)
     # The relay starts once NATS answers: reservations are served (and their events kept
     # in the outbox) while NATS is down.
     events = EventWorkers(settings, db, relay=True)
-    ttl = reservation_ttl_s()
+    ttl = settings.stock.reservation_ttl_s
     expiry = [ReservationExpiry(store, ttl).run] if ttl > 0 else []
 
     return App.serving(

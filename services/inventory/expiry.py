@@ -14,16 +14,11 @@ import asyncio
 import logging
 import time
 
-from services.common import envvars
 from services.inventory.store import InventoryRepository
 
 log = logging.getLogger("shop.inventory.expiry")
 
 DEFAULT_TTL_S = 900.0
-
-
-def reservation_ttl_s() -> float:
-    return envvars.INVENTORY_RESERVATION_TTL_S.get()
 
 
 class ReservationExpiry:

@@ -27,7 +27,6 @@ from typing import Protocol, TypeVar
 
 from shop.inventory.v1 import inventory_pb2
 
-from services.common import envvars
 from services.common.errors import NotFound, Unavailable
 from services.common.events import INVENTORY_RELEASED, INVENTORY_RESERVED, INVENTORY_RESTOCKED
 from services.common.storage import Row, Storage, Tx
@@ -56,9 +55,9 @@ _MAX_ATTEMPTS = 32
 T = TypeVar("T")
 
 
-def snapshot_every() -> int:
-    """INVENTORY_SNAPSHOT_EVERY: a snapshot per stream every this many events (0: none)."""
-    every = envvars.INVENTORY_SNAPSHOT_EVERY.get()
+def snapshot_every(every: int) -> int:
+    """INVENTORY_SNAPSHOT_EVERY, checked: a snapshot per stream every this many events
+    (0: none)."""
     if every < 0:
         raise ValueError(f"INVENTORY_SNAPSHOT_EVERY must not be negative, got {every}")
     return every

@@ -14,7 +14,7 @@ from services.common.settings import Settings
 from services.common.storage import open_storage
 from services.common.wiring import Wiring
 from services.notification import handlers
-from services.notification.mailconfig import load_mail_settings
+from services.notification.mailconfig import mail_settings
 from services.notification.metrics import MailMetrics
 from services.notification.sender import MailSender
 from services.notification.servicer import NotificationServicer
@@ -24,7 +24,7 @@ SERVICE = notification_pb2.DESCRIPTOR.services_by_name["NotificationService"]
 
 
 async def build(settings: Settings, wiring: Wiring) -> App:
-    mail = load_mail_settings()
+    mail = mail_settings(settings.mail)
     # Messages are re-creatable from the stream, so NORMAL sync is enough here.
     db = await open_storage(settings, service_migrations("notification"), durable=False)
     metrics = MailMetrics()

@@ -1,5 +1,6 @@
 """Mail settings from the environment: where to send (SMTP_URL), as whom (SMTP_FROM), and
-how hard to try. Parsing is pure; `load_mail_settings()` reads the variables once.
+how hard to try. Parsing is pure; `mail_settings(settings.mail)` turns the variables
+read at start into these settings.
 
 SMTP_URL forms: `smtp://host[:port]` (plain, port 25), `smtp+starttls://host[:port]` or
 `smtp://...?starttls=1` (STARTTLS, port 587), `smtps://host[:port]` (TLS from the first
@@ -12,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from services.common import envvars
+from services.common.config import MailConfig
 
-__all__ = ["DEFAULT_SMTP_URL", "MailSettings", "SmtpTarget", "load_mail_settings",
+__all__ = ["DEFAULT_SMTP_URL", "MailSettings", "SmtpTarget", "mail_settings",
            "parse_smtp_url"]
 
 DEFAULT_SMTP_URL = "smtp://127.0.0.1:1025"
@@ -96,19 +97,19 @@ class MailSettings:
     batch: int = 32
 
 
-def load_mail_settings() -> MailSettings:
-    """SMTP_URL, SMTP_FROM and the SHOP_MAIL_* tuning variables."""
-    raw = envvars.SMTP_URL.get()
+def mail_settings(config: MailConfig) -> MailSettings:
+    """SMTP_URL (parsed), SMTP_FROM and the SHOP_MAIL_* tuning variables, as read."""
+    raw = config.smtp_url
     target = None if raw.lower() in ("off", "none", "disabled") else parse_smtp_url(raw)
     return MailSettings(
         target=target,
-        sender=envvars.SMTP_FROM.get(),
-        attempt_timeout_s=envvars.SHOP_MAIL_TIMEOUT_S.get(),
-        backoff_s=envvars.SHOP_MAIL_BACKOFF_S.get(),
-        backoff_cap_s=envvars.SHOP_MAIL_BACKOFF_CAP_S.get(),
-        give_up_after_s=envvars.SHOP_MAIL_GIVE_UP_S.get(),
-        breaker_fail_max=envvars.SHOP_MAIL_BREAKER_FAIL_MAX.get(),
-        breaker_reset_s=envvars.SHOP_MAIL_BREAKER_RESET_S.get(),
-        concurrency=max(1, envvars.SHOP_MAIL_CONCURRENCY.get()),
-        batch=max(1, envvars.SHOP_MAIL_BATCH.get()),
+        sender=config.sender,
+        attempt_timeout_s=config.timeout_s,
+        backoff_s=config.backoff_s,
+        backoff_cap_s=config.backoff_cap_s,
+        give_up_after_s=config.give_up_s,
+        breaker_fail_max=config.breaker_fail_max,
+        breaker_reset_s=config.breaker_reset_s,
+        concurrency=max(1, config.concurrency),
+        batch=max(1, config.batch),
     )

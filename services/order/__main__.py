@@ -21,7 +21,6 @@ from shop.product.v1 import product_pb2_grpc
 from shop.shipping.v1 import shipping_pb2_grpc
 from shop.user.v1 import user_pb2_grpc
 
-from services.common import envvars
 from services.common.eventing import ConsumerSpec, EventWorkers
 from services.common.schema import service_migrations
 from services.common.server import App, run_service
@@ -41,7 +40,8 @@ SERVICE = order_pb2.DESCRIPTOR.services_by_name["OrderService"]
 async def build(settings: Settings, wiring: Wiring) -> App:
     db = await open_storage(settings, service_migrations("order"), durable=True)
     store = OrderStore(db)
-    step_timeout = envvars.SHOP_SAGA_STEP_TIMEOUT_S.get()
+    own = settings.order
+    step_timeout = own.step_timeout_s
     inventory = wiring.downstream("inventory", inventory_pb2_grpc.InventoryServiceStub,
                                   cap_s=step_timeout)
     payment = wiring.downstream("payment", payment_pb2_grpc.PaymentServiceStub,
@@ -54,19 +54,15 @@ async def build(settings: Settings, wiring: Wiring) -> App:
         carts=wiring.downstream("cart", cart_pb2_grpc.CartServiceStub, cap_s=2.0),
     )
     limits = Limits(
-        reserve=envvars.SHOP_SAGA_RESERVE_ATTEMPTS.get(),
-        charge=envvars.SHOP_SAGA_CHARGE_ATTEMPTS.get(),
-        compensation=envvars.SHOP_SAGA_COMPENSATION_ATTEMPTS.get(),
+        reserve=own.reserve_attempts,
+        charge=own.charge_attempts,
+        compensation=own.compensation_attempts,
     )
     # The instance id is the lease owner: a restarted instance resumes its own sagas at once.
-    config = SagaConfig(
-        owner=settings.instance_id, limits=limits, lease_s=envvars.SHOP_SAGA_LEASE_S.get()
-    )
+    config = SagaConfig(owner=settings.instance_id, limits=limits, lease_s=own.saga_lease_s)
     ports = GrpcPorts(inventory, payment, shipping, step_timeout_s=step_timeout)
     runner = SagaRunner(store, ports, config)
-    servicer = OrderServicer(
-        store, runner, peers, budget_s=envvars.SHOP_ORDER_SAGA_BUDGET_S.get()
-    )
+    servicer = OrderServicer(store, runner, peers, budget_s=own.saga_budget_s)
     payment_routes, shipment_routes = handlers.routes(runner.poke, runner.driving)
     events = EventWorkers(
         settings,

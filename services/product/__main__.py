@@ -7,7 +7,6 @@ import logging
 
 from shop.product.v1 import product_pb2, product_pb2_grpc
 
-from services.common import envvars
 from services.common.demo import CATALOGUE as DEMO
 from services.common.schema import service_migrations
 from services.common.server import App, run_service
@@ -35,7 +34,7 @@ async def build(settings: Settings, wiring: Wiring) -> App:
     servicer = ProductServicer(store, Catalogue())
     await servicer.catch_up()
     log.info("catalogue loaded", extra={"products": len(servicer.catalogue), "seeded": seeded})
-    refresh_s = envvars.PRODUCT_REFRESH_S.get()
+    refresh_s = settings.product_refresh_s
 
     async def follow() -> None:
         await servicer.follow(refresh_s)

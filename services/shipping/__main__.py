@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from shop.shipping.v1 import shipping_pb2, shipping_pb2_grpc
 
-from services.common import envvars
 from services.common.eventing import ConsumerSpec, EventWorkers
 from services.common.schema import service_migrations
 from services.common.server import App, run_service
@@ -25,8 +24,7 @@ SERVICE = shipping_pb2.DESCRIPTOR.services_by_name["ShippingService"]
 
 
 async def build(settings: Settings, wiring: Wiring) -> App:
-    delay_s = domain.validate_dispatch_delay(
-        envvars.SHIPPING_DISPATCH_DELAY_S.get())
+    delay_s = domain.validate_dispatch_delay(settings.shipping_dispatch_delay_s)
     # durable: a lost commit would re-ship an acknowledged order with a new tracking number.
     db = await open_storage(settings, service_migrations("shipping"), durable=True)
     shipping = ShippingStore(db)

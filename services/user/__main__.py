@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 from shop.user.v1 import user_pb2, user_pb2_grpc
 
-from services.common import envvars
 from services.common.eventing import EventWorkers
 from services.common.schema import service_migrations
 from services.common.server import App, run_service
@@ -27,20 +26,20 @@ SERVICE = user_pb2.DESCRIPTOR.services_by_name["UserService"]
 log = logging.getLogger("shop.user")
 
 
-def scrypt_params() -> domain.ScryptParams:
+def scrypt_params(settings: Settings) -> domain.ScryptParams:
     """SHOP_SCRYPT_N (default 2^17, OWASP's minimum): the cost of new password hashes.
     Lower it only for test runs that sign up many users; stored hashes keep their own
     parameters, and those below the setting are re-hashed at their next login."""
-    return domain.ScryptParams(n=envvars.SHOP_SCRYPT_N.get())
+    return domain.ScryptParams(n=settings.user.scrypt_n)
 
 
 async def build(settings: Settings, wiring: Wiring) -> App:
     # Accounts and their events: every commit on disk before CreateUser answers.
     db = await open_storage(settings, service_migrations("user"), durable=True)
     keys = await asyncio.to_thread(
-        KeyRing.load_or_create, settings.data_dir / "keys", TokenSettings.from_env()
+        KeyRing.load_or_create, settings.data_dir / "keys", TokenSettings.of(settings.user)
     )
-    scrypt = scrypt_params()
+    scrypt = scrypt_params(settings)
     hasher = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="scrypt")
     # Made now, so the first login for an unknown email is not slower than the rest.
     await asyncio.get_running_loop().run_in_executor(hasher, domain.dummy_hash, scrypt)
@@ -52,7 +51,8 @@ async def build(settings: Settings, wiring: Wiring) -> App:
     # Before serving: nobody can register admin@shop.local ahead of it.
     await ensure_admin(servicer.store, settings.data_dir,
                        lambda pw: asyncio.get_running_loop().run_in_executor(
-                           hasher, domain.hash_password, pw))
+                           hasher, domain.hash_password, pw),
+                       given=settings.user.admin_password)
 
     async def stop_hasher() -> None:
         hasher.shutdown(wait=False, cancel_futures=True)

@@ -18,7 +18,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from services.common import envvars
 from services.common.errors import AlreadyExists, InvalidArgument
 from services.user import domain
 from services.user.store import UserRepository
@@ -54,9 +53,9 @@ def _write_exclusive(path: Path, text: str) -> bool:
             tmp.unlink()
 
 
-def admin_password(data_dir: Path) -> tuple[str, str]:
-    """(password, where it came from) for the admin account."""
-    given = envvars.SHOP_ADMIN_PASSWORD.get()
+def admin_password(data_dir: Path, given: str = "") -> tuple[str, str]:
+    """(password, where it came from) for the admin account: `given`
+    (SHOP_ADMIN_PASSWORD), else the one in the data dir's file (made on first use)."""
     if given:
         try:
             domain.check_password_rules(given)
@@ -71,7 +70,8 @@ def admin_password(data_dir: Path) -> tuple[str, str]:
     return password, str(path)
 
 
-async def ensure_admin(store: UserRepository, data_dir: Path, hash_password: Hasher) -> None:
+async def ensure_admin(store: UserRepository, data_dir: Path, hash_password: Hasher, *,
+                       given: str = "") -> None:
     """Create admin@shop.local with the admin role unless that email exists.
 
     An existing account of that email that lacks the role is left as it is (and said so):
@@ -82,7 +82,7 @@ async def ensure_admin(store: UserRepository, data_dir: Path, hash_password: Has
             log.warning("the admin account exists without the admin role; not granting it",
                         extra={"email": domain.ADMIN_EMAIL})
         return
-    password, source = admin_password(data_dir)
+    password, source = admin_password(data_dir, given)
     user = domain.User(id=uuid.uuid4().hex, email=domain.ADMIN_EMAIL, name=domain.ADMIN_NAME,
                        create_time=time.time(), roles=(domain.ADMIN_ROLE,))
     try:

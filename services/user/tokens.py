@@ -27,7 +27,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from services.common import envvars
+from services.common.config import UserConfig
 
 __all__ = ["ALGORITHM", "KeyRing", "SigningKey", "TokenSettings", "claims_for", "kid_of"]
 
@@ -45,12 +45,12 @@ class TokenSettings:
     audience: str = "shop-api"
 
     @classmethod
-    def from_env(cls) -> TokenSettings:
-        ttl = envvars.SHOP_TOKEN_TTL_S.get()
+    def of(cls, config: UserConfig) -> TokenSettings:
+        """The user service's SHOP_TOKEN_TTL_S, SHOP_JWT_ISSUER and SHOP_JWT_AUDIENCE."""
+        ttl = config.token_ttl_s
         if ttl <= 0:
             raise ValueError(f"SHOP_TOKEN_TTL_S must be positive, got {ttl}")
-        return cls(ttl_s=ttl, issuer=envvars.SHOP_JWT_ISSUER.get(),
-                   audience=envvars.SHOP_JWT_AUDIENCE.get())
+        return cls(ttl_s=ttl, issuer=config.jwt_issuer, audience=config.jwt_audience)
 
 
 def _b64url(data: bytes) -> str:

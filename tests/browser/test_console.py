@@ -16,7 +16,7 @@ from playwright.sync_api import expect
 from shop.user.v1 import user_pb2
 
 from ops.process import System
-from services.common import dlq, natsauth
+from services.common import dlq
 from services.common.outbox import new_envelope
 from services.common.settings import SERVICES
 from tests.browser.conftest import (
@@ -26,6 +26,7 @@ from tests.browser.conftest import (
     rest,
     shopper,
 )
+from tests.support.mesh import nats_auth
 
 ADMIN = "admin@shop.local"
 
@@ -61,7 +62,7 @@ def put_dead_letter(nats_url: str, correlation_id: str) -> None:
                        aggregate_id=user.id, correlation_id=correlation_id, traceparent="")
 
     async def write() -> None:
-        nc = await nats.connect(nats_url, **natsauth.connect_options())
+        nc = await nats.connect(nats_url, **nats_auth().options())
         try:
             await dlq.dead_letter(nc.jetstream(timeout=5), consumer="notification",
                                   subject="user.created", data=env.SerializeToString(),

@@ -1,5 +1,5 @@
 """services/common keeps no module-level mutable state beyond the few listed here, each
-with the reason it is still there: anything new fails this test.
+with the reason it is still there (today none): anything new fails this test.
 
 Found: a module-level name bound to a mutable container (dict, list, set, their
 constructors, a WeakValueDictionary), to an instance of a class of the module, or
@@ -16,16 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 COMMON = ROOT / "services" / "common"
 
-# name -> why it is still module-level.
-STILL_THERE = {
-    "breakers._registry": "the process's breakers by name; discovery and every Downstream "
-                          "of a process share them (to become an object passed in, like "
-                          "the picker)",
-    "tls._process": "the process's claimed identity, its mesh and a warned-once flag: one "
-                    "per OS process by nature (its certificate)",
-    "natsauth._claim": "the identity NATS is connected as, claimed once per process",
-    "logging._configured": "the root logger is configured once per process",
-}
+# name -> why it is still module-level (none: what a process shares is made by its
+# composition root, services/common/wiring.py, and passed in).
+STILL_THERE: dict[str, str] = {}
 _CONTAINERS = {"dict", "list", "set", "defaultdict", "deque", "WeakValueDictionary",
                "WeakKeyDictionary", "OrderedDict"}
 

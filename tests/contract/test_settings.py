@@ -55,6 +55,56 @@ def test_only_envvars_reads_the_environment() -> None:
                        "declare the variable there and read it with its Var")
 
 
+# The settings loaders: a service or gateway process reads its variables there, once at
+# start; everything else is handed the values (services/common/config.py's sections).
+LOADERS = {"services/common/envvars.py", "services/common/settings.py", "gateway/config.py"}
+_VAR_NAMES = frozenset(name for name, value in vars(envvars).items()
+                       if isinstance(value, envvars.Var))
+_READ_BY_NAME = {"raw_value", "env_str", "env_int", "env_float"}
+
+
+def _var_reads(tree: ast.AST) -> list[int]:
+    """Lines that read a variable: `<Var>.get(...)`/`.raw(...)` (envvars.X.get(), or X
+    imported), or the by-name readers (`raw_value`, `env_*`)."""
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr in ("get", "raw"):
+            owner = func.value
+            name = (owner.attr if isinstance(owner, ast.Attribute)
+                    else owner.id if isinstance(owner, ast.Name) else "")
+            if name in _VAR_NAMES:
+                found.append(node.lineno)
+        name = func.attr if isinstance(func, ast.Attribute) else (
+            func.id if isinstance(func, ast.Name) else "")
+        if name in _READ_BY_NAME:
+            found.append(node.lineno)
+    return found
+
+
+def test_the_scan_finds_a_variable_read() -> None:
+    code = ("from services.common import envvars\n"
+            "from services.common.envvars import SHOP_MTLS\n"
+            "a = envvars.SHOP_BREAKER_FAIL_MAX.get()\n"
+            "b = SHOP_MTLS.get()\n"
+            "c = envvars.SERVICE_ADDR.raw('order')\n"
+            "d = env_int('SHOP_X', 1)\n"
+            "e = {}.get('SHOP_MTLS')\n")
+    assert _var_reads(ast.parse(code)) == [3, 4, 5, 6]
+
+
+def test_processes_read_variables_only_in_the_settings_loaders() -> None:
+    found = [f"{p.relative_to(ROOT)}:{line}"
+             for top in ("services", "gateway") for p in sorted((ROOT / top).rglob("*.py"))
+             if p.relative_to(ROOT).as_posix() not in LOADERS
+             for line in _var_reads(ast.parse(p.read_text()))]
+    assert not found, ("a variable read outside the settings loaders (load_settings, "
+                       "load_gateway_settings): read it there into the process's Settings "
+                       f"and pass the value in: {found}")
+
+
 def _literal_names(path: Path) -> list[tuple[str, int]]:
     """Variable names read by string: env_*("X", ...) and os.environ.get("X")/["X"]."""
     out = []

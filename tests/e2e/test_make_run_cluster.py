@@ -20,6 +20,7 @@ from services.common.bus import Bus
 from services.common.events import DLQ_STREAM, ORDER_CREATED, STREAM
 from services.common.settings import SERVICES, health_name
 from tests.e2e.test_make_run import START_TIMEOUT_S, ShopRun
+from tests.support.mesh import nats_auth
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -71,7 +72,7 @@ async def test_make_run_with_a_three_node_cluster(cluster_run: ShopRun) -> None:
     first = cluster_run.ports["nats"]
     assert doc["nats_url"] == ",".join(f"nats://127.0.0.1:{first + i}" for i in range(3))
     assert "cluster of 3" in cluster_run.output
-    bus = await Bus.connect(doc["nats_url"], name="cluster-e2e")
+    bus = await Bus.connect(doc["nats_url"], name="cluster-e2e", auth=nats_auth())
     try:
         deadline = time.monotonic() + 30
         while True:  # the services create the streams once connected

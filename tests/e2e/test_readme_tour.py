@@ -43,8 +43,8 @@ from ops.natsd import NatsServer
 from ops.otlp import OtlpReceiver
 from ops.process import GATEWAY, REPO_ROOT, ServiceProcess, System, env_prefix, start_system
 from services.common.settings import DEFAULT_PORTS, SERVICES
-from services.common.tls import pki_dir
 from tests.fixtures_services import START_TIMEOUT_S, TEST_ENV
+from tests.support.mesh import pki as pki_dir
 
 README = REPO_ROOT / "README.md"
 OPERATOR_FLAGS = "-cacert var/pki/ca.pem -cert var/pki/operator.pem -key var/pki/operator.key"

@@ -33,10 +33,10 @@ from shop.shipping.v1 import shipping_pb2, shipping_pb2_grpc
 from shop.user.v1 import user_pb2, user_pb2_grpc
 
 from ops.process import System
-from services.common import natsauth
 from services.common.events import CATALOGUE, DLQ_STREAM, STREAM
 from services.common.settings import SERVICES
 from tests.support import mesh
+from tests.support.mesh import nats_auth
 from tests.support.outboxes import unsent_outbox_rows
 
 BOOKKEEPING = {"inbox", "outbox", "outbox_lease"}
@@ -188,7 +188,7 @@ def diff(before: Snapshot, after: Snapshot) -> list[str]:
 
 @pytest.fixture
 async def js(system: System) -> AsyncIterator[JetStreamContext]:
-    nc: NATS = await nats.connect(system.nats_url, connect_timeout=5, **natsauth.connect_options())
+    nc: NATS = await nats.connect(system.nats_url, connect_timeout=5, **nats_auth().options())
     try:
         yield nc.jetstream()
     finally:

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from ops.process import System
-from services.common import tls
 from tests.support.grpcurl import GRPCURL, proto_source, tls_flags
+from tests.support.mesh import mtls_enabled
 
-pytestmark = pytest.mark.skipif(not tls.mtls_enabled(), reason="needs SHOP_MTLS=on")
+pytestmark = pytest.mark.skipif(not mtls_enabled(), reason="needs SHOP_MTLS=on")
 
 SEEN = [
     ("order", "shop.order.v1.OrderService/ListOrders", {"user_id": "someone"}),

@@ -32,6 +32,7 @@ from tests.support import mesh
 from tests.support.faultproxy import FaultProxy, Mode
 from tests.support.invariants import check_invariants
 from tests.support.load import OrderClient, paced, set_stock
+from tests.support.mesh import nats_auth
 from tests.support.users import create_users
 
 FAIL_MAX = 5
@@ -198,7 +199,7 @@ ORDER_STOCK = {"chef-knife": 10_000}
 async def _payment_breaker_states(nats_url: str) -> set[str]:
     """The states the order service reports for its payment breaker(s) in the registry."""
     states: set[str] = set()
-    for inst in await list_instances(nats_url, timeout=2.0):
+    for inst in await list_instances(nats_url, timeout=2.0, auth=nats_auth()):
         if inst.service == "order":
             states |= {v for k, v in inst.breakers.items() if "payment" in k}
     return states

@@ -20,13 +20,13 @@ import pytest
 from cryptography import x509
 from shop.product.v1 import product_pb2, product_pb2_grpc
 
-from services.common import tls
 from services.common.clients import Downstream
 from services.common.pki import IDENTITIES, ensure_pki
 from tests.support.inprocess import running_echo
-from tests.support.mesh import ECHO, make_session_pki
+from tests.support.mesh import ECHO, make_session_pki, mtls_enabled, transport
+from tests.support.mesh import pki as session_pki
 
-pytestmark = pytest.mark.skipif(not tls.mtls_enabled(), reason="needs SHOP_MTLS=on")
+pytestmark = pytest.mark.skipif(not mtls_enabled(), reason="needs SHOP_MTLS=on")
 
 LOAD_S = 4.0
 WORKERS = 6
@@ -57,14 +57,13 @@ def _reissue(pki: Path) -> None:
 async def test_rotation_under_load_fails_no_call(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pki = tmp_path / "pki"
-    shutil.copytree(tls.pki_dir(), pki)
-    monkeypatch.setenv("SHOP_PKI_DIR", str(pki))
+    shutil.copytree(session_pki(), pki)
+    monkeypatch.setenv("SHOP_PKI_DIR", str(pki))  # the echo server's, read at its start
     monkeypatch.setenv("SHOP_TLS_RELOAD_S", "0.1")
-    monkeypatch.setattr(tls._process, "mesh", tls.Mesh("gateway", pki))
 
     async with running_echo(tmp_path / "echo", slow_s=0.6) as echo:
         ds = Downstream("product", product_pb2_grpc.ProductServiceStub, cap_s=5.0,
-                        address=echo.addr)
+                        address=echo.addr, transport=transport())
         ok = 0
         failures: list[BaseException] = []
         stop = time.monotonic() + LOAD_S

@@ -23,6 +23,7 @@ from services.common.events import STREAM
 from tests.fixtures_services import START_TIMEOUT_S
 from tests.support.invariants import check_invariants
 from tests.support.load import TRANSIENT, OrderClient, channel, set_stock
+from tests.support.mesh import nats_auth
 from tests.support.users import create_users
 
 pytestmark = pytest.mark.timeout(180)
@@ -40,7 +41,7 @@ DURABLE = {"notification": "notification-events", "shipping": "shipping-orders",
 
 
 async def _backlog(url: str, durable: str) -> int:
-    bus = await Bus.connect(url, name="backlog-probe")
+    bus = await Bus.connect(url, name="backlog-probe", auth=nats_auth())
     try:
         info = await bus.js.consumer_info(STREAM, durable)
         return int(info.num_pending or 0) + int(info.num_ack_pending or 0)

@@ -28,6 +28,7 @@ from services.common.events import DLQ_STREAM, STREAM
 from tests.fixtures_services import FAULT_ENV, START_TIMEOUT_S
 from tests.support.invariants import check_invariants
 from tests.support.load import OrderClient, paced, set_stock
+from tests.support.mesh import nats_auth
 from tests.support.records import read_records
 from tests.support.users import create_users
 
@@ -150,7 +151,7 @@ async def test_node_kill_9_under_orders(cluster: NatsCluster, cluster_system: Sy
     users = await create_users(sysm.addr("user"), USERS, f"cluster-{victim}")
     await set_stock(sysm.addr("inventory"), STOCK)
     products = list(STOCK)
-    watch_bus = await Bus.connect(cluster.url, name="cluster-check")
+    watch_bus = await Bus.connect(cluster.url, name="cluster-check", auth=nats_auth())
     fault: dict[str, object] = {}
     watchers: list[tuple[LeaderWatch, asyncio.Task[None]]] = []
 
@@ -162,7 +163,7 @@ async def test_node_kill_9_under_orders(cluster: NatsCluster, cluster_system: Sy
         followers = sorted(p.name for p in info.cluster.replicas or [] if p.name)
         name = leader if victim == "leader" else followers[0]
         survivors = ",".join(n.url for n in cluster.nodes if n is not cluster.node(name))
-        watch = LeaderWatch(await Bus.connect(survivors, name="leader-watch"))
+        watch = LeaderWatch(await Bus.connect(survivors, name="leader-watch", auth=nats_auth()))
         watchers.append((watch, asyncio.create_task(watch.run())))
         await asyncio.sleep(0.5)  # a few samples from before the kill
         fault["acked_before"] = await asyncio.to_thread(_acked, sysm)

@@ -23,6 +23,7 @@ from services.common.outbox import OutboxRelay
 from services.common.storage import Tx
 from tests.support.invariants import check_invariants
 from tests.support.load import OrderClient, paced, set_stock
+from tests.support.mesh import nats_auth
 from tests.support.outboxes import unsent_outbox_rows
 from tests.support.users import create_users
 
@@ -48,7 +49,7 @@ async def _stream_ids(bus: Bus) -> list[str]:
 
 async def test_nats_kill_9_and_restart(tmp_path: Path, fresh_nats: NatsServer) -> None:
     db = await Database.open(tmp_path / "payment.db", durable=True)
-    bus = await Bus.connect(fresh_nats.url, name="payment")
+    bus = await Bus.connect(fresh_nats.url, name="payment", auth=nats_auth())
     await bus.ensure_streams()
     relay = OutboxRelay(db, bus, batch=64, poll_s=0.1, ack_timeout_s=1.0)
     relay_task = asyncio.create_task(relay.run())

@@ -26,6 +26,7 @@ from services.common.schema import COMMON
 from tests.fixtures_services import START_TIMEOUT_S
 from tests.support.invariants import check_invariants
 from tests.support.load import OrderClient, paced, set_stock
+from tests.support.mesh import nats_auth
 from tests.support.outboxes import fill_outbox, fill_storage_at_once, unsent_outbox_rows
 from tests.support.users import create_users
 
@@ -47,7 +48,7 @@ def _start(db_path: Path | str, url: str) -> subprocess.Popen[str]:
 
 
 async def _stream(url: str) -> list[envelope_pb2.Envelope]:
-    bus = await Bus.connect(url, name="check")
+    bus = await Bus.connect(url, name="check", auth=nats_auth())
     try:
         info = await bus.js.stream_info(STREAM)
         envs = []

@@ -35,6 +35,7 @@ from services.common.registry import list_instances
 from tests.fixtures_services import START_TIMEOUT_S, TEST_ENV
 from tests.support import mesh
 from tests.support.invariants import check_invariants
+from tests.support.mesh import nats_auth, transport
 from tests.support.users import create_users
 
 TTL_S = 2.0
@@ -73,7 +74,7 @@ async def _wait_registered(url: str, sysm: System, timeout: float = 15.0) -> Non
     deadline = time.monotonic() + timeout
     have: set[str] = set()
     while time.monotonic() < deadline:
-        have = {i.instance_id for i in await list_instances(url)}
+        have = {i.instance_id for i in await list_instances(url, auth=nats_auth())}
         if want <= have:
             return
         await asyncio.sleep(0.1)
@@ -95,7 +96,7 @@ def _rpc_count(proc: ServiceProcess, method: str) -> int:
 async def _gone_after(url: str, instance: str, since: float) -> float:
     """Seconds from `since` until `instance` is no longer in the registry."""
     while True:
-        live = {i.instance_id for i in await list_instances(url, timeout=2.0)}
+        live = {i.instance_id for i in await list_instances(url, timeout=2.0, auth=nats_auth())}
         if instance not in live:
             return time.monotonic() - since
         await asyncio.sleep(0.1)
@@ -161,7 +162,7 @@ async def test_kill_one_payment_instance_under_order_load(scaled: System) -> Non
     # The key of the killed instance expires with the bucket's TTL (plus the server's
     # expiry sweep); the live one stays.
     assert gone_s <= TTL_S + 1.0, f"payment-2 still listed {gone_s:.1f} s after the kill"
-    live = {i.instance_id for i in await list_instances(url)}
+    live = {i.instance_id for i in await list_instances(url, auth=nats_auth())}
     assert pay1.instance in live and pay2.instance not in live
 
     report = await check_invariants(scaled, stock_set=STOCK, created=set(ids.values()),
@@ -242,7 +243,8 @@ async def test_sharing_downstream_uses_the_base_endpoints() -> None:
 
     from services.common.clients import Downstream
 
-    base = Downstream("payment", payment_pb2_grpc.PaymentServiceStub, address="127.0.0.1:1")
+    base = Downstream("payment", payment_pb2_grpc.PaymentServiceStub, address="127.0.0.1:1",
+                      transport=transport())
     own = pybreaker.CircuitBreaker(name="dashboard.payment")
     twin = Downstream.sharing(base, breaker=own)
     try:
@@ -253,6 +255,6 @@ async def test_sharing_downstream_uses_the_base_endpoints() -> None:
         await twin.close()
         assert base._endpoint().channel is channel  # still the base's, still open
         assert Downstream("payment", payment_pb2_grpc.PaymentServiceStub,
-                          breaker=own).breaker is own
+                          breaker=own, transport=transport()).breaker is own
     finally:
         await base.close()

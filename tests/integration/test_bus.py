@@ -15,6 +15,8 @@ from ops.natsd import NatsServer
 from services.common.bus import Bus
 from services.common.events import DLQ_STREAM, STREAM, USER_CREATED
 from services.common.outbox import new_envelope
+from services.common.settings import load_nats_config
+from tests.support.mesh import nats_auth
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -66,7 +68,8 @@ async def test_connect_waits_for_a_late_server(tmp_path: Path) -> None:
 
     starter = asyncio.get_running_loop().run_in_executor(None, start_late)
     try:
-        bus = await Bus.connect(f"nats://127.0.0.1:{port}", name="late", connect_for_s=10)
+        bus = await Bus.connect(f"nats://127.0.0.1:{port}", name="late", connect_for_s=10,
+                                auth=nats_auth())
         assert bus.nc.is_connected
         await bus.close()
     finally:
@@ -78,7 +81,8 @@ async def test_stream_limits_are_settings_applied_on_create_and_update(
         fresh_nats: NatsServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SHOP_STREAM_MAX_AGE_S", raising=False)
     monkeypatch.delenv("SHOP_STREAM_MAX_BYTES", raising=False)
-    bus = await Bus.connect(fresh_nats.url, name="limits")
+    bus = await Bus.connect(fresh_nats.url, name="limits", auth=nats_auth(),
+                            config=load_nats_config())
     try:
         await bus.ensure_streams()  # created with the defaults
         info = await bus.js.stream_info(STREAM)
@@ -86,12 +90,13 @@ async def test_stream_limits_are_settings_applied_on_create_and_update(
         assert info.config.max_bytes == 1024**3
         monkeypatch.setenv("SHOP_STREAM_MAX_AGE_S", "3600")
         monkeypatch.setenv("SHOP_STREAM_MAX_BYTES", "0")  # no limit
+        bus.config = load_nats_config()  # a process started with them
         await bus.ensure_streams()  # an existing stream takes the new limits
         info = await bus.js.stream_info(STREAM)
         assert info.config.max_age == 3600
         assert info.config.max_bytes == -1
         monkeypatch.setenv("SHOP_STREAM_MAX_AGE_S", "30")  # shorter than the dedupe window
         with pytest.raises(ValueError, match="SHOP_STREAM_MAX_AGE_S"):
-            await bus.ensure_streams()
+            load_nats_config()  # such a process does not start
     finally:
         await bus.close()

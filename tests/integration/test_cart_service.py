@@ -23,6 +23,7 @@ from services.common.events import ORDER_CONFIRMED
 from services.common.outbox import new_envelope
 from tests.fixtures_services import ServiceFactory
 from tests.support import mesh
+from tests.support.mesh import nats_auth
 from tests.support.rpc_errors import expect_error
 
 if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
@@ -180,7 +181,7 @@ async def test_order_confirmed_clears_ordered_lines_once(shop: ServiceFactory,
     await add(stub, other, DUNE.id, 1)
     await add(stub, sentinel, DUNE.id, 1)
 
-    bus = await Bus.connect(shop.nats_url, name="test-cart-orders")
+    bus = await Bus.connect(shop.nats_url, name="test-cart-orders", auth=nats_auth())
     try:
         await bus.ensure_streams()
         # Not from the cart: nothing to clear.

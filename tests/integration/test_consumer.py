@@ -18,6 +18,7 @@ from services.common.consumer import AfterCommit, EventConsumer, Route
 from services.common.dlq import list_dead_letters
 from services.common.events import DLQ_STREAM, STREAM, USER_CREATED
 from services.common.outbox import new_envelope
+from services.common.settings import load_nats_config
 from services.common.storage import Storage, Tx
 from tests.fixtures_storage import OpenStorage, both_backends, table_migrations
 
@@ -248,8 +249,10 @@ async def test_inbox_forgets_events_past_the_stream_horizon(
     db, _ = two_dbs
     monkeypatch.setenv("SHOP_STREAM_MAX_AGE_S", "3600")
     monkeypatch.delenv("SHOP_INBOX_RETAIN_S", raising=False)
+    # The bus of a process started with them (on the module's connection).
+    bus = Bus(events_bus.nc, "prune", config=load_nats_config())
     route = [Route(USER_CREATED, user_pb2.UserCreated, record_welcome)]
-    consumer = EventConsumer(events_bus, db, durable="prune", routes=route, prune_every_s=0.0,
+    consumer = EventConsumer(bus, db, durable="prune", routes=route, prune_every_s=0.0,
                              fetch_timeout_s=0.2)
     assert consumer.inbox_retain_s == 3600 + 3600
     now = time.time()

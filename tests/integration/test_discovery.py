@@ -25,10 +25,13 @@ from nats.js.errors import KeyNotFoundError
 from shop.product.v1 import product_pb2, product_pb2_grpc
 
 from ops.natsd import NatsServer
-from services.common import breakers, context, natsauth
+from services.common import context
+from services.common.breakers import Breakers
 from services.common.clients import Downstream
+from services.common.config import BreakerConfig
 from services.common.discovery import Discovery
 from services.common.registry import BUCKET, RegistryLink, list_instances
+from tests.support.mesh import nats_auth, process_wiring, transport
 
 ROOT = Path(__file__).resolve().parents[2]
 if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
@@ -123,13 +126,8 @@ class EchoFleet:
             echo.log.close()
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv("ECHO_ADDR", raising=False)
-    monkeypatch.setenv("SHOP_BREAKER_FAIL_MAX", "50")
-    breakers.reset_breakers()
-    yield
-    breakers.reset_breakers()
+# The test process's breakers: tolerant, so the faults below stay in discovery's hands.
+TOLERANT = BreakerConfig(fail_max=50)
 
 
 @pytest.fixture
@@ -146,8 +144,8 @@ async def discovery_on(nats_url: str, ttl_s: float,
                        *clients: Downstream[Stub]) -> AsyncIterator[Discovery]:
     """A discovery, the picker of `clients`; the first to touch the bucket creates it with
     `ttl_s`."""
-    link = RegistryLink(nats_url, name="test-caller", ttl_s=ttl_s)
-    d = Discovery(link)
+    link = RegistryLink(nats_url, name="test-caller", ttl_s=ttl_s, auth=nats_auth())
+    d = Discovery(link, transport=transport(), breakers=Breakers(TOLERANT))
     for client in clients:
         client.picker = d
     try:
@@ -162,7 +160,7 @@ async def discovery_on(nats_url: str, ttl_s: float,
 
 @pytest.fixture
 async def echo_ds() -> AsyncIterator[Downstream[Stub]]:
-    ds = Downstream("echo", Stub, cap_s=3.0)
+    ds = Downstream("echo", Stub, cap_s=3.0, transport=transport(), breakers=Breakers(TOLERANT))
     yield ds
     await ds.close()
 
@@ -182,7 +180,7 @@ async def wait_for(cond: Callable[[], bool | Awaitable[bool]], within: float, wh
 
 
 async def key_exists(nats_url: str, key: str) -> bool:
-    nc = await nats.connect(nats_url, **natsauth.connect_options())
+    nc = await nats.connect(nats_url, **nats_auth().options())
     try:
         kv = await nc.jetstream().key_value(BUCKET)
         try:
@@ -240,10 +238,10 @@ async def test_two_instances_register_and_share_calls_round_robin(
     assert not a.addr.endswith(":0") and a.addr != b.addr  # the ports they really got
 
     async def both_listed() -> bool:
-        return len(await list_instances(fresh_nats.url)) == 2
+        return len(await list_instances(fresh_nats.url, auth=nats_auth())) == 2
 
     await wait_for(both_listed, 5, "both instances in the registry")
-    listed = await list_instances(fresh_nats.url)
+    listed = await list_instances(fresh_nats.url, auth=nats_auth())
     assert [(i.service, i.instance_id, i.addr, i.pid) for i in listed] == [
         ("echo", "echo-a", a.addr, a.proc.pid),
         ("echo", "echo-b", b.addr, b.proc.pid),
@@ -260,9 +258,9 @@ async def test_two_instances_register_and_share_calls_round_robin(
         assert got_a | got_b == set(rids) and not got_a & got_b
         assert len(got_a) == len(got_b) == 10  # strict alternation
 
-        # A fixed address bypasses discovery entirely.
-        monkeypatch.setenv("ECHO_ADDR", b.addr)
-        pinned = Downstream("echo", Stub, cap_s=3.0)
+        # A fixed address (ECHO_ADDR, as the settings read it) bypasses discovery entirely.
+        wiring = process_wiring(discovery=disc, pinned={"echo": b.addr})
+        pinned = wiring.downstream("echo", Stub, cap_s=3.0)
         try:
             for i in range(6):
                 await get(pinned, "x", f"pin-{i}")
@@ -278,7 +276,8 @@ async def test_breaker_states_travel_in_the_registry_value(
 ) -> None:
     # echo-a's own downstream "product" is unreachable; its breaker opens after 2 failures.
     a = fleet.start("echo-a", ttl_s=30, PRODUCT_ADDR="127.0.0.1:1", SHOP_BREAKER_FAIL_MAX="2")
-    pinned = Downstream("echo", Stub, cap_s=3.0, address=a.addr)
+    pinned = Downstream("echo", Stub, cap_s=3.0, address=a.addr, transport=transport(),
+                        breakers=Breakers(TOLERANT))
     try:
         for i in range(3):
             with pytest.raises(aio.AioRpcError) as info:
@@ -288,7 +287,7 @@ async def test_breaker_states_travel_in_the_registry_value(
         await pinned.close()
 
     async def shows_open() -> bool:
-        found = await list_instances(fresh_nats.url)
+        found = await list_instances(fresh_nats.url, auth=nats_auth())
         return bool(found) and dict(found[0].breakers).get("product") == "open"
 
     # The TTL is 30 s: only the refresh-on-change can make this appear this fast.
@@ -379,8 +378,7 @@ async def test_fixed_addr_works_without_nats(
     started = time.monotonic()
     a = fleet.start("echo-a", ttl_s=2)
     assert time.monotonic() - started < 15
-    monkeypatch.setenv("ECHO_ADDR", a.addr)
-    ds = Downstream("echo", Stub, cap_s=3.0)
+    ds = process_wiring(pinned={"echo": a.addr}).downstream("echo", Stub, cap_s=3.0)
     try:
         for i in range(3):
             reply = await get(ds, f"n{i}", f"fixed-{i}")

@@ -28,7 +28,7 @@ from shop.payment.v1 import payment_pb2 as pb
 from shop.payment.v1 import payment_pb2_grpc
 
 from ops.natsd import NatsServer
-from services.common import events, natsauth
+from services.common import events
 from services.common.bus import Bus
 from services.common.db import Database
 from services.common.events import STREAM
@@ -36,6 +36,7 @@ from services.common.outbox import MARK_EVERY_S, OutboxRelay
 from services.common.pki import OPERATOR
 from tests.fixtures_services import ServiceFactory
 from tests.support import mesh
+from tests.support.mesh import nats_auth
 from tests.support.outboxes import fill_outbox, unsent_outbox_rows
 
 pytestmark = pytest.mark.timeout(120)
@@ -65,7 +66,7 @@ def dead_nats(tmp_path: Path) -> Iterator[NatsServer]:
 
 async def _wait_event(url: str, subject: str, timeout_s: float = 30.0
                       ) -> list[envelope_pb2.Envelope]:
-    bus = await Bus.connect(url, name="eventing-test")
+    bus = await Bus.connect(url, name="eventing-test", auth=nats_auth())
     try:
         deadline = time.monotonic() + timeout_s
         while True:  # the stream appears once the service's event side connected
@@ -119,7 +120,7 @@ async def test_payment_serves_with_nats_down_and_publishes_once_it_is_up(
 
 
 async def _stream(url: str) -> list[envelope_pb2.Envelope]:
-    bus = await Bus.connect(url, name="check")
+    bus = await Bus.connect(url, name="check", auth=nats_auth())
     try:
         info = await bus.js.stream_info(STREAM)
         envs = []
@@ -143,8 +144,8 @@ def _assert_stream(envs: list[envelope_pb2.Envelope],
 
 @pytest.fixture
 async def two_buses(fresh_nats: NatsServer) -> AsyncIterator[tuple[Bus, Bus]]:
-    a = await Bus.connect(fresh_nats.url, name="relay-a")
-    b = await Bus.connect(fresh_nats.url, name="relay-b")
+    a = await Bus.connect(fresh_nats.url, name="relay-a", auth=nats_auth())
+    b = await Bus.connect(fresh_nats.url, name="relay-b", auth=nats_auth())
     try:
         await a.ensure_streams()
         yield a, b
@@ -301,8 +302,8 @@ class _SlowRelay(OutboxRelay):
 
 async def _worker_main(db_path: str, url: str, owner: str, lease_s: float) -> None:
     db = await Database.open(db_path, durable=False)
-    natsauth.claim_nats_identity(OPERATOR)  # a stand-in relaying any test event
-    bus = await Bus.connect(url, name=owner)
+    # As the operator: a stand-in relaying any test event.
+    bus = await Bus.connect(url, name=owner, auth=nats_auth(OPERATOR))
     await bus.ensure_streams()
     relay = _SlowRelay(db, bus, batch=5, poll_s=0.05, owner=owner, lease_s=lease_s,
                        standby_poll_s=0.05)

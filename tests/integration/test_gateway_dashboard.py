@@ -24,7 +24,7 @@ from gateway.app import GatewayState, create_app
 from gateway.config import GatewaySettings
 from gateway.testing import FakeCaller, TokenMinter, running
 from gateway.upstreams import Caller
-from services.common.breakers import breaker_for, reset_breakers
+from services.common.breakers import Breakers
 from services.common.clients import Downstream
 from services.common.settings import SERVICES
 from tests.support import mesh
@@ -84,11 +84,12 @@ class Rig:
     state: GatewayState
     switches: Switches
     auth: dict[str, str]
+    breakers: Breakers
 
 
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
-    reset_breakers()
+    shared = Breakers()  # the breakers every route shares
     minter = TokenMinter()
     switches = Switches()
     server = aio.server()
@@ -102,18 +103,18 @@ async def rig() -> AsyncIterator[Rig]:
     await server.start()
     addr = f"127.0.0.1:{port}"
     upstreams: dict[str, Caller] = {name: FakeCaller(name) for name in SERVICES}
+    via = mesh.transport()
     upstreams["user"] = Downstream(
-        "user", user_pb2_grpc.UserServiceStub, address=addr, speaks_for_users=True
-    )
+        "user", user_pb2_grpc.UserServiceStub, address=addr, speaks_for_users=True,
+        transport=via, breakers=shared)
     upstreams["order"] = Downstream(
-        "order", order_pb2_grpc.OrderServiceStub, address=addr, speaks_for_users=True
-    )
+        "order", order_pb2_grpc.OrderServiceStub, address=addr, speaks_for_users=True,
+        transport=via, breakers=shared)
     upstreams["notification"] = Downstream(
         "notification",
         notification_pb2_grpc.NotificationServiceStub,
         address=addr,
-        speaks_for_users=True,
-    )
+        speaks_for_users=True, transport=via, breakers=shared)
     for name in ("user", "order", "notification"):
         # Connected before the first dashboard, whose parts have 0.2 s each.
         ds = upstreams[name]
@@ -130,12 +131,13 @@ async def rig() -> AsyncIterator[Rig]:
                     app.state.gateway,
                     switches,
                     {"Authorization": f"Bearer {minter.token('u-1')}"},
+                    shared,
                 )
     finally:
         for caller in upstreams.values():
             await caller.close()
         await server.stop(None)
-        reset_breakers()
+        shared.stop_watches()
 
 
 async def test_degraded_dashboard_leaves_the_shared_breakers_and_other_routes_alone(
@@ -161,8 +163,8 @@ async def test_degraded_dashboard_leaves_the_shared_breakers_and_other_routes_al
     assert states["dashboard.notification"] == "open"
     assert states["dashboard.user"] == "closed"
     # The breakers every other route goes through never saw the part timeouts.
-    assert breaker_for("order").current_state == "closed"
-    assert breaker_for("notification").current_state == "closed"
+    assert rig.breakers.breaker_for("order").current_state == "closed"
+    assert rig.breakers.breaker_for("notification").current_state == "closed"
 
     rig.switches.hang_orders = False  # notification stays "stopped"
     listed = await rig.client.get("/api/orders", headers=rig.auth)

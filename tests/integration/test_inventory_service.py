@@ -31,6 +31,7 @@ from services.common.events import (
 )
 from tests.fixtures_services import ServiceFactory
 from tests.support import mesh
+from tests.support.mesh import nats_auth
 from tests.support.rpc_errors import expect_error
 
 if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
@@ -246,7 +247,7 @@ async def test_events_are_published_once_per_effect(inventory: ServiceFactory,
         await stub.ReserveStock(reserve_req(order, (pid, 2)))
     for _ in range(2):
         await stub.ReleaseStock(pb.ReleaseStockRequest(order_id=order))
-    bus = await Bus.connect(inventory.nats_url, name="test-inventory-events")
+    bus = await Bus.connect(inventory.nats_url, name="test-inventory-events", auth=nats_auth())
     try:
         sub = await bus.js.pull_subscribe(
             "inventory.>", stream=STREAM,
@@ -302,7 +303,7 @@ async def test_restock_returns_sold_units_once_with_its_event(inventory: Service
     assert await stock(stub, pid) == (9, 1, 0)
     await expect_error(stub.RestockStock(pb.RestockStockRequest(order_id="")),
                        grpc.StatusCode.INVALID_ARGUMENT)
-    bus = await Bus.connect(inventory.nats_url, name="test-inventory-restock")
+    bus = await Bus.connect(inventory.nats_url, name="test-inventory-restock", auth=nats_auth())
     try:
         sub = await bus.js.pull_subscribe(
             INVENTORY_RESTOCKED, stream=STREAM,

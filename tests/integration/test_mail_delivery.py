@@ -26,6 +26,7 @@ from services.common.outbox import new_envelope
 from tests.fixtures_services import START_TIMEOUT_S, ServiceFactory
 from tests.fixtures_storage import both_backends
 from tests.support import mesh
+from tests.support.mesh import nats_auth
 from tests.support.smtp import SmtpServer, Stalled
 
 pytestmark = [pytest.mark.timeout(120), both_backends]
@@ -46,7 +47,7 @@ FAST_RETRY = {
 
 @pytest.fixture
 async def bus(fresh_nats: NatsServer) -> AsyncIterator[Bus]:
-    b = await Bus.connect(fresh_nats.url, name="mail-test")
+    b = await Bus.connect(fresh_nats.url, name="mail-test", auth=nats_auth())
     try:
         await b.ensure_streams()
         yield b

@@ -13,12 +13,12 @@ from nats.aio.client import Client
 from nats.js.errors import NoStreamResponseError
 
 from ops.natsd import NatsServer
-from services.common import natsauth, tls
 from services.common.bus import Bus
 from services.common.events import ORDER_CREATED, PAYMENT_COMPLETED, STREAM
 from services.common.pki import NATS, dns_name
+from tests.support.mesh import mtls_enabled, nats_auth, pki
 
-pytestmark = pytest.mark.skipif(not tls.mtls_enabled(), reason="needs SHOP_MTLS=on")
+pytestmark = pytest.mark.skipif(not mtls_enabled(), reason="needs SHOP_MTLS=on")
 
 
 async def _quiet(_err: Exception) -> None:
@@ -35,7 +35,7 @@ async def _connect_fails(url: str, **options: object) -> None:
 
 async def test_a_client_without_a_certificate_is_refused(nats_server: NatsServer) -> None:
     await _connect_fails(nats_server.url)  # plaintext
-    no_cert = ssl.create_default_context(cafile=str(tls.pki_dir() / "ca.pem"))
+    no_cert = ssl.create_default_context(cafile=str(pki() / "ca.pem"))
     await _connect_fails(nats_server.url, tls=no_cert, tls_hostname=dns_name(NATS))
 
 
@@ -53,7 +53,7 @@ class _Errors:
 async def as_payment(nats_server: NatsServer) -> AsyncIterator[tuple[Client, _Errors]]:
     errors = _Errors()
     nc = await nats.connect(nats_server.url, error_cb=errors.record, allow_reconnect=False,
-                            **natsauth.connect_options("payment"))
+                            **nats_auth("payment").options())
     try:
         yield nc, errors
     finally:
@@ -61,7 +61,7 @@ async def as_payment(nats_server: NatsServer) -> AsyncIterator[tuple[Client, _Er
 
 
 async def _last_seq(url: str, subject: str) -> int:
-    bus = await Bus.connect(url, name="check")  # the test process: operator
+    bus = await Bus.connect(url, name="check", auth=nats_auth())  # the test process: operator
     try:
         await bus.ensure_streams()
         info = await bus.js.stream_info(STREAM, subjects_filter=subject)

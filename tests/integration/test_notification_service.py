@@ -27,6 +27,7 @@ from services.common.outbox import new_envelope
 from tests.fixtures_services import ServiceFactory
 from tests.fixtures_storage import both_backends
 from tests.support import mesh
+from tests.support.mesh import nats_auth
 from tests.support.rpc_errors import expect_error
 
 pytestmark = [pytest.mark.timeout(120), both_backends]
@@ -46,7 +47,7 @@ async def stub(services: ServiceFactory) -> AsyncIterator[Stub]:
 
 @pytest.fixture
 async def bus(fresh_nats: NatsServer) -> AsyncIterator[Bus]:
-    b = await Bus.connect(fresh_nats.url, name="notification-test")
+    b = await Bus.connect(fresh_nats.url, name="notification-test", auth=nats_auth())
     try:
         await b.ensure_streams()
         yield b

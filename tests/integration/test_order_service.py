@@ -26,9 +26,9 @@ from shop.user.v1 import user_pb2, user_pb2_grpc
 
 from ops.natsd import NatsServer
 from ops.process import ServiceProcess, System, start_system
-from services.common import natsauth
 from tests.fixtures_services import START_TIMEOUT_S, TEST_ENV
 from tests.support import mesh
+from tests.support.mesh import nats_auth
 
 OP = order_pb2
 STATUS = OP.OrderStatus
@@ -172,7 +172,7 @@ async def test_happy_path_confirms_moves_stock_and_charges(client: Client,
                                                  metadata=[("x-user-id", user)], timeout=5)
     assert [(s.step, s.outcome) for s in history.steps] == [
         ("reserve_stock", "succeeded"), ("charge", "succeeded"), ("confirm", "succeeded")]
-    nc = await nats.connect(system.nats_url, **natsauth.connect_options())
+    nc = await nats.connect(system.nats_url, **nats_auth().options())
     try:
         js = nc.jetstream()
         sub = await js.pull_subscribe("order.confirmed", durable=None, stream="SHOP_EVENTS")

@@ -19,6 +19,7 @@ from services.common.bus import Bus
 from tests.fixtures_services import ServiceFactory
 from tests.fixtures_storage import both_backends
 from tests.support import mesh
+from tests.support.mesh import nats_auth
 from tests.support.rpc_errors import expect_error
 from tests.support.streams import events_on
 
@@ -39,7 +40,7 @@ async def stub(services: ServiceFactory) -> AsyncIterator[Stub]:
 
 @pytest.fixture
 async def bus(fresh_nats: NatsServer) -> AsyncIterator[Bus]:
-    b = await Bus.connect(fresh_nats.url, name="payment-test")
+    b = await Bus.connect(fresh_nats.url, name="payment-test", auth=nats_auth())
     try:
         yield b
     finally:

@@ -27,6 +27,7 @@ from services.common.events import STREAM, USER_CREATED
 from tests.fixtures_services import TEST_ENV, ServiceFactory
 from tests.fixtures_storage import BACKENDS
 from tests.support import mesh
+from tests.support.mesh import nats_auth
 
 if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
     Stub = user_pb2_grpc.UserServiceAsyncStub
@@ -253,7 +254,7 @@ async def test_login_without_credentials_is_invalid(stub: Stub) -> None:
 
 async def _user_created_events(url: str, user_id: str,
                                timeout_s: float = 15.0) -> list[envelope_pb2.Envelope]:
-    bus = await Bus.connect(url, name="test-user-events")
+    bus = await Bus.connect(url, name="test-user-events", auth=nats_auth())
     try:
         deadline = time.monotonic() + timeout_s
         while True:

@@ -31,8 +31,9 @@ from services.common import tls
 from services.common.pki import issue, load_authority, new_authority
 from tests.fixtures_services import ServiceFactory
 from tests.support import mesh
+from tests.support.mesh import mtls_enabled, pki
 
-pytestmark = pytest.mark.skipif(not tls.mtls_enabled(), reason="needs SHOP_MTLS=on")
+pytestmark = pytest.mark.skipif(not mtls_enabled(), reason="needs SHOP_MTLS=on")
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 
@@ -56,7 +57,7 @@ def _creds(ca: bytes, cert: bytes | None = None, key: bytes | None = None
 
 
 def _ca() -> bytes:
-    return (tls.pki_dir() / "ca.pem").read_bytes()
+    return (pki() / "ca.pem").read_bytes()
 
 
 async def _stock(chan: aio.Channel) -> grpc.StatusCode:
@@ -93,7 +94,7 @@ async def test_a_certificate_from_another_ca_is_refused(shop: ServiceFactory) ->
 
 
 async def test_an_expired_certificate_is_refused(shop: ServiceFactory) -> None:
-    ca = load_authority(tls.pki_dir())
+    ca = load_authority(pki())
     assert ca is not None
     start = dt.datetime.now(dt.UTC) - dt.timedelta(hours=3)
     cert, key = issue(ca, "gateway", not_before=start, lifetime_s=3600)

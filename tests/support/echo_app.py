@@ -21,13 +21,14 @@ from typing import Any
 from grpc import aio
 from shop.product.v1 import product_pb2, product_pb2_grpc
 
-from services.common import context, natsauth, tls
+from services.common import context
 from services.common.clients import Downstream
 from services.common.errors import NotFound, Unavailable
 from services.common.pki import GATEWAY, OPERATOR
 from services.common.server import App, run_service
 from services.common.settings import Settings
 from services.common.wiring import Wiring
+from tests.support.mesh import process_wiring
 
 SERVICE_NAME = product_pb2.DESCRIPTOR.services_by_name["ProductService"].full_name
 
@@ -35,7 +36,7 @@ SERVICE_NAME = product_pb2.DESCRIPTOR.services_by_name["ProductService"].full_na
 class EchoProductServicer(product_pb2_grpc.ProductServiceServicer):
     def __init__(self, slow_s: float = 1.0, wiring: Wiring | None = None) -> None:
         self.slow_s = slow_s
-        self.wiring = wiring or Wiring()
+        self.wiring = wiring or process_wiring()
         self.calls = 0
         self.downstream: Downstream[product_pb2_grpc.ProductServiceAsyncStub] | None = None
 
@@ -113,9 +114,9 @@ async def build(settings: Settings, wiring: Wiring) -> App:
 def main() -> None:
     # Its "forward:" calls go out as the gateway, whom the policy lets call GetProduct
     # (echo is no identity of the policy; it serves with echo's certificate).
-    tls.claim_identity(GATEWAY)
+    os.environ.setdefault("SHOP_IDENTITY", GATEWAY)
     # "echo" is no NATS user either: it registers as the operator may.
-    natsauth.claim_nats_identity(OPERATOR)
+    os.environ.setdefault("SHOP_NATS_IDENTITY", OPERATOR)
     run_service("echo", build)
 
 

@@ -21,7 +21,8 @@ from threading import Thread
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.common import authz, tls
+from services.common import authz
+from services.common.settings import load_tls_config
 
 
 def _write_ready(name: str, addr: str) -> None:
@@ -37,11 +38,11 @@ def _write_ready(name: str, addr: str) -> None:
 async def serve_grpc(name: str) -> None:
     host = os.environ.get("SHOP_HOST", "127.0.0.1")
     port = int(os.environ.get(f"{name.upper()}_PORT", "0"))
-    tls.claim_identity(name)
     server = grpc.aio.server()
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    bound = authz.listen(server, f"{host}:{port}", name)  # mTLS as `name`, like a service
+    # mTLS as `name`, like a service
+    bound = authz.listen(server, f"{host}:{port}", name, load_tls_config())
     await server.start()
     for service in ("", f"shop.{name}.v1.{name.capitalize()}Service"):  # as a real one
         await servicer.set(service, health_pb2.HealthCheckResponse.SERVING)

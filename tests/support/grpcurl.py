@@ -11,7 +11,8 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2
 
-from services.common.tls import mtls_enabled, pki_dir
+from tests.support.mesh import mtls_enabled
+from tests.support.mesh import pki as pki_dir
 
 GRPCURL = Path(sys.executable).parent / "grpcurl"
 

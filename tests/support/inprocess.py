@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.server import ServiceRunner
-from services.common.settings import Settings
 from tests.support.echo_app import EchoProductServicer, make_app
+from tests.support.mesh import settings_for
 
 
 @dataclass
@@ -25,7 +25,7 @@ class RunningEcho:
 @asynccontextmanager
 async def running_echo(tmp: Path, *, slow_s: float = 1.0) -> AsyncIterator[RunningEcho]:
     servicer = EchoProductServicer(slow_s)
-    settings = Settings(service="echo", port=0, data_dir=tmp, instance_id="echo-test", grace_s=1)
+    settings = settings_for("echo", port=0, data_dir=tmp, instance_id="echo-test", grace_s=1)
     runner = ServiceRunner(settings, make_app(servicer))
     await runner.start()
     try:

@@ -46,6 +46,7 @@ from nats.js.errors import NotFoundError
 
 from services.common.bus import Bus
 from services.common.events import DLQ_STREAM, STREAM
+from tests.support.mesh import nats_auth
 from tests.support.records import OrderRow, Records, StockRow, read_records
 
 __all__ = [
@@ -436,7 +437,8 @@ async def check_invariants(
     call `assert_ok()` on the report."""
     t0 = time.monotonic()
     deadline = t0 + timeout_s
-    bus = await Bus.connect(system.nats_url, name="invariant-check", connect_for_s=timeout_s)
+    bus = await Bus.connect(system.nats_url, name="invariant-check", connect_for_s=timeout_s,
+                            auth=nats_auth())
     report = InvariantReport()
     server_url = server_url_of(system)
     try:

@@ -23,15 +23,20 @@ import grpc
 from grpc import aio
 
 from services.common import tls
+from services.common.config import NatsConfig
+from services.common.natsauth import NatsAuth
 from services.common.pki import (
     GATEWAY,
     IDENTITIES,
+    OPERATOR,
     dns_name,
     ensure_pki,
     issue,
     load_authority,
 )
 from services.common.policy import CallPolicy, load_policy
+from services.common.settings import Settings, load_tls_config
+from services.common.wiring import Wiring
 from tests.support.faultproxy import ProxyTls
 
 # The echo stand-in (tests/support/echo_app.py) serves ProductService as "echo".
@@ -51,7 +56,37 @@ def make_session_pki(directory: Path) -> Path:
 
 
 def pki() -> Path:
-    return tls.pki_dir()
+    return load_tls_config().pki_dir
+
+
+def mtls_enabled() -> bool:
+    return load_tls_config().enabled
+
+
+def transport(identity: str = GATEWAY) -> tls.Transport:
+    """The test process's own calls: as the gateway, like the in-process gateways it
+    hosts (the environment's TLS settings, as a process reads them at start)."""
+    return tls.Transport.of(load_tls_config(), identity, warn=False)
+
+
+def nats_auth(identity: str = OPERATOR) -> NatsAuth:
+    """The test process on NATS: the operator (it sets up streams, publishes any event)."""
+    return NatsAuth(identity, load_tls_config())
+
+
+def settings_for(service: str, **values: Any) -> Settings:
+    """A process's settings for a part run in the test process: the session's TLS, NATS
+    as the operator, anything else as given."""
+    values.setdefault("tls", load_tls_config())
+    values.setdefault("nats", NatsConfig(identity=OPERATOR))
+    return Settings(service=service, **values)
+
+
+def process_wiring(**values: Any) -> Wiring:
+    """The wiring of the test process: its transport and NATS identity, no discovery."""
+    values.setdefault("transport", transport())
+    values.setdefault("nats", nats_auth())
+    return Wiring(**values)
 
 
 @functools.cache
@@ -89,7 +124,7 @@ def as_identity(identity: str, addr: str, server: str,
                 options: Sequence[tuple[str, Any]] = ()) -> aio.Channel:
     """An aio channel presenting `identity`'s certificate, checking the server is
     `server`."""
-    if not tls.mtls_enabled():
+    if not mtls_enabled():
         return aio.insecure_channel(addr, options=options)
     return aio.secure_channel(addr, _creds(identity),
                               options=[*options, *tls.target_options(server)])
@@ -97,7 +132,7 @@ def as_identity(identity: str, addr: str, server: str,
 
 def sync_as_identity(identity: str, addr: str, server: str,
                      options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
-    if not tls.mtls_enabled():
+    if not mtls_enabled():
         return grpc.insecure_channel(addr, options=options)
     return grpc.secure_channel(addr, _creds(identity),
                                options=[*options, *tls.target_options(server)])
@@ -189,7 +224,7 @@ def sync_channel(addr: str, *, server: str | None = None,
 
 def proxy_tls(target: str, caller: str) -> ProxyTls | None:
     """TLS for a FaultProxy between `caller` and `target` (None with mTLS off)."""
-    if not tls.mtls_enabled():
+    if not mtls_enabled():
         return None
     d = pki()
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(d / "ca.pem"))
@@ -216,7 +251,7 @@ def server_credentials(*names: str) -> grpc.ServerCredentials:
 
 def add_port(server: aio.Server, addr: str, *names: str) -> int:
     """Bind an in-test server: mTLS answering as `names`, or plaintext with mTLS off."""
-    if not tls.mtls_enabled():
+    if not mtls_enabled():
         return int(server.add_insecure_port(addr))
     return int(server.add_secure_port(addr, server_credentials(*names)))
 
@@ -231,9 +266,15 @@ __all__ = [
     "channel",
     "identity_for",
     "make_session_pki",
+    "mtls_enabled",
+    "nats_auth",
+    "pki",
+    "process_wiring",
     "proxy_tls",
     "server_credentials",
     "server_of",
+    "settings_for",
     "sync_as_identity",
     "sync_channel",
+    "transport",
 ]

@@ -10,22 +10,21 @@ import asyncio
 import contextlib
 import sys
 
-from services.common import natsauth
 from services.common.bus import Bus
 from services.common.db import Database
 from services.common.eventing import make_relay
 from services.common.pg import PgDatabase
-from services.common.pki import OPERATOR
 from services.common.schema import COMMON
 from services.common.storage import Storage
+from tests.support.mesh import nats_auth
 
 
 async def main(where: str, url: str, batch: int) -> None:
     db: Storage = (await PgDatabase.open(where, migrations=[COMMON])
                    if where.startswith("postgresql://")
                    else await Database.open(where, durable=True))
-    natsauth.claim_nats_identity(OPERATOR)  # a stand-in relaying any test event
-    bus = await Bus.connect(url, name="relay-worker")
+    # As the operator: a stand-in relaying any test event.
+    bus = await Bus.connect(url, name="relay-worker", auth=nats_auth())
     await bus.ensure_streams()
     relay = make_relay(db, bus, batch=batch, poll_s=0.05)
     print("ready", flush=True)

@@ -12,10 +12,13 @@ import pytest
 from grpc import aio
 from shop.product.v1 import product_pb2, product_pb2_grpc
 
-from services.common import breakers, context
+from services.common import context
+from services.common.breakers import Breakers, new_breaker
 from services.common.clients import Downstream, resolve_addr, rpc_name
+from services.common.config import BreakerConfig
 from services.common.errors import DeadlineExceeded, Unavailable
 from tests.support.inprocess import RunningEcho, running_echo
+from tests.support.mesh import process_wiring, settings_for, transport
 
 if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
     Stub = product_pb2_grpc.ProductServiceAsyncStub
@@ -23,13 +26,12 @@ else:
     Stub = product_pb2_grpc.ProductServiceStub
 
 
-@pytest.fixture(autouse=True)
-def fresh_breakers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("SHOP_BREAKER_FAIL_MAX", "5")
-    monkeypatch.setenv("SHOP_BREAKER_RESET_S", "0.3")
-    breakers.reset_breakers()
-    yield
-    breakers.reset_breakers()
+@pytest.fixture
+def reg() -> Iterator[Breakers]:
+    """The breakers of the test's process: 5 failures open one, 0.3 s half-opens it."""
+    made = Breakers(BreakerConfig(fail_max=5, reset_s=0.3))
+    yield made
+    made.stop_watches()
 
 
 @pytest.fixture
@@ -39,8 +41,9 @@ async def echo(tmp_path: Path) -> AsyncIterator[RunningEcho]:
 
 
 @pytest.fixture
-async def ds(echo: RunningEcho) -> AsyncIterator[Downstream[Stub]]:
-    client = Downstream("product", Stub, cap_s=2.0, address=echo.addr, speaks_for_users=True)
+async def ds(echo: RunningEcho, reg: Breakers) -> AsyncIterator[Downstream[Stub]]:
+    client = Downstream("product", Stub, cap_s=2.0, address=echo.addr, speaks_for_users=True,
+                        transport=transport(), breakers=reg)
     yield client
     await client.close()
 
@@ -62,7 +65,7 @@ async def test_metadata_and_capped_deadline_are_passed_on(ds: Downstream[Stub]) 
 
 async def test_a_service_does_not_pass_the_user_on(echo: RunningEcho) -> None:
     """Only a Downstream that speaks for users (the gateway's) sends x-user-id."""
-    internal = Downstream("product", Stub, cap_s=2.0, address=echo.addr)
+    internal = Downstream("product", Stub, cap_s=2.0, address=echo.addr, transport=transport())
     try:
         with context.bind(request_id="rid-8", user_id="u-8"):
             reply = await internal.call(lambda s: s.GetProduct, req("whoami"), idempotent=True)
@@ -88,14 +91,14 @@ async def test_business_errors_do_not_count(ds: Downstream[Stub]) -> None:
 
 
 async def test_five_failures_open_then_half_open_success_closes(
-    ds: Downstream[Stub], echo: RunningEcho
+    ds: Downstream[Stub], echo: RunningEcho, reg: Breakers
 ) -> None:
     for _ in range(5):
         with pytest.raises(aio.AioRpcError) as info:
             await ds.call(lambda s: s.GetProduct, req("unavailable"), idempotent=False)
         assert info.value.code() is grpc.StatusCode.UNAVAILABLE
     assert ds.breaker_state == "open"
-    assert breakers.breaker_states() == {"product": "open"}
+    assert reg.states() == {"product": "open"}
     for _ in range(3):
         with pytest.raises(Unavailable, match="product unavailable: circuit open"):
             await ds.call(lambda s: s.GetProduct, req("ok"), idempotent=True)
@@ -127,11 +130,9 @@ async def test_deadline_exceeded_counts_as_failure(ds: Downstream[Stub]) -> None
 
 
 async def test_retries_only_idempotent_calls_on_unavailable(
-    ds: Downstream[Stub], echo: RunningEcho, monkeypatch: pytest.MonkeyPatch
+    ds: Downstream[Stub], echo: RunningEcho
 ) -> None:
-    monkeypatch.setenv("SHOP_BREAKER_FAIL_MAX", "100")
-    breakers.reset_breakers()
-    ds.breaker = breakers.breaker_for("product")
+    ds.breaker = Breakers(BreakerConfig(fail_max=100, reset_s=0.3)).breaker_for("product")
 
     with pytest.raises(aio.AioRpcError):
         await ds.call(lambda s: s.GetProduct, req("unavailable"), idempotent=False)
@@ -147,7 +148,8 @@ async def test_retries_only_idempotent_calls_on_unavailable(
 
 
 async def test_unreachable_downstream_is_unavailable() -> None:
-    client = Downstream("shipping", Stub, cap_s=1.0, address="127.0.0.1:1")
+    client = Downstream("shipping", Stub, cap_s=1.0, address="127.0.0.1:1",
+                        transport=transport())
     try:
         with pytest.raises(aio.AioRpcError) as info:
             await client.call(lambda s: s.GetProduct, req("x"), idempotent=True)
@@ -157,13 +159,14 @@ async def test_unreachable_downstream_is_unavailable() -> None:
         await client.close()
 
 
-def test_address_order(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CART_ADDR", raising=False)
+def test_address_order() -> None:
     assert resolve_addr("cart") == "127.0.0.1:50053"
     found = lambda service: f"{service}.found:1"  # noqa: E731
     assert resolve_addr("cart", resolver=found) == "cart.found:1"
-    monkeypatch.setenv("CART_ADDR", "fixed:2")
-    assert resolve_addr("cart", resolver=found) == "fixed:2"
+    # `<SERVICE>_ADDR`, as the settings read it, pins every Downstream the wiring makes.
+    pinned = process_wiring(pinned={"cart": "fixed:2"})
+    assert pinned.downstream("cart", Stub).address == "fixed:2"
+    assert process_wiring().downstream("cart", Stub).address == "127.0.0.1:50053"
 
 
 async def _open(ds: Downstream[Stub]) -> None:
@@ -193,7 +196,7 @@ async def test_half_open_probe_cancelled_early_does_not_close(ds: Downstream[Stu
 async def test_non_grpc_exception_is_no_verdict() -> None:
     """Neither a failure nor a success: it does not reset the count of failures, and a
     half-open breaker stays half-open."""
-    b = breakers.new_breaker("unit", fail_max=3, reset_timeout=0.05)
+    b = new_breaker("unit", fail_max=3, reset_timeout=0.05)
     unavailable = aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, aio.Metadata(), aio.Metadata())
     for _ in range(2):
         with pytest.raises(aio.AioRpcError), b.calling():
@@ -225,21 +228,20 @@ async def test_half_open_lets_one_probe_through_at_a_time(ds: Downstream[Stub]) 
 
 
 async def test_open_breaker_half_opens_when_the_instance_serves_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path
 ) -> None:
     """The instance goes away and comes back on its port: calls flow again as soon as its
     health says SERVING, not after the reset timeout (30 s here)."""
     import time
 
     from services.common.server import ServiceRunner
-    from services.common.settings import Settings
     from tests.support.echo_app import EchoProductServicer, make_app
 
-    monkeypatch.setenv("SHOP_BREAKER_RESET_S", "30")
-    breakers.reset_breakers()
+    slow_reset = Breakers(BreakerConfig(fail_max=5, reset_s=30.0))
     async with running_echo(tmp_path / "a") as first:
         port = first.runner.port
-        client = Downstream("product", Stub, cap_s=1.0, address=first.addr)
+        client = Downstream("product", Stub, cap_s=1.0, address=first.addr,
+                            transport=transport(), breakers=slow_reset)
         await client.call(lambda s: s.GetProduct, req("ok"), idempotent=True)
         await first.runner.stop(grace_s=0)
         for _ in range(2):  # three attempts each, all refused: open after the fifth
@@ -247,7 +249,7 @@ async def test_open_breaker_half_opens_when_the_instance_serves_again(
                 await client.call(lambda s: s.GetProduct, req("ok"), idempotent=True)
         assert client.breaker_state == "open"
         await asyncio.sleep(0.6)  # the watch sees it down
-        settings = Settings(service="echo", port=port, data_dir=tmp_path, grace_s=1)
+        settings = settings_for("echo", port=port, data_dir=tmp_path, grace_s=1)
         again = ServiceRunner(settings, make_app(EchoProductServicer()))
         await again.start()
         serving_at = time.monotonic()
@@ -262,6 +264,7 @@ async def test_open_breaker_half_opens_when_the_instance_serves_again(
             assert client.breaker_state == "closed"
         finally:
             await client.close()
+            slow_reset.stop_watches()
             await again.stop(grace_s=0)
 
 

@@ -60,11 +60,10 @@ async def test_interceptor_maps_domain_error_and_bug(tmp_path: Path) -> None:
         assert "scripted bug" not in (bug.details() or "")
 
 
-async def test_downstream_code_passes_through(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_downstream_code_passes_through(tmp_path: Path) -> None:
     async with running_echo(tmp_path / "a") as back, running_echo(tmp_path / "b") as front:
-        monkeypatch.setenv("PRODUCT_ADDR", back.addr)
+        # The front's calls to "product" pinned to the back (PRODUCT_ADDR, as read at start).
+        front.servicer.wiring = mesh.process_wiring(pinned={"product": back.addr})
         err = await _get(front.addr, "forward:missing")
         assert err.code() is grpc.StatusCode.NOT_FOUND
         assert err.details() == "product missing not found"

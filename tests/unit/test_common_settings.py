@@ -76,10 +76,10 @@ def test_bad_number_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert s.downstream_addr("order") is None
+    assert "order" not in s.load_settings("cart").pinned
     assert s.default_addr("order") == "127.0.0.1:50054"
     monkeypatch.setenv("ORDER_ADDR", "order.svc:7000")
-    assert s.downstream_addr("order") == "order.svc:7000"
+    assert s.load_settings("cart").pinned["order"] == "order.svc:7000"
 
 
 def test_env_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,3 +109,45 @@ def test_database_url_must_be_postgresql(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("SHOP_DATABASE_URL", "mysql://db/")
     with pytest.raises(ValueError, match="SHOP_DATABASE_URL must be a postgresql:// URL"):
         s.load_settings("order")
+
+
+def test_each_area_is_read_into_its_section(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOP_BREAKER_FAIL_MAX", "7")
+    monkeypatch.setenv("SHOP_MTLS", "off")
+    monkeypatch.setenv("SHOP_PKI_DIR", "/etc/shop/pki")
+    monkeypatch.setenv("SHOP_REGISTRY_TTL_S", "0.2")
+    monkeypatch.setenv("SHOP_SAGA_LEASE_S", "4")
+    monkeypatch.setenv("ORDER_PROBE_PORT", "8086")
+    cfg = s.load_settings("order")
+    assert cfg.breaker.fail_max == 7 and cfg.breaker.reset_s == 30.0
+    assert not cfg.tls.enabled and cfg.tls.pki_dir == Path("/etc/shop/pki")
+    assert cfg.discovery.ttl_s == 1.0  # at least 1 s
+    assert cfg.order.saga_lease_s == 4.0
+    assert cfg.serving.probe_port == 8086
+    # Another process keeps the defaults of what it does not read.
+    assert s.load_settings("payment").order.saga_lease_s == 10.0
+    assert s.load_settings("payment").serving.probe_port is None
+
+
+def test_a_malformed_variable_stops_only_the_process_that_reads_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOP_SAGA_LEASE_S", "ten")
+    with pytest.raises(ValueError, match="SHOP_SAGA_LEASE_S must be a number"):
+        s.load_settings("order")
+    assert s.load_settings("payment").service == "payment"
+    monkeypatch.setenv("SHOP_NATS_REPLICAS", "7")
+    with pytest.raises(ValueError, match="SHOP_NATS_REPLICAS must be 1 to 5"):
+        s.load_settings("payment")
+
+
+def test_the_gateway_settings_carry_the_common_part(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.config import load_gateway_settings
+
+    monkeypatch.setenv("GATEWAY_PORT", "0")
+    monkeypatch.setenv("SHOP_BREAKER_PROBE_S", "0.5")
+    monkeypatch.setenv("SHOP_GRACE_S", "oops")  # read by the services only
+    gw = load_gateway_settings()
+    assert gw.port == 0
+    assert gw.process.service == "gateway"
+    assert gw.process.breaker.probe_s == 0.5
+    assert gw.host == gw.process.host

@@ -3,6 +3,8 @@ exported; an unknown protocol is refused with a message naming the accepted ones
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
     OTLPSpanExporter as GrpcExporter,
@@ -11,8 +13,10 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HttpExporter,
 )
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from services.common import tracing
+from services.common.settings import load_settings
 
 OTEL_VARS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
              "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
@@ -21,24 +25,30 @@ OTEL_VARS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # load_settings makes the data dir
     for name in OTEL_VARS:
         monkeypatch.delenv(name, raising=False)
 
 
+def _exporter() -> SpanExporter | None:
+    """The exporter of a process started with the environment as it is now."""
+    return tracing._exporter(load_settings("order").tracing)
+
+
 def test_no_endpoint_no_exporter() -> None:
-    assert tracing._exporter() is None
+    assert _exporter() is None
 
 
 def test_http_protobuf_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
-    assert isinstance(tracing._exporter(), HttpExporter)
+    assert isinstance(_exporter(), HttpExporter)
 
 
 def test_grpc_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-    exporter = tracing._exporter()
+    exporter = _exporter()
     assert isinstance(exporter, GrpcExporter)
     exporter.shutdown()
 
@@ -47,7 +57,7 @@ def test_unknown_protocol_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
     with pytest.raises(ValueError, match="http/protobuf, grpc"):
-        tracing._exporter()
+        _exporter()
 
 
 def test_sampler_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

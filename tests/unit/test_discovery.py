@@ -4,7 +4,7 @@ watch updates, fallbacks. Instances are real in-process echo servers on port 0."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,11 +14,13 @@ import nats.errors
 import pytest
 from shop.product.v1 import product_pb2, product_pb2_grpc
 
-from services.common import breakers
+from services.common.breakers import Breakers
 from services.common.clients import Downstream, resolve_addr
+from services.common.config import BreakerConfig
 from services.common.discovery import Discovery
 from services.common.registry import Instance, RegistryLink
 from tests.support.inprocess import RunningEcho, running_echo
+from tests.support.mesh import nats_auth, process_wiring, transport
 
 if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
     Stub = product_pb2_grpc.ProductServiceAsyncStub
@@ -26,22 +28,18 @@ else:
     Stub = product_pb2_grpc.ProductServiceStub
 
 
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("ECHO_ADDR", "PRODUCT_ADDR"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SHOP_BREAKER_FAIL_MAX", "50")
-    breakers.reset_breakers()
-    yield
-    breakers.reset_breakers()
+def _discovery(config: BreakerConfig) -> Discovery:
+    # Never started: the tests feed it registry entries by hand.
+    link = RegistryLink("nats://127.0.0.1:1", name="unit", ttl_s=5, auth=nats_auth())
+    return Discovery(link, recheck_s=0.05, transport=transport(), breakers=Breakers(config))
 
 
 @pytest.fixture
 async def disc() -> AsyncIterator[Discovery]:
-    # Never started: the tests feed it registry entries by hand.
-    d = Discovery(RegistryLink("nats://127.0.0.1:1", name="unit", ttl_s=5), recheck_s=0.05)
+    d = _discovery(BreakerConfig(fail_max=50))
     yield d
     await d.stop()
+    d.breakers.stop_watches()
 
 
 @pytest.fixture
@@ -87,7 +85,8 @@ async def test_round_robin_over_registered_instances(
 ) -> None:
     for n, e in enumerate(echoes):
         register(disc, f"echo-{n}", e.addr)
-    ds = Downstream("echo", Stub, cap_s=2.0, picker=disc)
+    ds = Downstream("echo", Stub, cap_s=2.0, picker=disc, transport=transport(),
+                    breakers=disc.breakers)
     try:
         for _ in range(30):
             await get(ds)
@@ -105,7 +104,8 @@ async def test_unavailable_instance_is_skipped_and_retry_goes_elsewhere(
     async with running_echo(tmp_path / "a") as a, running_echo(tmp_path / "b") as b:
         register(disc, "echo-a", a.addr)
         register(disc, "echo-b", b.addr)
-        ds = Downstream("echo", Stub, cap_s=2.0, picker=disc)
+        ds = Downstream("echo", Stub, cap_s=2.0, picker=disc, transport=transport(),
+                    breakers=disc.breakers)
         try:
             await a.runner.stop(grace_s=0)  # a dies without leaving the registry
             for _ in range(6):
@@ -149,16 +149,18 @@ async def test_all_down_still_tries_them_and_unknown_service_falls_back(disc: Di
     assert disc.pick("echo") is ep  # better a call that may fail than none at all
     assert disc.pick("nobody") is None
     assert resolve_addr("product") == "127.0.0.1:50052"  # no entry, no override: default
-    assert Downstream("product", Stub).address == "127.0.0.1:50052"
+    assert Downstream("product", Stub, transport=transport()).address == "127.0.0.1:50052"
 
 
 async def test_fixed_addr_overrides_discovery(
-    disc: Discovery, echoes: list[RunningEcho], monkeypatch: pytest.MonkeyPatch
+    disc: Discovery, echoes: list[RunningEcho]
 ) -> None:
     register(disc, "echo-0", echoes[0].addr)
     register(disc, "echo-1", echoes[1].addr)
-    monkeypatch.setenv("ECHO_ADDR", echoes[2].addr)
-    ds = Downstream("echo", Stub, cap_s=2.0, picker=disc)
+    # ECHO_ADDR, as the settings read it, handed to the wiring with the discovery.
+    pinned = process_wiring(discovery=disc, breakers=disc.breakers,
+                            pinned={"echo": echoes[2].addr})
+    ds = pinned.downstream("echo", Stub, cap_s=2.0)
     try:
         for _ in range(4):
             await get(ds)
@@ -224,11 +226,11 @@ async def test_stale_entries_are_swept(disc: Discovery) -> None:
 
 
 def test_a_downstream_picks_through_the_discovery_it_is_given() -> None:
-    d = Discovery(RegistryLink("nats://127.0.0.1:1", name="unit"))
+    d = _discovery(BreakerConfig())
     register(d, "product-0", "h:1", service="product")
-    assert Downstream("product", Stub, picker=d).address == "h:1"
+    assert Downstream("product", Stub, picker=d, transport=transport()).address == "h:1"
     # Nothing ambient: without one it never asks a discovery.
-    assert Downstream("product", Stub).address == "127.0.0.1:50052"
+    assert Downstream("product", Stub, transport=transport()).address == "127.0.0.1:50052"
 
 
 async def test_health_check_asks_for_the_expected_service(
@@ -251,7 +253,7 @@ async def test_health_check_asks_for_the_expected_service(
 
 
 async def test_hung_instance_is_ejected_alone_and_back_once_it_serves(
-    disc: Discovery, echoes: list[RunningEcho], monkeypatch: pytest.MonkeyPatch
+    echoes: list[RunningEcho]
 ) -> None:
     """One of two instances hangs: its own breaker opens after the failures, the picker
     skips it and every call goes to the other, the service is not "open"; once it answers
@@ -264,14 +266,13 @@ async def test_hung_instance_is_ejected_alone_and_back_once_it_serves(
 
     from tests.support.faultproxy import FaultProxy, Mode
 
-    monkeypatch.setenv("SHOP_BREAKER_FAIL_MAX", "3")
-    monkeypatch.setenv("SHOP_BREAKER_RESET_S", "30")
-    breakers.reset_breakers()
+    disc = _discovery(BreakerConfig(fail_max=3, reset_s=30.0))
     a, b = echoes[0], echoes[1]
     with FaultProxy(a.addr) as proxy:
         register(disc, "echo-a", proxy.addr)
         register(disc, "echo-b", b.addr)
-        ds = Downstream("echo", Stub, cap_s=0.3, picker=disc)
+        ds = Downstream("echo", Stub, cap_s=0.3, picker=disc, transport=transport(),
+                    breakers=disc.breakers)
         try:
             for _ in range(4):
                 await get(ds)
@@ -285,13 +286,13 @@ async def test_hung_instance_is_ejected_alone_and_back_once_it_serves(
                     assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
                     timeouts += 1
             assert timeouts == 3
-            assert breakers.breaker_for("echo", "echo-a").current_state == "open"
+            assert disc.breakers.breaker_for("echo", "echo-a").current_state == "open"
             served = b.servicer.calls
             for _ in range(20):
                 await get(ds)  # none fails: all go to b
             assert b.servicer.calls == served + 20
             assert ds.breaker_state == "closed"
-            assert breakers.breaker_states()["echo"] == "closed"
+            assert disc.breakers.states()["echo"] == "closed"
 
             proxy.set_mode(Mode.PASS)
             back_at = time.monotonic()
@@ -300,6 +301,8 @@ async def test_hung_instance_is_ejected_alone_and_back_once_it_serves(
                 await get(ds)
                 assert time.monotonic() - back_at < 5.0, "echo-a never used again"
                 await asyncio.sleep(0.02)
-            assert breakers.breaker_for("echo", "echo-a").current_state == "closed"
+            assert disc.breakers.breaker_for("echo", "echo-a").current_state == "closed"
         finally:
             await ds.close()
+            await disc.stop()
+            disc.breakers.stop_watches()

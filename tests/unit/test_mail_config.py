@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from services.common.settings import load_settings
 from services.notification.mailconfig import (
     DEFAULT_SMTP_URL,
+    MailSettings,
     SmtpTarget,
-    load_mail_settings,
+    mail_settings,
     parse_smtp_url,
 )
 
@@ -62,27 +66,33 @@ def test_describe_never_shows_the_password() -> None:
     assert "hunter2" not in target.describe()
 
 
-def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def _load() -> MailSettings:
+    """The mail settings of a notification process started now."""
+    return mail_settings(load_settings("notification").mail)
+
+
+def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # load_settings makes the data dir
     for name in ("SMTP_URL", "SMTP_FROM", "SHOP_MAIL_TIMEOUT_S", "SHOP_MAIL_CONCURRENCY"):
         monkeypatch.delenv(name, raising=False)
-    default = load_mail_settings()
+    default = _load()
     assert default.target == parse_smtp_url(DEFAULT_SMTP_URL)
     assert default.sender == "shop <no-reply@shop.local>"
     monkeypatch.setenv("SMTP_URL", "smtp+starttls://relay:2587")
     monkeypatch.setenv("SMTP_FROM", "Shop <hello@shop.example>")
     monkeypatch.setenv("SHOP_MAIL_TIMEOUT_S", "3.5")
     monkeypatch.setenv("SHOP_MAIL_CONCURRENCY", "0")
-    s = load_mail_settings()
+    s = _load()
     assert s.target == SmtpTarget("relay", 2587, "starttls")
     assert s.sender == "Shop <hello@shop.example>"
     assert s.attempt_timeout_s == 3.5
     assert s.concurrency == 1  # at least one connection
     monkeypatch.setenv("SMTP_URL", "off")
-    assert load_mail_settings().target is None
+    assert _load().target is None
     monkeypatch.setenv("SMTP_URL", "ftp://x")
     with pytest.raises(ValueError, match="SMTP_URL"):
-        load_mail_settings()
+        _load()
     monkeypatch.setenv("SMTP_URL", "smtp://x")
     monkeypatch.setenv("SHOP_MAIL_TIMEOUT_S", "soon")
     with pytest.raises(ValueError, match="SHOP_MAIL_TIMEOUT_S must be a number"):
-        load_mail_settings()
+        _load()

@@ -10,6 +10,7 @@ from ops.natscluster import ClusterNode, NatsCluster, cluster_size, embedded_nat
 from ops.natsd import NatsServer
 from services.common.bus import dlq_stream_config, events_stream_config
 from services.common.natsurl import nats_servers, stream_replicas
+from services.common.settings import load_nats_config
 
 
 def test_nats_url_is_a_comma_separated_list() -> None:
@@ -28,10 +29,11 @@ def test_replicas_follow_the_servers_named(url: str, want: int,
 
 def test_replicas_setting_wins_and_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHOP_NATS_REPLICAS", "3")
-    assert stream_replicas("nats://nats:4222") == 3  # one DNS name in front of a cluster
+    configured = load_nats_config().replicas
+    assert stream_replicas("nats://nats:4222", configured) == 3  # one name before a cluster
     monkeypatch.setenv("SHOP_NATS_REPLICAS", "6")
-    with pytest.raises(ValueError, match="1 to 5"):
-        stream_replicas("a")
+    with pytest.raises(ValueError, match="SHOP_NATS_REPLICAS must be 1 to 5"):
+        load_nats_config()
 
 
 def test_stream_configs_carry_the_replicas() -> None:

@@ -27,6 +27,7 @@ from services.order import store as order_store
 from services.order.ports import GrpcPorts, StepRefused, StepUnknown, StepUnwell
 from services.order.saga import SagaConfig, SagaRunner
 from services.order.store import HistoryEntry, OrderStore
+from tests.support.mesh import transport
 
 # The skip check reads only the payload.
 NO_ENVELOPE = envelope_pb2.Envelope()
@@ -275,7 +276,8 @@ def _scripted(failures: dict[str, list[grpc.StatusCode]],
 
 def _no_shipping() -> Downstream[Any]:
     return Downstream("shipping", _scripted({}, {}), address="127.0.0.1:9",
-                      breaker=pybreaker.CircuitBreaker(fail_max=50, name="ship"))
+                      breaker=pybreaker.CircuitBreaker(fail_max=50, name="ship"),
+                      transport=transport())
 
 
 async def test_open_breaker_does_not_use_up_compensation_attempts(store: OrderStore) -> None:
@@ -291,10 +293,12 @@ async def test_open_breaker_does_not_use_up_compensation_attempts(store: OrderSt
                             "throw_new_error_on_trip": False}
     inventory = Downstream("inventory", _scripted(inv_fail, calls),
                            address="127.0.0.1:9", breaker=pybreaker.CircuitBreaker(
-                               fail_max=2, reset_timeout=0.5, name="inv", **opts))
+                               fail_max=2, reset_timeout=0.5, name="inv", **opts),
+                           transport=transport())
     payment = Downstream("payment", _scripted(pay_fail, calls),
                          address="127.0.0.1:9", breaker=pybreaker.CircuitBreaker(
-                             fail_max=2, reset_timeout=0.5, name="pay", **opts))
+                             fail_max=2, reset_timeout=0.5, name="pay", **opts),
+                         transport=transport())
     ports = GrpcPorts(inventory, payment, _no_shipping(), step_timeout_s=1.0)
     runner = SagaRunner(store, ports, SagaConfig(owner="order-1", limits=FAST))
     try:
@@ -319,10 +323,12 @@ async def test_release_refused_for_another_reason_is_retried_not_skipped(
     pay_fail = {"Charge": [grpc.StatusCode.FAILED_PRECONDITION]}  # declined: release next
     inventory = Downstream("inventory", _scripted(inv_fail, calls),
                            address="127.0.0.1:9",
-                           breaker=pybreaker.CircuitBreaker(fail_max=50, name="inv2"))
+                           breaker=pybreaker.CircuitBreaker(fail_max=50, name="inv2"),
+                           transport=transport())
     payment = Downstream("payment", _scripted(pay_fail, calls),
                          address="127.0.0.1:9",
-                         breaker=pybreaker.CircuitBreaker(fail_max=50, name="pay2"))
+                         breaker=pybreaker.CircuitBreaker(fail_max=50, name="pay2"),
+                         transport=transport())
     runner = SagaRunner(store, GrpcPorts(inventory, payment, _no_shipping(),
                                          step_timeout_s=1.0),
                         SagaConfig(owner="order-1", limits=FAST))
@@ -507,10 +513,12 @@ async def test_uncertain_step_refused_later_is_compensated(
     fails = {method: list(codes)}
     inventory = Downstream("inventory", _scripted(fails, calls),
                            address="127.0.0.1:9",
-                           breaker=pybreaker.CircuitBreaker(fail_max=50, name="inv3"))
+                           breaker=pybreaker.CircuitBreaker(fail_max=50, name="inv3"),
+                           transport=transport())
     payment = Downstream("payment", _scripted(fails, calls),
                          address="127.0.0.1:9",
-                         breaker=pybreaker.CircuitBreaker(fail_max=50, name="pay3"))
+                         breaker=pybreaker.CircuitBreaker(fail_max=50, name="pay3"),
+                         transport=transport())
     limits = d.Limits(reserve=8, charge=8, compensation=4, backoff_base_s=0.005,
                       backoff_max_s=0.02)
     runner = SagaRunner(store, GrpcPorts(inventory, payment, _no_shipping(),
@@ -534,10 +542,12 @@ async def test_invalid_card_is_a_typed_refusal(store: OrderStore) -> None:
     fails = {"Charge": [grpc.StatusCode.INVALID_ARGUMENT]}
     inventory = Downstream("inventory", _scripted({}, calls),
                            address="127.0.0.1:9",
-                           breaker=pybreaker.CircuitBreaker(fail_max=50, name="inv4"))
+                           breaker=pybreaker.CircuitBreaker(fail_max=50, name="inv4"),
+                           transport=transport())
     payment = Downstream("payment", _scripted(fails, calls),
                          address="127.0.0.1:9",
-                         breaker=pybreaker.CircuitBreaker(fail_max=50, name="pay4"))
+                         breaker=pybreaker.CircuitBreaker(fail_max=50, name="pay4"),
+                         transport=transport())
     runner = SagaRunner(store, GrpcPorts(inventory, payment, _no_shipping(),
                                          step_timeout_s=1.0),
                         SagaConfig(owner="order-1", limits=FAST))

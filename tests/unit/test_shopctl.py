@@ -29,8 +29,9 @@ from ops.process import (
     start_system,
 )
 from ops.run import BACKOFF_START_S, Supervisor, parse_scale, resolve_ports, write_instances
-from services.common import natsauth, registry
+from services.common import registry
 from services.common.settings import DEFAULT_PORTS, SERVICES
+from tests.support.mesh import nats_auth
 
 
 def fake_argv(name: str) -> list[str]:
@@ -204,7 +205,7 @@ def test_instances_file_is_what_status_reads(fake_system: System) -> None:
 
 
 async def _register(url: str, instances: list[registry.Instance]) -> list[str]:
-    nc = await nats.connect(url, **natsauth.connect_options())
+    nc = await nats.connect(url, **nats_auth().options())
     try:
         kv = await registry.open_bucket(nc, ttl_s=30)
         for inst in instances:
@@ -215,7 +216,7 @@ async def _register(url: str, instances: list[registry.Instance]) -> list[str]:
 
 
 async def _unregister(url: str, keys: list[str]) -> None:
-    nc = await nats.connect(url, **natsauth.connect_options())
+    nc = await nats.connect(url, **nats_auth().options())
     try:
         kv = await registry.open_bucket(nc, ttl_s=30)
         for key in keys:

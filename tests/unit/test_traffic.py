@@ -14,12 +14,15 @@ import pytest
 from grpc import aio
 from shop.product.v1 import product_pb2, product_pb2_grpc
 
-from services.common import breakers, traffic
+from services.common import traffic
+from services.common.breakers import Breakers
 from services.common.clients import Downstream
+from services.common.config import BreakerConfig
 from services.common.discovery import Discovery
 from services.common.registry import Instance, RegistryLink
-from services.common.traffic import TrafficError, WeightedRing, parse_traffic
+from services.common.traffic import TrafficError, WeightedRing, load_traffic, parse_traffic
 from tests.support.inprocess import RunningEcho, running_echo
+from tests.support.mesh import nats_auth, transport
 
 if TYPE_CHECKING:  # on an aio channel the stub is the .pyi's async one
     Stub = product_pb2_grpc.ProductServiceAsyncStub
@@ -58,28 +61,26 @@ def test_smooth_weights_split_exactly_and_unnamed_versions_get_nothing() -> None
 
 
 @pytest.fixture
-async def versions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                   ) -> AsyncIterator[dict[str, list[RunningEcho]]]:
-    conf = tmp_path / "traffic.toml"
-    conf.write_text('[routes]\necho = { v1 = 90, v2 = 10 }\n')
-    monkeypatch.setenv("SHOP_TRAFFIC", str(conf))
-    monkeypatch.delenv("ECHO_ADDR", raising=False)
-    monkeypatch.setenv("SHOP_BREAKER_FAIL_MAX", "50")
-    breakers.reset_breakers()
+async def versions(tmp_path: Path) -> AsyncIterator[dict[str, list[RunningEcho]]]:
     async with AsyncExitStack() as stack:
         yield {v: [await stack.enter_async_context(running_echo(tmp_path / f"{v}-{i}"))
                    for i in range(2)] for v in ("v1", "v2")}
-    breakers.reset_breakers()
 
 
 async def test_discovery_splits_payment_style_90_10_between_versions(
-        versions: dict[str, list[RunningEcho]]) -> None:
-    disc = Discovery(RegistryLink("nats://127.0.0.1:1", name="unit", ttl_s=5))
+        versions: dict[str, list[RunningEcho]], tmp_path: Path) -> None:
+    conf = tmp_path / "traffic.toml"  # SHOP_TRAFFIC
+    conf.write_text('[routes]\necho = { v1 = 90, v2 = 10 }\n')
+    rules = load_traffic(conf)
+    reg = Breakers(BreakerConfig(fail_max=50))
+    link = RegistryLink("nats://127.0.0.1:1", name="unit", ttl_s=5, auth=nats_auth())
+    disc = Discovery(link, transport=transport(), breakers=reg, traffic=rules)
     for version, echoes in versions.items():
         for n, echo in enumerate(echoes):
             info = Instance("echo", f"echo-{version}-{n}", echo.addr, version, 1.0, 1, {})
             disc._upsert(info.key, info)
-    ds = Downstream("echo", Stub, cap_s=2.0, picker=disc)
+    ds = Downstream("echo", Stub, cap_s=2.0, picker=disc, transport=transport(),
+                    breakers=reg, traffic=rules)
     try:
         for _ in range(500):
             await ds.call(
@@ -96,31 +97,31 @@ async def test_discovery_splits_payment_style_90_10_between_versions(
     assert [e.servicer.calls for e in versions["v1"]] == [225, 225]
 
 
-async def test_a_call_rule_sets_the_deadline_and_the_attempts(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    conf = tmp_path / "traffic.toml"
+async def test_a_call_rule_sets_the_deadline_and_the_attempts(tmp_path: Path) -> None:
+    conf = tmp_path / "traffic.toml"  # SHOP_TRAFFIC
     conf.write_text('[calls]\n"product.GetProduct" = { timeout_s = 0.4, attempts = 1 }\n')
-    monkeypatch.setenv("SHOP_BREAKER_FAIL_MAX", "50")
-    breakers.reset_breakers()
+    reg = Breakers(BreakerConfig(fail_max=50))
     async with running_echo(tmp_path / "echo") as echo:
-        ds = Downstream("product", Stub, cap_s=3.0, address=echo.addr)
+        ds = Downstream("product", Stub, cap_s=3.0, address=echo.addr, transport=transport(),
+                        breakers=reg)
+        ruled = Downstream("product", Stub, cap_s=3.0, address=echo.addr,
+                           transport=transport(), breakers=reg, traffic=load_traffic(conf))
         try:
             reply = await ds.call(lambda s: s.GetProduct,
                                   product_pb2.GetProductRequest(id="whoami"),
                                   idempotent=True)
             assert 2.0 < float(reply.product.category) <= 3.05  # no rule: the 3 s cap
-            monkeypatch.setenv("SHOP_TRAFFIC", str(conf))
-            reply = await ds.call(lambda s: s.GetProduct,
+            reply = await ruled.call(lambda s: s.GetProduct,
                                   product_pb2.GetProductRequest(id="whoami"),
                                   idempotent=True, timeout=3.0)
             assert float(reply.product.category) <= 0.45  # the rule's 0.4 s
             before = echo.servicer.calls
             with pytest.raises(aio.AioRpcError) as info:
-                await ds.call(lambda s: s.GetProduct,
-                              product_pb2.GetProductRequest(id="unavailable"),
-                              idempotent=True)
+                await ruled.call(lambda s: s.GetProduct,
+                                 product_pb2.GetProductRequest(id="unavailable"),
+                                 idempotent=True)
             assert info.value.code() is grpc.StatusCode.UNAVAILABLE
             assert echo.servicer.calls == before + 1  # not retried
         finally:
             await ds.close()
-            breakers.reset_breakers()
+            await ruled.close()

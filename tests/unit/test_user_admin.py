@@ -12,6 +12,7 @@ import pytest
 
 from services.common.db import Database
 from services.common.schema import service_migrations
+from services.common.settings import load_settings
 from services.user import admin, domain
 from services.user.store import UserStore
 
@@ -37,12 +38,15 @@ def test_a_random_password_is_written_once_mode_600(tmp_path: Path,
 
 def test_shop_admin_password_wins_and_writes_no_file(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # load_settings makes the data dir
     monkeypatch.setenv("SHOP_ADMIN_PASSWORD", "given-password")
-    assert admin.admin_password(tmp_path) == ("given-password", "SHOP_ADMIN_PASSWORD")
+    given = load_settings("user").user.admin_password
+    assert admin.admin_password(tmp_path, given) == ("given-password", "SHOP_ADMIN_PASSWORD")
     assert not (tmp_path / "admin-password").exists()
     monkeypatch.setenv("SHOP_ADMIN_PASSWORD", "short")
+    given = load_settings("user").user.admin_password
     with pytest.raises(ValueError, match="SHOP_ADMIN_PASSWORD: password must be at least 8"):
-        admin.admin_password(tmp_path)
+        admin.admin_password(tmp_path, given)
 
 
 async def test_ensure_admin_creates_the_account_with_the_role_once(

@@ -11,6 +11,7 @@ import jwt
 import pytest
 
 from services.common.errors import InvalidArgument, Unauthenticated
+from services.common.settings import load_settings
 from services.user import domain as d
 from services.user import tokens as t
 
@@ -176,14 +177,16 @@ def test_claims_for() -> None:
     assert admin["roles"] == ["admin"]
 
 
-def test_token_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_token_settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # load_settings makes the data dir
     monkeypatch.setenv("SHOP_TOKEN_TTL_S", "42")
     monkeypatch.setenv("SHOP_JWT_ISSUER", "me")
     monkeypatch.delenv("SHOP_JWT_AUDIENCE", raising=False)
-    assert t.TokenSettings.from_env() == t.TokenSettings(42, "me", "shop-api")
+    assert t.TokenSettings.of(load_settings("user").user) == t.TokenSettings(42, "me",
+                                                                             "shop-api")
     monkeypatch.setenv("SHOP_TOKEN_TTL_S", "0")
     with pytest.raises(ValueError, match="positive"):
-        t.TokenSettings.from_env()
+        t.TokenSettings.of(load_settings("user").user)
 
 
 def test_key_is_made_once_private_and_reloaded(tmp_path: Path) -> None:
