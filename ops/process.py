@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -115,12 +115,14 @@ _PICK_LOW, _PICK_HIGH = 20000, 32768
 _PICK_TRIES = 64
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free to listen on now, out of the way of outgoing connections' ports."""
+def free_port(host: str = "127.0.0.1", avoid: Collection[int] = ()) -> int:
+    """A port free to listen on now, out of the way of outgoing connections' ports.
+    `avoid`: ports already handed out whose listeners have not bound yet (a pick cannot
+    see them, and two picks from this range meet often enough to matter)."""
     rng = random.SystemRandom()
     for _ in range(_PICK_TRIES):
         port = rng.randrange(_PICK_LOW, _PICK_HIGH)
-        if not port_in_use(port, host):
+        if port not in avoid and not port_in_use(port, host):
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -559,16 +561,21 @@ def start_system(
     ports = dict(ports or {})
     scale = dict(scale or {})
     procs: list[ServiceProcess] = []
+    # Every port is picked before anything binds: each pick avoids the ones before it.
+    taken = {p for p in ports.values() if p}
     for name in services:
         for i in range(1, max(1, scale.get(name, 1)) + 1):
             port = ports.get(name, 0) if i == 1 else 0
+            port = port or free_port(host, taken)
+            taken.add(port)
             procs.append(ServiceProcess(
                 name, data_dir=root, nats_url=nats_url, port=port, instance=f"{name}-{i}",
                 host=host, argv=argv_for(name) if argv_for else None))
     gateway = None
     if with_gateway:
         gateway = ServiceProcess(
-            GATEWAY, data_dir=root, nats_url=nats_url, port=ports.get(GATEWAY, 0),
+            GATEWAY, data_dir=root, nats_url=nats_url,
+            port=ports.get(GATEWAY, 0) or free_port(host, taken),
             instance=f"{GATEWAY}-1", host=host,
             argv=argv_for(GATEWAY) if argv_for else None)
     system = System(root, nats_url, procs, gateway)

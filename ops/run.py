@@ -129,7 +129,7 @@ def resolve_ports(environ: Mapping[str, str]) -> dict[str, int]:
         if raw and not raw.isdigit():
             raise ValueError(f"{env_prefix(name)}_PORT must be a port number, got {raw!r}")
         port = int(raw) if raw else DEFAULT_PORTS[name]
-        ports[name] = port or free_port()
+        ports[name] = port or free_port(avoid=set(ports.values()))
     return ports
 
 
@@ -314,7 +314,8 @@ def main() -> int:
     try:
         scale = parse_scale(os.environ.get("SCALE", ""))
         ports = resolve_ports(os.environ)
-        nats_port = int(os.environ.get("NATS_PORT") or DEFAULT_NATS_PORT) or free_port()
+        nats_port = int(os.environ.get("NATS_PORT") or DEFAULT_NATS_PORT) or free_port(
+            avoid=set(ports.values()))
         nats_nodes = cluster_size(os.environ.get("NATS_CLUSTER", ""))
         route_port = int(os.environ.get("NATS_ROUTE_PORT") or DEFAULT_ROUTE_PORT)
     except ValueError as exc:

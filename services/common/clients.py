@@ -16,6 +16,7 @@ errors.DeadlineExceeded when no time is left before the call starts.
 from __future__ import annotations
 
 import asyncio
+import enum
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -68,6 +69,14 @@ _RETIRE_GRACE_S = 30.0
 # A health check gets this long: an instance that cannot answer it is not serving.
 HEALTH_CHECK_TIMEOUT_S = 0.5
 _SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+class Health(enum.Enum):
+    """What a health check of one instance found."""
+
+    SERVING = "serving"
+    NOT_SERVING = "not serving"  # up, but stopping (graceful drain) or not ready
+    UNREACHABLE = "unreachable"  # no answer within the deadline, or an error
 
 
 class _NameProbe:
@@ -131,6 +140,10 @@ class Endpoint:
 
     async def check_health(self, timeout: float = HEALTH_CHECK_TIMEOUT_S) -> bool:  # noqa: ASYNC109
         """One grpc.health.v1 Check for this endpoint's service; True when SERVING."""
+        return await self.health(timeout) is Health.SERVING
+
+    async def health(self, timeout: float = HEALTH_CHECK_TIMEOUT_S) -> Health:  # noqa: ASYNC109
+        """One grpc.health.v1 Check for this endpoint's service, as a `Health`."""
         try:
             stub = health_pb2_grpc.HealthStub(self.open_channel())
             reply = await stub.Check(
@@ -138,8 +151,8 @@ class Endpoint:
                 timeout=timeout,
             )
         except (TimeoutError, aio.AioRpcError, RuntimeError):
-            return False
-        return bool(reply.status == _SERVING)
+            return Health.UNREACHABLE
+        return Health.SERVING if reply.status == _SERVING else Health.NOT_SERVING
 
     def _rotate(self) -> None:
         """New certificate files: later calls go on a new channel; the old one is closed

@@ -35,7 +35,7 @@ from typing import Any
 import nats.errors
 
 from services.common.breakers import Breakers
-from services.common.clients import Endpoint
+from services.common.clients import Endpoint, Health
 from services.common.config import DiscoveryConfig
 from services.common.registry import Instance, RegistryLink, bucket_ttl
 from services.common.tls import Transport
@@ -154,15 +154,18 @@ class Discovery:
         pool = self._pools.get(service)
         return list(pool.everyone) if pool is not None else []
 
-    def mark_down(self, endpoint: Endpoint) -> None:
+    def mark_down(self, endpoint: Endpoint, *, draining: bool = False) -> None:
+        """Out of the ring until a check says SERVING. `draining`: the instance said
+        NOT_SERVING itself (its graceful stop), which is expected, not a fault."""
         if not endpoint.healthy:
             return
         endpoint.healthy = False
         pool = self._pools.get(endpoint.service)
         if pool is not None:
             pool.rebuild()
-        log.warning(
-            "instance marked down",
+        log.log(
+            logging.INFO if draining else logging.WARNING,
+            "instance draining" if draining else "instance marked down",
             extra={
                 "downstream": endpoint.service,
                 "downstream_instance": endpoint.instance,
@@ -344,6 +347,10 @@ class Discovery:
         a short deadline; True when SERVING."""
         return await endpoint.check_health(self.check_timeout_s)
 
+    async def health(self, endpoint: Endpoint) -> Health:
+        """One grpc.health.v1 Check of the endpoint, as a `Health`, with a short deadline."""
+        return await endpoint.health(self.check_timeout_s)
+
     def _is_current(self, endpoint: Endpoint) -> bool:
         pool = self._pools.get(endpoint.service)
         return pool is not None and any(ep is endpoint for ep in pool.everyone)
@@ -351,7 +358,8 @@ class Discovery:
     async def _check(self, endpoint: Endpoint) -> None:
         if not self._is_current(endpoint):
             return  # left meanwhile; its channel is closing
-        ok = await self.check(endpoint)
+        found = await self.health(endpoint)
+        ok = found is Health.SERVING
         if ok == endpoint.healthy or not self._is_current(endpoint):
             return
         if ok:
@@ -364,4 +372,4 @@ class Discovery:
                 extra={"downstream": endpoint.service, "downstream_instance": endpoint.instance},
             )
         else:
-            self.mark_down(endpoint)
+            self.mark_down(endpoint, draining=found is Health.NOT_SERVING)

@@ -109,6 +109,9 @@ _LEASE_RENEW = ("UPDATE outbox_lease SET expires_at = ? WHERE name = ? AND owner
                 " AND host = ? AND pid = ? AND expires_at > ?")
 _SELECT_UNSENT = ("SELECT id, event_id, subject, correlation_id, traceparent, data, aggregate_id"
                   " FROM outbox WHERE sent_at IS NULL AND id > ? ORDER BY id LIMIT ?")
+# Rows past a relay's cursor still waiting for JetStream's acknowledgement (outbox_unsent).
+_COUNT_UNSENT = "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND id > ?"
+_BACKLOG = "SELECT count(*), min(created_at) FROM outbox WHERE sent_at IS NULL AND id > ?"
 # Along the index outbox_sent (migration 0004): never a scan of the whole table.
 PRUNE_SENT = "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?"
 _MARK_SENT = "UPDATE outbox SET sent_at = ? WHERE id BETWEEN ? AND ? AND sent_at IS NULL"
@@ -259,32 +262,37 @@ class OutboxRelay:
             self._wake.clear()
             try:
                 more = await finish_batch(self.relay_once(), self.ack_timeout_s)
+                if not more:
+                    await self._pruning.maybe()
+                    await self._wait_for_commits()
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
             except Exception as e:
+                # A failed publish, read or mark: the cursor keeps what was acknowledged,
+                # so the retry republishes nothing twice and loses nothing.
                 self.stats.failures += 1
                 log.warning("outbox relay failed; retrying",
                             extra={"error": repr(e), "retry_in_s": backoff})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
-                continue
-            if more:
-                continue
-            await self._pruning.maybe()
-            wait_s = self.poll_s
-            if self._acked_through > self._marked_through:
-                wait_s = min(wait_s, max(0.0, self._marked_at + self.mark_every_s
-                                         - time.monotonic()))
-            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait_s):
-                    await self._wake.wait()
-            if not self._wake.is_set() and self._acked_through > self._marked_through:
-                await self._mark_acked()  # quiet since the last batch: mark what went out
-            if self._wake.is_set() and self.linger_s > 0:
-                # Woken by a commit: let the commits right behind it join this batch.
-                await asyncio.sleep(self.linger_s)
+
+    async def _wait_for_commits(self) -> None:
+        """Until a commit wakes the relay or the poll comes round; marks what went out if
+        it stayed quiet until the mark was due."""
+        wait_s = self.poll_s
+        if self._acked_through > self._marked_through:
+            wait_s = min(wait_s, max(0.0, self._marked_at + self.mark_every_s
+                                     - time.monotonic()))
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                await self._wake.wait()
+        if not self._wake.is_set() and self._acked_through > self._marked_through:
+            await self._mark_acked()  # quiet since the last batch: mark what went out
+        if self._wake.is_set() and self.linger_s > 0:
+            # Woken by a commit: let the commits right behind it join this batch.
+            await asyncio.sleep(self.linger_s)
 
     # -- the lease ------------------------------------------------------------------
 
@@ -462,8 +470,7 @@ class OutboxRelay:
         through = self._acked_through  # acknowledged, only waiting for their mark
 
         async def backlog(tx: Tx) -> Row | None:
-            return await tx.fetchrow("SELECT count(*), min(created_at) FROM outbox"
-                                     " WHERE sent_at IS NULL AND id > ?", (through,))
+            return await tx.fetchrow(_BACKLOG, (through,))
 
         row = await self.db.read(backlog)
         count = int(row[0]) if row else 0
@@ -475,14 +482,7 @@ class OutboxRelay:
     async def pending(self) -> int:
         """Rows not yet acknowledged by JetStream (acknowledged ones may wait for their
         mark up to `mark_every_s`)."""
-        through = self._acked_through
-
-        async def run(tx: Tx) -> int:
-            return int(await tx.fetchval(
-                "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND id > ?", (through,)))
-
-        return await self.db.read(run)
-
+        return await pending(self.db, after=self._acked_through)
 
 
 # How long a stopping relay waits for the batch it has in flight (a stop must stay quick;
@@ -503,10 +503,11 @@ async def finish_batch(step: Awaitable[T], ack_timeout_s: float) -> T:
         raise
 
 
-async def pending(storage: Storage) -> int:
-    """Outbox rows not yet acknowledged by JetStream."""
+async def pending(storage: Storage, *, after: int = 0) -> int:
+    """Outbox rows not yet acknowledged by JetStream (past id `after`: a relay's cursor,
+    beyond which rows already acknowledged only wait for their mark)."""
     async def run(tx: Tx) -> int:
-        return int(await tx.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"))
+        return int(await tx.fetchval(_COUNT_UNSENT, (after,)))
 
     return await storage.read(run)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from shop.events.v1 import envelope_pb2
@@ -18,6 +19,8 @@ from services.common.outbox import MARK_EVERY_S, OutboxRelay, pending
 from services.common.storage import Tx
 
 pytestmark = pytest.mark.timeout(60)
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -98,4 +101,38 @@ async def test_a_stopping_relay_marks_what_was_acknowledged(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert await pending(db) == 0  # marked on the way out
+    assert await _stream_ids(events_bus) == ids
+
+
+async def test_a_failed_quiet_mark_is_retried_without_restarting_the_relay(
+        events_bus: Bus, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mark a quiet relay writes on its own fails once (the database was busy): the
+    relay backs off and marks again; it neither dies nor publishes anything twice."""
+    ids = [await _emit(db, f"o{i}") for i in range(3)]
+    relay = OutboxRelay(db, events_bus, batch=256, poll_s=30.0, mark_every_s=0.2)
+    write = db.write
+    failed: list[str] = []
+
+    async def flaky_write(fn: Callable[[Tx], Awaitable[T]], **kw: bool) -> T:
+        if getattr(fn, "__name__", "") == "mark" and not failed:
+            failed.append("mark")
+            raise OSError("database is locked")
+        return await write(fn, **kw)
+
+    task = asyncio.create_task(relay.run())
+    try:
+        deadline = time.monotonic() + 15
+        await _published(relay, 1, deadline)  # the first batch is marked at once
+        monkeypatch.setattr(db, "write", flaky_write)
+        ids.append(await _emit(db, "late"))  # published, then marked when quiet
+        await _published(relay, len(ids), deadline)
+        while await pending(db):
+            assert not task.done(), task
+            assert time.monotonic() < deadline, "the failed mark was never written again"
+            await asyncio.sleep(0.01)
+        assert failed == ["mark"] and relay.stats.failures == 1
+        assert not task.done()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
     assert await _stream_ids(events_bus) == ids

@@ -4,6 +4,7 @@ watch updates, fallbacks. Instances are real in-process echo servers on port 0."
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from shop.product.v1 import product_pb2, product_pb2_grpc
 
 from services.common.breakers import Breakers
-from services.common.clients import Downstream, resolve_addr
+from services.common.clients import Downstream, Health, resolve_addr
 from services.common.config import BreakerConfig
 from services.common.discovery import Discovery
 from services.common.registry import Instance, RegistryLink
@@ -250,6 +251,29 @@ async def test_health_check_asks_for_the_expected_service(
     await disc._check(right)
     assert disc.healthy_addrs("payment") == []
     assert disc.healthy_addrs("product") == [echoes[1].addr]
+
+
+async def test_an_instance_in_its_graceful_stop_is_draining_not_a_fault(
+    disc: Discovery, echoes: list[RunningEcho], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An instance answering NOT_SERVING is stopping on purpose: it leaves the ring with an
+    INFO line ("instance draining"); one that does not answer at all is a WARNING."""
+    register(disc, "product-1", echoes[0].addr, service="product")
+    register(disc, "product-2", "127.0.0.1:1", service="product")  # nothing listens there
+    draining, gone = (next(v.endpoint for v in disc._by_key.values() if v.info.instance_id == i)
+                      for i in ("product-1", "product-2"))
+    assert await disc.health(draining) is Health.SERVING
+    await echoes[0].runner.health.enter_graceful_shutdown()
+    assert await disc.health(draining) is Health.NOT_SERVING
+    assert await disc.health(gone) is Health.UNREACHABLE
+    with caplog.at_level(logging.INFO, logger="shop.discovery"):
+        await disc._check(draining)
+        await disc._check(gone)
+    said = {(r.getMessage(), r.levelno, getattr(r, "downstream_instance", ""))
+            for r in caplog.records}
+    assert said == {("instance draining", logging.INFO, "product-1"),
+                    ("instance marked down", logging.WARNING, "product-2")}
+    assert disc.healthy_addrs("product") == []
 
 
 async def test_hung_instance_is_ejected_alone_and_back_once_it_serves(
