@@ -72,11 +72,13 @@ def _die_with_parent(argv: list[str]) -> tuple[list[str], Callable[[], None] | N
     exits. A single-threaded parent (the `make run` supervisor) sets the signal in the
     forked child itself, saving each child a Python start (~20 ms of CPU); with other
     threads about, running Python between fork and exec is unsafe, so the launcher
-    does it after the exec."""
+    does it after the exec. grpc's core runs threads `threading` does not count: once
+    grpc is loaded the parent counts as threaded (a child forked while one of them held
+    the allocator's lock would hang before its exec, and the parent with it)."""
     if not sys.platform.startswith("linux") or threading.current_thread() \
             is not threading.main_thread():
         return argv, None
-    if threading.active_count() == 1:
+    if threading.active_count() == 1 and "grpc" not in sys.modules:
         return argv, _pdeathsig_preexec()
     return [sys.executable, "-S", "-c", _LAUNCHER, str(os.getpid()), *argv], None
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import statistics
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,7 @@ FAIL_MAX = 5
 RESET_S = 2.0
 PRODUCT = "headphones"
 FAST_S = 0.1
+SLOW_S = 1.0  # half the calls' deadline
 CART_CAP_S = 5.0  # the cart's default cap on its product calls (services/cart/__main__.py)
 
 
@@ -79,10 +81,16 @@ def _add(stub: cart_pb2_grpc.CartServiceAsyncStub, user: str,
 def _assert_open(stub: cart_pb2_grpc.CartServiceAsyncStub, proxy: FaultProxy, user: str) -> None:
     """While open: fast UNAVAILABLE, and nothing reaches the product side."""
     before = proxy.stats()
+    took: list[float] = []
     for _ in range(20):
-        code, took, details = _add(stub, user, timeout=2.0)
+        code, t, details = _add(stub, user, timeout=2.0)
         assert code == grpc.StatusCode.UNAVAILABLE, (code, details)
-        assert took < FAST_S, f"open breaker answered in {took * 1000:.0f} ms"
+        took.append(t)
+    # Fast: the typical answer within FAST_S, none anywhere near the 2 s deadline a call
+    # that reached the hung side would wait for (a single slow one is the shared CPU's).
+    ms = [f"{t * 1000:.0f}" for t in took]
+    assert statistics.median(took) < FAST_S, f"open breaker answered in {ms} ms"
+    assert max(took) < SLOW_S, f"open breaker answered in {ms} ms"
     after = proxy.stats()
     # No call reaches the product side. (gRPC itself may reconnect the dropped channel in
     # the background meanwhile: a connection with no request on it.)
@@ -183,7 +191,9 @@ def test_hung_downstream_under_caller_deadlines_opens(
             time.sleep(0.02)
         reached = proxy.stats().requests_seen - seen0
         code, took, details = _add(stub, user, timeout=0.5)
-        assert code == grpc.StatusCode.UNAVAILABLE and took < FAST_S, (
+        # Refused at once (the hung side would hold it for the whole 0.5 s deadline; the
+        # margin is for a CPU shared with other suites), and it never reached that side.
+        assert code == grpc.StatusCode.UNAVAILABLE and took < 0.3, (
             f"after {FAIL_MAX} timeouts ({reached} calls reached the hung side) the next call "
             f"answered {code.name} in {took * 1000:.0f} ms: {details}")
         assert proxy.stats().requests_seen - seen0 == reached
