@@ -9,28 +9,37 @@ environment: a test or a tool builds them with the values it wants.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from services.common import envvars as v
+
+T = TypeVar("T")
+
+
+def env(var: v.Var[T]) -> T:
+    """A field read from `var` at start (`settings.load_settings`), `var`'s default
+    otherwise: each variable is named once, here."""
+    return field(default=var.default, metadata={"var": var})
 
 
 @dataclass(frozen=True, slots=True)
 class BreakerConfig:
     """The breakers of calls to other services (services/common/breakers.py)."""
 
-    fail_max: int = v.SHOP_BREAKER_FAIL_MAX.default
-    reset_s: float = v.SHOP_BREAKER_RESET_S.default
-    probe_s: float = v.SHOP_BREAKER_PROBE_S.default
+    fail_max: int = env(v.SHOP_BREAKER_FAIL_MAX)
+    reset_s: float = env(v.SHOP_BREAKER_RESET_S)
+    probe_s: float = env(v.SHOP_BREAKER_PROBE_S)
 
 
 @dataclass(frozen=True, slots=True)
 class TlsConfig:
     """Mutual TLS on every gRPC hop and NATS (services/common/tls.py)."""
 
-    enabled: bool = v.SHOP_MTLS.default
+    enabled: bool = env(v.SHOP_MTLS)
     pki_dir: Path = Path(v.SHOP_DATA_DIR.default) / "pki"
-    reload_s: float = v.SHOP_TLS_RELOAD_S.default
+    reload_s: float = env(v.SHOP_TLS_RELOAD_S)
     # SHOP_IDENTITY: wins over what the entry point claims ("" : the claim).
     identity: str = ""
 
@@ -47,23 +56,23 @@ class NatsConfig:
     identity: str = ""
     # SHOP_NATS_REPLICAS: 0 means min(3, servers named in `url`).
     replicas: int = 0
-    stream_max_age_s: float = v.SHOP_STREAM_MAX_AGE_S.default
-    stream_max_bytes: int = v.SHOP_STREAM_MAX_BYTES.default
+    stream_max_age_s: float = env(v.SHOP_STREAM_MAX_AGE_S)
+    stream_max_bytes: int = env(v.SHOP_STREAM_MAX_BYTES)
     # SHOP_INBOX_RETAIN_S: None means the stream's max age plus a margin.
     inbox_retain_s: float | None = None
-    relay_lease_s: float = v.SHOP_RELAY_LEASE_S.default
+    relay_lease_s: float = env(v.SHOP_RELAY_LEASE_S)
 
 
 @dataclass(frozen=True, slots=True)
 class DiscoveryConfig:
     """The registry in NATS and the discovery of the other instances."""
 
-    enabled: bool = v.SHOP_REGISTRY.default
-    ttl_s: float = v.SHOP_REGISTRY_TTL_S.default
-    wait_s: float = v.SHOP_DISCOVERY_WAIT_S.default
-    health_s: float = v.SHOP_DISCOVERY_HEALTH_S.default
-    recheck_s: float = v.SHOP_DISCOVERY_RECHECK_S.default
-    check_timeout_s: float = v.SHOP_DISCOVERY_CHECK_TIMEOUT_S.default
+    enabled: bool = env(v.SHOP_REGISTRY)
+    ttl_s: float = env(v.SHOP_REGISTRY_TTL_S)
+    wait_s: float = env(v.SHOP_DISCOVERY_WAIT_S)
+    health_s: float = env(v.SHOP_DISCOVERY_HEALTH_S)
+    recheck_s: float = env(v.SHOP_DISCOVERY_RECHECK_S)
+    check_timeout_s: float = env(v.SHOP_DISCOVERY_CHECK_TIMEOUT_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +80,8 @@ class ServingConfig:
     """How a service's gRPC server is reached, guarded and drained."""
 
     advertise_host: str = ""
-    drain_delay_s: float = v.SHOP_DRAIN_DELAY_S.default
-    deregister_wait_s: float = v.SHOP_DEREGISTER_WAIT_S.default
+    drain_delay_s: float = env(v.SHOP_DRAIN_DELAY_S)
+    deregister_wait_s: float = env(v.SHOP_DEREGISTER_WAIT_S)
     # A plaintext health-only port for Kubernetes probes; None: none.
     probe_port: int | None = None
     # The `/metrics` port; None: the gRPC port + 1000.
@@ -94,45 +103,45 @@ class TracingConfig:
 
 @dataclass(frozen=True, slots=True)
 class UserConfig:
-    token_ttl_s: int = v.SHOP_TOKEN_TTL_S.default
-    jwt_issuer: str = v.SHOP_JWT_ISSUER.default
-    jwt_audience: str = v.SHOP_JWT_AUDIENCE.default
-    scrypt_n: int = v.SHOP_SCRYPT_N.default
+    token_ttl_s: int = env(v.SHOP_TOKEN_TTL_S)
+    jwt_issuer: str = env(v.SHOP_JWT_ISSUER)
+    jwt_audience: str = env(v.SHOP_JWT_AUDIENCE)
+    scrypt_n: int = env(v.SHOP_SCRYPT_N)
     admin_password: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class OrderConfig:
-    step_timeout_s: float = v.SHOP_SAGA_STEP_TIMEOUT_S.default
-    reserve_attempts: int = v.SHOP_SAGA_RESERVE_ATTEMPTS.default
-    charge_attempts: int = v.SHOP_SAGA_CHARGE_ATTEMPTS.default
-    compensation_attempts: int = v.SHOP_SAGA_COMPENSATION_ATTEMPTS.default
-    saga_lease_s: float = v.SHOP_SAGA_LEASE_S.default
-    saga_budget_s: float = v.SHOP_ORDER_SAGA_BUDGET_S.default
+    step_timeout_s: float = env(v.SHOP_SAGA_STEP_TIMEOUT_S)
+    reserve_attempts: int = env(v.SHOP_SAGA_RESERVE_ATTEMPTS)
+    charge_attempts: int = env(v.SHOP_SAGA_CHARGE_ATTEMPTS)
+    compensation_attempts: int = env(v.SHOP_SAGA_COMPENSATION_ATTEMPTS)
+    saga_lease_s: float = env(v.SHOP_SAGA_LEASE_S)
+    saga_budget_s: float = env(v.SHOP_ORDER_SAGA_BUDGET_S)
 
 
 @dataclass(frozen=True, slots=True)
 class MailConfig:
     """The notification service's mail variables as set (mailconfig.py parses them)."""
 
-    smtp_url: str = v.SMTP_URL.default
-    sender: str = v.SMTP_FROM.default
-    timeout_s: float = v.SHOP_MAIL_TIMEOUT_S.default
-    backoff_s: float = v.SHOP_MAIL_BACKOFF_S.default
-    backoff_cap_s: float = v.SHOP_MAIL_BACKOFF_CAP_S.default
-    give_up_s: float = v.SHOP_MAIL_GIVE_UP_S.default
-    breaker_fail_max: int = v.SHOP_MAIL_BREAKER_FAIL_MAX.default
-    breaker_reset_s: float = v.SHOP_MAIL_BREAKER_RESET_S.default
-    concurrency: int = v.SHOP_MAIL_CONCURRENCY.default
-    batch: int = v.SHOP_MAIL_BATCH.default
+    smtp_url: str = env(v.SMTP_URL)
+    sender: str = env(v.SMTP_FROM)
+    timeout_s: float = env(v.SHOP_MAIL_TIMEOUT_S)
+    backoff_s: float = env(v.SHOP_MAIL_BACKOFF_S)
+    backoff_cap_s: float = env(v.SHOP_MAIL_BACKOFF_CAP_S)
+    give_up_s: float = env(v.SHOP_MAIL_GIVE_UP_S)
+    breaker_fail_max: int = env(v.SHOP_MAIL_BREAKER_FAIL_MAX)
+    breaker_reset_s: float = env(v.SHOP_MAIL_BREAKER_RESET_S)
+    concurrency: int = env(v.SHOP_MAIL_CONCURRENCY)
+    batch: int = env(v.SHOP_MAIL_BATCH)
 
 
 @dataclass(frozen=True, slots=True)
 class StockConfig:
     """Inventory: reservations' lifetime and the ledger's snapshots."""
 
-    reservation_ttl_s: float = v.INVENTORY_RESERVATION_TTL_S.default
-    snapshot_every: int = v.INVENTORY_SNAPSHOT_EVERY.default
+    reservation_ttl_s: float = env(v.INVENTORY_RESERVATION_TTL_S)
+    snapshot_every: int = env(v.INVENTORY_SNAPSHOT_EVERY)
 
 
 __all__ = [

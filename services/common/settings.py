@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from services.common import envvars
@@ -138,6 +138,18 @@ def _read_any(var: envvars.Var[T]) -> T:
     return var.get()
 
 
+SectionT = TypeVar("SectionT")
+
+
+def section(cls: type[SectionT], get: Callable[[envvars.Var[Any]], Any],
+            **given: Any) -> SectionT:
+    """A config section: each field declared `env(VAR)` read through `get`, the `given`
+    ones (values that need more than a read: a clamp, a path, a check) as they are."""
+    read = {f.name: get(f.metadata["var"]) for f in fields(cast(Any, cls))
+            if "var" in f.metadata and f.name not in given}
+    return cast(Callable[..., SectionT], cls)(**read, **given)
+
+
 def load_settings(service: str) -> Settings:
     """Settings for `service` (or "gateway") from the environment; creates the data dir.
     A malformed value raises ValueError naming its variable."""
@@ -164,54 +176,17 @@ def load_settings(service: str) -> Settings:
         pinned={name: addr for name in SERVICES
                 if (addr := envvars.SERVICE_ADDR.get(name))},
         traffic_file=Path(traffic_file) if traffic_file else None,
-        breaker=BreakerConfig(
-            fail_max=get(envvars.SHOP_BREAKER_FAIL_MAX),
-            reset_s=get(envvars.SHOP_BREAKER_RESET_S),
-            probe_s=get(envvars.SHOP_BREAKER_PROBE_S),
-        ),
+        breaker=section(BreakerConfig, get),
         tls=_tls(get),
         nats=_nats(get),
-        discovery=DiscoveryConfig(
-            enabled=get(envvars.SHOP_REGISTRY),
-            ttl_s=max(1.0, get(envvars.SHOP_REGISTRY_TTL_S)),
-            wait_s=get(envvars.SHOP_DISCOVERY_WAIT_S),
-            health_s=get(envvars.SHOP_DISCOVERY_HEALTH_S),
-            recheck_s=get(envvars.SHOP_DISCOVERY_RECHECK_S),
-            check_timeout_s=get(envvars.SHOP_DISCOVERY_CHECK_TIMEOUT_S),
-        ),
+        discovery=section(DiscoveryConfig, get,
+                          ttl_s=max(1.0, get(envvars.SHOP_REGISTRY_TTL_S))),
         serving=_serving(get, service),
         tracing=_tracing(get),
-        user=UserConfig(
-            token_ttl_s=get(envvars.SHOP_TOKEN_TTL_S),
-            jwt_issuer=get(envvars.SHOP_JWT_ISSUER),
-            jwt_audience=get(envvars.SHOP_JWT_AUDIENCE),
-            scrypt_n=get(envvars.SHOP_SCRYPT_N),
-            admin_password=get(envvars.SHOP_ADMIN_PASSWORD),
-        ),
-        order=OrderConfig(
-            step_timeout_s=get(envvars.SHOP_SAGA_STEP_TIMEOUT_S),
-            reserve_attempts=get(envvars.SHOP_SAGA_RESERVE_ATTEMPTS),
-            charge_attempts=get(envvars.SHOP_SAGA_CHARGE_ATTEMPTS),
-            compensation_attempts=get(envvars.SHOP_SAGA_COMPENSATION_ATTEMPTS),
-            saga_lease_s=get(envvars.SHOP_SAGA_LEASE_S),
-            saga_budget_s=get(envvars.SHOP_ORDER_SAGA_BUDGET_S),
-        ),
-        mail=MailConfig(
-            smtp_url=get(envvars.SMTP_URL),
-            sender=get(envvars.SMTP_FROM),
-            timeout_s=get(envvars.SHOP_MAIL_TIMEOUT_S),
-            backoff_s=get(envvars.SHOP_MAIL_BACKOFF_S),
-            backoff_cap_s=get(envvars.SHOP_MAIL_BACKOFF_CAP_S),
-            give_up_s=get(envvars.SHOP_MAIL_GIVE_UP_S),
-            breaker_fail_max=get(envvars.SHOP_MAIL_BREAKER_FAIL_MAX),
-            breaker_reset_s=get(envvars.SHOP_MAIL_BREAKER_RESET_S),
-            concurrency=get(envvars.SHOP_MAIL_CONCURRENCY),
-            batch=get(envvars.SHOP_MAIL_BATCH),
-        ),
-        stock=StockConfig(
-            reservation_ttl_s=get(envvars.INVENTORY_RESERVATION_TTL_S),
-            snapshot_every=get(envvars.INVENTORY_SNAPSHOT_EVERY),
-        ),
+        user=section(UserConfig, get, admin_password=get(envvars.SHOP_ADMIN_PASSWORD)),
+        order=section(OrderConfig, get),
+        mail=section(MailConfig, get),
+        stock=section(StockConfig, get),
         shipping_dispatch_delay_s=get(envvars.SHIPPING_DISPATCH_DELAY_S),
         product_refresh_s=get(envvars.PRODUCT_REFRESH_S),
     )
@@ -219,10 +194,9 @@ def load_settings(service: str) -> Settings:
 
 def _tls(get: Callable[[envvars.Var[Any]], Any]) -> TlsConfig:
     explicit = get(envvars.SHOP_PKI_DIR)
-    return TlsConfig(
-        enabled=get(envvars.SHOP_MTLS),
+    return section(
+        TlsConfig, get,
         pki_dir=Path(explicit) if explicit else Path(get(envvars.SHOP_DATA_DIR)) / "pki",
-        reload_s=get(envvars.SHOP_TLS_RELOAD_S),
         identity=get(envvars.SHOP_IDENTITY),
     )
 
@@ -246,14 +220,9 @@ def _nats(get: Callable[[envvars.Var[Any]], Any]) -> NatsConfig:
     size = get(envvars.SHOP_STREAM_MAX_BYTES)
     if size < 0:
         raise ValueError(f"SHOP_STREAM_MAX_BYTES must be >= 0, got {size}")
-    return NatsConfig(
-        identity=get(envvars.SHOP_NATS_IDENTITY),
-        replicas=replicas,
-        stream_max_age_s=age,
-        stream_max_bytes=size,
-        inbox_retain_s=get(envvars.SHOP_INBOX_RETAIN_S),
-        relay_lease_s=get(envvars.SHOP_RELAY_LEASE_S),
-    )
+    return section(NatsConfig, get, identity=get(envvars.SHOP_NATS_IDENTITY),
+                   replicas=replicas, stream_max_age_s=age, stream_max_bytes=size,
+                   inbox_retain_s=get(envvars.SHOP_INBOX_RETAIN_S))
 
 
 def load_nats_config() -> NatsConfig:
@@ -266,10 +235,9 @@ def _serving(get: Callable[[envvars.Var[Any]], Any], service: str) -> ServingCon
     if probe and not probe.isdigit():
         raise ValueError(f"probe port must be a port number, got {probe!r}")
     policy = get(envvars.SHOP_CALL_POLICY)
-    return ServingConfig(
+    return section(
+        ServingConfig, get,
         advertise_host=get(envvars.SHOP_ADVERTISE_HOST),
-        drain_delay_s=get(envvars.SHOP_DRAIN_DELAY_S),
-        deregister_wait_s=get(envvars.SHOP_DEREGISTER_WAIT_S),
         probe_port=int(probe) if probe else None,
         metrics_port=get(envvars.SERVICE_METRICS_PORT),
         call_policy=Path(policy) if policy else None,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from services.common import envvars
 from services.common import settings as s
 
 _VARS = (
@@ -151,3 +152,40 @@ def test_the_gateway_settings_carry_the_common_part(monkeypatch: pytest.MonkeyPa
     assert gw.process.service == "gateway"
     assert gw.process.breaker.probe_s == 0.5
     assert gw.host == gw.process.host
+
+
+def _other_value(default: object) -> tuple[str, object]:
+    """A value unlike `default`, as set in the environment and as read."""
+    if isinstance(default, bool):
+        return ("off", False) if default else ("on", True)
+    if isinstance(default, int):
+        return str(default + 3), default + 3
+    if isinstance(default, float):
+        return str(default + 1.5), default + 1.5
+    return "x-test@example.com", "x-test@example.com"
+
+
+def test_every_declared_field_is_read_from_its_variable(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each section field declared `env(VAR)` takes VAR's value in a process that reads
+    VAR: no field is declared and then left at its default."""
+    from dataclasses import fields
+
+    sections = {f.name: f.type for f in fields(s.Settings)
+                if f.name in ("breaker", "tls", "nats", "discovery", "serving", "user",
+                              "order", "mail", "stock")}
+    checked = 0
+    for attr in sections:
+        section = getattr(s.Settings(service="order"), attr)
+        for f in fields(section):
+            var = f.metadata.get("var")
+            if var is None:
+                continue
+            process = next(p for p in (*s.SERVICES, "gateway") if envvars.read_by(var, p))
+            text, want = _other_value(var.default)
+            with monkeypatch.context() as m:
+                m.setenv(var.key(process), text)
+                got = getattr(getattr(s.load_settings(process), attr), f.name)
+            assert got == want, (var.name, attr, f.name, got, want)
+            checked += 1
+    assert checked >= 30
