@@ -8,6 +8,7 @@ exit."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -54,6 +55,20 @@ def log_problems(logs: Path, since: float) -> list[str]:
     return problems
 
 
+def last_words(logs: Path, since: float) -> str:
+    """Per process, how long after `since` its log's last line came, and that line: the
+    process that stopped last is at the top."""
+    ends: list[tuple[float, str]] = []
+    for path in sorted(logs.glob("*.log")):
+        lines = path.read_text(errors="replace").splitlines()
+        for line in reversed(lines):
+            with contextlib.suppress(ValueError, AttributeError):
+                ts = float(json.loads(line).get("ts", 0.0))
+                ends.append((ts - since, f"{path.name} +{ts - since:.2f} s: {line[:300]}"))
+                break
+    return "\n".join(text for _, text in sorted(ends, reverse=True))
+
+
 def test_scaled_run_stops_quickly_and_cleanly_ten_times(tmp_path: Path) -> None:
     took: list[float] = []
     for n in range(-1, RUNS):  # -1: once without SCALE
@@ -78,7 +93,9 @@ def test_scaled_run_stops_quickly_and_cleanly_ten_times(tmp_path: Path) -> None:
             how = ("Ctrl-C" if ctrl_c else "SIGTERM") + (f", SCALE={scale}" if scale else "")
             assert code == 0, f"run {n} ({how}): exit {code}\n{run.output}"
             assert not left, f"run {n} ({how}): still running: {left}"
-            assert elapsed < WORST_STOP_S, f"run {n} ({how}): stop took {elapsed:.2f} s"
+            assert elapsed < WORST_STOP_S, (
+                f"run {n} ({how}): stop took {elapsed:.2f} s\n{run.output[-3000:]}\n"
+                + last_words(run.data_dir / "logs", since))
             problems = log_problems(run.data_dir / "logs", since)
             assert not problems, f"run {n} ({how}):\n" + "\n".join(problems)
         finally:
