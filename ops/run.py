@@ -46,6 +46,7 @@ from ops.process import (
     start_system,
     wait_all_ready,
 )
+from services.common import envvars
 from services.common.pki import OPERATOR, ensure_pki
 from services.common.settings import DEFAULT_PORTS, SERVICES, load_tls_config
 
@@ -101,10 +102,8 @@ def log(msg: str) -> None:
 
 
 def registry_enabled() -> bool:
-    """services.common.registry.registry_enabled, without importing nats-py (~0.15 s)
-    before the children are spawned."""
-    return os.environ.get("SHOP_REGISTRY", "on").strip().lower() not in ("0", "off", "false",
-                                                                          "no")
+    """SHOP_REGISTRY as every process reads it (`DiscoveryConfig.enabled`)."""
+    return envvars.SHOP_REGISTRY.get()
 
 
 def parse_scale(text: str) -> dict[str, int]:
