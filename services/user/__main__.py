@@ -41,8 +41,6 @@ async def build(settings: Settings, wiring: Wiring) -> App:
     )
     scrypt = scrypt_params(settings)
     hasher = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="scrypt")
-    # Made now, so the first login for an unknown email is not slower than the rest.
-    await asyncio.get_running_loop().run_in_executor(hasher, domain.dummy_hash, scrypt)
     servicer = UserServicer(UserStore(db), keys, hasher, scrypt)
     # The relay starts once NATS answers: registration and login never wait for NATS,
     # events queue up in the outbox meanwhile.

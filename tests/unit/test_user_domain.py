@@ -159,8 +159,13 @@ def test_verify_password_is_false_for_malformed_hashes(stored: str) -> None:
 
 def test_dummy_hash_is_a_real_hash_nobody_knows() -> None:
     assert d.dummy_hash(CHEAP).startswith("scrypt$1024$")
-    assert d.dummy_hash(CHEAP) is d.dummy_hash(CHEAP)  # computed once
+    assert d.dummy_hash(CHEAP) is d.dummy_hash(CHEAP)  # made once
     assert not d.verify_password("password", d.dummy_hash(CHEAP))
+    # Checked like a stored hash: scrypt under its parameters, one digest as long.
+    params, salt, digest = d._parse(d.dummy_hash(CHEAP))
+    real = d._parse(d.hash_password("password", params=CHEAP))
+    assert params == real[0] == CHEAP
+    assert (len(salt), len(digest)) == (len(real[1]), len(real[2]))
 
 
 # --- tokens ------------------------------------------------------------------------------
