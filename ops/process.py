@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -115,16 +116,41 @@ def env_prefix(name: str) -> str:
 # by any outgoing connection before the listener binds it; below it, only by another pick.
 _PICK_LOW, _PICK_HIGH = 20000, 32768
 _PICK_TRIES = 64
+# A pick is claimed for this long in a directory every process of this user shares, so a
+# port handed out but not bound yet (a process still starting) is not handed out again,
+# by this process or by another one picking at the same time (parallel test workers).
+_CLAIM_S = 120.0
+_CLAIMS = Path(tempfile.gettempdir()) / f"shop-ports-{os.getuid()}"
+
+
+def _claim(port: int) -> bool:
+    """Claim `port` for _CLAIM_S; False while another pick's claim on it is fresh."""
+    path = _CLAIMS / str(port)
+    try:
+        _CLAIMS.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        try:
+            if time.time() - path.stat().st_mtime < _CLAIM_S:
+                return False
+            os.utime(path)  # a stale claim: take it over
+        except FileNotFoundError:
+            return _claim(port)
+        return True
+    except OSError:
+        return True  # no shared directory: the free check alone decides
+    os.close(fd)
+    return True
 
 
 def free_port(host: str = "127.0.0.1", avoid: Collection[int] = ()) -> int:
-    """A port free to listen on now, out of the way of outgoing connections' ports.
-    `avoid`: ports already handed out whose listeners have not bound yet (a pick cannot
-    see them, and two picks from this range meet often enough to matter)."""
+    """A port free to listen on now, out of the way of outgoing connections' ports, and
+    claimed for a while so no other pick hands it out before its listener binds.
+    `avoid`: ports this caller already holds for its own listeners."""
     rng = random.SystemRandom()
     for _ in range(_PICK_TRIES):
         port = rng.randrange(_PICK_LOW, _PICK_HIGH)
-        if port not in avoid and not port_in_use(port, host):
+        if port not in avoid and not port_in_use(port, host) and _claim(port):
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
