@@ -157,6 +157,11 @@ def hash_password(password: str, *, salt: bytes | None = None,
     be raised later without breaking existing users."""
     salt = secrets.token_bytes(SALT_BYTES) if salt is None else salt
     digest = _scrypt(password, salt, params, HASH_BYTES)
+    return _encode(params, salt, digest)
+
+
+def _encode(params: ScryptParams, salt: bytes, digest: bytes) -> str:
+    """The stored form `_parse` reads back."""
     return f"{_SCHEME}${params.n}${params.r}${params.p}${_b64(salt)}${_b64(digest)}"
 
 
@@ -201,4 +206,4 @@ def dummy_hash(params: ScryptParams = DEFAULT_SCRYPT) -> str:
     runs scrypt under `params` whatever the digest holds, so a random digest costs the
     same as a real one and matches no password; making it costs no scrypt at start."""
     salt, digest = secrets.token_bytes(SALT_BYTES), secrets.token_bytes(HASH_BYTES)
-    return f"{_SCHEME}${params.n}${params.r}${params.p}${_b64(salt)}${_b64(digest)}"
+    return _encode(params, salt, digest)
