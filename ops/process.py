@@ -28,6 +28,7 @@ from services.common.settings import DEFAULT_PORTS, SERVICES, health_name
 if TYPE_CHECKING:
     import urllib.request
 
+    from ops.prefork import ForkedChild, Prefork
     from services.common.natsauth import NatsAuth
     from services.common.tls import Transport
 
@@ -283,8 +284,10 @@ class ServiceProcess:
         self.log_path = self.data_dir / "logs" / f"{self.instance}.log"
         self.ready_file = self.data_dir / "run" / f"{self.instance}.ready.json"
         self.restarts = 0
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: subprocess.Popen[bytes] | ForkedChild | None = None
         self._log: IO[bytes] | None = None
+        # Set by start_system: a pre-imported parent to fork this process from.
+        self.forker: Prefork | None = None
         self._ready = False
         self.status = "STARTING"  # the health seen by the last readiness probe
 
@@ -357,11 +360,16 @@ class ServiceProcess:
         self._ready = False
         self.status = "STARTING"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept open while running
+        env = self.env()
+        if self.forker is not None:
+            self._proc = self.forker.spawn(self.argv, env, REPO_ROOT, self._log)
+            if self._proc is not None:
+                return self
         argv, preexec = _die_with_parent(self.argv)
         self._proc = subprocess.Popen(
             argv,
             preexec_fn=preexec,
-            env=self.env(),
+            env=env,
             cwd=REPO_ROOT,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
@@ -572,6 +580,7 @@ def start_system(
     argv_for: Callable[[str], Sequence[str]] | None = None,
     wait: bool = True,
     discovery: bool = False,
+    forker: Prefork | None = None,
 ) -> System:
     """Start `services` (and the gateway) in parallel and wait until all are healthy.
 
@@ -584,6 +593,7 @@ def start_system(
     `wait_all_ready(system.all())` and stops the system itself on failure.
     `discovery=True` (NATS is there and the processes register): a scaled service
     (scale > 1) gets no `<SERVICE>_ADDR`, so callers spread over its instances.
+    `forker`: the processes are forked from this pre-imported parent where it can.
     """
     root = Path(data_dir)
     ports = dict(ports or {})
@@ -611,6 +621,7 @@ def start_system(
     shared.update(env or {})
     for proc in system.all():
         proc.extra_env = {**shared, **proc.extra_env}
+        proc.forker = forker
     try:
         for proc in system.all():
             proc.start()

@@ -33,8 +33,10 @@ from ops.natscluster import DEFAULT_ROUTE_PORT, NatsCluster, cluster_size, embed
 from ops.natsd import NatsServer
 from ops.otlp import OtlpReceiver
 from ops.pgserve import EmbeddedPostgres
+from ops.prefork import Prefork
 from ops.process import (
     GATEWAY,
+    REPO_ROOT,
     ServiceProcess,
     StartError,
     System,
@@ -348,10 +350,14 @@ def main() -> int:
               file=sys.stderr)
         return 1
 
+    # The services' shared imports run once, in this parent, while the PKI, NATS and
+    # the rest start; each service is then forked from it (ops.prefork).
+    prefork = Prefork(data_dir / "logs" / "prefork.log", REPO_ROOT).start()
     try:
         os.environ.setdefault("SHOP_DATA_DIR", str(data_dir))  # pki_dir() for us and children
         prepare_pki()
     except (OSError, ValueError) as exc:
+        prefork.close()
         print(f"error: cannot prepare the PKI: {exc}", file=sys.stderr)
         return 1
 
@@ -411,7 +417,8 @@ def main() -> int:
         # is then found through the registry, not pinned to its first instance.
         system = start_system(data_dir, nats_url, ports=ports, scale=scale,
                               with_gateway=True, ready_timeout=timeout, wait=False,
-                              discovery=registry_enabled(), env={**mail_env, **db_env})
+                              discovery=registry_enabled(), env={**mail_env, **db_env},
+                              forker=prefork)
         if nats is not None:
             nats.wait_ready()
             what = (f"cluster of {nats_nodes} (pids {' '.join(map(str, nats.pids))})"
@@ -457,6 +464,7 @@ def main() -> int:
         if system is not None:
             system.stop()
             instances_file(data_dir).unlink(missing_ok=True)
+        prefork.close()
         if nats is not None:
             nats.stop()
         if catcher is not None:

@@ -24,6 +24,7 @@ ALLOWED = {
     "ops/protogen.py": "protoc's PATH",
     "ops/shopctl.py": "finds make run's data dir; its environment to the calls it makes",
     "ops/mailcatcher.py": "a make run child outside the services' runtime",
+    "ops/prefork.py": "make run's pre-imported parent: gives each fork the environment asked for",
 }
 ALLOWED_DIRS = {"bench": "benchmarks start the system with environments of their own"}
 _READERS = {"env_str", "env_int", "env_float"}

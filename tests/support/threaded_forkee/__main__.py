@@ -1,0 +1,1 @@
+"""Never run by a fork: its package's import leaves a thread running."""
