@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
@@ -217,7 +218,9 @@ class OutboxRelay:
         # Rows up to `_acked_through` are acknowledged; up to `_marked_through` marked sent.
         self._acked_through = 0
         self._marked_through = 0
-        self._marked_at = 0.0  # monotonic
+        # Monotonic; never marked yet, so the first mark is due at once (a clock that
+        # started less than `mark_every_s` ago must not hold it back).
+        self._marked_at = -math.inf
 
     @property
     def active(self) -> bool:
