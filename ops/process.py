@@ -270,12 +270,14 @@ class ServiceProcess:
         env: Mapping[str, str] | None = None,
         argv: Sequence[str] | None = None,
         host: str = "127.0.0.1",
+        picked_port: bool = False,
     ) -> None:
         self.name = name
         self.instance = instance or f"{name}-1"
         self.host = host
-        # A free gRPC port: its + 1000 may be taken, so /metrics gets a free port too.
-        self._any_metrics_port = not port
+        # A free gRPC port (picked here, or by the caller: `picked_port`): its + 1000 may
+        # be taken, so /metrics gets a free port too.
+        self._any_metrics_port = picked_port or not port
         self.port = port or free_port(host)
         self.data_dir = Path(data_dir)
         self.nats_url = nats_url
@@ -603,12 +605,12 @@ def start_system(
     taken = {p for p in ports.values() if p}
     for name in services:
         for i in range(1, max(1, scale.get(name, 1)) + 1):
-            port = ports.get(name, 0) if i == 1 else 0
-            port = port or free_port(host, taken)
+            given = ports.get(name, 0) if i == 1 else 0
+            port = given or free_port(host, taken)
             taken.add(port)
             procs.append(ServiceProcess(
                 name, data_dir=root, nats_url=nats_url, port=port, instance=f"{name}-{i}",
-                host=host, argv=argv_for(name) if argv_for else None))
+                host=host, argv=argv_for(name) if argv_for else None, picked_port=not given))
     gateway = None
     if with_gateway:
         gateway = ServiceProcess(
