@@ -53,8 +53,9 @@ MAX_AGE_S = 4 * 86400.0
 # Rows per executemany, and orders per transaction.
 _CHUNK = 50_000
 _ORDERS_PER_TX = 200_000
-# The files a fill writes (the other services create theirs empty at start).
-FILLED_DBS = ("user", "order", "notification", "cart", "shipping")
+# The files a fill writes (the other services create theirs empty at start; inventory's
+# holds only its consumer's inbox rows: its stock is seeded at start).
+FILLED_DBS = ("user", "order", "notification", "cart", "shipping", "inventory")
 
 T = TypeVar("T")
 Say = Callable[[str], None]

@@ -65,6 +65,7 @@ CONSUMERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         ev.USER_CREATED, ev.PAYMENT_COMPLETED, ev.PAYMENT_FAILED, ev.PAYMENT_REFUNDED,
         ev.ORDER_CONFIRMED, ev.ORDER_CANCELLED, ev.ORDER_SHIPPED)),
     ("cart", "cart-orders", (ev.ORDER_CONFIRMED,)),
+    ("inventory", "inventory-orders", (ev.ORDER_CONFIRMED,)),
     ("shipping", "shipping-orders", (ev.ORDER_CONFIRMED,)),
 )
 

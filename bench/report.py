@@ -54,7 +54,8 @@ RAW_LEAVES_OUT: dict[str, str] = {
     "dashboard": "JWT, per-part deadlines and degraded answers, mTLS, tracing, metrics; its "
                  "three parts read real stores (orders, notifications, cart)",
     "order": "events (outbox rows, relay, NATS fsyncs), JWT, the user/cart/pricing reads, "
-             "the stock-commit step, saga history and lease, idempotency keys, mTLS, "
+             "the stock commit (inventory's consumer of order.confirmed, with its inbox "
+             "row), saga history and lease, idempotency keys, mTLS, "
              "tracing and metrics",
     "outbox": "the transaction writing each row, ordering per aggregate, leases, "
               "deduplication headers",

@@ -85,7 +85,8 @@ def _svc(name: str, **kw: object) -> Process:
 
 
 # Who calls whom: the gateway routes to every service; order runs the saga; cart prices
-# items. Everyone also reaches NATS and PostgreSQL (not listed: every process has them).
+# items; inventory asks order about the order of a stale reservation. Everyone also
+# reaches NATS and PostgreSQL (not listed: every process has them).
 PROCESSES: tuple[Process, ...] = (
     _svc("user", autoscale=(2, 6), secrets=("jwt",)),
     _svc("product", autoscale=(2, 6)),
@@ -95,7 +96,7 @@ PROCESSES: tuple[Process, ...] = (
     # Payment and inventory serialize on their rows (a charge per order, a stock row per
     # product): more pods do not add throughput, the database does. Fixed replicas.
     _svc("payment"),
-    _svc("inventory"),
+    _svc("inventory", calls=("order",)),
     _svc("notification", extra_ports={"metrics": DEFAULT_PORTS["notification"] + 1000},
          egress_smtp=True),
     _svc("shipping", env={"SHIPPING_DISPATCH_DELAY_S": "2"}),

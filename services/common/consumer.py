@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -126,7 +127,8 @@ class EventConsumer:
                  max_deliver: int = 5, ack_wait_s: float = 30.0, batch: int = 64,
                  backoff_s: Sequence[float] = (0.2, 1.0, 3.0, 5.0),
                  fetch_timeout_s: float = 1.0, linger_s: float = 0.05,
-                 inbox_retain_s: float | None = None, prune_every_s: float = 60.0) -> None:
+                 inbox_retain_s: float | None = None, prune_every_s: float = 60.0,
+                 locked: bool = False) -> None:
         if not routes:
             raise ValueError("a consumer needs at least one route")
         self.bus = bus
@@ -146,7 +148,10 @@ class EventConsumer:
         self.inbox_retain_s = (inbox_retention_s(bus.config) if inbox_retain_s is None
                                else inbox_retain_s)
         self.prune_every_s = prune_every_s
-        self._pruned_at = 0.0
+        # The handlers lock the rows they decide on (`Storage.write(locked=True)`): hot
+        # rows shared with the service's own calls wait instead of failing on PostgreSQL.
+        self.locked = locked
+        self._pruned_at = -math.inf  # monotonic; never pruned: the first round is due
         self.stats = ConsumerStats()
         self.metrics = ConsumerMetrics(durable, self._lag)
         self._sub: JetStreamContext.PullSubscription | None = None
@@ -334,7 +339,7 @@ class EventConsumer:
                 await tx.run_many(_INBOX_INSERT, rows)
             return done, failed, afters, len(rows)
 
-        done, failed, afters, handled = await self.db.write(run)
+        done, failed, afters, handled = await self.db.write(run, locked=self.locked)
         for after in afters:
             try:
                 after()
@@ -368,7 +373,7 @@ class EventConsumer:
             return
         self.stats.pruned += n
         if n >= _PRUNE_CHUNK:
-            self._pruned_at = 0.0  # more left: the next idle moment goes on
+            self._pruned_at = -math.inf  # more left: the next idle moment goes on
 
     async def _handled(self, event_id: str) -> bool:
         async def run(tx: Tx) -> bool:

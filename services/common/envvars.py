@@ -287,8 +287,9 @@ SHOP_ORDER_SAGA_BUDGET_S = number("SHOP_ORDER_SAGA_BUDGET_S", 5.0,
 SHIPPING_DISPATCH_DELAY_S = number("SHIPPING_DISPATCH_DELAY_S", 2.0,
                                    "a confirmed order ships after", "shipping")
 INVENTORY_RESERVATION_TTL_S = number("INVENTORY_RESERVATION_TTL_S", 900.0,
-                                     "a reservation no order commits is released after "
-                                     "(0: never)", "inventory")
+                                     "a reservation still held after this is settled by "
+                                     "its order: committed if confirmed, released if "
+                                     "cancelled or unknown (0: never)", "inventory")
 PRODUCT_REFRESH_S = number("PRODUCT_REFRESH_S", 1.0,
                            "the catalogue cache is refreshed every", "product")
 INVENTORY_SNAPSHOT_EVERY = integer("INVENTORY_SNAPSHOT_EVERY", 100,

@@ -35,7 +35,8 @@ class Status(enum.StrEnum):
     # Released, or a tombstone for an order released before (or without) any reservation.
     RELEASED = "RELEASED"
     COMMITTED = "COMMITTED"
-    # Committed, then returned to available (a confirmed order cancelled before dispatch).
+    # A confirmed order's units returned to available (cancelled before dispatch): sold
+    # ones, or ones still reserved when the cancel came before the commit.
     RESTOCKED = "RESTOCKED"
 
 
@@ -82,7 +83,7 @@ class Effect(enum.Enum):
     """What a transition does to the stock and the stored reservation."""
 
     NONE = "none"  # a repeat: nothing to write
-    RETURN = "return"  # reserved -> available, status RELEASED
+    RETURN = "return"  # reserved -> available, status RELEASED (or RESTOCKED, see below)
     SELL = "sell"  # reserved -> sold, status COMMITTED
     RESTOCK = "restock"  # sold -> available, status RESTOCKED
     TOMBSTONE = "tombstone"  # insert a RELEASED row without items
@@ -192,15 +193,29 @@ def decide_commit(order_id: str, existing: Reservation | None) -> Transition:
 
 
 def decide_restock(order_id: str, existing: Reservation | None) -> Transition:
-    """A committed order's units back to available (its order was cancelled before it
-    shipped); a repeat changes nothing. Stock never committed cannot be restocked."""
-    if existing is not None and existing.status is Status.COMMITTED:
+    """A confirmed order's units back to available (its order was cancelled before it
+    shipped); a repeat changes nothing. The commit follows the confirmation as an event,
+    so a cancel can come first: units still reserved go back from `reserved`, and the
+    RESTOCKED status makes the late commit change nothing. Stock never held cannot be
+    restocked."""
+    if existing is not None and existing.status in (Status.COMMITTED, Status.RESERVED):
         restocked = Reservation(order_id, Status.RESTOCKED, existing.items, existing.reason)
-        return Transition(restocked, Effect.RESTOCK)
+        held = existing.status is Status.RESERVED
+        return Transition(restocked, Effect.RETURN if held else Effect.RESTOCK)
     if existing is not None and existing.status is Status.RESTOCKED:
         return Transition(existing, Effect.NONE)
     what = "no reservation" if existing is None else f"reservation {existing.status.value}"
     raise FailedPrecondition(f"order {order_id} has no committed stock to restock ({what})")
+
+
+def decide_confirmed_commit(order_id: str, existing: Reservation | None) -> Transition:
+    """The commit that follows an order's confirmation (its `order.confirmed` event): the
+    reserved units become sold. Already committed, or restocked by a cancel that came
+    first: nothing to do. Anything else is not the state a confirmed order leaves, and is
+    refused as CommitStock refuses it."""
+    if existing is not None and existing.status is Status.RESTOCKED:
+        return Transition(existing, Effect.NONE)
+    return decide_commit(order_id, existing)
 
 
 # --- the ledger's queries: time travel and history paging --------------------------------

@@ -40,7 +40,9 @@ from services.inventory.domain import (
     Reservation,
     Status,
     Stock,
+    Transition,
     decide_commit,
+    decide_confirmed_commit,
     decide_release,
     decide_reserve,
     decide_restock,
@@ -93,6 +95,7 @@ class InventoryRepository(Protocol):
     async def reserve(self, order_id: str, lines: Sequence[Line]) -> Reservation: ...
     async def release(self, order_id: str) -> Reservation: ...
     async def commit(self, order_id: str) -> Reservation: ...
+    async def commit_confirmed(self, order_id: str) -> Reservation: ...
     async def restock(self, order_id: str) -> Reservation: ...
     async def get_reservation(self, order_id: str) -> Reservation | None: ...
     async def all_stock(self) -> list[Stock]: ...
@@ -245,23 +248,30 @@ class InventoryStore:
 
     async def commit(self, order_id: str) -> Reservation:
         async def run(tx: Tx) -> Reservation:
-            t = decide_commit(order_id, await _get(tx, order_id, lock=True))
-            if t.effect is Effect.SELL:
-                now = time.time()
-                await self._move(tx, Kind.COMMITTED, t.reservation, now)
-                await _set_status(tx, t.reservation, now)
-            return t.reservation
+            return await self._sell(tx, decide_commit(order_id, await _get(tx, order_id,
+                                                                             lock=True)))
 
         return await self._append_unit(run)
 
+    async def commit_confirmed(self, order_id: str) -> Reservation:
+        """The commit that follows the order's confirmation, in a unit of work of its own
+        (the expiry of a stale reservation whose order was confirmed)."""
+        return await self._append_unit(
+            lambda tx: commit_confirmed(tx, order_id, snapshot_every=self.snapshot_every))
+
+    async def _sell(self, tx: Tx, t: Transition) -> Reservation:
+        return await _sell(tx, t, self.snapshot_every)
+
     async def restock(self, order_id: str) -> Reservation:
-        """A committed order's units from sold back to available, with inventory.restocked;
-        a repeat changes nothing. FailedPrecondition when nothing was committed."""
+        """A confirmed order's units back to available, with inventory.restocked: from
+        sold, or from reserved when the cancel came before the commit; a repeat changes
+        nothing. FailedPrecondition when no stock was held."""
         async def run(tx: Tx) -> Reservation:
             t = decide_restock(order_id, await _get(tx, order_id, lock=True))
-            if t.effect is Effect.RESTOCK:
+            if t.effect in (Effect.RESTOCK, Effect.RETURN):
                 now = time.time()
-                await self._move(tx, Kind.RESTOCKED, t.reservation, now)
+                kind = Kind.RESTOCKED if t.effect is Effect.RESTOCK else Kind.RELEASED
+                await self._move(tx, kind, t.reservation, now)
                 await _set_status(tx, t.reservation, now)
                 await tx.emit(
                     INVENTORY_RESTOCKED,
@@ -273,15 +283,7 @@ class InventoryStore:
 
     async def _move(self, tx: Tx, kind: Kind, r: Reservation, now: float,
                     heads: dict[str, es.Head] | None = None) -> None:
-        """One `kind` event per line of `r`, on each product's stream."""
-        if heads is None:
-            heads = await es.heads(tx, [li.product_id for li in r.items])
-        for li in r.items:
-            head = heads.get(li.product_id)
-            if head is None:
-                raise StockMoveError(f"order {r.order_id}: no stock stream for {li.product_id}")
-            await self._append(tx, head, li.product_id,
-                               [Event(kind, li.quantity, r.order_id)], now)
+        await _move(tx, kind, r, now, self.snapshot_every, heads)
 
     async def get_reservation(self, order_id: str) -> Reservation | None:
         async def run(tx: Tx) -> Reservation | None:
@@ -307,6 +309,36 @@ class InventoryStore:
 
 
 # --- statements of the units of work above ----------------------------------------------
+
+
+async def commit_confirmed(tx: Tx, order_id: str, *, snapshot_every: int) -> Reservation:
+    """In the caller's unit of work (inventory's consumer of `order.confirmed`, with its
+    inbox row): the confirmed order's reserved units become sold; already committed, or
+    restocked by a cancel that came first, changes nothing. A stream head that moved fails
+    the whole unit of work, which the event's redelivery runs again."""
+    t = decide_confirmed_commit(order_id, await _get(tx, order_id, lock=True))
+    return await _sell(tx, t, snapshot_every)
+
+
+async def _sell(tx: Tx, t: Transition, snapshot_every: int) -> Reservation:
+    if t.effect is Effect.SELL:
+        now = time.time()
+        await _move(tx, Kind.COMMITTED, t.reservation, now, snapshot_every)
+        await _set_status(tx, t.reservation, now)
+    return t.reservation
+
+
+async def _move(tx: Tx, kind: Kind, r: Reservation, now: float, snapshot_every: int,
+                heads: dict[str, es.Head] | None = None) -> None:
+    """One `kind` event per line of `r`, on each product's stream."""
+    if heads is None:
+        heads = await es.heads(tx, [li.product_id for li in r.items])
+    for li in r.items:
+        head = heads.get(li.product_id)
+        if head is None:
+            raise StockMoveError(f"order {r.order_id}: no stock stream for {li.product_id}")
+        await es.append(tx, head, li.product_id, [Event(kind, li.quantity, r.order_id)],
+                        snapshot_every=snapshot_every, now=now)
 
 
 async def _get(tx: Tx, order_id: str, *, lock: bool = False) -> Reservation | None:

@@ -30,12 +30,11 @@ RespT = TypeVar("RespT", bound=Message)
 
 _FP = grpc.StatusCode.FAILED_PRECONDITION
 
-# Per saga step (one downstream call each): the codes that are a business "no", and what
-# kind of no.
+# Per saga step with a downstream call (confirm has none: inventory commits the stock
+# on order.confirmed): the codes that are a business "no", and what kind of no.
 REFUSALS: Mapping[Step, Mapping[grpc.StatusCode, Refusal]] = {
     Step.RESERVE: {_FP: Refusal.OUT_OF_STOCK},  # ReserveStock: short, or released already
     Step.CHARGE: {_FP: Refusal.DECLINED, grpc.StatusCode.INVALID_ARGUMENT: Refusal.INVALID_CARD},
-    Step.CONFIRM: {_FP: Refusal.COMMIT_REFUSED},  # CommitStock: no (or a released) reservation
     Step.REFUND: {},  # payment always accepts a refund (a tombstone if nothing was charged)
     Step.RELEASE: {_FP: Refusal.COMMITTED},  # ReleaseStock: sold, restock it instead
     Step.CANCEL_SHIPMENT: {_FP: Refusal.ALREADY_SHIPPED},
@@ -67,7 +66,6 @@ class StepDeferred(StepUnknown):
 class SagaPorts(Protocol):
     async def reserve(self, order: Order) -> None: ...
     async def charge(self, order: Order, card_token: str) -> None: ...
-    async def commit(self, order_id: str) -> None: ...
     async def refund(self, order_id: str, reason: str) -> None: ...
     async def release(self, order_id: str) -> None: ...
     async def cancel_shipment(self, order_id: str) -> None: ...
@@ -116,10 +114,6 @@ class GrpcPorts:
         await self._call(Step.CHARGE, self.payment, lambda s: s.Charge, payment_pb2.ChargeRequest(
             order_id=order.id, user_id=order.user_id, amount_cents=order.total_cents,
             currency=order.currency, card_token=card_token))
-
-    async def commit(self, order_id: str) -> None:
-        await self._call(Step.CONFIRM, self.inventory, lambda s: s.CommitStock,
-                         inventory_pb2.CommitStockRequest(order_id=order_id))
 
     async def refund(self, order_id: str, reason: str) -> None:
         await self._call(Step.REFUND, self.payment, lambda s: s.Refund,

@@ -55,13 +55,10 @@ class SagaConfig:
 
 
 def _written_later(step: Step, outcome: Outcome, tr: Transition) -> bool:
-    """A charge that succeeded is written in the commit step's transaction, not one of its
-    own: one write (and one fsync) less per order. Safe because the saga row then still
-    says "charge" while the commit is in flight, and everything from there is idempotent:
-    a restart charges again (the payment for the order is found, not made twice) and
-    commits again (a committed reservation stays committed); a customer's cancel from the
-    charge step refunds first and then releases, and a release refused because the units
-    were committed becomes a restock."""
+    """A charge that succeeded is written in the confirm step's transaction, not one of
+    its own: one write (and one fsync) less per order. Safe because the saga row then
+    still says "charge" until the confirmation is written, and a restart in between
+    charges again (the payment for the order is found, not made twice)."""
     return (step is Step.CHARGE and outcome is Outcome.SUCCEEDED and tr.final_status is None
             and tr.retry_after_s is None and tr.state.step is Step.CONFIRM)
 
@@ -213,7 +210,9 @@ class SagaRunner:
             elif step is Step.CHARGE:
                 await self.ports.charge(order, state.card_token)
             elif step is Step.CONFIRM:
-                await self.ports.commit(order.id)
+                # Nothing to call: the confirmation is written with the order.confirmed
+                # event, whose consumer in inventory commits the reserved units.
+                pass
             elif step is Step.REFUND:
                 await self.ports.refund(order.id, state.reason)
             elif step is Step.RELEASE:

@@ -34,6 +34,7 @@ from services.common.schema import service_migrations
 from services.common.settings import SERVICES
 from services.common.storage import Row, Tx
 from services.inventory.domain import Line as StockLine
+from services.inventory.domain import Status
 from services.inventory.store import InventoryStore
 from services.order.domain import Limits, Line, Order, Outcome, SagaState, advance
 from services.order.store import HistoryEntry, OrderStore
@@ -73,6 +74,7 @@ DESIGNED_CONSUMERS = {
     ("notification", events.PAYMENT_REFUNDED),
     ("order", events.ORDER_SHIPPED),
     ("notification", events.ORDER_SHIPPED),
+    ("inventory", events.ORDER_CONFIRMED),
 }
 
 
@@ -376,6 +378,20 @@ async def _order_shipped_check(db: Database, env: Envelope, payload: Message) ->
     assert [tuple(r) for r in rows] == [("SHIPPED", tracking)]
 
 
+async def _inventory_setup(db: Database) -> None:
+    store = InventoryStore(db)
+    await store.seed([(PRODUCT, 5)])
+    await store.reserve(CONFIRMED_ORDER, [StockLine(PRODUCT, 1)])
+
+
+async def _inventory_check(db: Database, env: Envelope, payload: Message) -> None:
+    store = InventoryStore(db)
+    reservation = await store.get_reservation(CONFIRMED_ORDER)
+    assert reservation is not None and reservation.status is Status.COMMITTED
+    stock = await store.get_stock(PRODUCT)
+    assert (stock.available, stock.reserved, stock.sold) == (4, 0, 1)  # the unit is sold
+
+
 EFFECTS: dict[tuple[str, str], tuple[Setup, Check]] = {
     **{("notification", s): (_no_setup, _notification_check(s)) for s in NOTIFICATION_KIND},
     ("cart", events.ORDER_CONFIRMED): (_cart_setup, _cart_check),
@@ -386,6 +402,7 @@ EFFECTS: dict[tuple[str, str], tuple[Setup, Check]] = {
         _order_at_charge(DECLINED_ORDER),
         _order_reconciled(DECLINED_ORDER, "release_stock", "compensating", 0)),
     ("order", events.ORDER_SHIPPED): (_order_confirmed_setup, _order_shipped_check),
+    ("inventory", events.ORDER_CONFIRMED): (_inventory_setup, _inventory_check),
 }
 
 

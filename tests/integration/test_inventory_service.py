@@ -283,7 +283,8 @@ async def test_events_are_published_once_per_effect(inventory: ServiceFactory,
 async def test_restock_returns_sold_units_once_with_its_event(inventory: ServiceFactory,
                                                               stub: Stub) -> None:
     """A confirmed order cancelled before dispatch: its committed units go from sold back
-    to available, once however often RestockStock is called, with one inventory.restocked."""
+    to available (or from reserved, when the commit had not landed yet), once however
+    often RestockStock is called, with one inventory.restocked."""
     pid = await product(stub, 10)
     order = new_id("o")
     await stub.ReserveStock(reserve_req(order, (pid, 3)))
@@ -295,12 +296,21 @@ async def test_restock_returns_sold_units_once_with_its_event(inventory: Service
         assert await stock(stub, pid) == (10, 0, 0)
     msg = await expect_error(stub.ReleaseStock(pb.ReleaseStockRequest(order_id=order)), FP)
     assert "committed" in msg
-    # Never committed: refused, nothing moves.
+    # Confirmed but not committed yet (the cancel came before order.confirmed was
+    # consumed): the reserved units go back, and the late commit then does nothing.
+    early = new_id("o")
+    await stub.ReserveStock(reserve_req(early, (pid, 2)))
+    assert await stock(stub, pid) == (8, 2, 0)
+    got = await stub.RestockStock(pb.RestockStockRequest(order_id=early))
+    assert got.reservation.status == pb.RESERVATION_STATUS_RESTOCKED
+    assert await stock(stub, pid) == (10, 0, 0)
+    # Never held (released): refused, nothing moves.
     other = new_id("o")
     await stub.ReserveStock(reserve_req(other, (pid, 1)))
+    await stub.ReleaseStock(pb.ReleaseStockRequest(order_id=other))
     msg = await expect_error(stub.RestockStock(pb.RestockStockRequest(order_id=other)), FP)
     assert "no committed stock" in msg
-    assert await stock(stub, pid) == (9, 1, 0)
+    assert await stock(stub, pid) == (10, 0, 0)
     await expect_error(stub.RestockStock(pb.RestockStockRequest(order_id="")),
                        grpc.StatusCode.INVALID_ARGUMENT)
     bus = await Bus.connect(inventory.nats_url, name="test-inventory-restock", auth=nats_auth())

@@ -26,6 +26,8 @@ from shop.user.v1 import user_pb2, user_pb2_grpc
 
 from ops.natsd import NatsServer
 from ops.process import ServiceProcess, System, start_system
+from services.common.bus import Bus
+from services.common.dlq import DeadLetter, list_dead_letters
 from tests.fixtures_services import START_TIMEOUT_S, TEST_ENV
 from tests.support import mesh
 from tests.support.mesh import nats_auth
@@ -162,9 +164,10 @@ async def test_happy_path_confirms_moves_stock_and_charges(client: Client,
     order = await client.create(user, [("french-press", 2), ("novel-dune", 1)])
     assert order.status == STATUS.ORDER_STATUS_CONFIRMED
     assert order.total_cents == 2 * 2999 + 1099 and order.currency == "USD"
-    after = await client.stock_of("french-press")
-    assert (after.available, after.reserved, after.sold) == (
-        before.available - 2, before.reserved, before.sold + 2)
+    # The units become sold once inventory consumes order.confirmed.
+    after = await until(lambda: client.stock_of("french-press"),
+                        lambda s: s.sold == before.sold + 2, "the stock commit")
+    assert (after.available, after.reserved) == (before.available - 2, before.reserved)
     payment = await client.payment(order.id)
     assert payment.status == payment_pb2.PAYMENT_STATUS_CHARGED
     assert payment.amount_cents == order.total_cents
@@ -421,13 +424,13 @@ async def test_retry_saga_is_an_operator_call_for_sagas_needing_attention(
     assert err_out.decode().startswith("shopctl: nothing to retry") and b"\n" in err_out
 
 
-async def test_refused_commit_needs_attention_and_an_operator_retry_resumes_it(
+async def test_a_refused_commit_after_confirmation_is_dead_lettered_not_dropped(
         client: Client, system: System) -> None:
     """The reservation is released behind the saga's back while payment hangs (an
-    operator's mistake): the charge then succeeds and CommitStock is refused. The order
-    goes to REQUIRES_ATTENTION with its event at once instead of retrying the commit for
-    ever, and RetrySaga resumes the saga at its confirm step (refused again here: the
-    history shows the retry, the order is back in REQUIRES_ATTENTION, nothing loops)."""
+    operator's mistake): the charge then succeeds and the order is confirmed, and the
+    stock commit that follows from order.confirmed is refused by inventory. The event is
+    retried, then kept in the dead-letter stream with the refusal, for an operator
+    (`shopctl dlq list`), instead of being dropped; the released unit is not sold."""
     user = await client.new_user()
     system["payment"].sigstop()
     try:
@@ -440,25 +443,22 @@ async def test_refused_commit_needs_attention_and_an_operator_retry_resumes_it(
                                         timeout=5)
     finally:
         system["payment"].sigcont()
-    stuck = await until(lambda: client.get(user, order.id),
-                        lambda o: o.status != STATUS.ORDER_STATUS_PENDING, "the saga's end")
-    assert stuck.status == STATUS.ORDER_STATUS_REQUIRES_ATTENTION, stuck
-    assert stuck.cancel_reason.startswith("stock commit refused")
+    done = await until(lambda: client.get(user, order.id),
+                       lambda o: o.status != STATUS.ORDER_STATUS_PENDING, "the saga's end")
+    assert done.status == STATUS.ORDER_STATUS_CONFIRMED, done
+    sold_before = (await client.stock_of("french-press")).sold
+    bus = await Bus.connect(system.nats_url, name="test-refused-commit", auth=nats_auth())
+    try:
+        async def dead_letters() -> list[DeadLetter]:
+            return [d for d in await list_dead_letters(bus.js)
+                    if d.consumer == "inventory-orders" and order.id.encode() in d.data]
 
-    async def history() -> list[tuple[str, str]]:
-        got = await client.orders.GetSagaHistory(
-            OP.GetSagaHistoryRequest(order_id=order.id), metadata=[("x-user-id", user)],
-            timeout=5)
-        return [(s.step, s.outcome) for s in got.steps]
-
-    assert (await history()).count(("confirm", "refused")) == 1
-    await asyncio.sleep(1.0)  # no loop: still one refused commit a while later
-    assert (await history()).count(("confirm", "refused")) == 1
-    retried = await client.orders.RetrySaga(OP.RetrySagaRequest(order_id=order.id), timeout=10)
-    assert retried.order.status == STATUS.ORDER_STATUS_REQUIRES_ATTENTION
-    steps = await history()
-    assert steps[-2:] == [("retry", "requested"), ("confirm", "refused")], steps
-    assert (await client.payment(order.id)).status == payment_pb2.PAYMENT_STATUS_CHARGED
+        [dead] = await until(dead_letters, bool, "the refused commit's dead letter", 45)
+    finally:
+        await bus.close()
+    assert dead.subject == "order.confirmed"
+    assert "released" in dead.reason
+    assert (await client.stock_of("french-press")).sold == sold_before
 
 
 async def test_rest_cancel_answers_cancelled_or_already_shipped(

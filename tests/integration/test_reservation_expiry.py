@@ -1,4 +1,6 @@
-"""Stock cannot be locked for ever: a reservation nobody commits is released after a bound."""
+"""Stock cannot be locked for ever: a reservation past its bound is settled by what the
+order service says of its order (here: no such order, so it is released). The decision
+for every answer is in tests/unit/test_reservation_expiry.py."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ async def _stock(stub: inventory_pb2_grpc.InventoryServiceAsyncStub, pid: str) -
 
 
 async def test_a_reservation_for_a_made_up_order_expires(services: ServiceFactory) -> None:
-    proc = services.start("inventory", INVENTORY_RESERVATION_TTL_S="1")
+    proc, _ = services.start_many("inventory", "order", INVENTORY_RESERVATION_TTL_S="1")
     pid = f"p-{uuid.uuid4().hex[:8]}"
     async with mesh.channel(proc.addr) as chan:
         stub = inventory_pb2_grpc.InventoryServiceStub(chan)

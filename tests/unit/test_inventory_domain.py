@@ -131,9 +131,32 @@ def test_restock_of_committed_returns_sold_units_then_repeat_is_noop() -> None:
     assert again.effect is d.Effect.NONE and again.reservation == t.reservation
 
 
-@pytest.mark.parametrize("existing", [None, res(R), res(d.Status.RELEASED),
-                                      res(d.Status.REJECTED)])
-def test_restock_of_stock_never_committed_is_refused(existing: d.Reservation | None) -> None:
+def test_restock_before_the_commit_returns_reserved_units_and_the_commit_then_does_nothing(
+        ) -> None:
+    # A confirmed order cancelled before inventory consumed its order.confirmed.
+    t = d.decide_restock("o1", res(R))
+    assert t.effect is d.Effect.RETURN and t.reservation.status is d.Status.RESTOCKED
+    assert t.reservation.items == res(R).items
+    late = d.decide_confirmed_commit("o1", t.reservation)
+    assert late.effect is d.Effect.NONE and late.reservation == t.reservation
+
+
+def test_the_commit_after_a_confirmation_sells_once() -> None:
+    t = d.decide_confirmed_commit("o1", res(R))
+    assert t.effect is d.Effect.SELL and t.reservation.status is C
+    again = d.decide_confirmed_commit("o1", t.reservation)
+    assert again.effect is d.Effect.NONE
+
+
+@pytest.mark.parametrize("existing", [None, res(d.Status.RELEASED), res(d.Status.REJECTED)])
+def test_the_commit_after_a_confirmation_refuses_what_no_confirmed_order_leaves(
+        existing: d.Reservation | None) -> None:
+    with pytest.raises(FailedPrecondition):
+        d.decide_confirmed_commit("o1", existing)
+
+
+@pytest.mark.parametrize("existing", [None, res(d.Status.RELEASED), res(d.Status.REJECTED)])
+def test_restock_of_stock_never_held_is_refused(existing: d.Reservation | None) -> None:
     with pytest.raises(FailedPrecondition, match="no committed stock"):
         d.decide_restock("o1", existing)
 

@@ -60,9 +60,6 @@ class FakePorts:
             await self.charge_gate.wait()
         await self._step("charge")
 
-    async def commit(self, order_id: str) -> None:
-        await self._step("commit")
-
     async def refund(self, order_id: str, reason: str) -> None:
         await self._step("refund")
 
@@ -129,7 +126,8 @@ async def test_happy_path_confirms_and_publishes(store: OrderStore) -> None:
     ports = FakePorts()
     order, history = await run_saga(store, ports)
     assert order.status is d.OrderStatus.CONFIRMED
-    assert ports.calls == ["reserve", "charge", "commit"]
+    # Confirming calls nothing: inventory commits the stock on order.confirmed.
+    assert ports.calls == ["reserve", "charge"]
     assert history == ["reserve_stock:succeeded", "charge:succeeded", "confirm:succeeded"]
     assert await outbox_subjects(store) == ["order.created", "order.confirmed"]
 
@@ -176,13 +174,6 @@ async def test_compensation_retries_to_limit_then_requires_attention(store: Orde
     assert ports.calls.count("release") == FAST.compensation
     assert history.count("release_stock:unknown") == FAST.compensation
     assert (await outbox_subjects(store))[-1] == "order.requires_attention"
-
-
-async def test_confirm_retried_past_any_limit(store: OrderStore) -> None:
-    ports = FakePorts(commit=[StepUnknown("UNAVAILABLE")] * 10)
-    order, _ = await run_saga(store, ports)
-    assert order.status is d.OrderStatus.CONFIRMED
-    assert ports.calls.count("commit") == 11
 
 
 async def test_payment_event_reconciles_a_hung_charge(store: OrderStore) -> None:
@@ -243,7 +234,7 @@ async def test_resume_picks_up_an_abandoned_saga(store: OrderStore) -> None:
         await live.close()
     got = await store.get(order.id)
     assert got is not None and got.status is d.OrderStatus.CONFIRMED
-    assert ports.calls == ["reserve", "charge", "commit"]
+    assert ports.calls == ["reserve", "charge"]
 
 
 class _ScriptedStub:
@@ -461,21 +452,6 @@ async def test_unwell_compensation_outlasts_its_attempt_limit(store: OrderStore)
     assert history.count("release_stock:unwell") == 3 * FAST.compensation
 
 
-async def test_refused_commit_requires_attention_with_its_event(store: OrderStore) -> None:
-    ports = FakePorts(commit=[StepRefused("no reservation for order")])
-    order, history = await run_saga(store, ports)
-    assert order.status is d.OrderStatus.REQUIRES_ATTENTION
-    assert ports.calls.count("commit") == 1 and history[-1] == "confirm:refused"
-    assert (await outbox_subjects(store))[-1] == "order.requires_attention"
-    row = (await rows(store, "SELECT data FROM outbox WHERE subject = ?",
-                      "order.requires_attention"))[0]
-    from shop.order.v1 import order_pb2
-    event = order_pb2.OrderRequiresAttention()
-    assert row is not None
-    assert envelope_pb2.Envelope.FromString(row[0]).payload.Unpack(event)
-    assert event.step == "confirm"  # the step that needs the operator, not "done"
-
-
 async def test_operator_retry_resumes_a_saga_requiring_attention(store: OrderStore) -> None:
     ports = FakePorts(charge=[StepRefused("declined")],
                       release=[StepUnknown("inventory: UNIMPLEMENTED")] * FAST.compensation)
@@ -604,40 +580,28 @@ async def test_a_file_from_before_versioned_migrations_is_adopted(tmp_path: Path
         await db.close()
 
 
-class GatedCommit(FakePorts):
-    """Holds the commit call until `commit_gate` is set."""
-
-    def __init__(self, **script: list[Exception | None]) -> None:
-        super().__init__(**script)
-        self.commit_gate = asyncio.Event()
-        self.committing = asyncio.Event()
-
-    async def commit(self, order_id: str) -> None:
-        self.committing.set()
-        await self.commit_gate.wait()
-        await super().commit(order_id)
-
-
 async def _saga_row(store: OrderStore, order_id: str) -> tuple[str, int]:
     got = await store.saga(order_id)
     assert got is not None
     return got[0].step.value, got[0].version
 
 
-async def test_a_charge_that_succeeded_is_written_with_the_commit(store: OrderStore) -> None:
-    """One write less per order: while the commit is in flight the saga row still says
-    charge (so a restart or a cancel starts from there), and the charge's history row
-    comes with the commit's, in order."""
-    ports = GatedCommit()
+async def test_a_charge_that_succeeded_is_written_with_the_confirmation(
+        store: OrderStore) -> None:
+    """One write less per order: while the charge is in flight the saga row says charge
+    (so a restart or a cancel starts from there), and the charge's outcome is written in
+    the confirmation's transaction, its history row first."""
+    ports = FakePorts()
+    ports.charge_gate = asyncio.Event()
     runner = SagaRunner(store, ports, SagaConfig(owner="order-1", limits=FAST))
     order, state = await new_order(store, runner)
     task = runner.start(order, state)
-    await asyncio.wait_for(ports.committing.wait(), 5)
+    await asyncio.wait_for(ports.charging.wait(), 5)
     step, version = await _saga_row(store, order.id)
     assert step == "charge"
     assert [h.step for h in await store.history(order.id)] == ["reserve_stock"]
     assert runner.driving(order.id)
-    ports.commit_gate.set()
+    ports.charge_gate.set()
     result = await asyncio.wait_for(task, 5)
     assert result is not None and result.status is d.OrderStatus.CONFIRMED
     assert await _saga_row(store, order.id) == ("done", version + 1)
@@ -646,16 +610,17 @@ async def test_a_charge_that_succeeded_is_written_with_the_commit(store: OrderSt
     assert not runner.driving(order.id)
 
 
-async def test_cancel_during_the_commit_refunds_and_restocks(store: OrderStore) -> None:
-    """A customer's cancel lands while the commit is in flight and the charge is not
-    written yet: the driver's write loses to it, and the saga compensates from the charge
-    step: refund, then a release the committed units refuse, then a restock. Nobody keeps
-    the money or the goods."""
-    ports = GatedCommit(release=[StepRefused("already committed", d.Refusal.COMMITTED)])
+async def test_cancel_during_the_charge_refunds_and_releases(store: OrderStore) -> None:
+    """A customer's cancel lands while the charge is in flight: the driver's confirmation
+    loses to it, and the saga compensates from the charge step: refund, then release (the
+    units were never committed). Nobody keeps the money or the goods, and no
+    order.confirmed leaves."""
+    ports = FakePorts()
+    ports.charge_gate = asyncio.Event()
     runner = SagaRunner(store, ports, SagaConfig(owner="order-1", limits=FAST))
     order, state = await new_order(store, runner)
     task = runner.start(order, state)
-    await asyncio.wait_for(ports.committing.wait(), 5)
+    await asyncio.wait_for(ports.charging.wait(), 5)
     got = await store.saga(order.id)
     assert got is not None
     current = got[0]
@@ -663,10 +628,10 @@ async def test_cancel_during_the_commit_refunds_and_restocks(store: OrderStore) 
     entry = HistoryEntry("cancel", "requested", 1, time.time(), "changed my mind")
     assert await store.replace_saga(current, dataclasses.replace(
         current, cancel_requested=True, reason="changed my mind"), entry)
-    ports.commit_gate.set()
+    ports.charge_gate.set()
     result = await asyncio.wait_for(task, 5)
     assert result is not None and result.status is d.OrderStatus.CANCELLED
-    assert ports.calls == ["reserve", "charge", "commit", "refund", "release", "restock"]
+    assert ports.calls == ["reserve", "charge", "refund", "release"]
     assert "order.confirmed" not in await outbox_subjects(store)
 
 

@@ -32,7 +32,7 @@ class _ReservationStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Res
     RESERVATION_STATUS_RELEASED: _ReservationStatus.ValueType  # 3
     RESERVATION_STATUS_COMMITTED: _ReservationStatus.ValueType  # 4
     RESERVATION_STATUS_RESTOCKED: _ReservationStatus.ValueType  # 5
-    """Committed, then returned to available stock (a cancelled confirmed order)."""
+    """Returned to available stock, committed or still reserved (a cancelled confirmed order)."""
 
 class ReservationStatus(_ReservationStatus, metaclass=_ReservationStatusEnumTypeWrapper): ...
 
@@ -42,7 +42,7 @@ RESERVATION_STATUS_REJECTED: ReservationStatus.ValueType  # 2
 RESERVATION_STATUS_RELEASED: ReservationStatus.ValueType  # 3
 RESERVATION_STATUS_COMMITTED: ReservationStatus.ValueType  # 4
 RESERVATION_STATUS_RESTOCKED: ReservationStatus.ValueType  # 5
-"""Committed, then returned to available stock (a cancelled confirmed order)."""
+"""Returned to available stock, committed or still reserved (a cancelled confirmed order)."""
 Global___ReservationStatus: _TypeAlias = ReservationStatus  # noqa: Y015
 
 class _StockEventType:

@@ -117,16 +117,18 @@ class InventoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CommitStock(self, request, context):
-        """Turns a reservation into sold stock. Idempotent.
+        """Turns a reservation into sold stock. Idempotent. The saga does not call it: inventory
+        commits a confirmed order's reservation when it consumes order.confirmed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RestockStock(self, request, context):
-        """Returns a committed order's units from sold to available (a confirmed order was
-        cancelled before it shipped). Idempotent per order_id. FAILED_PRECONDITION when the
-        order's stock was never committed. No REST route: the order service's cancellation
+        """Returns a confirmed order's units to available (it was cancelled before it shipped):
+        from sold, or from reserved when the commit had not happened yet (the commit then
+        does nothing). Idempotent per order_id. FAILED_PRECONDITION when the order holds no
+        stock (none reserved, or released). No REST route: the order service's cancellation
         saga calls it, like Reserve/Release/Commit (stock moves only with an order's saga).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -48,11 +48,14 @@ class InventoryServiceStub:
     ReleaseStock: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.ReleaseStockRequest, _inventory_pb2.ReleaseStockResponse]
     """Returns a reservation's items to available stock. Idempotent."""
     CommitStock: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.CommitStockRequest, _inventory_pb2.CommitStockResponse]
-    """Turns a reservation into sold stock. Idempotent."""
+    """Turns a reservation into sold stock. Idempotent. The saga does not call it: inventory
+    commits a confirmed order's reservation when it consumes order.confirmed.
+    """
     RestockStock: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.RestockStockRequest, _inventory_pb2.RestockStockResponse]
-    """Returns a committed order's units from sold to available (a confirmed order was
-    cancelled before it shipped). Idempotent per order_id. FAILED_PRECONDITION when the
-    order's stock was never committed. No REST route: the order service's cancellation
+    """Returns a confirmed order's units to available (it was cancelled before it shipped):
+    from sold, or from reserved when the commit had not happened yet (the commit then
+    does nothing). Idempotent per order_id. FAILED_PRECONDITION when the order holds no
+    stock (none reserved, or released). No REST route: the order service's cancellation
     saga calls it, like Reserve/Release/Commit (stock moves only with an order's saga).
     """
     GetStockHistory: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.GetStockHistoryRequest, _inventory_pb2.GetStockHistoryResponse]
@@ -83,11 +86,14 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     ReleaseStock: _aio.UnaryUnaryMultiCallable[_inventory_pb2.ReleaseStockRequest, _inventory_pb2.ReleaseStockResponse]  # type: ignore[assignment]
     """Returns a reservation's items to available stock. Idempotent."""
     CommitStock: _aio.UnaryUnaryMultiCallable[_inventory_pb2.CommitStockRequest, _inventory_pb2.CommitStockResponse]  # type: ignore[assignment]
-    """Turns a reservation into sold stock. Idempotent."""
+    """Turns a reservation into sold stock. Idempotent. The saga does not call it: inventory
+    commits a confirmed order's reservation when it consumes order.confirmed.
+    """
     RestockStock: _aio.UnaryUnaryMultiCallable[_inventory_pb2.RestockStockRequest, _inventory_pb2.RestockStockResponse]  # type: ignore[assignment]
-    """Returns a committed order's units from sold to available (a confirmed order was
-    cancelled before it shipped). Idempotent per order_id. FAILED_PRECONDITION when the
-    order's stock was never committed. No REST route: the order service's cancellation
+    """Returns a confirmed order's units to available (it was cancelled before it shipped):
+    from sold, or from reserved when the commit had not happened yet (the commit then
+    does nothing). Idempotent per order_id. FAILED_PRECONDITION when the order holds no
+    stock (none reserved, or released). No REST route: the order service's cancellation
     saga calls it, like Reserve/Release/Commit (stock moves only with an order's saga).
     """
     GetStockHistory: _aio.UnaryUnaryMultiCallable[_inventory_pb2.GetStockHistoryRequest, _inventory_pb2.GetStockHistoryResponse]  # type: ignore[assignment]
@@ -145,7 +151,9 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _inventory_pb2.CommitStockRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_inventory_pb2.CommitStockResponse, _abc.Awaitable[_inventory_pb2.CommitStockResponse]]:
-        """Turns a reservation into sold stock. Idempotent."""
+        """Turns a reservation into sold stock. Idempotent. The saga does not call it: inventory
+        commits a confirmed order's reservation when it consumes order.confirmed.
+        """
 
     @_abc_1.abstractmethod
     def RestockStock(
@@ -153,9 +161,10 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _inventory_pb2.RestockStockRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_inventory_pb2.RestockStockResponse, _abc.Awaitable[_inventory_pb2.RestockStockResponse]]:
-        """Returns a committed order's units from sold to available (a confirmed order was
-        cancelled before it shipped). Idempotent per order_id. FAILED_PRECONDITION when the
-        order's stock was never committed. No REST route: the order service's cancellation
+        """Returns a confirmed order's units to available (it was cancelled before it shipped):
+        from sold, or from reserved when the commit had not happened yet (the commit then
+        does nothing). Idempotent per order_id. FAILED_PRECONDITION when the order holds no
+        stock (none reserved, or released). No REST route: the order service's cancellation
         saga calls it, like Reserve/Release/Commit (stock moves only with an order's saga).
         """
 
