@@ -16,7 +16,7 @@ from services.common.settings import Settings
 from services.common.storage import open_storage
 from services.common.wiring import Wiring
 from services.user import domain
-from services.user.admin import ensure_admin
+from services.user.admin import admin_to_create, create_admin
 from services.user.servicer import UserServicer
 from services.user.store import UserStore
 from services.user.tokens import KeyRing, TokenSettings
@@ -41,16 +41,27 @@ async def build(settings: Settings, wiring: Wiring) -> App:
     )
     scrypt = scrypt_params(settings)
     hasher = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="scrypt")
-    servicer = UserServicer(UserStore(db), keys, hasher, scrypt)
+    # At first start the admin account's password is chosen (and its file written) before
+    # serving; its hash (one scrypt, ~0.4 s of CPU while every process starts) is made
+    # while serving, and registration and login wait for it.
+    store = UserStore(db)
+    new_admin = await admin_to_create(store, settings.data_dir,
+                                      given=settings.user.admin_password)
+    admin_made: asyncio.Future[None] | None = None
+    if new_admin is not None:
+        admin_made = asyncio.ensure_future(create_admin(
+            store, new_admin, lambda pw: asyncio.get_running_loop().run_in_executor(
+                hasher, domain.hash_password, pw)))
+    servicer = UserServicer(store, keys, hasher, scrypt, accounts_ready=admin_made)
     # The relay starts once NATS answers: registration and login never wait for NATS,
     # events queue up in the outbox meanwhile.
     events = EventWorkers(settings, db, relay=True)
 
-    # Before serving: nobody can register admin@shop.local ahead of it.
-    await ensure_admin(servicer.store, settings.data_dir,
-                       lambda pw: asyncio.get_running_loop().run_in_executor(
-                           hasher, domain.hash_password, pw),
-                       given=settings.user.admin_password)
+    async def admin_account() -> None:
+        """The service fails (and restarts) if the admin account cannot be made."""
+        if admin_made is not None:
+            await admin_made
+        await asyncio.Event().wait()  # then nothing more to do for the life of the process
 
     async def stop_hasher() -> None:
         hasher.shutdown(wait=False, cancel_futures=True)
@@ -60,7 +71,7 @@ async def build(settings: Settings, wiring: Wiring) -> App:
         SERVICE,
         user_pb2_grpc.add_UserServiceServicer_to_server,
         servicer,
-        tasks=events.tasks,
+        tasks=[*events.tasks, admin_account],
         # The event task (relay, lease handed back) is already cancelled when these run.
         closers=[db.close, *events.on_stop, stop_hasher],
     )

@@ -16,6 +16,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.errors import AlreadyExists, InvalidArgument
@@ -70,9 +71,20 @@ def admin_password(data_dir: Path, given: str = "") -> tuple[str, str]:
     return password, str(path)
 
 
-async def ensure_admin(store: UserRepository, data_dir: Path, hash_password: Hasher, *,
-                       given: str = "") -> None:
-    """Create admin@shop.local with the admin role unless that email exists.
+@dataclass(frozen=True)
+class NewAdmin:
+    """The admin account still to be made: its user and password, and where the password
+    came from."""
+
+    user: domain.User
+    password: str
+    source: str
+
+
+async def admin_to_create(store: UserRepository, data_dir: Path, *,
+                          given: str = "") -> NewAdmin | None:
+    """The admin account to make (its password chosen, and kept in the data dir's file
+    unless given), or None when admin@shop.local exists.
 
     An existing account of that email that lacks the role is left as it is (and said so):
     it was registered by someone, and the role is never granted after the fact."""
@@ -81,13 +93,27 @@ async def ensure_admin(store: UserRepository, data_dir: Path, hash_password: Has
         if domain.ADMIN_ROLE not in found[0].roles:
             log.warning("the admin account exists without the admin role; not granting it",
                         extra={"email": domain.ADMIN_EMAIL})
-        return
+        return None
     password, source = admin_password(data_dir, given)
     user = domain.User(id=uuid.uuid4().hex, email=domain.ADMIN_EMAIL, name=domain.ADMIN_NAME,
                        create_time=time.time(), roles=(domain.ADMIN_ROLE,))
+    return NewAdmin(user, password, source)
+
+
+async def create_admin(store: UserRepository, new: NewAdmin, hash_password: Hasher) -> None:
+    """Hash the password (one scrypt) and insert the account; another instance that made
+    it first (with the same password) wins."""
     try:
-        await store.create(user, await hash_password(password))
+        await store.create(new.user, await hash_password(new.password))
     except AlreadyExists:
-        return  # another instance made it first, with the same password
+        return
     log.info("created the admin account", extra={"email": domain.ADMIN_EMAIL,
-                                                 "password_from": source})
+                                                 "password_from": new.source})
+
+
+async def ensure_admin(store: UserRepository, data_dir: Path, hash_password: Hasher, *,
+                       given: str = "") -> None:
+    """Create admin@shop.local with the admin role unless that email exists."""
+    new = await admin_to_create(store, data_dir, given=given)
+    if new is not None:
+        await create_admin(store, new, hash_password)

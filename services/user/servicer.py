@@ -27,13 +27,24 @@ log = logging.getLogger("shop.user")
 
 class UserServicer(user_pb2_grpc.UserServiceServicer):
     def __init__(self, store: UserRepository, keys: KeyRing, hasher: Executor,
-                 scrypt: domain.ScryptParams = domain.DEFAULT_SCRYPT) -> None:
+                 scrypt: domain.ScryptParams = domain.DEFAULT_SCRYPT, *,
+                 accounts_ready: asyncio.Future[None] | None = None) -> None:
         self.store = store
         self.keys = keys
         self.scrypt = scrypt
+        # Registration and login wait for this (the admin account being made at first
+        # start): nobody registers admin@shop.local ahead of it or finds it half made.
+        self._accounts_ready = accounts_ready
         # scrypt is CPU- and memory-bound: a pool sized to the CPUs bounds both, and the
         # event loop keeps serving while a hash runs.
         self._hasher = hasher
+
+    async def _accounts_open(self) -> None:
+        ready = self._accounts_ready
+        if ready is not None and not ready.done():
+            await asyncio.shield(ready)  # a cancelled call does not cancel the account
+        elif ready is not None:
+            ready.result()  # failed: the service is stopping; say why
 
     async def _hash_work(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._hasher, fn, *args)
@@ -45,6 +56,7 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         self, request: user_pb2.CreateUserRequest, context_: aio.ServicerContext[Any, Any]
     ) -> user_pb2.CreateUserResponse:
         reg = domain.validate_registration(request.email, request.name, request.password)
+        await self._accounts_open()
         password_hash = await self._hash_work(self._hash, reg.password)
         user = domain.User(id=uuid.uuid4().hex, email=reg.email, name=reg.name,
                            create_time=time.time())
@@ -64,6 +76,7 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         self, request: user_pb2.LoginRequest, context_: aio.ServicerContext[Any, Any]
     ) -> user_pb2.LoginResponse:
         email, password = domain.validate_login(request.email, request.password)
+        await self._accounts_open()
         found = await self.store.credentials(email)
         # Unknown email: check against a dummy hash anyway, so both failures take as long.
         stored = found[1] if found is not None else domain.dummy_hash(self.scrypt)

@@ -6,15 +6,22 @@ import asyncio
 import stat
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
+from grpc import aio
+from shop.user.v1 import user_pb2
 
 from services.common.db import Database
+from services.common.errors import AlreadyExists
 from services.common.schema import service_migrations
 from services.common.settings import load_settings
 from services.user import admin, domain
+from services.user.servicer import UserServicer
 from services.user.store import UserStore
+from services.user.tokens import KeyRing, TokenSettings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -100,5 +107,43 @@ async def test_ordinary_users_have_no_roles(tmp_path: Path) -> None:
                            create_time=time.time())
         await store.create(user, "hash")
         assert (await UserStore(db).get(user.id)).roles == ()  # type: ignore[union-attr]
+    finally:
+        await db.close()
+
+
+async def test_registration_and_login_wait_for_the_admin_account_being_made(
+        tmp_path: Path) -> None:
+    """At first start the service serves while the admin's hash is made: a login or a
+    registration of admin@shop.local arriving meanwhile waits for the account instead of
+    finding the email free or the account missing."""
+    gate = asyncio.Event()
+
+    async def slow_hash(password: str) -> str:
+        await gate.wait()
+        return await _hash(password)
+
+    db = await Database.open(tmp_path / "user.db", durable=False,
+                             migrations=[service_migrations("user")])
+    try:
+        store = UserStore(db)
+        new = await admin.admin_to_create(store, tmp_path, given="an-admin-pass-1")
+        assert new is not None
+        made = asyncio.ensure_future(admin.create_admin(store, new, slow_hash))
+        keys = KeyRing.load_or_create(tmp_path / "keys", TokenSettings())
+        with ThreadPoolExecutor(1) as pool:
+            servicer = UserServicer(store, keys, pool, domain.ScryptParams(n=2**14),
+                                    accounts_ready=made)
+            ctx = cast("aio.ServicerContext[Any, Any]", None)
+            login = asyncio.ensure_future(servicer.Login(user_pb2.LoginRequest(
+                email=domain.ADMIN_EMAIL, password="an-admin-pass-1"), ctx))
+            register = asyncio.ensure_future(servicer.CreateUser(user_pb2.CreateUserRequest(
+                email=domain.ADMIN_EMAIL, name="Mallory", password="mallory-pass-1"), ctx))
+            await asyncio.sleep(0.2)
+            assert not login.done() and not register.done()  # both wait for the account
+            gate.set()
+            assert (await asyncio.wait_for(login, 10)).access_token
+            with pytest.raises(AlreadyExists):
+                await asyncio.wait_for(register, 10)
+        assert made.done() and made.exception() is None
     finally:
         await db.close()
