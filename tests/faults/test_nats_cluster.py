@@ -157,6 +157,13 @@ async def test_node_kill_9_under_orders(cluster: NatsCluster, cluster_system: Sy
 
     async def kill_and_restart() -> None:
         await asyncio.sleep(kill_at_s)
+        # The kill must meet acknowledged events. The relays connect to the cluster in the
+        # background once their processes serve, so the first may come after kill_at_s.
+        deadline = time.monotonic() + 30
+        while not await asyncio.to_thread(_acked, sysm):
+            assert time.monotonic() < deadline, "nothing was published 30 s into the load"
+            await asyncio.sleep(0.2)
+        fault["first_acked_s"] = time.monotonic() - t0
         info = await watch_bus.js.stream_info(STREAM)
         assert info.cluster is not None and info.config.num_replicas == NODES, info
         leader: str = info.cluster.leader or ""
@@ -218,4 +225,5 @@ async def test_node_kill_9_under_orders(cluster: NatsCluster, cluster_system: Sy
           f"({report.summary()}); events acked {len(acked)} (before the kill "
           f"{len(acked_before)}), in stream {len(in_stream)}, missing "
           f"{len(acked - stream_set)}; longest without a stream leader {no_leader_s:.2f} s; "
-          f"restarted node caught up {catch_up_s:.2f} s after the check")
+          f"restarted node caught up {catch_up_s:.2f} s after the check; first event acked "
+          f"{float(str(fault['first_acked_s'])):.2f} s into the load")
