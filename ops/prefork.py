@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from services.common.settings import SERVICES
+
 __all__ = ["ForkedChild", "Prefork"]
 
 _PR_SET_PDEATHSIG = 1
@@ -42,9 +44,7 @@ _MAX_MESSAGE = 1 << 20
 _ADOPTION_S = 5.0
 # What `make run`'s parent imports: each service's and the gateway's composition root,
 # and so everything they import at start.
-SHOP_MODULES = ("services.user", "services.product", "services.cart", "services.order",
-            "services.payment", "services.inventory", "services.notification",
-            "services.shipping", "gateway")
+SHOP_MODULES = (*(f"services.{name}" for name in SERVICES), "gateway")
 
 
 def _prctl(option: int, value: int) -> None:
@@ -137,9 +137,11 @@ class Prefork:
         try:
             self._sock.settimeout(timeout_s)
             if not self._ready:
-                self._ready = bool(json.loads(self._receive()).get("ready"))
+                if not json.loads(self._receive()).get("ready"):
+                    raise OSError("the pre-imported parent did not say it was ready")
                 # Forked services are adopted here when the middle process exits.
                 _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+                self._ready = True
             request = {"module": argv[2], "env": dict(env), "cwd": str(cwd)}
             socket.send_fds(self._sock, [json.dumps(request).encode()], [log.fileno()])
             answer = json.loads(self._receive())

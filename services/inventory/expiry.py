@@ -69,13 +69,9 @@ class GrpcOrderFates:
             reply = await self.orders.call(lambda s: s.GetOrder,
                                            order_pb2.GetOrderRequest(id=order_id),
                                            idempotent=True)
-        except aio.AioRpcError as err:
-            if err.code() is grpc.StatusCode.NOT_FOUND:
+        except (aio.AioRpcError, DomainError) as err:  # DomainError: breaker open, no time
+            if isinstance(err, aio.AioRpcError) and err.code() is grpc.StatusCode.NOT_FOUND:
                 return Fate.GONE
-            log.info("order service not asked about a stale reservation",
-                     extra={"order_id": order_id, "code": err.code().name})
-            return Fate.UNKNOWN
-        except DomainError as err:  # breaker open, no time left
             log.info("order service not asked about a stale reservation",
                      extra={"order_id": order_id, "error": str(err)})
             return Fate.UNKNOWN

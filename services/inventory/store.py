@@ -248,8 +248,8 @@ class InventoryStore:
 
     async def commit(self, order_id: str) -> Reservation:
         async def run(tx: Tx) -> Reservation:
-            return await self._sell(tx, decide_commit(order_id, await _get(tx, order_id,
-                                                                             lock=True)))
+            t = decide_commit(order_id, await _get(tx, order_id, lock=True))
+            return await _sell(tx, t, self.snapshot_every)
 
         return await self._append_unit(run)
 
@@ -258,9 +258,6 @@ class InventoryStore:
         (the expiry of a stale reservation whose order was confirmed)."""
         return await self._append_unit(
             lambda tx: commit_confirmed(tx, order_id, snapshot_every=self.snapshot_every))
-
-    async def _sell(self, tx: Tx, t: Transition) -> Reservation:
-        return await _sell(tx, t, self.snapshot_every)
 
     async def restock(self, order_id: str) -> Reservation:
         """A confirmed order's units back to available, with inventory.restocked: from

@@ -59,8 +59,8 @@ async def build(settings: Settings, wiring: Wiring) -> App:
 
     async def admin_account() -> None:
         """The service fails (and restarts) if the admin account cannot be made."""
-        if admin_made is not None:
-            await admin_made
+        assert admin_made is not None
+        await admin_made
         await asyncio.Event().wait()  # then nothing more to do for the life of the process
 
     async def stop_hasher() -> None:
@@ -71,7 +71,7 @@ async def build(settings: Settings, wiring: Wiring) -> App:
         SERVICE,
         user_pb2_grpc.add_UserServiceServicer_to_server,
         servicer,
-        tasks=[*events.tasks, admin_account],
+        tasks=[*events.tasks, *([admin_account] if admin_made is not None else [])],
         # The event task (relay, lease handed back) is already cancelled when these run.
         closers=[db.close, *events.on_stop, stop_hasher],
     )

@@ -40,11 +40,10 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         self._hasher = hasher
 
     async def _accounts_open(self) -> None:
-        ready = self._accounts_ready
-        if ready is not None and not ready.done():
-            await asyncio.shield(ready)  # a cancelled call does not cancel the account
-        elif ready is not None:
-            ready.result()  # failed: the service is stopping; say why
+        if self._accounts_ready is not None:
+            # Shielded: a cancelled call does not cancel the account. Once made, this
+            # returns at once (or raises its failure: the service is stopping).
+            await asyncio.shield(self._accounts_ready)
 
     async def _hash_work(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._hasher, fn, *args)
