@@ -31,10 +31,10 @@ from gateway.config import GatewaySettings, load_gateway_settings
 from services.common import envvars
 from services.common.lifecycle import Lifecycle, advertised
 from services.common.logging import configure_logging
-from services.common.pki import GATEWAY
 from services.common.readyfile import write_ready_file
 from services.common.registry import Instance, Registration
 from services.common.settings import SERVICES
+from services.common.spiffe import GATEWAY
 from services.common.tracing import setup_tracing
 from services.common.wiring import Wiring
 

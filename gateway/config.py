@@ -15,8 +15,8 @@ from gateway.ratelimit import (
     DEFAULT_LOGIN_LIMIT,
 )
 from services.common import envvars
-from services.common.pki import GATEWAY
 from services.common.settings import Settings, load_settings
+from services.common.spiffe import GATEWAY
 
 
 @dataclass(frozen=True, slots=True)

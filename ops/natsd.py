@@ -93,7 +93,7 @@ class NatsServer:
         if not self.secured:
             return ""
         from services.common.natsauth import server_config
-        from services.common.pki import NATS
+        from services.common.spiffe import NATS
 
         pki = self.pki
         if not (pki / f"{NATS}.pem").exists():
@@ -223,7 +223,7 @@ def _read_port(ports_dir: Path, pid: int) -> int:
 def _tls_upgrade(sock: socket.socket, pki: Path) -> socket.socket:
     """The client side of NATS TLS, as the operator (the server then maps the user)."""
     from services.common.natsauth import client_context
-    from services.common.pki import NATS, OPERATOR, dns_name
+    from services.common.spiffe import NATS, OPERATOR, dns_name
 
     ctx = client_context(OPERATOR, pki)
     return ctx.wrap_socket(sock, server_hostname=dns_name(NATS))

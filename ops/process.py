@@ -187,8 +187,8 @@ def precompile(root: Path = REPO_ROOT) -> None:
 def operator_transport() -> Transport:
     """The tools' transport: mTLS as the operator (SHOP_IDENTITY wins) unless SHOP_MTLS=off,
     from the environment as it is now."""
-    from services.common.pki import OPERATOR
     from services.common.settings import load_tls_config
+    from services.common.spiffe import OPERATOR
     from services.common.tls import Transport
 
     return Transport.of(load_tls_config(), OPERATOR, warn=False)
@@ -197,8 +197,8 @@ def operator_transport() -> Transport:
 def operator_nats() -> NatsAuth:
     """The tools' NATS identity: the operator (SHOP_NATS_IDENTITY, SHOP_IDENTITY win)."""
     from services.common.natsauth import NatsAuth
-    from services.common.pki import OPERATOR
     from services.common.settings import load_nats_config, load_tls_config
+    from services.common.spiffe import OPERATOR
 
     config = load_tls_config()
     return NatsAuth(load_nats_config().identity or config.identity_of(OPERATOR), config)

@@ -24,8 +24,8 @@ from grpc import aio
 
 from services.common import tls
 from services.common.config import TlsConfig
-from services.common.pki import GATEWAY
 from services.common.policy import CallPolicy, load_policy
+from services.common.spiffe import GATEWAY
 
 log = logging.getLogger("shop.authz")
 

@@ -20,16 +20,17 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.common.bus import Bus
 from services.common.consumer import EventConsumer, Route
 from services.common.natsauth import NatsAuth
 from services.common.outbox import OutboxRelay
-from services.common.pg import PgDatabase
-from services.common.pg_relay import PgOutboxRelay
 from services.common.settings import Settings
 from services.common.storage import Storage
+
+if TYPE_CHECKING:
+    from services.common.pg_relay import PgOutboxRelay
 
 __all__ = ["ConsumerSpec", "EventWorkers", "make_relay"]
 
@@ -183,7 +184,13 @@ class EventWorkers:
 
 
 def make_relay(db: Storage, bus: Bus, **options: Any) -> OutboxRelay | PgOutboxRelay:
-    """The backend's relay: a lease row per SQLite file, an advisory lock on PostgreSQL."""
-    if isinstance(db, PgDatabase):
-        return PgOutboxRelay(db, bus, **options)
+    """The backend's relay: a lease row per SQLite file, an advisory lock on PostgreSQL.
+    (The PostgreSQL one is imported only for that backend: asyncpg costs a SQLite process
+    about 3 MB and its import time.)"""
+    if db.dialect == "postgres":
+        from services.common.pg import PgDatabase
+        from services.common.pg_relay import PgOutboxRelay
+
+        if isinstance(db, PgDatabase):
+            return PgOutboxRelay(db, bus, **options)
     return OutboxRelay(db, bus, **options)

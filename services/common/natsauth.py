@@ -28,7 +28,7 @@ from typing import Any
 from services.common import tls
 from services.common.config import TlsConfig
 from services.common.events import CATALOGUE, DLQ_STREAM, STREAM
-from services.common.pki import GATEWAY, IDENTITIES, NATS, OPERATOR, dns_name
+from services.common.spiffe import GATEWAY, IDENTITIES, NATS, OPERATOR, dns_name
 
 REGISTRY_BUCKET = "shop_registry"  # services.common.registry.BUCKET (not imported: nats-py)
 

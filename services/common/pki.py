@@ -27,14 +27,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from services.common.settings import SERVICES
-
-TRUST_DOMAIN = "shop.local"
-GATEWAY = "gateway"
-OPERATOR = "operator"  # grpcurl and shopctl
-BACKOFFICE = "backoffice"  # catalogue and stock management (CreateProduct, SetStock)
-NATS = "nats"  # the nats-server's own certificate
-IDENTITIES: tuple[str, ...] = (*SERVICES, GATEWAY, OPERATOR, BACKOFFICE, NATS)
+from services.common.spiffe import (
+    BACKOFFICE,
+    GATEWAY,
+    IDENTITIES,
+    NATS,
+    OPERATOR,
+    TRUST_DOMAIN,
+    dns_name,
+    identity_of_spiffe,
+    spiffe_id,
+)
 
 DEFAULT_LIFETIME_S = 8 * 3600.0
 CA_LIFETIME_S = 30 * 86400.0
@@ -42,24 +45,6 @@ LOCAL_NAMES = ("localhost",)
 LOCAL_ADDRS = ("127.0.0.1", "::1")
 # Certificates start a little in the past: two machines' clocks never agree exactly.
 _BACKDATE_S = 300.0
-
-
-def spiffe_id(identity: str) -> str:
-    return f"spiffe://{TRUST_DOMAIN}/{identity}"
-
-
-def dns_name(identity: str) -> str:
-    """The DNS SAN of `identity`'s certificate; clients check servers against it."""
-    return f"{identity}.{TRUST_DOMAIN}"
-
-
-def identity_of_spiffe(uri: str) -> str | None:
-    """`spiffe://shop.local/order` -> "order"; None for another trust domain or shape."""
-    prefix = f"spiffe://{TRUST_DOMAIN}/"
-    if not uri.startswith(prefix):
-        return None
-    rest = uri[len(prefix):]
-    return rest if rest and "/" not in rest else None
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ called service's DNS SAN (`<service>.shop.local`), whatever address it was diall
 from __future__ import annotations
 
 import logging
+import os
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -30,12 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from grpc import aio
 
 from services.common.config import TlsConfig
-from services.common.pki import dns_name, identity_of_spiffe
+from services.common.spiffe import dns_name, identity_of_spiffe
 
 log = logging.getLogger("shop.tls")
 
@@ -54,13 +54,24 @@ class Material:
 
 
 def _matches(cert_pem: bytes, key_pem: bytes) -> bool:
+    """The key is the certificate's: OpenSSL's own check when it loads the pair (what
+    grpc's handshake will need). The bytes go through memory files, so the pair checked
+    is the pair read, whatever a rotation does to the files meanwhile."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cert_fd = os.memfd_create("cert", os.MFD_CLOEXEC)
+    key_fd = os.memfd_create("key", os.MFD_CLOEXEC)
     try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-        key = serialization.load_pem_private_key(key_pem, None)
-    except ValueError:
+        os.write(cert_fd, cert_pem)
+        os.write(key_fd, key_pem)
+        # An encrypted key gets an empty password (and fails) rather than a prompt.
+        ctx.load_cert_chain(f"/proc/self/fd/{cert_fd}", f"/proc/self/fd/{key_fd}",
+                            password=lambda: b"")
+    except (ssl.SSLError, OSError):
         return False
-    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return bool(cert.public_key().public_bytes(*fmt) == key.public_key().public_bytes(*fmt))
+    finally:
+        os.close(cert_fd)
+        os.close(key_fd)
+    return True
 
 
 class IdentityFiles:

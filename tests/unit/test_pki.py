@@ -72,3 +72,25 @@ def test_identity_files_reload_on_change_and_skip_a_half_written_pair(tmp_path: 
     now = files.current()
     assert now.version == first.version + 1
     assert now.cert_pem == cert and now.key_pem == key
+
+
+def test_a_pair_is_used_only_when_the_key_is_the_certificates(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from services.common.tls import _matches
+
+    ensure_pki(tmp_path)
+    ca = load_authority(tmp_path)
+    assert ca is not None
+    cert, key = issue(ca, "order")
+    _, other_key = issue(ca, "cart")
+    assert _matches(cert, key)
+    assert not _matches(cert, other_key)
+    assert not _matches(b"not a certificate", key)
+    assert not _matches(cert, b"")
+    # An encrypted key is refused, never a password prompt.
+    locked = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"))
+    assert not _matches(cert, locked)
