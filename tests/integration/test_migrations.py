@@ -151,3 +151,51 @@ async def test_shipments_gain_pending_and_dispatch_at_keeping_their_rows(
     with pytest.raises(IntegrityError):
         await new.write(lambda tx: tx.run("UPDATE shipments SET status = 'LOST'"))
 
+
+
+NOTIFICATION = service_migrations("notification")
+_NOTE = ("INSERT INTO notifications (id, user_id, kind, subject, body, read, created_at,"
+         " event_id) VALUES (?, ?, 'RECEIPT', 's', 'b', ?, ?, ?)")
+
+
+async def _unread_counts(storage: Storage) -> tuple[dict[str, int], dict[str, int]]:
+    """(the kept counts, the counts over the notifications themselves)."""
+    async def run(tx: Tx) -> tuple[dict[str, int], dict[str, int]]:
+        kept = {str(r[0]): int(r[1]) for r in await tx.fetch(
+            "SELECT user_id, unread FROM unread_counts WHERE unread > 0")}
+        true = {str(r[0]): int(r[1]) for r in await tx.fetch(
+            "SELECT user_id, count(*) FROM notifications WHERE read = 0 GROUP BY user_id")}
+        return kept, true
+
+    return await storage.read(run)
+
+
+async def test_unread_counts_are_backfilled_then_kept_whoever_writes(
+        storage_for: OpenStorage) -> None:
+    old = await storage_for("notification", migrations=MigrationSet(
+        NOTIFICATION.component, NOTIFICATION.directory, upto=1))
+
+    async def before(tx: Tx) -> None:
+        for nid, user, read in (("n1", "u1", 0), ("n2", "u1", 0), ("n3", "u1", 1),
+                                ("n4", "u2", 0)):
+            await tx.run(_NOTE, (nid, user, read, time.time(), f"e-{nid}"))
+
+    await old.write(before)
+    await old.close()
+
+    new = await storage_for("notification")
+    kept, true = await _unread_counts(new)
+    assert kept == true == {"u1": 2, "u2": 1}
+
+    async def churn(tx: Tx) -> None:  # plain SQL: no code path keeps the counts but the schema
+        await tx.run(_NOTE, ("n5", "u2", 0, time.time(), "e-n5"))
+        await tx.run(_NOTE, ("n6", "u3", 1, time.time(), "e-n6"))
+        await tx.run("UPDATE notifications SET read = 1 WHERE id = ?", ("n1",))
+        await tx.run("UPDATE notifications SET read = 1 WHERE id = ?", ("n1",))  # no change
+        await tx.run("UPDATE notifications SET read = 0 WHERE id = ?", ("n3",))
+        await tx.run("UPDATE notifications SET user_id = 'u3' WHERE id = ?", ("n2",))
+        await tx.run("DELETE FROM notifications WHERE id = ?", ("n4",))
+
+    await new.write(churn)
+    kept, true = await _unread_counts(new)
+    assert kept == true == {"u1": 1, "u2": 1, "u3": 1}
