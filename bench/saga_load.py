@@ -34,7 +34,7 @@ from bench.procs import cpu_seconds
 from bench.stats import percentile
 from ops.natsd import NatsServer
 from ops.process import System, start_system
-from services.common.pki import BACKOFFICE, GATEWAY
+from services.common.spiffe import BACKOFFICE, GATEWAY
 
 SERVICES = ("user", "product", "inventory", "payment", "cart", "order")
 EVENT_SERVICES = ("notification", "shipping")

@@ -27,8 +27,8 @@ from bench.procs import rss_kb
 from ops.natsd import NatsServer
 from ops.otlp import OtlpReceiver
 from ops.process import System, start_system
-from services.common.pki import BACKOFFICE
 from services.common.settings import DEFAULT_PORTS
+from services.common.spiffe import BACKOFFICE
 
 __all__ = ["BENCH_ENV", "PRODUCT_ID", "RssSampler", "ShopTarget", "attach_shop", "start_shop"]
 

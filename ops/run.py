@@ -49,8 +49,9 @@ from ops.process import (
     wait_all_ready,
 )
 from services.common import envvars
-from services.common.pki import OPERATOR, ensure_pki
+from services.common.pki import ensure_pki
 from services.common.settings import DEFAULT_PORTS, SERVICES, load_tls_config
+from services.common.spiffe import OPERATOR
 
 __all__ = [
     "BACKOFF_CAP_S",

@@ -27,17 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from services.common.spiffe import (
-    BACKOFFICE,
-    GATEWAY,
-    IDENTITIES,
-    NATS,
-    OPERATOR,
-    TRUST_DOMAIN,
-    dns_name,
-    identity_of_spiffe,
-    spiffe_id,
-)
+from services.common.spiffe import IDENTITIES, dns_name, spiffe_id
 
 DEFAULT_LIFETIME_S = 8 * 3600.0
 CA_LIFETIME_S = 30 * 86400.0
@@ -217,20 +207,11 @@ def ensure_pki(
 
 
 __all__ = [
-    "BACKOFFICE",
     "DEFAULT_LIFETIME_S",
-    "GATEWAY",
-    "IDENTITIES",
-    "NATS",
-    "OPERATOR",
-    "TRUST_DOMAIN",
     "Authority",
-    "dns_name",
     "ensure_pki",
-    "identity_of_spiffe",
     "issue",
     "load_authority",
     "new_authority",
-    "spiffe_id",
     "write_identity",
 ]

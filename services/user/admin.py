@@ -110,10 +110,3 @@ async def create_admin(store: UserRepository, new: NewAdmin, hash_password: Hash
     log.info("created the admin account", extra={"email": domain.ADMIN_EMAIL,
                                                  "password_from": new.source})
 
-
-async def ensure_admin(store: UserRepository, data_dir: Path, hash_password: Hasher, *,
-                       given: str = "") -> None:
-    """Create admin@shop.local with the admin role unless that email exists."""
-    new = await admin_to_create(store, data_dir, given=given)
-    if new is not None:
-        await create_admin(store, new, hash_password)

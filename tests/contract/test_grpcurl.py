@@ -15,8 +15,8 @@ import grpc
 import pytest
 
 from ops.process import System
-from services.common.pki import OPERATOR
 from services.common.settings import SERVICES
+from services.common.spiffe import OPERATOR
 from tests.support.grpcurl import GRPCURL, proto_source, tls_flags
 from tests.support.mesh import identity_for
 

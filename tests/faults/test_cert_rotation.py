@@ -21,7 +21,8 @@ from cryptography import x509
 from shop.product.v1 import product_pb2, product_pb2_grpc
 
 from services.common.clients import Downstream
-from services.common.pki import IDENTITIES, ensure_pki
+from services.common.pki import ensure_pki
+from services.common.spiffe import IDENTITIES
 from tests.support.inprocess import running_echo
 from tests.support.mesh import ECHO, make_session_pki, mtls_enabled, transport
 from tests.support.mesh import pki as session_pki

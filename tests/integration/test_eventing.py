@@ -33,7 +33,7 @@ from services.common.bus import Bus
 from services.common.db import Database
 from services.common.events import STREAM
 from services.common.outbox import MARK_EVERY_S, OutboxRelay
-from services.common.pki import OPERATOR
+from services.common.spiffe import OPERATOR
 from tests.fixtures_services import ServiceFactory
 from tests.support import mesh
 from tests.support.mesh import nats_auth

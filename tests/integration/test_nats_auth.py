@@ -15,7 +15,7 @@ from nats.js.errors import NoStreamResponseError
 from ops.natsd import NatsServer
 from services.common.bus import Bus
 from services.common.events import ORDER_CREATED, PAYMENT_COMPLETED, STREAM
-from services.common.pki import NATS, dns_name
+from services.common.spiffe import NATS, dns_name
 from tests.support.mesh import mtls_enabled, nats_auth, pki
 
 pytestmark = pytest.mark.skipif(not mtls_enabled(), reason="needs SHOP_MTLS=on")

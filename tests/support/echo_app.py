@@ -24,9 +24,9 @@ from shop.product.v1 import product_pb2, product_pb2_grpc
 from services.common import context
 from services.common.clients import Downstream
 from services.common.errors import NotFound, Unavailable
-from services.common.pki import GATEWAY, OPERATOR
 from services.common.server import App, run_service
 from services.common.settings import Settings
+from services.common.spiffe import GATEWAY, OPERATOR
 from services.common.wiring import Wiring
 from tests.support.mesh import process_wiring
 

@@ -25,17 +25,10 @@ from grpc import aio
 from services.common import tls
 from services.common.config import NatsConfig
 from services.common.natsauth import NatsAuth
-from services.common.pki import (
-    GATEWAY,
-    IDENTITIES,
-    OPERATOR,
-    dns_name,
-    ensure_pki,
-    issue,
-    load_authority,
-)
+from services.common.pki import ensure_pki, issue, load_authority
 from services.common.policy import CallPolicy, load_policy
 from services.common.settings import Settings, load_tls_config
+from services.common.spiffe import GATEWAY, IDENTITIES, OPERATOR, dns_name
 from services.common.wiring import Wiring
 from tests.support.faultproxy import ProxyTls
 

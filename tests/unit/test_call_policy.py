@@ -6,9 +6,9 @@ import importlib
 
 import pytest
 
-from services.common.pki import IDENTITIES
 from services.common.policy import PolicyError, load_policy, parse_policy
 from services.common.settings import SERVICES
+from services.common.spiffe import IDENTITIES
 from services.common.tls import ANONYMOUS
 
 

@@ -8,15 +8,8 @@ from pathlib import Path
 
 from cryptography import x509
 
-from services.common.pki import (
-    IDENTITIES,
-    dns_name,
-    ensure_pki,
-    identity_of_spiffe,
-    issue,
-    load_authority,
-    spiffe_id,
-)
+from services.common.pki import ensure_pki, issue, load_authority
+from services.common.spiffe import IDENTITIES, dns_name, identity_of_spiffe, spiffe_id
 from services.common.tls import IdentityFiles
 
 

@@ -56,6 +56,13 @@ def test_shop_admin_password_wins_and_writes_no_file(tmp_path: Path,
         admin.admin_password(tmp_path, given)
 
 
+async def _ensure_admin(store: UserStore, data_dir: Path, hash_password: admin.Hasher) -> None:
+    """What a start does: the account still to make, then made."""
+    new = await admin.admin_to_create(store, data_dir)
+    if new is not None:
+        await admin.create_admin(store, new, hash_password)
+
+
 async def test_ensure_admin_creates_the_account_with_the_role_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SHOP_ADMIN_PASSWORD", raising=False)
@@ -64,8 +71,8 @@ async def test_ensure_admin_creates_the_account_with_the_role_once(
     try:
         store = UserStore(db)
         # Two instances starting at once: one account, one password.
-        await asyncio.gather(admin.ensure_admin(store, tmp_path, _hash),
-                             admin.ensure_admin(UserStore(db), tmp_path, _hash))
+        await asyncio.gather(_ensure_admin(store, tmp_path, _hash),
+                             _ensure_admin(UserStore(db), tmp_path, _hash))
         found = await store.credentials(domain.ADMIN_EMAIL)
         assert found is not None
         user, stored = found
@@ -73,7 +80,7 @@ async def test_ensure_admin_creates_the_account_with_the_role_once(
         password = (tmp_path / "admin-password").read_text().strip()
         assert domain.verify_password(password, stored)
         assert (await store.get(user.id)) == user
-        await admin.ensure_admin(store, tmp_path, _hash)
+        await _ensure_admin(store, tmp_path, _hash)
         rows = await db.read(lambda tx: tx.fetch("SELECT id FROM users"))
         assert len(rows) == 1
     finally:
@@ -91,7 +98,7 @@ async def test_a_registered_lookalike_is_never_promoted(tmp_path: Path,
         squatter = domain.User(id=uuid.uuid4().hex, email=domain.ADMIN_EMAIL, name="Not Admin",
                                create_time=time.time())
         await store.create(squatter, domain.hash_password("squatter-pw"))
-        await admin.ensure_admin(store, tmp_path, _hash)
+        await _ensure_admin(store, tmp_path, _hash)
         found = await store.credentials(domain.ADMIN_EMAIL)
         assert found is not None and found[0].roles == ()
     finally:
