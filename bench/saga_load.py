@@ -9,7 +9,8 @@ for a few seconds (after a short warm-up) and prints orders/s and latency percen
 -> shipping, cart, notification; order.shipped -> order, notification) run too. Each level
 also prints the CPU time per confirmed order of every process (nats included), taken over
 the timed window plus a short settle time for the event side to catch up.
-Every process is started by this script and stopped by PID.
+Traces are sampled at the bench's ratio (10 %, parent-based) unless `--env` sets
+`OTEL_TRACES_SAMPLER`. Every process is started by this script and stopped by PID.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from shop.user.v1 import user_pb2, user_pb2_grpc
 
 from bench import mesh
 from bench.procs import cpu_seconds
+from bench.shop import TRACE_RATIO
 from bench.stats import percentile
 from ops.natsd import NatsServer
 from ops.process import System, start_system
@@ -185,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="extra environment of every service (e.g. OTEL_* variables)")
     args = ap.parse_args(argv)
     levels = [int(x) for x in args.conc.split(",") if x]
-    env = dict(item.split("=", 1) for item in args.env)
+    # Traces sampled as `make bench` samples them, unless --env says otherwise: the
+    # CPU split then weighs tracing as users run it.
+    env = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+           "OTEL_TRACES_SAMPLER_ARG": str(TRACE_RATIO),
+           **dict(item.split("=", 1) for item in args.env)}
 
     def argv_for(name: str) -> list[str]:
         if name == "order" and args.profile:
