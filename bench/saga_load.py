@@ -32,7 +32,7 @@ from shop.user.v1 import user_pb2, user_pb2_grpc
 
 from bench import mesh
 from bench.procs import cpu_seconds
-from bench.shop import TRACE_RATIO
+from bench.shop import sampling_env
 from bench.stats import percentile
 from ops.natsd import NatsServer
 from ops.process import System, start_system
@@ -189,9 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(x) for x in args.conc.split(",") if x]
     # Traces sampled as `make bench` samples them, unless --env says otherwise: the
     # CPU split then weighs tracing as users run it.
-    env = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-           "OTEL_TRACES_SAMPLER_ARG": str(TRACE_RATIO),
-           **dict(item.split("=", 1) for item in args.env)}
+    env = {**sampling_env(), **dict(item.split("=", 1) for item in args.env)}
 
     def argv_for(name: str) -> list[str]:
         if name == "order" and args.profile:

@@ -42,11 +42,15 @@ BENCH_ENV = {"GATEWAY_RATE_LIMIT": "1000000/second"}
 TRACE_RATIO = 0.1
 
 
+def sampling_env() -> dict[str, str]:
+    """The bench's sampler: parent-based, TRACE_RATIO of the roots."""
+    return {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": str(TRACE_RATIO)}
+
+
 def tracing_env(endpoint: str) -> dict[str, str]:
     return {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-            "OTEL_TRACES_SAMPLER_ARG": str(TRACE_RATIO)}
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", **sampling_env()}
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
