@@ -24,6 +24,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from bench.fill_plan import CONSUMERS, Event
 from ops.natsd import NatsServer
 from services.common.bus import dlq_stream_config, envelope_headers, events_stream_config
+from services.common.cancellation import within
 from services.common.events import STREAM
 
 __all__ = ["FillNats", "fill_stream"]
@@ -81,7 +82,7 @@ async def _publish(url: str, events: Sequence[Event]) -> dict[str, Any]:
             if failures:
                 raise RuntimeError(f"publish refused: {failures[0]}")
         if js.publish_async_pending():
-            await asyncio.wait_for(js.publish_async_completed(), 120.0)
+            await within(js.publish_async_completed(), 120.0)
         publish_s = time.perf_counter() - t0
         if failures:
             raise RuntimeError(f"{len(failures)} publishes refused, first: {failures[0]}")

@@ -46,6 +46,7 @@ from gateway.errors import HttpError, from_domain_error, from_rpc_error
 from gateway.upstreams import Caller
 from ops.process import grpc_health, http_ok
 from services.common import dlq, registry, timestamps
+from services.common.cancellation import within
 from services.common.clients import Rpc
 from services.common.errors import DomainError
 from services.common.events import AGGREGATES, STREAM
@@ -174,17 +175,18 @@ class AdminConsole:
                 pass  # nats-py logs a traceback per failed attempt; the 503 says it
 
             try:
-                self._nc = await asyncio.wait_for(
+                nc = await within(
                     nats.connect(self.nats_url, name="shop-gateway-console",
                                  connect_timeout=2, max_reconnect_attempts=-1,
                                  reconnect_time_wait=0.5, error_cb=quiet,
                                  **self.auth.options()),
-                    timeout=4)
+                    4)
             except Exception as err:
                 raise HttpError(503, "UNAVAILABLE",
                                 f"NATS not reachable at {self.nats_url}: "
                                 f"{str(err) or type(err).__name__}") from None
-            return self._nc
+            self._nc = nc
+            return nc
 
     async def js(self) -> JetStreamContext:
         return (await self._connection()).jetstream(timeout=5)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ops.process import ServiceProcess
+from services.common.cancellation import within
 
 # asyncio and the email package load on first use: `make run` imports this module for
 # CatcherProcess alone, before it spawns anything.
@@ -166,7 +167,7 @@ async def serve(host: str, port: int, root: Path, ready_file: Path | None) -> No
     finally:
         server.close()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), 2.0)
+            await within(server.wait_closed(), 2.0)
 
 
 def smtp_banner(host: str, port: int, timeout: float = 1.0) -> bool:

@@ -286,6 +286,8 @@ class ServiceProcess:
         self.log_path = self.data_dir / "logs" / f"{self.instance}.log"
         self.ready_file = self.data_dir / "run" / f"{self.instance}.ready.json"
         self.restarts = 0
+        # The last graceful stop ran out of time and ended in SIGKILL.
+        self.killed_after_stop = False
         self._proc: subprocess.Popen[bytes] | ForkedChild | None = None
         self._log: IO[bytes] | None = None
         # Set by start_system: a pre-imported parent to fork this process from.
@@ -355,6 +357,7 @@ class ServiceProcess:
         """Spawn without waiting; a no-op while running."""
         if self.running:
             return self
+        self.killed_after_stop = False
         self._close_log()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.ready_file.parent.mkdir(parents=True, exist_ok=True)
@@ -438,6 +441,7 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+                self.killed_after_stop = True
         self._after_exit()
         return proc.returncode
 
@@ -555,8 +559,9 @@ class System(Mapping[str, ServiceProcess]):
             raise RuntimeError("this system has no gateway")
         return self.gateway.base_url
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Gateway first (no new requests), then the services, all gracefully.
+    def stop(self, timeout: float = 10.0) -> list[str]:
+        """Gateway first (no new requests), then the services, all gracefully; returns
+        the instances that had to be killed, still running `timeout` after their SIGTERM.
 
         SIGTERM goes to every service at once so their grace periods overlap.
         """
@@ -566,6 +571,7 @@ class System(Mapping[str, ServiceProcess]):
             proc.send_term()
         for proc in self.processes:
             proc.terminate(timeout)
+        return [p.instance for p in self.all() if p.killed_after_stop]
 
 
 def start_system(

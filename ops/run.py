@@ -463,7 +463,8 @@ def main() -> int:
     finally:
         starting = False  # a second Ctrl-C now must not abort the clean-up
         if system is not None:
-            system.stop()
+            for name in system.stop():
+                log(f"{name} did not stop within its grace period; killed it (see its log)")
             instances_file(data_dir).unlink(missing_ok=True)
         prefork.close()
         if nats is not None:

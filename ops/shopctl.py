@@ -41,6 +41,7 @@ from ops.process import (
     operator_transport,
 )
 from services.common import registry
+from services.common.cancellation import within
 from services.common.settings import DEFAULT_PORTS, SERVICES
 
 __all__ = ["Instance", "StatusRow", "Topology", "discover", "main", "status_rows"]
@@ -155,9 +156,8 @@ def breaker_states(inst: Instance) -> str:
 def _registry_instances(url: str, timeout: float) -> list[registry.Instance]:
     async def read() -> list[registry.Instance]:
         # nats-py may retry the first connect on its own: bound the whole read.
-        return await asyncio.wait_for(registry.list_instances(
-            url, timeout=timeout, auth=operator_nats()),
-                                      timeout + 1.0)
+        return await within(registry.list_instances(
+            url, timeout=timeout, auth=operator_nats()), timeout + 1.0)
 
     return asyncio.run(read())
 
@@ -363,10 +363,10 @@ async def _with_js(url: str, action: str, target: int | str | None) -> int:
 
     try:
         # nats-py keeps retrying the first connect on its own, hence the outer timeout.
-        nc = await asyncio.wait_for(
+        nc = await within(
             nats.connect(nats_servers(url), connect_timeout=2, allow_reconnect=False,
                          max_reconnect_attempts=1, error_cb=quiet,
-                         **operator_nats().options()), timeout=4)
+                         **operator_nats().options()), 4)
     except Exception as exc:  # nats-py raises several unrelated types here
         why = str(exc) or type(exc).__name__
         raise CliError(f"NATS not reachable at {url} (is shop running?): {why}") from None

@@ -31,6 +31,7 @@ from nats.js.api import DiscardPolicy, PubAck, RetentionPolicy, StorageType, Str
 from nats.js.errors import NotFoundError
 from shop.events.v1 import envelope_pb2
 
+from services.common.cancellation import within
 from services.common.config import NatsConfig
 from services.common.events import AGGREGATES, DLQ_STREAM, STREAM
 from services.common.natsauth import NatsAuth
@@ -112,7 +113,7 @@ async def probe(url: str, *, timeout_s: float = 2.0) -> None:
         u = urlsplit(part if "://" in part else f"nats://{part}")
         host, port = u.hostname or "127.0.0.1", u.port or 4222
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+            _, writer = await within(asyncio.open_connection(host, port), timeout_s)
         except (OSError, TimeoutError) as e:
             errors.append(f"{host}:{port}: {e!r}")
             continue

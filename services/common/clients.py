@@ -30,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import context
 from services.common.breakers import Breakers, ShopBreaker, combined_state
+from services.common.cancellation import within
 from services.common.errors import DeadlineExceeded, DomainError, Unavailable
 from services.common.rpcmetrics import client_calls
 from services.common.rpctracing import ClientSpans
@@ -515,7 +516,7 @@ class Downstream(Generic[StubT]):
     async def connect(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - a wait bound
         """Connect the next call's channel now (TCP and the TLS handshake), so the first
         call's deadline is not spent on them."""
-        await asyncio.wait_for(self._endpoint().open_channel().channel_ready(), timeout)
+        await within(self._endpoint().open_channel().channel_ready(), timeout)
 
     async def close(self) -> None:
         """Close this client's own channels (discovery's shared ones stay open; one made

@@ -35,6 +35,7 @@ from typing import Any
 import nats.errors
 
 from services.common.breakers import Breakers
+from services.common.cancellation import cancel_and_wait, within
 from services.common.clients import Endpoint, Health
 from services.common.config import DiscoveryConfig
 from services.common.registry import Instance, RegistryLink, bucket_ttl
@@ -199,15 +200,11 @@ class Discovery:
             ]
         if wait_s > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.synced.wait(), wait_s)
+                await within(self.synced.wait(), wait_s)
         return self.synced.is_set()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         for task in list(self._closing):
             task.cancel()
@@ -293,7 +290,7 @@ class Discovery:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
                 with contextlib.suppress(TimeoutError, Exception):
-                    await asyncio.wait_for(self.link.reopen(), 5.0)
+                    await within(self.link.reopen(), 5.0)
             finally:
                 if watcher is not None:
                     with contextlib.suppress(Exception):

@@ -15,7 +15,6 @@ limits; NATS is connected to as `settings.nats_identity`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from services.common.bus import Bus
+from services.common.cancellation import cancel_and_wait
 from services.common.consumer import EventConsumer, Route
 from services.common.natsauth import NatsAuth
 from services.common.outbox import OutboxRelay
@@ -112,11 +112,7 @@ class EventWorkers:
         try:
             await asyncio.gather(*tasks)
         finally:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+            await cancel_and_wait(tasks)
 
     async def _connect(self) -> Bus:
         s = self.settings

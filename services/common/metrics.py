@@ -29,6 +29,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from services.common.cancellation import within
 from services.common.settings import Settings
 
 __all__ = ["MetricsServer", "ShopMetrics", "bind", "current", "metrics_port"]
@@ -131,7 +132,7 @@ class ShopMetrics:
     async def render(self) -> bytes:
         for fn in list(self._refreshers):
             try:
-                await asyncio.wait_for(fn(), REFRESH_TIMEOUT_S)
+                await within(fn(), REFRESH_TIMEOUT_S)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -194,12 +195,12 @@ class MetricsServer:
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+                await within(self._server.wait_closed(), 1.0)
             self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+            request = await within(reader.readuntil(b"\r\n\r\n"), 5.0)
             method, _, rest = request.partition(b" ")
             path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
             if method == b"GET" and path == b"/metrics":

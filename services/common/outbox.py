@@ -46,6 +46,7 @@ from google.protobuf.message import Message
 from shop.events.v1 import envelope_pb2
 
 from services.common.bus import Bus, OutMsg, envelope_headers
+from services.common.cancellation import cancel_and_wait
 from services.common.eventtracing import producer_traceparent
 from services.common.ids import new_id
 from services.common.metrics import current as current_metrics
@@ -239,9 +240,7 @@ class OutboxRelay:
                 try:
                     await self._publish_while_active()
                 finally:
-                    heartbeat.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await heartbeat
+                    await cancel_and_wait([heartbeat])
                 self._lease_until = 0.0
                 with contextlib.suppress(Exception):
                     await self._mark_acked()

@@ -36,6 +36,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyValueLimitMarkerTTLNotSupportedError
 from nats.js.kv import KeyValue
 
+from services.common.cancellation import cancel_and_wait, within
 from services.common.natsauth import NatsAuth
 from services.common.natsurl import nats_servers, stream_replicas
 
@@ -231,7 +232,7 @@ class RegistryLink:
     async def wait_ready(self, timeout: float) -> bool:  # noqa: ASYNC109 - a plain wait bound
         self.start()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), timeout)
+            await within(self._ready.wait(), timeout)
         return self._ready.is_set()
 
     async def kv(self) -> KeyValue:
@@ -278,9 +279,7 @@ class RegistryLink:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await cancel_and_wait([self._task])
         if self._nc is not None and not self._nc.is_closed:
             with contextlib.suppress(Exception):
                 await self._nc.close()
@@ -332,7 +331,7 @@ class Registration:
             now = time.monotonic()
             if now - last_put >= interval or states != last_breakers:
                 try:
-                    await asyncio.wait_for(kv.put(self.key, self.value()), timeout=2.0)
+                    await within(kv.put(self.key, self.value()), 2.0)
                 except asyncio.CancelledError:
                     raise
                 except Exception as err:
@@ -342,7 +341,7 @@ class Registration:
                     )
                     failing = True
                     try:
-                        kv = await asyncio.wait_for(self.link.reopen(), timeout=interval)
+                        kv = await within(self.link.reopen(), interval)
                     except (TimeoutError, Exception):
                         await asyncio.sleep(min(1.0, interval))
                     continue
@@ -358,15 +357,13 @@ class Registration:
     async def stop(self, timeout: float = 2.0) -> bool:  # noqa: ASYNC109 - a plain bound
         """Stop refreshing and delete the key; True if it was deleted."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await cancel_and_wait([self._task], max(timeout, 0.1))
             self._task = None
         kv = self.link.kv_now
         if kv is None or not self.registered.is_set():
             return False
         try:
-            await asyncio.wait_for(kv.delete(self.key), timeout)
+            await within(kv.delete(self.key), timeout)
         except Exception as err:
             log.warning(
                 "registry: deregistration failed (the key will expire)",

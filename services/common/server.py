@@ -35,6 +35,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from services.common import authz, envvars
+from services.common.cancellation import STOP_WAIT_S, cancel_and_wait, within
 from services.common.interceptors import ServerInterceptor
 from services.common.lifecycle import Lifecycle, advertised
 from services.common.logging import configure_logging
@@ -221,19 +222,10 @@ class ServiceRunner:
         log.debug("grpc server stopped; stopping background tasks")
 
     async def _stop_tasks(self) -> None:
-        grace = self._grace
         for task in self._tasks:
             task.remove_done_callback(self._task_done)
-            task.cancel()
-        pending = [task for task in self._tasks if not task.done()]
-        if pending:
-            # A task that swallows its cancellation must not keep the process alive.
-            _, stuck = await asyncio.wait(pending, timeout=max(1.0, min(grace, 5.0)))
-            for task in stuck:
-                log.error("background task ignored cancellation", extra={"task": repr(task)})
-        for task in self._tasks:
-            if task.done() and not task.cancelled():
-                task.exception()  # retrieved: no "never retrieved" warning
+        # A task that swallows its cancellation must not keep the process alive.
+        await cancel_and_wait(self._tasks, max(1.0, min(self._grace, STOP_WAIT_S)))
         log.debug("background tasks stopped; closing the app's resources")
 
 
@@ -288,7 +280,7 @@ async def _main(service: str, build: Build) -> int:
     code = await serve_app(settings, app, stop, life=life, wiring=wiring)
     # Spans still buffered go out now; an unreachable collector costs at most this wait.
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(asyncio.to_thread(flush_traces), TRACE_FLUSH_S)
+        await within(asyncio.to_thread(flush_traces), TRACE_FLUSH_S)
     _exit_watchdog(code, EXIT_WATCHDOG_S)
     return code
 

@@ -30,6 +30,7 @@ from collections.abc import Callable
 import aiosmtplib
 import pybreaker
 
+from services.common.cancellation import within
 from services.notification.delivery import MailFrom, PendingMail, backoff_s, render
 from services.notification.mailconfig import MailSettings, SmtpTarget
 from services.notification.metrics import MailMetrics
@@ -144,14 +145,14 @@ class MailSender:
         if seconds <= 0:
             return
         try:
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            await within(self._wake.wait(), seconds)
         except TimeoutError:
             return  # a retry fell due: no one to yield to
         started = time.monotonic()
         while time.monotonic() - started < _YIELD_S:
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), _QUIET_S)
+                await within(self._wake.wait(), _QUIET_S)
             except TimeoutError:
                 return
 
@@ -306,6 +307,6 @@ async def _close(client: aiosmtplib.SMTP) -> None:
     """QUIT when the connection is healthy, else just drop it; never raises."""
     try:
         if client.is_connected:
-            await asyncio.wait_for(client.quit(), 2.0)
+            await within(client.quit(), 2.0)
     except Exception:
         client.close()

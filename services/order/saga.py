@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from services.common import context
+from services.common.cancellation import cancel_and_wait, within
 from services.order.domain import (
     Limits,
     Order,
@@ -197,7 +198,7 @@ class SagaRunner:
                 await asyncio.sleep(delay_s)
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), delay_s)
+                await within(event.wait(), delay_s)
             event.clear()
         finally:
             self._paused.discard(order_id)
@@ -267,9 +268,4 @@ class SagaRunner:
 
     async def close(self) -> None:
         """Stop driving (the leases run out or a restart of this instance resumes)."""
-        tasks = list(self._tasks.values())
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(list(self._tasks.values()))

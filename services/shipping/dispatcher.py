@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 
+from services.common.cancellation import within
 from services.shipping.store import ShippingRepository
 
 log = logging.getLogger("shop.shipping.dispatcher")
@@ -47,4 +48,4 @@ class Dispatcher:
                 pause = self.idle_s
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), pause)
+                await within(self._wake.wait(), pause)
