@@ -95,11 +95,15 @@ class _Side:
 
 def _best(rounds: list[Measured]) -> dict[str, float]:
     """The best of the rounds of one figure: on a shared box others' work can slow a
-    round down, never speed it up."""
-    cpu = [float(m.extra["cpu_ms_per_op_total"]) for m in rounds
+    round down, never speed it up. A round with no successful answer has no latency (its
+    0 ms is not a best); with none at all, every figure is 0 and no goal is met."""
+    served = [m for m in rounds if m.ok > 0]
+    if not served:
+        return {"rps": 0.0, "p50_ms": 0.0, "p99_ms": 0.0, "cpu_ms_per_op": 0.0}
+    cpu = [float(m.extra["cpu_ms_per_op_total"]) for m in served
            if isinstance(m.extra.get("cpu_ms_per_op_total"), int | float)]
-    return {"rps": max(m.rps for m in rounds), "p50_ms": min(m.p50_ms for m in rounds),
-            "p99_ms": min(m.p99_ms for m in rounds),
+    return {"rps": max(m.rps for m in served), "p50_ms": min(m.p50_ms for m in served),
+            "p99_ms": min(m.p99_ms for m in served),
             "cpu_ms_per_op": min(cpu) if cpu else 0.0}
 
 

@@ -246,11 +246,17 @@ def _order_on_postgres(run: _Run) -> None:
         shutil.rmtree(pg_dir, ignore_errors=True)
 
 
+GROWN_MIN_S = 1.0
+
+
 def _grown(run: _Run, sizes: FillSizes, kept_root: Path, rounds: int) -> None:
     """The empty system beside the grown one (bench.grown); a failure is reported."""
     t0 = time.perf_counter()
     try:
-        run.grown_doc = grown(run.tmp, sizes, seconds=run.seconds, warmup_s=run.warmup_s,
+        # At least a second per window: the smoke's 0.3 s at 64 connections can end
+        # before a loaded box has answered one dashboard of the grown shop.
+        run.grown_doc = grown(run.tmp, sizes, seconds=max(run.seconds, GROWN_MIN_S),
+                              warmup_s=run.warmup_s,
                               say=_say, kept_root=kept_root, rounds=rounds)
     except Exception as e:
         run.failures["grown"] = f"{type(e).__name__}: {e}"[:2000]

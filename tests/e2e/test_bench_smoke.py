@@ -56,9 +56,13 @@ def test_bench_smoke_writes_every_scenario(tmp_path: Path) -> None:
     assert grown["fill"]["counts"]["orders"] == grown["sizes"]["orders"] > 0
     assert {r["figure"] for r in grown["rows"]} == {
         "orders_per_s", "list_p99_ms", "dashboard_p99_ms", "cold_start_s"}
+    # (ok, errors) of every round on each side: a failure says what the load saw.
+    seen = {side: {name: [(m["ok"], m["errors"]) for m in fig["rounds"]]
+                   for name, fig in grown[side].items() if isinstance(fig, dict)}
+            for side in ("empty", "filled")}
     for r in grown["rows"]:
-        assert _number(r["empty"]) and r["empty"] > 0, r
-        assert _number(r["filled"]) and r["filled"] > 0, r
+        assert _number(r["empty"]) and r["empty"] > 0, (r, seen)
+        assert _number(r["filled"]) and r["filled"] > 0, (r, seen)
     assert (out.parent / "filled" / grown["fill"]["dir"].rsplit("/", 1)[-1]).is_dir()
     history = (out.parent / "history.jsonl").read_text().splitlines()
     assert len(history) == 1

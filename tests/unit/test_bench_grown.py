@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bench.grown import _row
+from bench.grown import _best, _row
 from bench.report import _print_grown
+from bench.stats import Measured
 
 
 def test_throughput_goal_is_a_share_of_the_empty_systems() -> None:
@@ -46,3 +47,11 @@ def test_the_report_prints_each_figure_with_its_goal(capsys: pytest.CaptureFixtu
     assert lines[0].rstrip().endswith("10.00 ms, 11.00 ms (1.10x)")
     assert lines[1].rstrip().endswith("MISSED")
     assert "note: grown filled: waited" in out
+
+
+def test_a_round_without_a_successful_answer_is_no_best_latency() -> None:
+    served = Measured(rps=50.0, p50_ms=20.0, p99_ms=90.0, ok=500)
+    failed = Measured(rps=0.0, p50_ms=0.0, p99_ms=0.0, ok=0, errors=300)
+    assert _best([served, failed]) == {"rps": 50.0, "p50_ms": 20.0, "p99_ms": 90.0,
+                                       "cpu_ms_per_op": 0.0}
+    assert _best([failed])["p99_ms"] == 0.0
