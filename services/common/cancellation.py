@@ -34,6 +34,15 @@ async def within(aw: Awaitable[T], seconds: float) -> T:
         return await aw
 
 
+def raise_if_cancelled() -> None:
+    """Raise the current task's cancel if one is pending: a library's wait_for that swallowed
+    it (returning a result or its own timeout) leaves it counted on the task, and a loop
+    that carries on after such a call would otherwise never stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]],
                           timeout: float = STOP_WAIT_S,  # noqa: ASYNC109 - a plain bound
                           ) -> list[asyncio.Future[Any]]:
@@ -63,4 +72,5 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]],
     return running
 
 
-__all__ = ["FIRST_WAIT_S", "RECANCEL_S", "STOP_WAIT_S", "cancel_and_wait", "within"]
+__all__ = ["FIRST_WAIT_S", "RECANCEL_S", "STOP_WAIT_S", "cancel_and_wait",
+           "raise_if_cancelled", "within"]

@@ -48,6 +48,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from shop.events.v1 import envelope_pb2
 
 from services.common.bus import Bus, inbox_retention_s
+from services.common.cancellation import raise_if_cancelled
 from services.common.consumer_metrics import ConsumerMetrics
 from services.common.correlation import event_scope, in_scope
 from services.common.dlq import dead_letter
@@ -191,6 +192,7 @@ class EventConsumer:
                 try:
                     msgs = await self._sub.fetch(self.batch, timeout=self.fetch_timeout_s)
                 except TimeoutError:  # nothing to do (nats' TimeoutError subclasses it)
+                    raise_if_cancelled()  # fetch's own wait_for can swallow our cancel
                     await self._maybe_prune()
                     continue
                 except asyncio.CancelledError:
@@ -200,6 +202,7 @@ class EventConsumer:
                                 extra={"consumer": self.durable, "error": repr(e)})
                     await asyncio.sleep(0.5)
                     continue
+                raise_if_cancelled()
                 await self.process(msgs)
                 if len(msgs) < self.batch:
                     await self._maybe_prune()

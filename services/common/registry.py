@@ -36,7 +36,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyValueLimitMarkerTTLNotSupportedError
 from nats.js.kv import KeyValue
 
-from services.common.cancellation import cancel_and_wait, within
+from services.common.cancellation import cancel_and_wait, raise_if_cancelled, within
 from services.common.natsauth import NatsAuth
 from services.common.natsurl import nats_servers, stream_replicas
 
@@ -345,6 +345,7 @@ class Registration:
                     except (TimeoutError, Exception):
                         await asyncio.sleep(min(1.0, interval))
                     continue
+                raise_if_cancelled()  # kv.put's own wait_for can swallow our cancel
                 if not self.registered.is_set() or failing:
                     log.info("registered", extra={"key": self.key, "addr": self.instance.addr})
                 failing = False

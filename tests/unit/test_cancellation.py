@@ -4,6 +4,7 @@ and the registry refresh whose lost cancel once hung a service's stop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from services.common import cancellation
-from services.common.cancellation import cancel_and_wait, within
+from services.common.cancellation import cancel_and_wait, raise_if_cancelled, within
 from services.common.registry import Instance, Registration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +37,36 @@ async def test_within_keeps_a_cancel_that_comes_as_the_wait_ends() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not ran_on
+
+
+async def test_a_cancel_a_library_swallowed_is_raised_at_the_next_check() -> None:
+    """What a consumer loop does after a library call (nats' fetch) that may have lost it."""
+    fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    checks = 0
+
+    async def loop_body() -> None:
+        nonlocal checks
+        # The library's call: 3.11 swallows the cancel; where it does not (3.12+), the
+        # loop absorbs it here the same way, and the check must still raise it.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(fut, 5.0)
+        checks += 1
+        raise_if_cancelled()
+        checks += 100  # never reached
+
+    task = asyncio.create_task(loop_body())
+    await asyncio.sleep(0)
+    fut.set_result(1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert checks == 1
+
+
+async def test_no_cancel_pending_after_a_timeout_of_within() -> None:
+    with pytest.raises(TimeoutError):
+        await within(asyncio.Event().wait(), 0.01)
+    raise_if_cancelled()  # the timeout's own cancel is not left counted
 
 
 async def test_within_times_out_and_returns_results() -> None:
