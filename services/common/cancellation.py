@@ -6,8 +6,9 @@ something (a registry key, a lease) then never ends, and a stop that cancels it 
 awaits it waits for ever. Shop's code bounds its waits with `within` (asyncio.timeout,
 which re-raises the cancel), and stops its tasks with `cancel_and_wait`, which repeats the
 cancel for code it does not own (libraries still call wait_for) and gives up after a
-bound instead of hanging the stop. The cancel is repeated only after a first patient wait,
-so a task's own clean-up on cancel (a lease handed back) is not cut short.
+bound instead of hanging the stop. The cancel is repeated only in the last second of the
+bound, so a task's own clean-up on cancel (a batch finished, a lease handed back) has the
+rest of it.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ T = TypeVar("T")
 
 log = logging.getLogger("shop.tasks")
 
-# A stop's bound for its tasks; the first wait after the cancel (clean-ups end well
-# within it); then how often a task still running is cancelled again.
+# A stop's bound for its tasks; its last part, in which a task still running is
+# cancelled again, and how often.
 STOP_WAIT_S = 5.0
-FIRST_WAIT_S = 1.0
+RECANCEL_WINDOW_S = 1.0
 RECANCEL_S = 0.1
 
 
@@ -53,7 +54,7 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]],
     deadline = loop.time() + timeout
     every = list(tasks)
     running = [t for t in every if not t.done()]
-    wait = min(FIRST_WAIT_S, timeout / 2)
+    wait = max(timeout / 2, timeout - RECANCEL_WINDOW_S)
     while running:
         for task in running:
             task.cancel()
@@ -72,5 +73,5 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]],
     return running
 
 
-__all__ = ["FIRST_WAIT_S", "RECANCEL_S", "STOP_WAIT_S", "cancel_and_wait",
+__all__ = ["RECANCEL_S", "RECANCEL_WINDOW_S", "STOP_WAIT_S", "cancel_and_wait",
            "raise_if_cancelled", "within"]
