@@ -246,12 +246,12 @@ def _order_on_postgres(run: _Run) -> None:
         shutil.rmtree(pg_dir, ignore_errors=True)
 
 
-def _grown(run: _Run, sizes: FillSizes, kept_root: Path, rounds: int) -> None:
+def _grown(run: _Run, sizes: FillSizes, kept_root: Path, rounds: int, settle: bool) -> None:
     """The empty system beside the grown one (bench.grown); a failure is reported."""
     t0 = time.perf_counter()
     try:
         run.grown_doc = grown(run.tmp, sizes, seconds=run.seconds, warmup_s=run.warmup_s,
-                              say=_say, kept_root=kept_root, rounds=rounds)
+                              say=_say, kept_root=kept_root, rounds=rounds, settle=settle)
     except Exception as e:
         run.failures["grown"] = f"{type(e).__name__}: {e}"[:2000]
         _say(f"grown          FAILED after {time.perf_counter() - t0:.1f} s: "
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         if run.grown:
             # The kept fill lives beside the figures (var/bench/filled/ by default).
             _grown(run, SMOKE if args.smoke else FULL, out.parent / "filled",
-                   rounds=1 if args.smoke else 2)
+                   rounds=1 if args.smoke else 2, settle=not args.smoke)
         _events(run)
     except KeyboardInterrupt:
         print("interrupted; everything started was stopped", file=sys.stderr)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from bench.grown import _best, _row
+from bench.fill import MANIFEST, Filled
+from bench.grown import _best, _row, settle_wait_s
 from bench.report import _print_grown
 from bench.stats import Measured
 
@@ -55,3 +58,16 @@ def test_a_round_without_a_successful_answer_is_no_best_latency() -> None:
     assert _best([served, failed]) == {"rps": 50.0, "p50_ms": 20.0, "p99_ms": 90.0,
                                        "cpu_ms_per_op": 0.0}
     assert _best([failed])["p99_ms"] == 0.0
+
+
+def test_cold_starts_wait_until_the_fills_events_leave_the_duplicate_window(
+        tmp_path: Path) -> None:
+    fresh = Filled(tmp_path, {"stream": {"published_until": 1000.0}}, reused=False)
+    assert settle_wait_s(fresh, now=1030.0, window_s=120.0) == pytest.approx(91.0)
+    assert settle_wait_s(fresh, now=1200.0, window_s=120.0) == 0.0
+    # A fill kept before the field existed: its manifest's time stands in.
+    (tmp_path / MANIFEST).write_text("{}")
+    written = (tmp_path / MANIFEST).stat().st_mtime
+    older = Filled(tmp_path, {"stream": {}}, reused=True)
+    assert settle_wait_s(older, now=written + 10.0, window_s=120.0) == pytest.approx(111.0)
+    assert settle_wait_s(Filled(tmp_path / "gone", {}, reused=True), now=0.0) == 0.0
