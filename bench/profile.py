@@ -4,7 +4,10 @@ pass, so the figures of record are not measured under a profiler), writes one fl
 
 py-spy is an optional dependency of the bench (requirements-bench.lock). Costs are
 "self" samples per function (where the CPU was, not who called it); idle waiting in the
-event loop's selector is counted as idle and left out of the top three."""
+event loop's selector is counted as idle and left out of the top three. py-spy sees
+Python frames only: a sample in native code below the loop's run (uvloop, grpc's core,
+TLS) or below a thread's run (grpc's poller thread, SQLite's writer) has that Python
+frame as its leaf, and is named for what it is rather than as `Runner.run`."""
 
 from __future__ import annotations
 
@@ -25,6 +28,19 @@ RATE_HZ = 97  # not a multiple of common timer frequencies
 # Frames where a sampled thread is waiting, not working.
 _IDLE = ("select (selectors.py", "poll (selectors.py", "_worker (concurrent/futures",
          "wait (threading.py", "_wait_for_tstate_lock", "epoll", "select.select")
+
+
+# Python frames that are a leaf only while the thread runs native code below them.
+_NATIVE = (("Runner.run (asyncio/runners.py", "native code under the event loop "
+            "(uvloop, grpc core, TLS)"),
+           ("Thread.run (threading.py", "native code in a thread (grpc poller, SQLite)"))
+
+
+def _named(leaf: str) -> str:
+    for frame, name in _NATIVE:
+        if leaf.startswith(frame):
+            return name
+    return leaf
 
 
 def py_spy() -> str:
@@ -49,7 +65,7 @@ def _self_costs(collapsed: Path) -> tuple[Counter[str], int, int]:
         if any(mark in top for mark in _IDLE):
             idle += n
             continue
-        leaf[top] += n
+        leaf[_named(top)] += n
     return leaf, total, idle
 
 

@@ -26,6 +26,18 @@ def test_self_costs_count_leaves_and_leave_idle_waits_out(tmp_path: Path) -> Non
                                    ("handle (svc.py:3)", 10)]
 
 
+def test_native_time_below_the_loop_or_a_thread_is_named_as_such(tmp_path: Path) -> None:
+    raw = tmp_path / "p.txt"
+    raw.write_text("main (m.py:1);Runner.run (asyncio/runners.py:118) 40\n"
+                   "Thread._bootstrap (threading.py:1002);Thread.run (threading.py:982) 25\n"
+                   "main (m.py:1);Runner.run (asyncio/runners.py:118);handle (svc.py:3) 5\n")
+    leaf, total, idle = _self_costs(raw)
+    assert (total, idle) == (70, 0)
+    assert leaf.most_common() == [
+        ("native code under the event loop (uvloop, grpc core, TLS)", 40),
+        ("native code in a thread (grpc poller, SQLite)", 25), ("handle (svc.py:3)", 5)]
+
+
 def test_flame_graph_draws_each_frame_with_its_share(tmp_path: Path) -> None:
     raw = tmp_path / "p.txt"
     raw.write_text(STACKS)
