@@ -59,8 +59,9 @@ def fill_stream(nats_dir: Path, events: Sequence[Event]) -> dict[str, Any]:
     finally:
         server.stop(timeout_s=120.0)  # a clean stop: index files written, nothing to rebuild
     result["seconds"] = round(time.perf_counter() - t0, 2)
-    # Wall time of the last publish: a store restarts slowly while its messages are
-    # younger than the stream's duplicate window (see bench.grown.settle_wait_s).
+    # Wall time once the server stopped, just after the last publish (a bound a little
+    # late, never early): a store restarts slowly while its messages are younger than
+    # the stream's duplicate window (see bench.grown.settle_wait_s).
     result["published_until"] = time.time()
     return result
 

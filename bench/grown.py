@@ -166,6 +166,7 @@ def settle_wait_s(filled: Filled, now: float, window_s: float = DUPLICATE_WINDOW
             published = (filled.dir / MANIFEST).stat().st_mtime
         except OSError:
             return 0.0
+    # A second past the window: the youngest event is then out of it on any clock tick.
     return max(0.0, float(published) + window_s + 1.0 - now)
 
 
