@@ -39,7 +39,7 @@ from services.common.natsurl import nats_servers, stream_replicas
 from services.common.settings import DUPLICATE_WINDOW_S
 
 __all__ = ["DUPLICATE_WINDOW_S", "Bus", "OutMsg", "envelope_headers", "inbox_retention_s",
-           "probe"]
+           "probe", "stream_differs"]
 
 log = logging.getLogger("shop.bus")
 
@@ -124,6 +124,27 @@ async def probe(url: str, *, timeout_s: float = 2.0) -> None:
     raise OSError(f"no NATS server reachable ({'; '.join(errors) or url})")
 
 
+# Waits for the stream requests of `ensure_streams`. A JetStream cluster does not answer
+# some requests made while the same stream is being created (a second create, an info or
+# update of a stream not placed yet): the client only sees its wait end. A short wait and
+# a retry get past that; the client's 5 s default cost a starting process 5-15 s.
+ENSURE_REQUEST_S = 1.0
+ENSURE_FOR_S = 10.0
+
+# The settings a process applies to a stream; any other field is the server's.
+_APPLIED = ("num_replicas", "storage", "retention", "duplicate_window", "max_age",
+            "max_bytes", "discard")
+
+
+def stream_differs(current: StreamConfig, wanted: StreamConfig) -> bool:
+    """Whether `current` (as the server reports it) lacks any setting `wanted` makes (a
+    field `wanted` leaves unset keeps the server's value)."""
+    if sorted(current.subjects or []) != sorted(wanted.subjects or []):
+        return True
+    return any((w := getattr(wanted, f)) is not None and getattr(current, f) != w
+               for f in _APPLIED)
+
+
 # A stopping process drains its subscriptions for at most this long.
 DRAIN_TIMEOUT_S = 2
 
@@ -187,26 +208,42 @@ class Bus:
                 await asyncio.sleep(0.2)
 
     async def ensure_streams(self) -> None:
-        """Create or update SHOP_EVENTS and SHOP_DLQ; safe when instances race."""
+        """Create SHOP_EVENTS and SHOP_DLQ, or update them where their limits or replicas
+        differ from this process's; safe when instances race. Raises once a stream is
+        still not settled after ENSURE_FOR_S (the caller retries with back-off)."""
         for config in (events_stream_config(self.replicas, self.config),
                        dlq_stream_config(self.replicas)):
             await self._ensure_stream(config)
 
     async def _ensure_stream(self, config: StreamConfig) -> None:
         assert config.name is not None
-        for attempt in range(5):
+        deadline = time.monotonic() + ENSURE_FOR_S
+        attempt = 0
+        while True:
             try:
-                try:
-                    await self.js.stream_info(config.name)
-                except NotFoundError:
-                    await self.js.add_stream(config)
-                else:
-                    await self.js.update_stream(config)
+                await self._create_or_update(config)
                 return
-            except Exception:
-                if attempt == 4:
+            except Exception as e:
+                attempt += 1
+                if time.monotonic() >= deadline:
                     raise
-                await asyncio.sleep(0.1 * (attempt + 1))  # another instance raced us
+                if attempt == 1:  # one line per stream, not per attempt
+                    log.info("stream not settled yet; retrying",
+                             extra={"stream": config.name, "error": repr(e)})
+                await asyncio.sleep(min(0.1 * attempt, 1.0))
+
+    async def _create_or_update(self, config: StreamConfig) -> None:
+        assert config.name is not None
+        js = self.nc.jetstream(timeout=ENSURE_REQUEST_S)
+        try:
+            info = await js.stream_info(config.name)
+        except NotFoundError:
+            await js.add_stream(config)
+            return
+        # An update is a cluster-wide proposal: every process starting at once would
+        # otherwise make one per stream, for nothing when the stream is already right.
+        if stream_differs(info.config, config):
+            await js.update_stream(config)
 
     async def publish(self, envelope: envelope_pb2.Envelope, *, timeout_s: float = 5.0) -> PubAck:
         hdrs = envelope_headers(envelope.id, envelope.correlation_id, envelope.traceparent)

@@ -24,7 +24,7 @@ import pytest
 from shop.cart.v1 import cart_pb2, cart_pb2_grpc
 
 from ops.process import System
-from tests.support.invariants import check_invariants, violations
+from tests.support.invariants import busy_reasons, check_invariants, expected_durables, violations
 from tests.support.load import OrderClient, channel, set_stock
 from tests.support.records import PaymentRow, Records, ShipmentRow, read_records, snapshot
 from tests.support.users import create_users
@@ -233,6 +233,21 @@ def test_broken_guarantee_in_the_records_is_reported(name: str, settled: Settled
     mutate, fragment = RECORD_MUTATIONS[name]
     found = violations(mutate(settled.records, settled), stock_set=STOCK)
     assert any(fragment in v for v in found), f"{name}: {found}"
+
+
+def test_a_service_whose_consumer_is_not_created_yet_keeps_the_check_waiting(
+        system: System, settled: Settled) -> None:
+    # Every durable the check expects of this system's services is one NATS holds: the
+    # list cannot drift from the services' own wiring unnoticed.
+    durables = expected_durables(system)
+    assert durables == set(settled.records.backlog), (durables, settled.records.backlog)
+    assert busy_reasons(settled.records, durables=durables) == []
+    # A service still connecting to NATS has created no consumer: its events wait in the
+    # stream, and the system has not settled (the records alone look final).
+    backlog = {d: n for d, n in settled.records.backlog.items() if d != "shipping-orders"}
+    early = dataclasses.replace(settled.records, backlog=backlog)
+    assert busy_reasons(early, durables=durables) == [
+        "consumers not created yet: ['shipping-orders']"]
 
 
 async def test_stray_charge_on_the_live_system_fails_the_full_check(

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
 import pytest
-from nats.js.api import StorageType
+from nats.js import JetStreamContext
+from nats.js.api import StorageType, StreamConfig
 from shop.events.v1 import envelope_pb2
 from shop.user.v1 import user_pb2
 
 from ops.natsd import NatsServer
-from services.common.bus import Bus
+from services.common.bus import Bus, dlq_stream_config, events_stream_config, stream_differs
 from services.common.events import DLQ_STREAM, STREAM, USER_CREATED
 from services.common.outbox import new_envelope
 from services.common.settings import load_nats_config
@@ -75,6 +77,37 @@ async def test_connect_waits_for_a_late_server(tmp_path: Path) -> None:
     finally:
         await starter
         server.stop()
+
+
+async def test_a_stream_already_right_is_not_updated(
+        fresh_nats: NatsServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An update is a proposal to the whole cluster: a starting process makes none when the
+    # streams already hold its settings, and one when they do not.
+    updates: list[str] = []
+    real_update = JetStreamContext.update_stream
+
+    async def counted(js: JetStreamContext, config: StreamConfig | None = None,
+                      **params: object) -> object:
+        updates.append(str(config.name if config else params.get("name")))
+        return await real_update(js, config, **params)
+
+    monkeypatch.setattr(JetStreamContext, "update_stream", counted)
+    bus = await Bus.connect(fresh_nats.url, name="updates", auth=nats_auth())
+    try:
+        await bus.ensure_streams()  # created
+        await bus.ensure_streams()  # already right
+        assert updates == []
+        for wanted in (events_stream_config(bus.replicas, bus.config),
+                       dlq_stream_config(bus.replicas)):
+            assert wanted.name is not None
+            current = (await bus.js.stream_info(wanted.name)).config
+            assert not stream_differs(current, wanted), (current, wanted)
+        bus.config = dataclasses.replace(bus.config, stream_max_bytes=2 * 1024**3)
+        await bus.ensure_streams()
+        assert updates == [STREAM]
+        assert (await bus.js.stream_info(STREAM)).config.max_bytes == 2 * 1024**3
+    finally:
+        await bus.close()
 
 
 async def test_stream_limits_are_settings_applied_on_create_and_update(

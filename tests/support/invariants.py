@@ -23,9 +23,10 @@
     report.assert_ok()
 
 `check_invariants` waits (bounded by `timeout_s`) until nothing is in progress (no order
-pending, no saga running, every outbox sent, every durable consumer caught up, every
-shipment of a confirmed order dispatched), then until the records stay unchanged for
-`quiet_s` (a late duplicate would show in that window), and reports every violation at once.
+pending, no saga running, every outbox sent, every durable consumer of the services it
+runs created and caught up, every shipment of a confirmed order dispatched), then until
+the records stay unchanged for `quiet_s` (a late duplicate would show in that window), and
+reports every violation at once.
 `violations(records)` is the same judgement on records alone, for tests of the check.
 """
 
@@ -44,8 +45,13 @@ from typing import Protocol
 
 from nats.js.errors import NotFoundError
 
+from services.cart import handlers as cart_handlers
 from services.common.bus import Bus
 from services.common.events import DLQ_STREAM, STREAM
+from services.inventory import handlers as inventory_handlers
+from services.notification import handlers as notification_handlers
+from services.order import handlers as order_handlers
+from services.shipping import handlers as shipping_handlers
 from tests.support.mesh import nats_auth
 from tests.support.records import OrderRow, Records, StockRow, read_records
 
@@ -56,6 +62,7 @@ __all__ = [
     "InvariantReport",
     "busy_reasons",
     "check_invariants",
+    "expected_durables",
     "violations",
 ]
 
@@ -66,6 +73,14 @@ DISPATCHED = frozenset({"SHIPPED", "DELIVERED"})  # the parcel has left the ware
 SHIPMENT_CANCELLED = "CANCELLED"
 CHARGED = frozenset({"CHARGED", "REFUNDED"})  # money moved at some point
 SAGA_ACTIVE = frozenset({"running", "compensating"})
+# Each service's durable consumers on the events stream (payment and user consume none).
+SERVICE_DURABLES: Mapping[str, tuple[str, ...]] = {
+    "cart": (cart_handlers.DURABLE,),
+    "inventory": (inventory_handlers.DURABLE,),
+    "notification": (notification_handlers.DURABLE,),
+    "order": (order_handlers.PAYMENTS_DURABLE, order_handlers.SHIPMENTS_DURABLE),
+    "shipping": (shipping_handlers.DURABLE,),
+}
 
 WELCOME, RECEIPT, PAYMENT_FAILED, REFUND = "WELCOME", "RECEIPT", "PAYMENT_FAILED", "REFUND"
 ORDER_CONFIRMED, ORDER_CANCELLED, SHIPPED = "ORDER_CONFIRMED", "ORDER_CANCELLED", "SHIPPED"
@@ -383,9 +398,15 @@ def violations(rec: Records, *, stock_set: Mapping[str, int] | None = None,
 # --- settling ---------------------------------------------------------------------------------
 
 
-def busy_reasons(rec: Records, *, await_dispatch: bool = True) -> list[str]:
-    """What is still in progress (each resolves on its own while the system runs)."""
+def busy_reasons(rec: Records, *, await_dispatch: bool = True,
+                 durables: Collection[str] = ()) -> list[str]:
+    """What is still in progress (each resolves on its own while the system runs).
+    `durables`: the consumers the running services create; one not there yet is a service
+    still connecting to NATS, whose events wait in the stream."""
     busy = []
+    missing = sorted(set(durables) - set(rec.backlog))
+    if missing:
+        busy.append(f"consumers not created yet: {missing}")
     pending = sum(1 for o in rec.orders if o.status not in FINAL | {"REQUIRES_ATTENTION"})
     if pending:
         busy.append(f"{pending} orders pending")
@@ -406,6 +427,12 @@ def busy_reasons(rec: Records, *, await_dispatch: bool = True) -> list[str]:
         if waiting:
             busy.append(f"{waiting} shipments not dispatched yet")
     return busy
+
+
+def expected_durables(system: object) -> set[str]:
+    """The durable consumers of the services `system` runs (its `processes`' names)."""
+    names = {getattr(p, "name", "") for p in getattr(system, "processes", ())}
+    return {d for n in names for d in SERVICE_DURABLES.get(n, ())}
 
 
 async def _nats_state(bus: Bus) -> tuple[dict[str, int], int]:
@@ -441,6 +468,7 @@ async def check_invariants(
                             auth=nats_auth())
     report = InvariantReport()
     server_url = server_url_of(system)
+    durables = expected_durables(system)
     try:
         stable: Records | None = None
         stable_since = 0.0
@@ -452,7 +480,8 @@ async def check_invariants(
             except Exception as err:  # NATS restarting or reconnecting: ask again
                 backlog, dead, nats_busy = {}, 0, [f"NATS not answering: {err!r}"]
             rec = dataclasses.replace(rec, backlog=backlog, dead_letters=dead)
-            busy = nats_busy + busy_reasons(rec, await_dispatch=await_dispatch)
+            busy = nats_busy + busy_reasons(rec, await_dispatch=await_dispatch,
+                                            durables=[] if nats_busy else durables)
             now = time.monotonic()
             if busy:
                 stable = None
