@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-__all__ = ["Measured", "percentile"]
+__all__ = ["Measured", "best_round", "percentile"]
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
@@ -44,3 +44,18 @@ class Measured:
     @classmethod
     def failed(cls, reason: str) -> Measured:
         return cls(0.0, 0.0, 0.0, tool="failed", extra={"failure": reason})
+
+
+def best_round(rounds: Sequence[Measured]) -> Measured:
+    """The round that served the most operations per second: a whole round, so its
+    latency and CPU figures belong together. With several rounds, the chosen one lists
+    them all in `extra["rounds"]`; a failed round is chosen only when every one failed."""
+    if not rounds:
+        raise ValueError("no rounds")
+    best = max(rounds, key=lambda m: (m.ok > 0, m.rps))
+    if len(rounds) == 1:
+        return best
+    summary = [{"rps": round(m.rps, 1), "p50_ms": round(m.p50_ms, 2),
+                "p99_ms": round(m.p99_ms, 2), "ok": m.ok, "tool": m.tool,
+                "cpu_ms_per_op": m.extra.get("cpu_ms_per_op_total")} for m in rounds]
+    return replace(best, extra={**best.extra, "rounds": summary})
