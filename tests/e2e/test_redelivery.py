@@ -36,6 +36,7 @@ from ops.process import System
 from services.common.events import CATALOGUE, DLQ_STREAM, STREAM
 from services.common.settings import SERVICES
 from tests.support import mesh
+from tests.support.invariants import expected_durables
 from tests.support.mesh import nats_auth
 from tests.support.outboxes import unsent_outbox_rows
 
@@ -195,10 +196,6 @@ async def js(system: System) -> AsyncIterator[JetStreamContext]:
         await nc.close()
 
 
-EXPECTED_DURABLES = {"notification-events", "shipping-orders", "cart-orders",
-                     "order-payments", "order-shipments"}
-
-
 async def redeliver_everything(js: JetStreamContext) -> list[str]:
     """Publish every stored message again with the same bytes and a new Nats-Msg-Id;
     returns their subjects."""
@@ -221,7 +218,9 @@ async def redeliver_everything(js: JetStreamContext) -> list[str]:
 async def test_every_event_delivered_twice_changes_nothing(system: System,
                                                            js: JetStreamContext) -> None:
     ids = await asyncio.wait_for(run_flow(system), timeout=60)
-    await settle(js, system, EXPECTED_DURABLES)
+    durables = expected_durables(system)  # every consumer of the eight services
+    assert len(durables) == 6, durables
+    await settle(js, system, durables)
     before = snapshot_all(system)
 
     # The flow made the rows this test is about (so an empty snapshot cannot pass).
@@ -241,11 +240,11 @@ async def test_every_event_delivered_twice_changes_nothing(system: System,
     assert first.data is not None
     assert envelope_pb2.Envelope.FromString(first.data).id  # same bytes, same event id
 
-    await settle(js, system, EXPECTED_DURABLES)
+    await settle(js, system, durables)
     # Every durable saw the second copies, not just the first ones.
     _, state = await consumers_idle(js)
     last_seq = int((await js.stream_info(STREAM)).state.last_seq)
-    for durable in EXPECTED_DURABLES:
+    for durable in durables:
         assert state[durable][2] > last_seq - len(subjects), (durable, state[durable])
 
     after = snapshot_all(system)
