@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import ServiceUnavailableError
 from shop.events.v1 import envelope_pb2
 
 from ops.natscluster import NatsCluster
@@ -109,9 +110,16 @@ async def _stream_event_ids(bus: Bus) -> list[str]:
         deadline = time.monotonic() + 30
         while len(ids) < total:
             assert time.monotonic() < deadline, f"read {len(ids)} of {total} events"
-            with contextlib.suppress(TimeoutError):
-                for m in await sub.fetch(500, timeout=1.0):
-                    ids.append(envelope_pb2.Envelope.FromString(m.data).id)
+            try:
+                batch = await sub.fetch(500, timeout=1.0)
+            except TimeoutError:
+                continue
+            except ServiceUnavailableError:
+                # 503, no responders: the new consumer's leader is not reachable through
+                # the routes yet (this client may have just moved off the restarted node).
+                await asyncio.sleep(0.2)
+                continue
+            ids.extend(envelope_pb2.Envelope.FromString(m.data).id for m in batch)
     finally:
         await sub.unsubscribe()
     return ids
