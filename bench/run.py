@@ -64,7 +64,6 @@ class BenchRun:
         self.logs = tmp / "logs"
         self.failures: dict[str, str] = {}
         self.notes: list[str] = []
-        self.results: dict[str, Measured] = {}  # each name's best round so far
         self.tried: dict[str, list[Measured]] = {}  # every round of each name
         # Rounds of each scenario beside its raw baseline (`measure_pair`).
         self.rounds = 1
@@ -90,10 +89,18 @@ class BenchRun:
         else:
             _say(f"{name:<14} {result.rps:>10,.1f}/s  p50 {result.p50_ms:8.2f} ms  "
                  f"p99 {result.p99_ms:8.2f} ms  ({result.tool}, {time.perf_counter() - t0:.1f} s)")
-        tried = self.tried.setdefault(name, [])
-        tried.append(result)
-        self.results[name] = best_round(tried)
+        self.tried.setdefault(name, []).append(result)
         return result
+
+    @property
+    def results(self) -> dict[str, Measured]:
+        """Each name's best round."""
+        return {name: best_round(rounds) for name, rounds in self.tried.items()}
+
+    def fail(self, name: str, why: str) -> None:
+        """`name` could not be measured at all (its system did not come up)."""
+        self.failures[name] = why
+        self.tried[name] = [Measured.failed(why)]
 
     def measure_pair(self, raw: str, raw_fn: Callable[[], Measured], name: str,
                      fn: Callable[[], Measured], before: Callable[[str], None]) -> None:
@@ -138,8 +145,7 @@ def _shop_http(run: BenchRun, rss: dict[str, Any]) -> None:
             why = f"shop not usable: {type(e).__name__}: {e}"[:2000]
             _say(f"FAILED: {why}")
             for name in ("product_get", "dashboard", "order"):
-                run.failures[name] = why
-                run.results[name] = Measured.failed(why)
+                run.fail(name, why)
             run.measure("raw_hop", lambda: raw_hop(run.logs, seconds=run.seconds,
                                                    warmup_s=run.warmup_s))
             run.measure("raw_fanout", lambda: raw_fanout(run.logs, seconds=run.seconds,
@@ -255,8 +261,7 @@ def _order_on_postgres(run: BenchRun) -> None:
         run.measure("order_pg", lambda: _order_load(run, pg_target))
     except Exception as e:
         why = f"{type(e).__name__}: {e}"[:2000]
-        run.failures["order_pg"] = why
-        run.results["order_pg"] = Measured.failed(why)
+        run.fail("order_pg", why)
         _say(f"order_pg       FAILED: {why[:300]}")
     finally:
         if target is not None:
@@ -426,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
               "order_pg": "order", "outbox_pg": "outbox", "consumer_pg": "consumer"}
     missing = Measured.failed("not run")
     names = (*SCENARIOS, *PG_SCENARIOS) if run.postgres else SCENARIOS
-    pairs = {name: (run.results.get(name, missing), run.results.get(raw_of[name], missing))
+    results = run.results
+    pairs = {name: (results.get(name, missing), results.get(raw_of[name], missing))
              for name in names}
     extra: dict[str, Any] = {}
     if run.curve_rows:

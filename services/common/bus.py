@@ -216,7 +216,6 @@ class Bus:
             await self._ensure_stream(config)
 
     async def _ensure_stream(self, config: StreamConfig) -> None:
-        assert config.name is not None
         deadline = time.monotonic() + ENSURE_FOR_S
         attempt = 0
         while True:
