@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.stats import Measured
+from bench.timeline import format_timeline
 
 __all__ = ["GOALS", "PG_SCENARIOS", "SCENARIOS", "Goal", "append_history", "build_doc",
            "machine_info", "previous_run", "print_report"]
@@ -260,14 +261,18 @@ def _print_profile(profile: dict[str, Any] | None) -> None:
         return
     if profile.get("error"):
         print(f"\n  profile: {profile['error']}")
-        return
-    print("\n  profile of the order scenario (self time, share of busy samples):")
+    else:
+        print("\n  profile of the order scenario (self time, share of busy samples):")
     for name, p in sorted(profile.get("processes", {}).items()):
         if p.get("error"):
             print(f"    {name:<16} no profile: {p['error']}")
             continue
         tops = "; ".join(f"{t['function']} {100 * t['share_of_busy']:.0f} %" for t in p["top"])
         print(f"    {name:<16} {tops}  [{p['svg']}]")
+    if profile.get("timeline"):
+        print()
+        for line in format_timeline(profile["timeline"]):
+            print(f"  {line}")
 
 
 def _ms(value: object) -> str:

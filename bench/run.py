@@ -42,6 +42,7 @@ from bench.report import (
     print_report,
 )
 from bench.stats import Measured, best_round
+from bench.timeline import format_timeline, measure_timeline
 from ops.natsd import NatsServer
 from ops.pgserve import EmbeddedPostgres
 from ops.process import REPO_ROOT
@@ -237,6 +238,19 @@ def _curve(run: BenchRun, shop_load: Callable[..., Measured], settled: Callable[
     return rows
 
 
+def _timeline(run: BenchRun, profile: dict[str, Any]) -> None:
+    """With the profile: where one order's time goes, on a system of its own started
+    after the HTTP scenarios' one has stopped (bench.timeline)."""
+    _say("timing one order's steps at 1 connection (every trace sampled)")
+    try:
+        profile["timeline"] = measure_timeline(seconds=run.seconds)
+    except Exception as e:  # reported, the rest of the run goes on
+        run.failures["timeline"] = f"{type(e).__name__}: {e}"[:2000]
+        return
+    for line in format_timeline(profile["timeline"]):
+        _say(line)
+
+
 def _order_load(run: BenchRun, target: shop_mod.ShopTarget) -> Measured:
     """The order scenario's load (the same for both backends)."""
     return http_load_cpu(target.pids, f"{target.base_url}/api/orders", method="POST",
@@ -411,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"cold_start     FAILED: {run.failures['cold_start'][:300]}")
             cold = {"seconds": 0.0, "reported_s": 0.0}
         _shop_http(run, rss)
+        if run.profile is not None:
+            _timeline(run, run.profile)
         if run.postgres:
             _order_on_postgres(run)
         if run.grown:

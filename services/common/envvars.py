@@ -393,7 +393,8 @@ SHOP_BENCH_URL = text("SHOP_BENCH_URL", "", "a running gateway to measure instea
 SHOP_BENCH_LOADER = text("SHOP_BENCH_LOADER", "", "`wrk` or `python`: the HTTP load "
                          "generator", BENCH, "wrk when installed")
 SHOP_BENCH_PROFILE = flag("SHOP_BENCH_PROFILE", False, "py-spy flame graphs of the order "
-                          "scenario per process (`make bench PROFILE=1`)", BENCH)
+                          "scenario per process, and one order's traced timeline "
+                          "(`make bench PROFILE=1`)", BENCH)
 
 VARIABLES: tuple[Var[Any], ...] = tuple(
     v for v in list(globals().values()) if isinstance(v, Var))
