@@ -28,8 +28,9 @@ A partial batch is followed by a linger (`linger_s`, `CONSUMER_LINGER_S`: 250 ms
 the next fetch, so a busy stream is handled in batches of several events rather than one
 fetch round trip, one transaction (one fsync) and one round of acks per event. An event
 behind a partial batch waits at most that long; a first event after a quiet spell is
-fetched at once. At one connection a 50 ms linger left one or two events per fetch, and
-that per-fetch work, run on the same event loops as the orders, lengthened every order.
+fetched at once. The per-fetch work runs on the same event loops as the orders: with a
+50 ms linger (and the relay's 20 ms) an order at one connection took 9-14 ms and 14-22 ms
+of CPU across the processes, with these 6-10 ms and 9-12 ms.
 """
 
 from __future__ import annotations
