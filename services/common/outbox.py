@@ -18,9 +18,9 @@ anyone may take over; a stopped relay hands the lease back.
 
 A relay woken by a commit lingers `linger_s` (`RELAY_LINGER_S`, 100 ms) first, so a busy
 service publishes in batches rather than one select/publish round per commit: an event
-reaches NATS at most that much later, and a stream of orders costs far fewer rounds (with
-the consumers' linger, see consumer.py, it took an order at one connection from 9-14 ms to
-6-10 ms on a 2-core box, its CPU from 14-22 ms to 9-12 ms). Every database step is a
+reaches NATS at most that much later, and a stream of orders costs far fewer rounds (see
+consumer.py for what the two lingers together saved at one connection). Every database
+step is a
 single hop (`db.read` / `db.write`, group-committed with the service's own writes): the
 select of a batch, the mark-sent. What was acknowledged is marked sent at most every
 `mark_every_s` (0.25 s) rather than after each batch: the relay remembers how far it
