@@ -20,9 +20,8 @@ A relay woken by a commit lingers `linger_s` (`RELAY_LINGER_S`, 100 ms) first, s
 service publishes in batches rather than one select/publish round per commit: an event
 reaches NATS at most that much later, and a stream of orders costs far fewer rounds (see
 consumer.py for what the two lingers together saved at one connection). Every database
-step is a
-single hop (`db.read` / `db.write`, group-committed with the service's own writes): the
-select of a batch, the mark-sent. What was acknowledged is marked sent at most every
+step is a single hop (`db.read` / `db.write`, group-committed with the service's own
+writes): the select of a batch, the mark-sent. What was acknowledged is marked sent at most every
 `mark_every_s` (0.25 s) rather than after each batch: the relay remembers how far it
 published (the next select starts past it), so a busy service writes one mark for many
 batches. A crash before the mark publishes those rows again, which the Nats-Msg-Id
