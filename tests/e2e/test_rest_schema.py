@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -114,8 +115,13 @@ def world(gateway: ServiceProcess) -> Iterator[World]:
         assert declined.status_code == 400, declined.text
         listed = api.get("/api/orders", headers=bearer).json()["orders"]
         declined_id = next(o["id"] for o in listed if o["status"] == "ORDER_STATUS_CANCELLED")
+        # Notifications follow from events: the welcome one lands shortly after sign-up.
+        deadline = time.monotonic() + 15.0
         notes = api.get("/api/notifications", headers=bearer).json()["notifications"]
-        assert notes, "the welcome message is there"
+        while not notes and time.monotonic() < deadline:
+            time.sleep(0.1)
+            notes = api.get("/api/notifications", headers=bearer).json()["notifications"]
+        assert notes, "the welcome message arrived within 15 s"
         yield World(
             api=api,
             spec=spec,
