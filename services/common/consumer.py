@@ -24,14 +24,15 @@ running consumer deletes rows older than `inbox_retain_s` (the stream's max age 
 margin, see bus.py; never when the stream keeps events for ever), a bounded chunk at a
 time, at most every `prune_every_s`.
 
-A partial batch is followed by a linger (`linger_s`, `CONSUMER_LINGER_S`: 250 ms) before
+A partial batch is followed by a linger (`linger_s`, `CONSUMER_LINGER_S`: 100 ms) before
 the next fetch, so a busy stream is handled in batches of several events rather than one
 fetch round trip, one transaction (one fsync) and one round of acks per event. An event
 behind a partial batch waits at most that long; a first event after a quiet spell is
-fetched at once. The per-fetch work runs on the same event loops as the orders: against
-a 50 ms linger (and the relay's 20 ms), these cut an order's CPU at one connection by
-about a third on a 2-core box (alternating rounds: 8.6-19.7 ms across the processes
-against 13.6-27.2 ms; p50 5.8-14.0 ms against 8.7-17.0 ms).
+fetched at once. The per-fetch work runs on the same event loops as the orders, so at one
+connection an order took less CPU and time with it than with 50 ms (in alternating rounds
+on a 2-core box). 250 ms saved more still, but with a busy core a NATS kill -9 then left a
+delivery to be redelivered only after `ack_wait` (30 s; tests/faults/test_nats_restart.py
+settled in 33 s instead of 12): not kept.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ _INBOX_INSERT = "INSERT INTO inbox (consumer, event_id, handled_at) VALUES (?, ?
 _INBOX_PRUNE = ("DELETE FROM inbox WHERE consumer = ? AND event_id IN (SELECT event_id FROM"
                 " inbox WHERE consumer = ? AND handled_at < ? ORDER BY handled_at LIMIT ?)")
 _PRUNE_CHUNK = 1000
-CONSUMER_LINGER_S = 0.25
+CONSUMER_LINGER_S = 0.1
 
 
 @dataclass
