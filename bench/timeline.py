@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.saga_load import run_load
+from bench.shop import tracing_env
 from ops.otlp import OtlpReceiver, Received
 
 __all__ = ["ROOT", "format_timeline", "measure_timeline", "order_timeline"]
@@ -103,9 +104,8 @@ def measure_timeline(seconds: float = 6.0, rate: float = 0.0) -> dict[str, Any]:
     every trace sampled; the timeline, and the load's own figures under `load`."""
     receiver = OtlpReceiver().start()
     try:
-        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-               "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-               "OTEL_TRACES_SAMPLER": "parentbased_always_on"}
+        # The bench's export, with every trace sampled instead of its ratio.
+        env = {**tracing_env(receiver.endpoint), "OTEL_TRACES_SAMPLER": "parentbased_always_on"}
         load = run_load([1], seconds=seconds, warmup_s=1.0, rate=rate, all_services=True,
                         env=env)[0]
         time.sleep(0.5)  # the last exports, sent as the processes stopped
