@@ -29,6 +29,7 @@ import uvloop
 from gateway.app import GatewayState, create_app
 from gateway.config import GatewaySettings, load_gateway_settings
 from services.common import envvars
+from services.common.gcpolicy import tune_for_serving
 from services.common.lifecycle import Lifecycle, advertised
 from services.common.logging import configure_logging
 from services.common.readyfile import write_ready_file
@@ -181,6 +182,7 @@ def main() -> None:
     wiring = Wiring.of(process, identity=GATEWAY)
     flush_traces = setup_tracing(GATEWAY, process.instance_id, process.tracing,
                                  process.version)
+    tune_for_serving()
     try:
         uvloop.run(serve(settings, wiring))
     finally:

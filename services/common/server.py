@@ -36,6 +36,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common import authz, envvars
 from services.common.cancellation import STOP_WAIT_S, cancel_and_wait, within
+from services.common.gcpolicy import tune_for_serving
 from services.common.interceptors import ServerInterceptor
 from services.common.lifecycle import Lifecycle, advertised
 from services.common.logging import configure_logging
@@ -312,6 +313,7 @@ def run_service(service: str, build: Build) -> None:
     """The whole life of a service process; exits 0 after a graceful stop."""
     import uvloop
 
+    tune_for_serving()
     try:
         code = uvloop.run(_main(service, build))
     except Exception:
