@@ -22,7 +22,7 @@ _CLASS = re.compile(r"^[A-Z][a-z]+(?:[A-Z][a-z0-9]*)+$")  # SagaRunner, not SHOP
 # Files `make run` writes under the data dir, not part of the tree.
 _WRITTEN_AT_RUN = ("run/", "var/")
 # Names outside the code: libraries, protobuf packages, logger names (`shop.outbox`).
-_FOREIGN = {"grpc", "asyncio", "aio", "pytest", "google", "shop"}
+_FOREIGN = {"grpc", "asyncio", "aio", "pytest", "google", "shop", "gc"}
 
 
 @cache
