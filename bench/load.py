@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from bench import durable
 from bench.procs import cpu_seconds
 from bench.stats import Measured
 
@@ -95,15 +96,22 @@ def http_load(url: str, *, method: str = "GET", body: str = "",
 
 
 def http_load_cpu(pids: Mapping[str, int], url: str, *, seconds: float, warmup_s: float,
-                  **kw: Any) -> Measured:
+                  metrics: Mapping[str, str] | None = None, **kw: Any) -> Measured:
     """`http_load`, also charging the CPU time of `pids` over the timed window to each
     successful request (`extra["cpu_ms_per_op"]`): a figure that, unlike rps, holds
-    up on a box shared with other work."""
+    up on a box shared with other work. `metrics` (process -> its /metrics URL): the
+    durable writes per request too (`extra["durable_per_op"]`, see bench.durable), read
+    outside the CPU window so the scrapes are not charged to the requests."""
     if warmup_s > 0:
         http_load(url, seconds=warmup_s, warmup_s=0, **kw)
+    counts_before = durable.scrape(metrics) if metrics else {}
     before = cpu_seconds(pids)
     result = http_load(url, seconds=seconds, warmup_s=0, **kw)
     after = cpu_seconds(pids)
+    if metrics and result.ok:
+        writes = durable.per_op(counts_before, durable.scrape(metrics), result.ok)
+        if writes:
+            result.extra["durable_per_op"] = writes
     spent = {n: after[n] - before[n] for n in after if n in before}
     if result.ok:
         per = {n: round(s * 1000 / result.ok, 3) for n, s in spent.items()}

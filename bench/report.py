@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.raw.tiny import SAGA_COMMITS_PER_ORDER
 from bench.stats import Measured
 from bench.timeline import format_timeline
 
 __all__ = ["GOALS", "PG_SCENARIOS", "SCENARIOS", "Goal", "append_history", "build_doc",
-           "machine_info", "previous_run", "print_report"]
+           "durable_line", "machine_info", "previous_run", "print_report"]
 
 SCENARIOS = ("product_get", "dashboard", "order", "outbox", "consumer")
 # With DB=postgres: the order saga and the event path on PostgreSQL, each compared with
@@ -93,6 +94,8 @@ def _scenario(name: str, shop: Measured, raw: Measured, goal: Goal) -> dict[str,
         "tool": shop.tool, "latency_of": shop.latency_of, "raw_latency_of": raw.latency_of,
         "cpu_ms_per_op": shop.extra.get("cpu_ms_per_op_total"),
         "raw_cpu_ms_per_op": raw.extra.get("cpu_ms_per_op_total"),
+        **({"durable_per_op": shop.extra["durable_per_op"]}
+           if "durable_per_op" in shop.extra else {}),
         "detail": {"shop": shop.extra, "raw": raw.extra},
     }
 
@@ -182,6 +185,7 @@ def print_report(doc: dict[str, Any], previous: dict[str, Any] | None) -> None:
     for name, s in doc["scenarios"].items():
         if s.get("raw_leaves_out"):
             print(f"    {name:<12} {s['raw_leaves_out']}")
+    _print_durable(doc["scenarios"].get("order"))
     _print_curve(doc.get("curve"))
     _print_grown(doc.get("grown"))
     _print_profile(doc.get("profile"))
@@ -209,6 +213,21 @@ def print_report(doc: dict[str, Any], previous: dict[str, Any] | None) -> None:
         if prev_rss and rss.get("idle_total"):
             print(f"    {'rss idle':<12} {_delta(rss['idle_total'], prev_rss)}")
     print()
+
+
+def durable_line(writes: dict[str, Any]) -> str:
+    """The order scenario's durable writes per order beside the raw saga's."""
+    parts = ", ".join(f"{name} {w['commits']:g}" for name, w in writes["by_process"].items()
+                      if w["commits"])
+    return (f"durable writes per order (each one fsync): shop {writes['db_commits']:g} "
+            f"SQLite commits ({parts or 'none'}) + {writes['jetstream_publishes']:g} "
+            f"JetStream publishes; raw saga {SAGA_COMMITS_PER_ORDER} SQLite commits, "
+            "no events")
+
+
+def _print_durable(order: dict[str, Any] | None) -> None:
+    if order and order.get("durable_per_op"):
+        print(f"  {durable_line(order['durable_per_op'])}")
 
 
 def _print_curve(curve: dict[str, Any] | None) -> None:

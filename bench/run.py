@@ -255,7 +255,8 @@ def _order_load(run: BenchRun, target: shop_mod.ShopTarget) -> Measured:
     """The order scenario's load (the same for both backends)."""
     return http_load_cpu(target.pids, f"{target.base_url}/api/orders", method="POST",
                          body=ORDER_BODY, headers=target.auth, connections=16,
-                         ok_status=201, seconds=run.seconds, warmup_s=run.warmup_s)
+                         ok_status=201, seconds=run.seconds, warmup_s=run.warmup_s,
+                         metrics=target.metrics)
 
 
 def _order_on_postgres(run: BenchRun) -> None:

@@ -60,6 +60,8 @@ class ShopTarget:
     inventory_addr: str
     pids: dict[str, int] = field(default_factory=dict)
     stop: Callable[[], None] = lambda: None
+    # Service instance -> its /metrics URL (none when attached: the counts are optional).
+    metrics: dict[str, str] = field(default_factory=dict)
     token: str = ""
     # Text a fully healthy dashboard answer contains (not degraded).
     dashboard_ok: str = ""
@@ -96,7 +98,9 @@ def start_shop(data_dir: Path, *, timeout_s: float = 60.0,
 
     pids = _system_pids(system)
     pids["nats"] = nats.pid
-    return ShopTarget(system.base_url, system.addr("inventory"), pids, stop, notes=[
+    metrics = {p.instance: p.metrics_url for p in system.all()
+               if not p.is_gateway and p.metrics_url}
+    return ShopTarget(system.base_url, system.addr("inventory"), pids, stop, metrics, notes=[
         f"traces: {TRACE_RATIO:.0%} of requests sampled (parent-based ratio) and exported "
         "over OTLP/HTTP to a local receiver, mTLS on every hop, as a deployment runs"])
 

@@ -27,12 +27,15 @@ from shop.order.v1 import order_pb2, order_pb2_grpc
 from shop.payment.v1 import payment_pb2, payment_pb2_grpc
 from shop.product.v1 import product_pb2, product_pb2_grpc
 
-__all__ = ["main"]
+__all__ = ["SAGA_COMMITS_PER_ORDER", "main"]
 
 FIXED_PRODUCT = product_pb2.Product(
     id="espresso-machine", name="Espresso Machine", description="15-bar pump espresso maker",
     category="kitchen", price_cents=24900, currency="USD")
 PRICE_CENTS = 24900
+# The raw saga's durable writes per order: its four statements (INSERT pending, the
+# reserve's UPDATE, the charge's INSERT, UPDATE confirmed), each committed on its own.
+SAGA_COMMITS_PER_ORDER = 4
 _CALL_TIMEOUT_S = 5.0
 
 
