@@ -1,7 +1,8 @@
 """Who may call: the server side of zero trust.
 
-`AuthzInterceptor` runs first on every call, of every kind (unary and streaming, so
-health and reflection too). The caller is the SPIFFE id of its verified client
+Every call, of every kind (unary and streaming, so health and reflection too), is
+checked before its handler runs: the server wraps each handler once, when it is
+registered (interceptors.WrappedServer). The caller is the SPIFFE id of its verified client
 certificate (tls.peer_identity); the call goes on only if the call policy names that
 identity for the RPC, and `x-user-id` is accepted only from the gateway. Anything else
 is PERMISSION_DENIED with a message naming the caller and the RPC.
@@ -29,14 +30,15 @@ from services.common.spiffe import GATEWAY
 
 log = logging.getLogger("shop.authz")
 
-Check = Callable[[aio.ServicerContext[Any, Any]], Awaitable[None]]
+# check(ctx, speaks_for_user): aborts with PERMISSION_DENIED unless the caller may.
+Check = Callable[[aio.ServicerContext[Any, Any], bool], Awaitable[None]]
 
 
-def _checker(method: str, allowed: frozenset[str], speaks_for_user: bool) -> Check:
+def _checker(method: str, allowed: frozenset[str]) -> Check:
     peer_identity = tls.peer_identity
     deny = grpc.StatusCode.PERMISSION_DENIED
 
-    async def check(ctx: aio.ServicerContext[Any, Any]) -> None:
+    async def check(ctx: aio.ServicerContext[Any, Any], speaks_for_user: bool) -> None:
         caller = peer_identity(ctx)
         if speaks_for_user and caller != GATEWAY:
             log.warning("refused x-user-id", extra={"caller": caller, "method": method})
@@ -49,30 +51,31 @@ def _checker(method: str, allowed: frozenset[str], speaks_for_user: bool) -> Che
     return check
 
 
-def _guard(handler: Any, check: Check) -> Any:
-    """`handler` with `check` run before its behaviour, whatever its kind."""
+def speaks_for_user(ctx: aio.ServicerContext[Any, Any]) -> bool:
+    """The call carries `x-user-id` (with any value, even empty)."""
+    return any(key == "x-user-id" for key, _ in ctx.invocation_metadata() or ())
+
+
+def guard_streaming(handler: Any, check: Check) -> Any:
+    """A streaming `handler` with `check` run before its behaviour (health's Watch,
+    reflection). Unary-unary handlers are checked inside the per-call wrapper instead
+    (interceptors.py), which reads the metadata once for both."""
     ser = {"request_deserializer": handler.request_deserializer,
            "response_serializer": handler.response_serializer}
-    if handler.unary_unary is not None:
-        inner_uu = handler.unary_unary
-
-        async def unary_unary(request: Any, ctx: aio.ServicerContext[Any, Any]) -> Any:
-            await check(ctx)
-            return await inner_uu(request, ctx)
-
-        return grpc.unary_unary_rpc_method_handler(unary_unary, **ser)
     if handler.stream_unary is not None:
         inner_su = handler.stream_unary
 
         async def stream_unary(requests: Any, ctx: aio.ServicerContext[Any, Any]) -> Any:
-            await check(ctx)
+            await check(ctx, speaks_for_user(ctx))
             return await inner_su(requests, ctx)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, **ser)
     streaming = handler.unary_stream or handler.stream_stream
+    if streaming is None:
+        raise ValueError("guard_streaming: the handler has no streaming behaviour")
 
     async def respond(request: Any, ctx: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        await check(ctx)
+        await check(ctx, speaks_for_user(ctx))
         result = streaming(request, ctx)
         if hasattr(result, "__aiter__"):
             async for item in result:
@@ -85,39 +88,24 @@ def _guard(handler: Any, check: Check) -> Any:
     return grpc.stream_stream_rpc_method_handler(respond, **ser)
 
 
-class AuthzInterceptor(aio.ServerInterceptor):
-    """Default deny: the policy's identities only, and x-user-id from the gateway only."""
+class Authorizer:
+    """Default deny: per RPC, the policy's identities only, and x-user-id from the gateway
+    only. `check_for(method)` is built once per method, when the server registers it."""
 
     def __init__(self, policy: CallPolicy) -> None:
         self.policy = policy
-        self._cache: dict[tuple[str, bool], tuple[Any, Any]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None  # unknown method: grpc answers UNIMPLEMENTED
-        method: str = handler_call_details.method
-        speaks_for_user = any(
-            key == "x-user-id" for key, _ in handler_call_details.invocation_metadata or ())
-        key = (method, speaks_for_user)
-        cached = self._cache.get(key)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        guarded = _guard(handler, _checker(method, self.policy.allowed(method), speaks_for_user))
-        self._cache[key] = (handler, guarded)
-        return guarded
+    def check_for(self, method: str) -> Check:
+        return _checker(method, self.policy.allowed(method))
 
 
-def interceptors(secured: bool, policy: Path | None = None) -> list[aio.ServerInterceptor]:
-    """The authorization interceptors a server runs first ([] in plaintext, SHOP_MTLS=off):
-    the call policy in `policy` (SHOP_CALL_POLICY), else proto/call_policy.toml."""
+def authorizer(secured: bool, policy: Path | None = None) -> Authorizer | None:
+    """The authorization every call of a server goes through (None in plaintext,
+    SHOP_MTLS=off: no caller can be told apart): the call policy in `policy`
+    (SHOP_CALL_POLICY), else proto/call_policy.toml."""
     if not secured:
-        return []
-    return [AuthzInterceptor(load_policy(policy))]
+        return None
+    return Authorizer(load_policy(policy))
 
 
 def listen(server: aio.Server, addr: str, identity: str, config: TlsConfig,
@@ -136,4 +124,4 @@ def listen(server: aio.Server, addr: str, identity: str, config: TlsConfig,
     return port
 
 
-__all__ = ["AuthzInterceptor", "interceptors", "listen"]
+__all__ = ["Authorizer", "Check", "authorizer", "guard_streaming", "listen", "speaks_for_user"]

@@ -8,7 +8,7 @@ mypy checks the method exists and infers its request and response types from the
 .pyi; the method's name (for metrics, spans and proto/traffic.toml) is read from the
 selector by `rpc_name`, never written as a string.
 
-Errors reach the caller as the downstream's grpc.aio.AioRpcError (the server interceptor
+Errors reach the caller as the downstream's grpc.aio.AioRpcError (the per-call wrapper
 passes its code on), or errors.Unavailable when the breaker is open, or
 errors.DeadlineExceeded when no time is left before the call starts.
 """

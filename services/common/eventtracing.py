@@ -12,9 +12,14 @@ from contextlib import contextmanager
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
-from services.common.tracing import PROPAGATOR
+from services.common.tracing import (
+    PROPAGATOR,
+    remote_unsampled_child,
+    traceparent_of,
+    unsampled_child,
+)
 
 __all__ = ["consumer_span", "producer_traceparent"]
 
@@ -22,7 +27,10 @@ TRACER = trace.get_tracer("shop.events")
 
 
 def producer_traceparent(subject: str, event_id: str) -> str:
-    """End a PRODUCER span for the event now; its traceparent ("" when not recorded)."""
+    """End a PRODUCER span for the event now; its traceparent ("" outside a trace)."""
+    dropped = unsampled_child(trace.get_current_span().get_span_context())
+    if dropped is not None:
+        return traceparent_of(dropped)
     span = TRACER.start_span(f"create {subject}", kind=SpanKind.PRODUCER, attributes={
         "messaging.system": "nats", "messaging.operation.type": "create",
         "messaging.operation.name": "create", "messaging.destination.name": subject,
@@ -37,20 +45,9 @@ def producer_traceparent(subject: str, event_id: str) -> str:
 def consumer_span(subject: str, event_id: str, traceparent: str,
                   consumer: str) -> Iterator[None]:
     """A CONSUMER span around one event's handler, current inside the block."""
-    parent = PROPAGATOR.extract({"traceparent": traceparent}) if traceparent else None
-    links = []
-    if parent is not None:
-        created = trace.get_current_span(parent).get_span_context()
-        if created.is_valid:
-            links.append(Link(created))
-    span = TRACER.start_span(f"process {subject}", context=parent, kind=SpanKind.CONSUMER,
-                             links=links, attributes={
-                                 "messaging.system": "nats",
-                                 "messaging.operation.type": "process",
-                                 "messaging.operation.name": "process",
-                                 "messaging.destination.name": subject,
-                                 "messaging.message.id": event_id,
-                                 "messaging.consumer.group.name": consumer})
+    span = remote_unsampled_child(traceparent, "") if traceparent else None
+    if span is None:
+        span = _consumer_span(subject, event_id, traceparent, consumer)
     token = otel_context.attach(trace.set_span_in_context(span))
     try:
         yield
@@ -61,3 +58,20 @@ def consumer_span(subject: str, event_id: str, traceparent: str,
     finally:
         span.end()
         otel_context.detach(token)
+
+
+def _consumer_span(subject: str, event_id: str, traceparent: str, consumer: str) -> Span:
+    parent = PROPAGATOR.extract({"traceparent": traceparent}) if traceparent else None
+    links = []
+    if parent is not None:
+        created = trace.get_current_span(parent).get_span_context()
+        if created.is_valid:
+            links.append(Link(created))
+    return TRACER.start_span(f"process {subject}", context=parent, kind=SpanKind.CONSUMER,
+                             links=links, attributes={
+                                 "messaging.system": "nats",
+                                 "messaging.operation.type": "process",
+                                 "messaging.operation.name": "process",
+                                 "messaging.destination.name": subject,
+                                 "messaging.message.id": event_id,
+                                 "messaging.consumer.group.name": consumer})

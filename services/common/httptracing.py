@@ -7,7 +7,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from services.common.tracing import PROPAGATOR
+from services.common.tracing import PROPAGATOR, remote_unsampled_child
 
 __all__ = ["HttpSpans"]
 
@@ -18,6 +18,9 @@ Started = tuple[Span, object]
 
 class HttpSpans:
     def start(self, method: str, route: str, traceparent: str, tracestate: str) -> Started:
+        dropped = remote_unsampled_child(traceparent, tracestate) if traceparent else None
+        if dropped is not None:
+            return dropped, otel_context.attach(trace.set_span_in_context(dropped))
         parent = None
         if traceparent:
             carrier = {"traceparent": traceparent}

@@ -3,7 +3,7 @@ on `<SERVICE>_METRICS_PORT` (default the gRPC port + 1000; 0 picks a free port, 
 ready file then names as `metrics_port`).
 
 `run_service` makes one `ShopMetrics` and binds it (`bind`) before the service is built,
-so every part made inside (server interceptor, clients, consumers, relay, database, saga)
+so every part made inside (per-call wrapper, clients, consumers, relay, database, saga)
 finds it with `current()` once, at construction; the per-call cost is then a cached child's
 observe(). Gauges that need a query (outbox backlog, consumer lag) are refreshed only when
 scraped, by the async refreshers parts register with `add_refresher`.

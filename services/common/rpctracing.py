@@ -14,7 +14,12 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from services.common.tracing import PROPAGATOR
+from services.common.tracing import (
+    PROPAGATOR,
+    remote_unsampled_child,
+    traceparent_of,
+    unsampled_child,
+)
 
 __all__ = ["ClientSpans", "ServerSpans"]
 
@@ -34,25 +39,28 @@ def _attrs(name: str) -> dict[str, str]:
 
 def _end(started: Started, code: str, error: bool) -> None:
     span, token = started
-    span.set_attribute("rpc.grpc.status_code", _CODE_VALUE.get(code, 2))
-    if error:
-        span.set_status(Status(StatusCode.ERROR, code))
-    span.end()
+    if span.is_recording():
+        span.set_attribute("rpc.grpc.status_code", _CODE_VALUE.get(code, 2))
+        if error:
+            span.set_status(Status(StatusCode.ERROR, code))
+        span.end()
     otel_context.detach(token)  # type: ignore[arg-type]
 
 
 class ServerSpans:
     def start(self, method: str, traceparent: str, tracestate: str) -> Started:
         """A SERVER span for `method` ("/pkg.Svc/Method"), current until `end`."""
-        parent = None
-        if traceparent:
-            carrier = {"traceparent": traceparent}
-            if tracestate:
-                carrier["tracestate"] = tracestate
-            parent = PROPAGATOR.extract(carrier)
-        name = method.lstrip("/")
-        span = TRACER.start_span(name, context=parent, kind=SpanKind.SERVER,
-                                 attributes=_attrs(name))
+        span = remote_unsampled_child(traceparent, tracestate) if traceparent else None
+        if span is None:
+            parent = None
+            if traceparent:
+                carrier = {"traceparent": traceparent}
+                if tracestate:
+                    carrier["tracestate"] = tracestate
+                parent = PROPAGATOR.extract(carrier)
+            name = method.lstrip("/")
+            span = TRACER.start_span(name, context=parent, kind=SpanKind.SERVER,
+                                     attributes=_attrs(name))
         return span, otel_context.attach(trace.set_span_in_context(span))
 
     @staticmethod
@@ -63,7 +71,9 @@ class ServerSpans:
 class ClientSpans:
     def start(self, name: str) -> Started:
         """A CLIENT span (`name` = "pkg.Svc/Method"), current until `end`."""
-        span = TRACER.start_span(name, kind=SpanKind.CLIENT, attributes=_attrs(name))
+        span = unsampled_child(trace.get_current_span().get_span_context())
+        if span is None:
+            span = TRACER.start_span(name, kind=SpanKind.CLIENT, attributes=_attrs(name))
         return span, otel_context.attach(trace.set_span_in_context(span))
 
     @staticmethod
@@ -73,6 +83,12 @@ class ClientSpans:
     @staticmethod
     def inject(md: MutableSequence[tuple[str, str]]) -> None:
         """Add the current span's traceparent/tracestate to outgoing metadata."""
+        span = trace.get_current_span()
+        if not span.is_recording() and not span.get_span_context().trace_state:
+            traceparent = traceparent_of(span)  # what the propagator would write
+            if traceparent:
+                md.append(("traceparent", traceparent))
+            return
         carrier: dict[str, str] = {}
         PROPAGATOR.inject(carrier)
         md.extend(carrier.items())

@@ -14,17 +14,23 @@ headers (`rpctracing.py`, `eventtracing.py`).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 from services.common.config import TracingConfig
 
-__all__ = ["PROPAGATOR", "current_trace_id", "setup_tracing"]
+__all__ = ["PROPAGATOR", "current_trace_id", "remote_unsampled_child", "setup_tracing",
+           "traceparent_of", "unsampled_child"]
 
 log = logging.getLogger("shop.tracing")
 
@@ -74,3 +80,66 @@ def current_trace_id() -> str:
     """The current span's trace id (32 hex digits), "" outside a span."""
     ctx = trace.get_current_span().get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+
+
+# Most spans are children of a parent that was not sampled (a 10 % ratio leaves nine in ten
+# traces out), and the SDK makes each of them through its whole sampling pass: ~6 us for a
+# server span (extract the header, sample, make ids), ~3 us for a local child, against ~1
+# us below. The span is the same one the SDK would make.
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+
+
+def _dropping_ids() -> IdGenerator | None:
+    """The installed provider's id generator when its sampler is parent-based and drops
+    every child of an unsampled parent (the default of every `parentbased_*` sampler);
+    None otherwise (no SDK, another sampler): then the SDK decides."""
+    provider = trace.get_tracer_provider()
+    sampler = getattr(provider, "sampler", None)
+    if (not isinstance(sampler, ParentBased)
+            or getattr(sampler, "_remote_parent_not_sampled", None) is not ALWAYS_OFF
+            or getattr(sampler, "_local_parent_not_sampled", None) is not ALWAYS_OFF):
+        return None
+    ids = getattr(provider, "id_generator", None)
+    return ids if isinstance(ids, IdGenerator) else None
+
+
+def unsampled_child(parent: SpanContext) -> Span | None:
+    """The non-recording child the sampler is bound to make of `parent` (its trace id and
+    trace state, a new span id, not sampled), or None when the SDK must decide: `parent`
+    invalid (a root) or sampled, or a sampler that might keep the child."""
+    if not parent.is_valid or parent.trace_flags.sampled:
+        return None
+    ids = _dropping_ids()
+    if ids is None:
+        return None
+    return NonRecordingSpan(SpanContext(parent.trace_id, ids.generate_span_id(), is_remote=False,
+                                        trace_flags=_NOT_SAMPLED,
+                                        trace_state=parent.trace_state))
+
+
+def remote_unsampled_child(traceparent: str, tracestate: str) -> Span | None:
+    """`unsampled_child` of a caller's `traceparent` in its plain version-00 form and
+    without a `tracestate`; None for anything else, which goes through the propagator."""
+    if tracestate:
+        return None
+    match = _TRACEPARENT.fullmatch(traceparent)
+    if match is None or int(match[3], 16) & 1:
+        return None
+    trace_id, span_id = int(match[1], 16), int(match[2], 16)
+    if not trace_id or not span_id:
+        return None  # invalid ids: the propagator starts a new trace
+    ids = _dropping_ids()
+    if ids is None:
+        return None
+    return NonRecordingSpan(SpanContext(trace_id, ids.generate_span_id(), is_remote=False,
+                                        trace_flags=_NOT_SAMPLED,
+                                        trace_state=DEFAULT_TRACE_STATE))
+
+
+def traceparent_of(span: Span) -> str:
+    """The W3C traceparent of `span` (what the propagator would inject; "" if invalid)."""
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return ""
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"

@@ -1,5 +1,5 @@
 """InventoryService over gRPC: proto <-> domain. DomainErrors become status codes in the
-server interceptor."""
+per-call wrapper (interceptors.py)."""
 
 from __future__ import annotations
 
