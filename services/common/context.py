@@ -1,8 +1,8 @@
 """Per-call context: request id, caller's user id and deadline.
 
-The per-call wrapper (interceptors.py) sets these for every incoming call (each grpc.aio call runs in its
-own task, so values never leak between calls); outgoing calls read them. Code that starts
-work outside a gRPC call (the gateway, background tasks) uses `bind()`.
+The per-call wrapper (interceptors.py) sets these for every incoming call (each grpc.aio
+call runs in its own task, so values never leak between calls); outgoing calls read them.
+Code that starts work outside a gRPC call (the gateway, background tasks) uses `bind()`.
 """
 
 from __future__ import annotations

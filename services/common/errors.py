@@ -1,7 +1,8 @@
 """Domain errors: what went wrong, in business terms, named by the gRPC status it maps to.
 
-Stdlib only, so domain modules can raise them. The per-call wrapper (interceptors.py) is the one place
-that turns them into gRPC status codes (`status` holds the grpc.StatusCode member name).
+Stdlib only, so domain modules can raise them. The per-call wrapper (interceptors.py) is
+the one place that turns them into gRPC status codes (`status` holds the grpc.StatusCode
+member name).
 """
 
 from __future__ import annotations
