@@ -1,7 +1,8 @@
 """The wrapped server: whichever way a handler is registered (the generic handler or the
 registered-method table the generated code also fills), what is served is the one
 wrapped handler, which checks the caller before the servicer runs; streaming handlers
-(health's Watch, reflection) are checked too; plaintext servers check nobody."""
+(health's Watch, reflection) are checked too; plaintext servers check nobody. A caller's
+identity is worked out once per certificate, never carried over to another one."""
 
 from __future__ import annotations
 
@@ -51,12 +52,18 @@ class _Ctx:
         self.identity = identity
         self.metadata = (("x-request-id", "r-1"), *metadata)
         self.denied: tuple[grpc.StatusCode, str] | None = None
+        self.auth_reads = 0
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self.metadata
 
     def auth_context(self) -> dict[str, list[bytes]]:
+        self.auth_reads += 1
         return {"peer_spiffe_id": [spiffe_id(self.identity).encode()]}
+
+    def peer_identities(self) -> list[bytes]:
+        """The certificate's subject alternative names, as grpc lists them."""
+        return [spiffe_id(self.identity).encode(), f"{self.identity}.shop.local".encode()]
 
     def time_remaining(self) -> float:
         return 5.0
@@ -148,3 +155,36 @@ async def test_plaintext_checks_nobody_but_still_wraps() -> None:
     assert await handler.unary_unary(None, _Ctx("cart")) == "created"
     assert ran == ["create"]
     assert inner.generic[0].service(_Details(f"/{SERVICE}/Nope")) is None  # UNIMPLEMENTED
+
+
+def _who(identities: authz.Identities, ctx: _Ctx) -> str:
+    return identities(ctx)  # type: ignore[arg-type]  # the fake stands for grpc's context
+
+
+def test_an_identity_is_learnt_once_per_certificate_and_never_lent() -> None:
+    identities = authz.Identities(limit=2)
+    first = _Ctx("gateway")
+    assert _who(identities, first) == "gateway" and first.auth_reads == 1
+    again = _Ctx("gateway")
+    assert _who(identities, again) == "gateway" and again.auth_reads == 0  # known names
+    other = _Ctx("cart")  # another certificate: worked out for itself
+    assert _who(identities, other) == "cart" and other.auth_reads == 1
+    third = _Ctx("order")  # past the limit: the cache starts over, still right
+    assert _who(identities, third) == "order" and third.auth_reads == 1
+    assert _who(identities, _Ctx("gateway")) == "gateway"
+
+
+class _Plaintext(_Ctx):
+    def peer_identities(self) -> list[bytes]:
+        return []
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        self.auth_reads += 1
+        return {}
+
+
+def test_no_certificate_is_anonymous_every_time() -> None:
+    identities = authz.Identities()
+    for _ in range(2):
+        ctx = _Plaintext("gateway")
+        assert _who(identities, ctx) == "anonymous" and ctx.auth_reads == 1
