@@ -7,7 +7,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from services.common.tracing import PROPAGATOR, remote_unsampled_child
+from services.common.tracing import caller_context, remote_unsampled_child
 
 __all__ = ["HttpSpans"]
 
@@ -21,13 +21,9 @@ class HttpSpans:
         dropped = remote_unsampled_child(traceparent, tracestate) if traceparent else None
         if dropped is not None:
             return dropped, otel_context.attach(trace.set_span_in_context(dropped))
-        parent = None
-        if traceparent:
-            carrier = {"traceparent": traceparent}
-            if tracestate:
-                carrier["tracestate"] = tracestate
-            parent = PROPAGATOR.extract(carrier)
-        span = TRACER.start_span(f"{method} {route}", context=parent, kind=SpanKind.SERVER,
+        span = TRACER.start_span(f"{method} {route}",
+                                 context=caller_context(traceparent, tracestate),
+                                 kind=SpanKind.SERVER,
                                  attributes={"http.request.method": method,
                                              "http.route": route})
         return span, otel_context.attach(trace.set_span_in_context(span))

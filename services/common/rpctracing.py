@@ -16,6 +16,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from services.common.tracing import (
     PROPAGATOR,
+    caller_context,
     remote_unsampled_child,
     traceparent_of,
     unsampled_child,
@@ -52,15 +53,9 @@ class ServerSpans:
         """A SERVER span for `method` ("/pkg.Svc/Method"), current until `end`."""
         span = remote_unsampled_child(traceparent, tracestate) if traceparent else None
         if span is None:
-            parent = None
-            if traceparent:
-                carrier = {"traceparent": traceparent}
-                if tracestate:
-                    carrier["tracestate"] = tracestate
-                parent = PROPAGATOR.extract(carrier)
             name = method.lstrip("/")
-            span = TRACER.start_span(name, context=parent, kind=SpanKind.SERVER,
-                                     attributes=_attrs(name))
+            span = TRACER.start_span(name, context=caller_context(traceparent, tracestate),
+                                     kind=SpanKind.SERVER, attributes=_attrs(name))
         return span, otel_context.attach(trace.set_span_in_context(span))
 
     @staticmethod

@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -29,8 +30,8 @@ from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 from services.common.config import TracingConfig
 
-__all__ = ["PROPAGATOR", "current_trace_id", "remote_unsampled_child", "setup_tracing",
-           "traceparent_of", "unsampled_child"]
+__all__ = ["PROPAGATOR", "caller_context", "current_trace_id", "remote_unsampled_child",
+           "setup_tracing", "traceparent_of", "unsampled_child"]
 
 log = logging.getLogger("shop.tracing")
 
@@ -135,6 +136,16 @@ def remote_unsampled_child(traceparent: str, tracestate: str) -> Span | None:
     return NonRecordingSpan(SpanContext(trace_id, ids.generate_span_id(), is_remote=False,
                                         trace_flags=_NOT_SAMPLED,
                                         trace_state=DEFAULT_TRACE_STATE))
+
+
+def caller_context(traceparent: str, tracestate: str) -> Context | None:
+    """The context a caller's W3C headers carry (the propagator's reading), None without."""
+    if not traceparent:
+        return None
+    carrier = {"traceparent": traceparent}
+    if tracestate:
+        carrier["tracestate"] = tracestate
+    return PROPAGATOR.extract(carrier)
 
 
 def traceparent_of(span: Span) -> str:
