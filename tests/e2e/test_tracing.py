@@ -1,7 +1,8 @@
 """One order is one trace: the gateway's HTTP span as its root, server and client spans on
 every gRPC hop, a span per saga step, a PRODUCER span per event and a CONSUMER span per
-delivery (child of and linked to it) in every service the order touches. Spans go over
-real OTLP/HTTP to a receiver in the test."""
+delivery (child of and linked to it) in every service the order touches. A caller's own
+trace context is followed, and an unsampled one stays unrecorded on every hop. Spans go
+over real OTLP/HTTP to a receiver in the test."""
 
 from __future__ import annotations
 
@@ -235,3 +236,38 @@ def test_a_declined_card_marks_its_spans_as_errors(traced: System,
     assert step.span.status.code == ERROR
     root = next(r for r in spans if _order_root(r))
     assert attr(root.span, "http.response.status_code") == r.status_code
+
+
+def test_a_callers_trace_is_followed_whether_or_not_it_was_sampled(
+        traced: System, receiver: OtlpReceiver) -> None:
+    """A caller's `traceparent` decides: sampled, the gateway's span is its child and the
+    product service's span is in the same trace; not sampled, no process records any span
+    of that trace (every hop passes the decision on, none takes it back)."""
+    assert traced.gateway is not None
+    sampled_trace, unsampled_trace = uuid.uuid4().hex, uuid.uuid4().hex
+    caller_span = uuid.uuid4().hex[:16]
+    with httpx.Client(base_url=traced.gateway.base_url, timeout=15.0) as api:
+        product = api.get("/api/products").json()["products"][0]["id"]
+        for trace_id, flags in ((unsampled_trace, "00"), (sampled_trace, "01")):
+            got = api.get(f"/api/products/{product}",
+                          headers={"traceparent": f"00-{trace_id}-{caller_span}-{flags}"})
+            assert got.status_code == 200, got.text
+
+    def of(trace_hex: str) -> Callable[[Received], bool]:
+        return lambda r: r.span.trace_id.hex() == trace_hex
+
+    def both_sides(spans: list[Received]) -> bool:
+        return {r.service for r in spans} >= {"shop-gateway", "shop-product"}
+
+    spans = _wait_trace(receiver, of(sampled_trace), both_sides)
+    root = _one(spans, "shop-gateway", "GET /api/products/{id}", SERVER)
+    assert root.span.parent_span_id.hex() == caller_span
+    served = _one(spans, "shop-product", "shop.product.v1.ProductService/GetProduct", SERVER)
+    by_id = {r.span.span_id: r for r in spans}
+    up = served
+    while up is not root:  # the product's span descends from the gateway's
+        parent = by_id.get(up.span.parent_span_id)
+        assert parent is not None, f"{up.service} {up.span.name}: parent not in the trace"
+        up = parent
+    # The sampled trace's spans have all arrived, and the unsampled request came first.
+    assert not [r for r in receiver.snapshot() if of(unsampled_trace)(r)]
