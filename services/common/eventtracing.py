@@ -16,6 +16,7 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 from services.common.tracing import (
     PROPAGATOR,
+    caller_context,
     remote_unsampled_child,
     traceparent_of,
     unsampled_child,
@@ -61,7 +62,7 @@ def consumer_span(subject: str, event_id: str, traceparent: str,
 
 
 def _consumer_span(subject: str, event_id: str, traceparent: str, consumer: str) -> Span:
-    parent = PROPAGATOR.extract({"traceparent": traceparent}) if traceparent else None
+    parent = caller_context(traceparent, "")
     links = []
     if parent is not None:
         created = trace.get_current_span(parent).get_span_context()
