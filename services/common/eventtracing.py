@@ -29,7 +29,7 @@ TRACER = trace.get_tracer("shop.events")
 
 def producer_traceparent(subject: str, event_id: str) -> str:
     """End a PRODUCER span for the event now; its traceparent ("" outside a trace)."""
-    dropped = unsampled_child(trace.get_current_span().get_span_context())
+    dropped = unsampled_child()
     if dropped is not None:
         return traceparent_of(dropped)
     span = TRACER.start_span(f"create {subject}", kind=SpanKind.PRODUCER, attributes={
@@ -46,7 +46,7 @@ def producer_traceparent(subject: str, event_id: str) -> str:
 def consumer_span(subject: str, event_id: str, traceparent: str,
                   consumer: str) -> Iterator[None]:
     """A CONSUMER span around one event's handler, current inside the block."""
-    span = remote_unsampled_child(traceparent, "") if traceparent else None
+    span = remote_unsampled_child(traceparent, "")
     if span is None:
         span = _consumer_span(subject, event_id, traceparent, consumer)
     token = otel_context.attach(trace.set_span_in_context(span))

@@ -18,7 +18,7 @@ Started = tuple[Span, object]
 
 class HttpSpans:
     def start(self, method: str, route: str, traceparent: str, tracestate: str) -> Started:
-        dropped = remote_unsampled_child(traceparent, tracestate) if traceparent else None
+        dropped = remote_unsampled_child(traceparent, tracestate)
         if dropped is not None:
             return dropped, otel_context.attach(trace.set_span_in_context(dropped))
         span = TRACER.start_span(f"{method} {route}",

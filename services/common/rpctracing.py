@@ -51,7 +51,7 @@ def _end(started: Started, code: str, error: bool) -> None:
 class ServerSpans:
     def start(self, method: str, traceparent: str, tracestate: str) -> Started:
         """A SERVER span for `method` ("/pkg.Svc/Method"), current until `end`."""
-        span = remote_unsampled_child(traceparent, tracestate) if traceparent else None
+        span = remote_unsampled_child(traceparent, tracestate)
         if span is None:
             name = method.lstrip("/")
             span = TRACER.start_span(name, context=caller_context(traceparent, tracestate),
@@ -66,7 +66,7 @@ class ServerSpans:
 class ClientSpans:
     def start(self, name: str) -> Started:
         """A CLIENT span (`name` = "pkg.Svc/Method"), current until `end`."""
-        span = unsampled_child(trace.get_current_span().get_span_context())
+        span = unsampled_child()
         if span is None:
             span = TRACER.start_span(name, kind=SpanKind.CLIENT, attributes=_attrs(name))
         return span, otel_context.attach(trace.set_span_in_context(span))

@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from opentelemetry.trace.span import DEFAULT_TRACE_STATE
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE, TraceState
 
 from services.common.config import TracingConfig
 
@@ -105,23 +105,31 @@ def _dropping_ids() -> IdGenerator | None:
     return ids if isinstance(ids, IdGenerator) else None
 
 
-def unsampled_child(parent: SpanContext) -> Span | None:
-    """The non-recording child the sampler is bound to make of `parent` (its trace id and
-    trace state, a new span id, not sampled), or None when the SDK must decide: `parent`
-    invalid (a root) or sampled, or a sampler that might keep the child."""
-    if not parent.is_valid or parent.trace_flags.sampled:
-        return None
+def _dropped_child(trace_id: int, trace_state: TraceState) -> Span | None:
+    """The span the SDK makes for a child of an unsampled parent in `trace_id` (a new span
+    id, not sampled, the parent's trace state), or None when its sampler might keep it."""
     ids = _dropping_ids()
     if ids is None:
         return None
-    return NonRecordingSpan(SpanContext(parent.trace_id, ids.generate_span_id(), is_remote=False,
-                                        trace_flags=_NOT_SAMPLED,
-                                        trace_state=parent.trace_state))
+    return NonRecordingSpan(SpanContext(trace_id, ids.generate_span_id(), is_remote=False,
+                                        trace_flags=_NOT_SAMPLED, trace_state=trace_state))
+
+
+def unsampled_child(parent: SpanContext | None = None) -> Span | None:
+    """The non-recording child the sampler is bound to make of `parent` (default: the
+    current span), or None when the SDK must decide: `parent` invalid (a root) or
+    sampled, or a sampler that might keep the child."""
+    if parent is None:
+        parent = trace.get_current_span().get_span_context()
+    if not parent.is_valid or parent.trace_flags.sampled:
+        return None
+    return _dropped_child(parent.trace_id, parent.trace_state)
 
 
 def remote_unsampled_child(traceparent: str, tracestate: str) -> Span | None:
     """`unsampled_child` of a caller's `traceparent` in its plain version-00 form and
-    without a `tracestate`; None for anything else, which goes through the propagator."""
+    without a `tracestate`; None for anything else (no header among them), which goes
+    through the propagator."""
     if tracestate:
         return None
     match = _TRACEPARENT.fullmatch(traceparent)
@@ -130,12 +138,7 @@ def remote_unsampled_child(traceparent: str, tracestate: str) -> Span | None:
     trace_id, span_id = int(match[1], 16), int(match[2], 16)
     if not trace_id or not span_id:
         return None  # invalid ids: the propagator starts a new trace
-    ids = _dropping_ids()
-    if ids is None:
-        return None
-    return NonRecordingSpan(SpanContext(trace_id, ids.generate_span_id(), is_remote=False,
-                                        trace_flags=_NOT_SAMPLED,
-                                        trace_state=DEFAULT_TRACE_STATE))
+    return _dropped_child(trace_id, DEFAULT_TRACE_STATE)
 
 
 def caller_context(traceparent: str, tracestate: str) -> Context | None:

@@ -19,7 +19,7 @@ TRACER = trace.get_tracer("shop.saga")
 
 @contextmanager
 def step_span(order_id: str, step: str, attempt: int) -> Iterator[Span]:
-    dropped = unsampled_child(trace.get_current_span().get_span_context())
+    dropped = unsampled_child()
     if dropped is not None:  # a trace left out by the sampler: the same span, made cheaply
         with trace.use_span(dropped, end_on_exit=True):
             yield dropped
