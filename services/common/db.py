@@ -9,7 +9,8 @@ Units of work that arrive while another batch holds the connection are group-com
 one BEGIN IMMEDIATE .. COMMIT (one fsync, still synchronous=FULL) with a SAVEPOINT around
 each, so a failing one is rolled back alone and raises to its own caller only. A caller's
 future resolves only after the COMMIT returned, so durability is exactly that of a
-transaction of its own.
+transaction of its own. A batch starts on the loop's next turn, so the writes of callers
+woken together by one commit share the next; its answers come back in one loop callback.
 
 `await db.read(fn)`: `fn(tx)` runs right away on the event loop's thread against a second,
 query-only connection, in one read transaction (WAL: readers never wait for the writer, so
@@ -176,7 +177,10 @@ class Database:
         self._read_conn = read_conn
         self._listeners: list[CommitListener] = []
         self._ops: list[_Op] = []
-        self._flusher: asyncio.Task[None] | None = None
+        # A batch is on the writer's thread or about to be (the next one starts when its
+        # answers are in).
+        self._busy = False
+        self._drained: asyncio.Future[None] | None = None  # close() waits on it
         # Commit latency (the fsync): observed on whichever thread ran the COMMIT.
         self._commit_seconds = current_metrics().db_commit
 
@@ -257,49 +261,64 @@ class Database:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._ops.append((kind, contextvars.copy_context(), fn, fut))
-        if self._flusher is None:
-            self._flusher = loop.create_task(self._flush(), name="db-group-commit")
+        if not self._busy:
+            # Started on the next turn of the loop, not now: the writes submitted in
+            # this turn (callers woken together by the last batch) share the batch.
+            self._busy = True
+            loop.call_soon(self._next_batch, loop)
         return fut
 
-    async def _flush(self) -> None:
-        """Runs while operations are queued (one task at a time): everything queued by
-        then goes in one hop."""
+    def _next_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the loop's thread, while no batch is on the writer's thread: everything
+        queued by now (up to _MAX_BATCH) goes there in one hop. Its answers come back in
+        one callback (`_finish`) that resolves every caller's future: no task, no
+        executor future between the thread and the callers."""
+        while self._ops:
+            batch = [op for op in self._ops[:_MAX_BATCH] if not op[3].cancelled()]
+            del self._ops[:_MAX_BATCH]
+            if not batch:
+                continue
+            try:
+                if self._thread is None:
+                    raise RuntimeError("database closed")
+                self._thread.submit(self._run_and_answer, loop, batch)
+            except RuntimeError as e:  # closed, or its executor shut down
+                _fail(batch, e)
+                continue
+            self._busy = True
+            return
+        self._busy = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def _run_and_answer(self, loop: asyncio.AbstractEventLoop, batch: list[_Op]) -> None:
+        """On the writer's thread: the batch, then its answers handed to the loop."""
         try:
-            while self._ops:
-                batch = [op for op in self._ops[:_MAX_BATCH] if not op[3].cancelled()]
-                del self._ops[:_MAX_BATCH]
-                if not batch:
+            answer: list[_Outcome] | BaseException = self._run_batch(batch)
+        except BaseException as e:  # every op of the batch gets it
+            answer = e
+        try:
+            loop.call_soon_threadsafe(self._finish, loop, batch, answer)
+        except RuntimeError:  # the loop is closed: nobody is left waiting
+            log.debug("write answered after its loop closed")
+
+    def _finish(self, loop: asyncio.AbstractEventLoop, batch: list[_Op],
+                answer: list[_Outcome] | BaseException) -> None:
+        if isinstance(answer, BaseException):
+            _fail(batch, answer)
+        else:
+            dirty = False
+            for (_, _, _, fut), (ok, value, op_dirty) in zip(batch, answer, strict=True):
+                dirty = dirty or (ok and op_dirty)
+                if fut.done():
                     continue
-                try:
-                    if self._thread is None:
-                        raise RuntimeError("database closed")
-                    outcomes = await asyncio.get_running_loop().run_in_executor(
-                        self._thread, self._run_batch, batch)
-                except BaseException as e:
-                    for op in batch:
-                        if not op[3].done():
-                            op[3].set_exception(e)
-                    if isinstance(e, asyncio.CancelledError):
-                        raise
-                    continue
-                dirty = False
-                for (_, _, _, fut), (ok, value, op_dirty) in zip(batch, outcomes, strict=True):
-                    dirty = dirty or (ok and op_dirty)
-                    if fut.done():
-                        continue
-                    if ok:
-                        fut.set_result(value)
-                    else:
-                        fut.set_exception(value)
-                if dirty:
-                    self._notify()
-        finally:
-            self._flusher = None
-            if self._ops:  # cancelled with work queued: fail it rather than hang
-                ops, self._ops = self._ops, []
-                for op in ops:
-                    if not op[3].done():
-                        op[3].set_exception(RuntimeError("database closed"))
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+            if dirty:
+                self._notify()
+        self._next_batch(loop)
 
     def _run_batch(self, batch: list[_Op]) -> list[_Outcome]:
         """On the connection's thread: the writes in one transaction, then the reads.
@@ -363,8 +382,9 @@ class Database:
         """Idempotent: a second close does nothing."""
         if self._thread is None:
             return
-        if self._flusher is not None:
-            await asyncio.wait([self._flusher], timeout=5.0)
+        if self._busy:
+            self._drained = asyncio.get_running_loop().create_future()
+            await asyncio.wait([self._drained], timeout=5.0)
         if self._read_conn is not None:
             read_conn, self._read_conn = self._read_conn, None
             read_conn.close()
@@ -373,6 +393,12 @@ class Database:
             await asyncio.get_running_loop().run_in_executor(thread, self.conn.close)
         finally:
             thread.shutdown(wait=False)
+
+
+def _fail(batch: list[_Op], error: BaseException) -> None:
+    for op in batch:
+        if not op[3].done():
+            op[3].set_exception(error)
 
 
 def migrate(path: Path, sets: Sequence[MigrationSet]) -> list[tuple[str, int]]:

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from shop.user.v1 import user_pb2
@@ -143,3 +147,90 @@ async def test_a_failing_write_queued_after_a_read_answers_its_own_caller(
         assert await _n(db) == 5 and not db.conn.in_transaction
     finally:
         await db.close()
+
+
+def _count_batches(db: Database) -> list[int]:
+    """The size of every batch the writer's thread runs, in order."""
+    sizes: list[int] = []
+    run = db._run_batch
+
+    def counted(batch: list[Any]) -> Any:
+        sizes.append(len(batch))
+        return run(batch)
+
+    db._run_batch = counted  # type: ignore[method-assign]
+    return sizes
+
+
+async def test_callers_woken_by_one_commit_share_the_next(tmp_path: Path) -> None:
+    """Eight callers writing five times each, one write at a time: the eight writes of a
+    turn of the loop go in one transaction, so five commits in all, not one per write
+    (nor a lone write followed by the seven that queued behind it)."""
+    db = await _open(tmp_path)
+    try:
+        await db.write(lambda tx: tx.run("INSERT INTO counter VALUES ('a', 0)"))
+        sizes = _count_batches(db)
+
+        async def bump(tx: Tx) -> None:
+            await tx.run("UPDATE counter SET n = n + 1 WHERE k = 'a'")
+
+        async def caller() -> None:
+            for _ in range(5):
+                await db.write(bump)
+
+        await asyncio.gather(*(caller() for _ in range(8)))
+        assert sizes == [8] * 5
+        assert await _n(db) == 40
+    finally:
+        await db.close()
+
+
+async def test_a_write_queued_behind_a_running_batch_goes_in_the_next(tmp_path: Path) -> None:
+    db = await _open(tmp_path)
+    try:
+        sizes = _count_batches(db)
+        started = threading.Event()
+
+        async def slow(tx: Tx) -> None:
+            started.set()
+            time.sleep(0.2)  # noqa: ASYNC251 - runs on the writer's thread, held as by a long fsync
+            await tx.run("INSERT INTO counter VALUES ('a', 1)")
+
+        first = asyncio.ensure_future(db.write(slow))
+        await asyncio.to_thread(started.wait, 5.0)
+        def insert(k: str) -> Callable[[Tx], Awaitable[int]]:
+            return lambda tx: tx.run("INSERT INTO counter VALUES (?, 1)", (k,))
+
+        later = [asyncio.ensure_future(db.write(insert(k))) for k in ("b", "c")]
+        cancelled = asyncio.ensure_future(db.write(
+            lambda tx: tx.run("INSERT INTO counter VALUES ('d', 1)")))
+        await asyncio.sleep(0)
+        cancelled.cancel()  # before its batch started: it never runs
+        await asyncio.gather(first, *later)
+        assert sizes == [1, 2]
+        assert [await _n(db, k) for k in "abcd"] == [1, 1, 1, None]
+    finally:
+        await db.close()
+
+
+async def test_close_waits_for_the_writes_in_flight(tmp_path: Path) -> None:
+    db = await _open(tmp_path)
+    started = threading.Event()
+
+    async def slow(tx: Tx) -> None:
+        started.set()
+        time.sleep(0.2)  # noqa: ASYNC251 - on the writer's thread
+        await tx.run("INSERT INTO counter VALUES ('a', 1)")
+
+    pending = asyncio.ensure_future(db.write(slow))
+    await asyncio.to_thread(started.wait, 5.0)
+    queued = asyncio.ensure_future(db.write(
+        lambda tx: tx.run("INSERT INTO counter VALUES ('q', 1)")))
+    await asyncio.sleep(0)
+    await db.close()  # what was queued behind the running batch is committed too
+    assert pending.done() and pending.result() is None
+    assert queued.done() and queued.result() == 1
+    with pytest.raises(RuntimeError, match="database closed"):
+        await db.write(lambda tx: tx.run("INSERT INTO counter VALUES ('b', 1)"))
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        assert conn.execute("SELECT k FROM counter ORDER BY k").fetchall() == [("a",), ("q",)]
