@@ -285,8 +285,7 @@ class Database:
             except RuntimeError as e:  # closed, or its executor shut down
                 _fail(batch, e)
                 continue
-            self._busy = True
-            return
+            return  # still busy: `_finish` comes back here
         self._busy = False
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
